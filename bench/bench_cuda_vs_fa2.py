@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Race distrattn's CUDA kernels against FlashAttention-2 (PyTorch's
+scaled_dot_product_attention forced onto its FLASH_ATTENTION backend).
+
+f16, batch 4, 16 heads, head_dim 64 and 128, seq 1024..16384, causal and
+not; ours: exact (G=1) and DistrAttention G=2 and G=4 (hash_block 128,
+MEAN fusion, the fused tensor-core kernel). TFLOP/s are counted as
+4*b*h*s*s*d (halved for causal) for every column, so a G>1 column reads as
+the speed-up over exact attention of the same shape.
+
+Ours is timed by bench/cuda_check (the module's interface called directly,
+ITERS calls enqueued back to back then one synchronize, median of 5
+rounds); FA2 by CUDA events around the same pattern.
+
+Usage: python3 bench/bench_cuda_vs_fa2.py --check-bin PATH [--seqs ...] [--dims ...]
+"""
+import argparse
+import datetime
+import statistics
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def flops(b, h, s, d, causal):
+    f = 4.0 * b * h * s * s * d
+    return f / 2 if causal else f
+
+
+def iters_for(s):
+    return max(2, int(64 * (1024 / s) ** 2))
+
+
+def time_fa2(b, h, s, d, causal, iters):
+    q = torch.randn(b, h, s, d, device="cuda", dtype=torch.float16)
+    k = torch.randn_like(q)
+    v = torch.randn_like(q)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        for _ in range(3):
+            F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(5):
+            e0 = torch.cuda.Event(enable_timing=True)
+            e1 = torch.cuda.Event(enable_timing=True)
+            e0.record()
+            for _ in range(iters):
+                F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))
+            e1.record()
+            torch.cuda.synchronize()
+            ts.append(e0.elapsed_time(e1) / iters)
+    del q, k, v
+    return statistics.median(ts)
+
+
+def time_ours(binpath, b, h, s, d, causal, g, iters):
+    # DT=1 (f16) B H S D CAUSAL G ITERS
+    out = subprocess.run([binpath, "bench", "1", str(b), str(h), str(s), str(d), str(causal),
+                          str(g), str(iters)], capture_output=True, text=True, timeout=600)
+    for line in out.stdout.splitlines():
+        if line.startswith("ms "):
+            return float(line.split()[1])
+    raise RuntimeError("cuda_check failed: %s %s" % (out.stdout, out.stderr))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check-bin", required=True)
+    ap.add_argument("--seqs", default="1024,2048,4096,8192,16384")
+    ap.add_argument("--dims", default="64,128")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=16)
+    args = ap.parse_args()
+    b, h = args.batch, args.heads
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+    print("# distrattn CUDA vs FlashAttention-2 (torch SDPA FLASH_ATTENTION backend)")
+    print("# GPU, driver: %s" % smi)
+    print("# date: %s UTC; torch %s; f16, batch %d, heads %d; TFLOP/s = 4*b*h*s*s*d / t (/2 causal)"
+          % (datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), torch.__version__, b, h))
+    print("# ours: G=1 exact, G=2/G=4 DistrAttention (hash_block 128, MEAN); ratio = FA2 time / ours")
+    print()
+    hdr = "| d | seq | causal | FA2 TFLOP/s | G=1 TFLOP/s (x FA2) | G=2 TFLOP/s (x FA2) | G=4 TFLOP/s (x FA2) |"
+    print(hdr)
+    print("|" + "---|" * 7)
+    sys.stdout.flush()
+    for d in [int(x) for x in args.dims.split(",")]:
+        for causal in (0, 1):
+            for s in [int(x) for x in args.seqs.split(",")]:
+                it = iters_for(s)
+                fl = flops(b, h, s, d, causal)
+                t_fa = time_fa2(b, h, s, d, causal, it)
+                cells = ["%d" % d, "%d" % s, "yes" if causal else "no", "%.1f" % (fl / t_fa / 1e9)]
+                for g in (1, 2, 4):
+                    t = time_ours(args.check_bin, b, h, s, d, causal, g, it)
+                    cells.append("%.1f (%.2fx)" % (fl / t / 1e9, t_fa / t))
+                print("| " + " | ".join(cells) + " |")
+                sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+/* OpenCL backend module: shared declarations (hidden; only
+ * distrattn_backend_entry is exported). */
+#ifndef DA_CL_INTERNAL_H
+#define DA_CL_INTERNAL_H
+
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+#ifndef CL_TARGET_OPENCL_VERSION
+#define CL_TARGET_OPENCL_VERSION 120
+#endif
+#ifdef __APPLE__
+#include <OpenCL/opencl.h>
+#else
+#include <CL/cl.h>
+#endif
+
+#include "da_backend.h"
+
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define DA_CL_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define DA_CL_HIDDEN
+#endif
+
+/* Programs built for a context, keyed by source and build options. */
+enum { DA_CL_SRC_HASH = 0, DA_CL_SRC_ATTN = 1, DA_CL_SRC_AUX = 2 };
+
+typedef struct da_cl_prog {
+  struct da_cl_prog *next;
+  int src;
+  char *opts;
+  cl_program prog;
+} da_cl_prog;
+
+typedef struct da_cl_ctx {
+  cl_context cx;
+  cl_command_queue q;
+  cl_device_id dev;
+  int ooo;               /* out-of-order queue (wrapped): barriers between commands */
+  cl_ulong max_alloc;
+  cl_ulong local_mem;
+  size_t max_wg;
+  int is_cpu;            /* CL_DEVICE_TYPE_CPU: larger tiles */
+  int vw;                /* vector width of the fused kernel: 4, 8 or 16 */
+  int crsqrt;            /* -cl-fp32-correctly-rounded-divide-sqrt is accepted */
+  da_cl_prog *progs;
+} da_cl_ctx;
+
+DA_CL_HIDDEN const char *da_cl_errname(cl_int e);
+/* da_set_error with the call that failed and the OpenCL error's name. */
+DA_CL_HIDDEN da_status da_cl_fail(da_context *ctx, cl_int e, const char *what);
+/* The program of source src built with opts for the context (cached). */
+DA_CL_HIDDEN da_status da_cl_program(da_context *ctx, int src, const char *opts, cl_program *out);
+/* A barrier after an enqueue when the queue is out of order. */
+DA_CL_HIDDEN da_status da_cl_order(da_context *ctx);
+
+DA_CL_HIDDEN da_status da_cl_plan_prepare(da_plan *p);
+DA_CL_HIDDEN void da_cl_plan_release(da_plan *p);
+DA_CL_HIDDEN da_status da_cl_attention(da_plan *p, void *q, void *k, void *v, void *o);
+DA_CL_HIDDEN da_status da_cl_groups(da_plan *p, void *q, void *perm);
+
+#endif /* DA_CL_INTERNAL_H */

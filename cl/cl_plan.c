@@ -1,0 +1,454 @@
+/* OpenCL backend module: plans, the fused attention, the hash/groups kernel
+ * and DA_ALGO_GEMM through CLBlast. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cl_internal.h"
+#ifdef HAVE_CLBLAST
+#include <clblast_c.h>
+#endif
+
+typedef struct {
+  cl_kernel k_hash, k_attn, k_prep;
+  cl_kernel k_to32, k_fq, k_fk, k_soft, k_store;
+  cl_mem proj, perm, wts;
+  cl_mem kb, vb;               /* K and V per key tile in f32 (fused algorithm) */
+  size_t bn, dp;               /* key tile, head_dim padded to the vector width */
+  /* DA_ALGO_GEMM temporaries */
+  cl_mem q32, k32, v32, qs, kfz, s, of;
+  size_t hash_ls, bm, sl, upc; /* upc: (batch, kv head) units per GEMM chunk */
+  int rp;                      /* logits rows per head (padded to whole hash tiles for G > 1) */
+} da_cl_plan;
+
+#define CK(call, what)                                                                            \
+  do {                                                                                            \
+    cl_int e_ = (call);                                                                           \
+    if (e_ != CL_SUCCESS) return da_cl_fail(ctx, e_, what);                                       \
+  } while (0)
+
+#define ARG(k, i, v) CK(clSetKernelArg((k), (i), sizeof(v), &(v)), "clSetKernelArg(" #k ", " #i ")")
+
+static size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
+
+static void release_plan(da_cl_plan *bp) {
+  cl_kernel ks[] = {bp->k_hash, bp->k_attn, bp->k_prep, bp->k_to32, bp->k_fq, bp->k_fk, bp->k_soft, bp->k_store};
+  for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++)
+    if (ks[i]) clReleaseKernel(ks[i]);
+  cl_mem ms[] = {bp->proj, bp->perm, bp->wts, bp->kb, bp->vb, bp->q32, bp->k32, bp->v32, bp->qs, bp->kfz, bp->s, bp->of};
+  for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+    if (ms[i]) clReleaseMemObject(ms[i]);
+  free(bp);
+}
+
+void da_cl_plan_release(da_plan *p) {
+  if (p->bplan) release_plan(p->bplan);
+  p->bplan = NULL;
+}
+
+static da_status new_buffer(da_context *ctx, size_t bytes, cl_mem *out, const char *what) {
+  da_cl_ctx *bc = ctx->bctx;
+  if (bytes == 0) bytes = 4;
+  if ((cl_ulong)bytes > bc->max_alloc)
+    return da_set_error(ctx, DA_ERR_DEVICE_MEMORY,
+                        "OpenCL: %s needs %zu bytes, more than CL_DEVICE_MAX_MEM_ALLOC_SIZE (%llu)",
+                        what, bytes, (unsigned long long)bc->max_alloc);
+  cl_int e;
+  *out = clCreateBuffer(bc->cx, CL_MEM_READ_WRITE, bytes, NULL, &e);
+  if (e != CL_SUCCESS || !*out) {
+    *out = NULL;
+    if (e == CL_OUT_OF_RESOURCES || e == CL_MEM_OBJECT_ALLOCATION_FAILURE)
+      return da_set_error(ctx, DA_ERR_DEVICE_MEMORY, "OpenCL: clCreateBuffer(%s, %zu bytes): %s (%d)",
+                          what, bytes, da_cl_errname(e), (int)e);
+    return da_cl_fail(ctx, e, "clCreateBuffer");
+  }
+  return DA_SUCCESS;
+}
+
+static da_status make_kernel(da_context *ctx, int src, const char *opts, const char *name,
+                             cl_kernel *out) {
+  cl_program prog;
+  da_status s = da_cl_program(ctx, src, opts, &prog);
+  if (s != DA_SUCCESS) return s;
+  cl_int e;
+  *out = clCreateKernel(prog, name, &e);
+  if (e != CL_SUCCESS || !*out) {
+    *out = NULL;
+    return da_set_error(ctx, DA_ERR_BUILD, "OpenCL: clCreateKernel(%s) failed: %s (%d)", name,
+                        da_cl_errname(e), (int)e);
+  }
+  return DA_SUCCESS;
+}
+
+static const char *fp_opts(const da_cl_ctx *bc) {
+  return bc->crsqrt ? " -cl-fp32-correctly-rounded-divide-sqrt" : "";
+}
+
+/* The hash kernel and the per-plan perm/weights it writes. */
+static da_status ensure_hash(da_plan *p) {
+  da_context *ctx = p->ctx;
+  da_cl_ctx *bc = ctx->bctx;
+  da_cl_plan *bp = p->bplan;
+  const da_attn_desc *d = &p->d;
+  da_status s;
+  if (bp->k_hash) return DA_SUCCESS;
+  size_t pbytes = p->perm_count * 4;
+  if (!bp->perm && (s = new_buffer(ctx, pbytes, &bp->perm, "permutations")) != DA_SUCCESS) return s;
+  if (!bp->wts && (s = new_buffer(ctx, pbytes, &bp->wts, "fusion weights")) != DA_SUCCESS) return s;
+  if (!bp->proj) {
+    size_t rbytes = (size_t)d->hash_bits * (size_t)d->hash_block * sizeof(float);
+    if ((s = new_buffer(ctx, rbytes, &bp->proj, "projections")) != DA_SUCCESS) return s;
+    CK(clEnqueueWriteBuffer(bc->q, bp->proj, CL_TRUE, 0, rbytes, p->proj, 0, NULL, NULL),
+       "clEnqueueWriteBuffer(projections)");
+  }
+  const size_t hv = (size_t)bc->vw;
+  size_t ls = round_up(((size_t)d->head_dim + hv - 1) / hv, 8);
+  if (ls > bc->max_wg) ls = bc->max_wg;
+  char opts[512];
+  snprintf(opts, sizeof opts,
+           "-DDTYPE=%d -DD=%d -DHASH_BITS=%d -DHB=%d -DG=%d -DFUSION=%d -DLS=%zu -DHV=%zu%s",
+           (int)d->dtype, d->head_dim, d->hash_bits, d->hash_block, d->group_size,
+           (int)d->fusion, ls, hv, fp_opts(bc));
+  bp->hash_ls = ls;
+  if ((s = make_kernel(ctx, DA_CL_SRC_HASH, opts, "da_hash", &bp->k_hash)) != DA_SUCCESS) return s;
+  return DA_SUCCESS;
+}
+
+static da_status enqueue_hash(da_plan *p, cl_mem q, cl_mem perm_out) {
+  da_context *ctx = p->ctx;
+  da_cl_ctx *bc = ctx->bctx;
+  da_cl_plan *bp = p->bplan;
+  const da_attn_desc *d = &p->d;
+  cl_int seq_q = d->seq_q, n_tiles = p->n_tiles;
+  ARG(bp->k_hash, 0, q);
+  ARG(bp->k_hash, 1, bp->proj);
+  ARG(bp->k_hash, 2, perm_out);
+  ARG(bp->k_hash, 3, bp->wts);
+  ARG(bp->k_hash, 4, seq_q);
+  ARG(bp->k_hash, 5, n_tiles);
+  size_t gws[2] = {(size_t)p->n_tiles * bp->hash_ls, (size_t)d->batch * (size_t)d->heads};
+  size_t lws[2] = {bp->hash_ls, 1};
+  CK(clEnqueueNDRangeKernel(bc->q, bp->k_hash, 2, NULL, gws, lws, 0, NULL, NULL),
+     "clEnqueueNDRangeKernel(da_hash)");
+  return da_cl_order(ctx);
+}
+
+static da_status prepare_fused(da_plan *p) {
+  da_context *ctx = p->ctx;
+  da_cl_ctx *bc = ctx->bctx;
+  da_cl_plan *bp = p->bplan;
+  const da_attn_desc *d = &p->d;
+  const size_t D = (size_t)d->head_dim, G = (size_t)d->group_size, ng = (size_t)p->ng;
+  if (d->head_dim > 256)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "OpenCL: the fused kernel takes head_dim 1..256, not %d (use DA_ALGO_GEMM)",
+                        d->head_dim);
+  const size_t vw = (size_t)bc->vw, dp = round_up(D, vw);
+  /* Rows per work-group: as many as a hash tile allows (they share each K/V
+   * tile), at most 128 (CPU) or 64. */
+  size_t bm = (size_t)d->hash_block < (bc->is_cpu ? 128u : 64u) ? (size_t)d->hash_block
+                                                                 : (bc->is_cpu ? 128u : 64u);
+  while (bm > bc->max_wg && bm > 1) bm /= 2;
+  size_t bn = 0;
+  for (size_t t = bc->is_cpu ? 128 : 32; t >= 16 && !bn; t /= 2) {
+    size_t need = (G > 1 ? ng * t * sizeof(float) + D * 8 + ng * 4 : 0) + 256 +
+                  (bc->is_cpu ? bm * dp * sizeof(float) : 0);
+    if (need <= bc->local_mem) bn = t;
+  }
+  if (!bn)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "OpenCL: head_dim %d needs more local memory than the device's %llu bytes",
+                        d->head_dim, (unsigned long long)bc->local_mem);
+  char opts[512];
+  snprintf(opts, sizeof opts,
+           "-DDTYPE=%d -DD=%zu -DDP=%zu -DG=%zu -DNG=%zu -DHB=%d -DBM=%zu -DBN=%zu -DVW=%zu "
+           "-DCAUSAL=%d -DACC_LOCAL=%d%s",
+           (int)d->dtype, D, dp, G, ng, d->hash_block, bm, bn, vw, d->causal ? 1 : 0, bc->is_cpu,
+           fp_opts(bc));
+  bp->bm = bm;
+  bp->bn = bn;
+  bp->dp = dp;
+  const size_t nkt = ((size_t)d->seq_k + bn - 1) / bn;
+  const size_t bk = (size_t)d->batch * (size_t)d->kv_heads;
+  da_status s;
+  if ((s = make_kernel(ctx, DA_CL_SRC_ATTN, opts, "da_attn", &bp->k_attn)) != DA_SUCCESS ||
+      (s = make_kernel(ctx, DA_CL_SRC_ATTN, opts, "da_kv_prep", &bp->k_prep)) != DA_SUCCESS ||
+      (s = new_buffer(ctx, bk * nkt * bn * D * 4, &bp->kb, "key tiles")) != DA_SUCCESS ||
+      (s = new_buffer(ctx, bk * nkt * bn * dp * 4, &bp->vb, "value tiles")) != DA_SUCCESS)
+    return s;
+  return DA_SUCCESS;
+}
+
+static da_status prepare_gemm(da_plan *p) {
+  da_context *ctx = p->ctx;
+#ifndef HAVE_CLBLAST
+  (void)p;
+  return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                      "OpenCL: DA_ALGO_GEMM needs CLBlast, and this module was built without it");
+#else
+  da_cl_ctx *bc = ctx->bctx;
+  da_cl_plan *bp = p->bplan;
+  const da_attn_desc *d = &p->d;
+  const size_t D = (size_t)d->head_dim, G = (size_t)d->group_size, ng = (size_t)p->ng;
+  const size_t rep = (size_t)(d->heads / d->kv_heads), units = (size_t)d->batch * d->kv_heads;
+  const size_t seq_k = (size_t)d->seq_k, nt = (size_t)p->n_tiles;
+  da_status s;
+  size_t sl = 64;
+  while (sl > bc->max_wg && sl > 1) sl /= 2;
+  bp->sl = sl;
+  bp->rp = G > 1 ? (int)(nt * (size_t)d->hash_block) : d->seq_q;
+  char opts[512];
+  snprintf(opts, sizeof opts, "-DDTYPE=%d -DD=%zu -DG=%zu -DNG=%zu -DHB=%d -DCAUSAL=%d -DSL=%zu%s",
+           (int)d->dtype, D, G, ng, d->hash_block, d->causal ? 1 : 0, sl, fp_opts(bc));
+  if ((s = make_kernel(ctx, DA_CL_SRC_AUX, opts, "da_softmax", &bp->k_soft)) != DA_SUCCESS ||
+      (s = make_kernel(ctx, DA_CL_SRC_AUX, opts, "da_store_out", &bp->k_store)) != DA_SUCCESS)
+    return s;
+  if (d->dtype != DA_F32 &&
+      (s = make_kernel(ctx, DA_CL_SRC_AUX, opts, "da_to_f32", &bp->k_to32)) != DA_SUCCESS)
+    return s;
+  if (G > 1 &&
+      ((s = make_kernel(ctx, DA_CL_SRC_AUX, opts, "da_fuse_q", &bp->k_fq)) != DA_SUCCESS ||
+       (s = make_kernel(ctx, DA_CL_SRC_AUX, opts, "da_fuse_k", &bp->k_fk)) != DA_SUCCESS))
+    return s;
+  /* Chunks of (batch, kv head) units bound the logits to a few hundred MiB. */
+  const size_t rp = (size_t)bp->rp;
+  size_t s_u = rep * rp * seq_k * 4, k_u = G > 1 ? rep * nt * seq_k * ng * 4 : 0;
+  size_t per = s_u > k_u ? s_u : k_u;
+  cl_ulong cap = bc->max_alloc < ((cl_ulong)512 << 20) ? bc->max_alloc : ((cl_ulong)512 << 20);
+  if ((cl_ulong)per > bc->max_alloc)
+    return da_set_error(ctx, DA_ERR_DEVICE_MEMORY,
+                        "OpenCL: the GEMM logits of one kv head need %zu bytes, more than "
+                        "CL_DEVICE_MAX_MEM_ALLOC_SIZE (%llu)",
+                        per, (unsigned long long)bc->max_alloc);
+  size_t upc = (size_t)(cap / per);
+  if (upc < 1) upc = 1;
+  if (upc > units) upc = units;
+  bp->upc = upc;
+  if ((s = new_buffer(ctx, upc * s_u, &bp->s, "GEMM logits")) != DA_SUCCESS) return s;
+  if ((s = new_buffer(ctx, (size_t)d->batch * d->heads * rp * D * 4, &bp->of, "GEMM output")) !=
+      DA_SUCCESS)
+    return s;
+  if (d->dtype != DA_F32) {
+    if (G == 1 && ((s = new_buffer(ctx, p->q_elems * 4, &bp->q32, "f32 Q")) != DA_SUCCESS ||
+                   (s = new_buffer(ctx, p->kv_elems * 4, &bp->k32, "f32 K")) != DA_SUCCESS))
+      return s;
+    if ((s = new_buffer(ctx, p->kv_elems * 4, &bp->v32, "f32 V")) != DA_SUCCESS) return s;
+  }
+  if (G > 1) {
+    if ((s = new_buffer(ctx, (size_t)d->batch * d->heads * rp * ng * 4, &bp->qs, "fused Q")) !=
+            DA_SUCCESS ||
+        (s = new_buffer(ctx, upc * k_u, &bp->kfz, "fused K")) != DA_SUCCESS)
+      return s;
+  }
+  return DA_SUCCESS;
+#endif
+}
+
+da_status da_cl_plan_prepare(da_plan *p) {
+  da_context *ctx = p->ctx;
+  da_cl_plan *bp = calloc(1, sizeof *bp);
+  if (!bp) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "OpenCL: out of host memory");
+  p->bplan = bp;
+  da_status s = DA_SUCCESS;
+  if (p->d.group_size > 1) s = ensure_hash(p);
+  if (s == DA_SUCCESS) s = p->d.algo == DA_ALGO_GEMM ? prepare_gemm(p) : prepare_fused(p);
+  if (s != DA_SUCCESS) {
+    release_plan(bp);
+    p->bplan = NULL;
+  }
+  return s;
+}
+
+da_status da_cl_groups(da_plan *p, void *q, void *perm) {
+  da_status s = ensure_hash(p);
+  if (s != DA_SUCCESS) return s;
+  return enqueue_hash(p, (cl_mem)q, (cl_mem)perm);
+}
+
+static da_status attention_fused(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_mem o) {
+  da_context *ctx = p->ctx;
+  da_cl_ctx *bc = ctx->bctx;
+  da_cl_plan *bp = p->bplan;
+  const da_attn_desc *d = &p->d;
+  da_status s;
+  if (d->group_size > 1 && (s = enqueue_hash(p, q, bp->perm)) != DA_SUCCESS) return s;
+  cl_mem perm = d->group_size > 1 ? bp->perm : o, wts = d->group_size > 1 ? bp->wts : o;
+  cl_int nkt = (cl_int)(((size_t)d->seq_k + bp->bn - 1) / bp->bn);
+  {
+    cl_int sk = d->seq_k;
+    ARG(bp->k_prep, 0, k);
+    ARG(bp->k_prep, 1, v);
+    ARG(bp->k_prep, 2, bp->kb);
+    ARG(bp->k_prep, 3, bp->vb);
+    ARG(bp->k_prep, 4, sk);
+    ARG(bp->k_prep, 5, nkt);
+    size_t gws[3] = {bp->dp, (size_t)nkt * bp->bn, (size_t)d->batch * (size_t)d->kv_heads};
+    CK(clEnqueueNDRangeKernel(bc->q, bp->k_prep, 3, NULL, gws, NULL, 0, NULL, NULL),
+       "clEnqueueNDRangeKernel(da_kv_prep)");
+    if ((s = da_cl_order(ctx)) != DA_SUCCESS) return s;
+  }
+  cl_int seq_q = d->seq_q, seq_k = d->seq_k, heads = d->heads, kvh = d->kv_heads,
+         nt = p->n_tiles;
+  cl_float qscale = (cl_float)((double)d->scale * 1.4426950408889634073599);
+  cl_kernel kr = bp->k_attn;
+  ARG(kr, 0, q);
+  ARG(kr, 1, bp->kb);
+  ARG(kr, 2, bp->vb);
+  ARG(kr, 3, o);
+  ARG(kr, 4, perm);
+  ARG(kr, 5, wts);
+  ARG(kr, 6, seq_q);
+  ARG(kr, 7, seq_k);
+  ARG(kr, 8, heads);
+  ARG(kr, 9, kvh);
+  ARG(kr, 10, nt);
+  ARG(kr, 11, nkt);
+  ARG(kr, 12, qscale);
+  size_t gws[3] = {round_up((size_t)d->seq_q, bp->bm), (size_t)d->heads, (size_t)d->batch};
+  size_t lws[3] = {bp->bm, 1, 1};
+  CK(clEnqueueNDRangeKernel(bc->q, kr, 3, NULL, gws, lws, 0, NULL, NULL),
+     "clEnqueueNDRangeKernel(da_attn)");
+  return da_cl_order(ctx);
+}
+
+#ifdef HAVE_CLBLAST
+static da_status blast_fail(da_context *ctx, CLBlastStatusCode c, const char *what) {
+  da_status s = ((int)c == CL_OUT_OF_RESOURCES || (int)c == CL_MEM_OBJECT_ALLOCATION_FAILURE)
+                    ? DA_ERR_DEVICE_MEMORY
+                    : DA_ERR_BACKEND;
+  if ((int)c <= 0 && (int)c > -100)
+    return da_set_error(ctx, s, "CLBlast: %s failed: %s (%d)", what, da_cl_errname((cl_int)c),
+                        (int)c);
+  return da_set_error(ctx, s, "CLBlast: %s failed: CLBlast status %d", what, (int)c);
+}
+
+/* C[b] = A[b] op(B[b]), row-major, for b < batch. */
+static da_status sgemm(da_context *ctx, int tb, size_t m, size_t n, size_t kk, cl_mem a,
+                       size_t aoff, size_t lda, size_t as, cl_mem b, size_t boff, size_t ldb,
+                       size_t bs, cl_mem c, size_t coff, size_t ldc, size_t cs, size_t batch) {
+  da_cl_ctx *bc = ctx->bctx;
+  cl_event ev = NULL;
+  CLBlastStatusCode r = CLBlastSgemmStridedBatched(
+      CLBlastLayoutRowMajor, CLBlastTransposeNo, tb ? CLBlastTransposeYes : CLBlastTransposeNo, m,
+      n, kk, 1.0f, a, aoff, lda, as, b, boff, ldb, bs, 0.0f, c, coff, ldc, cs, batch, &bc->q, &ev);
+  if (ev) clReleaseEvent(ev);
+  if (r != CLBlastSuccess) return blast_fail(ctx, r, "CLBlastSgemmStridedBatched");
+  return da_cl_order(ctx);
+}
+
+static da_status to_f32(da_plan *p, cl_mem src, cl_mem dst, size_t n) {
+  da_context *ctx = p->ctx;
+  da_cl_ctx *bc = ctx->bctx;
+  da_cl_plan *bp = p->bplan;
+  cl_ulong nn = n;
+  ARG(bp->k_to32, 0, src);
+  ARG(bp->k_to32, 1, dst);
+  ARG(bp->k_to32, 2, nn);
+  size_t gws = round_up(n, 64);
+  CK(clEnqueueNDRangeKernel(bc->q, bp->k_to32, 1, NULL, &gws, NULL, 0, NULL, NULL),
+     "clEnqueueNDRangeKernel(da_to_f32)");
+  return da_cl_order(ctx);
+}
+
+static da_status attention_gemm(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_mem o) {
+  da_context *ctx = p->ctx;
+  da_cl_ctx *bc = ctx->bctx;
+  da_cl_plan *bp = p->bplan;
+  const da_attn_desc *d = &p->d;
+  const size_t D = (size_t)d->head_dim, G = (size_t)d->group_size, ng = (size_t)p->ng;
+  const size_t rep = (size_t)(d->heads / d->kv_heads), units = (size_t)d->batch * d->kv_heads;
+  const size_t seq_q = (size_t)d->seq_q, seq_k = (size_t)d->seq_k, nt = (size_t)p->n_tiles;
+  const size_t hb = (size_t)d->hash_block, rp = (size_t)bp->rp;
+  cl_int iseq_q = d->seq_q, iseq_k = d->seq_k, irp = bp->rp, heads = d->heads,
+         kvh = d->kv_heads, int_nt = p->n_tiles;
+  da_status s;
+  cl_mem qa = q, ka = k, va = v;
+  if (d->dtype != DA_F32) {
+    if (G == 1) {
+      if ((s = to_f32(p, q, bp->q32, p->q_elems)) != DA_SUCCESS) return s;
+      if ((s = to_f32(p, k, bp->k32, p->kv_elems)) != DA_SUCCESS) return s;
+      qa = bp->q32;
+      ka = bp->k32;
+    }
+    if ((s = to_f32(p, v, bp->v32, p->kv_elems)) != DA_SUCCESS) return s;
+    va = bp->v32;
+  }
+  if (G > 1) {
+    if ((s = enqueue_hash(p, q, bp->perm)) != DA_SUCCESS) return s;
+    ARG(bp->k_fq, 0, q);
+    ARG(bp->k_fq, 1, bp->perm);
+    ARG(bp->k_fq, 2, bp->wts);
+    ARG(bp->k_fq, 3, bp->qs);
+    ARG(bp->k_fq, 4, iseq_q);
+    ARG(bp->k_fq, 5, irp);
+    ARG(bp->k_fq, 6, int_nt);
+    size_t gws[3] = {round_up(ng, 8), round_up(rp, 8), (size_t)d->batch * d->heads};
+    size_t lws[3] = {8, 8, 1};
+    CK(clEnqueueNDRangeKernel(bc->q, bp->k_fq, 3, NULL, gws, lws, 0, NULL, NULL),
+       "clEnqueueNDRangeKernel(da_fuse_q)");
+    if ((s = da_cl_order(ctx)) != DA_SUCCESS) return s;
+  }
+  const cl_float scale = d->scale;
+  for (size_t u0 = 0; u0 < units; u0 += bp->upc) {
+    const size_t nu = units - u0 < bp->upc ? units - u0 : bp->upc;
+    if (G == 1) {
+      s = sgemm(ctx, 1, rep * seq_q, seq_k, D, qa, u0 * rep * seq_q * D, D, rep * seq_q * D, ka,
+                u0 * seq_k * D, D, seq_k * D, bp->s, 0, seq_k, rep * seq_q * seq_k, nu);
+      if (s != DA_SUCCESS) return s;
+    } else {
+      cl_int bh0 = (cl_int)(u0 * rep);
+      ARG(bp->k_fk, 0, k);
+      ARG(bp->k_fk, 1, bp->perm);
+      ARG(bp->k_fk, 2, bp->wts);
+      ARG(bp->k_fk, 3, bp->kfz);
+      ARG(bp->k_fk, 4, iseq_k);
+      ARG(bp->k_fk, 5, heads);
+      ARG(bp->k_fk, 6, kvh);
+      ARG(bp->k_fk, 7, int_nt);
+      ARG(bp->k_fk, 8, bh0);
+      size_t gws[3] = {round_up(ng, 8), round_up(seq_k, 8), nu * rep * nt};
+      size_t lws[3] = {8, 8, 1};
+      CK(clEnqueueNDRangeKernel(bc->q, bp->k_fk, 3, NULL, gws, lws, 0, NULL, NULL),
+         "clEnqueueNDRangeKernel(da_fuse_k)");
+      if ((s = da_cl_order(ctx)) != DA_SUCCESS) return s;
+      s = sgemm(ctx, 1, hb, seq_k, ng, bp->qs, u0 * rep * rp * ng, ng, hb * ng, bp->kfz, 0, ng,
+                seq_k * ng, bp->s, 0, seq_k, hb * seq_k, nu * rep * nt);
+      if (s != DA_SUCCESS) return s;
+    }
+    ARG(bp->k_soft, 0, bp->s);
+    ARG(bp->k_soft, 1, irp);
+    ARG(bp->k_soft, 2, iseq_q);
+    ARG(bp->k_soft, 3, iseq_k);
+    ARG(bp->k_soft, 4, scale);
+    size_t gws = nu * rep * rp * bp->sl, lws = bp->sl;
+    CK(clEnqueueNDRangeKernel(bc->q, bp->k_soft, 1, NULL, &gws, &lws, 0, NULL, NULL),
+       "clEnqueueNDRangeKernel(da_softmax)");
+    if ((s = da_cl_order(ctx)) != DA_SUCCESS) return s;
+    s = sgemm(ctx, 0, rep * rp, D, seq_k, bp->s, 0, seq_k, rep * rp * seq_k, va, u0 * seq_k * D, D,
+              seq_k * D, bp->of, u0 * rep * rp * D, D, rep * rp * D, nu);
+    if (s != DA_SUCCESS) return s;
+  }
+  ARG(bp->k_store, 0, bp->of);
+  ARG(bp->k_store, 1, o);
+  ARG(bp->k_store, 2, irp);
+  ARG(bp->k_store, 3, iseq_q);
+  size_t gws[3] = {round_up(D, 8), round_up(seq_q, 8), (size_t)d->batch * d->heads};
+  size_t lws[3] = {8, 8, 1};
+  CK(clEnqueueNDRangeKernel(bc->q, bp->k_store, 3, NULL, gws, lws, 0, NULL, NULL),
+     "clEnqueueNDRangeKernel(da_store_out)");
+  return da_cl_order(ctx);
+}
+#endif
+
+da_status da_cl_attention(da_plan *p, void *q, void *k, void *v, void *o) {
+  if (!p->bplan)
+    return da_set_error(p->ctx, DA_ERR_INVALID_ARG, "OpenCL: the plan was not prepared");
+  if (p->d.algo == DA_ALGO_GEMM) {
+#ifdef HAVE_CLBLAST
+    return attention_gemm(p, (cl_mem)q, (cl_mem)k, (cl_mem)v, (cl_mem)o);
+#else
+    return da_set_error(p->ctx, DA_ERR_UNSUPPORTED, "OpenCL: DA_ALGO_GEMM needs CLBlast");
+#endif
+  }
+  return attention_fused(p, (cl_mem)q, (cl_mem)k, (cl_mem)v, (cl_mem)o);
+}

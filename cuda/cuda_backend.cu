@@ -1,0 +1,542 @@
+/*
+ * The CUDA backend module (distrattn_cuda.so): the backend interface over
+ * the CUDA runtime (linked statically, so only the driver is needed) and,
+ * for DA_ALGO_GEMM, cuBLAS loaded with dlopen on first use.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <cublas_api.h>
+
+#include "cuda_dev.cuh"
+
+/* ---------------- errors ---------------- */
+
+static da_status dac_status_of(cudaError_t e) {
+  switch (e) {
+  case cudaErrorMemoryAllocation: return DA_ERR_DEVICE_MEMORY;
+  case cudaErrorNoDevice:
+  case cudaErrorInsufficientDriver:
+  case cudaErrorInvalidDevice: return DA_ERR_NO_DEVICE;
+  default: return DA_ERR_BACKEND;
+  }
+}
+
+static da_status dac_fail(da_context *ctx, cudaError_t e, const char *what) {
+  (void)cudaGetLastError(); /* clear a non-sticky error */
+  return da_set_error(ctx, dac_status_of(e), "CUDA: %s failed: %s (%s, %d)", what,
+                      cudaGetErrorString(e), cudaGetErrorName(e), (int)e);
+}
+
+#define DAC_CHECK(ctx, call)                                                                       \
+  do {                                                                                             \
+    cudaError_t dac_e_ = (call);                                                                   \
+    if (dac_e_ != cudaSuccess) return dac_fail((ctx), dac_e_, #call);                              \
+  } while (0)
+
+/* ---------------- cuBLAS, loaded on first use ---------------- */
+
+typedef cublasStatus_t (*pf_create)(cublasHandle_t *);
+typedef cublasStatus_t (*pf_destroy)(cublasHandle_t);
+typedef cublasStatus_t (*pf_set_stream)(cublasHandle_t, cudaStream_t);
+typedef cublasStatus_t (*pf_sgemm_sb)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int,
+                                      int, const float *, const float *, int, long long int,
+                                      const float *, int, long long int, const float *, float *, int,
+                                      long long int, int);
+typedef cublasStatus_t (*pf_gemm_sb_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int,
+                                        int, int, const void *, const void *, cudaDataType,
+                                        int, long long int, const void *, cudaDataType, int,
+                                        long long int, const void *, void *, cudaDataType, int,
+                                        long long int, int, cublasComputeType_t,
+                                        cublasGemmAlgo_t);
+typedef const char *(*pf_status_string)(cublasStatus_t);
+
+static struct {
+  pthread_once_t once;
+  void *dl;
+  char why[512];
+  pf_create create;
+  pf_destroy destroy;
+  pf_set_stream set_stream;
+  pf_sgemm_sb sgemm_sb;
+  pf_gemm_sb_ex gemm_sb_ex;
+  pf_status_string status_string;
+} blas = {PTHREAD_ONCE_INIT, NULL, "", NULL, NULL, NULL, NULL, NULL, NULL};
+
+static void blas_load(void) {
+  static const char *names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0] && !blas.dl; i++) {
+    blas.dl = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!blas.dl) {
+      const char *e = dlerror();
+      snprintf(blas.why, sizeof blas.why, "dlopen(%s) failed: %s", names[i], e ? e : "?");
+    }
+  }
+  if (!blas.dl) return;
+  blas.create = (pf_create)dlsym(blas.dl, "cublasCreate_v2");
+  blas.destroy = (pf_destroy)dlsym(blas.dl, "cublasDestroy_v2");
+  blas.set_stream = (pf_set_stream)dlsym(blas.dl, "cublasSetStream_v2");
+  blas.sgemm_sb = (pf_sgemm_sb)dlsym(blas.dl, "cublasSgemmStridedBatched");
+  blas.gemm_sb_ex = (pf_gemm_sb_ex)dlsym(blas.dl, "cublasGemmStridedBatchedEx");
+  blas.status_string = (pf_status_string)dlsym(blas.dl, "cublasGetStatusString");
+  if (!blas.create || !blas.destroy || !blas.set_stream || !blas.sgemm_sb || !blas.gemm_sb_ex) {
+    snprintf(blas.why, sizeof blas.why, "cuBLAS lacks the GEMM entry points");
+    dlclose(blas.dl);
+    blas.dl = NULL;
+  }
+}
+
+static da_status blas_fail(da_context *ctx, cublasStatus_t st, const char *what) {
+  return da_set_error(ctx, st == CUBLAS_STATUS_ALLOC_FAILED ? DA_ERR_DEVICE_MEMORY : DA_ERR_BACKEND,
+                      "cuBLAS: %s failed: %s (%d)", what,
+                      blas.status_string ? blas.status_string(st) : "cublasStatus", (int)st);
+}
+
+#define DAC_BLAS(ctx, call)                                                                        \
+  do {                                                                                             \
+    cublasStatus_t dac_s_ = (call);                                                                \
+    if (dac_s_ != CUBLAS_STATUS_SUCCESS) return blas_fail((ctx), dac_s_, #call);                   \
+  } while (0)
+
+/* ---------------- devices ---------------- */
+
+static int dac_init(char *why, size_t why_len) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    snprintf(why, why_len, "no CUDA driver: cudaGetDeviceCount returned %d (%s: %s)", (int)e,
+             cudaGetErrorName(e), cudaGetErrorString(e));
+    (void)cudaGetLastError();
+    return e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice ? DA_ERR_NO_DEVICE
+                                                                       : DA_ERR_BACKEND;
+  }
+  if (n == 0) snprintf(why, why_len, "no CUDA device: cudaGetDeviceCount found none");
+  return n;
+}
+
+static da_status dac_fill_info(da_context *ctx, int index, da_device_info *out, int *rank) {
+  cudaDeviceProp p;
+  DAC_CHECK(ctx, cudaGetDeviceProperties(&p, index));
+  memset(out, 0, sizeof *out);
+  out->backend = DA_BACKEND_CUDA;
+  out->index = index;
+  snprintf(out->name, sizeof out->name, "%.100s (sm_%d%d)", p.name, p.major, p.minor);
+  snprintf(out->vendor, sizeof out->vendor, "NVIDIA");
+  out->global_mem = (unsigned long long)p.totalGlobalMem;
+  out->has_fp16 = 1;
+  out->has_bf16 = 1; /* tensor cores from sm_80; SIMT arithmetic elsewhere */
+  if (rank) *rank = DA_RANK_GPU;
+  return DA_SUCCESS;
+}
+
+static da_status dac_device_info(int index, da_device_info *out, int *rank) {
+  return dac_fill_info(NULL, index, out, rank);
+}
+
+static da_status dac_ctx_setup(da_context *ctx, dac_ctx *bc, int dev) {
+  cudaDeviceProp p;
+  DAC_CHECK(ctx, cudaGetDeviceProperties(&p, dev));
+  bc->dev = dev;
+  bc->cc_major = p.major;
+  bc->cc_minor = p.minor;
+  bc->sm_count = p.multiProcessorCount;
+  bc->smem_optin = p.sharedMemPerBlockOptin;
+  ctx->device_index = dev;
+  return dac_fill_info(ctx, dev, &ctx->info, NULL);
+}
+
+static da_status dac_ctx_create(da_context *ctx, int index) {
+  dac_ctx *bc = (dac_ctx *)calloc(1, sizeof *bc);
+  if (!bc) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "CUDA: out of host memory for a context");
+  cudaError_t e = cudaSetDevice(index);
+  if (e != cudaSuccess) {
+    free(bc);
+    return dac_fail(ctx, e, "cudaSetDevice");
+  }
+  da_status st = dac_ctx_setup(ctx, bc, index);
+  if (st != DA_SUCCESS) {
+    free(bc);
+    return st;
+  }
+  e = cudaStreamCreateWithFlags(&bc->stream, cudaStreamNonBlocking);
+  if (e != cudaSuccess) {
+    free(bc);
+    return dac_fail(ctx, e, "cudaStreamCreateWithFlags");
+  }
+  bc->own_stream = 1;
+  ctx->bctx = bc;
+  return DA_SUCCESS;
+}
+
+static da_status dac_ctx_wrap(da_context *ctx, void *native) {
+  dac_ctx *bc = (dac_ctx *)calloc(1, sizeof *bc);
+  if (!bc) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "CUDA: out of host memory for a context");
+  cudaStream_t s = (cudaStream_t)native;
+  int dev = 0;
+  cudaError_t e = s ? cudaStreamGetDevice(s, &dev) : cudaGetDevice(&dev);
+  if (e != cudaSuccess) {
+    free(bc);
+    return dac_fail(ctx, e, s ? "cudaStreamGetDevice on the wrapped stream" : "cudaGetDevice");
+  }
+  e = cudaSetDevice(dev);
+  if (e != cudaSuccess) {
+    free(bc);
+    return dac_fail(ctx, e, "cudaSetDevice");
+  }
+  da_status st = dac_ctx_setup(ctx, bc, dev);
+  if (st != DA_SUCCESS) {
+    free(bc);
+    return st;
+  }
+  bc->stream = s;
+  bc->own_stream = 0;
+  ctx->bctx = bc;
+  return DA_SUCCESS;
+}
+
+static void dac_ctx_destroy(da_context *ctx) {
+  dac_ctx *bc = (dac_ctx *)ctx->bctx;
+  if (!bc) return;
+  if (cudaSetDevice(bc->dev) == cudaSuccess) {
+    (void)cudaStreamSynchronize(bc->stream);
+    if (bc->blas) blas.destroy((cublasHandle_t)bc->blas);
+    if (bc->own_stream) (void)cudaStreamDestroy(bc->stream);
+  }
+  (void)cudaGetLastError();
+  free(bc);
+  ctx->bctx = NULL;
+}
+
+#define DAC_BC(ctx) ((dac_ctx *)(ctx)->bctx)
+#define DAC_SETDEV(ctx) DAC_CHECK(ctx, cudaSetDevice(DAC_BC(ctx)->dev))
+
+static da_status dac_synchronize(da_context *ctx) {
+  DAC_SETDEV(ctx);
+  DAC_CHECK(ctx, cudaStreamSynchronize(DAC_BC(ctx)->stream));
+  return DA_SUCCESS;
+}
+
+/* ---------------- buffers ---------------- */
+
+static da_status dac_buf_alloc(da_context *ctx, size_t bytes, void **handle) {
+  DAC_SETDEV(ctx);
+  void *p = NULL;
+  DAC_CHECK(ctx, cudaMalloc(&p, bytes ? bytes : 1));
+  *handle = p;
+  return DA_SUCCESS;
+}
+
+static void dac_buf_free(da_context *ctx, void *handle) {
+  if (cudaSetDevice(DAC_BC(ctx)->dev) == cudaSuccess) (void)cudaFree(handle);
+  (void)cudaGetLastError();
+}
+
+static da_status dac_buf_write(da_context *ctx, void *handle, size_t off, const void *src, size_t n) {
+  DAC_SETDEV(ctx);
+  cudaStream_t s = DAC_BC(ctx)->stream;
+  DAC_CHECK(ctx, cudaMemcpyAsync((char *)handle + off, src, n, cudaMemcpyHostToDevice, s));
+  DAC_CHECK(ctx, cudaStreamSynchronize(s));
+  return DA_SUCCESS;
+}
+
+static da_status dac_buf_read(da_context *ctx, void *handle, size_t off, void *dst, size_t n) {
+  DAC_SETDEV(ctx);
+  cudaStream_t s = DAC_BC(ctx)->stream;
+  DAC_CHECK(ctx, cudaMemcpyAsync(dst, (const char *)handle + off, n, cudaMemcpyDeviceToHost, s));
+  DAC_CHECK(ctx, cudaStreamSynchronize(s));
+  return DA_SUCCESS;
+}
+
+static da_status dac_buf_wrap(da_context *ctx, void *native, size_t bytes, void **handle) {
+  if (!native) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: buffer wrap: device pointer is NULL");
+  DAC_SETDEV(ctx);
+  cudaPointerAttributes at;
+  DAC_CHECK(ctx, cudaPointerGetAttributes(&at, native));
+  if (at.type != cudaMemoryTypeDevice && at.type != cudaMemoryTypeManaged)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "CUDA: buffer wrap: %p is not device memory (cudaPointerGetAttributes type %d)",
+                        native, (int)at.type);
+  if (at.device != DAC_BC(ctx)->dev)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "CUDA: buffer wrap: %p lives on device %d, the context is on device %d",
+                        native, at.device, DAC_BC(ctx)->dev);
+  (void)bytes;
+  *handle = native;
+  return DA_SUCCESS;
+}
+
+/* ---------------- plans ---------------- */
+
+static void dac_plan_free(dac_plan *bp) {
+  if (!bp) return;
+  if (bp->proj) (void)cudaFree(bp->proj);
+  if (bp->perm) (void)cudaFree(bp->perm);
+  if (bp->wts) (void)cudaFree(bp->wts);
+  if (bp->qs) (void)cudaFree(bp->qs);
+  if (bp->gemm_s) (void)cudaFree(bp->gemm_s);
+  if (bp->gemm_p) (void)cudaFree(bp->gemm_p);
+  if (bp->gemm_q) (void)cudaFree(bp->gemm_q);
+  (void)cudaGetLastError();
+  free(bp);
+}
+
+static void dac_plan_release(da_plan *p) {
+  if (!p->bplan) return;
+  dac_ctx *bc = DAC_BC(p->ctx);
+  if (cudaSetDevice(bc->dev) == cudaSuccess) (void)cudaStreamSynchronize(bc->stream);
+  dac_plan_free((dac_plan *)p->bplan);
+  p->bplan = NULL;
+}
+
+static da_status dac_alloc(da_context *ctx, void **ptr, size_t bytes, const char *what) {
+  cudaError_t e = cudaMalloc(ptr, bytes ? bytes : 1);
+  if (e != cudaSuccess) {
+    *ptr = NULL;
+    (void)cudaGetLastError();
+    return da_set_error(ctx, dac_status_of(e), "CUDA: cudaMalloc of %zu bytes for %s failed: %s",
+                        bytes, what, cudaGetErrorString(e));
+  }
+  return DA_SUCCESS;
+}
+
+static int dac_round16(int x) { return (x + 15) / 16 * 16; }
+
+static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
+  da_context *ctx = p->ctx;
+  dac_ctx *bc = DAC_BC(ctx);
+  const da_attn_desc *d = &p->d;
+  const int G = d->group_size;
+  const size_t bh = (size_t)d->batch * d->heads;
+  da_status st;
+  bp->use_mma = bc->cc_major >= 8 && dac_mma_supported(d->dtype, d->head_dim, G, d->hash_block);
+  bp->br = (G == 1 || d->hash_block >= 128) ? 128 : 64;
+  const size_t proj_bytes = (size_t)d->hash_bits * d->hash_block * sizeof(float);
+  st = dac_alloc(ctx, (void **)&bp->proj, proj_bytes, "the projections");
+  if (st) return st;
+  DAC_CHECK(ctx, cudaMemcpy(bp->proj, p->proj, proj_bytes, cudaMemcpyHostToDevice));
+  if (G > 1) {
+    st = dac_alloc(ctx, (void **)&bp->perm, p->perm_count * sizeof(int), "the permutations");
+    if (st) return st;
+    st = dac_alloc(ctx, (void **)&bp->wts, p->perm_count * sizeof(float), "the fusion weights");
+    if (st) return st;
+  }
+  if (d->algo == DA_ALGO_GEMM) {
+    pthread_once(&blas.once, blas_load);
+    if (!blas.dl)
+      return da_set_error(ctx, DA_ERR_UNSUPPORTED, "CUDA: DA_ALGO_GEMM needs cuBLAS: %s", blas.why);
+    if (!bc->blas) {
+      cublasHandle_t hdl;
+      DAC_BLAS(ctx, blas.create(&hdl));
+      bc->blas = hdl;
+    }
+    const int rep = d->heads / d->kv_heads;
+    const size_t pair_rows = (size_t)rep * d->seq_q;
+    const size_t per_pair = pair_rows * (size_t)d->seq_k * (4 + p->elem_size);
+    const size_t budget = (size_t)512 << 20;
+    size_t chunk = per_pair ? budget / per_pair : 1;
+    const size_t pairs = (size_t)d->batch * d->kv_heads;
+    if (chunk < 1) chunk = 1;
+    if (chunk > pairs) chunk = pairs;
+    bp->gemm_chunk = chunk;
+    st = dac_alloc(ctx, &bp->gemm_s, chunk * pair_rows * d->seq_k * 4, "the GEMM logits");
+    if (st) return st;
+    st = dac_alloc(ctx, &bp->gemm_p, chunk * pair_rows * d->seq_k * p->elem_size,
+                   "the GEMM probabilities");
+    if (st) return st;
+    if (G > 1) {
+      st = dac_alloc(ctx, &bp->gemm_q, p->q_elems * p->elem_size, "the expanded Q");
+      if (st) return st;
+    }
+    return DA_SUCCESS;
+  }
+  if (G > 1) {
+    const int ng = p->ng;
+    bp->qs_ld = bp->use_mma ? dac_round16(ng) : ng;
+    bp->qs_dtype = bp->use_mma ? d->dtype : DA_F32;
+    /* big enough for the SIMT layout too (f32, ng wide): the fallback for
+     * device pointers that are not 16-byte aligned */
+    size_t mma_bytes = bh * d->seq_q * (size_t)dac_round16(ng) * p->elem_size;
+    size_t simt_bytes = bh * d->seq_q * (size_t)ng * 4;
+    st = dac_alloc(ctx, &bp->qs, mma_bytes > simt_bytes ? mma_bytes : simt_bytes, "the fused Q");
+    if (st) return st;
+  }
+  return DA_SUCCESS;
+}
+
+static da_status dac_plan_prepare(da_plan *p) {
+  da_context *ctx = p->ctx;
+  if (p->d.head_dim > 256 && p->d.algo != DA_ALGO_GEMM)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "CUDA: head_dim %d: the fused kernels take 1..256 (use DA_ALGO_GEMM)",
+                        p->d.head_dim);
+  DAC_SETDEV(ctx);
+  dac_plan *bp = (dac_plan *)calloc(1, sizeof *bp);
+  if (!bp) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "CUDA: out of host memory for a plan");
+  da_status st = dac_plan_prepare_inner(p, bp);
+  if (st != DA_SUCCESS) {
+    dac_plan_free(bp);
+    return st;
+  }
+  p->bplan = bp;
+  return DA_SUCCESS;
+}
+
+/* ---------------- attention ---------------- */
+
+static void dac_fill_args(const da_plan *p, dac_args *a, const void *q, const void *k, const void *v,
+                          void *o) {
+  const da_attn_desc *d = &p->d;
+  const dac_plan *bp = (const dac_plan *)p->bplan;
+  memset(a, 0, sizeof *a);
+  a->q = q;
+  a->k = k;
+  a->v = v;
+  a->o = o;
+  a->qs = bp->qs;
+  a->perm = bp->perm;
+  a->wts = bp->wts;
+  a->batch = d->batch;
+  a->heads = d->heads;
+  a->kv_heads = d->kv_heads;
+  a->seq_q = d->seq_q;
+  a->seq_k = d->seq_k;
+  a->d = d->head_dim;
+  a->G = d->group_size;
+  a->ng = p->ng;
+  a->qs_ld = bp->qs_ld;
+  a->hash_block = d->hash_block;
+  a->n_tiles = p->n_tiles;
+  a->causal = d->causal;
+  a->scale = d->scale;
+  a->dt = d->dtype;
+}
+
+static da_status dac_gemm(da_plan *p, dac_args *a) {
+  da_context *ctx = p->ctx;
+  dac_ctx *bc = DAC_BC(ctx);
+  dac_plan *bp = (dac_plan *)p->bplan;
+  const da_attn_desc *d = &p->d;
+  cublasHandle_t hdl = (cublasHandle_t)bc->blas;
+  DAC_BLAS(ctx, blas.set_stream(hdl, bc->stream));
+  const void *q = a->q;
+  if (d->group_size > 1) {
+    DAC_CHECK(ctx, dac_launch_expand_q(a, bp->gemm_q, bc->stream));
+    q = bp->gemm_q;
+  }
+  const int rep = d->heads / d->kv_heads;
+  const int rows = rep * d->seq_q, sk = d->seq_k, hd = d->head_dim;
+  const size_t es = p->elem_size;
+  const size_t pairs = (size_t)d->batch * d->kv_heads;
+  const float one = 1.0f, zero = 0.0f;
+  const cudaDataType dtc = d->dtype == DA_F16 ? CUDA_R_16F : CUDA_R_16BF;
+  for (size_t p0 = 0; p0 < pairs; p0 += bp->gemm_chunk) {
+    const int n = (int)(pairs - p0 < bp->gemm_chunk ? pairs - p0 : bp->gemm_chunk);
+    const char *qp = (const char *)q + p0 * (size_t)rows * hd * es;
+    const char *kp = (const char *)a->k + p0 * (size_t)sk * hd * es;
+    const char *vp = (const char *)a->v + p0 * (size_t)sk * hd * es;
+    char *op = (char *)a->o + p0 * (size_t)rows * hd * es;
+    const long long sq_stride = (long long)rows * hd, kv_stride = (long long)sk * hd;
+    const long long s_stride = (long long)rows * sk, o_stride = (long long)rows * hd;
+    /* S^T (sk x rows, column-major) = K^T(op T on d x sk) * Q^T (d x rows) */
+    if (d->dtype == DA_F32) {
+      DAC_BLAS(ctx, blas.sgemm_sb(hdl, CUBLAS_OP_T, CUBLAS_OP_N, sk, rows, hd, &one,
+                                  (const float *)kp, hd, kv_stride, (const float *)qp, hd,
+                                  sq_stride, &zero, (float *)bp->gemm_s, sk, s_stride, n));
+    } else {
+      DAC_BLAS(ctx, blas.gemm_sb_ex(hdl, CUBLAS_OP_T, CUBLAS_OP_N, sk, rows, hd, &one, kp, dtc, hd,
+                                    kv_stride, qp, dtc, hd, sq_stride, &zero, bp->gemm_s,
+                                    CUDA_R_32F, sk, s_stride, n, CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT));
+    }
+    DAC_CHECK(ctx, dac_launch_softmax((const float *)bp->gemm_s, bp->gemm_p, d->dtype,
+                                      (long long)n * rows, d->seq_q, sk, d->causal, d->scale,
+                                      bc->stream));
+    /* O^T (d x rows) = V^T (d x sk) * P^T (sk x rows) */
+    if (d->dtype == DA_F32) {
+      DAC_BLAS(ctx, blas.sgemm_sb(hdl, CUBLAS_OP_N, CUBLAS_OP_N, hd, rows, sk, &one,
+                                  (const float *)vp, hd, kv_stride, (const float *)bp->gemm_p, sk,
+                                  s_stride, &zero, (float *)op, hd, o_stride, n));
+    } else {
+      DAC_BLAS(ctx, blas.gemm_sb_ex(hdl, CUBLAS_OP_N, CUBLAS_OP_N, hd, rows, sk, &one, vp, dtc, hd,
+                                    kv_stride, bp->gemm_p, dtc, sk, s_stride, &zero, op, dtc, hd,
+                                    o_stride, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+  }
+  return DA_SUCCESS;
+}
+
+static int dac_aligned16(const void *x) { return ((uintptr_t)x & 15u) == 0; }
+
+static da_status dac_attention(da_plan *p, void *q, void *k, void *v, void *o) {
+  da_context *ctx = p->ctx;
+  dac_ctx *bc = DAC_BC(ctx);
+  dac_plan *bp = (dac_plan *)p->bplan;
+  const da_attn_desc *d = &p->d;
+  if (!bp) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: plan was not prepared");
+  DAC_SETDEV(ctx);
+  dac_args a;
+  dac_fill_args(p, &a, q, k, v, o);
+  const int G = d->group_size;
+  if (G > 1)
+    DAC_CHECK(ctx, dac_launch_hash(q, d->dtype, d->batch, d->heads, d->seq_q, d->head_dim,
+                                   bp->proj, d->hash_bits, d->hash_block, G, d->fusion, bp->perm,
+                                   bp->wts, bc->stream));
+  if (d->algo == DA_ALGO_GEMM) return dac_gemm(p, &a);
+  const int mma = bp->use_mma && dac_aligned16(q) && dac_aligned16(k) && dac_aligned16(v) &&
+                  dac_aligned16(o);
+  if (G > 1) {
+    if (!mma) {
+      a.qs_ld = p->ng;
+      DAC_CHECK(ctx, dac_launch_fuse_q(&a, bp->qs, DA_F32, bc->stream));
+    } else {
+      DAC_CHECK(ctx, dac_launch_fuse_q(&a, bp->qs, bp->qs_dtype, bc->stream));
+    }
+  }
+  if (mma)
+    DAC_CHECK(ctx, dac_launch_mma(&a, bp->br, bc->stream));
+  else
+    DAC_CHECK(ctx, dac_launch_simt(&a, bc->stream));
+  return DA_SUCCESS;
+}
+
+static da_status dac_groups(da_plan *p, void *q, void *perm) {
+  da_context *ctx = p->ctx;
+  dac_ctx *bc = DAC_BC(ctx);
+  dac_plan *bp = (dac_plan *)p->bplan;
+  const da_attn_desc *d = &p->d;
+  if (!bp) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: plan was not prepared");
+  DAC_SETDEV(ctx);
+  DAC_CHECK(ctx, dac_launch_hash(q, d->dtype, d->batch, d->heads, d->seq_q, d->head_dim, bp->proj,
+                                 d->hash_bits, d->hash_block, d->group_size, d->fusion,
+                                 (int *)perm, NULL, bc->stream));
+  return DA_SUCCESS;
+}
+
+static const da_backend_iface dac_iface = {
+    DA_BACKEND_IFACE_VERSION,
+    DA_BACKEND_CUDA,
+    "cuda",
+    dac_init,
+    NULL,
+    dac_device_info,
+    dac_ctx_create,
+    dac_ctx_destroy,
+    dac_synchronize,
+    dac_ctx_wrap,
+    dac_buf_alloc,
+    dac_buf_free,
+    dac_buf_write,
+    dac_buf_read,
+    dac_buf_wrap,
+    dac_plan_prepare,
+    dac_plan_release,
+    dac_attention,
+    dac_groups,
+};
+
+extern "C" __attribute__((visibility("default"))) const da_backend_iface *
+distrattn_backend_entry(void) {
+  return &dac_iface;
+}

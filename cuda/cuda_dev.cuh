@@ -1,0 +1,28 @@
+/* Device helpers shared by the CUDA backend's kernels. */
+#ifndef DA_CUDA_DEV_CUH
+#define DA_CUDA_DEV_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "cuda_internal.h"
+
+__device__ __forceinline__ float dac_ld(const void *p, da_dtype t, size_t i) {
+  if (t == DA_F16) return __half2float(((const __half *)p)[i]);
+  if (t == DA_BF16) return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+  return ((const float *)p)[i];
+}
+
+__device__ __forceinline__ void dac_st(void *p, da_dtype t, size_t i, float v) {
+  if (t == DA_F16)
+    ((__half *)p)[i] = __float2half_rn(v);
+  else if (t == DA_BF16)
+    ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+  else
+    ((float *)p)[i] = v;
+}
+
+static inline size_t dac_dtype_size(da_dtype t) { return t == DA_F32 ? 4 : 2; }
+
+#endif /* DA_CUDA_DEV_CUH */

@@ -1,0 +1,195 @@
+/* SPEC steps 2-6 on the GPU (codes bit-identical to lib/hash.c), the fused
+ * Q, and the helpers of the GEMM algorithm. */
+#include <math.h>
+
+#include "cuda_dev.cuh"
+
+/* One block per (tile, head, batch). */
+__global__ void dac_hash_kernel(const void *__restrict__ q, da_dtype dt, int heads, int seq_q, int d,
+                                const float *__restrict__ proj, int hash_bits, int hash_block,
+                                int G, int norm, int n_tiles, int *__restrict__ perm,
+                                float *__restrict__ wts) {
+  __shared__ uint32_t codes[256];
+  __shared__ uint32_t keys[256];
+  __shared__ int perm_s[256];
+  __shared__ float a_s[256];
+  const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int r0 = tile * hash_block;
+  const int rows = min(hash_block, seq_q - r0);
+  const size_t bh = (size_t)b * heads + h;
+  const size_t qoff = (bh * (size_t)seq_q + (size_t)r0) * (size_t)d;
+  for (int c = threadIdx.x; c < d; c += blockDim.x) codes[c] = 0;
+  __syncthreads();
+  /* p_b = sequential fma over r = 0..rows-1, as lib/hash.c */
+  for (int idx = threadIdx.x; idx < d * hash_bits; idx += blockDim.x) {
+    const int c = idx % d, bit = idx / d;
+    const float *rb = proj + (size_t)bit * hash_block;
+    float acc = 0.0f;
+    for (int r = 0; r < rows; r++) acc = __fmaf_rn(rb[r], dac_ld(q, dt, qoff + (size_t)r * d + c), acc);
+    if (acc > 0.0f) atomicOr(&codes[c], 1u << bit);
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    uint32_t k = codes[c];
+    k ^= k >> 1;
+    k ^= k >> 2;
+    k ^= k >> 4;
+    k ^= k >> 8;
+    k ^= k >> 16;
+    keys[c] = k;
+  }
+  __syncthreads();
+  const size_t poff = (bh * (size_t)n_tiles + (size_t)tile) * (size_t)d;
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    const uint32_t kc = keys[c];
+    int rank = 0;
+    for (int e = 0; e < d; e++) {
+      const uint32_t ke = keys[e];
+      rank += (ke < kc) || (ke == kc && e < c);
+    }
+    perm_s[rank] = c;
+    perm[poff + rank] = c;
+  }
+  if (!wts) return;
+  __syncthreads();
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    if (norm) {
+      float s = 0.0f;
+      for (int r = 0; r < rows; r++) {
+        const float x = dac_ld(q, dt, qoff + (size_t)r * d + c);
+        s = __fmaf_rn(x, x, s);
+      }
+      a_s[c] = sqrtf(s);
+    } else {
+      a_s[c] = 1.0f;
+    }
+  }
+  __syncthreads();
+  if (norm) {
+    for (int g0 = threadIdx.x * G; g0 < d; g0 += blockDim.x * G) {
+      const int g1 = min(g0 + G, d);
+      float s = 0.0f;
+      for (int i = g0; i < g1; i++) s = __fadd_rn(s, a_s[perm_s[i]]);
+      if (!(s > 0.0f))
+        for (int i = g0; i < g1; i++) a_s[perm_s[i]] = 1.0f;
+    }
+    __syncthreads();
+  }
+  for (int c = threadIdx.x; c < d; c += blockDim.x) wts[poff + c] = a_s[c];
+}
+
+extern "C" cudaError_t dac_launch_hash(const void *q, da_dtype dt, int batch, int heads, int seq_q,
+                                       int d, const float *proj, int hash_bits, int hash_block,
+                                       int G, da_fusion fusion, int *perm, float *wts,
+                                       cudaStream_t s) {
+  const int n_tiles = (seq_q + hash_block - 1) / hash_block;
+  dim3 grid(n_tiles, heads, batch);
+  dac_hash_kernel<<<grid, 256, 0, s>>>(q, dt, heads, seq_q, d, proj, hash_bits, hash_block, G,
+                                       fusion == DA_FUSE_NORM, n_tiles, perm, wts);
+  return cudaGetLastError();
+}
+
+/* qs[bh][r][g] = sum_{c in g} Q[r][c] / sum_{c in g} a_c; zero for g >= ng. */
+__global__ void dac_fuse_q_kernel(dac_args a, void *__restrict__ qs, da_dtype qs_dt) {
+  const size_t total = (size_t)a.batch * a.heads * a.seq_q * a.qs_ld;
+  for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
+       idx += (size_t)gridDim.x * blockDim.x) {
+    const int g = (int)(idx % a.qs_ld);
+    const size_t row = idx / a.qs_ld; /* bh * seq_q + r */
+    const int r = (int)(row % a.seq_q);
+    const size_t bh = row / a.seq_q;
+    float v = 0.0f;
+    if (g < a.ng) {
+      const size_t poff = (bh * a.n_tiles + r / a.hash_block) * (size_t)a.d;
+      const int i0 = g * a.G, i1 = min(i0 + a.G, a.d);
+      float num = 0.0f, den = 0.0f;
+      for (int i = i0; i < i1; i++) {
+        const int c = a.perm[poff + i];
+        num += dac_ld(a.q, a.dt, row * a.d + c);
+        den += a.wts[poff + c];
+      }
+      v = num / den;
+    }
+    dac_st(qs, qs_dt, idx, v);
+  }
+}
+
+extern "C" cudaError_t dac_launch_fuse_q(const dac_args *a, void *qs, da_dtype qs_dt, cudaStream_t s) {
+  const size_t total = (size_t)a->batch * a->heads * a->seq_q * a->qs_ld;
+  const size_t blocks = (total + 255) / 256;
+  dac_fuse_q_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, s>>>(*a, qs, qs_dt);
+  return cudaGetLastError();
+}
+
+/* qx[bh][r][c] = Qs[r][g(c)] * a_c: the logits Qs Kf^T written as qx K^T. */
+__global__ void dac_expand_q_kernel(dac_args a, void *__restrict__ qx, da_dtype qx_dt) {
+  const size_t total = (size_t)a.batch * a.heads * a.seq_q * a.d;
+  for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
+       idx += (size_t)gridDim.x * blockDim.x) {
+    const int c = (int)(idx % a.d);
+    const size_t row = idx / a.d;
+    const int r = (int)(row % a.seq_q);
+    const size_t bh = row / a.seq_q;
+    const size_t poff = (bh * a.n_tiles + r / a.hash_block) * (size_t)a.d;
+    int pos = 0;
+    for (int i = 0; i < a.d; i++)
+      if (a.perm[poff + i] == c) pos = i;
+    const int i0 = (pos / a.G) * a.G, i1 = min(i0 + a.G, a.d);
+    float num = 0.0f, den = 0.0f;
+    for (int i = i0; i < i1; i++) {
+      const int cc = a.perm[poff + i];
+      num += dac_ld(a.q, a.dt, row * a.d + cc);
+      den += a.wts[poff + cc];
+    }
+    dac_st(qx, qx_dt, idx, num / den * a.wts[poff + c]);
+  }
+}
+
+extern "C" cudaError_t dac_launch_expand_q(const dac_args *a, void *qx, cudaStream_t s) {
+  const size_t total = (size_t)a->batch * a->heads * a->seq_q * a->d;
+  const size_t blocks = (total + 255) / 256;
+  dac_expand_q_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, s>>>(*a, qx, a->dt);
+  return cudaGetLastError();
+}
+
+__device__ __forceinline__ float dac_block_reduce(float v, bool is_max, float *red) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  v = red[0];
+  for (int i = 1; i < nw; i++) v = is_max ? fmaxf(v, red[i]) : v + red[i];
+  return v;
+}
+
+/* One block per row of logits: p = softmax(scale * s + mask). */
+__global__ void dac_softmax_kernel(const float *__restrict__ sl, void *__restrict__ p, da_dtype pdt,
+                                   int seq_q, int seq_k, int causal, float scale) {
+  __shared__ float red[32];
+  const size_t row = blockIdx.x;
+  const int i = (int)(row % seq_q);
+  const int nvis = causal ? max(0, min(seq_k, i + (seq_k - seq_q) + 1)) : seq_k;
+  const float *sr = sl + row * seq_k;
+  const size_t po = row * seq_k;
+  float m = -INFINITY;
+  for (int j = threadIdx.x; j < nvis; j += blockDim.x) m = fmaxf(m, sr[j] * scale);
+  m = dac_block_reduce(m, true, red);
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < nvis; j += blockDim.x) sum += expf(sr[j] * scale - m);
+  sum = dac_block_reduce(sum, false, red);
+  const float inv = nvis > 0 ? 1.0f / sum : 0.0f;
+  for (int j = threadIdx.x; j < seq_k; j += blockDim.x)
+    dac_st(p, pdt, po + j, j < nvis ? expf(sr[j] * scale - m) * inv : 0.0f);
+}
+
+extern "C" cudaError_t dac_launch_softmax(const float *sl, void *p, da_dtype pdt, long long rows,
+                                          int seq_q, int seq_k, int causal, float scale,
+                                          cudaStream_t s) {
+  if (rows <= 0) return cudaSuccess;
+  dac_softmax_kernel<<<(unsigned)rows, 256, 0, s>>>(sl, p, pdt, seq_q, seq_k, causal, scale);
+  return cudaGetLastError();
+}

@@ -1,0 +1,82 @@
+/*
+ * CUDA backend internals: the backend's context and plan state and the
+ * kernel launchers shared by the module's translation units. Not installed.
+ */
+#ifndef DA_CUDA_INTERNAL_H
+#define DA_CUDA_INTERNAL_H
+
+#include <cuda_runtime.h>
+
+#include "da_backend.h"
+
+#define DAC_HIDDEN __attribute__((visibility("hidden")))
+
+typedef struct dac_ctx {
+  int dev;
+  cudaStream_t stream;
+  int own_stream;
+  int cc_major, cc_minor;
+  int sm_count;
+  size_t smem_optin;      /* largest dynamic shared memory a block may opt in to */
+  void *blas;             /* cuBLAS handle, made on first use */
+} dac_ctx;
+
+typedef struct dac_plan {
+  float *proj;            /* the projections R on the device */
+  int *perm;              /* [batch][heads][n_tiles][head_dim] */
+  float *wts;             /* same shape: fusion weight a_c of column c */
+  void *qs;               /* fused Q: [batch][heads][seq_q][qs_ld] in qs_dtype */
+  int qs_ld;              /* row length of qs (ng, padded to 16 on the mma path) */
+  da_dtype qs_dtype;      /* the element type of qs */
+  int use_mma;            /* tensor-core kernel */
+  int br;                 /* query rows per block on the chosen path */
+  /* GEMM algorithm scratch */
+  void *gemm_s;           /* logits, f32 */
+  void *gemm_p;           /* probabilities, in the compute dtype */
+  void *gemm_q;           /* expanded Q for G > 1 */
+  size_t gemm_chunk;      /* (batch, kv head) pairs per GEMM round */
+} dac_plan;
+
+/* Kernel launch parameters, filled from a plan. */
+typedef struct dac_args {
+  const void *q, *k, *v;
+  void *o;
+  const void *qs;         /* fused Q (G > 1) */
+  const int *perm;
+  const float *wts;
+  int batch, heads, kv_heads, seq_q, seq_k, d;
+  int G, ng, qs_ld, hash_block, n_tiles;
+  int causal;
+  float scale;
+  da_dtype dt;
+} dac_args;
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Hash + sort + fusion weights of every tile: perm and (optionally) wts. */
+DAC_HIDDEN cudaError_t dac_launch_hash(const void *q, da_dtype dt, int batch, int heads, int seq_q,
+                                       int d, const float *proj, int hash_bits, int hash_block,
+                                       int G, da_fusion fusion, int *perm, float *wts,
+                                       cudaStream_t s);
+/* Fused Q: qs[bh][r][g] in qs_dt, rows of qs_ld elements (zero padded). */
+DAC_HIDDEN cudaError_t dac_launch_fuse_q(const dac_args *a, void *qs, da_dtype qs_dt, cudaStream_t s);
+/* SIMT attention, every dtype and head_dim, 16-row tiles. */
+DAC_HIDDEN cudaError_t dac_launch_simt(const dac_args *a, cudaStream_t s);
+/* Tensor-core attention, f16/bf16, d in {64, 128}; returns
+ * cudaErrorInvalidValue for a shape it lacks. */
+DAC_HIDDEN cudaError_t dac_launch_mma(const dac_args *a, int br, cudaStream_t s);
+DAC_HIDDEN int dac_mma_supported(da_dtype dt, int d, int G, int hash_block);
+/* GEMM helpers: expanded Q for G > 1 (qx[r][c] = Qs[r][g(c)] * a_c, in dt);
+ * masked softmax of f32 logits rows into p (dtype pdt). */
+DAC_HIDDEN cudaError_t dac_launch_expand_q(const dac_args *a, void *qx, cudaStream_t s);
+DAC_HIDDEN cudaError_t dac_launch_softmax(const float *sl, void *p, da_dtype pdt, long long rows,
+                                          int seq_q, int seq_k, int causal, float scale,
+                                          cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DA_CUDA_INTERNAL_H */

@@ -1,0 +1,395 @@
+/* Tensor-core fused attention for f16/bf16 inputs, head_dim 64 and 128:
+ * mma.sync m16n8k16 fed by ldmatrix, f32 accumulation, online softmax in
+ * registers. Each warp owns 16 query rows; 64 keys per step, K and V tiles
+ * brought in with cp.async while the previous step computes.
+ * Grouped logits (G > 1): the fused Q tile (qs, width DQK = ng padded to 16)
+ * is loaded like Q; each K tile is fused into Kf in shared memory with the
+ * block's hash-tile permutation and weights, then the same mma loop runs
+ * over DQK columns. */
+#include <math.h>
+
+#include "cuda_dev.cuh"
+
+
+template <typename T> struct dac_mma_op;
+template <> struct dac_mma_op<__half> {
+  static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+  }
+  static __device__ __forceinline__ __half cvt(float x) { return __float2half_rn(x); }
+  static __device__ __forceinline__ float tof(__half x) { return __half2float(x); }
+};
+template <> struct dac_mma_op<__nv_bfloat16> {
+  static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+  }
+  static __device__ __forceinline__ __nv_bfloat16 cvt(float x) { return __float2bfloat16_rn(x); }
+  static __device__ __forceinline__ float tof(__nv_bfloat16 x) { return __bfloat162float(x); }
+};
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(bytes));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* rows [row0, row0 + ROWS) of a [nrows][W] matrix into smem (row stride LD),
+ * zero-filled past nrows. */
+template <typename T, int ROWS, int W, int LD, int NT>
+__device__ __forceinline__ void load_tile(T *dst, const T *src, int row0, int nrows) {
+  constexpr int CPR = W / 8; /* 16-byte chunks per row */
+#pragma unroll
+  for (int i = threadIdx.x; i < ROWS * CPR; i += NT) {
+    const int r = i / CPR, c = (i % CPR) * 8;
+    const bool ok = row0 + r < nrows;
+    const T *g = ok ? src + (size_t)(row0 + r) * W + c : src;
+    cp_async16(dst + r * LD + c, g, ok ? 16 : 0);
+  }
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+/* WARPS warps of MT m-tiles (16 rows) each: BR = 16 * WARPS * MT query rows
+ * per block. With MT = 2 each K/V fragment feeds two mma and the Q
+ * fragments are read from shared memory per k-step. */
+/* keys per step: 32 where 32 rows per warp and head_dim 128 would not fit
+ * the registers with 64 */
+template <int DV, int MT> struct dac_mma_bc { static constexpr int value = (MT == 2 && DV == 128) ? 32 : 64; };
+/* blocks per SM the register budget is sized for */
+template <int DQK, int DV, int GS, int MT> struct dac_mma_minb {
+  static constexpr int value = MT == 2 ? 1 : ((DV == 64 && !(DQK == 16 && GS >= 4)) ? 3 : 2);
+};
+
+template <typename T, int DQK, int DV, int GS, int WARPS, int MT>
+__global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::value))
+    dac_mma_kernel(dac_args a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  typedef dac_mma_op<T> op;
+  constexpr bool GROUPED = GS > 1;
+  constexpr int NT = WARPS * 32, BR = WARPS * 16 * MT, BC = dac_mma_bc<DV, MT>::value;
+  constexpr int LDQ = DQK + 8, LDV = DV + 8;
+  extern __shared__ __align__(16) unsigned char smraw[];
+  T *Qsm = (T *)smraw;               /* [BR][LDQ] */
+  T *Ksm = Qsm + BR * LDQ;           /* [BC][LDQ]: K, or Kf when grouped */
+  T *Vsm = Ksm + BC * LDQ;           /* [BC][LDV] */
+  T *Kraw = Vsm + BC * LDV;          /* [BC][LDV] (grouped) */
+  float *a_s = (float *)(Kraw + (GROUPED ? BC * LDV : 0)); /* [DV] */
+  int *perm_s = (int *)(a_s + DV);   /* [DV] */
+
+  const int nqt = gridDim.x;
+  const int qt = a.causal ? nqt - 1 - (int)blockIdx.x : (int)blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int q0 = qt * BR;
+  const int kvh = h / (a.heads / a.kv_heads);
+  const size_t bh = (size_t)b * a.heads + h;
+  const size_t bkv = (size_t)b * a.kv_heads + kvh;
+  const int off = a.seq_k - a.seq_q;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g4 = lane / 4, t4 = lane % 4;
+
+  const T *qsrc = GROUPED ? (const T *)a.qs + bh * a.seq_q * DQK : (const T *)a.q + bh * a.seq_q * DV;
+  const T *ksrc = (const T *)a.k + bkv * a.seq_k * DV;
+  const T *vsrc = (const T *)a.v + bkv * a.seq_k * DV;
+
+  int kend = a.seq_k;
+  if (a.causal) kend = max(0, min(a.seq_k, q0 + BR + off));
+  const int nk = (kend + BC - 1) / BC;
+
+  load_tile<T, BR, DQK, LDQ, NT>(Qsm, qsrc, q0, a.seq_q);
+  if (nk > 0) {
+    if (GROUPED)
+      load_tile<T, BC, DV, LDV, NT>(Kraw, ksrc, 0, a.seq_k);
+    else
+      load_tile<T, BC, DV, LDQ, NT>(Ksm, ksrc, 0, a.seq_k);
+  }
+  cp_commit();
+  if (nk > 0) load_tile<T, BC, DV, LDV, NT>(Vsm, vsrc, 0, a.seq_k);
+  cp_commit();
+  if (GROUPED) {
+    const size_t poff = (bh * a.n_tiles + q0 / a.hash_block) * (size_t)a.d;
+    for (int c = threadIdx.x; c < DV; c += NT) {
+      perm_s[c] = a.perm[poff + c];
+      a_s[c] = a.wts[poff + c];
+    }
+  }
+  cp_wait<1>();
+  __syncthreads();
+
+  /* Kf build: this thread fills column kg of Kf, rows kr0 + m * KSTRIDE,
+   * from the GS columns (and weights) of its group, kept in registers */
+  constexpr int KSTRIDE = NT / DQK;
+  const int kg = threadIdx.x % DQK, kr0 = threadIdx.x / DQK;
+  int kc[GS];
+  float kw[GS];
+#pragma unroll
+  for (int i = 0; i < GS; i++) {
+    const int p = kg * GS + i;
+    const bool ok = GROUPED && kg < a.ng && p < DV;
+    kc[i] = ok ? perm_s[p] : 0;
+    kw[i] = ok ? a_s[kc[i]] : 0.0f;
+  }
+
+  /* Q fragments: in registers for MT == 1, else read per k-step */
+  constexpr int QF = MT == 1 ? DQK / 16 : 1;
+  uint32_t qf[QF][4];
+  const T *qfrag = Qsm + (warp * 16 * MT + (lane % 16)) * LDQ + (lane / 16) * 8;
+  if (MT == 1) {
+#pragma unroll
+    for (int kk = 0; kk < QF; kk++) ldsm_x4(qf[kk], qfrag + kk * 16);
+  }
+
+  float o[MT][DV / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int i = 0; i < DV / 8; i++) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.0f;
+  float mrow[MT][2], lrow[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+    mrow[mt][0] = mrow[mt][1] = -INFINITY;
+    lrow[mt][0] = lrow[mt][1] = 0.0f;
+  }
+  const float sc = a.scale * 1.4426950408889634f;
+  const int rowb = q0 + warp * 16 * MT + g4;
+
+  for (int j = 0; j < nk; j++) {
+    const int k0 = j * BC;
+    if (GROUPED) {
+#pragma unroll
+      for (int m = 0; m < BC / KSTRIDE; m++) {
+        const int kr = kr0 + m * KSTRIDE;
+        const T *src = Kraw + kr * LDV;
+        float acc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < GS; i++) acc = fmaf(kw[i], op::tof(src[kc[i]]), acc);
+        Ksm[kr * LDQ + kg] = op::cvt(acc);
+      }
+      __syncthreads();
+    }
+    float s[MT][BC / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int i = 0; i < BC / 8; i++) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < DQK / 16; kk++) {
+      uint32_t af[MT][4];
+      if (MT == 1) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) af[0][e] = qf[MT == 1 ? kk : 0][e];
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) ldsm_x4(af[mt], qfrag + mt * 16 * LDQ + kk * 16);
+      }
+#pragma unroll
+      for (int np = 0; np < BC / 16; np++) {
+        uint32_t bf[4];
+        ldsm_x4(bf, Ksm + (np * 16 + (lane % 8) + (lane / 16) * 8) * LDQ + kk * 16 + ((lane / 8) % 2) * 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          op::mma(s[mt][2 * np], af[mt], bf[0], bf[1]);
+          op::mma(s[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+        }
+      }
+    }
+    __syncthreads(); /* K (and Kraw) free */
+    if (j + 1 < nk) {
+      if (GROUPED)
+        load_tile<T, BC, DV, LDV, NT>(Kraw, ksrc, k0 + BC, a.seq_k);
+      else
+        load_tile<T, BC, DV, LDQ, NT>(Ksm, ksrc, k0 + BC, a.seq_k);
+    }
+    cp_commit();
+
+    /* mask, online softmax (log2 domain: p = 2^(s*sc - m*sc)) */
+    const bool need_mask = (k0 + BC > a.seq_k) || (a.causal && k0 + BC - 1 > q0 + off);
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < BC / 8; nt++) {
+        if (need_mask) {
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int key = k0 + nt * 8 + 2 * t4 + (e & 1);
+            const int row = rowb + mt * 16 + (e < 2 ? 0 : 8);
+            if (key >= a.seq_k || (a.causal && key > row + off)) s[mt][nt][e] = -INFINITY;
+          }
+        }
+        mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      const float mn0 = fmaxf(mrow[mt][0], mx0), mn1 = fmaxf(mrow[mt][1], mx1);
+      const float ms0 = mn0 == -INFINITY ? 0.0f : mn0 * sc, ms1 = mn1 == -INFINITY ? 0.0f : mn1 * sc;
+      const float al0 = fast_exp2(fmaf(mrow[mt][0], sc, -ms0));
+      const float al1 = fast_exp2(fmaf(mrow[mt][1], sc, -ms1));
+      mrow[mt][0] = mn0;
+      mrow[mt][1] = mn1;
+      float rs0 = 0.0f, rs1 = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < BC / 8; nt++) {
+        s[mt][nt][0] = fast_exp2(fmaf(s[mt][nt][0], sc, -ms0));
+        s[mt][nt][1] = fast_exp2(fmaf(s[mt][nt][1], sc, -ms0));
+        s[mt][nt][2] = fast_exp2(fmaf(s[mt][nt][2], sc, -ms1));
+        s[mt][nt][3] = fast_exp2(fmaf(s[mt][nt][3], sc, -ms1));
+        rs0 += s[mt][nt][0] + s[mt][nt][1];
+        rs1 += s[mt][nt][2] + s[mt][nt][3];
+      }
+      lrow[mt][0] = lrow[mt][0] * al0 + rs0;
+      lrow[mt][1] = lrow[mt][1] * al1 + rs1;
+#pragma unroll
+      for (int i = 0; i < DV / 8; i++) {
+        o[mt][i][0] *= al0;
+        o[mt][i][1] *= al0;
+        o[mt][i][2] *= al1;
+        o[mt][i][3] *= al1;
+      }
+    }
+
+    if (j + 1 < nk)
+      cp_wait<1>();
+    else
+      cp_wait<0>();
+    __syncthreads(); /* V_j visible */
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++) {
+      uint32_t pa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        pa[mt][0] = op::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = op::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = op::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = op::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < DV / 16; dp++) {
+        uint32_t bf[4];
+        ldsm_x4_t(bf, Vsm + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDV + dp * 16 + (lane / 16) * 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          op::mma(o[mt][2 * dp], pa[mt], bf[0], bf[1]);
+          op::mma(o[mt][2 * dp + 1], pa[mt], bf[2], bf[3]);
+        }
+      }
+    }
+    __syncthreads(); /* V free */
+    if (j + 1 < nk) {
+      load_tile<T, BC, DV, LDV, NT>(Vsm, vsrc, k0 + BC, a.seq_k);
+      cp_commit();
+      cp_wait<1>();
+      __syncthreads(); /* K_{j+1} visible */
+    }
+  }
+
+  T *out = (T *)a.o + bh * a.seq_q * DV;
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+    float l0 = lrow[mt][0], l1 = lrow[mt][1];
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    const int row0 = rowb + mt * 16, row1 = row0 + 8;
+#pragma unroll
+    for (int i = 0; i < DV / 8; i++) {
+      const int c = i * 8 + 2 * t4;
+      if (row0 < a.seq_q)
+        *reinterpret_cast<uint32_t *>(out + (size_t)row0 * DV + c) =
+            op::pack(o[mt][i][0] * i0, o[mt][i][1] * i0);
+      if (row1 < a.seq_q)
+        *reinterpret_cast<uint32_t *>(out + (size_t)row1 * DV + c) =
+            op::pack(o[mt][i][2] * i1, o[mt][i][3] * i1);
+    }
+  }
+#endif
+}
+
+template <typename T, int DQK, int DV, int GS, int WARPS, int MT>
+static cudaError_t launch_mma(const dac_args *a, cudaStream_t s) {
+  constexpr int BR = WARPS * 16 * MT, BC = dac_mma_bc<DV, MT>::value;
+  constexpr bool GROUPED = GS > 1;
+  const size_t bytes = sizeof(T) * ((size_t)BR * (DQK + 8) + (size_t)BC * (DQK + 8) +
+                                    (size_t)BC * (DV + 8) * (GROUPED ? 2 : 1)) +
+                       (GROUPED ? 8 * (size_t)DV : 0);
+  cudaError_t e = cudaFuncSetAttribute(dac_mma_kernel<T, DQK, DV, GS, WARPS, MT>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+  if (e != cudaSuccess) return e;
+  dim3 grid((a->seq_q + BR - 1) / BR, a->heads, a->batch);
+  dac_mma_kernel<T, DQK, DV, GS, WARPS, MT><<<grid, WARPS * 32, bytes, s>>>(*a);
+  return cudaGetLastError();
+}
+
+template <typename T, int DV, int WARPS, int MT>
+static cudaError_t launch_mma_g(const dac_args *a, cudaStream_t s) {
+  switch (a->G) {
+  case 1: return launch_mma<T, DV, DV, 1, WARPS, MT>(a, s);
+  case 2: return launch_mma<T, DV / 2, DV, 2, WARPS, MT>(a, s);
+  case 4: return launch_mma<T, (DV / 4 < 16 ? 16 : DV / 4), DV, 4, WARPS, MT>(a, s);
+  case 8: return launch_mma<T, 16, DV, 8, WARPS, MT>(a, s);
+  default: return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T, int WARPS, int MT>
+static cudaError_t launch_mma_d(const dac_args *a, cudaStream_t s) {
+  if (a->d == 64) return launch_mma_g<T, 64, WARPS, MT>(a, s);
+  if (a->d == 128) return launch_mma_g<T, 128, WARPS, MT>(a, s);
+  return cudaErrorInvalidValue;
+}
+
+extern "C" int dac_mma_supported(da_dtype dt, int d, int G, int hash_block) {
+  if (dt != DA_F16 && dt != DA_BF16) return 0;
+  if (d != 64 && d != 128) return 0;
+  if (G != 1 && G != 2 && G != 4 && G != 8) return 0;
+  return G == 1 || hash_block >= 64;
+}
+
+/* br: query rows per block, 64 (4 warps of 16 rows) or 128 (4 warps of 32
+ * rows); it must divide hash_block when G > 1. */
+extern "C" cudaError_t dac_launch_mma(const dac_args *a, int br, cudaStream_t s) {
+  if (a->dt == DA_F16)
+    return br >= 128 ? launch_mma_d<__half, 4, 2>(a, s) : launch_mma_d<__half, 4, 1>(a, s);
+  if (a->dt == DA_BF16)
+    return br >= 128 ? launch_mma_d<__nv_bfloat16, 4, 2>(a, s)
+                     : launch_mma_d<__nv_bfloat16, 4, 1>(a, s);
+  return cudaErrorInvalidValue;
+}

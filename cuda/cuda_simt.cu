@@ -1,0 +1,165 @@
+/* SIMT fused attention: every dtype, head_dim 1..256, every group size.
+ * 16 query rows and 16 keys per step, 8 threads per query row; arithmetic
+ * in f32 with an online softmax. 16 rows divide every hash_block. */
+#include <math.h>
+
+#include "cuda_dev.cuh"
+
+#define SIMT_BR 16
+#define SIMT_BC 16
+#define SIMT_THREADS 128
+
+template <int DMAX>
+__global__ void __launch_bounds__(SIMT_THREADS)
+    dac_simt_kernel(dac_args a) {
+  extern __shared__ float sm[];
+  const int d = a.d;
+  const bool grouped = a.G > 1;
+  const int dq = grouped ? a.ng : d;
+  const int ldq = dq + 1, ldk = d + 1, ldf = grouped ? a.ng + 1 : ldk;
+  float *Qsm = sm;                         /* [16][ldq] */
+  float *Kr = Qsm + SIMT_BR * ldq;         /* [16][ldk] */
+  float *Kf = grouped ? Kr + SIMT_BC * ldk : Kr;
+  float *Vs = Kr + SIMT_BC * ldk + (grouped ? SIMT_BC * ldf : 0); /* [16][d] */
+  float *Ps = Vs + SIMT_BC * d;            /* [16][16] */
+  float *a_s = Ps + SIMT_BR * SIMT_BC;     /* [d] */
+  int *perm_s = (int *)(a_s + d);          /* [d] */
+
+  const int nqt = gridDim.x;
+  const int qt = a.causal ? nqt - 1 - (int)blockIdx.x : (int)blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int q0 = qt * SIMT_BR;
+  const int kvh = h / (a.heads / a.kv_heads);
+  const size_t bh = (size_t)b * a.heads + h;
+  const size_t bkv = (size_t)b * a.kv_heads + kvh;
+  const int off = a.seq_k - a.seq_q;
+  const int tid = threadIdx.x;
+
+  for (int i = tid; i < SIMT_BR * dq; i += SIMT_THREADS) {
+    const int r = i / dq, c = i % dq;
+    float x = 0.0f;
+    if (q0 + r < a.seq_q) {
+      const size_t row = bh * a.seq_q + q0 + r;
+      x = grouped ? ((const float *)a.qs)[row * a.qs_ld + c] : dac_ld(a.q, a.dt, row * d + c);
+    }
+    Qsm[r * ldq + c] = x;
+  }
+  if (grouped) {
+    const size_t poff = (bh * a.n_tiles + q0 / a.hash_block) * (size_t)d;
+    for (int c = tid; c < d; c += SIMT_THREADS) {
+      perm_s[c] = a.perm[poff + c];
+      a_s[c] = a.wts[poff + c];
+    }
+  }
+
+  const int r = tid / 8, l = tid % 8;
+  const int qrow = q0 + r;
+  float m_i = -INFINITY, l_i = 0.0f;
+  float oacc[DMAX / 8];
+#pragma unroll
+  for (int k = 0; k < DMAX / 8; k++) oacc[k] = 0.0f;
+
+  int kend = a.seq_k;
+  if (a.causal) kend = max(0, min(a.seq_k, q0 + SIMT_BR + off));
+  for (int k0 = 0; k0 < kend; k0 += SIMT_BC) {
+    __syncthreads();
+    for (int i = tid; i < SIMT_BC * d; i += SIMT_THREADS) {
+      const int j = i / d, c = i % d;
+      float kx = 0.0f, vx = 0.0f;
+      if (k0 + j < a.seq_k) {
+        const size_t e = (bkv * a.seq_k + k0 + j) * (size_t)d + c;
+        kx = dac_ld(a.k, a.dt, e);
+        vx = dac_ld(a.v, a.dt, e);
+      }
+      Kr[j * ldk + c] = kx;
+      Vs[j * d + c] = vx;
+    }
+    __syncthreads();
+    if (grouped) {
+      for (int i = tid; i < SIMT_BC * a.ng; i += SIMT_THREADS) {
+        const int j = i / a.ng, g = i % a.ng;
+        const int i0 = g * a.G, i1 = min(i0 + a.G, d);
+        float s = 0.0f;
+        for (int p = i0; p < i1; p++) {
+          const int c = perm_s[p];
+          s += a_s[c] * Kr[j * ldk + c];
+        }
+        Kf[j * ldf + g] = s;
+      }
+      __syncthreads();
+    }
+    float s0 = 0.0f, s1 = 0.0f;
+    const float *qr = Qsm + r * ldq;
+    const float *k0r = Kf + l * ldf, *k1r = Kf + (l + 8) * ldf;
+    for (int c = 0; c < dq; c++) {
+      s0 = fmaf(qr[c], k0r[c], s0);
+      s1 = fmaf(qr[c], k1r[c], s1);
+    }
+    s0 *= a.scale;
+    s1 *= a.scale;
+    const int j0 = k0 + l, j1 = k0 + l + 8;
+    if (j0 >= a.seq_k || (a.causal && j0 > qrow + off)) s0 = -INFINITY;
+    if (j1 >= a.seq_k || (a.causal && j1 > qrow + off)) s1 = -INFINITY;
+    float mx = fmaxf(s0, s1);
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+    const float m_new = fmaxf(m_i, mx);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    const float alpha = expf(m_i - m_use);
+    const float p0 = expf(s0 - m_use), p1 = expf(s1 - m_use);
+    float ps = p0 + p1;
+    ps += __shfl_xor_sync(0xffffffffu, ps, 1);
+    ps += __shfl_xor_sync(0xffffffffu, ps, 2);
+    ps += __shfl_xor_sync(0xffffffffu, ps, 4);
+    l_i = l_i * alpha + ps;
+    m_i = m_new;
+    Ps[r * SIMT_BC + l] = p0;
+    Ps[r * SIMT_BC + l + 8] = p1;
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < DMAX / 8; k++) {
+      const int c = l + 8 * k;
+      if (c < d) {
+        float acc = oacc[k] * alpha;
+#pragma unroll
+        for (int j = 0; j < SIMT_BC; j++) acc = fmaf(Ps[r * SIMT_BC + j], Vs[j * d + c], acc);
+        oacc[k] = acc;
+      }
+    }
+  }
+  if (qrow < a.seq_q) {
+    const float inv = l_i > 0.0f ? 1.0f / l_i : 0.0f;
+    const size_t row = bh * a.seq_q + qrow;
+#pragma unroll
+    for (int k = 0; k < DMAX / 8; k++) {
+      const int c = l + 8 * k;
+      if (c < d) dac_st(a.o, a.dt, row * d + c, oacc[k] * inv);
+    }
+  }
+}
+
+template <int DMAX>
+static cudaError_t launch_simt(const dac_args *a, cudaStream_t s) {
+  const int dq = a->G > 1 ? a->ng : a->d;
+  size_t fl = (size_t)SIMT_BR * (dq + 1) + (size_t)SIMT_BC * (a->d + 1) +
+              (a->G > 1 ? (size_t)SIMT_BC * (a->ng + 1) : 0) + (size_t)SIMT_BC * a->d +
+              SIMT_BR * SIMT_BC + 2 * (size_t)a->d;
+  const size_t bytes = fl * 4;
+  cudaError_t e;
+  if (bytes > 48 * 1024) {
+    e = cudaFuncSetAttribute(dac_simt_kernel<DMAX>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)bytes);
+    if (e != cudaSuccess) return e;
+  }
+  dim3 grid((a->seq_q + SIMT_BR - 1) / SIMT_BR, a->heads, a->batch);
+  dac_simt_kernel<DMAX><<<grid, SIMT_THREADS, bytes, s>>>(*a);
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t dac_launch_simt(const dac_args *a, cudaStream_t s) {
+  if (a->d <= 32) return launch_simt<32>(a, s);
+  if (a->d <= 64) return launch_simt<64>(a, s);
+  if (a->d <= 128) return launch_simt<128>(a, s);
+  return launch_simt<256>(a, s);
+}

@@ -1,0 +1,463 @@
+/* Contexts, buffers and plans: the backend-agnostic half of every call.
+ * Arguments are checked here, so that backends see only valid requests. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "da_internal.h"
+
+/* ------------------------------------------------------------------ desc */
+
+void da_attn_desc_init(da_attn_desc *d) {
+  if (!d) return;
+  memset(d, 0, sizeof *d);
+  d->group_size = 1;
+  d->hash_bits = 16;
+  d->hash_block = 128;
+  d->fusion = DA_FUSE_MEAN;
+  d->dtype = DA_F32;
+  d->algo = DA_ALGO_AUTO;
+}
+
+/* ------------------------------------------------------------- contexts */
+
+static int parse_backend(const char *s, da_backend *b) {
+  static const char *names[] = {"auto", "cpu", "opencl", "cuda"};
+  for (int i = 0; i < 4; i++)
+    if (strcmp(s, names[i]) == 0) {
+      *b = (da_backend)i;
+      return 1;
+    }
+  return 0;
+}
+
+/* The device of backend b with the highest rank (first on ties); -1 if none. */
+static int best_device(da_backend b, int *rank_out) {
+  const da_registered *r = da_registry_get(b);
+  int best = -1, best_rank = -1;
+  if (!r || !r->iface) return -1;
+  for (int i = 0; i < r->ndev; i++) {
+    da_device_info info;
+    int rank = 0;
+    if (r->iface->device_info(i, &info, &rank) != DA_SUCCESS) continue;
+    if (rank > best_rank) {
+      best = i;
+      best_rank = rank;
+    }
+  }
+  if (rank_out) *rank_out = best_rank;
+  return best;
+}
+
+static da_context *context_new(const da_backend_iface *iface) {
+  da_context *ctx = calloc(1, sizeof *ctx);
+  if (!ctx) return NULL;
+  ctx->iface = iface;
+  ctx->refs = 1;
+  return ctx;
+}
+
+static void context_unref(da_context *ctx) {
+  if (--ctx->refs > 0) return;
+  ctx->iface->ctx_destroy(ctx);
+  free(ctx);
+}
+
+da_status da_context_create(da_context **out, da_backend b, int index) {
+  if (!out) return DA_ERR_INVALID_ARG;
+  *out = NULL;
+  if (b < DA_BACKEND_AUTO || b > DA_BACKEND_CUDA || index < -1) return DA_ERR_INVALID_ARG;
+  if (b == DA_BACKEND_AUTO) {
+    const char *eb = getenv("DISTRATTN_BACKEND"), *ed = getenv("DISTRATTN_DEVICE");
+    if (eb && *eb && !parse_backend(eb, &b)) return DA_ERR_INVALID_ARG;
+    if (index == -1 && ed && *ed) {
+      char *end;
+      long v = strtol(ed, &end, 10);
+      if (*end || v < 0 || v > 1 << 20) return DA_ERR_INVALID_ARG;
+      index = (int)v;
+    }
+  }
+  if (b == DA_BACKEND_AUTO) {
+    if (index >= 0) { /* an index into the global device list */
+      da_device_info info;
+      if (da_device_get_info(index, &info) != DA_SUCCESS) return DA_ERR_NO_DEVICE;
+      b = info.backend;
+      index = info.index;
+    } else {
+      int best_rank = -1;
+      for (int c = DA_BACKEND_CPU; c <= DA_BACKEND_CUDA; c++) {
+        int rank, i = best_device((da_backend)c, &rank);
+        if (i >= 0 && rank > best_rank) {
+          best_rank = rank;
+          b = (da_backend)c;
+          index = i;
+        }
+      }
+      if (b == DA_BACKEND_AUTO) return DA_ERR_NO_DEVICE;
+    }
+  }
+  const da_registered *r = da_registry_get(b);
+  if (!r->iface || r->ndev == 0) return DA_ERR_NO_DEVICE;
+  if (index == -1) index = best_device(b, NULL);
+  if (index < 0 || index >= r->ndev) return DA_ERR_NO_DEVICE;
+
+  da_context *ctx = context_new(r->iface);
+  if (!ctx) return DA_ERR_HOST_MEMORY;
+  int rank;
+  da_status s = r->iface->device_info(index, &ctx->info, &rank);
+  if (s == DA_SUCCESS) {
+    ctx->info.backend = b;
+    ctx->info.index = index;
+    ctx->device_index = index;
+    s = r->iface->ctx_create(ctx, index);
+  }
+  if (s != DA_SUCCESS) {
+    free(ctx);
+    return s;
+  }
+  *out = ctx;
+  return DA_SUCCESS;
+}
+
+da_status da_context_wrap(da_context **out, da_backend b, void *native_queue) {
+  if (!out) return DA_ERR_INVALID_ARG;
+  *out = NULL;
+  if (b != DA_BACKEND_OPENCL && b != DA_BACKEND_CUDA) return DA_ERR_INVALID_ARG;
+  const da_registered *r = da_registry_get(b);
+  if (!r->iface) return DA_ERR_NO_DEVICE;
+  if (!r->iface->ctx_wrap) return DA_ERR_UNSUPPORTED;
+  if (!native_queue && b == DA_BACKEND_OPENCL) return DA_ERR_INVALID_ARG;
+  da_context *ctx = context_new(r->iface);
+  if (!ctx) return DA_ERR_HOST_MEMORY;
+  da_status s = r->iface->ctx_wrap(ctx, native_queue);
+  if (s != DA_SUCCESS) {
+    free(ctx);
+    return s;
+  }
+  ctx->info.backend = b;
+  *out = ctx;
+  return DA_SUCCESS;
+}
+
+void da_context_destroy(da_context *ctx) {
+  if (!ctx || ctx->destroyed) return;
+  ctx->destroyed = 1;
+  context_unref(ctx);
+}
+
+da_backend da_context_backend(const da_context *ctx) {
+  return ctx ? ctx->iface->id : DA_BACKEND_AUTO;
+}
+
+const char *da_context_last_error(const da_context *ctx) {
+  if (!ctx) return "no context (NULL)";
+  return ctx->last_error;
+}
+
+da_status da_context_get_device_info(const da_context *ctx, da_device_info *out) {
+  if (!ctx || !out) return DA_ERR_INVALID_ARG;
+  *out = ctx->info;
+  return DA_SUCCESS;
+}
+
+static da_status check_ctx(da_context *ctx) {
+  if (!ctx) return DA_ERR_INVALID_ARG;
+  if (ctx->destroyed)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG, "context was destroyed (its plans and buffers "
+                                                 "keep it alive, but it takes no new work)");
+  ctx->last_error[0] = '\0';
+  return DA_SUCCESS;
+}
+
+da_status da_context_synchronize(da_context *ctx) {
+  if (!ctx) return DA_ERR_INVALID_ARG;
+  ctx->last_error[0] = '\0';
+  return ctx->iface->synchronize ? ctx->iface->synchronize(ctx) : DA_SUCCESS;
+}
+
+/* -------------------------------------------------------------- buffers */
+
+da_status da_buffer_create(da_context *ctx, size_t bytes, da_buffer **out) {
+  da_status s = check_ctx(ctx);
+  if (s != DA_SUCCESS) return s;
+  if (!out) return da_set_error(ctx, DA_ERR_INVALID_ARG, "buf is NULL");
+  *out = NULL;
+  if (bytes == 0) return da_set_error(ctx, DA_ERR_INVALID_ARG, "bytes = 0: a buffer needs a size");
+  da_buffer *b = calloc(1, sizeof *b);
+  if (!b) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "out of host memory for a buffer handle");
+  s = ctx->iface->buf_alloc(ctx, bytes, &b->handle);
+  if (s != DA_SUCCESS) {
+    free(b);
+    return s;
+  }
+  b->ctx = ctx;
+  b->bytes = bytes;
+  ctx->refs++;
+  *out = b;
+  return DA_SUCCESS;
+}
+
+da_status da_buffer_wrap(da_context *ctx, void *native, size_t bytes, da_buffer **out) {
+  da_status s = check_ctx(ctx);
+  if (s != DA_SUCCESS) return s;
+  if (!out) return da_set_error(ctx, DA_ERR_INVALID_ARG, "buf is NULL");
+  *out = NULL;
+  if (!native) return da_set_error(ctx, DA_ERR_INVALID_ARG, "native memory object is NULL");
+  if (bytes == 0) return da_set_error(ctx, DA_ERR_INVALID_ARG, "bytes = 0: a buffer needs a size");
+  if (!ctx->iface->buf_wrap)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED, "backend %s cannot wrap native memory",
+                        ctx->iface->name);
+  da_buffer *b = calloc(1, sizeof *b);
+  if (!b) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "out of host memory for a buffer handle");
+  s = ctx->iface->buf_wrap(ctx, native, bytes, &b->handle);
+  if (s != DA_SUCCESS) {
+    free(b);
+    return s;
+  }
+  b->ctx = ctx;
+  b->bytes = bytes;
+  b->wrapped = 1;
+  ctx->refs++;
+  *out = b;
+  return DA_SUCCESS;
+}
+
+void *da_buffer_native(const da_buffer *b) { return b ? b->handle : NULL; }
+
+size_t da_buffer_size(const da_buffer *b) { return b ? b->bytes : 0; }
+
+static da_status check_range(const da_buffer *b, size_t off, const void *p, size_t n) {
+  if (!b) return DA_ERR_INVALID_ARG;
+  da_context *ctx = b->ctx;
+  ctx->last_error[0] = '\0';
+  if (!p) return da_set_error(ctx, DA_ERR_INVALID_ARG, "host pointer is NULL");
+  if (off > b->bytes || n > b->bytes - off)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "range [offset %zu, +%zu bytes) is outside the buffer of %zu bytes", off, n,
+                        b->bytes);
+  return DA_SUCCESS;
+}
+
+da_status da_buffer_write(da_buffer *b, size_t off, const void *src, size_t n) {
+  da_status s = check_range(b, off, src, n);
+  if (s != DA_SUCCESS || n == 0) return s;
+  return b->ctx->iface->buf_write(b->ctx, b->handle, off, src, n);
+}
+
+da_status da_buffer_read(const da_buffer *b, size_t off, void *dst, size_t n) {
+  da_status s = check_range(b, off, dst, n);
+  if (s != DA_SUCCESS || n == 0) return s;
+  return b->ctx->iface->buf_read(b->ctx, b->handle, off, dst, n);
+}
+
+void da_buffer_destroy(da_buffer *b) {
+  if (!b) return;
+  da_context *ctx = b->ctx;
+  ctx->iface->buf_free(ctx, b->handle);
+  free(b);
+  context_unref(ctx);
+}
+
+/* ---------------------------------------------------------------- plans */
+
+static int mul_ok(size_t *acc, long long v) {
+  if (v <= 0) return 0;
+  if ((unsigned long long)v > SIZE_MAX / *acc) return 0;
+  *acc *= (size_t)v;
+  return 1;
+}
+
+#define BAD(fmt, ...) da_set_error(ctx, DA_ERR_INVALID_ARG, fmt, __VA_ARGS__)
+
+static da_status validate(da_context *ctx, const da_attn_desc *in, da_attn_desc *d) {
+  *d = *in;
+  if (d->batch < 1) return BAD("batch = %d must be >= 1", d->batch);
+  if (d->heads < 1) return BAD("heads = %d must be >= 1", d->heads);
+  if (d->kv_heads < 0) return BAD("kv_heads = %d must be >= 0 (0 = heads)", d->kv_heads);
+  if (d->kv_heads == 0) d->kv_heads = d->heads;
+  if (d->heads % d->kv_heads != 0)
+    return BAD("kv_heads = %d does not divide heads = %d", d->kv_heads, d->heads);
+  if (d->seq_q < 1) return BAD("seq_q = %d must be >= 1", d->seq_q);
+  if (d->seq_k < 1) return BAD("seq_k = %d must be >= 1", d->seq_k);
+  if (d->head_dim < 1 || d->head_dim > 256)
+    return BAD("head_dim = %d is out of range (1..256)", d->head_dim);
+  if ((int)d->dtype < DA_F32 || (int)d->dtype > DA_BF16)
+    return BAD("dtype = %d is not a da_dtype (0 f32, 1 f16, 2 bf16)", (int)d->dtype);
+  if (d->causal != 0 && d->causal != 1) return BAD("causal = %d must be 0 or 1", d->causal);
+  if (d->scale == 0.0f) d->scale = 1.0f / sqrtf((float)d->head_dim);
+  else if (!(d->scale > 0.0f) || isinf(d->scale))
+    return BAD("scale = %g must be finite and > 0 (0 = 1/sqrt(head_dim))", (double)d->scale);
+  if (d->group_size != 1 && d->group_size != 2 && d->group_size != 4 && d->group_size != 8)
+    return BAD("group_size = %d must be 1, 2, 4 or 8", d->group_size);
+  if (d->group_size > d->head_dim)
+    return BAD("group_size = %d is larger than head_dim = %d", d->group_size, d->head_dim);
+  if (d->hash_bits == 0) d->hash_bits = 16;
+  if (d->hash_bits < 1 || d->hash_bits > 32)
+    return BAD("hash_bits = %d is out of range (1..32, 0 = 16)", d->hash_bits);
+  if (d->hash_block == 0) d->hash_block = 128;
+  if (d->hash_block < 16 || d->hash_block > 1024 || (d->hash_block & (d->hash_block - 1)))
+    return BAD("hash_block = %d must be a power of two in 16..1024 (0 = 128)", d->hash_block);
+  if ((int)d->fusion != DA_FUSE_MEAN && (int)d->fusion != DA_FUSE_NORM)
+    return BAD("fusion = %d is not a da_fusion (0 mean, 1 norm)", (int)d->fusion);
+  if ((int)d->algo < DA_ALGO_AUTO || (int)d->algo > DA_ALGO_GEMM)
+    return BAD("algo = %d is not a da_algo (0 auto, 1 fused, 2 gemm)", (int)d->algo);
+  return DA_SUCCESS;
+}
+
+da_status da_plan_create(da_context *ctx, const da_attn_desc *in, da_plan **out) {
+  da_status s = check_ctx(ctx);
+  if (s != DA_SUCCESS) return s;
+  if (!out) return da_set_error(ctx, DA_ERR_INVALID_ARG, "plan is NULL");
+  *out = NULL;
+  if (!in) return da_set_error(ctx, DA_ERR_INVALID_ARG, "desc is NULL");
+  da_plan *p = calloc(1, sizeof *p);
+  if (!p) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "out of host memory for a plan");
+  s = validate(ctx, in, &p->d);
+  if (s != DA_SUCCESS) {
+    free(p);
+    return s;
+  }
+  const da_attn_desc *d = &p->d;
+  p->ctx = ctx;
+  p->elem_size = da_dtype_size(d->dtype);
+  p->ng = (d->head_dim + d->group_size - 1) / d->group_size;
+  p->n_tiles = d->seq_q / d->hash_block + (d->seq_q % d->hash_block != 0);
+  size_t q = p->elem_size, kv = p->elem_size, perm = sizeof(int);
+  if (!mul_ok(&q, d->batch) || !mul_ok(&q, d->heads) || !mul_ok(&q, d->seq_q) ||
+      !mul_ok(&q, d->head_dim) || !mul_ok(&kv, d->batch) || !mul_ok(&kv, d->kv_heads) ||
+      !mul_ok(&kv, d->seq_k) || !mul_ok(&kv, d->head_dim) || !mul_ok(&perm, d->batch) ||
+      !mul_ok(&perm, d->heads) || !mul_ok(&perm, p->n_tiles) || !mul_ok(&perm, d->head_dim)) {
+    da_set_error(ctx, DA_ERR_INVALID_ARG,
+                 "sizes overflow: batch = %d, heads = %d, kv_heads = %d, seq_q = %d, "
+                 "seq_k = %d, head_dim = %d give more than SIZE_MAX bytes",
+                 d->batch, d->heads, d->kv_heads, d->seq_q, d->seq_k, d->head_dim);
+    free(p);
+    return DA_ERR_INVALID_ARG;
+  }
+  p->q_elems = q / p->elem_size;
+  p->kv_elems = kv / p->elem_size;
+  p->perm_count = perm / sizeof(int);
+  p->proj = malloc((size_t)d->hash_bits * (size_t)d->hash_block * sizeof(float));
+  if (!p->proj) {
+    free(p);
+    return da_set_error(ctx, DA_ERR_HOST_MEMORY, "out of host memory for the projections");
+  }
+  da_make_projections(d->seed, d->hash_bits, d->hash_block, p->proj);
+
+  int auto_algo = d->algo == DA_ALGO_AUTO;
+  if (auto_algo) p->d.algo = DA_ALGO_FUSED;
+  s = ctx->iface->plan_prepare ? ctx->iface->plan_prepare(p) : DA_SUCCESS;
+  if (s == DA_ERR_UNSUPPORTED && auto_algo) { /* the fused kernel cannot run: fall back */
+    p->d.algo = DA_ALGO_GEMM;
+    s = ctx->iface->plan_prepare(p);
+  }
+  if (s != DA_SUCCESS) {
+    free(p->proj);
+    free(p);
+    return s;
+  }
+  ctx->refs++;
+  *out = p;
+  return DA_SUCCESS;
+}
+
+void da_plan_destroy(da_plan *p) {
+  if (!p) return;
+  da_context *ctx = p->ctx;
+  if (ctx->iface->plan_release) ctx->iface->plan_release(p);
+  free(p->proj);
+  free(p);
+  context_unref(ctx);
+}
+
+da_status da_plan_get_desc(const da_plan *p, da_attn_desc *out) {
+  if (!p || !out) return DA_ERR_INVALID_ARG;
+  *out = p->d;
+  return DA_SUCCESS;
+}
+
+/* ------------------------------------------------------------ attention */
+
+static da_status check_buf(da_plan *p, const da_buffer *b, const char *name, size_t need) {
+  da_context *ctx = p->ctx;
+  if (!b) return da_set_error(ctx, DA_ERR_INVALID_ARG, "%s is NULL", name);
+  if (b->ctx != ctx)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG, "%s belongs to another context than the plan",
+                        name);
+  if (b->bytes < need)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "%s holds %zu bytes, the plan needs %zu", name, b->bytes, need);
+  return DA_SUCCESS;
+}
+
+da_status da_attention(da_plan *p, const da_buffer *q, const da_buffer *k, const da_buffer *v,
+                       da_buffer *o) {
+  if (!p) return DA_ERR_INVALID_ARG;
+  da_context *ctx = p->ctx;
+  ctx->last_error[0] = '\0';
+  size_t qb = p->q_elems * p->elem_size, kvb = p->kv_elems * p->elem_size;
+  da_status s;
+  if ((s = check_buf(p, q, "q", qb)) || (s = check_buf(p, k, "k", kvb)) ||
+      (s = check_buf(p, v, "v", kvb)) || (s = check_buf(p, o, "o", qb)))
+    return s;
+  if (o == q || o == k || o == v || o->handle == q->handle || o->handle == k->handle ||
+      o->handle == v->handle)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG, "o must not be the same buffer as q, k or v");
+  return ctx->iface->attention(p, q->handle, k->handle, v->handle, o->handle);
+}
+
+/* Runs fn on device copies of host arrays: in[0..nin) are uploaded, out is
+ * read back. Used for backends whose memory is not host memory. */
+static da_status run_on_device(da_plan *p, int nin, const void *const *in, const size_t *in_bytes,
+                               void *out, size_t out_bytes, int is_groups) {
+  da_context *ctx = p->ctx;
+  const da_backend_iface *f = ctx->iface;
+  void *h[4] = {NULL, NULL, NULL, NULL}, *ho = NULL;
+  da_status s = DA_SUCCESS;
+  for (int i = 0; i < nin && s == DA_SUCCESS; i++) {
+    s = f->buf_alloc(ctx, in_bytes[i], &h[i]);
+    if (s == DA_SUCCESS) s = f->buf_write(ctx, h[i], 0, in[i], in_bytes[i]);
+  }
+  if (s == DA_SUCCESS) s = f->buf_alloc(ctx, out_bytes, &ho);
+  if (s == DA_SUCCESS)
+    s = is_groups ? f->groups(p, h[0], ho) : f->attention(p, h[0], h[1], h[2], ho);
+  if (s == DA_SUCCESS) s = f->buf_read(ctx, ho, 0, out, out_bytes);
+  if (s == DA_SUCCESS && f->synchronize) s = f->synchronize(ctx);
+  for (int i = 0; i < nin; i++)
+    if (h[i]) f->buf_free(ctx, h[i]);
+  if (ho) f->buf_free(ctx, ho);
+  return s;
+}
+
+da_status da_attention_host(da_plan *p, const void *q, const void *k, const void *v, void *o) {
+  if (!p) return DA_ERR_INVALID_ARG;
+  da_context *ctx = p->ctx;
+  ctx->last_error[0] = '\0';
+  if (!q) return da_set_error(ctx, DA_ERR_INVALID_ARG, "q is NULL");
+  if (!k) return da_set_error(ctx, DA_ERR_INVALID_ARG, "k is NULL");
+  if (!v) return da_set_error(ctx, DA_ERR_INVALID_ARG, "v is NULL");
+  if (!o) return da_set_error(ctx, DA_ERR_INVALID_ARG, "o is NULL");
+  size_t qb = p->q_elems * p->elem_size, kvb = p->kv_elems * p->elem_size;
+  if (ctx->iface->id == DA_BACKEND_CPU) {
+    const char *oc = o, *qc = q, *kc = k, *vc = v;
+    if ((oc < qc + qb && qc < oc + qb) || (oc < kc + kvb && kc < oc + qb) ||
+        (oc < vc + kvb && vc < oc + qb))
+      return da_set_error(ctx, DA_ERR_INVALID_ARG, "o overlaps q, k or v");
+    return ctx->iface->attention(p, (void *)q, (void *)k, (void *)v, o);
+  }
+  const void *in[3] = {q, k, v};
+  size_t bytes[3] = {qb, kvb, kvb};
+  return run_on_device(p, 3, in, bytes, o, qb, 0);
+}
+
+da_status da_plan_groups_host(da_plan *p, const void *q, int *perm) {
+  if (!p) return DA_ERR_INVALID_ARG;
+  da_context *ctx = p->ctx;
+  ctx->last_error[0] = '\0';
+  if (!q) return da_set_error(ctx, DA_ERR_INVALID_ARG, "q is NULL");
+  if (!perm) return da_set_error(ctx, DA_ERR_INVALID_ARG, "perm is NULL");
+  size_t qb = p->q_elems * p->elem_size;
+  if (ctx->iface->id == DA_BACKEND_CPU) return ctx->iface->groups(p, (void *)q, perm);
+  const void *in[1] = {q};
+  size_t bytes[1] = {qb};
+  return run_on_device(p, 1, in, bytes, perm, p->perm_count * sizeof(int), 1);
+}

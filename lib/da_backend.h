@@ -1,0 +1,190 @@
+/*
+ * The backend interface: what a backend (built in, or a loadable module)
+ * implements, and the core's objects it sees. Internal, not installed.
+ *
+ * A module is a shared object named distrattn_<name>.so exporting
+ *   const da_backend_iface *distrattn_backend_entry(void);
+ * The core refuses an iface whose iface_version differs from
+ * DA_BACKEND_IFACE_VERSION (the struct layouts below are part of that
+ * version). A module must not link against libdistrattn: everything it needs
+ * from the core is in this header (static inline).
+ */
+#ifndef DA_BACKEND_H
+#define DA_BACKEND_H
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "distrattn.h"
+
+#define DA_BACKEND_IFACE_VERSION 1
+#define DA_BACKEND_ENTRY "distrattn_backend_entry"
+#define DA_ERRMSG_LEN 16384
+
+/* Device rank for DA_BACKEND_AUTO: the highest rank wins. */
+enum { DA_RANK_CPU_BACKEND = 10, DA_RANK_CPU_OPENCL = 20, DA_RANK_GPU = 30 };
+
+typedef struct da_backend_iface da_backend_iface;
+
+struct da_context {
+  const da_backend_iface *iface;
+  void *bctx;             /* the backend's own context */
+  int device_index;       /* within the backend */
+  da_device_info info;
+  int refs;               /* the caller's handle + each live plan and buffer */
+  int destroyed;          /* da_context_destroy was called */
+  char last_error[DA_ERRMSG_LEN];
+};
+
+struct da_buffer {
+  da_context *ctx;
+  void *handle;           /* the backend's: host pointer (cpu), cl_mem, device pointer */
+  size_t bytes;
+  int wrapped;            /* the caller owns the native object */
+};
+
+struct da_plan {
+  da_context *ctx;
+  da_attn_desc d;         /* resolved: kv_heads, scale, hash_bits, hash_block, algo set */
+  int ng;                 /* ceil(head_dim / group_size) */
+  int n_tiles;            /* ceil(seq_q / hash_block): hash tiles per (batch, head) */
+  size_t elem_size;       /* bytes of one element of dtype */
+  size_t q_elems, kv_elems; /* element counts of Q (= O) and of K (= V) */
+  size_t perm_count;      /* batch * heads * n_tiles * head_dim */
+  float *proj;            /* hash_bits x hash_block, row-major: R[b][r] */
+  void *bplan;            /* the backend's per-plan state */
+};
+
+/* Every entry may be NULL where marked optional; the core supplies defaults. */
+struct da_backend_iface {
+  int iface_version;      /* DA_BACKEND_IFACE_VERSION */
+  da_backend id;
+  const char *name;       /* "cpu", "opencl", "cuda" */
+
+  /* Enumerate devices once. Returns the number of devices (>= 0), or a
+   * negative da_status with why filled (runtime missing, no platform...). */
+  int (*init)(char *why, size_t why_len);
+  void (*shutdown)(void);                               /* optional */
+  da_status (*device_info)(int index, da_device_info *out, int *rank);
+
+  da_status (*ctx_create)(da_context *ctx, int index);  /* sets ctx->bctx */
+  void (*ctx_destroy)(da_context *ctx);
+  da_status (*synchronize)(da_context *ctx);            /* optional */
+  /* optional: wrap a caller's queue/stream; sets bctx, device_index, info */
+  da_status (*ctx_wrap)(da_context *ctx, void *native_queue);
+
+  da_status (*buf_alloc)(da_context *ctx, size_t bytes, void **handle);
+  void (*buf_free)(da_context *ctx, void *handle);
+  da_status (*buf_write)(da_context *ctx, void *handle, size_t off, const void *src, size_t n);
+  da_status (*buf_read)(da_context *ctx, void *handle, size_t off, void *dst, size_t n);
+  /* optional: check a caller's native memory object, return the handle */
+  da_status (*buf_wrap)(da_context *ctx, void *native, size_t bytes, void **handle);
+
+  /* Plans: called after the core validated the descriptor and made proj.
+   * plan_prepare may refuse (DA_ERR_UNSUPPORTED for an algo it lacks). */
+  da_status (*plan_prepare)(da_plan *p);                /* optional */
+  void (*plan_release)(da_plan *p);                     /* optional */
+  /* Enqueue attention over buffer handles of this backend. */
+  da_status (*attention)(da_plan *p, void *q, void *k, void *v, void *o);
+  /* Column permutations into a buffer handle of perm_count int32. */
+  da_status (*groups)(da_plan *p, void *q, void *perm);
+};
+
+/* ---- helpers shared by the core and all backends (inline: modules too) ---- */
+
+static inline da_status da_set_error(da_context *ctx, da_status s, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+static inline da_status da_set_error(da_context *ctx, da_status s, const char *fmt, ...) {
+  if (ctx) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->last_error, sizeof ctx->last_error, fmt, ap);
+    va_end(ap);
+  }
+  return s;
+}
+
+static inline float da_half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else { /* subnormal: normalise */
+      int e = -1;
+      do { man <<= 1; e++; } while (!(man & 0x400u));
+      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+/* Round to nearest even; overflow to Inf; NaN stays NaN. */
+static inline uint16_t da_float_to_half(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) /* Inf or NaN */
+    return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0));
+  if (ax >= 0x477ff000u) /* rounds to >= 65520: Inf */
+    return (uint16_t)(sign | 0x7c00u);
+  if (ax < 0x38800000u) { /* below the smallest normal half: subnormal or 0 */
+    if (ax < 0x33000000u) return (uint16_t)sign; /* < 2^-25 rounds to 0 */
+    uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126 - e; /* 14 - (e - 127) + 13 - 1 ... */
+    uint32_t hm = m >> (shift);
+    uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (hm & 1u))) hm++;
+    return (uint16_t)(sign | hm);
+  }
+  uint32_t h = ((ax >> 13) - ((127 - 15) << 10));
+  uint32_t rem = ax & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;
+  return (uint16_t)(sign | h);
+}
+
+static inline float da_bf16_to_float(uint16_t b) {
+  uint32_t bits = (uint32_t)b << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+static inline uint16_t da_float_to_bf16(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u); /* quiet NaN */
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return (uint16_t)(x >> 16);
+}
+
+/* Element i of a dtype array as float. */
+static inline float da_load_elem(const void *p, da_dtype t, size_t i) {
+  switch (t) {
+  case DA_F16: return da_half_to_float(((const uint16_t *)p)[i]);
+  case DA_BF16: return da_bf16_to_float(((const uint16_t *)p)[i]);
+  default: return ((const float *)p)[i];
+  }
+}
+
+static inline void da_store_elem(void *p, da_dtype t, size_t i, float v) {
+  switch (t) {
+  case DA_F16: ((uint16_t *)p)[i] = da_float_to_half(v); break;
+  case DA_BF16: ((uint16_t *)p)[i] = da_float_to_bf16(v); break;
+  default: ((float *)p)[i] = v; break;
+  }
+}
+
+#endif /* DA_BACKEND_H */

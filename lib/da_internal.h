@@ -1,0 +1,61 @@
+/*
+ * Core internals shared by lib/ and the tests (which link the convenience
+ * library libdacore.la and so see these hidden symbols). Not installed.
+ */
+#ifndef DA_INTERNAL_H
+#define DA_INTERNAL_H
+
+#include "da_backend.h"
+
+#if defined(__GNUC__) && __GNUC__ >= 4
+#  define DA_HIDDEN __attribute__((visibility("hidden")))
+#else
+#  define DA_HIDDEN
+#endif
+
+/* The built-in CPU backend (lib/cpu_backend.c). */
+DA_HIDDEN extern const da_backend_iface da_cpu_backend_iface;
+
+/* ---- SPEC section 1 reference: projections, hashing, grouping, fusion ---- */
+
+/* splitmix64 finaliser of (seed, n): mix64(seed + (n + 1) * 0x9E3779B97F4A7C15). */
+DA_HIDDEN uint64_t da_splitmix64(uint64_t seed, uint64_t n);
+/* R[b][r], b < hash_bits, r < hash_block: element i = b*hash_block + r uses
+ * u1 = ((splitmix64(seed, 2i) >> 11) + 1) * 2^-53 in (0, 1],
+ * u2 = (splitmix64(seed, 2i+1) >> 11) * 2^-53 in [0, 1),
+ * R = (float)(sqrt(-2 ln u1) * cos(2 pi u2)), computed in double. */
+DA_HIDDEN void da_make_projections(uint64_t seed, int hash_bits, int hash_block, float *R);
+/* Prefix XOR from the top bit down: the inverse of the Gray code. */
+DA_HIDDEN uint32_t da_inverse_gray(uint32_t code);
+/* Codes of the d columns of one tile. q: the tile's first row, ld: elements
+ * between rows, rows <= hash_block. R: hash_bits x hash_block (row stride
+ * hash_block). Sequential fmaf over r = 0..rows-1 (SPEC step 2). */
+DA_HIDDEN void da_hash_tile(const void *q, da_dtype t, size_t ld, int rows, int d,
+                            const float *R, int hash_bits, int hash_block, uint32_t *codes);
+/* Permutation pi sorting columns by (inverse_gray(code), c) ascending. */
+DA_HIDDEN void da_group_tile(const uint32_t *codes, int d, int *perm);
+/* Fusion weight a_c of every column c (indexed by c, not by position):
+ * 1 (MEAN) or ||Q_tile[:, c]||_2 (NORM), with a group whose weights sum to 0
+ * getting 1s. */
+DA_HIDDEN void da_fusion_weights(const void *q, da_dtype t, size_t ld, int rows, int d,
+                                 const int *perm, int G, da_fusion f, float *a);
+/* All of the above for hash tile `tile` of (batch bi, head hi) of a plan:
+ * perm[head_dim] and optionally a[head_dim] (a may be NULL). q is the whole
+ * Q array on the host. */
+DA_HIDDEN void da_plan_tile_groups(const da_plan *p, const void *q, int bi, int hi, int tile,
+                                   int *perm, float *a);
+
+/* Element size of a dtype (0 for an unknown one). */
+DA_HIDDEN size_t da_dtype_size(da_dtype t);
+
+/* ---- registry (lib/registry.c) ---- */
+typedef struct da_registered {
+  const da_backend_iface *iface; /* NULL when absent */
+  int ndev;
+  char why[512];                 /* reason it is absent or has no device */
+  void *dl;                      /* dlopen handle of a module */
+} da_registered;
+/* The registry's entry for a backend id (1..3), initialising on first use. */
+DA_HIDDEN const da_registered *da_registry_get(da_backend b);
+
+#endif /* DA_INTERNAL_H */

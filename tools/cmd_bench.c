@@ -1,0 +1,300 @@
+/* distrattn bench: fused exact, GEMM exact, and DistrAttention G=2 / G=4
+ * (fused) over sequence lengths and head dims, on one device. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+static void bench_usage(FILE *f) {
+  fprintf(f,
+          "Usage: distrattn bench [OPTION]...\n"
+          "Time, on one device, for every sequence length and head dim: exact attention\n"
+          "with the fused kernel and with GEMM, and DistrAttention with G=2 and G=4\n"
+          "(fused). Each time is the median of --repeat runs of da_attention +\n"
+          "da_context_synchronize on device buffers; GFLOP/s counts\n"
+          "4*batch*heads*seq^2*head_dim for every column (with --causal about half of\n"
+          "that work is done). GEMM/fused is a time ratio (above 1: fused is faster);\n"
+          "exact/G2 and exact/G4 are the speed-ups of DistrAttention over the fused\n"
+          "exact kernel. Memory: the Q, K, V, O buffers, plus for GEMM the logits\n"
+          "matrix batch*heads*seq^2*4 bytes (an estimate, marked 'est.').\n"
+          "\n"
+          "  -b, --backend NAME   auto, cpu, opencl or cuda (default auto)\n"
+          "  -d, --device N       device index within the backend, or with 'auto' in the\n"
+          "                       list of 'distrattn devices' (default -1: the best)\n"
+          "      --seqs LIST      sequence lengths (default 1024,2048,4096,8192)\n"
+          "      --dims LIST      head dims (default 64,128)\n"
+          "      --batch N        batch size (default 1)\n"
+          "      --heads N        heads (default 8)\n"
+          "      --dtype T        f32, f16 or bf16 (default f32)\n"
+          "      --causal         causal mask\n"
+          "      --fusion F       mean or norm, for G=2 and G=4 (default: the library's)\n"
+          "  -r, --repeat N       timed runs per cell (default 3)\n"
+          "  -w, --warmup N       untimed runs first (default 1)\n"
+          "      --data-seed N    seed of the random inputs (default 1)\n"
+          "      --csv            machine-readable CSV (one line per row, with a header)\n"
+          "      --markdown       a Markdown table\n"
+          "  -h, --help           show this help\n");
+}
+
+enum { O_SEQS = 1000, O_DIMS, O_BATCH, O_HEADS, O_DTYPE, O_CAUSAL, O_FUSION, O_DSEED, O_CSV, O_MD };
+enum { CFG_FUSED, CFG_GEMM, CFG_G2, CFG_G4, NCFG };
+static const char *cfg_name[NCFG] = {"fused", "gemm", "G=2", "G=4"};
+
+typedef struct {
+  double ms;     /* median; < 0 when not measured */
+  char why[24];  /* "n/a", "oom", "error" when not measured */
+} cell;
+
+/* Times one configuration; fills c. Returns 0, or 1 on a runtime error
+ * (printed) other than UNSUPPORTED / memory exhaustion. */
+static int time_cfg(const char *cmd, da_context *ctx, const da_attn_desc *d, da_buffer *q,
+                    da_buffer *k, da_buffer *v, da_buffer *o, int warmup, int repeat,
+                    double *times, cell *c) {
+  da_plan *p = NULL;
+  c->ms = -1.0;
+  da_status s = da_plan_create(ctx, d, &p);
+  const char *what = "da_plan_create";
+  for (int i = 0; s == DA_SUCCESS && i < warmup + repeat; i++) {
+    double t0 = now_ms();
+    what = "da_attention";
+    s = da_attention(p, q, k, v, o);
+    if (s == DA_SUCCESS) {
+      what = "da_context_synchronize";
+      s = da_context_synchronize(ctx);
+    }
+    if (i >= warmup) times[i - warmup] = now_ms() - t0;
+  }
+  if (p) da_plan_destroy(p);
+  if (s == DA_SUCCESS) {
+    c->ms = median(times, repeat);
+    return 0;
+  }
+  if (s == DA_ERR_UNSUPPORTED || s == DA_ERR_INVALID_ARG) {
+    snprintf(c->why, sizeof c->why, "n/a");
+    return 0;
+  }
+  if (s == DA_ERR_DEVICE_MEMORY || s == DA_ERR_HOST_MEMORY) {
+    snprintf(c->why, sizeof c->why, "oom");
+    return 0;
+  }
+  snprintf(c->why, sizeof c->why, "error");
+  tool_api_error(cmd, what, s, ctx);
+  return 1;
+}
+
+static void fmt_ms(char *b, size_t n, const cell *c) {
+  if (c->ms < 0) snprintf(b, n, "%s", c->why);
+  else snprintf(b, n, "%.3f", c->ms);
+}
+
+static void fmt_gf(char *b, size_t n, const cell *c, double flops) {
+  if (c->ms < 0) snprintf(b, n, "%s", c->why);
+  else snprintf(b, n, "%.1f", flops / (c->ms * 1e-3) * 1e-9);
+}
+
+static void fmt_ratio(char *b, size_t n, const cell *num, const cell *den) {
+  if (num->ms < 0 || den->ms <= 0) snprintf(b, n, "n/a");
+  else snprintf(b, n, "%.2fx", num->ms / den->ms);
+}
+
+int cmd_bench(int argc, char **argv) {
+  const char *cmd = argv[0];
+  static const struct option lopts[] = {
+      {"backend", required_argument, NULL, 'b'}, {"device", required_argument, NULL, 'd'},
+      {"seqs", required_argument, NULL, O_SEQS}, {"dims", required_argument, NULL, O_DIMS},
+      {"batch", required_argument, NULL, O_BATCH}, {"heads", required_argument, NULL, O_HEADS},
+      {"dtype", required_argument, NULL, O_DTYPE}, {"causal", no_argument, NULL, O_CAUSAL},
+      {"fusion", required_argument, NULL, O_FUSION}, {"repeat", required_argument, NULL, 'r'},
+      {"warmup", required_argument, NULL, 'w'}, {"data-seed", required_argument, NULL, O_DSEED},
+      {"csv", no_argument, NULL, O_CSV}, {"markdown", no_argument, NULL, O_MD},
+      {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+  da_backend backend = DA_BACKEND_AUTO;
+  int device = -1, batch = 1, heads = 8, causal = 0, repeat = 3, warmup = 1, csv = 0, md = 0;
+  int have_fusion = 0;
+  int seqs[32] = {1024, 2048, 4096, 8192}, nseq = 4, dims[32] = {64, 128}, ndim = 2;
+  da_dtype dtype = DA_F32;
+  da_fusion fusion = DA_FUSE_MEAN;
+  unsigned long long data_seed = 1;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "b:d:r:w:h", lopts, NULL)) != -1) {
+    int bad = 0;
+    switch (c) {
+    case 'b': bad = parse_backend(cmd, optarg, &backend); break;
+    case 'd': bad = parse_int(cmd, "--device", optarg, -1, 1 << 20, &device); break;
+    case O_SEQS: bad = parse_int_list(cmd, "--seqs", optarg, seqs, 32, &nseq); break;
+    case O_DIMS: bad = parse_int_list(cmd, "--dims", optarg, dims, 32, &ndim); break;
+    case O_BATCH: bad = parse_int(cmd, "--batch", optarg, 1, 1 << 30, &batch); break;
+    case O_HEADS: bad = parse_int(cmd, "--heads", optarg, 1, 1 << 30, &heads); break;
+    case O_DTYPE: bad = parse_dtype(cmd, optarg, &dtype); break;
+    case O_CAUSAL: causal = 1; break;
+    case O_FUSION: bad = parse_fusion(cmd, optarg, &fusion), have_fusion = 1; break;
+    case 'r': bad = parse_int(cmd, "--repeat", optarg, 1, 1000000, &repeat); break;
+    case 'w': bad = parse_int(cmd, "--warmup", optarg, 0, 1000000, &warmup); break;
+    case O_DSEED: bad = parse_u64(cmd, "--data-seed", optarg, &data_seed); break;
+    case O_CSV: csv = 1; break;
+    case O_MD: md = 1; break;
+    case 'h': bench_usage(stdout); return 0;
+    default: fprintf(stderr, "Try '%s --help'.\n", cmd); return EXIT_USAGE;
+    }
+    if (bad) return EXIT_USAGE;
+  }
+  if (optind < argc) return tool_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+  if (csv && md) return tool_usage_error(cmd, "--csv and --markdown exclude each other");
+
+  da_context *ctx = NULL;
+  da_status s = da_context_create(&ctx, backend, device);
+  if (s != DA_SUCCESS) {
+    tool_api_error(cmd, "da_context_create", s, NULL);
+    const char *why = NULL;
+    if (backend != DA_BACKEND_AUTO && !da_backend_available(backend, &why))
+      tool_msg(cmd, "backend %s is not available: %s", backend_label(backend), why ? why : "");
+    return 1;
+  }
+  da_device_info info;
+  memset(&info, 0, sizeof info);
+  if ((s = da_context_get_device_info(ctx, &info)) != DA_SUCCESS) {
+    tool_api_error(cmd, "da_context_get_device_info", s, ctx);
+    da_context_destroy(ctx);
+    return 1;
+  }
+
+  const char *sep = md ? " | " : "  ";
+  if (csv) {
+    printf("backend,device,device_name,batch,heads,seq,head_dim,dtype,causal,"
+           "fused_ms,gemm_ms,g2_ms,g4_ms,fused_gflops,gemm_gflops,g2_gflops,g4_gflops,"
+           "gemm_over_fused,speedup_g2,speedup_g4,mem_fused_mib,mem_gemm_est_mib\n");
+  } else {
+    printf("%s%s device %d: %s (%s); batch %d, heads %d, %s%s; median of %d\n", md ? "" : "# ",
+           backend_label(info.backend), info.index, info.name, info.vendor, batch, heads,
+           dtype_name(dtype), causal ? ", causal" : "", repeat);
+    if (md) printf("\n");
+    if (md) printf("| ");
+    printf("%6s%s%4s", "seq", sep, "dim");
+    for (int k = 0; k < NCFG; k++) {
+      char h1[24], h2[24];
+      snprintf(h1, sizeof h1, "%s ms", cfg_name[k]);
+      snprintf(h2, sizeof h2, "%s GF/s", cfg_name[k]);
+      printf("%s%10s%s%11s", sep, h1, sep, h2);
+    }
+    printf("%s%10s%s%8s%s%8s%s%10s%s%15s", sep, "gemm/fused", sep, "exact/G2", sep, "exact/G4",
+           sep, "mem fused", sep, "mem gemm (est.)");
+    printf("%s\n", md ? " |" : "");
+    if (md) {
+      printf("|");
+      static const int w[] = {6, 4, 10, 11, 10, 11, 10, 11, 10, 11, 10, 8, 8, 10, 15};
+      for (size_t k = 0; k < sizeof w / sizeof w[0]; k++) {
+        printf(" ");
+        for (int j = 0; j < w[k] - 1; j++) putchar('-');
+        printf(": |");
+      }
+      printf("\n");
+    }
+  }
+  fflush(stdout);
+
+  tool_progress prog;
+  progress_init(&prog);
+  double *times = malloc(sizeof(double) * (size_t)repeat);
+  int rc = 0, step = 0, nsteps = nseq * ndim * NCFG;
+  tool_rng rng;
+  rng_init(&rng, data_seed);
+  for (int si = 0; si < nseq && times; si++)
+    for (int di = 0; di < ndim; di++) {
+      int seq = seqs[si], dim = dims[di];
+      size_t n = (size_t)batch * heads * seq * dim, es = dtype_size(dtype);
+      float *hf = malloc(n * sizeof(float));
+      void *hd = malloc(n * es);
+      da_buffer *bufs[4] = {NULL, NULL, NULL, NULL};
+      cell cells[NCFG];
+      for (int k = 0; k < NCFG; k++) cells[k].ms = -1.0, snprintf(cells[k].why, sizeof cells[k].why, "error");
+      int ok = hf && hd;
+      if (!ok) tool_msg(cmd, "out of host memory for seq %d, dim %d", seq, dim);
+      for (int bi = 0; ok && bi < 4; bi++) {
+        if ((s = da_buffer_create(ctx, n * es, &bufs[bi])) != DA_SUCCESS) {
+          if (s == DA_ERR_DEVICE_MEMORY || s == DA_ERR_HOST_MEMORY) {
+            for (int k = 0; k < NCFG; k++) snprintf(cells[k].why, sizeof cells[k].why, "oom");
+          } else {
+            tool_api_error(cmd, "da_buffer_create", s, ctx);
+            rc = 1;
+          }
+          ok = 0;
+          break;
+        }
+        if (bi < 3) {
+          fill_normal(&rng, hf, n, dtype);
+          to_dtype(hd, dtype, hf, n);
+          if ((s = da_buffer_write(bufs[bi], 0, hd, n * es)) != DA_SUCCESS) {
+            tool_api_error(cmd, "da_buffer_write", s, ctx);
+            rc = 1;
+            ok = 0;
+          }
+        }
+      }
+      free(hf);
+      free(hd);
+      da_attn_desc d;
+      da_attn_desc_init(&d);
+      d.batch = batch, d.heads = heads, d.seq_q = seq, d.seq_k = seq, d.head_dim = dim;
+      d.dtype = dtype, d.causal = causal;
+      if (have_fusion) d.fusion = fusion;
+      for (int k = 0; k < NCFG; k++) {
+        step++;
+        if (!ok) continue;
+        progress_show(&prog, "[%d/%d] seq %d dim %d %s", step, nsteps, seq, dim, cfg_name[k]);
+        d.algo = k == CFG_GEMM ? DA_ALGO_GEMM : DA_ALGO_FUSED;
+        d.group_size = k == CFG_G2 ? 2 : k == CFG_G4 ? 4 : 1;
+        if (time_cfg(cmd, ctx, &d, bufs[0], bufs[1], bufs[2], bufs[3], warmup, repeat, times,
+                     &cells[k]))
+          rc = 1;
+      }
+      progress_clear(&prog);
+      for (int bi = 0; bi < 4; bi++)
+        if (bufs[bi]) da_buffer_destroy(bufs[bi]);
+
+      da_attn_desc fd = d;
+      double flops = attn_flops(&fd);
+      double mem_f = 4.0 * (double)n * (double)es / (1 << 20);
+      double mem_g = mem_f + (double)batch * heads * (double)seq * seq * 4.0 / (1 << 20);
+      char ms[NCFG][24], gf[NCFG][24], r1[16], r2[16], r3[16];
+      for (int k = 0; k < NCFG; k++) {
+        fmt_ms(ms[k], sizeof ms[k], &cells[k]);
+        fmt_gf(gf[k], sizeof gf[k], &cells[k], flops);
+      }
+      fmt_ratio(r1, sizeof r1, &cells[CFG_GEMM], &cells[CFG_FUSED]);
+      fmt_ratio(r2, sizeof r2, &cells[CFG_FUSED], &cells[CFG_G2]);
+      fmt_ratio(r3, sizeof r3, &cells[CFG_FUSED], &cells[CFG_G4]);
+      if (csv) {
+        printf("%s,%d,", backend_label(info.backend), info.index);
+        csv_field(stdout, info.name);
+        printf(",%d,%d,%d,%d,%s,%d", batch, heads, seq, dim, dtype_name(dtype), causal);
+        for (int k = 0; k < NCFG; k++) printf(",%s", ms[k]);
+        for (int k = 0; k < NCFG; k++) printf(",%s", gf[k]);
+        /* plain numbers for the ratios */
+        for (char *r = r1; *r; r++) if (*r == 'x') *r = '\0';
+        for (char *r = r2; *r; r++) if (*r == 'x') *r = '\0';
+        for (char *r = r3; *r; r++) if (*r == 'x') *r = '\0';
+        printf(",%s,%s,%s,%.1f,%.1f\n", r1, r2, r3, mem_f, mem_g);
+      } else {
+        char mf[24], mg[24];
+        snprintf(mf, sizeof mf, "%.1f MiB", mem_f);
+        snprintf(mg, sizeof mg, "%.1f MiB est.", mem_g);
+        if (md) printf("| ");
+        printf("%6d%s%4d", seq, sep, dim);
+        for (int k = 0; k < NCFG; k++) printf("%s%10s%s%11s", sep, ms[k], sep, gf[k]);
+        printf("%s%10s%s%8s%s%8s%s%10s%s%15s%s\n", sep, r1, sep, r2, sep, r3, sep, mf, sep, mg,
+               md ? " |" : "");
+      }
+      fflush(stdout);
+    }
+  if (!times) {
+    tool_msg(cmd, "out of host memory");
+    rc = 1;
+  }
+  free(times);
+  da_context_destroy(ctx);
+  return rc;
+}
