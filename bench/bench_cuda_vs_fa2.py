@@ -80,7 +80,7 @@ def main():
     print("# distrattn CUDA vs FlashAttention-2 (torch SDPA FLASH_ATTENTION backend)")
     print("# GPU, driver: %s" % smi)
     print("# date: %s UTC; torch %s; f16, batch %d, heads %d; TFLOP/s = 4*b*h*s*s*d / t (/2 causal)"
-          % (datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), torch.__version__, b, h))
+          % (datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), torch.__version__, b, h))
     print("# ours: G=1 exact, G=2/G=4 DistrAttention (hash_block 128, MEAN); ratio = FA2 time / ours")
     print()
     hdr = "| d | seq | causal | FA2 TFLOP/s | G=1 TFLOP/s (x FA2) | G=2 TFLOP/s (x FA2) | G=4 TFLOP/s (x FA2) |"

@@ -19,17 +19,29 @@ typedef struct {
 static da_cl_dev *g_devs;
 static int g_ndev;
 
+/* A string property of a device, truncated to fit; 0 when unavailable. */
+static int info_string(cl_device_id dev, cl_device_info what, char *out, size_t len) {
+  size_t n = 0;
+  out[0] = 0;
+  if (clGetDeviceInfo(dev, what, 0, NULL, &n) != CL_SUCCESS || n == 0) return 0;
+  char *tmp = malloc(n + 1);
+  if (!tmp) return 0;
+  int ok = clGetDeviceInfo(dev, what, n, tmp, NULL) == CL_SUCCESS;
+  if (ok) {
+    tmp[n] = 0;
+    snprintf(out, len, "%s", tmp);
+  }
+  free(tmp);
+  return ok;
+}
+
 static void fill_info(cl_device_id dev, int index, da_device_info *info, int *rank) {
   memset(info, 0, sizeof *info);
   info->backend = DA_BACKEND_OPENCL;
   info->index = index;
-  if (clGetDeviceInfo(dev, CL_DEVICE_NAME, sizeof info->name - 1, info->name, NULL) != CL_SUCCESS)
+  if (!info_string(dev, CL_DEVICE_NAME, info->name, sizeof info->name))
     snprintf(info->name, sizeof info->name, "OpenCL device %d", index);
-  if (clGetDeviceInfo(dev, CL_DEVICE_VENDOR, sizeof info->vendor - 1, info->vendor, NULL) !=
-      CL_SUCCESS)
-    info->vendor[0] = 0;
-  info->name[sizeof info->name - 1] = 0;
-  info->vendor[sizeof info->vendor - 1] = 0;
+  info_string(dev, CL_DEVICE_VENDOR, info->vendor, sizeof info->vendor);
   cl_ulong mem = 0;
   if (clGetDeviceInfo(dev, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof mem, &mem, NULL) == CL_SUCCESS)
     info->global_mem = (unsigned long long)mem;

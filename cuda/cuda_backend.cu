@@ -479,21 +479,19 @@ static da_status dac_attention(da_plan *p, void *q, void *k, void *v, void *o) {
   dac_args a;
   dac_fill_args(p, &a, q, k, v, o);
   const int G = d->group_size;
-  if (G > 1)
-    DAC_CHECK(ctx, dac_launch_hash(q, d->dtype, d->batch, d->heads, d->seq_q, d->head_dim,
-                                   bp->proj, d->hash_bits, d->hash_block, G, d->fusion, bp->perm,
-                                   bp->wts, bc->stream));
-  if (d->algo == DA_ALGO_GEMM) return dac_gemm(p, &a);
   const int mma = bp->use_mma && dac_aligned16(q) && dac_aligned16(k) && dac_aligned16(v) &&
                   dac_aligned16(o);
   if (G > 1) {
-    if (!mma) {
-      a.qs_ld = p->ng;
-      DAC_CHECK(ctx, dac_launch_fuse_q(&a, bp->qs, DA_F32, bc->stream));
-    } else {
-      DAC_CHECK(ctx, dac_launch_fuse_q(&a, bp->qs, bp->qs_dtype, bc->stream));
-    }
+    const int gemm = d->algo == DA_ALGO_GEMM;
+    /* the fused Q: f32 rows of ng on the SIMT path, dtype rows padded to 16
+     * on the tensor-core path, none for GEMM (which expands Q instead) */
+    a.qs_ld = mma ? bp->qs_ld : p->ng;
+    DAC_CHECK(ctx, dac_launch_hash(q, d->dtype, d->batch, d->heads, d->seq_q, d->head_dim,
+                                   bp->proj, d->hash_bits, d->hash_block, G, d->fusion, bp->perm,
+                                   bp->wts, gemm ? NULL : bp->qs, mma ? bp->qs_dtype : DA_F32,
+                                   a.qs_ld, p->ng, bc->stream));
   }
+  if (d->algo == DA_ALGO_GEMM) return dac_gemm(p, &a);
   if (mma)
     DAC_CHECK(ctx, dac_launch_mma(&a, bp->br, bc->stream));
   else
@@ -510,7 +508,7 @@ static da_status dac_groups(da_plan *p, void *q, void *perm) {
   DAC_SETDEV(ctx);
   DAC_CHECK(ctx, dac_launch_hash(q, d->dtype, d->batch, d->heads, d->seq_q, d->head_dim, bp->proj,
                                  d->hash_bits, d->hash_block, d->group_size, d->fusion,
-                                 (int *)perm, NULL, bc->stream));
+                                 (int *)perm, NULL, NULL, DA_F32, 0, p->ng, bc->stream));
   return DA_SUCCESS;
 }
 

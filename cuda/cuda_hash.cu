@@ -4,12 +4,20 @@
 
 #include "cuda_dev.cuh"
 
-/* One block per (tile, head, batch). */
-__global__ void dac_hash_kernel(const void *__restrict__ q, da_dtype dt, int heads, int seq_q, int d,
-                                const float *__restrict__ proj, int hash_bits, int hash_block,
-                                int G, int norm, int n_tiles, int *__restrict__ perm,
-                                float *__restrict__ wts) {
-  __shared__ uint32_t codes[256];
+#define HASH_RCHUNK 64
+
+/* One block per (tile, head, batch), one thread per column: the thread
+ * keeps the hash_bits sums of its column in registers and runs over the
+ * tile's rows in order (the projections come through shared memory in
+ * chunks of rows), so each p_b is the same sequential fma chain as in
+ * lib/hash.c. Then keys, the rank sort, the fusion weights and, when qs is
+ * given, the fused Q rows of the tile. */
+__global__ void __launch_bounds__(256)
+    dac_hash_kernel(const void *__restrict__ q, da_dtype dt, int heads, int seq_q, int d,
+                    const float *__restrict__ proj, int hash_bits, int hash_block, int G, int norm,
+                    int n_tiles, int *__restrict__ perm, float *__restrict__ wts,
+                    void *__restrict__ qs, da_dtype qs_dt, int qs_ld, int ng) {
+  __shared__ float Rs[32][HASH_RCHUNK];
   __shared__ uint32_t keys[256];
   __shared__ int perm_s[256];
   __shared__ float a_s[256];
@@ -18,29 +26,45 @@ __global__ void dac_hash_kernel(const void *__restrict__ q, da_dtype dt, int hea
   const int rows = min(hash_block, seq_q - r0);
   const size_t bh = (size_t)b * heads + h;
   const size_t qoff = (bh * (size_t)seq_q + (size_t)r0) * (size_t)d;
-  for (int c = threadIdx.x; c < d; c += blockDim.x) codes[c] = 0;
-  __syncthreads();
-  /* p_b = sequential fma over r = 0..rows-1, as lib/hash.c */
-  for (int idx = threadIdx.x; idx < d * hash_bits; idx += blockDim.x) {
-    const int c = idx % d, bit = idx / d;
-    const float *rb = proj + (size_t)bit * hash_block;
-    float acc = 0.0f;
-    for (int r = 0; r < rows; r++) acc = __fmaf_rn(rb[r], dac_ld(q, dt, qoff + (size_t)r * d + c), acc);
-    if (acc > 0.0f) atomicOr(&codes[c], 1u << bit);
+  const int c = threadIdx.x;
+  float acc[32];
+#pragma unroll
+  for (int i = 0; i < 32; i++) acc[i] = 0.0f;
+  float nrm = 0.0f;
+  for (int rc = 0; rc < rows; rc += HASH_RCHUNK) {
+    const int n = min(HASH_RCHUNK, rows - rc);
+    __syncthreads();
+    for (int i = threadIdx.x; i < hash_bits * HASH_RCHUNK; i += blockDim.x) {
+      const int bb = i / HASH_RCHUNK, rr = i % HASH_RCHUNK;
+      Rs[bb][rr] = rr < n ? proj[(size_t)bb * hash_block + rc + rr] : 0.0f;
+    }
+    __syncthreads();
+    if (c < d) {
+      for (int rr = 0; rr < n; rr++) {
+        const float x = dac_ld(q, dt, qoff + (size_t)(rc + rr) * d + c);
+#pragma unroll
+        for (int bb = 0; bb < 32; bb++)
+          if (bb < hash_bits) acc[bb] = __fmaf_rn(Rs[bb][rr], x, acc[bb]);
+        nrm = __fmaf_rn(x, x, nrm);
+      }
+    }
   }
-  __syncthreads();
-  for (int c = threadIdx.x; c < d; c += blockDim.x) {
-    uint32_t k = codes[c];
+  if (c < d) {
+    uint32_t k = 0;
+#pragma unroll
+    for (int bb = 0; bb < 32; bb++)
+      if (bb < hash_bits && acc[bb] > 0.0f) k |= 1u << bb;
     k ^= k >> 1;
     k ^= k >> 2;
     k ^= k >> 4;
     k ^= k >> 8;
     k ^= k >> 16;
     keys[c] = k;
+    a_s[c] = norm ? sqrtf(nrm) : 1.0f;
   }
   __syncthreads();
   const size_t poff = (bh * (size_t)n_tiles + (size_t)tile) * (size_t)d;
-  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+  if (c < d) {
     const uint32_t kc = keys[c];
     int rank = 0;
     for (int e = 0; e < d; e++) {
@@ -52,72 +76,47 @@ __global__ void dac_hash_kernel(const void *__restrict__ q, da_dtype dt, int hea
   }
   if (!wts) return;
   __syncthreads();
-  for (int c = threadIdx.x; c < d; c += blockDim.x) {
-    if (norm) {
-      float s = 0.0f;
-      for (int r = 0; r < rows; r++) {
-        const float x = dac_ld(q, dt, qoff + (size_t)r * d + c);
-        s = __fmaf_rn(x, x, s);
-      }
-      a_s[c] = sqrtf(s);
-    } else {
-      a_s[c] = 1.0f;
-    }
-  }
-  __syncthreads();
   if (norm) {
     for (int g0 = threadIdx.x * G; g0 < d; g0 += blockDim.x * G) {
       const int g1 = min(g0 + G, d);
-      float s = 0.0f;
-      for (int i = g0; i < g1; i++) s = __fadd_rn(s, a_s[perm_s[i]]);
-      if (!(s > 0.0f))
+      float sum = 0.0f;
+      for (int i = g0; i < g1; i++) sum = __fadd_rn(sum, a_s[perm_s[i]]);
+      if (!(sum > 0.0f))
         for (int i = g0; i < g1; i++) a_s[perm_s[i]] = 1.0f;
     }
     __syncthreads();
   }
-  for (int c = threadIdx.x; c < d; c += blockDim.x) wts[poff + c] = a_s[c];
+  if (c < d) wts[poff + c] = a_s[c];
+  if (!qs) return;
+  /* fused Q of the tile: qs[r][g] = sum Q[r][c] / sum a_c over group g */
+  const size_t qsoff = (bh * (size_t)seq_q + (size_t)r0) * (size_t)qs_ld;
+  for (int idx = threadIdx.x; idx < rows * qs_ld; idx += blockDim.x) {
+    const int r = idx / qs_ld, g = idx % qs_ld;
+    float v = 0.0f;
+    if (g < ng) {
+      const int i0 = g * G, i1 = min(i0 + G, d);
+      float num = 0.0f, den = 0.0f;
+      for (int i = i0; i < i1; i++) {
+        const int cc = perm_s[i];
+        num += dac_ld(q, dt, qoff + (size_t)r * d + cc);
+        den += a_s[cc];
+      }
+      v = num / den;
+    }
+    dac_st(qs, qs_dt, qsoff + idx, v);
+  }
 }
 
 extern "C" cudaError_t dac_launch_hash(const void *q, da_dtype dt, int batch, int heads, int seq_q,
                                        int d, const float *proj, int hash_bits, int hash_block,
-                                       int G, da_fusion fusion, int *perm, float *wts,
-                                       cudaStream_t s) {
+                                       int G, da_fusion fusion, int *perm, float *wts, void *qs,
+                                       da_dtype qs_dt, int qs_ld, int ng, cudaStream_t s) {
   const int n_tiles = (seq_q + hash_block - 1) / hash_block;
+  const int threads = d <= 32 ? 32 : (d + 31) / 32 * 32;
   dim3 grid(n_tiles, heads, batch);
-  dac_hash_kernel<<<grid, 256, 0, s>>>(q, dt, heads, seq_q, d, proj, hash_bits, hash_block, G,
-                                       fusion == DA_FUSE_NORM, n_tiles, perm, wts);
-  return cudaGetLastError();
-}
-
-/* qs[bh][r][g] = sum_{c in g} Q[r][c] / sum_{c in g} a_c; zero for g >= ng. */
-__global__ void dac_fuse_q_kernel(dac_args a, void *__restrict__ qs, da_dtype qs_dt) {
-  const size_t total = (size_t)a.batch * a.heads * a.seq_q * a.qs_ld;
-  for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
-       idx += (size_t)gridDim.x * blockDim.x) {
-    const int g = (int)(idx % a.qs_ld);
-    const size_t row = idx / a.qs_ld; /* bh * seq_q + r */
-    const int r = (int)(row % a.seq_q);
-    const size_t bh = row / a.seq_q;
-    float v = 0.0f;
-    if (g < a.ng) {
-      const size_t poff = (bh * a.n_tiles + r / a.hash_block) * (size_t)a.d;
-      const int i0 = g * a.G, i1 = min(i0 + a.G, a.d);
-      float num = 0.0f, den = 0.0f;
-      for (int i = i0; i < i1; i++) {
-        const int c = a.perm[poff + i];
-        num += dac_ld(a.q, a.dt, row * a.d + c);
-        den += a.wts[poff + c];
-      }
-      v = num / den;
-    }
-    dac_st(qs, qs_dt, idx, v);
-  }
-}
-
-extern "C" cudaError_t dac_launch_fuse_q(const dac_args *a, void *qs, da_dtype qs_dt, cudaStream_t s) {
-  const size_t total = (size_t)a->batch * a->heads * a->seq_q * a->qs_ld;
-  const size_t blocks = (total + 255) / 256;
-  dac_fuse_q_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, s>>>(*a, qs, qs_dt);
+  dac_hash_kernel<<<grid, threads, 0, s>>>(q, dt, heads, seq_q, d, proj, hash_bits, hash_block, G,
+                                           fusion == DA_FUSE_NORM, n_tiles, perm, wts, qs, qs_dt,
+                                           qs_ld, ng);
   return cudaGetLastError();
 }
 

@@ -55,13 +55,13 @@ typedef struct dac_args {
 extern "C" {
 #endif
 
-/* Hash + sort + fusion weights of every tile: perm and (optionally) wts. */
+/* Hash + sort of every tile into perm; with wts, the fusion weights too;
+ * with qs, the fused Q as well: qs[bh][r][g] in qs_dt, rows of qs_ld
+ * elements (ng used, the rest zero). */
 DAC_HIDDEN cudaError_t dac_launch_hash(const void *q, da_dtype dt, int batch, int heads, int seq_q,
                                        int d, const float *proj, int hash_bits, int hash_block,
-                                       int G, da_fusion fusion, int *perm, float *wts,
-                                       cudaStream_t s);
-/* Fused Q: qs[bh][r][g] in qs_dt, rows of qs_ld elements (zero padded). */
-DAC_HIDDEN cudaError_t dac_launch_fuse_q(const dac_args *a, void *qs, da_dtype qs_dt, cudaStream_t s);
+                                       int G, da_fusion fusion, int *perm, float *wts, void *qs,
+                                       da_dtype qs_dt, int qs_ld, int ng, cudaStream_t s);
 /* SIMT attention, every dtype and head_dim, 16-row tiles. */
 DAC_HIDDEN cudaError_t dac_launch_simt(const dac_args *a, cudaStream_t s);
 /* Tensor-core attention, f16/bf16, d in {64, 128}; returns

@@ -44,3 +44,54 @@ tests_test_consistency_SOURCES = tests/test_consistency.c $(da_test_common) $(da
 tests_test_consistency_CFLAGS = $(da_test_cflags)
 tests_test_consistency_LDADD = $(da_test_ldadd)
 endif
+
+# Reliability (issue 6): the bad-input table and faults (test_faults), the
+# thread-safety rule (test_threads), unusable backend modules and
+# DISTRATTN_BACKEND_PATH (test_modules, one child process per case, with the
+# fake module tests/.libs/distrattn_opencl.so built here, never installed).
+# tests/bad_inputs.md is `tests/test_faults --table`; tests/valgrind.supp is
+# used by scripts/ci-sanitize.sh.
+EXTRA_DIST += tests/bad_inputs.md tests/valgrind.supp
+if HAVE_CMOCKA
+da_fault_programs = tests/test_faults tests/test_threads tests/test_modules
+check_PROGRAMS += $(da_fault_programs)
+TESTS += $(da_fault_programs)
+
+check_LTLIBRARIES = tests/distrattn_opencl.la
+tests_distrattn_opencl_la_SOURCES = tests/fake_module.c
+tests_distrattn_opencl_la_CFLAGS = $(AM_CFLAGS) $(VISIBILITY_CFLAGS)
+tests_distrattn_opencl_la_LDFLAGS = -module -avoid-version -shared -rpath /nowhere
+
+tests_test_faults_SOURCES = tests/test_faults.c $(da_test_common) $(da_test_ref)
+tests_test_faults_CFLAGS = $(da_test_cflags)
+tests_test_faults_LDADD = $(da_test_ldadd)
+
+tests_test_threads_SOURCES = tests/test_threads.c $(da_test_common) $(da_test_ref)
+tests_test_threads_CFLAGS = $(da_test_cflags) -pthread
+tests_test_threads_LDFLAGS = -pthread
+tests_test_threads_LDADD = $(da_test_ldadd)
+
+tests_test_modules_SOURCES = tests/test_modules.c $(da_test_common)
+tests_test_modules_CPPFLAGS = $(AM_CPPFLAGS) -DDA_TEST_BUILDDIR='"$(abs_top_builddir)"'
+tests_test_modules_CFLAGS = $(da_test_cflags)
+tests_test_modules_LDADD = $(da_test_ldadd)
+endif
+
+# Oclgrind (issue 8): tests/test_oclgrind runs the OpenCL kernels, at small
+# shapes covering every kernel path, on the Oclgrind simulator;
+# tests/oclgrind-check.sh runs it under `oclgrind --data-races
+# --uninitialized --check-api` and fails on any report, on a skipped test and
+# on a missing prerequisite. In plain `make check` the script is a SKIP unless
+# DISTRATTN_OCLGRIND=1; `make check-oclgrind` runs it alone, required.
+EXTRA_DIST += tests/oclgrind-check.sh
+if HAVE_CMOCKA
+check_PROGRAMS += tests/test_oclgrind
+TESTS += tests/oclgrind-check.sh
+tests_test_oclgrind_SOURCES = tests/test_oclgrind.c $(da_test_common) $(da_test_ref)
+tests_test_oclgrind_CFLAGS = $(da_test_cflags)
+tests_test_oclgrind_LDADD = $(da_test_ldadd)
+endif
+
+check-oclgrind:
+	$(MAKE) $(AM_MAKEFLAGS) check TESTS=tests/oclgrind-check.sh DISTRATTN_OCLGRIND=1
+.PHONY: check-oclgrind

@@ -27,6 +27,7 @@ static void usage(FILE *f) {
           "  run       time one attention configuration and measure its error\n"
           "  check     compare every available backend with the CPU backend\n"
           "  bench     time fused, GEMM and DistrAttention (G=2, G=4) over sizes\n"
+          "  eval      error of DistrAttention on a real model's captured Q, K, V\n"
           "\n"
           "Options:\n"
           "  -h, --help     show this help\n"
@@ -55,7 +56,8 @@ int main(int argc, char **argv) {
   static const struct {
     const char *name;
     int (*fn)(int, char **);
-  } cmds[] = {{"devices", cmd_devices}, {"run", cmd_run}, {"check", cmd_check}, {"bench", cmd_bench}};
+  } cmds[] = {{"devices", cmd_devices}, {"run", cmd_run}, {"check", cmd_check}, {"bench", cmd_bench},
+                  {"eval", cmd_eval}};
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
     if (strcmp(c, cmds[i].name) == 0) {
       char name[64];

@@ -1,0 +1,79 @@
+#!/bin/sh
+# Runs tests/test_oclgrind under the Oclgrind simulator with its checkers on
+# and fails on anything Oclgrind reports (out-of-bounds access, data race,
+# uninitialised value, barrier divergence, OpenCL API error), on a failed or
+# skipped cmocka test and on a missing prerequisite.
+#
+#   DISTRATTN_OCLGRIND=1   required: without it this script is a SKIP (77)
+#                          so that a plain `make check` does not need Oclgrind
+#   OCLGRIND               the launcher (default: oclgrind on PATH)
+#   OCLGRIND_FLAGS         replaces the checker options below
+#   DA_OCLGRIND_PROGRAM    the test program (default: tests/test_oclgrind in
+#                          the current, i.e. the build, folder)
+#   DISTRATTN_BACKEND_PATH as for every test (set by make check; default
+#                          cl/.libs of the build folder)
+# Exit status: 0 pass, 1 fail, 77 skip (only without DISTRATTN_OCLGRIND=1).
+set -u
+
+if [ "${DISTRATTN_OCLGRIND:-0}" != 1 ]; then
+  echo "oclgrind-check: DISTRATTN_OCLGRIND is not 1: skipped (make check-oclgrind runs it)"
+  exit 77
+fi
+
+fail() {
+  echo "oclgrind-check: FAIL: $*" >&2
+  exit 1
+}
+
+launcher=${OCLGRIND:-oclgrind}
+command -v "$launcher" >/dev/null 2>&1 ||
+  fail "'$launcher' not found (apt-get install oclgrind)"
+prog=${DA_OCLGRIND_PROGRAM:-./tests/test_oclgrind}
+[ -x "$prog" ] || fail "$prog not built (make check builds it)"
+if [ -z "${DISTRATTN_BACKEND_PATH:-}" ]; then
+  DISTRATTN_BACKEND_PATH=$(pwd)/cl/.libs
+  export DISTRATTN_BACKEND_PATH
+fi
+flags=${OCLGRIND_FLAGS:---data-races --uninitialized --check-api}
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/oclgrind-check.XXXXXX") || fail "mktemp"
+trap 'rm -rf "$tmp"' EXIT
+log=$tmp/oclgrind.log
+errf=$tmp/stderr
+outf=$tmp/stdout
+
+start=$(date +%s)
+# shellcheck disable=SC2086
+"$launcher" $flags --log "$log" "$prog" >"$outf" 2>"$errf"
+rc=$?
+end=$(date +%s)
+
+cat "$outf"
+cat "$errf" >&2
+echo "oclgrind-check: $prog exited $rc after $((end - start)) s under: $launcher $flags"
+
+status=0
+if [ -s "$log" ]; then
+  echo "oclgrind-check: FAIL: Oclgrind reported:" >&2
+  cat "$log" >&2
+  status=1
+fi
+# Oclgrind's reports, should any go to stderr instead of the log.
+if grep -E -i 'invalid|data race|uninitiali[sz]ed|divergence|runtime error|oclgrind' "$errf" \
+  >/dev/null 2>&1; then
+  echo "oclgrind-check: FAIL: Oclgrind or the program reported on stderr (above)" >&2
+  status=1
+fi
+if grep -E -i 'error' "$errf" >/dev/null 2>&1; then
+  echo "oclgrind-check: FAIL: an error on stderr (above)" >&2
+  status=1
+fi
+[ "$rc" -eq 0 ] || { echo "oclgrind-check: FAIL: $prog exited $rc" >&2; status=1; }
+if grep -E '^\[ *SKIPPED *\]' "$outf" "$errf" >/dev/null 2>&1; then
+  echo "oclgrind-check: FAIL: a test was skipped; this group must run in full" >&2
+  status=1
+fi
+grep -E '^\[ *PASSED *\] *[1-9]' "$outf" >/dev/null 2>&1 ||
+  { echo "oclgrind-check: FAIL: no '[  PASSED  ]' line from cmocka" >&2; status=1; }
+[ "$status" -eq 0 ] && echo "oclgrind-check: PASS"
+exit "$status"

@@ -1,0 +1,487 @@
+/* distrattn eval: DistrAttention's error on captured attention inputs of a
+ * real model (the DATTNCAP format of tools/CAPTURE_FORMAT.md, written by
+ * tools/capture.py) against exact attention computed in float64. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+static void eval_usage(FILE *f) {
+  fprintf(f,
+          "Usage: distrattn eval [OPTION]... FILE\n"
+          "Run exact attention and DistrAttention on the captured Q, K, V of a real\n"
+          "model (FILE: the DATTNCAP format of tools/CAPTURE_FORMAT.md, made by\n"
+          "tools/capture.py) on every available backend, and print the relative\n"
+          "Frobenius error ||O - ref|| / ||ref|| of each layer (over every sentence\n"
+          "and head), in total, and the worst single (sentence, layer), against exact\n"
+          "attention computed here in float64. Inputs are given to the library as f32\n"
+          "(f16 captures are widened exactly).\n"
+          "\n"
+          "The default sweep: G=1 (exact); G=2,4,8 with mean and norm fusion at the\n"
+          "library's hash defaults (16 bits, block 128); G=2 and 4, both fusions, with\n"
+          "hash_bits 8 and 32; G=2 and 4, both fusions, with hash_block 32 and 64.\n"
+          "--full runs the whole grid G 2,4,8 x fusion x bits 8,16,32 x block\n"
+          "32,64,128. Any of --groups, --fusion, --bits, --blocks runs the product of\n"
+          "the lists given (the others at their default: 2,4,8 / both / 16 / 128).\n"
+          "\n"
+          "  -b, --backend NAME   only this backend: cpu, opencl or cuda (default: every\n"
+          "                       available one)\n"
+          "  -d, --device N       device index within the backend (default -1: the best)\n"
+          "      --full           the full grid\n"
+          "      --groups LIST    group sizes among 1,2,4,8\n"
+          "      --fusion F       mean, norm or both\n"
+          "      --bits LIST      hash_bits values (1..32)\n"
+          "      --blocks LIST    hash_block values (powers of two 16..1024)\n"
+          "      --sentences N    use only the first N sentences of FILE\n"
+          "      --seed N         the plans' projection seed (default 0)\n"
+          "      --csv            machine-readable CSV (one line per row, with a header)\n"
+          "  -h, --help           show this help\n"
+          "\n"
+          "Exit status: 0 success, 1 a bad file or a runtime error, 2 usage error.\n");
+}
+
+/* ------------------------------------------------------------ the capture */
+
+typedef struct {
+  unsigned layers, heads, head_dim, n_sent, dtype;
+  unsigned *seq;     /* [n_sent] */
+  size_t *off;       /* [n_sent]: float offset of the sentence's first layer */
+  float *data;       /* per sentence, per layer: Q, K, V [heads][seq][head_dim] */
+} capture;
+
+static void capture_free(capture *c) {
+  free(c->seq), free(c->off), free(c->data);
+  memset(c, 0, sizeof *c);
+}
+
+static int rd_u32(FILE *f, unsigned *v) {
+  unsigned char b[4];
+  if (fread(b, 1, 4, f) != 4) return -1;
+  *v = (unsigned)b[0] | (unsigned)b[1] << 8 | (unsigned)b[2] << 16 | (unsigned)b[3] << 24;
+  return 0;
+}
+
+/* Returns 0, or -1 after printing why the file is refused. */
+static int capture_load(const char *cmd, const char *path, capture *c) {
+  memset(c, 0, sizeof *c);
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    tool_msg(cmd, "cannot open '%s'", path);
+    return -1;
+  }
+  char magic[8];
+  unsigned version = 0;
+  const char *why = NULL;
+  if (fread(magic, 1, 8, f) != 8 || memcmp(magic, "DATTNCAP", 8) != 0) {
+    why = "not a DATTNCAP capture (bad magic)";
+    goto bad;
+  }
+  if (rd_u32(f, &version) || version != 1) {
+    why = "unsupported format version (this program reads version 1)";
+    goto bad;
+  }
+  if (rd_u32(f, &c->layers) || rd_u32(f, &c->heads) || rd_u32(f, &c->head_dim) ||
+      rd_u32(f, &c->n_sent) || rd_u32(f, &c->dtype)) {
+    why = "truncated header";
+    goto bad;
+  }
+  if (c->layers < 1 || c->layers > 4096 || c->heads < 1 || c->heads > 4096 || c->head_dim < 1 ||
+      c->head_dim > 256 || c->n_sent < 1 || c->n_sent > (1u << 24) || c->dtype > 1) {
+    why = "header values out of range";
+    goto bad;
+  }
+  c->seq = malloc(sizeof *c->seq * c->n_sent);
+  c->off = malloc(sizeof *c->off * c->n_sent);
+  if (!c->seq || !c->off) {
+    why = "out of memory";
+    goto bad;
+  }
+  size_t total = 0;
+  for (unsigned s = 0; s < c->n_sent; s++) {
+    if (rd_u32(f, &c->seq[s])) {
+      why = "truncated sequence-length table";
+      goto bad;
+    }
+    if (c->seq[s] < 1 || c->seq[s] > (1u << 20)) {
+      why = "a sequence length is out of range";
+      goto bad;
+    }
+    c->off[s] = total;
+    total += (size_t)c->layers * 3 * c->heads * c->seq[s] * c->head_dim;
+  }
+  size_t esz = c->dtype == 0 ? 4 : 2;
+  c->data = malloc(sizeof(float) * (total ? total : 1));
+  void *raw = malloc(esz * (total ? total : 1));
+  if (!c->data || !raw) {
+    free(raw);
+    why = "out of memory";
+    goto bad;
+  }
+  if (fread(raw, esz, total, f) != total) {
+    free(raw);
+    why = "truncated data";
+    goto bad;
+  }
+  if (fgetc(f) != EOF) {
+    free(raw);
+    why = "trailing bytes after the data";
+    goto bad;
+  }
+  /* little-endian in the file; convert on a big-endian host */
+  const unsigned one = 1;
+  int little = *(const unsigned char *)&one == 1;
+  unsigned char *rb = raw;
+  if (!little)
+    for (size_t i = 0; i < total; i++)
+      for (size_t a = 0, z = esz - 1; a < z; a++, z--) {
+        unsigned char t = rb[i * esz + a];
+        rb[i * esz + a] = rb[i * esz + z];
+        rb[i * esz + z] = t;
+      }
+  from_dtype(c->data, c->dtype == 0 ? DA_F32 : DA_F16, raw, total);
+  free(raw);
+  for (size_t i = 0; i < total; i++)
+    if (!isfinite(c->data[i])) {
+      why = "the data holds a value that is not finite";
+      goto bad;
+    }
+  fclose(f);
+  return 0;
+bad:
+  tool_msg(cmd, "%s: %s", path, why);
+  fclose(f);
+  capture_free(c);
+  return -1;
+}
+
+/* ------------------------------------------------------------- the sweep */
+
+typedef struct {
+  int G;
+  da_fusion f;
+  int bits, block;
+} eval_cfg;
+
+#define MAX_CFG 512
+#define MAX_LIST 16
+
+static int add_cfg(eval_cfg *cs, int n, int G, da_fusion f, int bits, int block) {
+  if (G == 1) { /* the hash settings do not apply: one exact row */
+    f = DA_FUSE_MEAN, bits = 16, block = 128;
+    for (int i = 0; i < n; i++)
+      if (cs[i].G == 1) return n;
+  }
+  if (n < MAX_CFG) cs[n++] = (eval_cfg){G, f, bits, block};
+  return n;
+}
+
+static int default_cfgs(eval_cfg *cs, da_fusion dflt_f) {
+  (void)dflt_f;
+  int n = add_cfg(cs, 0, 1, DA_FUSE_MEAN, 16, 128);
+  static const int gs[] = {2, 4, 8};
+  for (int gi = 0; gi < 3; gi++)
+    for (int f = 0; f < 2; f++) n = add_cfg(cs, n, gs[gi], (da_fusion)f, 16, 128);
+  static const int bits[] = {8, 32};
+  for (int gi = 0; gi < 2; gi++)
+    for (int f = 0; f < 2; f++)
+      for (int i = 0; i < 2; i++) n = add_cfg(cs, n, gs[gi], (da_fusion)f, bits[i], 128);
+  static const int blocks[] = {32, 64};
+  for (int gi = 0; gi < 2; gi++)
+    for (int f = 0; f < 2; f++)
+      for (int i = 0; i < 2; i++) n = add_cfg(cs, n, gs[gi], (da_fusion)f, 16, blocks[i]);
+  return n;
+}
+
+/* Error sums of one configuration. */
+typedef struct {
+  double *num, *den; /* [layers] */
+  double worst;
+  double ms;
+  int failed;
+} eval_acc;
+
+static da_context *open_ctx(const char *cmd, da_backend b, int device) {
+  da_context *ctx = NULL;
+  da_status s = da_context_create(&ctx, b, device);
+  if (s != DA_SUCCESS) {
+    tool_api_error(cmd, "da_context_create", s, NULL);
+    return NULL;
+  }
+  return ctx;
+}
+
+int cmd_eval(int argc, char **argv) {
+  const char *cmd = argv[0];
+  enum { O_FULL = 1000, O_GROUPS, O_FUSION, O_BITS, O_BLOCKS, O_SENT, O_SEED, O_CSV };
+  static const struct option lopts[] = {
+      {"backend", required_argument, NULL, 'b'}, {"device", required_argument, NULL, 'd'},
+      {"full", no_argument, NULL, O_FULL},       {"groups", required_argument, NULL, O_GROUPS},
+      {"fusion", required_argument, NULL, O_FUSION}, {"bits", required_argument, NULL, O_BITS},
+      {"blocks", required_argument, NULL, O_BLOCKS}, {"sentences", required_argument, NULL, O_SENT},
+      {"seed", required_argument, NULL, O_SEED}, {"csv", no_argument, NULL, O_CSV},
+      {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
+  int have_backend = 0, device = -1, full = 0, csv = 0, custom = 0, max_sent = 0;
+  da_backend backend = DA_BACKEND_CPU;
+  int groups[MAX_LIST] = {2, 4, 8}, ngroups = 3;
+  int bits[MAX_LIST] = {16}, nbits = 1, blocks[MAX_LIST] = {128}, nblocks = 1;
+  int fusions[2] = {DA_FUSE_MEAN, DA_FUSE_NORM}, nfus = 2;
+  unsigned long long seed = 0;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "b:d:h", lopts, NULL)) != -1) {
+    int bad = 0;
+    switch (c) {
+    case 'b':
+      bad = parse_backend(cmd, optarg, &backend);
+      if (!bad && backend == DA_BACKEND_AUTO)
+        return tool_usage_error(cmd, "--backend: name cpu, opencl or cuda (or leave it out)");
+      have_backend = 1;
+      break;
+    case 'd': bad = parse_int(cmd, "--device", optarg, -1, 1 << 20, &device); break;
+    case O_FULL: full = 1; break;
+    case O_GROUPS:
+      bad = parse_int_list(cmd, "--groups", optarg, groups, MAX_LIST, &ngroups);
+      for (int i = 0; !bad && i < ngroups; i++)
+        if (groups[i] != 1 && groups[i] != 2 && groups[i] != 4 && groups[i] != 8)
+          return tool_usage_error(cmd, "--groups: %d is not 1, 2, 4 or 8", groups[i]);
+      custom = 1;
+      break;
+    case O_FUSION:
+      if (strcmp(optarg, "both") == 0) {
+        nfus = 2, fusions[0] = DA_FUSE_MEAN, fusions[1] = DA_FUSE_NORM;
+      } else {
+        da_fusion f;
+        bad = parse_fusion(cmd, optarg, &f);
+        nfus = 1, fusions[0] = f;
+      }
+      custom = 1;
+      break;
+    case O_BITS:
+      bad = parse_int_list(cmd, "--bits", optarg, bits, MAX_LIST, &nbits);
+      for (int i = 0; !bad && i < nbits; i++)
+        if (bits[i] < 1 || bits[i] > 32)
+          return tool_usage_error(cmd, "--bits: %d is outside 1..32", bits[i]);
+      custom = 1;
+      break;
+    case O_BLOCKS:
+      bad = parse_int_list(cmd, "--blocks", optarg, blocks, MAX_LIST, &nblocks);
+      for (int i = 0; !bad && i < nblocks; i++)
+        if (blocks[i] < 16 || blocks[i] > 1024 || (blocks[i] & (blocks[i] - 1)))
+          return tool_usage_error(cmd, "--blocks: %d is not a power of two 16..1024", blocks[i]);
+      custom = 1;
+      break;
+    case O_SENT: bad = parse_int(cmd, "--sentences", optarg, 1, 1 << 24, &max_sent); break;
+    case O_SEED: bad = parse_u64(cmd, "--seed", optarg, &seed); break;
+    case O_CSV: csv = 1; break;
+    case 'h': eval_usage(stdout); return 0;
+    default: fprintf(stderr, "Try '%s --help'.\n", cmd); return EXIT_USAGE;
+    }
+    if (bad) return EXIT_USAGE;
+  }
+  if (optind >= argc) return tool_usage_error(cmd, "missing FILE (a DATTNCAP capture)");
+  if (optind + 1 < argc) return tool_usage_error(cmd, "unexpected argument '%s'", argv[optind + 1]);
+  if (full && custom)
+    return tool_usage_error(cmd, "--full excludes --groups, --fusion, --bits and --blocks");
+
+  static eval_cfg cfgs[MAX_CFG];
+  int ncfg = 0;
+  if (full) {
+    static const int fg[] = {2, 4, 8}, fb[] = {8, 16, 32}, fk[] = {32, 64, 128};
+    ncfg = add_cfg(cfgs, 0, 1, DA_FUSE_MEAN, 16, 128);
+    for (int g = 0; g < 3; g++)
+      for (int f = 0; f < 2; f++)
+        for (int b = 0; b < 3; b++)
+          for (int k = 0; k < 3; k++) ncfg = add_cfg(cfgs, ncfg, fg[g], (da_fusion)f, fb[b], fk[k]);
+  } else if (custom) {
+    for (int g = 0; g < ngroups; g++)
+      for (int f = 0; f < nfus; f++)
+        for (int b = 0; b < nbits; b++)
+          for (int k = 0; k < nblocks; k++)
+            ncfg = add_cfg(cfgs, ncfg, groups[g], (da_fusion)fusions[f], bits[b], blocks[k]);
+  } else {
+    ncfg = default_cfgs(cfgs, DA_FUSE_MEAN);
+  }
+
+  capture cap;
+  if (capture_load(cmd, argv[optind], &cap)) return 1;
+  const unsigned L = cap.layers, H = cap.heads, D = cap.head_dim;
+  unsigned ns = cap.n_sent;
+  if (max_sent > 0 && (unsigned)max_sent < ns) ns = (unsigned)max_sent;
+  size_t tokens = 0, max_seq = 0;
+  for (unsigned s = 0; s < ns; s++) {
+    tokens += cap.seq[s];
+    if (cap.seq[s] > max_seq) max_seq = cap.seq[s];
+  }
+
+  /* the float64 exact reference of every (sentence, layer) */
+  size_t ref_total = 0;
+  for (unsigned s = 0; s < ns; s++) ref_total += (size_t)L * H * cap.seq[s] * D;
+  float *ref = malloc(sizeof(float) * ref_total);
+  float *out = malloc(sizeof(float) * (size_t)H * max_seq * D);
+  double *num = calloc((size_t)ncfg * L, sizeof(double));
+  double *den = calloc((size_t)ncfg * L, sizeof(double));
+  eval_acc *acc = calloc((size_t)ncfg, sizeof *acc);
+  if (!ref || !out || !num || !den || !acc) {
+    tool_msg(cmd, "out of memory");
+    free(ref), free(out), free(num), free(den), free(acc);
+    capture_free(&cap);
+    return 1;
+  }
+  tool_progress prog;
+  progress_init(&prog);
+  int rc = 0;
+  {
+    size_t ro = 0;
+    for (unsigned s = 0; s < ns && !rc; s++) {
+      progress_show(&prog, "reference: sentence %u/%u", s + 1, ns);
+      da_attn_desc d;
+      da_attn_desc_init(&d);
+      d.batch = 1, d.heads = (int)H, d.seq_q = d.seq_k = (int)cap.seq[s], d.head_dim = (int)D;
+      size_t n = (size_t)H * cap.seq[s] * D;
+      for (unsigned l = 0; l < L; l++, ro += n) {
+        const float *q = cap.data + cap.off[s] + (size_t)l * 3 * n;
+        if (reference_f64(&d, q, q + n, q + 2 * n, NULL, ref + ro)) {
+          tool_msg(cmd, "out of memory");
+          rc = 1;
+          break;
+        }
+      }
+    }
+  }
+
+  da_backend todo[3] = {DA_BACKEND_CPU, DA_BACKEND_OPENCL, DA_BACKEND_CUDA};
+  int ntodo = 3;
+  if (have_backend) todo[0] = backend, ntodo = 1;
+
+  if (!rc) {
+    if (csv) {
+      printf("backend,device_name,group,fusion,hash_bits,hash_block,sentences,tokens,total_rel_err,"
+             "worst_rel_err,ms");
+      for (unsigned l = 0; l < L; l++) printf(",layer%u", l);
+      printf("\n");
+    } else {
+      printf("capture: %s: %u layers, %u heads, head_dim %u, %u sentences (%zu tokens, "
+             "longest %zu), %s\n",
+             argv[optind], L, H, D, ns, tokens, max_seq, cap.dtype ? "f16" : "f32");
+      printf("relative error ||O - exact|| / ||exact|| (exact: float64, same inputs)\n\n");
+    }
+  }
+  int any_backend = 0;
+  for (int bi = 0; bi < ntodo && !rc; bi++) {
+    const char *why = NULL;
+    if (!da_backend_available(todo[bi], &why)) {
+      if (have_backend) {
+        tool_msg(cmd, "backend %s is not available: %s", backend_label(todo[bi]), why ? why : "");
+        rc = 1;
+      } else if (!csv) {
+        printf("%s: not available (%s)\n\n", backend_label(todo[bi]), why ? why : "");
+      }
+      continue;
+    }
+    da_context *ctx = open_ctx(cmd, todo[bi], have_backend ? device : -1);
+    if (!ctx) {
+      rc = 1;
+      break;
+    }
+    any_backend = 1;
+    da_device_info info;
+    memset(&info, 0, sizeof info);
+    da_context_get_device_info(ctx, &info);
+    memset(num, 0, sizeof(double) * (size_t)ncfg * L);
+    memset(den, 0, sizeof(double) * (size_t)ncfg * L);
+    if (!csv) {
+      printf("backend %s: %s\n", backend_label(todo[bi]), info.name);
+      printf("%-2s %-5s %4s %5s", "G", "fuse", "bits", "block");
+      for (unsigned l = 0; l < L; l++) printf("  %8s%u", "layer", l);
+      printf("  %9s  %9s  %8s\n", "total", "worst", "ms");
+    }
+    for (int ci = 0; ci < ncfg && !rc; ci++) {
+      const eval_cfg *cf = &cfgs[ci];
+      eval_acc *a = &acc[ci];
+      a->num = num + (size_t)ci * L, a->den = den + (size_t)ci * L;
+      a->worst = 0.0, a->ms = 0.0, a->failed = 0;
+      size_t ro = 0;
+      for (unsigned s = 0; s < ns && !rc; s++) {
+        progress_show(&prog, "%s: config %d/%d, sentence %u/%u", backend_label(todo[bi]), ci + 1,
+                      ncfg, s + 1, ns);
+        da_attn_desc d;
+        da_attn_desc_init(&d);
+        d.batch = 1, d.heads = (int)H, d.seq_q = d.seq_k = (int)cap.seq[s], d.head_dim = (int)D;
+        d.group_size = cf->G, d.fusion = cf->f, d.hash_bits = cf->bits, d.hash_block = cf->block;
+        d.seed = seed;
+        size_t n = (size_t)H * cap.seq[s] * D;
+        da_plan *p = NULL;
+        da_status st = da_plan_create(ctx, &d, &p);
+        if (st != DA_SUCCESS) {
+          progress_clear(&prog);
+          tool_api_error(cmd, "da_plan_create", st, ctx);
+          rc = 1;
+          break;
+        }
+        for (unsigned l = 0; l < L; l++, ro += n) {
+          const float *q = cap.data + cap.off[s] + (size_t)l * 3 * n;
+          double t0 = now_ms();
+          st = da_attention_host(p, q, q + n, q + 2 * n, out);
+          a->ms += now_ms() - t0;
+          if (st != DA_SUCCESS) {
+            progress_clear(&prog);
+            tool_api_error(cmd, "da_attention_host", st, ctx);
+            rc = 1;
+            break;
+          }
+          double e2 = 0.0, r2 = 0.0;
+          int nonfinite = 0;
+          for (size_t i = 0; i < n; i++) {
+            if (!isfinite(out[i])) nonfinite = 1;
+            double df = (double)out[i] - (double)ref[ro + i];
+            e2 += df * df;
+            r2 += (double)ref[ro + i] * ref[ro + i];
+          }
+          if (nonfinite) a->failed = 1;
+          a->num[l] += e2, a->den[l] += r2;
+          double rel = r2 > 0.0 ? sqrt(e2 / r2) : sqrt(e2);
+          if (rel > a->worst) a->worst = rel;
+        }
+        da_plan_destroy(p);
+      }
+      if (rc) break;
+      progress_clear(&prog);
+      double tn = 0.0, td = 0.0;
+      for (unsigned l = 0; l < L; l++) tn += a->num[l], td += a->den[l];
+      double total = td > 0.0 ? sqrt(tn / td) : sqrt(tn);
+      if (a->failed) total = NAN;
+      if (csv) {
+        csv_field(stdout, backend_label(todo[bi]));
+        putchar(',');
+        csv_field(stdout, info.name);
+        printf(",%d,%s,%d,%d,%u,%zu,%.6e,%.6e,%.3f", cf->G, cf->G > 1 ? fusion_name(cf->f) : "",
+               cf->bits, cf->block, ns, tokens, total, a->worst, a->ms);
+        for (unsigned l = 0; l < L; l++)
+          printf(",%.6e", a->den[l] > 0.0 ? sqrt(a->num[l] / a->den[l]) : sqrt(a->num[l]));
+        printf("\n");
+      } else {
+        if (cf->G == 1)
+          printf("%-2d %-5s %4s %5s", 1, "exact", "-", "-");
+        else
+          printf("%-2d %-5s %4d %5d", cf->G, fusion_name(cf->f), cf->bits, cf->block);
+        for (unsigned l = 0; l < L; l++)
+          printf("  %9.3e", a->den[l] > 0.0 ? sqrt(a->num[l] / a->den[l]) : sqrt(a->num[l]));
+        printf("  %9.3e  %9.3e  %8.1f\n", total, a->worst, a->ms);
+      }
+      fflush(stdout);
+    }
+    if (!csv) printf("\n");
+    da_context_destroy(ctx);
+  }
+  progress_clear(&prog);
+  if (!rc && !any_backend) {
+    tool_msg(cmd, "no backend is available");
+    rc = 1;
+  }
+  free(ref), free(out), free(num), free(den), free(acc);
+  capture_free(&cap);
+  return rc;
+}
