@@ -1,2 +1,8 @@
 # bench/: the script that produces the README's benchmark table.
 dist_noinst_SCRIPTS += bench/run-bench.sh
+# The README's plots (issue 5): bench/plot.py draws bench/*.png from the CSV
+# files in bench/data/ (distrattn bench --csv, distrattn eval --csv,
+# tools/e2e.py --csv).
+EXTRA_DIST += bench/plot.py bench/time-vs-seq.png bench/error-vs-g.png \
+	bench/data/bench-cpu.csv bench/data/bench-opencl-pocl.csv \
+	bench/data/eval-minilm.csv bench/data/e2e-minilm.csv

@@ -222,7 +222,15 @@ void da_attn(__global const elem_t *Q, __global const float *Kb, __global const 
   }
 
   if (live) {
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    /* A row that sees no key is zero; one that does divides by l even when
+     * l is 0 or NaN (all logits -Inf or NaN), so the result is NaN as in
+     * the float64 reference. */
+#if CAUSAL
+    const int nvis = min(seq_k, i + off + 1);
+#else
+    const int nvis = seq_k;
+#endif
+    const float inv = nvis > 0 ? 1.0f / l : 0.0f;
     float o[DP];
     for (int u = 0; u < NV; u++) vstoreV(ACC_GET(u) * (floatV)(inv), u, o);
     for (int k = 0; k < D; k++) STORE_ELEM(O, qbase + (size_t)i * D + k, o[k]);

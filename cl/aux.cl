@@ -82,7 +82,7 @@ void da_softmax(__global float *S, int Rp, int seq_q, int seq_k, float scale) {
     if (lid < w) red[lid] += red[lid + w];
     barrier(CLK_LOCAL_MEM_FENCE);
   }
-  const float inv = red[0] > 0.0f ? 1.0f / red[0] : 0.0f;
+  const float inv = lim > 0 ? 1.0f / red[0] : 0.0f; /* NaN stays NaN */
   for (int j = lid; j < seq_k; j += SL) s[j] = j < lim ? s[j] * inv : 0.0f;
 }
 

@@ -59,9 +59,17 @@ static void fill_info(cl_device_id dev, int index, da_device_info *info, int *ra
   info->has_bf16 = 1; /* stored as bits, converted to f32 in the kernels */
   cl_device_type type = 0;
   clGetDeviceInfo(dev, CL_DEVICE_TYPE, sizeof type, &type, NULL);
-  if (rank)
-    *rank = (type & (CL_DEVICE_TYPE_GPU | CL_DEVICE_TYPE_ACCELERATOR)) ? DA_RANK_GPU
-                                                                      : DA_RANK_CPU_OPENCL;
+  if (rank) {
+    /* A device that says it is a CPU (PoCL; Oclgrind says CPU|GPU|ACCELERATOR)
+     * is not ranked as a GPU; a simulator comes after the CPU backend. */
+    if (strstr(info->name, "Oclgrind") || strstr(info->vendor, "Oclgrind"))
+      *rank = DA_RANK_SIMULATOR;
+    else if ((type & (CL_DEVICE_TYPE_GPU | CL_DEVICE_TYPE_ACCELERATOR)) &&
+             !(type & CL_DEVICE_TYPE_CPU))
+      *rank = DA_RANK_GPU;
+    else
+      *rank = DA_RANK_CPU_OPENCL;
+  }
 }
 
 static void cl_shutdown(void) {

@@ -149,11 +149,17 @@ static da_status prepare_fused(da_plan *p) {
   size_t bm = (size_t)d->hash_block < (bc->is_cpu ? 128u : 64u) ? (size_t)d->hash_block
                                                                  : (bc->is_cpu ? 128u : 64u);
   while (bm > bc->max_wg && bm > 1) bm /= 2;
+  /* The widest key tile that fits in local memory; with none, fewer rows
+   * (halving keeps bm a power of two, so it still divides hash_block). */
   size_t bn = 0;
-  for (size_t t = bc->is_cpu ? 128 : 32; t >= 16 && !bn; t /= 2) {
-    size_t need = (G > 1 ? ng * t * sizeof(float) + D * 8 + ng * 4 : 0) + 256 +
-                  (bc->is_cpu ? bm * dp * sizeof(float) : 0);
-    if (need <= bc->local_mem) bn = t;
+  for (;;) {
+    for (size_t t = bc->is_cpu ? 128 : 32; t >= 16 && !bn; t /= 2) {
+      size_t need = (G > 1 ? ng * t * sizeof(float) + D * 8 + ng * 4 : 0) + 256 +
+                    (bc->is_cpu ? bm * dp * sizeof(float) : 0);
+      if (need <= bc->local_mem) bn = t;
+    }
+    if (bn || bm == 1) break;
+    bm /= 2;
   }
   if (!bn)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,

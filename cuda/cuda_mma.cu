@@ -3,9 +3,10 @@
  * registers. Each warp owns 16 query rows; 64 keys per step, K and V tiles
  * brought in with cp.async while the previous step computes.
  * Grouped logits (G > 1): the fused Q tile (qs, width DQK = ng padded to 16)
- * is loaded like Q; each K tile is fused into Kf in shared memory with the
- * block's hash-tile permutation and weights, then the same mma loop runs
- * over DQK columns. */
+ * is loaded like Q; each K tile is transposed in shared memory (ldmatrix
+ * .trans), the rows of K^T named by the block's hash-tile permutation are
+ * summed with their weights into Kf^T (16-byte rows), and the same mma loop
+ * runs over DQK columns with Kf^T read through ldmatrix .trans. */
 #include <math.h>
 
 #include "cuda_dev.cuh"
@@ -23,8 +24,13 @@ template <> struct dac_mma_op<__half> {
     __half2 h = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t *>(&h);
   }
-  static __device__ __forceinline__ __half cvt(float x) { return __float2half_rn(x); }
-  static __device__ __forceinline__ float tof(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ uint32_t add2(uint32_t x, uint32_t y) {
+    __half2 r = __hadd2(*reinterpret_cast<__half2 *>(&x), *reinterpret_cast<__half2 *>(&y));
+    return *reinterpret_cast<uint32_t *>(&r);
+  }
+  static __device__ __forceinline__ float2 tof2(uint32_t x) {
+    return __half22float2(*reinterpret_cast<__half2 *>(&x));
+  }
 };
 template <> struct dac_mma_op<__nv_bfloat16> {
   static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
@@ -37,8 +43,14 @@ template <> struct dac_mma_op<__nv_bfloat16> {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t *>(&h);
   }
-  static __device__ __forceinline__ __nv_bfloat16 cvt(float x) { return __float2bfloat16_rn(x); }
-  static __device__ __forceinline__ float tof(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ uint32_t add2(uint32_t x, uint32_t y) {
+    __nv_bfloat162 r =
+        __hadd2(*reinterpret_cast<__nv_bfloat162 *>(&x), *reinterpret_cast<__nv_bfloat162 *>(&y));
+    return *reinterpret_cast<uint32_t *>(&r);
+  }
+  static __device__ __forceinline__ float2 tof2(uint32_t x) {
+    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&x));
+  }
 };
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) {
@@ -101,13 +113,14 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   typedef dac_mma_op<T> op;
   constexpr bool GROUPED = GS > 1;
   constexpr int NT = WARPS * 32, BR = WARPS * 16 * MT, BC = dac_mma_bc<DV, MT>::value;
-  constexpr int LDQ = DQK + 8, LDV = DV + 8;
+  constexpr int LDQ = DQK + 8, LDV = DV + 8, LDT = BC + 8;
   extern __shared__ __align__(16) unsigned char smraw[];
   T *Qsm = (T *)smraw;               /* [BR][LDQ] */
-  T *Ksm = Qsm + BR * LDQ;           /* [BC][LDQ]: K, or Kf when grouped */
-  T *Vsm = Ksm + BC * LDQ;           /* [BC][LDV] */
+  T *Ksm = Qsm + BR * LDQ;           /* [BC][LDQ]: K; grouped: Kf transposed, [DQK][LDT] */
+  T *Vsm = Ksm + (GROUPED ? DQK * LDT : BC * LDQ); /* [BC][LDV] */
   T *Kraw = Vsm + BC * LDV;          /* [BC][LDV] (grouped) */
-  float *a_s = (float *)(Kraw + (GROUPED ? BC * LDV : 0)); /* [DV] */
+  T *KT = Kraw + (GROUPED ? BC * LDV : 0); /* [DV][LDT]: K transposed (grouped) */
+  float *a_s = (float *)(KT + (GROUPED ? DV * LDT : 0)); /* [DV] */
   int *perm_s = (int *)(a_s + DV);   /* [DV] */
 
   const int nqt = gridDim.x;
@@ -149,19 +162,29 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   cp_wait<1>();
   __syncthreads();
 
-  /* Kf build: this thread fills column kg of Kf, rows kr0 + m * KSTRIDE,
-   * from the GS columns (and weights) of its group, kept in registers */
-  constexpr int KSTRIDE = NT / DQK;
-  const int kg = threadIdx.x % DQK, kr0 = threadIdx.x / DQK;
-  int kc[GS];
-  float kw[GS];
+  /* Kf build, on the transposed tiles: row g of Kf^T is the weighted sum of
+   * the GS rows pi[g*GS + i] of K^T. The rows are cut into 16-byte chunks;
+   * this thread makes chunks tid, tid + NT, ...: its rows' offsets and
+   * weights stay in registers. With unit weights (MEAN) the sum is taken
+   * in packed T2 adds (a pairwise tree, one rounding per level), else in f32. */
+  constexpr int CPR = BC / 8, NCHUNK = GROUPED ? DQK * CPR : 0, NCH = (NCHUNK + NT - 1) / NT;
+  int kc[NCH > 0 ? NCH : 1][GS];
+  float kw[NCH > 0 ? NCH : 1][GS];
+  bool unit = true;
 #pragma unroll
-  for (int i = 0; i < GS; i++) {
-    const int p = kg * GS + i;
-    const bool ok = GROUPED && kg < a.ng && p < DV;
-    kc[i] = ok ? perm_s[p] : 0;
-    kw[i] = ok ? a_s[kc[i]] : 0.0f;
+  for (int n = 0; n < NCH; n++) {
+    const int ci = threadIdx.x + n * NT, g = ci / CPR, ch = ci % CPR;
+#pragma unroll
+    for (int i = 0; i < GS; i++) {
+      const int p = g * GS + i;
+      const bool ok = ci < NCHUNK && g < a.ng && p < DV;
+      const int c = ok ? perm_s[p] : 0;
+      kc[n][i] = c * LDT + ch * 8;
+      kw[n][i] = ok ? a_s[c] : 0.0f;
+      unit = unit && (!ok || kw[n][i] == 1.0f);
+    }
   }
+  if (GROUPED) unit = __syncthreads_and(unit);
 
   /* Q fragments: in registers for MT == 1, else read per k-step */
   constexpr int QF = MT == 1 ? DQK / 16 : 1;
@@ -189,16 +212,64 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   for (int j = 0; j < nk; j++) {
     const int k0 = j * BC;
     if (GROUPED) {
+      /* K^T: 16x16 blocks of Kraw read transposed by ldmatrix, stored as words */
 #pragma unroll
-      for (int m = 0; m < BC / KSTRIDE; m++) {
-        const int kr = kr0 + m * KSTRIDE;
-        const T *src = Kraw + kr * LDV;
-        float acc = 0.0f;
+      for (int blk = warp; blk < (BC / 16) * (DV / 16); blk += WARPS) {
+        const int jb = blk % (BC / 16), cb = blk / (BC / 16);
+        uint32_t r[4];
+        ldsm_x4_t(r, Kraw + (jb * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDV + cb * 16 + (lane / 16) * 8);
 #pragma unroll
-        for (int i = 0; i < GS; i++) acc = fmaf(kw[i], op::tof(src[kc[i]]), acc);
-        Ksm[kr * LDQ + kg] = op::cvt(acc);
+        for (int m = 0; m < 4; m++)
+          *reinterpret_cast<uint32_t *>(KT + (cb * 16 + (m >> 1) * 8 + g4) * LDT + jb * 16 + (m & 1) * 8 +
+                                        2 * t4) = r[m];
       }
-      __syncthreads();
+      __syncthreads(); /* K^T visible; Kraw free */
+      if (j + 1 < nk) load_tile<T, BC, DV, LDV, NT>(Kraw, ksrc, k0 + BC, a.seq_k);
+      cp_commit();
+#pragma unroll
+      for (int n = 0; n < NCH; n++) {
+        const int ci = threadIdx.x + n * NT;
+        if (ci < NCHUNK) {
+          uint4 v[GS];
+#pragma unroll
+          for (int i = 0; i < GS; i++) v[i] = *reinterpret_cast<const uint4 *>(KT + kc[n][i]);
+          uint4 res;
+          if (unit) {
+#pragma unroll
+            for (int w = 1; w < GS; w *= 2)
+#pragma unroll
+              for (int i = 0; i + w < GS; i += 2 * w) {
+                v[i].x = op::add2(v[i].x, v[i + w].x);
+                v[i].y = op::add2(v[i].y, v[i + w].y);
+                v[i].z = op::add2(v[i].z, v[i + w].z);
+                v[i].w = op::add2(v[i].w, v[i + w].w);
+              }
+            res = v[0];
+          } else {
+            float acc[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[e] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < GS; i++) {
+              const uint32_t wv[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+#pragma unroll
+              for (int e = 0; e < 4; e++) {
+                const float2 f = op::tof2(wv[e]);
+                acc[2 * e] = fmaf(kw[n][i], f.x, acc[2 * e]);
+                acc[2 * e + 1] = fmaf(kw[n][i], f.y, acc[2 * e + 1]);
+              }
+            }
+            res.x = op::pack(acc[0], acc[1]);
+            res.y = op::pack(acc[2], acc[3]);
+            res.z = op::pack(acc[4], acc[5]);
+            res.w = op::pack(acc[6], acc[7]);
+          }
+          const int g = ci / CPR;
+          if (g >= a.ng) res = make_uint4(0u, 0u, 0u, 0u);
+          *reinterpret_cast<uint4 *>(Ksm + g * LDT + (ci % CPR) * 8) = res;
+        }
+      }
+      __syncthreads(); /* Kf^T visible */
     }
     float s[MT][BC / 8][4];
 #pragma unroll
@@ -218,7 +289,10 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
 #pragma unroll
       for (int np = 0; np < BC / 16; np++) {
         uint32_t bf[4];
-        ldsm_x4(bf, Ksm + (np * 16 + (lane % 8) + (lane / 16) * 8) * LDQ + kk * 16 + ((lane / 8) % 2) * 8);
+        if (GROUPED)
+          ldsm_x4_t(bf, Ksm + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDT + np * 16 + (lane / 16) * 8);
+        else
+          ldsm_x4(bf, Ksm + (np * 16 + (lane % 8) + (lane / 16) * 8) * LDQ + kk * 16 + ((lane / 8) % 2) * 8);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
           op::mma(s[mt][2 * np], af[mt], bf[0], bf[1]);
@@ -226,14 +300,11 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
         }
       }
     }
-    __syncthreads(); /* K (and Kraw) free */
-    if (j + 1 < nk) {
-      if (GROUPED)
-        load_tile<T, BC, DV, LDV, NT>(Kraw, ksrc, k0 + BC, a.seq_k);
-      else
-        load_tile<T, BC, DV, LDQ, NT>(Ksm, ksrc, k0 + BC, a.seq_k);
+    if (!GROUPED) {
+      __syncthreads(); /* K free */
+      if (j + 1 < nk) load_tile<T, BC, DV, LDQ, NT>(Ksm, ksrc, k0 + BC, a.seq_k);
+      cp_commit();
     }
-    cp_commit();
 
     /* mask, online softmax (log2 domain: p = 2^(s*sc - m*sc)) */
     const bool need_mask = (k0 + BC > a.seq_k) || (a.causal && k0 + BC - 1 > q0 + off);
@@ -347,9 +418,10 @@ template <typename T, int DQK, int DV, int GS, int WARPS, int MT>
 static cudaError_t launch_mma(const dac_args *a, cudaStream_t s) {
   constexpr int BR = WARPS * 16 * MT, BC = dac_mma_bc<DV, MT>::value;
   constexpr bool GROUPED = GS > 1;
-  const size_t bytes = sizeof(T) * ((size_t)BR * (DQK + 8) + (size_t)BC * (DQK + 8) +
-                                    (size_t)BC * (DV + 8) * (GROUPED ? 2 : 1)) +
-                       (GROUPED ? 8 * (size_t)DV : 0);
+  const size_t bytes =
+      sizeof(T) * ((size_t)BR * (DQK + 8) + (GROUPED ? (size_t)DQK * (BC + 8) : (size_t)BC * (DQK + 8)) +
+                   (size_t)BC * (DV + 8) * (GROUPED ? 2 : 1) + (GROUPED ? (size_t)DV * (BC + 8) : 0)) +
+      (GROUPED ? 8 * (size_t)DV : 0);
   cudaError_t e = cudaFuncSetAttribute(dac_mma_kernel<T, DQK, DV, GS, WARPS, MT>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
   if (e != cudaSuccess) return e;

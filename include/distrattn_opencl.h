@@ -2,7 +2,7 @@
  * distrattn OpenCL interop: run distrattn on the caller's cl_command_queue
  * and cl_mem objects. Include after <CL/cl.h> (or let this header include it).
  *
- * da_context_create_opencl_queue wraps a queue: the context uses that queue's
+ * da_context_wrap_opencl wraps a queue: the context uses that queue's
  * device and cl_context and enqueues its work on it (an out-of-order queue
  * gets barriers between distrattn's commands). The queue is retained and
  * released when the context goes; the caller keeps its own reference.
@@ -28,7 +28,7 @@ extern "C" {
 #endif
 
 /* A context working on the caller's queue. */
-static inline da_status da_context_create_opencl_queue(da_context **ctx, cl_command_queue queue) {
+static inline da_status da_context_wrap_opencl(da_context **ctx, cl_command_queue queue) {
   return da_context_wrap(ctx, DA_BACKEND_OPENCL, (void *)queue);
 }
 
@@ -40,7 +40,7 @@ static inline da_status da_buffer_wrap_opencl(da_context *ctx, cl_mem mem, size_
 
 /* The cl_mem behind a buffer of an OpenCL context (NULL for another backend's
  * buffer); distrattn keeps ownership of buffers it created. */
-static inline cl_mem da_buffer_get_opencl_mem(const da_buffer *buf) {
+static inline cl_mem da_buffer_opencl_mem(const da_buffer *buf) {
   return (cl_mem)da_buffer_native(buf);
 }
 

@@ -13,7 +13,7 @@ void da_attn_desc_init(da_attn_desc *d) {
   d->group_size = 1;
   d->hash_bits = 16;
   d->hash_block = 128;
-  d->fusion = DA_FUSE_MEAN;
+  d->fusion = DA_FUSE_NORM;
   d->dtype = DA_F32;
   d->algo = DA_ALGO_AUTO;
 }
@@ -84,7 +84,8 @@ da_status da_context_create(da_context **out, da_backend b, int index) {
       index = info.index;
     } else {
       int best_rank = -1;
-      for (int c = DA_BACKEND_CPU; c <= DA_BACKEND_CUDA; c++) {
+      /* CUDA first: on an NVIDIA GPU, CUDA wins a tie with OpenCL. */
+      for (int c = DA_BACKEND_CUDA; c >= DA_BACKEND_CPU; c--) {
         int rank, i = best_device((da_backend)c, &rank);
         if (i >= 0 && rank > best_rank) {
           best_rank = rank;

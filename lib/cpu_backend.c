@@ -2,18 +2,14 @@
  * The built-in CPU backend: exact attention and DistrAttention (SPEC section 1)
  * on host memory, f32 arithmetic, a persistent pthread pool per context.
  *
- * Layout of the work:
- *  - work items are (batch, head, query block of QB rows); QB divides
- *    hash_block, so a query block never straddles two hash tiles;
- *  - for G > 1 a first parallel pass computes every tile's permutation and
- *    fusion weights (da_plan_tile_groups, lib/hash.c), the attention pass
- *    then builds Qs per query block and Kf per key block;
- *  - FUSED: a query block against streamed key blocks of KB keys with an
- *    online softmax (FlashAttention-2 style), scratch O(QB * head_dim);
- *  - GEMM: the logits of a query block against all keys are materialised
- *    ([QB][seq_k] f32), then a full softmax and P V.
- * Logits are kept in the log2 domain: Q is pre-multiplied by scale*log2(e)
- * and the softmax uses 2^x.
+ * The compute kernels (lib/cpu_kern_tmpl.h) are built for AVX-512, for
+ * AVX2+FMA+F16C and portably; the best one the processor supports is chosen
+ * at run time (DISTRATTN_CPU_ISA=generic|avx2|avx512 narrows the choice).
+ * One call runs as passes over the pool (lib/cpu_kernels.h): the column
+ * groups of every hash tile (G > 1), then per chunk of kv heads K and V
+ * packed once into f32 panels and the attention of every query block of
+ * the heads that read them (FUSED: online softmax over key blocks; GEMM:
+ * the logits of a query block against all keys materialised).
  */
 #include <errno.h>
 #include <math.h>
@@ -23,178 +19,47 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "da_internal.h"
+#include "cpu_kernels.h"
 
-/* ---------------------------------------------------------------------- */
-/* Vector types (GCC/Clang vector extensions; no -march needed).          */
-
-#if defined(__AVX512F__)
-#  define VL 16
-#elif defined(__AVX__)
-#  define VL 8
-#else
-#  define VL 4
+#ifdef DA_CPU_X86
+#  include <cpuid.h>
 #endif
 
-typedef float vf __attribute__((vector_size(VL * 4), may_alias));
-typedef int32_t vi __attribute__((vector_size(VL * 4), may_alias));
-
-#define NR 4           /* rows of a micro tile */
-#define NV 2           /* vectors per micro tile row */
-#define NC (NV * VL)   /* columns of a micro tile */
-#define KB 64          /* keys per key block (multiple of NC) */
-#ifndef QB_EXACT
-#define QB_EXACT 64    /* query rows per work item, exact attention */
-#endif
-#ifndef QB_GROUPED
-#define QB_GROUPED 128 /* and DistrAttention (at most, divides hash_block) */
-#endif
 #define CACHE_ALIGN 64
+
 
 static inline size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 
-static inline vf vsplat(float x) { return (vf){0} + x; }
-
-static inline vf vmax(vf a, vf b) {
-  vi m = a > b;
-  return (vf)(((vi)a & m) | ((vi)b & ~m));
-}
-
-static inline float hmax(vf a) {
-  float m = a[0];
-  for (int i = 1; i < VL; i++) m = a[i] > m ? a[i] : m;
-  return m;
-}
-
-static inline float hsum(vf a) {
-  float s = 0.0f;
-  for (int i = 0; i < VL; i++) s += a[i];
-  return s;
-}
-
-/* 2^x for x <= 0 (any x below -126, -inf included, gives 0). Degree-7
- * Taylor polynomial of 2^r on r in [-0.5, 0.5]: relative error < 1e-8 plus
- * rounding. */
-static inline vf vexp2(vf x) {
-  vi keep = x >= -126.0f;
-  x = vmax(x, vsplat(-126.0f));
-  vf t = x + 12582912.0f; /* 1.5 * 2^23: round to nearest integer */
-  vf n = t - 12582912.0f;
-  vf r = x - n;
-  const float c1 = 0.6931471805599453f, c2 = 0.2402265069591007f, c3 = 0.0555041086648216f,
-              c4 = 0.0096181291076285f, c5 = 0.0013333558146428f, c6 = 0.0001540353039338f,
-              c7 = 0.0000152527338040f;
-  vf p = vsplat(c7);
-  p = p * r + c6;
-  p = p * r + c5;
-  p = p * r + c4;
-  p = p * r + c3;
-  p = p * r + c2;
-  p = p * r + c1;
-  p = p * r + 1.0f;
-  vi e = ((vi)t - 0x4B400000 + 127) << 23;
-  vf s = p * (vf)e;
-  return (vf)((vi)s & keep);
-}
-
 /* ---------------------------------------------------------------------- */
-/* Micro kernels                                                          */
+/* Kernel choice                                                          */
 
-/* Packed panels: a key block's KT is stored as KB/NC panels of [D][NC]
- * (element (c, j) at (j / NC) * D * NC + c * NC + j % NC) and a value block
- * as Dp/NC panels of [KB][NC] (element (j, c) at (c / NC) * KB * NC +
- * j * NC + c % NC), so the micro kernels read both contiguously. */
-static inline size_t kt_index(int D, int c, int j) {
-  return (size_t)(j / NC) * (size_t)D * NC + (size_t)c * NC + (size_t)(j % NC);
+static const cpu_kernels *g_kern;
+
+static const cpu_kernels *pick_kernels(void) {
+  const char *e = getenv("DISTRATTN_CPU_ISA");
+  int cap = 2; /* the most the environment allows: 0 generic, 1 avx2, 2 avx512 */
+  if (e && strcmp(e, "generic") == 0) cap = 0;
+  else if (e && strcmp(e, "avx2") == 0) cap = 1;
+#ifdef DA_CPU_X86
+  /* __builtin_cpu_supports checks that the OS saves the AVX/AVX-512 state;
+   * F16C (CPUID.1:ECX bit 29), which not every compiler's builtin knows,
+   * comes from cpuid */
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+  __builtin_cpu_init();
+  int avx2 = f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (cap >= 2 && avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return &da_cpu_kernels_avx512;
+  if (cap >= 1 && avx2) return &da_cpu_kernels_avx2;
+#endif
+  (void)cap;
+  return &da_cpu_kernels_generic;
 }
 
-/* S[NR][ncols] = Q[NR][D] * KT[D][ncols] for columns 0..ncols-1 (ncols a
- * multiple of NC). Q row stride ldq, S row stride lds (a multiple of VL,
- * S 64-byte aligned), KT packed. */
-static void qk_rows(const float *restrict Q, size_t ldq, const float *restrict KT, int D,
-                    int ncols, float *restrict S, size_t lds) {
-  const float *q0 = Q, *q1 = Q + ldq, *q2 = Q + 2 * ldq, *q3 = Q + 3 * ldq;
-  for (int j = 0; j < ncols; j += NC) {
-    vf a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
-    const float *k = KT + (size_t)(j / NC) * (size_t)D * NC;
-    for (int c = 0; c < D; c++, k += NC) {
-      vf k0 = *(const vf *)k, k1 = *(const vf *)(k + VL);
-      float x0 = q0[c], x1 = q1[c], x2 = q2[c], x3 = q3[c];
-      a00 += k0 * x0; a01 += k1 * x0;
-      a10 += k0 * x1; a11 += k1 * x1;
-      a20 += k0 * x2; a21 += k1 * x2;
-      a30 += k0 * x3; a31 += k1 * x3;
-    }
-    float *s = S + j;
-    *(vf *)s = a00; *(vf *)(s + VL) = a01; s += lds;
-    *(vf *)s = a10; *(vf *)(s + VL) = a11; s += lds;
-    *(vf *)s = a20; *(vf *)(s + VL) = a21; s += lds;
-    *(vf *)s = a30; *(vf *)(s + VL) = a31;
-  }
-}
-
-/* acc[NR][Dp] += P[NR][0..kn-1] * V[kn][Dp]. P row stride ldp, V packed
- * (panels of [KB][NC]), acc aligned with stride ldacc; Dp a multiple of NC. */
-static void pv_rows(const float *restrict P, size_t ldp, const float *restrict V, int kn,
-                    float *restrict acc, size_t ldacc, int Dp) {
-  const float *p0 = P, *p1 = P + ldp, *p2 = P + 2 * ldp, *p3 = P + 3 * ldp;
-  for (int d = 0; d < Dp; d += NC) {
-    /* sum this block from zero, then add: keeps f32 error growth per block */
-    float *a = acc + d;
-    vf a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
-    const float *v = V + (size_t)(d / NC) * KB * NC;
-    for (int j = 0; j < kn; j++, v += NC) {
-      vf v0 = *(const vf *)v, v1 = *(const vf *)(v + VL);
-      float x0 = p0[j], x1 = p1[j], x2 = p2[j], x3 = p3[j];
-      a00 += v0 * x0; a01 += v1 * x0;
-      a10 += v0 * x1; a11 += v1 * x1;
-      a20 += v0 * x2; a21 += v1 * x2;
-      a30 += v0 * x3; a31 += v1 * x3;
-    }
-    *(vf *)a += a00; *(vf *)(a + VL) += a01;
-    *(vf *)(a + ldacc) += a10; *(vf *)(a + ldacc + VL) += a11;
-    *(vf *)(a + 2 * ldacc) += a20; *(vf *)(a + 2 * ldacc + VL) += a21;
-    *(vf *)(a + 3 * ldacc) += a30; *(vf *)(a + 3 * ldacc + VL) += a31;
-  }
-}
-
-/* ---------------------------------------------------------------------- */
-/* Element conversion                                                     */
-
-static void load_row(const void *src, da_dtype t, size_t off, int n, float *restrict dst) {
-  switch (t) {
-  case DA_F16: {
-    const uint16_t *s = (const uint16_t *)src + off;
-    for (int i = 0; i < n; i++) dst[i] = da_half_to_float(s[i]);
-    break;
-  }
-  case DA_BF16: {
-    const uint16_t *s = (const uint16_t *)src + off;
-    for (int i = 0; i < n; i++) dst[i] = da_bf16_to_float(s[i]);
-    break;
-  }
-  default:
-    memcpy(dst, (const float *)src + off, (size_t)n * sizeof(float));
-    break;
-  }
-}
-
-static void store_row(void *dst, da_dtype t, size_t off, int n, const float *restrict src) {
-  switch (t) {
-  case DA_F16: {
-    uint16_t *d = (uint16_t *)dst + off;
-    for (int i = 0; i < n; i++) d[i] = da_float_to_half(src[i]);
-    break;
-  }
-  case DA_BF16: {
-    uint16_t *d = (uint16_t *)dst + off;
-    for (int i = 0; i < n; i++) d[i] = da_float_to_bf16(src[i]);
-    break;
-  }
-  default:
-    memcpy((float *)dst + off, src, (size_t)n * sizeof(float));
-    break;
-  }
+static const cpu_kernels *kernels(void) {
+  if (!g_kern) g_kern = pick_kernels();
+  return g_kern;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -219,6 +84,8 @@ typedef struct cpu_pool {
   /* per-thread scratch, grown on demand by the submitting thread */
   float **scratch;
   size_t *cap; /* bytes */
+  float *pack;     /* packed K and V, kept between calls */
+  size_t pack_cap; /* bytes */
 } cpu_pool;
 
 typedef struct worker_arg {
@@ -324,6 +191,7 @@ static void pool_destroy(cpu_pool *pl) {
     for (int t = 0; t < pl->nthreads; t++) free(pl->scratch[t]);
   free(pl->scratch);
   free(pl->cap);
+  free(pl->pack);
   free(pl->th);
   pthread_cond_destroy(&pl->cv_work);
   pthread_cond_destroy(&pl->cv_done);
@@ -403,312 +271,48 @@ static da_status pool_create(da_context *ctx, cpu_pool **out) {
 /* ---------------------------------------------------------------------- */
 /* Attention                                                              */
 
-typedef struct attn_job {
-  const da_plan *p;
-  const void *q, *k, *v;
-  void *o;
-  cpu_pool *pool;
-  int G, D;      /* group size; logit columns (head_dim or ng) */
-  int d, Dp;     /* head_dim; padded to NC */
-  int QB, nqb;   /* query rows per item; items per (batch, head) */
-  int hpk;       /* heads per kv head */
-  long off;      /* seq_k - seq_q */
-  size_t lds;    /* S row stride */
-  float qmul;    /* scale * log2(e) */
-  const int *perm_all; /* G > 1: [batch][heads][n_tiles][head_dim] */
-  const float *a_all;
-  /* scratch layout, in floats from the thread's base */
-  size_t o_qf, o_kt, o_kf, o_row, o_vf, o_s, o_acc, o_m, o_l;
-} attn_job;
+/* Packed K and V of at most this many bytes per chunk of kv heads. */
+#define PACK_LIMIT ((size_t)64 << 20)
 
-/* Qf[nr][D] (rows up to nrp zero) for query rows i0.. of (bi, hi). */
-static void build_q(const attn_job *J, int bi, int hi, int i0, int nr, int nrp, float *restrict qf,
-                    float *restrict row) {
-  const da_attn_desc *d = &J->p->d;
-  const int hd = J->d, D = J->D;
-  size_t base = (((size_t)bi * (size_t)d->heads + (size_t)hi) * (size_t)d->seq_q + (size_t)i0) *
-                (size_t)hd;
-  if (J->G == 1) {
-    for (int r = 0; r < nr; r++) {
-      float *dst = qf + (size_t)r * D;
-      load_row(J->q, d->dtype, base + (size_t)r * hd, hd, dst);
-      for (int c = 0; c < hd; c++) dst[c] *= J->qmul;
-    }
-  } else {
-    int tile = i0 / d->hash_block;
-    size_t t = (((size_t)bi * (size_t)d->heads + (size_t)hi) * (size_t)J->p->n_tiles + (size_t)tile) *
-               (size_t)hd;
-    const int *perm = J->perm_all + t;
-    const float *a = J->a_all + t;
-    const int G = J->G;
-    float inv[256];
-    for (int g = 0; g < D; g++) {
-      int c0 = g * G, c1 = c0 + G < hd ? c0 + G : hd;
-      float s = 0.0f;
-      for (int c = c0; c < c1; c++) s += a[perm[c]];
-      inv[g] = J->qmul / s;
-    }
-    for (int r = 0; r < nr; r++) {
-      load_row(J->q, d->dtype, base + (size_t)r * hd, hd, row);
-      float *dst = qf + (size_t)r * D;
-      for (int g = 0; g < D; g++) {
-        int c0 = g * G, c1 = c0 + G < hd ? c0 + G : hd;
-        float s = 0.0f;
-        for (int c = c0; c < c1; c++) s += row[perm[c]];
-        dst[g] = s * inv[g];
-      }
-    }
-  }
-  for (int r = nr; r < nrp; r++) memset(qf + (size_t)r * D, 0, (size_t)D * sizeof(float));
+static da_status pool_pack(cpu_pool *pl, da_context *ctx, size_t floats) {
+  size_t bytes = round_up(floats ? floats * sizeof(float) : 1, CACHE_ALIGN);
+  if (pl->pack_cap >= bytes) return DA_SUCCESS;
+  free(pl->pack);
+  pl->pack = NULL;
+  pl->pack_cap = 0;
+  void *m = NULL;
+  if (posix_memalign(&m, CACHE_ALIGN, bytes) != 0 || !m)
+    return da_set_error(ctx, DA_ERR_HOST_MEMORY,
+                        "cpu backend: cannot allocate %zu bytes for packed K and V", bytes);
+  pl->pack = m;
+  pl->pack_cap = bytes;
+  return DA_SUCCESS;
 }
 
-/* KT[D][KB] for keys ks..ks+kn-1 of kv head (bi, kh); the tile of query
- * rows i0 gives the grouping when G > 1. */
-static void build_k(const attn_job *J, int bi, int hi, int kh, int i0, int ks, int kn,
-                    float *restrict kt, float *restrict kfull, float *restrict row) {
-  const da_attn_desc *d = &J->p->d;
-  const int hd = J->d, D = J->D;
-  size_t base = (((size_t)bi * (size_t)d->kv_heads + (size_t)kh) * (size_t)d->seq_k + (size_t)ks) *
-                (size_t)hd;
-  if (J->G == 1) {
-    if (d->dtype == DA_F32) {
-      const float *src = (const float *)J->k + base;
-      for (int j = 0; j < kn; j++, src += hd)
-        for (int c = 0; c < hd; c++) kt[kt_index(D, c, j)] = src[c];
-    } else {
-      for (int j = 0; j < kn; j++) {
-        load_row(J->k, d->dtype, base + (size_t)j * hd, hd, row);
-        for (int c = 0; c < hd; c++) kt[kt_index(D, c, j)] = row[c];
-      }
-    }
-  } else {
-    /* transpose into kfull[head_dim][KB], then Kf[g][j] = sum_c a_c K[j][c]
-     * along contiguous keys */
-    int tile = i0 / d->hash_block;
-    size_t t = (((size_t)bi * (size_t)d->heads + (size_t)hi) * (size_t)J->p->n_tiles + (size_t)tile) *
-               (size_t)hd;
-    const int *perm = J->perm_all + t;
-    const float *a = J->a_all + t;
-    const int G = J->G;
-    int w = (int)round_up((size_t)kn, VL);
-    if (d->dtype == DA_F32) {
-      const float *src = (const float *)J->k + base;
-      for (int j = 0; j < kn; j++, src += hd)
-        for (int c = 0; c < hd; c++) kfull[(size_t)c * KB + j] = src[c];
-    } else {
-      for (int j = 0; j < kn; j++) {
-        load_row(J->k, d->dtype, base + (size_t)j * hd, hd, row);
-        for (int c = 0; c < hd; c++) kfull[(size_t)c * KB + j] = row[c];
-      }
-    }
-    for (int g = 0; g < D; g++) {
-      int c0 = g * G, c1 = c0 + G < hd ? c0 + G : hd;
-      const float *s0 = kfull + (size_t)perm[c0] * KB;
-      float a0 = a[perm[c0]];
-      for (int j = 0; j < w; j += VL) {
-        vf acc = *(const vf *)(s0 + j) * a0;
-        for (int c = c0 + 1; c < c1; c++)
-          acc += *(const vf *)(kfull + (size_t)perm[c] * KB + j) * a[perm[c]];
-        *(vf *)(kt + kt_index(D, g, j)) = acc;
-      }
-    }
-  }
-}
-
-/* V rows ks..ks+kn-1 as f32 packed panels vp[Dp / NC][KB][NC]. */
-static void build_v(const attn_job *J, int bi, int kh, int ks, int kn, float *restrict vp,
-                    float *restrict row) {
-  const da_attn_desc *d = &J->p->d;
-  const int hd = J->d;
-  size_t base = (((size_t)bi * (size_t)d->kv_heads + (size_t)kh) * (size_t)d->seq_k + (size_t)ks) *
-                (size_t)hd;
-  for (int j = 0; j < kn; j++) {
-    const float *src;
-    if (d->dtype == DA_F32) {
-      src = (const float *)J->v + base + (size_t)j * hd;
-    } else {
-      load_row(J->v, d->dtype, base + (size_t)j * hd, hd, row);
-      src = row;
-    }
-    int c = 0;
-    for (; c + NC <= hd; c += NC) memcpy(vp + (size_t)(c / NC) * KB * NC + (size_t)j * NC, src + c, NC * sizeof(float));
-    if (c < hd) {
-      float *dst = vp + (size_t)(c / NC) * KB * NC + (size_t)j * NC;
-      int n = hd - c;
-      for (int i = 0; i < n; i++) dst[i] = src[c + i];
-      for (int i = n; i < NC; i++) dst[i] = 0.0f;
-    }
-  }
-}
-
-/* Softmax of one row of logits s[0..w-1] (log2 domain) whose first lim
- * entries are visible, against running max *m and sum *l: s becomes P,
- * the return value is the factor for the previous accumulator. */
-static float softmax_row(float *restrict s, int lim, int w, float *m, float *l) {
-  for (int j = lim; j < w; j++) s[j] = -INFINITY;
-  vf mx = vsplat(-INFINITY);
-  vi nan = {0};
-  for (int j = 0; j < w; j += VL) {
-    vf x = *(vf *)(s + j);
-    mx = vmax(mx, x);
-    nan |= x != x;
-  }
-  float mnew = hmax(mx);
-  if (*m > mnew) mnew = *m;
-  float alpha = *m == -INFINITY ? 0.0f : exp2f(*m - mnew);
-  float total = 0.0f;
-  for (int j0 = 0; j0 < w; j0 += KB) { /* partial sums per KB keys */
-    int j1 = j0 + KB < w ? j0 + KB : w;
-    vf sum = {0};
-    for (int j = j0; j < j1; j += VL) {
-      vf e = vexp2(*(vf *)(s + j) - mnew);
-      *(vf *)(s + j) = e;
-      sum += e;
-    }
-    total += hsum(sum);
-  }
-  *l = *l * alpha + total;
-  for (int i = 0; i < VL; i++)
-    if (nan[i]) *l = NAN; /* a NaN logit makes the row NaN, as the reference */
-  *m = mnew;
-  return alpha;
-}
-
-static void write_out(const attn_job *J, int bi, int hi, int i0, int nr, const float *acc,
-                      const float *l, float *row) {
-  const da_attn_desc *d = &J->p->d;
-  const int hd = J->d;
-  size_t base = (((size_t)bi * (size_t)d->heads + (size_t)hi) * (size_t)d->seq_q + (size_t)i0) *
-                (size_t)hd;
-  for (int r = 0; r < nr; r++) {
-    const float *a = acc + (size_t)r * J->Dp;
-    if (l[r] > 0.0f || l[r] != l[r]) {
-      float lr = l[r];
-      for (int c = 0; c < hd; c++) row[c] = a[c] / lr;
-    } else {
-      memset(row, 0, (size_t)hd * sizeof(float));
-    }
-    store_row(J->o, d->dtype, base + (size_t)r * hd, hd, row);
-  }
-}
-
-/* Number of keys of [ks, ks+kn) visible to query row i (causal). */
-static inline int visible(const attn_job *J, long i, int ks, int kn) {
-  if (!J->p->d.causal) return kn;
-  long lim = i + J->off - ks + 1;
-  return lim < 0 ? 0 : lim > kn ? kn : (int)lim;
-}
-
-static void attn_item(void *arg, int tid, long item) {
-  const attn_job *J = arg;
-  const da_attn_desc *d = &J->p->d;
-  long bh = item / J->nqb;
-  int qb = J->nqb - 1 - (int)(item % J->nqb); /* heaviest (causal) first */
-  int bi = (int)(bh / d->heads), hi = (int)(bh % d->heads);
-  int kh = hi / J->hpk;
-  int i0 = qb * J->QB;
-  int nr = d->seq_q - i0 < J->QB ? d->seq_q - i0 : J->QB;
-  int nrp = (int)round_up((size_t)nr, NR);
-  float *base = J->pool->scratch[tid];
-  float *qf = base + J->o_qf, *kt = base + J->o_kt, *kf = base + J->o_kf, *row = base + J->o_row, *vfb = base + J->o_vf;
-  float *S = base + J->o_s, *acc = base + J->o_acc, *m = base + J->o_m, *l = base + J->o_l;
-  const int Dp = J->Dp;
-
-  /* keys visible to some row of the block: [0, kend) */
-  long kend_l = d->seq_k;
-  if (d->causal) {
-    long last = (long)i0 + nr - 1 + J->off + 1;
-    if (last < kend_l) kend_l = last;
-  }
-  for (int r = 0; r < nrp; r++) {
-    m[r] = -INFINITY;
-    l[r] = 0.0f;
-  }
-  memset(acc, 0, (size_t)nrp * Dp * sizeof(float));
-  if (kend_l <= 0) {
-    write_out(J, bi, hi, i0, nr, acc, l, row);
-    return;
-  }
-  int kend = (int)kend_l;
-  build_q(J, bi, hi, i0, nr, nrp, qf, row);
-
-  if (d->algo == DA_ALGO_GEMM) {
-    int wall = (int)round_up((size_t)kend, NC);
-    for (int ks = 0; ks < kend; ks += KB) {
-      int kn = kend - ks < KB ? kend - ks : KB;
-      build_k(J, bi, hi, kh, i0, ks, kn, kt, kf, row);
-      int w = (int)round_up((size_t)kn, NC);
-      for (int r = 0; r < nrp; r += NR)
-        qk_rows(qf + (size_t)r * J->D, (size_t)J->D, kt, J->D, w, S + (size_t)r * J->lds + ks,
-                J->lds);
-    }
-    for (int r = 0; r < nrp; r++) {
-      float *s = S + (size_t)r * J->lds;
-      int lim = r < nr ? visible(J, (long)i0 + r, 0, kend) : 0;
-      if (lim == 0) {
-        memset(s, 0, (size_t)wall * sizeof(float));
-        continue;
-      }
-      softmax_row(s, lim, wall, &m[r], &l[r]);
-    }
-    for (int ks = 0; ks < kend; ks += KB) {
-      int kn = kend - ks < KB ? kend - ks : KB;
-      build_v(J, bi, kh, ks, kn, vfb, row);
-      for (int r = 0; r < nrp; r += NR)
-        pv_rows(S + (size_t)r * J->lds + ks, J->lds, vfb, kn, acc + (size_t)r * Dp, (size_t)Dp, Dp);
-    }
-  } else {
-    for (int r = nr; r < nrp; r++) memset(S + (size_t)r * KB, 0, KB * sizeof(float));
-    for (int ks = 0; ks < kend; ks += KB) {
-      int kn = kend - ks < KB ? kend - ks : KB;
-      int w = (int)round_up((size_t)kn, NC);
-      build_k(J, bi, hi, kh, i0, ks, kn, kt, kf, row);
-      for (int r = 0; r < nrp; r += NR)
-        qk_rows(qf + (size_t)r * J->D, (size_t)J->D, kt, J->D, w, S + (size_t)r * KB, KB);
-      for (int r = 0; r < nr; r++) {
-        float *s = S + (size_t)r * KB;
-        int lim = visible(J, (long)i0 + r, ks, kn);
-        if (lim == 0) {
-          memset(s, 0, (size_t)w * sizeof(float));
-          continue;
-        }
-        float alpha = softmax_row(s, lim, w, &m[r], &l[r]);
-        if (alpha != 1.0f) {
-          vf av = vsplat(alpha);
-          float *a = acc + (size_t)r * Dp;
-          for (int c = 0; c < Dp; c += VL) *(vf *)(a + c) *= av;
-        }
-      }
-      build_v(J, bi, kh, ks, kn, vfb, row);
-      for (int r = 0; r < nrp; r += NR)
-        pv_rows(S + (size_t)r * KB, KB, vfb, kn, acc + (size_t)r * Dp, (size_t)Dp, Dp);
-    }
-  }
-  write_out(J, bi, hi, i0, nr, acc, l, row);
-}
-
-typedef struct groups_job {
-  const da_plan *p;
-  const void *q;
-  int *perm;
-  float *a;
-} groups_job;
-
-static void groups_item(void *arg, int tid, long item) {
-  const groups_job *J = arg;
-  const da_attn_desc *d = &J->p->d;
-  int nt = J->p->n_tiles;
-  long bh = item / nt;
-  int tile = (int)(item % nt);
-  size_t off = (size_t)item * (size_t)d->head_dim;
-  da_plan_tile_groups(J->p, J->q, (int)(bh / d->heads), (int)(bh % d->heads), tile, J->perm + off,
-                      J->a ? J->a + off : NULL);
+static void job_init(cpu_attn_job *J, da_plan *p, void *q, void *k, void *v, void *o,
+                     cpu_pool *pl) {
+  const da_attn_desc *d = &p->d;
+  memset(J, 0, sizeof *J);
+  J->p = p;
+  J->q = q;
+  J->k = k;
+  J->v = v;
+  J->o = o;
+  J->scratch = pl->scratch;
+  J->G = d->group_size > 1 ? d->group_size : 1;
+  J->d = d->head_dim;
+  J->D = J->G == 1 ? d->head_dim : (d->head_dim + J->G - 1) / J->G;
+  J->hpk = d->kv_heads > 0 ? d->heads / d->kv_heads : 1;
+  J->off = (long)d->seq_k - (long)d->seq_q;
+  J->qmul = d->scale * 1.4426950408889634f;
+  kernels()->setup(J);
 }
 
 static da_status cpu_attention(da_plan *p, void *q, void *k, void *v, void *o) {
   da_context *ctx = p->ctx;
   cpu_pool *pl = ctx->bctx;
   const da_attn_desc *d = &p->d;
+  const cpu_kernels *K = kernels();
   if (!pl) return da_set_error(ctx, DA_ERR_BACKEND, "cpu backend: context has no thread pool");
   if (!q || !k || !v || !o)
     return da_set_error(ctx, DA_ERR_INVALID_ARG, "cpu backend: NULL q, k, v or o");
@@ -721,46 +325,13 @@ static da_status cpu_attention(da_plan *p, void *q, void *k, void *v, void *o) {
                         "cpu backend: group_size %d needs head_dim <= 256, got %d", d->group_size,
                         d->head_dim);
 
-  attn_job J;
-  memset(&J, 0, sizeof J);
-  J.p = p;
-  J.q = q;
-  J.k = k;
-  J.v = v;
-  J.o = o;
-  J.pool = pl;
-  J.G = d->group_size > 1 ? d->group_size : 1;
-  J.d = d->head_dim;
-  J.D = J.G == 1 ? d->head_dim : (d->head_dim + J.G - 1) / J.G;
-  J.Dp = (int)round_up((size_t)d->head_dim, NC);
-  J.QB = J.G > 1 ? QB_GROUPED : QB_EXACT;
-  if (J.G > 1 && d->hash_block < J.QB) J.QB = d->hash_block;
-  J.nqb = (d->seq_q + J.QB - 1) / J.QB;
-  J.hpk = d->heads / d->kv_heads;
-  J.off = (long)d->seq_k - (long)d->seq_q;
-  J.qmul = d->scale * 1.4426950408889634f;
-  size_t QBp = round_up((size_t)J.QB, NR);
-  size_t seqk_p = round_up(d->seq_k > 0 ? (size_t)d->seq_k : 1, KB);
-  J.lds = d->algo == DA_ALGO_GEMM ? seqk_p : KB;
-
-  /* per-thread scratch layout (floats, each part 64-byte aligned) */
-  size_t off = 0;
-#define PART(field, n) do { J.field = off; off += round_up((size_t)(n), CACHE_ALIGN / sizeof(float)); } while (0)
-  PART(o_qf, QBp * (size_t)J.D);
-  PART(o_kt, (size_t)J.D * KB);
-  PART(o_kf, J.G > 1 ? (size_t)J.d * KB : 0);
-  PART(o_row, (size_t)J.d + NC);
-  PART(o_vf, (size_t)KB * J.Dp);
-  PART(o_s, QBp * J.lds);
-  PART(o_acc, QBp * (size_t)J.Dp);
-  PART(o_m, QBp);
-  PART(o_l, QBp);
-#undef PART
-
   int e = pthread_mutex_lock(&pl->submit);
   if (e != 0)
     return da_set_error(ctx, DA_ERR_BACKEND, "cpu backend: pthread_mutex_lock failed: %s", strerror(e));
-  da_status s = pool_scratch(pl, ctx, off * sizeof(float));
+  cpu_attn_job J;
+  job_init(&J, p, q, k, v, o, pl);
+  da_status s = pool_scratch(pl, ctx, J.scratch_floats * sizeof(float));
+  J.scratch = pl->scratch;
   int *perm_all = NULL;
   float *a_all = NULL;
   if (s == DA_SUCCESS && J.G > 1) {
@@ -771,14 +342,28 @@ static da_status cpu_attention(da_plan *p, void *q, void *k, void *v, void *o) {
       s = da_set_error(ctx, DA_ERR_HOST_MEMORY,
                        "cpu backend: cannot allocate %zu column permutations and weights", n);
     } else {
-      groups_job gj = {p, q, perm_all, a_all};
-      pool_run(pl, groups_item, &gj, (long)d->batch * d->heads * p->n_tiles);
       J.perm_all = perm_all;
       J.a_all = a_all;
+      pool_run(pl, K->groups_item, &J, (long)d->batch * d->heads * p->n_tiles);
     }
   }
-  if (s == DA_SUCCESS) pool_run(pl, attn_item, &J, (long)d->batch * d->heads * J.nqb);
-  if (off * sizeof(float) > SCRATCH_KEEP) pool_release_scratch(pl);
+  long npairs_all = (long)d->batch * d->kv_heads;
+  size_t per_pair = (size_t)J.nkb * (J.kblk + J.vblk);
+  long chunk = npairs_all;
+  if (per_pair > 0 && (size_t)chunk * per_pair * sizeof(float) > PACK_LIMIT) {
+    chunk = (long)(PACK_LIMIT / (per_pair * sizeof(float)));
+    if (chunk < 1) chunk = 1;
+  }
+  if (s == DA_SUCCESS) s = pool_pack(pl, ctx, (size_t)chunk * per_pair);
+  for (long p0 = 0; s == DA_SUCCESS && p0 < npairs_all; p0 += chunk) {
+    J.pair0 = p0;
+    J.npairs = npairs_all - p0 < chunk ? npairs_all - p0 : chunk;
+    J.kpack = pl->pack;
+    J.vpack = pl->pack + (size_t)J.npairs * J.nkb * J.kblk;
+    pool_run(pl, K->pack_item, &J, J.npairs * J.nkb);
+    pool_run(pl, K->attn_item, &J, J.npairs * J.hpk * J.nqb);
+  }
+  if (J.scratch_floats * sizeof(float) > SCRATCH_KEEP) pool_release_scratch(pl);
   pthread_mutex_unlock(&pl->submit);
   free(perm_all);
   free(a_all);
@@ -797,10 +382,18 @@ static da_status cpu_groups(da_plan *p, void *q, void *perm) {
   int e = pthread_mutex_lock(&pl->submit);
   if (e != 0)
     return da_set_error(ctx, DA_ERR_BACKEND, "cpu backend: pthread_mutex_lock failed: %s", strerror(e));
-  groups_job gj = {p, q, perm, NULL};
-  pool_run(pl, groups_item, &gj, (long)d->batch * d->heads * p->n_tiles);
+  cpu_attn_job J;
+  job_init(&J, p, q, NULL, NULL, NULL, pl);
+  da_status s = pool_scratch(pl, ctx, J.scratch_floats * sizeof(float));
+  if (s == DA_SUCCESS) {
+    J.scratch = pl->scratch;
+    J.perm_all = perm;
+    J.a_all = NULL;
+    pool_run(pl, kernels()->groups_item, &J, (long)d->batch * d->heads * p->n_tiles);
+  }
+  if (J.scratch_floats * sizeof(float) > SCRATCH_KEEP) pool_release_scratch(pl);
   pthread_mutex_unlock(&pl->submit);
-  return DA_SUCCESS;
+  return s;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -830,6 +423,7 @@ static void read_cpu_model(char *out, size_t len) {
 
 static int cpu_init(char *why, size_t why_len) {
   g_threads = cpu_thread_count();
+  g_kern = pick_kernels();
   read_cpu_model(g_vendor, sizeof g_vendor);
   return 1;
 }
@@ -840,7 +434,9 @@ static da_status cpu_device_info(int index, da_device_info *out, int *rank) {
   out->backend = DA_BACKEND_CPU;
   out->index = 0;
   int n = g_threads > 0 ? g_threads : cpu_thread_count();
-  snprintf(out->name, sizeof out->name, "CPU backend (%d thread%s)", n, n == 1 ? "" : "s");
+  const cpu_kernels *k = kernels();
+  snprintf(out->name, sizeof out->name, "CPU backend (%d thread%s, %s)", n, n == 1 ? "" : "s",
+           strcmp(k->isa, "avx512") == 0 ? "AVX-512" : strcmp(k->isa, "avx2") == 0 ? "AVX2" : "portable");
   if (g_vendor[0])
     snprintf(out->vendor, sizeof out->vendor, "%s", g_vendor);
   else
@@ -849,7 +445,10 @@ static da_status cpu_device_info(int index, da_device_info *out, int *rank) {
   out->global_mem = pages > 0 && psz > 0 ? (unsigned long long)pages * (unsigned long long)psz : 0;
   out->has_fp16 = 1;
   out->has_bf16 = 1;
-  if (rank) *rank = DA_RANK_CPU_BACKEND;
+  /* With vector kernels this backend is faster than an OpenCL CPU device
+   * (PoCL) on the same processor, so DA_BACKEND_AUTO prefers it to one;
+   * a GPU still comes first. The portable kernels rank below PoCL. */
+  if (rank) *rank = strcmp(k->isa, "generic") != 0 ? DA_RANK_CPU_BACKEND_VECTOR : DA_RANK_CPU_BACKEND;
   return DA_SUCCESS;
 }
 

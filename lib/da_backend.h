@@ -24,7 +24,13 @@
 #define DA_ERRMSG_LEN 16384
 
 /* Device rank for DA_BACKEND_AUTO: the highest rank wins. */
-enum { DA_RANK_CPU_BACKEND = 10, DA_RANK_CPU_OPENCL = 20, DA_RANK_GPU = 30 };
+enum {
+  DA_RANK_SIMULATOR = 5,          /* Oclgrind: after everything real */
+  DA_RANK_CPU_BACKEND = 10,       /* the CPU backend, portable kernels only */
+  DA_RANK_CPU_OPENCL = 20,        /* an OpenCL CPU device (PoCL) */
+  DA_RANK_CPU_BACKEND_VECTOR = 25, /* the CPU backend with AVX2/AVX-512: measured faster than PoCL */
+  DA_RANK_GPU = 30
+};
 
 typedef struct da_backend_iface da_backend_iface;
 

@@ -95,3 +95,17 @@ endif
 check-oclgrind:
 	$(MAKE) $(AM_MAKEFLAGS) check TESTS=tests/oclgrind-check.sh DISTRATTN_OCLGRIND=1
 .PHONY: check-oclgrind
+
+# Real-model accuracy (issue 5): tests/test_realdata pins DistrAttention's
+# error on a committed capture of all-MiniLM-L6-v2's attention inputs
+# (tools/capture.py --small; format in tools/CAPTURE_FORMAT.md).
+EXTRA_DIST += tests/data/minilm-l6-small.dattncap
+if HAVE_CMOCKA
+check_PROGRAMS += tests/test_realdata
+TESTS += tests/test_realdata
+tests_test_realdata_SOURCES = tests/test_realdata.c $(da_test_common) $(da_test_ref)
+tests_test_realdata_CPPFLAGS = $(AM_CPPFLAGS) \
+	-DDA_REALDATA_FILE='"$(abs_top_srcdir)/tests/data/minilm-l6-small.dattncap"'
+tests_test_realdata_CFLAGS = $(da_test_cflags)
+tests_test_realdata_LDADD = $(da_test_ldadd)
+endif

@@ -1,24 +1,28 @@
 /* distrattn bench: fused exact, GEMM exact, and DistrAttention G=2 / G=4
- * (fused) over sequence lengths and head dims, on one device. */
+ * (fused) over element types, masks, sequence lengths and head dims, on one
+ * device. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "util.h"
 
 static void bench_usage(FILE *f) {
   fprintf(f,
           "Usage: distrattn bench [OPTION]...\n"
-          "Time, on one device, for every sequence length and head dim: exact attention\n"
-          "with the fused kernel and with GEMM, and DistrAttention with G=2 and G=4\n"
-          "(fused). Each time is the median of --repeat runs of da_attention +\n"
-          "da_context_synchronize on device buffers; GFLOP/s counts\n"
-          "4*batch*heads*seq^2*head_dim for every column (with --causal about half of\n"
-          "that work is done). GEMM/fused is a time ratio (above 1: fused is faster);\n"
-          "exact/G2 and exact/G4 are the speed-ups of DistrAttention over the fused\n"
-          "exact kernel. Memory: the Q, K, V, O buffers, plus for GEMM the logits\n"
+          "Time, on one device, for every element type, mask, sequence length and head\n"
+          "dim: exact attention with the fused kernel and with GEMM, and DistrAttention\n"
+          "with G=2 and G=4 (fused). Each time is the median (or with --best the\n"
+          "minimum) of --repeat runs of da_attention + da_context_synchronize on device\n"
+          "buffers; GFLOP/s counts 4*batch*heads*seq^2*head_dim for every column (a\n"
+          "causal row does about half of that work). GEMM/fused is a time ratio (above\n"
+          "1: fused is faster); exact/G2 and exact/G4 are the speed-ups of\n"
+          "DistrAttention over the fused exact kernel; nc/causal (causal rows, with\n"
+          "--mask both) is the time of the non-causal fused exact kernel over the\n"
+          "causal one. Memory: the Q, K, V, O buffers, plus for GEMM the logits\n"
           "matrix batch*heads*seq^2*4 bytes (an estimate, marked 'est.').\n"
           "\n"
           "  -b, --backend NAME   auto, cpu, opencl or cuda (default auto)\n"
@@ -28,8 +32,15 @@ static void bench_usage(FILE *f) {
           "      --dims LIST      head dims (default 64,128)\n"
           "      --batch N        batch size (default 1)\n"
           "      --heads N        heads (default 8)\n"
-          "      --dtype T        f32, f16 or bf16 (default f32)\n"
-          "      --causal         causal mask\n"
+          "      --dtype LIST     element types among f32, f16, bf16 (default f32)\n"
+          "      --mask M         none, causal or both (default none)\n"
+          "      --causal         the same as --mask causal\n"
+          "      --no-gemm        skip the GEMM column\n"
+          "      --best           report the fastest of the --repeat runs, not the median\n"
+          "                       (for a machine shared with other work)\n"
+          "      --cpu-time       time with the process's CPU time (all threads) instead\n"
+          "                       of the wall clock: ms are CPU ms and GF/s are per core,\n"
+          "                       what the CPU backend does on cores it has to itself\n"
           "      --fusion F       mean or norm, for G=2 and G=4 (default: the library's)\n"
           "  -r, --repeat N       timed runs per cell (default 3)\n"
           "  -w, --warmup N       untimed runs first (default 1)\n"
@@ -39,7 +50,8 @@ static void bench_usage(FILE *f) {
           "  -h, --help           show this help\n");
 }
 
-enum { O_SEQS = 1000, O_DIMS, O_BATCH, O_HEADS, O_DTYPE, O_CAUSAL, O_FUSION, O_DSEED, O_CSV, O_MD };
+enum { O_SEQS = 1000, O_DIMS, O_BATCH, O_HEADS, O_DTYPE, O_CAUSAL, O_FUSION, O_DSEED, O_CSV, O_MD,
+       O_MASK, O_NOGEMM, O_BEST, O_CPUTIME };
 enum { CFG_FUSED, CFG_GEMM, CFG_G2, CFG_G4, NCFG };
 static const char *cfg_name[NCFG] = {"fused", "gemm", "G=2", "G=4"};
 
@@ -50,26 +62,39 @@ typedef struct {
 
 /* Times one configuration; fills c. Returns 0, or 1 on a runtime error
  * (printed) other than UNSUPPORTED / memory exhaustion. */
+/* Process CPU time (every thread, user + system) in ms. */
+static double cpu_ms(void) {
+  struct timespec t;
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t) != 0) return 0.0;
+  return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
 static int time_cfg(const char *cmd, da_context *ctx, const da_attn_desc *d, da_buffer *q,
-                    da_buffer *k, da_buffer *v, da_buffer *o, int warmup, int repeat,
-                    double *times, cell *c) {
+                    da_buffer *k, da_buffer *v, da_buffer *o, int warmup, int repeat, int best,
+                    int cputime, double *times, cell *c) {
   da_plan *p = NULL;
   c->ms = -1.0;
   da_status s = da_plan_create(ctx, d, &p);
   const char *what = "da_plan_create";
   for (int i = 0; s == DA_SUCCESS && i < warmup + repeat; i++) {
-    double t0 = now_ms();
+    double t0 = cputime ? cpu_ms() : now_ms();
     what = "da_attention";
     s = da_attention(p, q, k, v, o);
     if (s == DA_SUCCESS) {
       what = "da_context_synchronize";
       s = da_context_synchronize(ctx);
     }
-    if (i >= warmup) times[i - warmup] = now_ms() - t0;
+    if (i >= warmup) times[i - warmup] = (cputime ? cpu_ms() : now_ms()) - t0;
   }
   if (p) da_plan_destroy(p);
   if (s == DA_SUCCESS) {
-    c->ms = median(times, repeat);
+    if (best) {
+      c->ms = times[0];
+      for (int i = 1; i < repeat; i++)
+        if (times[i] < c->ms) c->ms = times[i];
+    } else {
+      c->ms = median(times, repeat);
+    }
     return 0;
   }
   if (s == DA_ERR_UNSUPPORTED || s == DA_ERR_INVALID_ARG) {
@@ -100,6 +125,21 @@ static void fmt_ratio(char *b, size_t n, const cell *num, const cell *den) {
   else snprintf(b, n, "%.2fx", num->ms / den->ms);
 }
 
+/* A comma-separated list of dtypes. */
+static int parse_dtype_list(const char *cmd, const char *s, da_dtype *out, int max, int *n) {
+  char buf[128];
+  if (strlen(s) >= sizeof buf) return tool_usage_error(cmd, "--dtype list too long: '%s'", s), -1;
+  strcpy(buf, s);
+  *n = 0;
+  for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+    if (*n >= max) return tool_usage_error(cmd, "--dtype: at most %d types", max), -1;
+    if (parse_dtype(cmd, t, &out[*n])) return -1;
+    (*n)++;
+  }
+  if (*n == 0) return tool_usage_error(cmd, "--dtype: empty list"), -1;
+  return 0;
+}
+
 int cmd_bench(int argc, char **argv) {
   const char *cmd = argv[0];
   static const struct option lopts[] = {
@@ -107,15 +147,18 @@ int cmd_bench(int argc, char **argv) {
       {"seqs", required_argument, NULL, O_SEQS}, {"dims", required_argument, NULL, O_DIMS},
       {"batch", required_argument, NULL, O_BATCH}, {"heads", required_argument, NULL, O_HEADS},
       {"dtype", required_argument, NULL, O_DTYPE}, {"causal", no_argument, NULL, O_CAUSAL},
+      {"mask", required_argument, NULL, O_MASK}, {"no-gemm", no_argument, NULL, O_NOGEMM},
+      {"best", no_argument, NULL, O_BEST}, {"cpu-time", no_argument, NULL, O_CPUTIME},
       {"fusion", required_argument, NULL, O_FUSION}, {"repeat", required_argument, NULL, 'r'},
       {"warmup", required_argument, NULL, 'w'}, {"data-seed", required_argument, NULL, O_DSEED},
       {"csv", no_argument, NULL, O_CSV}, {"markdown", no_argument, NULL, O_MD},
       {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
   da_backend backend = DA_BACKEND_AUTO;
-  int device = -1, batch = 1, heads = 8, causal = 0, repeat = 3, warmup = 1, csv = 0, md = 0;
-  int have_fusion = 0;
+  int device = -1, batch = 1, heads = 8, repeat = 3, warmup = 1, csv = 0, md = 0;
+  int have_fusion = 0, mask_lo = 0, mask_hi = 0, no_gemm = 0, best = 0, cputime = 0;
   int seqs[32] = {1024, 2048, 4096, 8192}, nseq = 4, dims[32] = {64, 128}, ndim = 2;
-  da_dtype dtype = DA_F32;
+  da_dtype dtypes[3] = {DA_F32}, dtype;
+  int ndt = 1;
   da_fusion fusion = DA_FUSE_MEAN;
   unsigned long long data_seed = 1;
   int c;
@@ -129,8 +172,17 @@ int cmd_bench(int argc, char **argv) {
     case O_DIMS: bad = parse_int_list(cmd, "--dims", optarg, dims, 32, &ndim); break;
     case O_BATCH: bad = parse_int(cmd, "--batch", optarg, 1, 1 << 30, &batch); break;
     case O_HEADS: bad = parse_int(cmd, "--heads", optarg, 1, 1 << 30, &heads); break;
-    case O_DTYPE: bad = parse_dtype(cmd, optarg, &dtype); break;
-    case O_CAUSAL: causal = 1; break;
+    case O_DTYPE: bad = parse_dtype_list(cmd, optarg, dtypes, 3, &ndt); break;
+    case O_CAUSAL: mask_lo = mask_hi = 1; break;
+    case O_MASK:
+      if (strcmp(optarg, "none") == 0) mask_lo = mask_hi = 0;
+      else if (strcmp(optarg, "causal") == 0) mask_lo = mask_hi = 1;
+      else if (strcmp(optarg, "both") == 0) mask_lo = 0, mask_hi = 1;
+      else bad = tool_usage_error(cmd, "invalid --mask '%s' (none, causal or both)", optarg);
+      break;
+    case O_NOGEMM: no_gemm = 1; break;
+    case O_BEST: best = 1; break;
+    case O_CPUTIME: cputime = 1; break;
     case O_FUSION: bad = parse_fusion(cmd, optarg, &fusion), have_fusion = 1; break;
     case 'r': bad = parse_int(cmd, "--repeat", optarg, 1, 1000000, &repeat); break;
     case 'w': bad = parse_int(cmd, "--warmup", optarg, 0, 1000000, &warmup); break;
@@ -163,31 +215,38 @@ int cmd_bench(int argc, char **argv) {
   }
 
   const char *sep = md ? " | " : "  ";
+  const char *stat = best ? "best" : "median";
   if (csv) {
     printf("backend,device,device_name,batch,heads,seq,head_dim,dtype,causal,"
            "fused_ms,gemm_ms,g2_ms,g4_ms,fused_gflops,gemm_gflops,g2_gflops,g4_gflops,"
-           "gemm_over_fused,speedup_g2,speedup_g4,mem_fused_mib,mem_gemm_est_mib\n");
+           "gemm_over_fused,speedup_g2,speedup_g4,mem_fused_mib,mem_gemm_est_mib,"
+           "noncausal_over_causal,stat,clock\n");
   } else {
-    printf("%s%s device %d: %s (%s); batch %d, heads %d, %s%s; median of %d\n", md ? "" : "# ",
-           backend_label(info.backend), info.index, info.name, info.vendor, batch, heads,
-           dtype_name(dtype), causal ? ", causal" : "", repeat);
+    printf("%s%s device %d: %s (%s); batch %d, heads %d; %s of %d%s\n", md ? "" : "# ",
+           backend_label(info.backend), info.index, info.name, info.vendor, batch, heads, stat,
+           repeat, cputime ? "; process CPU time: ms are CPU ms, GF/s per core" : "");
     if (md) printf("\n");
     if (md) printf("| ");
-    printf("%6s%s%4s", "seq", sep, "dim");
+    printf("%5s%s%6s%s%6s%s%4s", "dtype", sep, "mask", sep, "seq", sep, "dim");
     for (int k = 0; k < NCFG; k++) {
       char h1[24], h2[24];
       snprintf(h1, sizeof h1, "%s ms", cfg_name[k]);
       snprintf(h2, sizeof h2, "%s GF/s", cfg_name[k]);
       printf("%s%10s%s%11s", sep, h1, sep, h2);
     }
-    printf("%s%10s%s%8s%s%8s%s%10s%s%15s", sep, "gemm/fused", sep, "exact/G2", sep, "exact/G4",
-           sep, "mem fused", sep, "mem gemm (est.)");
+    printf("%s%10s%s%8s%s%8s%s%9s%s%10s%s%15s", sep, "gemm/fused", sep, "exact/G2", sep,
+           "exact/G4", sep, "nc/causal", sep, "mem fused", sep, "mem gemm (est.)");
     printf("%s\n", md ? " |" : "");
     if (md) {
       printf("|");
-      static const int w[] = {6, 4, 10, 11, 10, 11, 10, 11, 10, 11, 10, 8, 8, 10, 15};
+      static const int w[] = {5, 6, 6, 4, 10, 11, 10, 11, 10, 11, 10, 11, 10, 8, 8, 9, 10, 15};
       for (size_t k = 0; k < sizeof w / sizeof w[0]; k++) {
         printf(" ");
+        if (k < 2) {
+          for (int j = 0; j < w[k]; j++) putchar('-');
+          printf(" |");
+          continue;
+        }
         for (int j = 0; j < w[k] - 1; j++) putchar('-');
         printf(": |");
       }
@@ -199,97 +258,118 @@ int cmd_bench(int argc, char **argv) {
   tool_progress prog;
   progress_init(&prog);
   double *times = malloc(sizeof(double) * (size_t)repeat);
-  int rc = 0, step = 0, nsteps = nseq * ndim * NCFG;
+  int nmask = mask_hi - mask_lo + 1;
+  int rc = 0, step = 0, nsteps = ndt * nseq * ndim * nmask * NCFG;
   tool_rng rng;
   rng_init(&rng, data_seed);
-  for (int si = 0; si < nseq && times; si++)
-    for (int di = 0; di < ndim; di++) {
-      int seq = seqs[si], dim = dims[di];
-      size_t n = (size_t)batch * heads * seq * dim, es = dtype_size(dtype);
-      float *hf = malloc(n * sizeof(float));
-      void *hd = malloc(n * es);
-      da_buffer *bufs[4] = {NULL, NULL, NULL, NULL};
-      cell cells[NCFG];
-      for (int k = 0; k < NCFG; k++) cells[k].ms = -1.0, snprintf(cells[k].why, sizeof cells[k].why, "error");
-      int ok = hf && hd;
-      if (!ok) tool_msg(cmd, "out of host memory for seq %d, dim %d", seq, dim);
-      for (int bi = 0; ok && bi < 4; bi++) {
-        if ((s = da_buffer_create(ctx, n * es, &bufs[bi])) != DA_SUCCESS) {
-          if (s == DA_ERR_DEVICE_MEMORY || s == DA_ERR_HOST_MEMORY) {
-            for (int k = 0; k < NCFG; k++) snprintf(cells[k].why, sizeof cells[k].why, "oom");
-          } else {
-            tool_api_error(cmd, "da_buffer_create", s, ctx);
-            rc = 1;
-          }
-          ok = 0;
-          break;
-        }
-        if (bi < 3) {
-          fill_normal(&rng, hf, n, dtype);
-          to_dtype(hd, dtype, hf, n);
-          if ((s = da_buffer_write(bufs[bi], 0, hd, n * es)) != DA_SUCCESS) {
-            tool_api_error(cmd, "da_buffer_write", s, ctx);
-            rc = 1;
+  for (int ti = 0; ti < ndt && times; ti++)
+    for (int si = 0; si < nseq && times; si++)
+      for (int di = 0; di < ndim; di++) {
+        dtype = dtypes[ti];
+        int seq = seqs[si], dim = dims[di];
+        size_t n = (size_t)batch * heads * seq * dim, es = dtype_size(dtype);
+        float *hf = malloc(n * sizeof(float));
+        void *hd = malloc(n * es);
+        da_buffer *bufs[4] = {NULL, NULL, NULL, NULL};
+        int ok = hf && hd;
+        const char *fail = "error";
+        if (!ok) tool_msg(cmd, "out of host memory for seq %d, dim %d", seq, dim);
+        for (int bi = 0; ok && bi < 4; bi++) {
+          if ((s = da_buffer_create(ctx, n * es, &bufs[bi])) != DA_SUCCESS) {
+            if (s == DA_ERR_DEVICE_MEMORY || s == DA_ERR_HOST_MEMORY) {
+              fail = "oom";
+            } else {
+              tool_api_error(cmd, "da_buffer_create", s, ctx);
+              rc = 1;
+            }
             ok = 0;
+            break;
+          }
+          if (bi < 3) {
+            fill_normal(&rng, hf, n, dtype);
+            to_dtype(hd, dtype, hf, n);
+            if ((s = da_buffer_write(bufs[bi], 0, hd, n * es)) != DA_SUCCESS) {
+              tool_api_error(cmd, "da_buffer_write", s, ctx);
+              rc = 1;
+              ok = 0;
+            }
           }
         }
-      }
-      free(hf);
-      free(hd);
-      da_attn_desc d;
-      da_attn_desc_init(&d);
-      d.batch = batch, d.heads = heads, d.seq_q = seq, d.seq_k = seq, d.head_dim = dim;
-      d.dtype = dtype, d.causal = causal;
-      if (have_fusion) d.fusion = fusion;
-      for (int k = 0; k < NCFG; k++) {
-        step++;
-        if (!ok) continue;
-        progress_show(&prog, "[%d/%d] seq %d dim %d %s", step, nsteps, seq, dim, cfg_name[k]);
-        d.algo = k == CFG_GEMM ? DA_ALGO_GEMM : DA_ALGO_FUSED;
-        d.group_size = k == CFG_G2 ? 2 : k == CFG_G4 ? 4 : 1;
-        if (time_cfg(cmd, ctx, &d, bufs[0], bufs[1], bufs[2], bufs[3], warmup, repeat, times,
-                     &cells[k]))
-          rc = 1;
-      }
-      progress_clear(&prog);
-      for (int bi = 0; bi < 4; bi++)
-        if (bufs[bi]) da_buffer_destroy(bufs[bi]);
+        free(hf);
+        free(hd);
+        double nc_fused = -1.0; /* the non-causal fused exact time of this shape */
+        for (int causal = mask_lo; causal <= mask_hi; causal++) {
+          cell cells[NCFG];
+          for (int k = 0; k < NCFG; k++)
+            cells[k].ms = -1.0, snprintf(cells[k].why, sizeof cells[k].why, "%s", fail);
+          da_attn_desc d;
+          da_attn_desc_init(&d);
+          d.batch = batch, d.heads = heads, d.seq_q = seq, d.seq_k = seq, d.head_dim = dim;
+          d.dtype = dtype, d.causal = causal;
+          if (have_fusion) d.fusion = fusion;
+          for (int k = 0; k < NCFG; k++) {
+            step++;
+            if (!ok) continue;
+            if (k == CFG_GEMM && no_gemm) {
+              snprintf(cells[k].why, sizeof cells[k].why, "-");
+              continue;
+            }
+            progress_show(&prog, "[%d/%d] %s%s seq %d dim %d %s", step, nsteps, dtype_name(dtype),
+                          causal ? " causal" : "", seq, dim, cfg_name[k]);
+            d.algo = k == CFG_GEMM ? DA_ALGO_GEMM : DA_ALGO_FUSED;
+            d.group_size = k == CFG_G2 ? 2 : k == CFG_G4 ? 4 : 1;
+            if (time_cfg(cmd, ctx, &d, bufs[0], bufs[1], bufs[2], bufs[3], warmup, repeat, best,
+                         cputime, times, &cells[k]))
+              rc = 1;
+          }
+          progress_clear(&prog);
+          if (!causal) nc_fused = cells[CFG_FUSED].ms;
 
-      da_attn_desc fd = d;
-      double flops = attn_flops(&fd);
-      double mem_f = 4.0 * (double)n * (double)es / (1 << 20);
-      double mem_g = mem_f + (double)batch * heads * (double)seq * seq * 4.0 / (1 << 20);
-      char ms[NCFG][24], gf[NCFG][24], r1[16], r2[16], r3[16];
-      for (int k = 0; k < NCFG; k++) {
-        fmt_ms(ms[k], sizeof ms[k], &cells[k]);
-        fmt_gf(gf[k], sizeof gf[k], &cells[k], flops);
+          d.group_size = 1;
+          double flops = attn_flops(&d);
+          double mem_f = 4.0 * (double)n * (double)es / (1 << 20);
+          double mem_g = mem_f + (double)batch * heads * (double)seq * seq * 4.0 / (1 << 20);
+          char ms[NCFG][24], gf[NCFG][24], r1[16], r2[16], r3[16], r4[16];
+          for (int k = 0; k < NCFG; k++) {
+            fmt_ms(ms[k], sizeof ms[k], &cells[k]);
+            fmt_gf(gf[k], sizeof gf[k], &cells[k], flops);
+          }
+          fmt_ratio(r1, sizeof r1, &cells[CFG_GEMM], &cells[CFG_FUSED]);
+          fmt_ratio(r2, sizeof r2, &cells[CFG_FUSED], &cells[CFG_G2]);
+          fmt_ratio(r3, sizeof r3, &cells[CFG_FUSED], &cells[CFG_G4]);
+          cell ncc = {nc_fused, "n/a"};
+          if (causal) fmt_ratio(r4, sizeof r4, &ncc, &cells[CFG_FUSED]);
+          else snprintf(r4, sizeof r4, "-");
+          if (csv) {
+            printf("%s,%d,", backend_label(info.backend), info.index);
+            csv_field(stdout, info.name);
+            printf(",%d,%d,%d,%d,%s,%d", batch, heads, seq, dim, dtype_name(dtype), causal);
+            for (int k = 0; k < NCFG; k++) printf(",%s", ms[k]);
+            for (int k = 0; k < NCFG; k++) printf(",%s", gf[k]);
+            /* plain numbers for the ratios */
+            char *rs[4] = {r1, r2, r3, r4};
+            for (int k = 0; k < 4; k++)
+              for (char *r = rs[k]; *r; r++)
+                if (*r == 'x') *r = '\0';
+            if (strcmp(r4, "-") == 0) r4[0] = '\0';
+            printf(",%s,%s,%s,%.1f,%.1f,%s,%s,%s\n", r1, r2, r3, mem_f, mem_g, r4, stat,
+                   cputime ? "cpu" : "wall");
+          } else {
+            char mf[24], mg[24];
+            snprintf(mf, sizeof mf, "%.1f MiB", mem_f);
+            snprintf(mg, sizeof mg, "%.1f MiB est.", mem_g);
+            if (md) printf("| ");
+            printf("%5s%s%6s%s%6d%s%4d", dtype_name(dtype), sep, causal ? "causal" : "none", sep,
+                   seq, sep, dim);
+            for (int k = 0; k < NCFG; k++) printf("%s%10s%s%11s", sep, ms[k], sep, gf[k]);
+            printf("%s%10s%s%8s%s%8s%s%9s%s%10s%s%15s%s\n", sep, r1, sep, r2, sep, r3, sep, r4,
+                   sep, mf, sep, mg, md ? " |" : "");
+          }
+          fflush(stdout);
+        }
+        for (int bi = 0; bi < 4; bi++)
+          if (bufs[bi]) da_buffer_destroy(bufs[bi]);
       }
-      fmt_ratio(r1, sizeof r1, &cells[CFG_GEMM], &cells[CFG_FUSED]);
-      fmt_ratio(r2, sizeof r2, &cells[CFG_FUSED], &cells[CFG_G2]);
-      fmt_ratio(r3, sizeof r3, &cells[CFG_FUSED], &cells[CFG_G4]);
-      if (csv) {
-        printf("%s,%d,", backend_label(info.backend), info.index);
-        csv_field(stdout, info.name);
-        printf(",%d,%d,%d,%d,%s,%d", batch, heads, seq, dim, dtype_name(dtype), causal);
-        for (int k = 0; k < NCFG; k++) printf(",%s", ms[k]);
-        for (int k = 0; k < NCFG; k++) printf(",%s", gf[k]);
-        /* plain numbers for the ratios */
-        for (char *r = r1; *r; r++) if (*r == 'x') *r = '\0';
-        for (char *r = r2; *r; r++) if (*r == 'x') *r = '\0';
-        for (char *r = r3; *r; r++) if (*r == 'x') *r = '\0';
-        printf(",%s,%s,%s,%.1f,%.1f\n", r1, r2, r3, mem_f, mem_g);
-      } else {
-        char mf[24], mg[24];
-        snprintf(mf, sizeof mf, "%.1f MiB", mem_f);
-        snprintf(mg, sizeof mg, "%.1f MiB est.", mem_g);
-        if (md) printf("| ");
-        printf("%6d%s%4d", seq, sep, dim);
-        for (int k = 0; k < NCFG; k++) printf("%s%10s%s%11s", sep, ms[k], sep, gf[k]);
-        printf("%s%10s%s%8s%s%8s%s%10s%s%15s%s\n", sep, r1, sep, r2, sep, r3, sep, mf, sep, mg,
-               md ? " |" : "");
-      }
-      fflush(stdout);
-    }
   if (!times) {
     tool_msg(cmd, "out of host memory");
     rc = 1;

@@ -2,6 +2,7 @@
  * missing, and the device DA_BACKEND_AUTO picks. */
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "util.h"
@@ -98,6 +99,15 @@ int cmd_devices(int argc, char **argv) {
     }
     printf("auto:   #%d, %s device %d: %s (%s)\n", global, backend_label(info.backend), info.index,
            info.name, info.vendor);
+    const char *eb = getenv("DISTRATTN_BACKEND"), *ed = getenv("DISTRATTN_DEVICE");
+    if ((eb && *eb) || (ed && *ed))
+      printf("        (steered by DISTRATTN_BACKEND=%s DISTRATTN_DEVICE=%s)\n", eb ? eb : "",
+             ed ? ed : "");
+    else
+      printf("        rule: the highest-ranked device: a GPU (CUDA, or OpenCL on a GPU) first;\n"
+             "        then the CPU backend when it has AVX2 or AVX-512 kernels (measured faster\n"
+             "        than an OpenCL CPU device such as PoCL on the same processor); then an\n"
+             "        OpenCL CPU device; the CPU backend's portable kernels last\n");
   }
   da_context_destroy(ctx);
   return rc;

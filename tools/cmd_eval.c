@@ -178,8 +178,7 @@ static int add_cfg(eval_cfg *cs, int n, int G, da_fusion f, int bits, int block)
   return n;
 }
 
-static int default_cfgs(eval_cfg *cs, da_fusion dflt_f) {
-  (void)dflt_f;
+static int default_cfgs(eval_cfg *cs) {
   int n = add_cfg(cs, 0, 1, DA_FUSE_MEAN, 16, 128);
   static const int gs[] = {2, 4, 8};
   for (int gi = 0; gi < 3; gi++)
@@ -302,9 +301,16 @@ int cmd_eval(int argc, char **argv) {
           for (int k = 0; k < nblocks; k++)
             ncfg = add_cfg(cfgs, ncfg, groups[g], (da_fusion)fusions[f], bits[b], blocks[k]);
   } else {
-    ncfg = default_cfgs(cfgs, DA_FUSE_MEAN);
+    ncfg = default_cfgs(cfgs);
   }
 
+  if (have_backend) {
+    const char *why = NULL;
+    if (!da_backend_available(backend, &why)) {
+      tool_msg(cmd, "backend %s is not available: %s", backend_label(backend), why ? why : "");
+      return 1;
+    }
+  }
   capture cap;
   if (capture_load(cmd, argv[optind], &cap)) return 1;
   const unsigned L = cap.layers, H = cap.heads, D = cap.head_dim;

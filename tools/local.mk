@@ -5,3 +5,6 @@ tools_distrattn_SOURCES = tools/main.c tools/util.c tools/util.h tools/cmd_devic
 # Only the public header: the program is a client of the installed API.
 tools_distrattn_CPPFLAGS = -I$(top_srcdir)/include
 tools_distrattn_LDADD = lib/libdistrattn.la -lm
+# Real-model accuracy (issue 5): the capture and end-to-end scripts and the
+# capture format; `distrattn eval` reads the captures.
+EXTRA_DIST += tools/capture.py tools/e2e.py tools/CAPTURE_FORMAT.md

@@ -1,0 +1,73 @@
+/*
+ * The CPU backend's compute kernels, built once per instruction set
+ * (lib/cpu_kern_generic.c, lib/cpu_kern_avx2.c, lib/cpu_kern_avx512.c, each
+ * including the template lib/cpu_kern_tmpl.h) and chosen at run time by
+ * lib/cpu_backend.c. Internal.
+ *
+ * One attention call runs as parallel passes over a persistent thread pool:
+ *  1. (G > 1) groups: per hash tile, Q converted to f32, hashed (vectorised
+ *     across columns, sequential FMA over rows: bit-identical to lib/hash.c),
+ *     sorted, fusion weights;
+ *  2. pack: for a chunk of (batch, kv head) pairs, K converted once to f32
+ *     K^T panels and V to f32 V panels, per block of KB keys;
+ *  3. attention: per (head, block of QB query rows), Q converted and scaled
+ *     once, then for every key block: (G > 1: fused K^T, ceil(d/G) rows, made
+ *     once per query tile and key block) logits, online softmax, P V.
+ */
+#ifndef DA_CPU_KERNELS_H
+#define DA_CPU_KERNELS_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "da_internal.h"
+
+#define CPU_KB 64 /* keys per key block, every instruction set */
+
+typedef struct cpu_attn_job {
+  const da_plan *p;
+  const void *q, *k, *v;
+  void *o;
+  float *const *scratch; /* per-thread scratch, 64-byte aligned */
+  int G;                 /* group size (1: exact) */
+  int d;                 /* head_dim */
+  int D;                 /* logit columns: head_dim, or ceil(head_dim / G) */
+  int hpk;               /* query heads per kv head */
+  long off;              /* seq_k - seq_q */
+  float qmul;            /* scale * log2(e) */
+  /* layout, filled by setup() */
+  int QB, nqb;           /* query rows per work item; items per head */
+  int nkb;               /* key blocks per kv head */
+  int Dp;                /* head_dim padded to the kernel's column width */
+  size_t kblk, vblk;     /* floats of one packed key block of K^T, of V */
+  size_t lds;            /* logit row stride (KB, or all keys for GEMM) */
+  size_t scratch_floats; /* per thread, for every pass */
+  size_t o_qf, o_kf, o_row, o_s, o_acc, o_m, o_l, o_lv, o_qt;
+  /* the packed chunk: pairs pair0 .. pair0+npairs-1 (pair = bi*kv_heads+kh) */
+  long pair0, npairs;
+  float *kpack, *vpack;
+  /* G > 1: [batch][heads][n_tiles][head_dim] permutations and weights */
+  int *perm_all;
+  float *a_all;
+} cpu_attn_job;
+
+typedef void (*cpu_item_fn)(void *job, int tid, long item);
+
+typedef struct cpu_kernels {
+  const char *isa;                  /* "avx512", "avx2", "generic" */
+  void (*setup)(cpu_attn_job *J);   /* fills the layout fields */
+  cpu_item_fn groups_item;          /* item = (bi*heads + hi)*n_tiles + tile */
+  cpu_item_fn pack_item;            /* item = (pair - pair0)*nkb + kb */
+  cpu_item_fn attn_item;            /* npairs*hpk*nqb items */
+} cpu_kernels;
+
+DA_HIDDEN extern const cpu_kernels da_cpu_kernels_generic;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#  define DA_CPU_X86 1
+DA_HIDDEN extern const cpu_kernels da_cpu_kernels_avx2;
+DA_HIDDEN extern const cpu_kernels da_cpu_kernels_avx512;
+#endif
+
+#endif /* DA_CPU_KERNELS_H */
