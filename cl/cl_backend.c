@@ -352,8 +352,19 @@ static da_status cl_buf_wrap(da_context *ctx, void *native, size_t bytes, void *
 
 static const char *const src_names[] = {"hash.cl", "attn.cl", "aux.cl"};
 
-da_status da_cl_program(da_context *ctx, int src, const char *opts, cl_program *out) {
+/* DISTRATTN_CL_EXTRA_BUILD_OPTIONS is appended to every program's build
+ * options (a compiler flag for one device; the tests use it to provoke a
+ * build failure). The combined string is the cache key. */
+da_status da_cl_program(da_context *ctx, int src, const char *base_opts, cl_program *out) {
   da_cl_ctx *bc = ctx->bctx;
+  const char *extra = getenv("DISTRATTN_CL_EXTRA_BUILD_OPTIONS");
+  char opts[1024];
+  if (snprintf(opts, sizeof opts, "%s%s%s", base_opts, extra && *extra ? " " : "",
+               extra ? extra : "") >= (int)sizeof opts)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "OpenCL: build options with DISTRATTN_CL_EXTRA_BUILD_OPTIONS exceed %zu "
+                        "bytes",
+                        sizeof opts - 1);
   for (da_cl_prog *p = bc->progs; p; p = p->next)
     if (p->src == src && strcmp(p->opts, opts) == 0) {
       *out = p->prog;
