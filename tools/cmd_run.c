@@ -198,22 +198,9 @@ int cmd_run(int argc, char **argv) {
 
   /* context */
   da_context *ctx = NULL;
-  da_status s = da_context_create(&ctx, backend, device);
-  if (s != DA_SUCCESS) {
-    tool_api_error(cmd, "da_context_create", s, NULL);
-    const char *why = NULL;
-    if (backend != DA_BACKEND_AUTO && !da_backend_available(backend, &why))
-      tool_msg(cmd, "backend %s is not available: %s", backend_label(backend), why ? why : "");
-    return 1;
-  }
   da_device_info info;
-  memset(&info, 0, sizeof info);
-  s = da_context_get_device_info(ctx, &info);
-  if (s != DA_SUCCESS) {
-    tool_api_error(cmd, "da_context_get_device_info", s, ctx);
-    da_context_destroy(ctx);
-    return 1;
-  }
+  if (!tool_open_context(cmd, backend, device, &ctx, &info)) return 1;
+  da_status s;
 
   /* plan */
   da_attn_desc d;

@@ -491,3 +491,24 @@ void csv_field(FILE *f, const char *s) {
   }
   fputc('"', f);
 }
+
+int tool_open_context(const char *cmd, da_backend backend, int device, da_context **ctx,
+                      da_device_info *info) {
+  *ctx = NULL;
+  da_status s = da_context_create(ctx, backend, device);
+  if (s != DA_SUCCESS) {
+    tool_api_error(cmd, "da_context_create", s, NULL);
+    const char *why = NULL;
+    if (backend != DA_BACKEND_AUTO && !da_backend_available(backend, &why))
+      tool_msg(cmd, "backend %s is not available: %s", backend_label(backend), why ? why : "");
+    return 0;
+  }
+  memset(info, 0, sizeof *info);
+  if ((s = da_context_get_device_info(*ctx, info)) != DA_SUCCESS) {
+    tool_api_error(cmd, "da_context_get_device_info", s, *ctx);
+    da_context_destroy(*ctx);
+    *ctx = NULL;
+    return 0;
+  }
+  return 1;
+}

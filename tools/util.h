@@ -34,6 +34,10 @@ void tool_msg(const char *cmd, const char *fmt, ...) TOOL_PRINTF(2, 3);
 int tool_usage_error(const char *cmd, const char *fmt, ...) TOOL_PRINTF(2, 3);
 /* A failed library call: "distrattn <cmd>: what: <status string>: <last error>". */
 void tool_api_error(const char *cmd, const char *what, da_status s, const da_context *ctx);
+/* Creates a context on (backend, device) and reads its device info; on
+ * failure prints why (the backend's reason when it is absent), returns 0. */
+int tool_open_context(const char *cmd, da_backend backend, int device, da_context **ctx,
+                      da_device_info *info);
 
 /* ---- option values; each returns 0 on success, prints a usage message and
  * returns -1 on a bad value ---- */
