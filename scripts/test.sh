@@ -11,7 +11,7 @@ make -j"$(nproc)"
 export DISTRATTN_REQUIRE_BACKENDS="${DISTRATTN_REQUIRE_BACKENDS:-cpu}"
 make -j"$(nproc)" check || { cat tests/*.log 2>/dev/null | tail -200; exit 1; }
 cat tests/*.log | grep -E '^\[  (PASSED|FAILED|SKIPPED)|tests? (passed|failed|skipped)' || true
-cd .. && ./scripts/install-check.sh && cd build
+../scripts/install-check.sh
 if [ "${DISTRATTN_SKIP_DISTCHECK:-0}" != 1 ]; then
   make -j"$(nproc)" distcheck DISTCHECK_CONFIGURE_FLAGS="${DISTRATTN_CONFIGURE_FLAGS:-}"
 fi
