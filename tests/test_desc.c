@@ -10,18 +10,6 @@
 
 #include "testutil.h"
 
-static da_attn_desc valid_desc(void) {
-  da_attn_desc d;
-  da_attn_desc_init(&d);
-  d.batch = 1;
-  d.heads = 4;
-  d.kv_heads = 2;
-  d.seq_q = 8;
-  d.seq_k = 8;
-  d.head_dim = 16;
-  d.dtype = DA_F32;
-  return d;
-}
 
 typedef struct bad_case {
   const char *what;  /* description of the mutation */
@@ -136,7 +124,7 @@ static int teardown_ctx(void **state) {
 
 static void test_valid_desc_accepted(void **state) {
   da_context *ctx = *state;
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   da_plan *p = NULL;
   TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
   assert_non_null(p);
@@ -147,7 +135,7 @@ static void test_bad_descriptors(void **state) {
   da_context *ctx = *state;
   for (size_t i = 0; i < sizeof bad_cases / sizeof bad_cases[0]; i++) {
     const bad_case *c = &bad_cases[i];
-    da_attn_desc d = valid_desc();
+    da_attn_desc d = tu_small_desc();
     c->mutate(&d);
     da_plan *p = (da_plan *)&d; /* must be overwritten with NULL or left alone, never used */
     da_status s = da_plan_create(ctx, &d, &p);
@@ -171,7 +159,7 @@ static void test_bad_descriptors(void **state) {
  * resolves them, and AUTO becomes a concrete algorithm. */
 static void test_defaults_resolved(void **state) {
   da_context *ctx = *state;
-  da_attn_desc d = valid_desc(), r;
+  da_attn_desc d = tu_small_desc(), r;
   d.kv_heads = 0;
   d.scale = 0.0f;
   d.hash_bits = 0;
@@ -193,7 +181,7 @@ static void test_defaults_resolved(void **state) {
   /* boundary values that are valid */
   const int blocks[] = {16, 1024};
   for (int i = 0; i < 2; i++) {
-    d = valid_desc();
+    d = tu_small_desc();
     d.hash_block = blocks[i];
     d.hash_bits = i ? 32 : 1;
     d.head_dim = i ? 256 : 1;
@@ -230,7 +218,7 @@ static void test_desc_init_defaults(void **state) {
 
 static void test_null_context_calls(void **state) {
   (void)state;
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   da_plan *p = NULL;
   da_buffer *b = NULL;
   da_device_info info;
@@ -269,7 +257,7 @@ static void test_null_context_calls(void **state) {
 
 static void test_null_args_with_context(void **state) {
   da_context *ctx = *state;
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   da_plan *p = NULL;
   da_device_info info;
   assert_int_equal(da_context_backend(ctx), DA_BACKEND_CPU);
@@ -376,7 +364,7 @@ static void test_context_lifetime(void **state) {
   (void)state;
   da_context *ctx = NULL;
   TU_CHECK(ctx, da_context_create(&ctx, DA_BACKEND_CPU, -1));
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   da_plan *p = NULL;
   TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
   size_t qn = tu_q_elems(&d), kn = tu_kv_elems(&d);

@@ -22,17 +22,6 @@
 
 /* ------------------------------------------------------------- helpers */
 
-static da_attn_desc valid_desc(void) {
-  da_attn_desc d;
-  da_attn_desc_init(&d);
-  d.batch = 1;
-  d.heads = 4;
-  d.kv_heads = 2;
-  d.seq_q = 8;
-  d.seq_k = 8;
-  d.head_dim = 16;
-  return d;
-}
 
 typedef struct env {
   da_context *ctx;   /* the row's context (NULL when the row makes none) */
@@ -47,7 +36,7 @@ static void grab(env *e, da_context *c) {
 
 /* A valid run on ctx, checked against the reference: the context works. */
 static void check_usable(da_context *ctx, const char *after) {
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   d.causal = 1;
   da_plan *p = NULL;
   da_status s = da_plan_create(ctx, &d, &p);
@@ -102,7 +91,7 @@ static da_status plan_with(env *e, const da_attn_desc *d) {
 
 #define DROW(name, stmt)                                                                         \
   static da_status name(env *e) {                                                                \
-    da_attn_desc dd = valid_desc(), *d = &dd;                                                    \
+    da_attn_desc dd = tu_small_desc(), *d = &dd;                                                    \
     stmt;                                                                                        \
     return plan_with(e, d);                                                                      \
   }
@@ -179,20 +168,20 @@ static da_status r_plan_desc_null(env *e) {
   return s;
 }
 static da_status r_plan_out_null(env *e) {
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   da_status s = da_plan_create(e->ctx, &d, NULL);
   grab(e, e->ctx);
   return s;
 }
 static da_status r_plan_ctx_null(env *e) {
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   da_plan *p = NULL;
   return da_plan_create(NULL, &d, &p);
 }
 
 /* which: 0 q, 1 k, 2 v, 3 o, 4 perm NULL in da_plan_groups_host */
 static da_status host_null(env *e, int which) {
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   d.group_size = 2;
   da_plan *p = NULL;
   TU_CHECK(e->ctx, da_plan_create(e->ctx, &d, &p));
@@ -235,7 +224,7 @@ static da_status rw_null(env *e, int read) {
 static da_status r_write_null(env *e) { return rw_null(e, 0); }
 static da_status r_read_null(env *e) { return rw_null(e, 1); }
 static da_status r_desc_out_null(env *e) {
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   da_plan *p = NULL;
   TU_CHECK(e->ctx, da_plan_create(e->ctx, &d, &p));
   da_status s = da_plan_get_desc(p, NULL);
@@ -251,7 +240,7 @@ typedef struct bufset {
 } bufset;
 
 static void bufset_make(env *e, bufset *b, size_t shrink_o) {
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   memset(b, 0, sizeof *b);
   TU_CHECK(e->ctx, da_plan_create(e->ctx, &d, &b->p));
   size_t qb = tu_q_elems(&d) * 4, kb = tu_kv_elems(&d) * 4;
@@ -357,7 +346,7 @@ static da_status r_buf_zero(env *e) {
   return s;
 }
 static da_status r_host_overlap(env *e) {
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   da_plan *p = NULL;
   TU_CHECK(e->ctx, da_plan_create(e->ctx, &d, &p));
   size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d);
@@ -407,7 +396,7 @@ static da_status r_cl_buf_huge(env *e) {
  * the device copy of Q (before it reads any host memory). */
 static da_status r_cl_plan_huge(env *e) {
   unsigned long long mem = dev_mem(e->ctx);
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   d.heads = d.kv_heads = 1;
   d.seq_k = 4;
   d.head_dim = 256;
@@ -430,7 +419,7 @@ static da_status r_cl_plan_huge(env *e) {
 
 /* A plan keeps its context alive; the destroyed context takes no new plan. */
 static da_status r_dead_plan(env *e) {
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   da_plan *keep = NULL, *p = NULL;
   TU_CHECK(e->ctx, da_plan_create(e->ctx, &d, &keep));
   da_context *ctx = e->ctx;
@@ -458,7 +447,7 @@ static da_status r_dead_buffer(env *e) {
  * right result, and the context goes when the last of them goes (whatever
  * the order; valgrind/ASan check that nothing is used after it is freed). */
 static da_status r_dead_runs(env *e) {
-  da_attn_desc d = valid_desc();
+  da_attn_desc d = tu_small_desc();
   d.group_size = 2;
   da_context *ctx = e->ctx;
   da_plan *p = NULL;

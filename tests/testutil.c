@@ -172,3 +172,16 @@ void tu_note(const char *what, const da_attn_desc *d, double err, double bound) 
   fprintf(stderr, "  %-12s err %.3g (bound %.3g)  %s\n", what, err, bound,
           d ? tu_desc_str(d, buf, sizeof buf) : "");
 }
+
+da_attn_desc tu_small_desc(void) {
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  d.batch = 1;
+  d.heads = 4;
+  d.kv_heads = 2;
+  d.seq_q = 8;
+  d.seq_k = 8;
+  d.head_dim = 16;
+  d.dtype = DA_F32;
+  return d;
+}

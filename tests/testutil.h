@@ -40,6 +40,9 @@ const char *tu_dtype_name(da_dtype t);
 const char *tu_algo_name(da_algo a);
 const char *tu_fusion_name(da_fusion f);
 
+/* A small valid descriptor (batch 1, 4 heads over 2 kv heads, 8x8, head_dim
+ * 16, f32, exact) for the tests to mutate. */
+da_attn_desc tu_small_desc(void);
 size_t tu_q_elems(const da_attn_desc *d);  /* with kv_heads 0 meaning heads */
 size_t tu_kv_elems(const da_attn_desc *d);
 
