@@ -113,3 +113,15 @@ double tcase_run_host(da_context *ctx, da_plan *p, tdata *t, const char *what) {
   }
   return tu_rel_err(t->o, t->d.dtype, t->ref, t->nq);
 }
+
+void tdata_upload(const tdata *t, da_context *ctx, da_buffer **q, da_buffer **k, da_buffer **v,
+                  da_buffer **o) {
+  size_t es = t->d.dtype == DA_F32 ? 4 : 2, qb = t->nq * es, kb = t->nk * es;
+  TU_CHECK(ctx, da_buffer_create(ctx, qb, q));
+  TU_CHECK(ctx, da_buffer_create(ctx, kb, k));
+  TU_CHECK(ctx, da_buffer_create(ctx, kb, v));
+  TU_CHECK(ctx, da_buffer_create(ctx, qb, o));
+  TU_CHECK(ctx, da_buffer_write(*q, 0, t->q, qb));
+  TU_CHECK(ctx, da_buffer_write(*k, 0, t->k, kb));
+  TU_CHECK(ctx, da_buffer_write(*v, 0, t->v, kb));
+}

@@ -31,6 +31,10 @@ typedef struct tdata {
 
 /* Allocates and fills q, k, v with fresh normal values (rng), poisons o. */
 void tdata_init(tdata *t, const da_attn_desc *d, tu_rng *rng);
+/* Device buffers of the case on ctx: q, k, v created and written, o created
+ * (not written). Fails the test on any error. */
+void tdata_upload(const tdata *t, da_context *ctx, da_buffer **q, da_buffer **k, da_buffer **v,
+                  da_buffer **o);
 /* ref = float64 DistrAttention of plan p (exact when G = 1). */
 void tdata_reference(tdata *t, const da_plan *p);
 void tdata_free(tdata *t);

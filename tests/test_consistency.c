@@ -292,7 +292,7 @@ static void test_buffers_and_repeat(void **state) {
       continue;
     }
     char buf[512];
-    size_t es = p->elem_size, qb = t.nq * es, kb = t.nk * es;
+    size_t es = p->elem_size, qb = t.nq * es;
     void *o1 = malloc(qb), *o2 = malloc(qb), *o3 = malloc(qb);
     assert_non_null(o1);
     assert_non_null(o2);
@@ -312,13 +312,7 @@ static void test_buffers_and_repeat(void **state) {
                (unsigned long long)tu_seed());
     /* device buffers: write, enqueue, read back in two pieces */
     da_buffer *bq = NULL, *bk = NULL, *bv = NULL, *bo = NULL;
-    TU_CHECK(ctx, da_buffer_create(ctx, qb, &bq));
-    TU_CHECK(ctx, da_buffer_create(ctx, kb, &bk));
-    TU_CHECK(ctx, da_buffer_create(ctx, kb, &bv));
-    TU_CHECK(ctx, da_buffer_create(ctx, qb, &bo));
-    TU_CHECK(ctx, da_buffer_write(bq, 0, t.q, qb));
-    TU_CHECK(ctx, da_buffer_write(bk, 0, t.k, kb));
-    TU_CHECK(ctx, da_buffer_write(bv, 0, t.v, kb));
+    tdata_upload(&t, ctx, &bq, &bk, &bv, &bo);
     TU_CHECK(ctx, da_buffer_write(bo, 0, o3, qb)); /* poison */
     for (int rep = 0; rep < 2; rep++) {
       TU_CHECK(ctx, da_attention(p, bq, bk, bv, bo));

@@ -55,15 +55,9 @@ static void check_usable(da_context *ctx, const char *after) {
   double err = tu_rel_err(t.o, d.dtype, t.ref, t.nq);
   if (!(err <= 1e-5)) fail_msg("after %s, a valid run has error %g", after, err);
   /* device buffers too */
-  size_t qb = t.nq * 4, kb = t.nk * 4;
+  size_t qb = t.nq * 4;
   da_buffer *bq = NULL, *bk = NULL, *bv = NULL, *bo = NULL;
-  TU_CHECK(ctx, da_buffer_create(ctx, qb, &bq));
-  TU_CHECK(ctx, da_buffer_create(ctx, kb, &bk));
-  TU_CHECK(ctx, da_buffer_create(ctx, kb, &bv));
-  TU_CHECK(ctx, da_buffer_create(ctx, qb, &bo));
-  TU_CHECK(ctx, da_buffer_write(bq, 0, t.q, qb));
-  TU_CHECK(ctx, da_buffer_write(bk, 0, t.k, kb));
-  TU_CHECK(ctx, da_buffer_write(bv, 0, t.v, kb));
+  tdata_upload(&t, ctx, &bq, &bk, &bv, &bo);
   TU_CHECK(ctx, da_attention(p, bq, bk, bv, bo));
   tu_poison(t.o, qb);
   TU_CHECK(ctx, da_buffer_read(bo, 0, t.o, qb));

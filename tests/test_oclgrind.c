@@ -215,7 +215,7 @@ static void test_buffers(void **state) {
   tdata_init(&t, &d, &rng);
   da_plan *p = NULL;
   TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
-  size_t es = p->elem_size, qb = t.nq * es, kb = t.nk * es;
+  size_t es = p->elem_size, qb = t.nq * es;
   void *o1 = malloc(qb), *o2 = malloc(qb), *q2 = malloc(qb);
   assert_non_null(o1);
   assert_non_null(o2);
@@ -223,13 +223,7 @@ static void test_buffers(void **state) {
   tu_poison(o1, qb);
   TU_CHECK(ctx, da_attention_host(p, t.q, t.k, t.v, o1));
   da_buffer *bq = NULL, *bk = NULL, *bv = NULL, *bo = NULL;
-  TU_CHECK(ctx, da_buffer_create(ctx, qb, &bq));
-  TU_CHECK(ctx, da_buffer_create(ctx, kb, &bk));
-  TU_CHECK(ctx, da_buffer_create(ctx, kb, &bv));
-  TU_CHECK(ctx, da_buffer_create(ctx, qb, &bo));
-  TU_CHECK(ctx, da_buffer_write(bq, 0, t.q, qb));
-  TU_CHECK(ctx, da_buffer_write(bk, 0, t.k, kb));
-  TU_CHECK(ctx, da_buffer_write(bv, 0, t.v, kb));
+  tdata_upload(&t, ctx, &bq, &bk, &bv, &bo);
   tu_poison(o2, qb);
   TU_CHECK(ctx, da_buffer_write(bo, 0, o2, qb));
   for (int rep = 0; rep < 2; rep++) {
