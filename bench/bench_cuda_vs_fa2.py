@@ -4,7 +4,7 @@ scaled_dot_product_attention forced onto its FLASH_ATTENTION backend).
 
 f16, batch 4, 16 heads, head_dim 64 and 128, seq 1024..16384, causal and
 not; ours: exact (G=1) and DistrAttention G=2 and G=4 (hash_block 128,
-MEAN fusion, the fused tensor-core kernel). TFLOP/s are counted as
+MEAN fusion unless --fusion norm, the fused tensor-core kernel). TFLOP/s are counted as
 4*b*h*s*s*d (halved for causal) for every column, so a G>1 column reads as
 the speed-up over exact attention of the same shape.
 
@@ -16,6 +16,7 @@ Usage: python3 bench/bench_cuda_vs_fa2.py --check-bin PATH [--seqs ...] [--dims 
 """
 import argparse
 import datetime
+import os
 import statistics
 import subprocess
 import sys
@@ -56,10 +57,11 @@ def time_fa2(b, h, s, d, causal, iters):
     return statistics.median(ts)
 
 
-def time_ours(binpath, b, h, s, d, causal, g, iters):
-    # DT=1 (f16) B H S D CAUSAL G ITERS
+def time_ours(binpath, b, h, s, d, causal, g, iters, fusion):
+    # DT=1 (f16) B H S D CAUSAL G ITERS; DA_BENCH_FUSION picks MEAN or NORM
+    env = dict(os.environ, DA_BENCH_FUSION=fusion)
     out = subprocess.run([binpath, "bench", "1", str(b), str(h), str(s), str(d), str(causal),
-                          str(g), str(iters)], capture_output=True, text=True, timeout=600)
+                          str(g), str(iters)], capture_output=True, text=True, timeout=600, env=env)
     for line in out.stdout.splitlines():
         if line.startswith("ms "):
             return float(line.split()[1])
@@ -73,6 +75,8 @@ def main():
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--fusion", choices=("mean", "norm"), default="mean",
+                    help="fusion of the G>1 columns (the library's default is norm)")
     args = ap.parse_args()
     b, h = args.batch, args.heads
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
@@ -81,7 +85,8 @@ def main():
     print("# GPU, driver: %s" % smi)
     print("# date: %s UTC; torch %s; f16, batch %d, heads %d; TFLOP/s = 4*b*h*s*s*d / t (/2 causal)"
           % (datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), torch.__version__, b, h))
-    print("# ours: G=1 exact, G=2/G=4 DistrAttention (hash_block 128, MEAN); ratio = FA2 time / ours")
+    print("# ours: G=1 exact, G=2/G=4 DistrAttention (hash_block 128, %s); ratio = FA2 time / ours"
+          % args.fusion.upper())
     print()
     hdr = "| d | seq | causal | FA2 TFLOP/s | G=1 TFLOP/s (x FA2) | G=2 TFLOP/s (x FA2) | G=4 TFLOP/s (x FA2) |"
     print(hdr)
@@ -95,7 +100,7 @@ def main():
                 t_fa = time_fa2(b, h, s, d, causal, it)
                 cells = ["%d" % d, "%d" % s, "yes" if causal else "no", "%.1f" % (fl / t_fa / 1e9)]
                 for g in (1, 2, 4):
-                    t = time_ours(args.check_bin, b, h, s, d, causal, g, it)
+                    t = time_ours(args.check_bin, b, h, s, d, causal, g, it, args.fusion)
                     cells.append("%.1f (%.2fx)" % (fl / t / 1e9, t_fa / t))
                 print("| " + " | ".join(cells) + " |")
                 sys.stdout.flush()

@@ -310,6 +310,8 @@ int main(int argc, char **argv) {
     da_attn_desc d0 = desc(t, atoi(argv[3]), atoi(argv[4]), atoi(argv[4]), atoi(argv[5]),
                            atoi(argv[5]), atoi(argv[6]), atoi(argv[7]), atoi(argv[8]));
     if (argc > 11) d0.algo = (da_algo)atoi(argv[11]);
+    const char *fu = getenv("DA_BENCH_FUSION");
+    if (fu && !strcmp(fu, "norm")) d0.fusion = DA_FUSE_NORM;
     int iters = atoi(argv[9]);
     da_plan p;
     make_plan(&p, &d0);

@@ -12,7 +12,7 @@
                     sentence-embedding cosine similarity and nearest-neighbour
                     agreement of the whole model (from tools/e2e.py --csv).
 
-    python3 bench/plot.py --bench cpu.csv opencl.csv --cuda-table bench/cuda-h200.txt \\
+    python3 bench/plot.py --bench cpu.csv opencl.csv --cuda-table bench/cuda-h100.txt \\
         --eval eval.csv --e2e e2e.csv --out bench/
 """
 import argparse
@@ -56,6 +56,8 @@ def read_cuda_table(path, head_dim=64, causal=False):
     series = {}
     with open(path) as f:
         for line in f:
+            if line.startswith("NORM fusion"):
+                break  # the second (NORM) table repeats seq 8192
             m = re.match(r"# GPU, driver: (.*?),", line)
             if m:
                 gpu = m.group(1)

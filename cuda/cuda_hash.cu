@@ -12,12 +12,13 @@
  * chunks of rows), so each p_b is the same sequential fma chain as in
  * lib/hash.c. Then keys, the rank sort, the fusion weights and, when qs is
  * given, the fused Q rows of the tile. */
+template <int NB, int GS>
 __global__ void __launch_bounds__(256)
     dac_hash_kernel(const void *__restrict__ q, da_dtype dt, int heads, int seq_q, int d,
                     const float *__restrict__ proj, int hash_bits, int hash_block, int G, int norm,
                     int n_tiles, int *__restrict__ perm, float *__restrict__ wts,
                     void *__restrict__ qs, da_dtype qs_dt, int qs_ld, int ng) {
-  __shared__ float Rs[32][HASH_RCHUNK];
+  __shared__ __align__(16) float Rs[NB][HASH_RCHUNK];
   __shared__ uint32_t keys[256];
   __shared__ int perm_s[256];
   __shared__ float a_s[256];
@@ -27,32 +28,53 @@ __global__ void __launch_bounds__(256)
   const size_t bh = (size_t)b * heads + h;
   const size_t qoff = (bh * (size_t)seq_q + (size_t)r0) * (size_t)d;
   const int c = threadIdx.x;
-  float acc[32];
+  float acc[NB];
 #pragma unroll
-  for (int i = 0; i < 32; i++) acc[i] = 0.0f;
+  for (int i = 0; i < NB; i++) acc[i] = 0.0f;
   float nrm = 0.0f;
   for (int rc = 0; rc < rows; rc += HASH_RCHUNK) {
     const int n = min(HASH_RCHUNK, rows - rc);
     __syncthreads();
-    for (int i = threadIdx.x; i < hash_bits * HASH_RCHUNK; i += blockDim.x) {
+    for (int i = threadIdx.x; i < NB * HASH_RCHUNK; i += blockDim.x) {
       const int bb = i / HASH_RCHUNK, rr = i % HASH_RCHUNK;
-      Rs[bb][rr] = rr < n ? proj[(size_t)bb * hash_block + rc + rr] : 0.0f;
+      Rs[bb][rr] = bb < hash_bits && rr < n ? proj[(size_t)bb * hash_block + rc + rr] : 0.0f;
     }
     __syncthreads();
     if (c < d) {
-      for (int rr = 0; rr < n; rr++) {
-        const float x = dac_ld(q, dt, qoff + (size_t)(rc + rr) * d + c);
+      /* 32 rows' values of this column first (independent loads in
+       * flight together), then the fma chains in row order, the
+       * projections read four rows at a time */
+      for (int r16 = 0; r16 < n; r16 += 32) {
+        float xs[32];
 #pragma unroll
-        for (int bb = 0; bb < 32; bb++)
-          if (bb < hash_bits) acc[bb] = __fmaf_rn(Rs[bb][rr], x, acc[bb]);
-        nrm = __fmaf_rn(x, x, nrm);
+        for (int rr = 0; rr < 32; rr++)
+          xs[rr] = r16 + rr < n ? dac_ld(q, dt, qoff + (size_t)(rc + r16 + rr) * d + c) : 0.0f;
+#pragma unroll
+        for (int r4 = 0; r4 < 32; r4 += 4) {
+          if (r16 + r4 < n) {
+            float4 rv[NB];
+#pragma unroll
+            for (int bb = 0; bb < NB; bb++) rv[bb] = *reinterpret_cast<const float4 *>(&Rs[bb][r16 + r4]);
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+              if (r16 + r4 + k < n) {
+#pragma unroll
+                for (int bb = 0; bb < NB; bb++) {
+                  const float rk = k == 0 ? rv[bb].x : k == 1 ? rv[bb].y : k == 2 ? rv[bb].z : rv[bb].w;
+                  if (bb < hash_bits) acc[bb] = __fmaf_rn(rk, xs[r4 + k], acc[bb]);
+                }
+                nrm = __fmaf_rn(xs[r4 + k], xs[r4 + k], nrm);
+              }
+            }
+          }
+        }
       }
     }
   }
   if (c < d) {
     uint32_t k = 0;
 #pragma unroll
-    for (int bb = 0; bb < 32; bb++)
+    for (int bb = 0; bb < NB; bb++)
       if (bb < hash_bits && acc[bb] > 0.0f) k |= 1u << bb;
     k ^= k >> 1;
     k ^= k >> 2;
@@ -87,23 +109,53 @@ __global__ void __launch_bounds__(256)
     __syncthreads();
   }
   if (c < d) wts[poff + c] = a_s[c];
-  if (!qs) return;
-  /* fused Q of the tile: qs[r][g] = sum Q[r][c] / sum a_c over group g */
-  const size_t qsoff = (bh * (size_t)seq_q + (size_t)r0) * (size_t)qs_ld;
-  for (int idx = threadIdx.x; idx < rows * qs_ld; idx += blockDim.x) {
-    const int r = idx / qs_ld, g = idx % qs_ld;
-    float v = 0.0f;
-    if (g < ng) {
-      const int i0 = g * G, i1 = min(i0 + G, d);
-      float num = 0.0f, den = 0.0f;
-      for (int i = i0; i < i1; i++) {
-        const int cc = perm_s[i];
-        num += dac_ld(q, dt, qoff + (size_t)r * d + cc);
-        den += a_s[cc];
-      }
-      v = num / den;
+  if (GS == 1 || !qs) return;
+  /* fused Q of the tile: qs[r][g] = sum Q[r][c] / sum a_c over group g.
+   * Lane l of each warp makes columns g = l, l + 32, ... of a row (their
+   * source columns and denominators stay in registers); the warps share
+   * out the rows. */
+  constexpr int MAXS = (256 / GS + 31) / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  int src_c[MAXS][GS];
+  float den[MAXS];
+#pragma unroll
+  for (int s = 0; s < MAXS; s++) {
+    const int g = lane + 32 * s;
+    den[s] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < GS; i++) {
+      const int p = g * GS + i;
+      src_c[s][i] = g < ng && p < d ? perm_s[p] : -1;
+      if (src_c[s][i] >= 0) den[s] += a_s[src_c[s][i]];
     }
-    dac_st(qs, qs_dt, qsoff + idx, v);
+  }
+  const size_t qsoff = (bh * (size_t)seq_q + (size_t)r0) * (size_t)qs_ld;
+  /* four rows at a time: all their loads in flight before the stores */
+  constexpr int RU = 4;
+  for (int r0w = warp; r0w < rows; r0w += nw * RU) {
+    float num[RU][MAXS];
+#pragma unroll
+    for (int u = 0; u < RU; u++) {
+      const int r = r0w + u * nw;
+      const size_t rq = qoff + (size_t)(r < rows ? r : 0) * d;
+#pragma unroll
+      for (int s = 0; s < MAXS; s++) {
+        num[u][s] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < GS; i++)
+          if (r < rows && src_c[s][i] >= 0) num[u][s] += dac_ld(q, dt, rq + src_c[s][i]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < RU; u++) {
+      const int r = r0w + u * nw;
+      if (r >= rows) break;
+#pragma unroll
+      for (int s = 0; s < MAXS; s++) {
+        const int g = lane + 32 * s;
+        if (g < qs_ld) dac_st(qs, qs_dt, qsoff + (size_t)r * qs_ld + g, g < ng ? num[u][s] / den[s] : 0.0f);
+      }
+    }
   }
 }
 
@@ -114,9 +166,26 @@ extern "C" cudaError_t dac_launch_hash(const void *q, da_dtype dt, int batch, in
   const int n_tiles = (seq_q + hash_block - 1) / hash_block;
   const int threads = d <= 32 ? 32 : (d + 31) / 32 * 32;
   dim3 grid(n_tiles, heads, batch);
-  dac_hash_kernel<<<grid, threads, 0, s>>>(q, dt, heads, seq_q, d, proj, hash_bits, hash_block, G,
-                                           fusion == DA_FUSE_NORM, n_tiles, perm, wts, qs, qs_dt,
-                                           qs_ld, ng);
+#define DAC_HASH_LAUNCH(NB, GS)                                                               \
+  dac_hash_kernel<NB, GS><<<grid, threads, 0, s>>>(q, dt, heads, seq_q, d, proj, hash_bits,   \
+                                                   hash_block, G, fusion == DA_FUSE_NORM,     \
+                                                   n_tiles, perm, wts, qs, qs_dt, qs_ld, ng)
+#define DAC_HASH_LAUNCH_G(NB)   \
+  switch (G) {                  \
+  case 1: DAC_HASH_LAUNCH(NB, 1); break; \
+  case 2: DAC_HASH_LAUNCH(NB, 2); break; \
+  case 4: DAC_HASH_LAUNCH(NB, 4); break; \
+  case 8: DAC_HASH_LAUNCH(NB, 8); break; \
+  default: return cudaErrorInvalidValue; \
+  }
+  if (hash_bits <= 8)
+    DAC_HASH_LAUNCH_G(8)
+  else if (hash_bits <= 16)
+    DAC_HASH_LAUNCH_G(16)
+  else
+    DAC_HASH_LAUNCH_G(32)
+#undef DAC_HASH_LAUNCH_G
+#undef DAC_HASH_LAUNCH
   return cudaGetLastError();
 }
 

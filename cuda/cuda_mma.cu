@@ -1,12 +1,15 @@
 /* Tensor-core fused attention for f16/bf16 inputs, head_dim 64 and 128:
  * mma.sync m16n8k16 fed by ldmatrix, f32 accumulation, online softmax in
- * registers. Each warp owns 16 query rows; 64 keys per step, K and V tiles
- * brought in with cp.async while the previous step computes.
+ * registers. Each warp owns 16 or 32 query rows; 64 keys per step, K and V
+ * double-buffered in shared memory and brought in with cp.async one tile
+ * ahead, so each key tile costs one barrier.
  * Grouped logits (G > 1): the fused Q tile (qs, width DQK = ng padded to 16)
- * is loaded like Q; each K tile is transposed in shared memory (ldmatrix
- * .trans), the rows of K^T named by the block's hash-tile permutation are
- * summed with their weights into Kf^T (16-byte rows), and the same mma loop
- * runs over DQK columns with Kf^T read through ldmatrix .trans. */
+ * is loaded like Q. Each warp builds its 16 keys of the next tile's Kf:
+ * its raw K rows come in by cp.async, are transposed (ldmatrix .trans) into
+ * K^T, and the rows of K^T named by the block's hash-tile permutation are
+ * summed with their weights into Kf^T, with only __syncwarp between the
+ * steps. The Q.K^T loop then runs over DQK columns instead of d, reading
+ * Kf^T through ldmatrix .trans. */
 #include <math.h>
 
 #include "cuda_dev.cuh"
@@ -24,10 +27,6 @@ template <> struct dac_mma_op<__half> {
     __half2 h = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t *>(&h);
   }
-  static __device__ __forceinline__ uint32_t add2(uint32_t x, uint32_t y) {
-    __half2 r = __hadd2(*reinterpret_cast<__half2 *>(&x), *reinterpret_cast<__half2 *>(&y));
-    return *reinterpret_cast<uint32_t *>(&r);
-  }
   static __device__ __forceinline__ float2 tof2(uint32_t x) {
     return __half22float2(*reinterpret_cast<__half2 *>(&x));
   }
@@ -42,11 +41,6 @@ template <> struct dac_mma_op<__nv_bfloat16> {
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t *>(&h);
-  }
-  static __device__ __forceinline__ uint32_t add2(uint32_t x, uint32_t y) {
-    __nv_bfloat162 r =
-        __hadd2(*reinterpret_cast<__nv_bfloat162 *>(&x), *reinterpret_cast<__nv_bfloat162 *>(&y));
-    return *reinterpret_cast<uint32_t *>(&r);
   }
   static __device__ __forceinline__ float2 tof2(uint32_t x) {
     return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&x));
@@ -98,12 +92,23 @@ __device__ __forceinline__ float fast_exp2(float x) {
 /* WARPS warps of MT m-tiles (16 rows) each: BR = 16 * WARPS * MT query rows
  * per block. With MT = 2 each K/V fragment feeds two mma and the Q
  * fragments are read from shared memory per k-step. */
-/* keys per step: 32 where 32 rows per warp and head_dim 128 would not fit
- * the registers with 64 */
-template <int DV, int MT> struct dac_mma_bc { static constexpr int value = (MT == 2 && DV == 128) ? 32 : 64; };
+/* keys per step */
+template <int DV, int MT> struct dac_mma_bc { static constexpr int value = 64; };
 /* blocks per SM the register budget is sized for */
 template <int DQK, int DV, int GS, int MT> struct dac_mma_minb {
   static constexpr int value = MT == 2 ? 1 : ((DV == 64 && !(DQK == 16 && GS >= 4)) ? 3 : 2);
+};
+
+/* shared memory of one block: Q [BR][DQK+8]; V [2][BC][DV+8]; exact: K
+ * [2][BC][DV+8]; grouped: Kf^T [2][DQK][BC+8], raw K [BC][DV+8], K^T
+ * [DV][BC+8] and the gather table [DQK][GS] */
+template <typename T, int DQK, int DV, int GS, int WARPS, int MT> struct dac_mma_smem {
+  static constexpr int BR = WARPS * 16 * MT, BC = dac_mma_bc<DV, MT>::value;
+  static constexpr size_t bytes =
+      sizeof(T) * ((size_t)BR * (DQK + 8) + 2 * (size_t)BC * (DV + 8) +
+                   (GS > 1 ? 2 * (size_t)DQK * (BC + 8) + (size_t)BC * (DV + 8) + (size_t)DV * (BC + 8)
+                           : 2 * (size_t)BC * (DQK + 8))) +
+      (GS > 1 ? sizeof(int2) * DQK * GS : 0);
 };
 
 template <typename T, int DQK, int DV, int GS, int WARPS, int MT>
@@ -114,14 +119,20 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   constexpr bool GROUPED = GS > 1;
   constexpr int NT = WARPS * 32, BR = WARPS * 16 * MT, BC = dac_mma_bc<DV, MT>::value;
   constexpr int LDQ = DQK + 8, LDV = DV + 8, LDT = BC + 8;
+  /* Kf build, warp-local: warp w owns keys [KW*w, KW*w + KW) of each tile.
+   * It brings its raw K rows in itself, transposes them into its columns
+   * of K^T (ldmatrix .trans), and sums the rows of K^T named by the
+   * permutation into its columns of Kf^T: only __syncwarp between steps. */
+  constexpr int KW = BC / WARPS, NCH = GROUPED ? DQK * (KW / 8) / 32 : 0;
+  static_assert(!GROUPED || (KW == 16 && NCH >= 1), "Kf build layout");
   extern __shared__ __align__(16) unsigned char smraw[];
-  T *Qsm = (T *)smraw;               /* [BR][LDQ] */
-  T *Ksm = Qsm + BR * LDQ;           /* [BC][LDQ]: K; grouped: Kf transposed, [DQK][LDT] */
-  T *Vsm = Ksm + (GROUPED ? DQK * LDT : BC * LDQ); /* [BC][LDV] */
-  T *Kraw = Vsm + BC * LDV;          /* [BC][LDV] (grouped) */
-  T *KT = Kraw + (GROUPED ? BC * LDV : 0); /* [DV][LDT]: K transposed (grouped) */
-  float *a_s = (float *)(KT + (GROUPED ? DV * LDT : 0)); /* [DV] */
-  int *perm_s = (int *)(a_s + DV);   /* [DV] */
+  T *Qsm = (T *)smraw;            /* [BR][LDQ] */
+  T *Vsm = Qsm + BR * LDQ;        /* [2][BC][LDV] */
+  T *Ksm = Vsm + 2 * BC * LDV;    /* exact: [2][BC][LDQ] K; grouped: [2][DQK][LDT] Kf^T */
+  constexpr int KSLOT = GROUPED ? DQK * LDT : BC * LDQ;
+  T *Kraw = Ksm + 2 * KSLOT;      /* [BC][LDV] raw K (grouped) */
+  T *KT = Kraw + (GROUPED ? BC * LDV : 0); /* [DV][LDT] K^T (grouped) */
+  int2 *tab = (int2 *)(KT + (GROUPED ? DV * LDT : 0)); /* [DQK][GS]: column, weight */
 
   const int nqt = gridDim.x;
   const int qt = a.causal ? nqt - 1 - (int)blockIdx.x : (int)blockIdx.x;
@@ -142,49 +153,92 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   if (a.causal) kend = max(0, min(a.seq_k, q0 + BR + off));
   const int nk = (kend + BC - 1) / BC;
 
+  /* this warp's raw K rows of the tile at key k0 */
+  const int kb = warp * KW;
+  auto load_kraw = [&](int k0) {
+#pragma unroll
+    for (int i = lane; i < KW * (DV / 8); i += 32) {
+      const int r = i / (DV / 8), c = (i % (DV / 8)) * 8, key = k0 + kb + r;
+      const bool ok = key < a.seq_k;
+      cp_async16(Kraw + (kb + r) * LDV + c, ok ? ksrc + (size_t)key * DV + c : ksrc, ok ? 16 : 0);
+    }
+  };
+  /* this warp's columns of Kf^T from its raw K rows:
+   * Kf^T[g][key] = sum_i w * K[key][pi[g*GS+i]] (f32, rounded once); rows past ng are zero */
+  auto build = [&](T *kf) {
+    int2 tv[NCH > 0 ? NCH : 1][GS]; /* the gather's rows and weights, read ahead of the transpose */
+#pragma unroll
+    for (int n = 0; n < NCH; n++)
+#pragma unroll
+      for (int i = 0; i < GS; i++) tv[n][i] = tab[((lane + 32 * n) / 2) * GS + i];
+#pragma unroll
+    for (int cb = 0; cb < DV / 16; cb++) {
+      uint32_t r[4];
+      ldsm_x4_t(r, Kraw + (kb + (lane % 8) + ((lane / 8) % 2) * 8) * LDV + cb * 16 + (lane / 16) * 8);
+#pragma unroll
+      for (int m = 0; m < 4; m++)
+        *reinterpret_cast<uint32_t *>(KT + (cb * 16 + (m >> 1) * 8 + g4) * LDT + kb + (m & 1) * 8 + 2 * t4) = r[m];
+    }
+    __syncwarp();
+#pragma unroll
+    for (int n = 0; n < NCH; n++) {
+      const int ci = lane + 32 * n, g = ci / 2, c8 = kb + (ci % 2) * 8;
+      float acc[8];
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[e] = 0.0f;
+#pragma unroll
+      for (int i = 0; i < GS; i++) {
+        const int2 t = tv[n][i];
+        const float w = __int_as_float(t.y);
+        const uint4 v = *reinterpret_cast<const uint4 *>(KT + t.x * LDT + c8);
+        const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const float2 f = op::tof2(wv[e]);
+          acc[2 * e] = fmaf(w, f.x, acc[2 * e]);
+          acc[2 * e + 1] = fmaf(w, f.y, acc[2 * e + 1]);
+        }
+      }
+      uint4 res = make_uint4(0u, 0u, 0u, 0u);
+      if (g < a.ng) {
+        res.x = op::pack(acc[0], acc[1]);
+        res.y = op::pack(acc[2], acc[3]);
+        res.z = op::pack(acc[4], acc[5]);
+        res.w = op::pack(acc[6], acc[7]);
+      }
+      *reinterpret_cast<uint4 *>(kf + g * LDT + c8) = res;
+    }
+  };
+
+  /* prologue: Q, K_0, V_0 */
   load_tile<T, BR, DQK, LDQ, NT>(Qsm, qsrc, q0, a.seq_q);
   if (nk > 0) {
     if (GROUPED)
-      load_tile<T, BC, DV, LDV, NT>(Kraw, ksrc, 0, a.seq_k);
+      load_kraw(0);
     else
       load_tile<T, BC, DV, LDQ, NT>(Ksm, ksrc, 0, a.seq_k);
+    load_tile<T, BC, DV, LDV, NT>(Vsm, vsrc, 0, a.seq_k);
   }
-  cp_commit();
-  if (nk > 0) load_tile<T, BC, DV, LDV, NT>(Vsm, vsrc, 0, a.seq_k);
   cp_commit();
   if (GROUPED) {
     const size_t poff = (bh * a.n_tiles + q0 / a.hash_block) * (size_t)a.d;
-    for (int c = threadIdx.x; c < DV; c += NT) {
-      perm_s[c] = a.perm[poff + c];
-      a_s[c] = a.wts[poff + c];
+    for (int e = threadIdx.x; e < DQK * GS; e += NT) {
+      const int g = e / GS, p = e;
+      int col = 0;
+      float w = 0.0f;
+      if (g < a.ng && p < DV) {
+        col = a.perm[poff + p];
+        w = a.wts[poff + col];
+      }
+      tab[e] = make_int2(col, __float_as_int(w));
     }
   }
-  cp_wait<1>();
+  cp_wait<0>();
   __syncthreads();
-
-  /* Kf build, on the transposed tiles: row g of Kf^T is the weighted sum of
-   * the GS rows pi[g*GS + i] of K^T. The rows are cut into 16-byte chunks;
-   * this thread makes chunks tid, tid + NT, ...: its rows' offsets and
-   * weights stay in registers. With unit weights (MEAN) the sum is taken
-   * in packed T2 adds (a pairwise tree, one rounding per level), else in f32. */
-  constexpr int CPR = BC / 8, NCHUNK = GROUPED ? DQK * CPR : 0, NCH = (NCHUNK + NT - 1) / NT;
-  int kc[NCH > 0 ? NCH : 1][GS];
-  float kw[NCH > 0 ? NCH : 1][GS];
-  bool unit = true;
-#pragma unroll
-  for (int n = 0; n < NCH; n++) {
-    const int ci = threadIdx.x + n * NT, g = ci / CPR, ch = ci % CPR;
-#pragma unroll
-    for (int i = 0; i < GS; i++) {
-      const int p = g * GS + i;
-      const bool ok = ci < NCHUNK && g < a.ng && p < DV;
-      const int c = ok ? perm_s[p] : 0;
-      kc[n][i] = c * LDT + ch * 8;
-      kw[n][i] = ok ? a_s[c] : 0.0f;
-      unit = unit && (!ok || kw[n][i] == 1.0f);
-    }
+  if (GROUPED && nk > 0) {
+    build(Ksm);
+    __syncthreads();
   }
-  if (GROUPED) unit = __syncthreads_and(unit);
 
   /* Q fragments: in registers for MT == 1, else read per k-step */
   constexpr int QF = MT == 1 ? DQK / 16 : 1;
@@ -209,68 +263,22 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   const float sc = a.scale * 1.4426950408889634f;
   const int rowb = q0 + warp * 16 * MT + g4;
 
+  /* One barrier per key tile. Tile j reads K/Kf and V from slot j & 1;
+   * meanwhile K_{j+1} (exact) or raw K_{j+2} (grouped) and V_{j+1} come in,
+   * and (grouped) Kf_{j+1} is built from raw K_{j+1} into the other slot. */
   for (int j = 0; j < nk; j++) {
-    const int k0 = j * BC;
-    if (GROUPED) {
-      /* K^T: 16x16 blocks of Kraw read transposed by ldmatrix, stored as words */
-#pragma unroll
-      for (int blk = warp; blk < (BC / 16) * (DV / 16); blk += WARPS) {
-        const int jb = blk % (BC / 16), cb = blk / (BC / 16);
-        uint32_t r[4];
-        ldsm_x4_t(r, Kraw + (jb * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDV + cb * 16 + (lane / 16) * 8);
-#pragma unroll
-        for (int m = 0; m < 4; m++)
-          *reinterpret_cast<uint32_t *>(KT + (cb * 16 + (m >> 1) * 8 + g4) * LDT + jb * 16 + (m & 1) * 8 +
-                                        2 * t4) = r[m];
-      }
-      __syncthreads(); /* K^T visible; Kraw free */
-      if (j + 1 < nk) load_tile<T, BC, DV, LDV, NT>(Kraw, ksrc, k0 + BC, a.seq_k);
-      cp_commit();
-#pragma unroll
-      for (int n = 0; n < NCH; n++) {
-        const int ci = threadIdx.x + n * NT;
-        if (ci < NCHUNK) {
-          uint4 v[GS];
-#pragma unroll
-          for (int i = 0; i < GS; i++) v[i] = *reinterpret_cast<const uint4 *>(KT + kc[n][i]);
-          uint4 res;
-          if (unit) {
-#pragma unroll
-            for (int w = 1; w < GS; w *= 2)
-#pragma unroll
-              for (int i = 0; i + w < GS; i += 2 * w) {
-                v[i].x = op::add2(v[i].x, v[i + w].x);
-                v[i].y = op::add2(v[i].y, v[i + w].y);
-                v[i].z = op::add2(v[i].z, v[i + w].z);
-                v[i].w = op::add2(v[i].w, v[i + w].w);
-              }
-            res = v[0];
-          } else {
-            float acc[8];
-#pragma unroll
-            for (int e = 0; e < 8; e++) acc[e] = 0.0f;
-#pragma unroll
-            for (int i = 0; i < GS; i++) {
-              const uint32_t wv[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
-#pragma unroll
-              for (int e = 0; e < 4; e++) {
-                const float2 f = op::tof2(wv[e]);
-                acc[2 * e] = fmaf(kw[n][i], f.x, acc[2 * e]);
-                acc[2 * e + 1] = fmaf(kw[n][i], f.y, acc[2 * e + 1]);
-              }
-            }
-            res.x = op::pack(acc[0], acc[1]);
-            res.y = op::pack(acc[2], acc[3]);
-            res.z = op::pack(acc[4], acc[5]);
-            res.w = op::pack(acc[6], acc[7]);
-          }
-          const int g = ci / CPR;
-          if (g >= a.ng) res = make_uint4(0u, 0u, 0u, 0u);
-          *reinterpret_cast<uint4 *>(Ksm + g * LDT + (ci % CPR) * 8) = res;
-        }
-      }
-      __syncthreads(); /* Kf^T visible */
+    const int k0 = j * BC, cur = j & 1, nxt = cur ^ 1;
+    if (j + 1 < nk) {
+      if (GROUPED)
+        load_kraw(k0 + BC);
+      else
+        load_tile<T, BC, DV, LDQ, NT>(Ksm + nxt * KSLOT, ksrc, k0 + BC, a.seq_k);
     }
+    cp_commit();
+    if (j + 1 < nk) load_tile<T, BC, DV, LDV, NT>(Vsm + nxt * BC * LDV, vsrc, k0 + BC, a.seq_k);
+    cp_commit();
+
+    const T *Kc = Ksm + cur * KSLOT;
     float s[MT][BC / 8][4];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -290,20 +298,15 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
       for (int np = 0; np < BC / 16; np++) {
         uint32_t bf[4];
         if (GROUPED)
-          ldsm_x4_t(bf, Ksm + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDT + np * 16 + (lane / 16) * 8);
+          ldsm_x4_t(bf, Kc + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDT + np * 16 + (lane / 16) * 8);
         else
-          ldsm_x4(bf, Ksm + (np * 16 + (lane % 8) + (lane / 16) * 8) * LDQ + kk * 16 + ((lane / 8) % 2) * 8);
+          ldsm_x4(bf, Kc + (np * 16 + (lane % 8) + (lane / 16) * 8) * LDQ + kk * 16 + ((lane / 8) % 2) * 8);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
           op::mma(s[mt][2 * np], af[mt], bf[0], bf[1]);
           op::mma(s[mt][2 * np + 1], af[mt], bf[2], bf[3]);
         }
       }
-    }
-    if (!GROUPED) {
-      __syncthreads(); /* K free */
-      if (j + 1 < nk) load_tile<T, BC, DV, LDQ, NT>(Ksm, ksrc, k0 + BC, a.seq_k);
-      cp_commit();
     }
 
     /* mask, online softmax (log2 domain: p = 2^(s*sc - m*sc)) */
@@ -355,11 +358,7 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
       }
     }
 
-    if (j + 1 < nk)
-      cp_wait<1>();
-    else
-      cp_wait<0>();
-    __syncthreads(); /* V_j visible */
+    const T *Vc = Vsm + cur * BC * LDV;
 #pragma unroll
     for (int kk = 0; kk < BC / 16; kk++) {
       uint32_t pa[MT][4];
@@ -373,7 +372,7 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
 #pragma unroll
       for (int dp = 0; dp < DV / 16; dp++) {
         uint32_t bf[4];
-        ldsm_x4_t(bf, Vsm + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDV + dp * 16 + (lane / 16) * 8);
+        ldsm_x4_t(bf, Vc + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDV + dp * 16 + (lane / 16) * 8);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
           op::mma(o[mt][2 * dp], pa[mt], bf[0], bf[1]);
@@ -381,13 +380,13 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
         }
       }
     }
-    __syncthreads(); /* V free */
-    if (j + 1 < nk) {
-      load_tile<T, BC, DV, LDV, NT>(Vsm, vsrc, k0 + BC, a.seq_k);
-      cp_commit();
-      cp_wait<1>();
-      __syncthreads(); /* K_{j+1} visible */
+    if (GROUPED && j + 1 < nk) {
+      cp_wait<1>(); /* this warp's raw K rows of tile j+1 */
+      __syncwarp();
+      build(Ksm + nxt * KSLOT);
     }
+    cp_wait<0>();
+    __syncthreads(); /* next K/Kf and V visible; this tile's slots free */
   }
 
   T *out = (T *)a.o + bh * a.seq_q * DV;
@@ -416,17 +415,12 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
 
 template <typename T, int DQK, int DV, int GS, int WARPS, int MT>
 static cudaError_t launch_mma(const dac_args *a, cudaStream_t s) {
-  constexpr int BR = WARPS * 16 * MT, BC = dac_mma_bc<DV, MT>::value;
-  constexpr bool GROUPED = GS > 1;
-  const size_t bytes =
-      sizeof(T) * ((size_t)BR * (DQK + 8) + (GROUPED ? (size_t)DQK * (BC + 8) : (size_t)BC * (DQK + 8)) +
-                   (size_t)BC * (DV + 8) * (GROUPED ? 2 : 1) + (GROUPED ? (size_t)DV * (BC + 8) : 0)) +
-      (GROUPED ? 8 * (size_t)DV : 0);
+  typedef dac_mma_smem<T, DQK, DV, GS, WARPS, MT> sm;
   cudaError_t e = cudaFuncSetAttribute(dac_mma_kernel<T, DQK, DV, GS, WARPS, MT>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm::bytes);
   if (e != cudaSuccess) return e;
-  dim3 grid((a->seq_q + BR - 1) / BR, a->heads, a->batch);
-  dac_mma_kernel<T, DQK, DV, GS, WARPS, MT><<<grid, WARPS * 32, bytes, s>>>(*a);
+  dim3 grid((a->seq_q + sm::BR - 1) / sm::BR, a->heads, a->batch);
+  dac_mma_kernel<T, DQK, DV, GS, WARPS, MT><<<grid, WARPS * 32, sm::bytes, s>>>(*a);
   return cudaGetLastError();
 }
 
