@@ -6,10 +6,12 @@
  * AVX2+FMA+F16C and portably; the best one the processor supports is chosen
  * at run time (DISTRATTN_CPU_ISA=generic|avx2|avx512 narrows the choice).
  * One call runs as passes over the pool (lib/cpu_kernels.h): the column
- * groups of every hash tile (G > 1), then per chunk of kv heads K and V
- * packed once into f32 panels and the attention of every query block of
- * the heads that read them (FUSED: online softmax over key blocks; GEMM:
- * the logits of a query block against all keys materialised).
+ * groups of every hash tile (G > 1; when a hash tile is one query block,
+ * its attention item groups it instead), then per chunk of kv heads K and
+ * V packed once into f32 panels and the attention of every query block of
+ * the heads that read them, head by head (FUSED: online softmax over key
+ * blocks; GEMM: the logits of a query block against all keys
+ * materialised).
  */
 #include <errno.h>
 #include <math.h>
@@ -86,6 +88,9 @@ typedef struct cpu_pool {
   size_t *cap; /* bytes */
   float *pack;     /* packed K and V, kept between calls */
   size_t pack_cap; /* bytes */
+  int *perm;       /* G > 1: the permutations and fusion weights of a call, kept */
+  float *wts;
+  size_t perm_cap; /* elements of each */
 } cpu_pool;
 
 typedef struct worker_arg {
@@ -192,6 +197,8 @@ static void pool_destroy(cpu_pool *pl) {
   free(pl->scratch);
   free(pl->cap);
   free(pl->pack);
+  free(pl->perm);
+  free(pl->wts);
   free(pl->th);
   pthread_cond_destroy(&pl->cv_work);
   pthread_cond_destroy(&pl->cv_done);
@@ -332,19 +339,27 @@ static da_status cpu_attention(da_plan *p, void *q, void *k, void *v, void *o) {
   job_init(&J, p, q, k, v, o, pl);
   da_status s = pool_scratch(pl, ctx, J.scratch_floats * sizeof(float));
   J.scratch = pl->scratch;
-  int *perm_all = NULL;
-  float *a_all = NULL;
   if (s == DA_SUCCESS && J.G > 1) {
+    /* kept in the pool between calls: allocated per call, blocks this
+     * large come fresh from the kernel each time (page faults) */
     size_t n = (size_t)d->batch * d->heads * p->n_tiles * d->head_dim;
-    perm_all = malloc(n * sizeof *perm_all);
-    a_all = malloc(n * sizeof *a_all);
-    if (!perm_all || !a_all) {
+    if (pl->perm_cap < n) {
+      free(pl->perm);
+      free(pl->wts);
+      pl->perm = malloc(n * sizeof *pl->perm);
+      pl->wts = malloc(n * sizeof *pl->wts);
+      pl->perm_cap = pl->perm && pl->wts ? n : 0;
+    }
+    if (pl->perm_cap < n) {
       s = da_set_error(ctx, DA_ERR_HOST_MEMORY,
                        "cpu backend: cannot allocate %zu column permutations and weights", n);
     } else {
-      J.perm_all = perm_all;
-      J.a_all = a_all;
-      pool_run(pl, K->groups_item, &J, (long)d->batch * d->heads * p->n_tiles);
+      J.perm_all = pl->perm;
+      J.a_all = pl->wts;
+      /* a hash tile that is one query block is grouped by its attention
+       * item itself (lib/cpu_kern_tmpl.h) */
+      if (d->hash_block != J.QB)
+        pool_run(pl, K->groups_item, &J, (long)d->batch * d->heads * p->n_tiles);
     }
   }
   long npairs_all = (long)d->batch * d->kv_heads;
@@ -364,9 +379,14 @@ static da_status cpu_attention(da_plan *p, void *q, void *k, void *v, void *o) {
     pool_run(pl, K->attn_item, &J, J.npairs * J.hpk * J.nqb);
   }
   if (J.scratch_floats * sizeof(float) > SCRATCH_KEEP) pool_release_scratch(pl);
+  if (pl->perm_cap * (sizeof *pl->perm + sizeof *pl->wts) > SCRATCH_KEEP) {
+    free(pl->perm);
+    free(pl->wts);
+    pl->perm = NULL;
+    pl->wts = NULL;
+    pl->perm_cap = 0;
+  }
   pthread_mutex_unlock(&pl->submit);
-  free(perm_all);
-  free(a_all);
   return s;
 }
 

@@ -41,6 +41,8 @@
 #endif
 #define NC (NV * VL)    /* columns (keys) of a Q K^T micro tile */
 #define NCV (NVV * VL)  /* columns (of V) of a P V micro tile */
+/* keys per key block: 128 (measured against 64: the P V micro tiles' set-up
+ * and the softmax's per-row work amortised over twice the keys) */
 #define KB CPU_KB
 #ifndef QB_MAX
 #define QB_MAX 128   /* query rows per work item (divides hash_block when G > 1) */
@@ -90,9 +92,16 @@ static inline vf vload(const float *p) {
 }
 
 #if VL > 1
+/* a > b ? a : b (so b when either is NaN), as vmaxps computes it */
 static inline vf vmax(vf a, vf b) {
+#if KISA == 2
+  return (vf)_mm512_max_ps((__m512)a, (__m512)b);
+#elif KISA == 1
+  return (vf)_mm256_max_ps((__m256)a, (__m256)b);
+#else
   vi m = a > b;
   return (vf)(((vi)a & m) | ((vi)b & ~m));
+#endif
 }
 static inline float hmax(vf a) {
 #if KISA == 2
@@ -134,25 +143,37 @@ static inline int vany(vi m) {
   return 0;
 #endif
 }
-/* 2^x for x <= 0 (below -126.5, -inf and NaN included: 0). Degree-7
- * Taylor polynomial of 2^r on r in [-0.5, 0.5]: relative error < 1e-8 plus
- * rounding. x is clamped to -127, whose power n = -127 has the biased
- * exponent 0: the bit pattern below is then +0 and so is the product. */
+/* 2^x for x <= 0 or NaN (a NaN stays NaN, so that a NaN logit makes its
+ * row NaN; -inf gives 0). x = n + r, n an integer, r in [-0.5, 0.5]; 2^r by
+ * a degree-5 polynomial fitted for the least maximum relative error on that
+ * interval (< 1e-7, plus rounding: far inside every accuracy bound),
+ * constant term exactly 1. AVX-512 scales by 2^n with vscalefps (x clamped
+ * to -151, below which the result rounds to +0); the others build 2^n in
+ * the exponent bits (x clamped to -127, whose n gives the biased exponent
+ * 0: the bit pattern is then +0 and so is the product). The clamp keeps a
+ * NaN: vmax(c, x) is x when x is NaN. */
+static inline vf vpoly2(vf r) {
+  vf p = vsplat(1.3264507262e-03f);
+  p = vfma(p, r, vsplat(9.6714903692e-03f));
+  p = vfma(p, r, vsplat(5.5507340863e-02f));
+  p = vfma(p, r, vsplat(2.4022242477e-01f));
+  p = vfma(p, r, vsplat(6.9314697764e-01f));
+  return vfma(p, r, vsplat(1.0f));
+}
 static inline vf vexp2(vf x) {
-  x = vmax(x, vsplat(-127.0f));
+#if KISA == 2
+  __m512 xc = _mm512_max_ps(_mm512_set1_ps(-151.0f), (__m512)x);
+  __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  vf p = vpoly2((vf)_mm512_sub_ps(xc, n));
+  return (vf)_mm512_scalef_ps((__m512)p, n);
+#else
+  x = vmax(vsplat(-127.0f), x);
   vf t = x + 12582912.0f; /* 1.5 * 2^23: round to nearest integer */
   vf n = t - 12582912.0f;
-  vf r = x - n;
-  vf p = vsplat(0.0000152527338040f);
-  p = vfma(p, r, vsplat(0.0001540353039338f));
-  p = vfma(p, r, vsplat(0.0013333558146428f));
-  p = vfma(p, r, vsplat(0.0096181291076285f));
-  p = vfma(p, r, vsplat(0.0555041086648216f));
-  p = vfma(p, r, vsplat(0.2402265069591007f));
-  p = vfma(p, r, vsplat(0.6931471805599453f));
-  p = vfma(p, r, vsplat(1.0f));
+  vf p = vpoly2(x - n);
   vi e = ((vi)t - 0x4B400000 + 127) << 23;
   return p * (vf)e;
+#endif
 }
 #else
 static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
@@ -238,33 +259,45 @@ static void hash_tile(const float *restrict qt, int ldt, int rows, int d, const 
                       int bits, int hb, uint32_t *codes) {
   for (int c = 0; c < d; c++) codes[c] = 0;
 #if KISA >= 1
-  enum { CH = 4 }; /* vectors of columns per pass, kept in registers */
+  /* CH vectors of columns times BB bits per pass, the sums in registers:
+   * every (bit, column) its own sequential FMA chain over the rows */
+  enum { CH = 4, BB = KISA == 2 ? 4 : 2 };
   for (int c0 = 0; c0 < d; c0 += CH * VL) {
     int nv = (int)((round_up((size_t)(d - c0), VL)) / VL);
     if (nv > CH) nv = CH;
-    for (int b = 0; b < bits; b++) {
-      const float *rb = R + (size_t)b * (size_t)hb;
-      vf acc[CH];
-      UNROLL for (int v = 0; v < CH; v++) acc[v] = vsplat(0.0f);
-      if (nv == CH) {
+    vi cc[CH]; /* the codes of these columns, built bit by bit without branches */
+    UNROLL for (int v = 0; v < CH; v++) cc[v] = (vi)vsplat(0.0f);
+    for (int b0 = 0; b0 < bits; b0 += BB) {
+      int nb = bits - b0 < BB ? bits - b0 : BB;
+      const float *rb = R + (size_t)b0 * (size_t)hb;
+      vf acc[BB][CH];
+      UNROLL for (int b = 0; b < BB; b++) UNROLL for (int v = 0; v < CH; v++) acc[b][v] = vsplat(0.0f);
+      if (nv == CH && nb == BB) {
         for (int r = 0; r < rows; r++) {
-          vf x = vsplat(rb[r]);
           const float *qr = qt + (size_t)r * ldt + c0;
-          UNROLL for (int v = 0; v < CH; v++) acc[v] = vfma(x, *(const vf *)(qr + v * VL), acc[v]);
+          vf q[CH];
+          UNROLL for (int v = 0; v < CH; v++) q[v] = *(const vf *)(qr + v * VL);
+          UNROLL for (int b = 0; b < BB; b++) {
+            vf x = vsplat(rb[(size_t)b * (size_t)hb + r]);
+            UNROLL for (int v = 0; v < CH; v++) acc[b][v] = vfma(x, q[v], acc[b][v]);
+          }
         }
       } else {
         for (int r = 0; r < rows; r++) {
-          vf x = vsplat(rb[r]);
           const float *qr = qt + (size_t)r * ldt + c0;
-          for (int v = 0; v < nv; v++) acc[v] = vfma(x, *(const vf *)(qr + v * VL), acc[v]);
+          for (int b = 0; b < nb; b++) {
+            vf x = vsplat(rb[(size_t)b * (size_t)hb + r]);
+            for (int v = 0; v < nv; v++) acc[b][v] = vfma(x, *(const vf *)(qr + v * VL), acc[b][v]);
+          }
         }
       }
-      for (int v = 0; v < nv; v++)
-        for (int l = 0; l < VL; l++) {
-          int c = c0 + v * VL + l;
-          if (c < d && acc[v][l] > 0.0f) codes[c] |= (uint32_t)1 << b;
-        }
+      for (int b = 0; b < nb; b++) {
+        vi bit = (vi)vsplat(0.0f) + (int32_t)((uint32_t)1 << (b0 + b));
+        for (int v = 0; v < nv; v++) cc[v] |= (acc[b][v] > vsplat(0.0f)) & bit;
+      }
     }
+    for (int v = 0; v < nv; v++)
+      for (int l = 0; l < VL && c0 + v * VL + l < d; l++) codes[c0 + v * VL + l] = (uint32_t)cc[v][l];
   }
 #else
   for (int b = 0; b < bits; b++) {
@@ -276,6 +309,42 @@ static void hash_tile(const float *restrict qt, int ldt, int rows, int d, const 
     }
   }
 #endif
+}
+
+/* The order of da_group_tile, (inverse_gray(code), c) ascending, by a
+ * stable LSD radix sort of the keys (bits wide) in 8-bit digits, the
+ * columns entering in c order; d <= 256. */
+static void group_tile(const uint32_t *codes, int d, int bits, int *perm) {
+  uint32_t k0[256], k1[256];
+  int p0[256], p1[256];
+  for (int c = 0; c < d; c++) {
+    k0[c] = da_inverse_gray(codes[c]);
+    p0[c] = c;
+  }
+  uint32_t *ks = k0, *kd = k1;
+  int *ps = p0, *pd = p1;
+  for (int sh = 0; sh < bits; sh += 8) {
+    int cnt[256];
+    memset(cnt, 0, sizeof cnt);
+    for (int i = 0; i < d; i++) cnt[(ks[i] >> sh) & 255]++;
+    for (int b = 0, sum = 0; b < 256; b++) {
+      int t = cnt[b];
+      cnt[b] = sum;
+      sum += t;
+    }
+    for (int i = 0; i < d; i++) {
+      int o = cnt[(ks[i] >> sh) & 255]++;
+      kd[o] = ks[i];
+      pd[o] = ps[i];
+    }
+    uint32_t *tk = ks;
+    ks = kd;
+    kd = tk;
+    int *tp = ps;
+    ps = pd;
+    pd = tp;
+  }
+  memcpy(perm, ps, (size_t)d * sizeof *perm);
 }
 
 static void groups_item(void *arg, int tid, long item) {
@@ -298,7 +367,7 @@ static void groups_item(void *arg, int tid, long item) {
   uint32_t codes[256];
   int *perm = J->perm_all + (size_t)item * hd;
   hash_tile(qt, ldt, rows, hd, p->proj, d->hash_bits, d->hash_block, codes);
-  da_group_tile(codes, hd, perm);
+  group_tile(codes, hd, d->hash_bits, perm);
   if (!J->a_all) return;
   float *a = J->a_all + (size_t)item * hd;
   if (d->fusion != DA_FUSE_NORM) {
@@ -367,14 +436,25 @@ static void pack_item(void *arg, int tid, long item) {
 /* Micro kernels                                                          */
 
 /* S[NR][ncols] = Q[NR][D] * KT (packed panels of [D][NC]), ncols a
- * multiple of NC; S rows aligned, stride lds. */
+ * multiple of NC; S rows aligned, stride lds; smax[r] the max of row r
+ * (of all ncols columns: the softmax uses it where all are visible). */
 static inline void qk_tile(const float *restrict Q, size_t ldq, const float *restrict KT, int D,
-                           int ncols, float *restrict S, size_t lds) {
+                           int ncols, float *restrict S, size_t lds, float *restrict smax) {
+  vf mx[NR];
+  UNROLL for (int r = 0; r < NR; r++) mx[r] = vsplat(-INFINITY);
   for (int j = 0; j < ncols; j += NC) {
     vf acc[NR][NV];
-    UNROLL for (int r = 0; r < NR; r++) UNROLL for (int v = 0; v < NV; v++) acc[r][v] = vsplat(0.0f);
     const float *k = KT + (size_t)(j / NC) * (size_t)D * NC;
-    for (int c = 0; c < D; c++, k += NC) {
+    { /* c = 0: a product (an FMA onto +0 but for the sign of a zero) */
+      vf kv[NV];
+      UNROLL for (int v = 0; v < NV; v++) kv[v] = *(const vf *)(k + v * VL);
+      UNROLL for (int r = 0; r < NR; r++) {
+        vf x = vsplat(Q[(size_t)r * ldq]);
+        UNROLL for (int v = 0; v < NV; v++) acc[r][v] = kv[v] * x;
+      }
+      k += NC;
+    }
+    for (int c = 1; c < D; c++, k += NC) {
       vf kv[NV];
       UNROLL for (int v = 0; v < NV; v++) kv[v] = *(const vf *)(k + v * VL);
       UNROLL for (int r = 0; r < NR; r++) {
@@ -382,34 +462,35 @@ static inline void qk_tile(const float *restrict Q, size_t ldq, const float *res
         UNROLL for (int v = 0; v < NV; v++) acc[r][v] = vfma(kv[v], x, acc[r][v]);
       }
     }
-    UNROLL for (int r = 0; r < NR; r++) UNROLL for (int v = 0; v < NV; v++)
+    UNROLL for (int r = 0; r < NR; r++) UNROLL for (int v = 0; v < NV; v++) {
       *(vf *)(S + (size_t)r * lds + j + v * VL) = acc[r][v];
+      mx[r] = vmax(mx[r], acc[r][v]);
+    }
   }
+  UNROLL for (int r = 0; r < NR; r++) smax[r] = hmax(mx[r]);
 }
 
-/* acc[NRV][Dp] += P[NRV][0..kn-1] * V (packed panels of [KB][NCV]); each
- * panel's block is summed from zero first, then added. */
+/* acc[NRV][NCV] += P[NRV][0..kn-1] * V (one packed panel of [KB][NCV]):
+ * the block is summed from zero first, then added. */
 static inline void pv_tile(const float *restrict P, size_t ldp, const float *restrict V, int kn,
-                           float *restrict acc, size_t ldacc, int Dp) {
-  for (int c0 = 0; c0 < Dp; c0 += NCV) {
-    vf a[NRV][NVV];
-    UNROLL for (int r = 0; r < NRV; r++) UNROLL for (int v = 0; v < NVV; v++) a[r][v] = vsplat(0.0f);
-    const float *vv = V + (size_t)(c0 / NCV) * KB * NCV;
-    for (int j = 0; j < kn; j++, vv += NCV) {
-      vf x[NVV];
-      UNROLL for (int v = 0; v < NVV; v++) x[v] = *(const vf *)(vv + v * VL);
-      UNROLL for (int r = 0; r < NRV; r++) {
-        vf pr = vsplat(P[(size_t)r * ldp + j]);
-        UNROLL for (int v = 0; v < NVV; v++) a[r][v] = vfma(x[v], pr, a[r][v]);
-      }
+                           float *restrict acc, size_t ldacc) {
+  vf a[NRV][NVV];
+  UNROLL for (int r = 0; r < NRV; r++) UNROLL for (int v = 0; v < NVV; v++) a[r][v] = vsplat(0.0f);
+  const float *vv = V;
+  for (int j = 0; j < kn; j++, vv += NCV) {
+    vf x[NVV];
+    UNROLL for (int v = 0; v < NVV; v++) x[v] = *(const vf *)(vv + v * VL);
+    UNROLL for (int r = 0; r < NRV; r++) {
+      vf pr = vsplat(P[(size_t)r * ldp + j]);
+      UNROLL for (int v = 0; v < NVV; v++) a[r][v] = vfma(x[v], pr, a[r][v]);
     }
-    UNROLL for (int r = 0; r < NRV; r++) UNROLL for (int v = 0; v < NVV; v++)
-      *(vf *)(acc + (size_t)r * ldacc + c0 + v * VL) += a[r][v];
   }
+  UNROLL for (int r = 0; r < NRV; r++) UNROLL for (int v = 0; v < NVV; v++)
+    *(vf *)(acc + (size_t)r * ldacc + v * VL) += a[r][v];
 }
 
 /* Fused K^T for G > 1: KF[g][j] = sum_{c in group g} a_c KT[c][j] over the
- * w (a multiple of NC) keys of a packed block. */
+ * w (a multiple of NC) keys of a packed block; the sums in registers. */
 static void fuse_k(const float *restrict kt, int hd, int ng, int G, const int *perm,
                    const float *a, int w, float *restrict kf) {
   for (int pnl = 0; pnl < w / NC; pnl++) {
@@ -427,6 +508,26 @@ static void fuse_k(const float *restrict kt, int hd, int ng, int G, const int *p
         UNROLL for (int v = 0; v < NV; v++) x[v] = vfma(*(const vf *)(sc + v * VL), wc, x[v]);
       }
       UNROLL for (int v = 0; v < NV; v++) *(vf *)(dst + (size_t)g * NC + v * VL) = x[v];
+    }
+  }
+}
+
+/* acc[nrp][Dp] += P[nrp][0..kn-1] * V (packed panels of [KB][NCV]); panel
+ * by panel, so that one panel of V stays in L1 for all the rows. pf (or
+ * NULL): pfn bytes to fetch into the cache meanwhile, spread over the
+ * tiles (prefetches, unlike loads, never hold the FMAs up). */
+static void pv_block(const float *restrict P, size_t ldp, const float *restrict V, int kn,
+                     float *restrict acc, int nrp, int Dp, const char *pf, size_t pfn) {
+  size_t tiles = (size_t)(Dp / NCV) * (size_t)((nrp + NRV - 1) / NRV);
+  size_t per = pf ? (pfn / 64 + tiles - 1) / tiles * 64 : 0, at = 0;
+  for (int c0 = 0; c0 < Dp; c0 += NCV) {
+    const float *vpn = V + (size_t)(c0 / NCV) * KB * NCV;
+    for (int r = 0; r < nrp; r += NRV) {
+#if defined(__GNUC__)
+      for (size_t e = at + per < pfn ? at + per : pfn; at < e; at += 64)
+        __builtin_prefetch(pf + at, 0, 3);
+#endif
+      pv_tile(P + (size_t)r * ldp, ldp, vpn, kn, acc + (size_t)r * Dp + c0, (size_t)Dp);
     }
   }
 }
@@ -485,7 +586,7 @@ static inline float softmax_row(float *restrict s, int lim, int w, float *m, vf 
   float mnew = hmax(mx);
   if (*m > mnew) mnew = *m;
   float alpha = *m == -INFINITY ? 0.0f : *m == mnew ? 1.0f : exp2f(*m - mnew);
-  vf mv = vsplat(mnew);
+  vf mv = vsplat(mnew == -INFINITY ? 0.0f : mnew); /* all -inf: every P 0 */
   vf sum = *lv * vsplat(alpha);
   for (int j = 0; j < w; j += VL) {
     vf e = vexp2(*(const vf *)(s + j) - mv);
@@ -496,6 +597,93 @@ static inline float softmax_row(float *restrict s, int lim, int w, float *m, vf 
   if (vany(nan) || mnew == INFINITY) *l = NAN;
   *m = mnew;
   return alpha;
+}
+
+/* Number of keys of [ks, ks+kn) visible to query row i. */
+static inline int visible(const cpu_attn_job *J, long i, int ks, int kn) {
+  if (!J->p->d.causal) return kn;
+  long lim = i + J->off - ks + 1;
+  return lim < 0 ? 0 : lim > kn ? kn : (int)lim;
+}
+
+#if VL > 1
+static inline vf vsel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+#else
+static inline vf vsel(vi m, vf a, vf b) { return m ? a : b; }
+#endif
+
+#define SMC 16 /* rows per softmax chunk (a multiple of VL and of NR) */
+
+/* The online softmax of one key block (FUSED): logits S[r][0..w-1] (log2
+ * domain, row stride KB) of the rows 0..nr-1, against the running max m[r]
+ * and the running sums lv[r]; S becomes P and acc is rescaled. In chunks
+ * of SMC rows and three passes, so that the rows' dependency chains
+ * (max, its horizontal reduction, the exponentials) overlap and the only
+ * branch taken per row is the rare rescale: the block max of each row;
+ * the new max and the factor of the old sums, SMC rows in vectors; the
+ * exponentials and sums. A NaN logit, or a +Inf one (Inf - Inf), gives a
+ * NaN P: the row's sum and output are NaN, as the reference's. smax: the
+ * rows' max from qk_tile, used where a row sees all w columns; mb and al
+ * are scratch of SMC-rounded rows; m must be -inf past nr. */
+static void softmax_block(const cpu_attn_job *J, float *restrict S, const float *smax, int nr,
+                          long i0, int ks,
+                          int kn, int w, float *restrict m, vf *restrict lv, float *restrict mb,
+                          float *restrict al, float *restrict acc, int Dp) {
+  for (int c0 = 0; c0 < nr; c0 += SMC) {
+    int c1 = c0 + SMC < nr ? c0 + SMC : nr;
+    for (int r = c0; r < c0 + SMC; r++) {
+      float bm = -INFINITY;
+      int lim = r < c1 ? visible(J, i0 + r, ks, kn) : 0;
+      if (lim == w) {
+        bm = smax[r];
+      } else if (lim > 0) {
+        float *s = S + (size_t)r * KB;
+        for (int j = lim; j < w; j++) s[j] = -INFINITY;
+        vf mx = *(const vf *)s;
+        for (int j = VL; j < w; j += VL) mx = vmax(mx, *(const vf *)(s + j));
+        bm = hmax(mx);
+      }
+      mb[r] = bm;
+    }
+    for (int r = c0; r < c0 + SMC; r += VL) {
+      vf mo = *(const vf *)(m + r);
+      vf mn = vmax(mo, *(const vf *)(mb + r));
+      /* equal maxima (-inf or +inf included): 1; from -inf: 0 */
+      *(vf *)(al + r) = vsel(mo == mn, vsplat(1.0f), vexp2(mo - mn));
+      *(vf *)(m + r) = mn;
+    }
+    for (int r = c0; r < c1; r++) {
+      float *s = S + (size_t)r * KB;
+      if (mb[r] == -INFINITY && visible(J, i0 + r, ks, kn) == 0) {
+        memset(s, 0, (size_t)w * sizeof(float));
+        continue;
+      }
+      float mr = m[r];
+      vf mv = vsplat(mr == -INFINITY ? 0.0f : mr); /* all -inf: every P 0 */
+      vf s0 = vsplat(0.0f), s1 = vsplat(0.0f);
+      int j = 0;
+      for (; j + 2 * VL <= w; j += 2 * VL) {
+        vf e0 = vexp2(*(const vf *)(s + j) - mv);
+        vf e1 = vexp2(*(const vf *)(s + j + VL) - mv);
+        *(vf *)(s + j) = e0;
+        *(vf *)(s + j + VL) = e1;
+        s0 += e0;
+        s1 += e1;
+      }
+      for (; j < w; j += VL) {
+        vf e0 = vexp2(*(const vf *)(s + j) - mv);
+        *(vf *)(s + j) = e0;
+        s0 += e0;
+      }
+      float a = al[r];
+      lv[r] = vfma(lv[r], vsplat(a), s0 + s1);
+      if (a != 1.0f) {
+        vf av = vsplat(a);
+        float *ar = acc + (size_t)r * Dp;
+        for (int c = 0; c < Dp; c += VL) *(vf *)(ar + c) *= av;
+      }
+    }
+  }
 }
 
 /* l[r] = the row's sum (kept NaN where a NaN was met). */
@@ -519,19 +707,13 @@ static void write_out(const cpu_attn_job *J, size_t base, int nr, const float *a
   }
 }
 
-/* Number of keys of [ks, ks+kn) visible to query row i. */
-static inline int visible(const cpu_attn_job *J, long i, int ks, int kn) {
-  if (!J->p->d.causal) return kn;
-  long lim = i + J->off - ks + 1;
-  return lim < 0 ? 0 : lim > kn ? kn : (int)lim;
-}
-
 static void attn_item(void *arg, int tid, long item) {
   const cpu_attn_job *J = arg;
   const da_attn_desc *d = &J->p->d;
-  long per = J->npairs * J->hpk;
-  int qb = J->nqb - 1 - (int)(item / per); /* heaviest (causal) first */
-  long rest = item % per;
+  /* head by head, so that the threads share one head's packed K and V in
+   * the cache; within a head the heaviest (causal) query block first */
+  int qb = J->nqb - 1 - (int)(item % J->nqb);
+  long rest = item / J->nqb;
   long pr = rest / J->hpk;
   long pair = J->pair0 + pr;
   int bi = (int)(pair / d->kv_heads), kh = (int)(pair % d->kv_heads);
@@ -539,10 +721,13 @@ static void attn_item(void *arg, int tid, long item) {
   int i0 = qb * J->QB;
   int nr = d->seq_q - i0 < J->QB ? d->seq_q - i0 : J->QB;
   int nrp = (int)round_up((size_t)nr, NR);
+  int nrs = (int)round_up((size_t)nr, SMC); /* >= nrp */
   float *sb = J->scratch[tid];
   float *qf = sb + J->o_qf, *kf = sb + J->o_kf, *row = sb + J->o_row;
   float *S = sb + J->o_s, *acc = sb + J->o_acc, *m = sb + J->o_m, *l = sb + J->o_l;
   vf *lv = (vf *)(sb + J->o_lv);
+  const size_t QBs = round_up(round_up((size_t)J->QB, NR), SMC);
+  float *mb = (float *)(lv + QBs), *al = mb + QBs, *qmx = al + QBs;
   const int Dp = J->Dp, hd = J->d, D = J->D;
   const float *kp = J->kpack + (size_t)pr * J->nkb * J->kblk;
   const float *vp = J->vpack + (size_t)pr * J->nkb * J->vblk;
@@ -554,7 +739,7 @@ static void attn_item(void *arg, int tid, long item) {
     long last = (long)i0 + nr - 1 + J->off + 1;
     if (last < kend_l) kend_l = last;
   }
-  for (int r = 0; r < nrp; r++) {
+  for (int r = 0; r < nrs; r++) {
     m[r] = -INFINITY;
     l[r] = 0.0f;
     lv[r] = vsplat(0.0f);
@@ -568,10 +753,18 @@ static void attn_item(void *arg, int tid, long item) {
   const int *perm = NULL;
   const float *a = NULL;
   if (J->G > 1) {
-    size_t t = (((size_t)bi * (size_t)d->heads + (size_t)hi) * (size_t)J->p->n_tiles +
-                (size_t)(i0 / d->hash_block)) * (size_t)hd;
-    perm = J->perm_all + t;
-    a = J->a_all + t;
+#if defined(__GNUC__)
+    /* the first key block's K, for its fused K^T, fetched meanwhile */
+    for (size_t at = 0; at < J->kblk * sizeof(float); at += 64)
+      __builtin_prefetch((const char *)kp + at, 0, 2);
+#endif
+    size_t t = ((size_t)bi * (size_t)d->heads + (size_t)hi) * (size_t)J->p->n_tiles +
+               (size_t)(i0 / d->hash_block);
+    /* a hash tile that is one work item is grouped here (Q read once for
+     * both, no pass of its own: lib/cpu_backend.c skips it then) */
+    if (d->hash_block == J->QB) groups_item((void *)J, tid, (long)t);
+    perm = J->perm_all + t * (size_t)hd;
+    a = J->a_all + t * (size_t)hd;
   }
   build_q(J, qbase, nr, nrp, perm, a, qf, row);
 
@@ -587,7 +780,7 @@ static void attn_item(void *arg, int tid, long item) {
         kt = kf;
       }
       for (int r = 0; r < nrp; r += NR)
-        qk_tile(qf + (size_t)r * D, (size_t)D, kt, D, w, S + (size_t)r * lds + ks, lds);
+        qk_tile(qf + (size_t)r * D, (size_t)D, kt, D, w, S + (size_t)r * lds + ks, lds, qmx + r);
     }
     for (int r = 0; r < nrp; r++) {
       float *s = S + (size_t)r * lds;
@@ -600,9 +793,7 @@ static void attn_item(void *arg, int tid, long item) {
     }
     for (int ks = 0, kb = 0; ks < kend; ks += KB, kb++) {
       int kn = kend - ks < KB ? kend - ks : KB;
-      for (int r = 0; r < nrp; r += NRV)
-        pv_tile(S + (size_t)r * lds + ks, lds, vp + (size_t)kb * J->vblk, kn, acc + (size_t)r * Dp,
-                (size_t)Dp, Dp);
+      pv_block(S + ks, lds, vp + (size_t)kb * J->vblk, kn, acc, nrp, Dp, NULL, 0);
     }
   } else {
     for (int ks = 0, kb = 0; ks < kend; ks += KB, kb++) {
@@ -614,37 +805,15 @@ static void attn_item(void *arg, int tid, long item) {
         kt = kf;
       }
       for (int r = 0; r < nrp; r += NR)
-        qk_tile(qf + (size_t)r * D, (size_t)D, kt, D, w, S + (size_t)r * KB, KB);
-      /* G > 1: the next key block's K is fetched into the cache while this
-       * one is computed (spread over the rows' softmax), so that the fused
-       * K^T, which reads K in permuted row order with little arithmetic,
-       * does not wait for it */
-      const char *pk = (const char *)(kp + (size_t)(kb + 1) * J->kblk);
-      size_t klines = J->kblk * sizeof(float) / 64;
-      size_t kper = (klines + nr - 1) / nr;
+        qk_tile(qf + (size_t)r * D, (size_t)D, kt, D, w, S + (size_t)r * KB, KB, qmx + r);
+      softmax_block(J, S, qmx, nr, (long)i0, ks, kn, w, m, lv, mb, al, acc, Dp);
+      /* G > 1: the next key block's K is fetched into the cache meanwhile,
+       * so that its fused K^T (much data, little arithmetic) does not wait
+       * for memory */
       int more = J->G > 1 && ks + KB < kend;
-      for (int r = 0; r < nr; r++) {
-        float *s = S + (size_t)r * KB;
-#if defined(__GNUC__)
-        if (more)
-          for (size_t i = (size_t)r * kper; i < (size_t)(r + 1) * kper && i < klines; i++)
-            __builtin_prefetch(pk + i * 64, 0, 2);
-#endif
-        int lim = visible(J, (long)i0 + r, ks, kn);
-        if (lim == 0) {
-          memset(s, 0, (size_t)w * sizeof(float));
-          continue;
-        }
-        float alpha = softmax_row(s, lim, w, &m[r], &lv[r], &l[r]);
-        if (alpha != 1.0f) {
-          vf av = vsplat(alpha);
-          float *ar = acc + (size_t)r * Dp;
-          for (int c = 0; c < Dp; c += VL) *(vf *)(ar + c) *= av;
-        }
-      }
-      const float *vb = vp + (size_t)kb * J->vblk;
-      for (int r = 0; r < nrp; r += NRV)
-        pv_tile(S + (size_t)r * KB, KB, vb, kn, acc + (size_t)r * Dp, (size_t)Dp, Dp);
+      pv_block(S, KB, vp + (size_t)kb * J->vblk, kn, acc, nrp, Dp,
+               more ? (const char *)(kp + (size_t)(kb + 1) * J->kblk) : NULL,
+               more ? J->kblk * sizeof(float) : 0);
     }
   }
   finish_l(nr, lv, l);
@@ -665,6 +834,7 @@ static void setup(cpu_attn_job *J) {
   J->vblk = (size_t)KB * (size_t)J->Dp;
   J->lds = d->algo == DA_ALGO_GEMM ? round_up(d->seq_k > 0 ? (size_t)d->seq_k : 1, KB) : KB;
   size_t QBp = round_up((size_t)J->QB, NR);
+  size_t QBs = round_up(QBp, SMC);
   size_t ng = (size_t)(J->d + (J->G > 1 ? J->G : 1) - 1) / (size_t)(J->G > 1 ? J->G : 1);
   size_t off = 0;
 #define PART(field, n) do { J->field = off; off += round_up((size_t)(n), 16); } while (0)
@@ -673,9 +843,9 @@ static void setup(cpu_attn_job *J) {
   PART(o_row, (size_t)J->Dp + NC);
   PART(o_s, QBp * J->lds);
   PART(o_acc, QBp * (size_t)J->Dp);
-  PART(o_m, QBp);
-  PART(o_l, QBp);
-  PART(o_lv, QBp * VL);
+  PART(o_m, QBs);
+  PART(o_l, QBs);
+  PART(o_lv, QBs * VL + 3 * QBs); /* then the softmax's mb, al and the logits' row max */
   PART(o_qt, J->d <= 256 ? (size_t)d->hash_block * round_up((size_t)J->d, VL) : 0);
 #undef PART
   J->scratch_floats = off;
@@ -698,4 +868,5 @@ const cpu_kernels KNAME = {
 #undef NCV
 #undef KB
 #undef QB_MAX
+#undef SMC
 #undef UNROLL

@@ -7,7 +7,8 @@
  * One attention call runs as parallel passes over a persistent thread pool:
  *  1. (G > 1) groups: per hash tile, Q converted to f32, hashed (vectorised
  *     across columns, sequential FMA over rows: bit-identical to lib/hash.c),
- *     sorted, fusion weights;
+ *     sorted, fusion weights (skipped when a hash tile is exactly one block
+ *     of QB query rows: the attention item then groups its own tile);
  *  2. pack: for a chunk of (batch, kv head) pairs, K converted once to f32
  *     K^T panels and V to f32 V panels, per block of KB keys;
  *  3. attention: per (head, block of QB query rows), Q converted and scaled
@@ -24,7 +25,7 @@
 
 #include "da_internal.h"
 
-#define CPU_KB 64 /* keys per key block, every instruction set */
+#define CPU_KB 128 /* keys per key block, every instruction set */
 
 typedef struct cpu_attn_job {
   const da_plan *p;
