@@ -23,6 +23,23 @@ __device__ __forceinline__ void dac_st(void *p, da_dtype t, size_t i, float v) {
     ((float *)p)[i] = v;
 }
 
+/* What an attention block works on: grid (query tiles, heads, batch); its
+ * first query row (causal grids run the longest tiles first) and the
+ * (batch, head) and (batch, kv head) indices of its Q/O and K/V. */
+struct dac_block {
+  int q0;
+  size_t bh, bkv;
+};
+__device__ __forceinline__ dac_block dac_block_of(const dac_args &a, int rows) {
+  const int qt = a.causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z;
+  dac_block k;
+  k.q0 = qt * rows;
+  k.bh = (size_t)b * a.heads + h;
+  k.bkv = (size_t)b * a.kv_heads + h / (a.heads / a.kv_heads);
+  return k;
+}
+
 static inline size_t dac_dtype_size(da_dtype t) { return t == DA_F32 ? 4 : 2; }
 
 #endif /* DA_CUDA_DEV_CUH */

@@ -134,13 +134,9 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   T *KT = Kraw + (GROUPED ? BC * LDV : 0); /* [DV][LDT] K^T (grouped) */
   int2 *tab = (int2 *)(KT + (GROUPED ? DV * LDT : 0)); /* [DQK][GS]: column, weight */
 
-  const int nqt = gridDim.x;
-  const int qt = a.causal ? nqt - 1 - (int)blockIdx.x : (int)blockIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const int q0 = qt * BR;
-  const int kvh = h / (a.heads / a.kv_heads);
-  const size_t bh = (size_t)b * a.heads + h;
-  const size_t bkv = (size_t)b * a.kv_heads + kvh;
+  const dac_block blk = dac_block_of(a, BR);
+  const int q0 = blk.q0;
+  const size_t bh = blk.bh, bkv = blk.bkv;
   const int off = a.seq_k - a.seq_q;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g4 = lane / 4, t4 = lane % 4;

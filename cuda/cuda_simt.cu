@@ -25,13 +25,9 @@ __global__ void __launch_bounds__(SIMT_THREADS)
   float *a_s = Ps + SIMT_BR * SIMT_BC;     /* [d] */
   int *perm_s = (int *)(a_s + d);          /* [d] */
 
-  const int nqt = gridDim.x;
-  const int qt = a.causal ? nqt - 1 - (int)blockIdx.x : (int)blockIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const int q0 = qt * SIMT_BR;
-  const int kvh = h / (a.heads / a.kv_heads);
-  const size_t bh = (size_t)b * a.heads + h;
-  const size_t bkv = (size_t)b * a.kv_heads + kvh;
+  const dac_block blk = dac_block_of(a, SIMT_BR);
+  const int q0 = blk.q0;
+  const size_t bh = blk.bh, bkv = blk.bkv;
   const int off = a.seq_k - a.seq_q;
   const int tid = threadIdx.x;
 
