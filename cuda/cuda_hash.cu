@@ -1,192 +1,689 @@
 /* SPEC steps 2-6 on the GPU (codes bit-identical to lib/hash.c), the fused
  * Q, and the helpers of the GEMM algorithm. */
 #include <math.h>
+#include <stdint.h>
+
+#include <type_traits>
 
 #include "cuda_dev.cuh"
 
-#define HASH_RCHUNK 64
+/* Rows per chunk: a tile is streamed through shared memory in chunks of
+ * this many rows, and R is laid out in them. A multiple of 4. */
+#define DAC_HASH_CK 32
+/* Hash bits per thread, 8 or 16: each Q value read from shared memory and
+ * converted feeds this many fmas (at 4 the reads would outrun the fma issue
+ * rate). 16 halves a tile's threads (d = 128: one warp) for ~7% fewer
+ * instructions. */
+#ifndef DAC_HASH_TB
+#define DAC_HASH_TB 8
+#endif
+static_assert(DAC_HASH_TB == 8 || DAC_HASH_TB == 16, "DAC_HASH_TB: 8 or 16");
+/* A tile whose Q and R take more shared memory than this is streamed twice
+ * (hash, then fused Q) rather than kept, so that blocks per SM stay >= 2. */
+#define DAC_HASH_RESIDENT_MAX (80 * 1024)
 
-/* One block per (tile, head, batch), one thread per column: the thread
- * keeps the hash_bits sums of its column in registers and runs over the
- * tile's rows in order (the projections come through shared memory in
- * chunks of rows), so each p_b is the same sequential fma chain as in
- * lib/hash.c. Then keys, the rank sort, the fusion weights and, when qs is
- * given, the fused Q rows of the tile. */
-template <int NB, int GS>
-__global__ void __launch_bounds__(256)
-    dac_hash_kernel(const void *__restrict__ q, da_dtype dt, int heads, int seq_q, int d,
-                    const float *__restrict__ proj, int hash_bits, int hash_block, int G, int norm,
-                    int n_tiles, int *__restrict__ perm, float *__restrict__ wts,
-                    void *__restrict__ qs, da_dtype qs_dt, int qs_ld, int ng) {
-  __shared__ __align__(16) float Rs[NB][HASH_RCHUNK];
-  __shared__ uint32_t keys[256];
-  __shared__ int perm_s[256];
-  __shared__ float a_s[256];
-  const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int r0 = tile * hash_block;
-  const int rows = min(hash_block, seq_q - r0);
-  const size_t bh = (size_t)b * heads + h;
-  const size_t qoff = (bh * (size_t)seq_q + (size_t)r0) * (size_t)d;
-  const int c = threadIdx.x;
-  float acc[NB];
-#pragma unroll
-  for (int i = 0; i < NB; i++) acc[i] = 0.0f;
-  float nrm = 0.0f;
-  for (int rc = 0; rc < rows; rc += HASH_RCHUNK) {
-    const int n = min(HASH_RCHUNK, rows - rc);
-    __syncthreads();
-    for (int i = threadIdx.x; i < NB * HASH_RCHUNK; i += blockDim.x) {
-      const int bb = i / HASH_RCHUNK, rr = i % HASH_RCHUNK;
-      Rs[bb][rr] = bb < hash_bits && rr < n ? proj[(size_t)bb * hash_block + rc + rr] : 0.0f;
+/* Per-column state after the chains; it lives where R was (R is no longer
+ * needed then), so the block's shared memory is Q and R only. */
+template <int NB>
+struct dac_hash_cols {
+  /* bit groups: threads that share a column */
+  static constexpr int NG = NB < DAC_HASH_TB ? 1 : NB / DAC_HASH_TB;
+  float a[256]; /* fusion weight a_c */
+  union {
+    uint32_t part[NG][256]; /* code bits of each bit group for column c */
+    int perm[256];          /* after the sort: pi (over part[0]) */
+  };
+};
+
+/* Shared memory holds a tile's Q rows in their own dtype, in 16-byte units
+ * (8 columns of f16/bf16, 4 of f32): unit u of row r at byte
+ * (u * rpad + r) * 16. A column's next row is a fixed 16 bytes on (the
+ * unrolled loops address rows with immediates, whatever d is), a row
+ * piece lands with one 16-byte cp.async, and with rpad odd a warp's reads
+ * of one row from consecutive units hit distinct banks. R passes through
+ * two slots of DAC_HASH_CK rows, held as in global memory: R[b][r] at float
+ * b * CK + r % CK of its chunk's slot. */
+
+/* Four consecutive columns at p as f32. */
+template <da_dtype DT>
+__device__ __forceinline__ float4 dac_hash_ld4(const char *p) {
+  if constexpr (DT == DA_F32) {
+    return *reinterpret_cast<const float4 *>(p);
+  } else {
+    const uint2 w = *reinterpret_cast<const uint2 *>(p);
+    if constexpr (DT == DA_F16) {
+      const float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&w.x));
+      const float2 b = __half22float2(*reinterpret_cast<const __half2 *>(&w.y));
+      return make_float4(a.x, a.y, b.x, b.y);
+    } else {
+      return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u),
+                         __uint_as_float(w.y << 16), __uint_as_float(w.y & 0xffff0000u));
     }
-    __syncthreads();
-    if (c < d) {
-      /* 32 rows' values of this column first (independent loads in
-       * flight together), then the fma chains in row order, the
-       * projections read four rows at a time */
-      for (int r16 = 0; r16 < n; r16 += 32) {
-        float xs[32];
+  }
+}
+
+template <da_dtype DT>
+__device__ __forceinline__ float dac_hash_ld1(const char *p) {
+  if constexpr (DT == DA_F32)
+    return *reinterpret_cast<const float *>(p);
+  else if constexpr (DT == DA_F16)
+    return __half2float(*reinterpret_cast<const __half *>(p));
+  else
+    return __uint_as_float((uint32_t)(*reinterpret_cast<const uint16_t *>(p)) << 16);
+}
+
+/* The sequential chains of one thread over the n <= CK rows of a chunk:
+ * hash bits bit0..bit0+TB-1 of four adjacent columns, row after row, each
+ * step one __fmaf_rn as in lib/hash.c; with NRM the columns' sums of
+ * squares too. qp: the columns in the chunk's first row; rp: R[bit0] in
+ * the chunk's slot. Four rows per step: 4 + TB loads feed 16 TB fmas. */
+template <int TB, bool NRM, da_dtype DT>
+__device__ __forceinline__ void dac_hash_chains(const char *qp, const float *rp, int n,
+                                                float (&acc)[TB][4], float (&nr)[4]) {
+  constexpr int CK = DAC_HASH_CK;
+  int r = 0;
+#pragma unroll 2
+  for (; r + 4 <= n; r += 4) {
+    float4 xv[4], rv[TB];
 #pragma unroll
-        for (int rr = 0; rr < 32; rr++)
-          xs[rr] = r16 + rr < n ? dac_ld(q, dt, qoff + (size_t)(rc + r16 + rr) * d + c) : 0.0f;
+    for (int u = 0; u < 4; u++) xv[u] = dac_hash_ld4<DT>(qp + (r + u) * 16);
 #pragma unroll
-        for (int r4 = 0; r4 < 32; r4 += 4) {
-          if (r16 + r4 < n) {
-            float4 rv[NB];
+    for (int j = 0; j < TB; j++) rv[j] = *reinterpret_cast<const float4 *>(rp + j * CK + r);
 #pragma unroll
-            for (int bb = 0; bb < NB; bb++) rv[bb] = *reinterpret_cast<const float4 *>(&Rs[bb][r16 + r4]);
+    for (int u = 0; u < 4; u++) {
+      const float xs[4] = {xv[u].x, xv[u].y, xv[u].z, xv[u].w};
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-              if (r16 + r4 + k < n) {
+      for (int j = 0; j < TB; j++) {
+        const float rk = u == 0 ? rv[j].x : u == 1 ? rv[j].y : u == 2 ? rv[j].z : rv[j].w;
 #pragma unroll
-                for (int bb = 0; bb < NB; bb++) {
-                  const float rk = k == 0 ? rv[bb].x : k == 1 ? rv[bb].y : k == 2 ? rv[bb].z : rv[bb].w;
-                  if (bb < hash_bits) acc[bb] = __fmaf_rn(rk, xs[r4 + k], acc[bb]);
-                }
-                nrm = __fmaf_rn(xs[r4 + k], xs[r4 + k], nrm);
-              }
-            }
-          }
+        for (int k = 0; k < 4; k++) acc[j][k] = __fmaf_rn(rk, xs[k], acc[j][k]);
+      }
+      if constexpr (NRM) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) nr[k] = __fmaf_rn(xs[k], xs[k], nr[k]);
+      }
+    }
+  }
+  for (; r < n; r++) {
+    const float4 xv = dac_hash_ld4<DT>(qp + r * 16);
+    const float xs[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+    for (int j = 0; j < TB; j++) {
+      const float rk = rp[j * CK + r];
+#pragma unroll
+      for (int k = 0; k < 4; k++) acc[j][k] = __fmaf_rn(rk, xs[k], acc[j][k]);
+    }
+    if constexpr (NRM) {
+#pragma unroll
+      for (int k = 0; k < 4; k++) nr[k] = __fmaf_rn(xs[k], xs[k], nr[k]);
+    }
+  }
+}
+
+template <int TB, bool NRM>
+__device__ __forceinline__ void dac_hash_chains_dt(da_dtype dt, const char *qp, const float *rp,
+                                                   int n, float (&acc)[TB][4], float (&nr)[4]) {
+  if (dt == DA_F16)
+    dac_hash_chains<TB, NRM, DA_F16>(qp, rp, n, acc, nr);
+  else if (dt == DA_BF16)
+    dac_hash_chains<TB, NRM, DA_BF16>(qp, rp, n, acc, nr);
+  else
+    dac_hash_chains<TB, NRM, DA_F32>(qp, rp, n, acc, nr);
+}
+
+/* Step 4 in one warp: (key << 8 | c) is unique per column and orders as
+ * (key, c) does, so a bitonic network over EPL of them per lane (padding
+ * above every real one) gives pi, d log^2 d work instead of the d^2 of
+ * counting ranks. Reads the bit groups' codes, writes pi over them. */
+template <typename T, int EPL, int NB>
+__device__ __forceinline__ void dac_hash_sort(dac_hash_cols<NB> &sm, int d) {
+  const int lane = threadIdx.x % 32;
+  T v[EPL];
+#pragma unroll
+  for (int k = 0; k < EPL; k++) {
+    const int i = lane * EPL + k;
+    if (i < d) {
+      uint32_t key = 0;
+#pragma unroll
+      for (int g = 0; g < dac_hash_cols<NB>::NG; g++) key |= sm.part[g][i];
+      key ^= key >> 1;
+      key ^= key >> 2;
+      key ^= key >> 4;
+      key ^= key >> 8;
+      key ^= key >> 16;
+      v[k] = (T)key << 8 | (T)i;
+    } else {
+      v[k] = ~(T)0;
+    }
+  }
+  __syncwarp();
+#pragma unroll
+  for (int size = 2; size <= 32 * EPL; size *= 2) {
+#pragma unroll
+    for (int j = size / 2; j > 0; j /= 2) {
+      if (j < EPL) {
+#pragma unroll
+        for (int k = 0; k < EPL; k++) {
+          if (k & j) continue;
+          const bool up = ((lane * EPL + k) & size) == 0;
+          const bool lt = v[k] < v[k | j];
+          const T lo = lt ? v[k] : v[k | j], hi = lt ? v[k | j] : v[k];
+          v[k] = up ? lo : hi;
+          v[k | j] = up ? hi : lo;
+        }
+      } else {
+#pragma unroll
+        for (int k = 0; k < EPL; k++) {
+          const int i = lane * EPL + k;
+          const T o = __shfl_xor_sync(0xffffffffu, v[k], j / EPL);
+          const bool keep_min = ((i & j) == 0) == ((i & size) == 0);
+          v[k] = keep_min == (o < v[k]) ? o : v[k];
         }
       }
     }
   }
-  if (c < d) {
-    uint32_t k = 0;
 #pragma unroll
-    for (int bb = 0; bb < NB; bb++)
-      if (bb < hash_bits && acc[bb] > 0.0f) k |= 1u << bb;
-    k ^= k >> 1;
-    k ^= k >> 2;
-    k ^= k >> 4;
-    k ^= k >> 8;
-    k ^= k >> 16;
-    keys[c] = k;
-    a_s[c] = norm ? sqrtf(nrm) : 1.0f;
+  for (int k = 0; k < EPL; k++) {
+    const int i = lane * EPL + k;
+    if (i < d) sm.perm[i] = (int)(v[k] & 0xff);
+  }
+}
+
+/* cp.async of BYTES (4, 8 or 16) from src, or of zeros when !fill. */
+template <int BYTES>
+__device__ __forceinline__ void dac_cp_async(void *dst, const void *src, bool fill) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+  if constexpr (BYTES == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
+                 "r"(fill ? 16 : 0));
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(s), "l"(src), "n"(BYTES),
+                 "r"(fill ? BYTES : 0));
+}
+__device__ __forceinline__ void dac_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+/* wait for all of this thread's copies */
+__device__ __forceinline__ void dac_cp_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+/* Where a block's tile comes from and how its threads share the copying. */
+struct dac_hash_geom {
+  const void *q;
+  int es, d;
+  size_t qoff; /* the tile's first element in q */
+  int rpad;    /* rows of a Q slot (odd) */
+  int pb;      /* bytes per cp.async of a Q row piece: 16 or 8; 0: element by element */
+  /* this thread's share of a row: piece lp (pb bytes; 4 columns when pb = 0)
+   * of rows lr0, lr0 + rstep, ... */
+  int lp, lr0, rstep;
+};
+
+template <int PB>
+__device__ __forceinline__ void dac_hash_copy_rows(const char *src, size_t sstep, char *dst,
+                                                   int dstep, int cnt) {
+  int i = 0;
+  for (; i + 4 <= cnt; i += 4) {
+#pragma unroll
+    for (int u = 0; u < 4; u++) dac_cp_async<PB>(dst + u * dstep, src + u * sstep, true);
+    src += 4 * sstep;
+    dst += 4 * dstep;
+  }
+  for (; i < cnt; i++, src += sstep, dst += dstep) dac_cp_async<PB>(dst, src, true);
+}
+
+/* Tile rows [a, b) of Q into slot, local row r - base. */
+__device__ __forceinline__ void dac_hash_copy_q(const dac_hash_geom &g, char *slot, int a, int b,
+                                                int base) {
+  const int r0 = a + g.lr0;
+  if (g.lr0 >= g.rstep || r0 >= b) return;
+  const int cnt = (b - r0 + g.rstep - 1) / g.rstep;
+  if (g.pb) {
+    const int byte = g.lp * g.pb;
+    const char *src = static_cast<const char *>(g.q) + (g.qoff + (size_t)r0 * g.d) * g.es + byte;
+    char *dst = slot + ((size_t)(byte / 16) * g.rpad + (r0 - base)) * 16 + byte % 16;
+    const size_t sstep = (size_t)g.rstep * g.d * g.es;
+    if (g.pb == 16)
+      dac_hash_copy_rows<16>(src, sstep, dst, g.rstep * 16, cnt);
+    else
+      dac_hash_copy_rows<8>(src, sstep, dst, g.rstep * 16, cnt);
+    return;
+  }
+  /* columns 4 lp .. 4 lp + 3, 0 past d */
+  const int c0 = 4 * g.lp, byte = c0 * g.es;
+  char *dst = slot + ((size_t)(byte / 16) * g.rpad + (r0 - base)) * 16 + byte % 16;
+  for (int r = r0; r < b; r += g.rstep, dst += g.rstep * 16) {
+    const size_t e = g.qoff + (size_t)r * g.d + c0;
+    uint32_t w[4];
+    if (g.es == 4) {
+#pragma unroll
+      for (int k = 0; k < 4; k++)
+        w[k] = c0 + k < g.d ? static_cast<const uint32_t *>(g.q)[e + k] : 0u;
+      *reinterpret_cast<uint4 *>(dst) = make_uint4(w[0], w[1], w[2], w[3]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 4; k++)
+        w[k] = c0 + k < g.d ? static_cast<const uint16_t *>(g.q)[e + k] : 0u;
+      *reinterpret_cast<uint2 *>(dst) = make_uint2(w[0] | w[1] << 16, w[2] | w[3] << 16);
+    }
+  }
+}
+
+/* R of the n tile rows from a (all NB bits, 0 past hash_bits) into the
+ * slot rs. rvec: 16-byte pieces (hash_block % 4 == 0, proj aligned), else
+ * 4-byte ones. */
+template <int NB>
+__device__ __forceinline__ void dac_hash_copy_r(const float *proj, int hash_bits, int hash_block,
+                                                bool rvec, float *rs, int a, int n) {
+  constexpr int CK = DAC_HASH_CK;
+  const int per = rvec ? 4 : 1, ppb = CK / per; /* rows per piece, pieces per bit */
+  for (int i = threadIdx.x; i < NB * ppb; i += blockDim.x) {
+    const int bb = i / ppb, rr = i % ppb * per;
+    if (rr >= n) continue;
+    const bool fill = bb < hash_bits;
+    const float *src = fill ? proj + (size_t)bb * hash_block + a + rr : proj;
+    if (rvec)
+      dac_cp_async<16>(rs + bb * CK + rr, src, fill);
+    else
+      dac_cp_async<4>(rs + bb * CK + rr, src, fill);
+  }
+}
+
+/* Store OV consecutive values of a fused-Q row: one 4-, 8- or 16-byte
+ * store (two for 8 f32) when vec, else element by element below lim. */
+template <int OV>
+__device__ __forceinline__ void dac_hash_store(void *qs, da_dtype t, size_t i, const float (&v)[OV],
+                                               bool vec, int lim) {
+  if (!vec) {
+#pragma unroll
+    for (int j = 0; j < OV; j++)
+      if (j < lim) dac_st(qs, t, i + j, v[j]);
+    return;
+  }
+  if (t == DA_F32) {
+    float *p = static_cast<float *>(qs) + i;
+    if constexpr (OV >= 4) {
+#pragma unroll
+      for (int j = 0; j < OV; j += 4)
+        *reinterpret_cast<float4 *>(p + j) = make_float4(v[j], v[j + 1], v[j + 2], v[j + 3]);
+    } else {
+      *reinterpret_cast<float2 *>(p) = make_float2(v[0], v[1]);
+    }
+    return;
+  }
+  uint32_t w[OV / 2];
+#pragma unroll
+  for (int j = 0; j < OV / 2; j++) {
+    if (t == DA_F16) {
+      const __half2 h = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
+      w[j] = *reinterpret_cast<const uint32_t *>(&h);
+    } else {
+      const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+      w[j] = *reinterpret_cast<const uint32_t *>(&h);
+    }
+  }
+  char *p = static_cast<char *>(qs) + i * 2;
+  if constexpr (OV == 8)
+    *reinterpret_cast<uint4 *>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+  else if constexpr (OV == 4)
+    *reinterpret_cast<uint2 *>(p) = make_uint2(w[0], w[1]);
+  else
+    *reinterpret_cast<uint32_t *>(p) = w[0];
+}
+
+/* Per-thread state of the fused Q: OV = 16 / G consecutive columns of qs,
+ * i.e. 16 source columns (their byte offsets in a slot) and OV
+ * denominators, all in registers. */
+template <int GS, int OV>
+struct dac_hash_fuse_cols {
+  int off[OV][GS];
+  float den[OV], inv[OV]; /* inv: 1 / den when that is exact, else 0 */
+  uint32_t vmask;         /* bit j * GS + i: source i of column j exists */
+  int nvalid;             /* columns below ng */
+  bool fast;              /* all OV columns full groups with an exact inv */
+};
+
+/* The fused Q of rows 4 rb .. 4 rb + 3 for rb = tb, tb + nb, ... of the n
+ * local rows of the slot x, into qs from element qi (row stride qs_ld).
+ * Four consecutive rows per step, so that every source's four reads are
+ * one address plus immediates (the slot has room for them past n). num is
+ * summed from 0.0f in the group's order and divided as before; a
+ * denominator that is a power of two (MEAN: G, or a short last group's size
+ * when it is one) is applied as a multiplication by its exact reciprocal,
+ * which rounds the same quotient the same way. Not FAST: a missing member
+ * adds +0.0f, which leaves a sum that started at +0.0f (so is never -0.0f)
+ * unchanged. */
+template <int GS, int OV, bool FAST, da_dtype DT>
+__device__ __forceinline__ void
+dac_hash_fuse_rows(const char *x, int n, int tb, int nb, const dac_hash_fuse_cols<GS, OV> &f,
+                   void *qs, da_dtype qs_dt, size_t qi, int qs_ld, bool vec, int lim) {
+  constexpr int RB = 4;
+  for (int rb = tb; rb * RB < n; rb += nb) {
+    const char *xr = x + rb * RB * 16;
+    float v[RB][OV];
+#pragma unroll
+    for (int j = 0; j < OV; j++) {
+      float num[RB];
+#pragma unroll
+      for (int u = 0; u < RB; u++) num[u] = 0.0f;
+#pragma unroll
+      for (int i = 0; i < GS; i++) {
+        const char *src = xr + f.off[j][i];
+        const bool on = FAST || ((f.vmask >> (j * GS + i)) & 1);
+#pragma unroll
+        for (int u = 0; u < RB; u++) {
+          const float e = dac_hash_ld1<DT>(src + u * 16);
+          num[u] += on ? e : 0.0f;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < RB; u++) {
+        if (FAST)
+          v[u][j] = num[u] * f.inv[j];
+        else
+          v[u][j] = j >= f.nvalid ? 0.0f : f.inv[j] != 0.0f ? num[u] * f.inv[j] : num[u] / f.den[j];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < RB; u++)
+      if (rb * RB + u < n)
+        dac_hash_store<OV>(qs, qs_dt, qi + (size_t)(rb * RB + u) * qs_ld, v[u], vec, lim);
+  }
+}
+
+template <int GS, int OV>
+__device__ __forceinline__ void dac_hash_fuse_dt(da_dtype dt, const char *x, int n, int tb, int nb,
+                                                 const dac_hash_fuse_cols<GS, OV> &f, void *qs,
+                                                 da_dtype qs_dt, size_t qi, int qs_ld, bool vec,
+                                                 int lim) {
+#define DAC_HASH_FUSE(FAST, DT)                                                                    \
+  dac_hash_fuse_rows<GS, OV, FAST, DT>(x, n, tb, nb, f, qs, qs_dt, qi, qs_ld, vec, lim)
+  if (dt == DA_F16) {
+    if (f.fast)
+      DAC_HASH_FUSE(true, DA_F16);
+    else
+      DAC_HASH_FUSE(false, DA_F16);
+  } else if (dt == DA_BF16) {
+    if (f.fast)
+      DAC_HASH_FUSE(true, DA_BF16);
+    else
+      DAC_HASH_FUSE(false, DA_BF16);
+  } else {
+    if (f.fast)
+      DAC_HASH_FUSE(true, DA_F32);
+    else
+      DAC_HASH_FUSE(false, DA_F32);
+  }
+#undef DAC_HASH_FUSE
+}
+
+/* One block per (tile, head, batch). Thread (cg, bg) runs the chains of
+ * columns 4cg..4cg+3 and hash bits bg*TB..bg*TB+TB-1, so NB / TB * ceil(d/4)
+ * threads share the d * NB chains (d = 128, NB = 16: 64 threads of 32
+ * chains), each the same sequential fma over the rows in order as in
+ * lib/hash.c. The tile's Q and R arrive by cp.async in chunks of CK rows,
+ * the next chunk in flight while this one's chains run; Q stays whole
+ * (resident: when the fused Q will read it again and it fits) or passes
+ * through two slots like R. Then the codes, the sort (one warp), the fusion
+ * weights and, when qs is given, the fused Q rows of the tile. */
+template <int NB, int GS>
+__global__ void __launch_bounds__(256, 1)
+    dac_hash_kernel(const void *__restrict__ q, da_dtype dt, int heads, int seq_q, int d,
+                    const float *__restrict__ proj, int hash_bits, int hash_block, int norm,
+                    int n_tiles, int resident, int rpad, int pb, int rvec, int *__restrict__ perm,
+                    float *__restrict__ wts, void *__restrict__ qs, da_dtype qs_dt, int qs_ld,
+                    int ng, int qs_vec) {
+  constexpr int TB = NB < DAC_HASH_TB ? NB : DAC_HASH_TB, CK = DAC_HASH_CK;
+  static_assert(sizeof(dac_hash_cols<NB>) <= 2 * NB * CK * sizeof(float), "R slots too small");
+  extern __shared__ __align__(16) char dsm[];
+  const int tid = threadIdx.x, nt = blockDim.x;
+  const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int r0 = tile * hash_block;
+  const int rows = min(hash_block, seq_q - r0);
+  const size_t bh = (size_t)b * heads + h;
+  const int es = dt == DA_F32 ? 4 : 2;
+  const int ncg = (d + 3) / 4;
+
+  dac_hash_geom g;
+  g.q = q;
+  g.es = es;
+  g.d = d;
+  g.qoff = (bh * (size_t)seq_q + (size_t)r0) * (size_t)d;
+  g.rpad = rpad;
+  g.pb = pb;
+  const int npr = pb ? d * es / pb : ncg; /* pieces of a row */
+  g.lp = tid % npr;
+  g.lr0 = tid / npr;
+  g.rstep = nt / npr;
+  const size_t qslot = (size_t)((d * es + 15) / 16) * rpad * 16;
+  char *qbuf = dsm;
+  float *rbuf = reinterpret_cast<float *>(dsm + (resident ? 1 : 2) * qslot); /* 2 slots */
+  dac_hash_cols<NB> &sm = *reinterpret_cast<dac_hash_cols<NB> *>(rbuf);
+
+  const int nch = (rows + CK - 1) / CK;
+  /* chunk k: Q in slot k % 2 (resident: rows k CK.. of the one slot), R in
+   * slot k % 2 */
+  dac_hash_copy_q(g, qbuf, 0, min(rows, CK), 0);
+  dac_hash_copy_r<NB>(proj, hash_bits, hash_block, rvec, rbuf, 0, min(rows, CK));
+  dac_cp_commit();
+
+  const bool worker = tid < NB / TB * ncg;
+  const int cg = worker ? tid % ncg : 0, bg = worker ? tid / ncg : 0;
+  const bool busy = worker && bg * TB < hash_bits;
+  const bool do_norm = norm && wts != nullptr && bg == 0;
+  float acc[TB][4], nr[4];
+#pragma unroll
+  for (int j = 0; j < TB; j++)
+#pragma unroll
+    for (int k = 0; k < 4; k++) acc[j][k] = 0.0f;
+#pragma unroll
+  for (int k = 0; k < 4; k++) nr[k] = 0.0f;
+
+  const int cbyte = 4 * cg * es; /* the thread's columns within a row */
+  for (int k = 0; k < nch; k++) {
+    const int a = k * CK, n = min(CK, rows - a);
+    dac_cp_wait_all();
+    __syncthreads();
+    /* the slots written here were last read before the barrier above */
+    if (k + 1 < nch) {
+      const int a1 = a + CK, n1 = min(CK, rows - a1);
+      if (resident)
+        dac_hash_copy_q(g, qbuf, a1, a1 + n1, 0);
+      else
+        dac_hash_copy_q(g, qbuf + ((k + 1) % 2) * qslot, a1, a1 + n1, a1);
+      dac_hash_copy_r<NB>(proj, hash_bits, hash_block, rvec, rbuf + ((k + 1) % 2) * NB * CK, a1,
+                          n1);
+      dac_cp_commit();
+    }
+    if (busy) {
+      const char *qp = resident
+                           ? qbuf + ((size_t)(cbyte / 16) * rpad + a) * 16 + cbyte % 16
+                           : qbuf + (k % 2) * qslot + (size_t)(cbyte / 16) * rpad * 16 + cbyte % 16;
+      const float *rp = rbuf + (k % 2) * NB * CK + bg * TB * CK;
+      if (do_norm)
+        dac_hash_chains_dt<TB, true>(dt, qp, rp, n, acc, nr);
+      else
+        dac_hash_chains_dt<TB, false>(dt, qp, rp, n, acc, nr);
+    }
+  }
+  __syncthreads(); /* R is done with: sm takes its place */
+  if (worker) {
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const int c = 4 * cg + k;
+      if (c >= d) break;
+      uint32_t bits = 0;
+#pragma unroll
+      for (int j = 0; j < TB; j++) {
+        const int bb = bg * TB + j;
+        if (bb < hash_bits && acc[j][k] > 0.0f) bits |= 1u << bb;
+      }
+      sm.part[bg][c] = bits;
+      if (bg == 0) sm.a[c] = do_norm ? sqrtf(nr[k]) : 1.0f;
+    }
+  }
+  __syncthreads();
+  if (tid < 32) {
+    using T = typename std::conditional<NB <= 16, uint32_t, unsigned long long>::type;
+    if (d <= 32)
+      dac_hash_sort<T, 1>(sm, d);
+    else if (d <= 64)
+      dac_hash_sort<T, 2>(sm, d);
+    else if (d <= 128)
+      dac_hash_sort<T, 4>(sm, d);
+    else
+      dac_hash_sort<T, 8>(sm, d);
   }
   __syncthreads();
   const size_t poff = (bh * (size_t)n_tiles + (size_t)tile) * (size_t)d;
-  if (c < d) {
-    const uint32_t kc = keys[c];
-    int rank = 0;
-    for (int e = 0; e < d; e++) {
-      const uint32_t ke = keys[e];
-      rank += (ke < kc) || (ke == kc && e < c);
-    }
-    perm_s[rank] = c;
-    perm[poff + rank] = c;
-  }
+  for (int c = tid; c < d; c += nt) perm[poff + c] = sm.perm[c];
   if (!wts) return;
-  __syncthreads();
   if (norm) {
-    for (int g0 = threadIdx.x * G; g0 < d; g0 += blockDim.x * G) {
-      const int g1 = min(g0 + G, d);
+    for (int g0 = tid * GS; g0 < d; g0 += nt * GS) {
+      const int g1 = min(g0 + GS, d);
       float sum = 0.0f;
-      for (int i = g0; i < g1; i++) sum = __fadd_rn(sum, a_s[perm_s[i]]);
+      for (int i = g0; i < g1; i++) sum = __fadd_rn(sum, sm.a[sm.perm[i]]);
       if (!(sum > 0.0f))
-        for (int i = g0; i < g1; i++) a_s[perm_s[i]] = 1.0f;
+        for (int i = g0; i < g1; i++) sm.a[sm.perm[i]] = 1.0f;
     }
     __syncthreads();
   }
-  if (c < d) wts[poff + c] = a_s[c];
-  if (GS == 1 || !qs) return;
-  /* fused Q of the tile: qs[r][g] = sum Q[r][c] / sum a_c over group g.
-   * Lane l of each warp makes columns g = l, l + 32, ... of a row (their
-   * source columns and denominators stay in registers); the warps share
-   * out the rows. */
-  constexpr int MAXS = (256 / GS + 31) / 32;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
-  int src_c[MAXS][GS];
-  float den[MAXS];
+  for (int c = tid; c < d; c += nt) wts[poff + c] = sm.a[c];
+  if constexpr (GS > 1) {
+    if (!qs) return;
+    /* thread: OV columns (column vector cv) of every nb-th block of 4 rows */
+    constexpr int OV = 16 / GS;
+    const int ncv = (qs_ld + OV - 1) / OV;
+    const int cs = min(ncv, nt), nb = nt / cs, tb = tid / cs;
+    const size_t qsoff = (bh * (size_t)seq_q + (size_t)r0) * (size_t)qs_ld;
+    for (int k = 0; k < (resident ? 1 : nch); k++) {
+      const int row0 = resident ? 0 : k * CK;
+      const int n = resident ? rows : min(CK, rows - row0);
+      if (!resident) {
+        __syncthreads();
+        dac_hash_copy_q(g, qbuf, row0, row0 + n, row0);
+        dac_cp_commit();
+        dac_cp_wait_all();
+        __syncthreads();
+      }
+      if (tb >= nb) continue;
+      for (int cv = tid % cs; cv < ncv; cv += cs) {
+        dac_hash_fuse_cols<GS, OV> f;
+        const int g0 = cv * OV;
+        f.vmask = 0;
+        f.fast = true;
 #pragma unroll
-  for (int s = 0; s < MAXS; s++) {
-    const int g = lane + 32 * s;
-    den[s] = 0.0f;
+        for (int j = 0; j < OV; j++) {
+          f.den[j] = 0.0f;
 #pragma unroll
-    for (int i = 0; i < GS; i++) {
-      const int p = g * GS + i;
-      src_c[s][i] = g < ng && p < d ? perm_s[p] : -1;
-      if (src_c[s][i] >= 0) den[s] += a_s[src_c[s][i]];
-    }
-  }
-  const size_t qsoff = (bh * (size_t)seq_q + (size_t)r0) * (size_t)qs_ld;
-  /* four rows at a time: all their loads in flight before the stores */
-  constexpr int RU = 4;
-  for (int r0w = warp; r0w < rows; r0w += nw * RU) {
-    float num[RU][MAXS];
-#pragma unroll
-    for (int u = 0; u < RU; u++) {
-      const int r = r0w + u * nw;
-      const size_t rq = qoff + (size_t)(r < rows ? r : 0) * d;
-#pragma unroll
-      for (int s = 0; s < MAXS; s++) {
-        num[u][s] = 0.0f;
-#pragma unroll
-        for (int i = 0; i < GS; i++)
-          if (r < rows && src_c[s][i] >= 0) num[u][s] += dac_ld(q, dt, rq + src_c[s][i]);
+          for (int i = 0; i < GS; i++) {
+            const int p = (g0 + j) * GS + i;
+            const bool valid = g0 + j < ng && p < d;
+            const int c = valid ? sm.perm[p] : 0;
+            f.off[j][i] = (c * es / 16 * rpad) * 16 + c * es % 16;
+            if (valid) {
+              f.den[j] += sm.a[c];
+              f.vmask |= 1u << (j * GS + i);
+            }
+          }
+          /* den = 2^e, e in [-126, 126]: 1 / den is exact */
+          const uint32_t db = __float_as_uint(f.den[j]);
+          f.inv[j] = (db & 0x807fffffu) == 0 && db >= 0x00800000u && db <= 0x7e800000u
+                         ? 1.0f / f.den[j]
+                         : 0.0f;
+          f.fast = f.fast && f.inv[j] != 0.0f;
+        }
+        f.nvalid = min(OV, ng - g0);
+        f.fast = f.fast && f.nvalid == OV && (g0 + OV) * GS <= d;
+        const size_t qi = qsoff + (size_t)row0 * qs_ld + g0;
+        dac_hash_fuse_dt<GS, OV>(dt, qbuf, n, tb, nb, f, qs, qs_dt, qi, qs_ld, qs_vec, qs_ld - g0);
       }
     }
-#pragma unroll
-    for (int u = 0; u < RU; u++) {
-      const int r = r0w + u * nw;
-      if (r >= rows) break;
-#pragma unroll
-      for (int s = 0; s < MAXS; s++) {
-        const int g = lane + 32 * s;
-        if (g < qs_ld) dac_st(qs, qs_dt, qsoff + (size_t)r * qs_ld + g, g < ng ? num[u][s] / den[s] : 0.0f);
-      }
-    }
   }
+}
+
+template <int NB, int GS>
+static cudaError_t
+dac_hash_launch(dim3 grid, int threads, size_t smem, cudaStream_t s, const void *q, da_dtype dt,
+                int heads, int seq_q, int d, const float *proj, int hash_bits, int hash_block,
+                int norm, int n_tiles, int resident, int rpad, int pb, int rvec, int *perm,
+                float *wts, void *qs, da_dtype qs_dt, int qs_ld, int ng, int qs_vec) {
+  cudaError_t e;
+  if (smem > 48 * 1024 && (e = cudaFuncSetAttribute(dac_hash_kernel<NB, GS>,
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                    (int)smem)) != cudaSuccess)
+    return e;
+  /* blocks per SM are bounded by shared memory: let them have all of it */
+  if ((e = cudaFuncSetAttribute(dac_hash_kernel<NB, GS>,
+                                cudaFuncAttributePreferredSharedMemoryCarveout,
+                                cudaSharedmemCarveoutMaxShared)) != cudaSuccess)
+    return e;
+  dac_hash_kernel<NB, GS><<<grid, threads, smem, s>>>(
+      q, dt, heads, seq_q, d, proj, hash_bits, hash_block, norm, n_tiles, resident, rpad, pb, rvec,
+      perm, wts, qs, qs_dt, qs_ld, ng, qs_vec);
+  return cudaGetLastError();
 }
 
 extern "C" cudaError_t dac_launch_hash(const void *q, da_dtype dt, int batch, int heads, int seq_q,
                                        int d, const float *proj, int hash_bits, int hash_block,
                                        int G, da_fusion fusion, int *perm, float *wts, void *qs,
                                        da_dtype qs_dt, int qs_ld, int ng, cudaStream_t s) {
+  if (d < 1 || d > 256 || hash_bits < 1 || hash_bits > 32 || hash_block < 1 ||
+      (G != 1 && G != 2 && G != 4 && G != 8))
+    return cudaErrorInvalidValue;
+  if (batch <= 0 || heads <= 0 || seq_q <= 0) return cudaSuccess;
+  const int CK = DAC_HASH_CK;
   const int n_tiles = (seq_q + hash_block - 1) / hash_block;
-  const int threads = d <= 32 ? 32 : (d + 31) / 32 * 32;
-  dim3 grid(n_tiles, heads, batch);
-#define DAC_HASH_LAUNCH(NB, GS)                                                               \
-  dac_hash_kernel<NB, GS><<<grid, threads, 0, s>>>(q, dt, heads, seq_q, d, proj, hash_bits,   \
-                                                   hash_block, G, fusion == DA_FUSE_NORM,     \
-                                                   n_tiles, perm, wts, qs, qs_dt, qs_ld, ng)
-#define DAC_HASH_LAUNCH_G(NB)   \
-  switch (G) {                  \
-  case 1: DAC_HASH_LAUNCH(NB, 1); break; \
-  case 2: DAC_HASH_LAUNCH(NB, 2); break; \
-  case 4: DAC_HASH_LAUNCH(NB, 4); break; \
-  case 8: DAC_HASH_LAUNCH(NB, 8); break; \
-  default: return cudaErrorInvalidValue; \
+  const size_t es = dac_dtype_size(dt);
+  /* cp.async pieces of Q rows: 16 bytes, else 8 (4 columns of f16/bf16),
+   * else element by element */
+  const int pb = (size_t)d * es % 16 == 0 && (uintptr_t)q % 16 == 0 ? 16
+                 : es == 2 && d % 4 == 0 && (uintptr_t)q % 8 == 0   ? 8
+                                                                    : 0;
+  const int rvec = hash_block % 4 == 0 && (uintptr_t)proj % 16 == 0;
+  const int nb = hash_bits <= 8 ? 8 : hash_bits <= 16 ? 16 : 32;
+  const int tb = nb < DAC_HASH_TB ? nb : DAC_HASH_TB;
+  const size_t units = ((size_t)d * es + 15) / 16; /* 16-byte units of a row */
+  const size_t rbytes = 2 * (size_t)nb * CK * sizeof(float);
+  const int rmax = min(hash_block, seq_q); /* rows of the longest tile */
+  const int fused = wts && qs && G > 1;
+  int dev, optin;
+  cudaError_t e;
+  if ((e = cudaGetDevice(&dev)) != cudaSuccess) return e;
+  if ((e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) !=
+      cudaSuccess)
+    return e;
+  /* the whole tile's Q when the fused Q reads it again and it fits, else
+   * two chunk slots */
+  int rpad = (rmax + 3) / 4 * 4 + 1;
+  size_t smem = units * rpad * 16 + rbytes;
+  const int resident = fused && smem <= min((size_t)optin, (size_t)DAC_HASH_RESIDENT_MAX);
+  if (!resident) {
+    rpad = CK + 1;
+    smem = 2 * units * rpad * 16 + rbytes;
+    if (smem > (size_t)optin) return cudaErrorInvalidConfiguration;
   }
-  if (hash_bits <= 8)
-    DAC_HASH_LAUNCH_G(8)
-  else if (hash_bits <= 16)
-    DAC_HASH_LAUNCH_G(16)
-  else
-    DAC_HASH_LAUNCH_G(32)
+  const int ov = 16 / G;
+  const int qs_vec =
+      fused && qs_ld % ov == 0 && (uintptr_t)qs % ((size_t)ov * dac_dtype_size(qs_dt)) == 0;
+  const int threads = (nb / tb * ((d + 3) / 4) + 31) / 32 * 32;
+  const dim3 grid(n_tiles, heads, batch);
+  const int norm = fusion == DA_FUSE_NORM;
+#define DAC_HASH_LAUNCH(NB, GS)                                                                    \
+  return dac_hash_launch<NB, GS>(grid, threads, smem, s, q, dt, heads, seq_q, d, proj, hash_bits,  \
+                                 hash_block, norm, n_tiles, resident, rpad, pb, rvec, perm, wts,   \
+                                 qs, qs_dt, qs_ld, ng, qs_vec)
+#define DAC_HASH_LAUNCH_G(NB)                                                                      \
+  switch (G) {                                                                                     \
+  case 1: DAC_HASH_LAUNCH(NB, 1);                                                                  \
+  case 2: DAC_HASH_LAUNCH(NB, 2);                                                                  \
+  case 4: DAC_HASH_LAUNCH(NB, 4);                                                                  \
+  default: DAC_HASH_LAUNCH(NB, 8);                                                                 \
+  }
+  if (nb == 8) DAC_HASH_LAUNCH_G(8)
+  if (nb == 16) DAC_HASH_LAUNCH_G(16)
+  DAC_HASH_LAUNCH_G(32)
 #undef DAC_HASH_LAUNCH_G
 #undef DAC_HASH_LAUNCH
-  return cudaGetLastError();
 }
 
 /* qx[bh][r][c] = Qs[r][g(c)] * a_c: the logits Qs Kf^T written as qx K^T. */

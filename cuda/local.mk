@@ -13,7 +13,7 @@ DA_NVCCFLAGS = -O3 -std=c++17 $(NVCC_GENCODE) \
 	  $(DEFAULT_INCLUDES) $(AM_CPPFLAGS) $(CPPFLAGS) -I$(top_srcdir)/cuda -c $<
 
 EXTRA_DIST += cuda/nvcc-lt.sh bench/cuda_check.c bench/cuda_gpu_run.sh \
-	bench/bench_cuda_vs_fa2.py bench/cuda-h100.txt
+	bench/bench_cuda_vs_fa2.py bench/cuda-h100.txt bench/hash_bench.cu
 noinst_HEADERS += cuda/cuda_internal.h cuda/cuda_dev.cuh
 
 if HAVE_CUDA
