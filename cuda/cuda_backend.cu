@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cublas_api.h>
 
@@ -275,6 +276,7 @@ static void dac_plan_free(dac_plan *bp) {
   if (bp->perm) (void)cudaFree(bp->perm);
   if (bp->wts) (void)cudaFree(bp->wts);
   if (bp->qs) (void)cudaFree(bp->qs);
+  if (bp->kt) (void)cudaFree(bp->kt);
   if (bp->gemm_s) (void)cudaFree(bp->gemm_s);
   if (bp->gemm_p) (void)cudaFree(bp->gemm_p);
   if (bp->gemm_q) (void)cudaFree(bp->gemm_q);
@@ -312,6 +314,10 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
   da_status st;
   bp->use_mma = bc->cc_major >= 8 && dac_mma_supported(d->dtype, d->head_dim, G, d->hash_block);
   bp->br = (G == 1 || d->hash_block >= 128) ? 128 : 64;
+  /* DISTRATTN_CUDA_WGMMA=0 keeps Hopper on the mma.sync kernel (for comparisons) */
+  const char *wg_env = getenv("DISTRATTN_CUDA_WGMMA");
+  bp->use_wg = bp->use_mma && !(wg_env && !strcmp(wg_env, "0")) &&
+               dac_wg_supported(bc->cc_major, bc->cc_minor, d->dtype, d->head_dim, G, d->hash_block);
   const size_t proj_bytes = (size_t)d->hash_bits * d->hash_block * sizeof(float);
   st = dac_alloc(ctx, (void **)&bp->proj, proj_bytes, "the projections");
   if (st) return st;
@@ -361,6 +367,13 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
     size_t simt_bytes = bh * d->seq_q * (size_t)ng * 4;
     st = dac_alloc(ctx, &bp->qs, mma_bytes > simt_bytes ? mma_bytes : simt_bytes, "the fused Q");
     if (st) return st;
+    if (bp->use_wg) {
+      bp->kt_ld = (int)dac_wg_kt_ld(d->seq_k);
+      st = dac_alloc(ctx, &bp->kt,
+                     (size_t)d->batch * d->kv_heads * d->head_dim * (size_t)bp->kt_ld * p->elem_size,
+                     "the transposed K");
+      if (st) return st;
+    }
   }
   return DA_SUCCESS;
 }
@@ -492,7 +505,11 @@ static da_status dac_attention(da_plan *p, void *q, void *k, void *v, void *o) {
                                    a.qs_ld, p->ng, bc->stream));
   }
   if (d->algo == DA_ALGO_GEMM) return dac_gemm(p, &a);
-  if (mma)
+  if (mma && bp->use_wg) {
+    a.kt = bp->kt;
+    a.kt_ld = bp->kt_ld;
+    DAC_CHECK(ctx, dac_launch_wg(&a, bc->stream));
+  } else if (mma)
     DAC_CHECK(ctx, dac_launch_mma(&a, bp->br, bc->stream));
   else
     DAC_CHECK(ctx, dac_launch_simt(&a, bc->stream));

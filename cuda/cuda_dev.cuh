@@ -42,4 +42,32 @@ __device__ __forceinline__ dac_block dac_block_of(const dac_args &a, int rows) {
 
 static inline size_t dac_dtype_size(da_dtype t) { return t == DA_F32 ? 4 : 2; }
 
+/* two f32 values to/from a 32-bit pair of the 16-bit type T (round to nearest) */
+template <typename T> struct dac_cvt;
+template <> struct dac_cvt<__half> {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+  }
+  static __device__ __forceinline__ float2 unpack(uint32_t x) {
+    return __half22float2(*reinterpret_cast<__half2 *>(&x));
+  }
+};
+template <> struct dac_cvt<__nv_bfloat16> {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+  }
+  static __device__ __forceinline__ float2 unpack(uint32_t x) {
+    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&x));
+  }
+};
+
+/* 2^x on the special-function unit (the softmax's exponent, log2 domain) */
+__device__ __forceinline__ float dac_ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 #endif /* DA_CUDA_DEV_CUH */

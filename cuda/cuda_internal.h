@@ -29,6 +29,9 @@ typedef struct dac_plan {
   int qs_ld;              /* row length of qs (ng, padded to 16 on the mma path) */
   da_dtype qs_dtype;      /* the element type of qs */
   int use_mma;            /* tensor-core kernel */
+  int use_wg;             /* ... as the Hopper warpgroup-MMA kernel (cuda_wgmma.cu) */
+  void *kt;               /* K^T for the Hopper kernel's G > 1 path */
+  int kt_ld;              /* its row length: seq_k rounded up to 128 */
   int br;                 /* query rows per block on the chosen path */
   /* GEMM algorithm scratch */
   void *gemm_s;           /* logits, f32 */
@@ -42,6 +45,8 @@ typedef struct dac_args {
   const void *q, *k, *v;
   void *o;
   const void *qs;         /* fused Q (G > 1) */
+  const void *kt;         /* K^T scratch of the Hopper kernel (G > 1): [batch][kv_heads][d][kt_ld] */
+  int kt_ld;
   const int *perm;
   const float *wts;
   int batch, heads, kv_heads, seq_q, seq_k, d;
@@ -68,6 +73,13 @@ DAC_HIDDEN cudaError_t dac_launch_simt(const dac_args *a, cudaStream_t s);
  * cudaErrorInvalidValue for a shape it lacks. */
 DAC_HIDDEN cudaError_t dac_launch_mma(const dac_args *a, int br, cudaStream_t s);
 DAC_HIDDEN int dac_mma_supported(da_dtype dt, int d, int G, int hash_block);
+/* Hopper warpgroup-MMA attention (sm_90a), f16/bf16, d in {64, 128}, 128
+ * query rows per block (hash_block a multiple of 128 when G > 1). For
+ * G > 1 it first writes K^T into a->kt, rows of a->kt_ld = dac_wg_kt_ld(seq_k). */
+DAC_HIDDEN int dac_wg_supported(int cc_major, int cc_minor, da_dtype dt, int d, int G,
+                                int hash_block);
+DAC_HIDDEN size_t dac_wg_kt_ld(int seq_k);
+DAC_HIDDEN cudaError_t dac_launch_wg(const dac_args *a, cudaStream_t s);
 /* GEMM helpers: expanded Q for G > 1 (qx[r][c] = Qs[r][g(c)] * a_c, in dt);
  * masked softmax of f32 logits rows into p (dtype pdt). */
 DAC_HIDDEN cudaError_t dac_launch_expand_q(const dac_args *a, void *qx, cudaStream_t s);

@@ -16,34 +16,20 @@
 
 
 template <typename T> struct dac_mma_op;
-template <> struct dac_mma_op<__half> {
+template <> struct dac_mma_op<__half> : dac_cvt<__half> {
   static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
                  "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&h);
-  }
-  static __device__ __forceinline__ float2 tof2(uint32_t x) {
-    return __half22float2(*reinterpret_cast<__half2 *>(&x));
-  }
 };
-template <> struct dac_mma_op<__nv_bfloat16> {
+template <> struct dac_mma_op<__nv_bfloat16> : dac_cvt<__nv_bfloat16> {
   static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
                  "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&h);
-  }
-  static __device__ __forceinline__ float2 tof2(uint32_t x) {
-    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&x));
   }
 };
 
@@ -83,11 +69,6 @@ __device__ __forceinline__ void load_tile(T *dst, const T *src, int row0, int nr
   }
 }
 
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
 
 /* WARPS warps of MT m-tiles (16 rows) each: BR = 16 * WARPS * MT query rows
  * per block. With MT = 2 each K/V fragment feeds two mma and the Q
@@ -190,7 +171,7 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
         const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-          const float2 f = op::tof2(wv[e]);
+          const float2 f = op::unpack(wv[e]);
           acc[2 * e] = fmaf(w, f.x, acc[2 * e]);
           acc[2 * e + 1] = fmaf(w, f.y, acc[2 * e + 1]);
         }
@@ -329,17 +310,17 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
       mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
       const float mn0 = fmaxf(mrow[mt][0], mx0), mn1 = fmaxf(mrow[mt][1], mx1);
       const float ms0 = mn0 == -INFINITY ? 0.0f : mn0 * sc, ms1 = mn1 == -INFINITY ? 0.0f : mn1 * sc;
-      const float al0 = fast_exp2(fmaf(mrow[mt][0], sc, -ms0));
-      const float al1 = fast_exp2(fmaf(mrow[mt][1], sc, -ms1));
+      const float al0 = dac_ex2(fmaf(mrow[mt][0], sc, -ms0));
+      const float al1 = dac_ex2(fmaf(mrow[mt][1], sc, -ms1));
       mrow[mt][0] = mn0;
       mrow[mt][1] = mn1;
       float rs0 = 0.0f, rs1 = 0.0f;
 #pragma unroll
       for (int nt = 0; nt < BC / 8; nt++) {
-        s[mt][nt][0] = fast_exp2(fmaf(s[mt][nt][0], sc, -ms0));
-        s[mt][nt][1] = fast_exp2(fmaf(s[mt][nt][1], sc, -ms0));
-        s[mt][nt][2] = fast_exp2(fmaf(s[mt][nt][2], sc, -ms1));
-        s[mt][nt][3] = fast_exp2(fmaf(s[mt][nt][3], sc, -ms1));
+        s[mt][nt][0] = dac_ex2(fmaf(s[mt][nt][0], sc, -ms0));
+        s[mt][nt][1] = dac_ex2(fmaf(s[mt][nt][1], sc, -ms0));
+        s[mt][nt][2] = dac_ex2(fmaf(s[mt][nt][2], sc, -ms1));
+        s[mt][nt][3] = dac_ex2(fmaf(s[mt][nt][3], sc, -ms1));
         rs0 += s[mt][nt][0] + s[mt][nt][1];
         rs1 += s[mt][nt][2] + s[mt][nt][3];
       }

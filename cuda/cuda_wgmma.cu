@@ -1,0 +1,571 @@
+/* Hopper (sm_90a) fused attention for f16/bf16 inputs, head_dim 64 and 128.
+ *
+ * One block of three warpgroups per 128 query rows (one hash tile, so one
+ * column permutation per block when G > 1):
+ * - warpgroup 0, the producer, brings each 128-key tile of K (or, for
+ *   G > 1, of K^T, written by dac_kt_kernel) and V into shared memory with
+ *   cp.async, in the 128-byte swizzled layouts the warpgroup MMA reads,
+ *   NS stages deep; for G > 1 it builds the tile's fused keys
+ *   Kf^T[g][key] = sum_i a_c K[key][c] (c the i-th column of group g) from
+ *   K^T with 16-byte row gathers, f32 sums rounded once;
+ * - warpgroups 1 and 2 each own 64 query rows: S = Q K^T (or Qs Kf^T) by
+ *   wgmma from shared memory into registers, the online softmax in
+ *   registers, then O += P V by wgmma with P straight from registers. The
+ *   next tile's S goes out right behind this tile's P V, and the two
+ *   consumer warpgroups take turns to issue (named barriers), so the
+ *   tensor cores work on one warpgroup's MMAs while the other computes its
+ *   softmax.
+ * Stage hand-off uses mbarriers: full[s] (the producer's 128 threads, after
+ * their copies landed and a proxy fence) and empty[s] (the 8 consumer
+ * warps, after their MMAs on the stage completed). For G > 1, Kf^T and V
+ * have a pair each, since a consumer needs tile j's Kf^T one step before
+ * tile j's V, and the producer must not hold a build back behind a V load.
+ *
+ * The kernel needs wgmma, so this file is compiled for sm_90a alone; on any
+ * other device the backend uses the mma.sync kernel (cuda_mma.cu). */
+#include <math.h>
+
+#include "cuda_dev.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define DAC_WG_DEVICE 1
+#include "cuda_wgmma_ops.cuh"
+#else
+#define DAC_WG_DEVICE 0
+#endif
+
+/* 0 lets the consumer warpgroups issue their MMAs unordered (measured on
+ * an H200 at seq 8192: turn-taking 2 % faster at d128, 3 % slower at d64) */
+#ifndef DAC_WG_PINGPONG
+#define DAC_WG_PINGPONG 1
+#endif
+
+namespace {
+
+constexpr int WG_BM = 128;  /* query rows per block */
+constexpr int WG_BN = 128;  /* keys per tile */
+constexpr int WG_THREADS = 384;
+constexpr size_t WG_SMEM_MAX = 232448; /* the opt-in limit of sm_90 */
+/* setmaxnreg: the producer gives registers back and the consumers take
+ * them; both only move registers within the block's launch allocation
+ * (384 threads x 168, the most __launch_bounds__(384, 1) allows), so the
+ * consumers' increase must be covered by the producer's decrease or
+ * setmaxnreg.inc waits forever. */
+template <bool GR> struct wg_regs {
+  /* the grouped producer builds Kf^T and keeps its gather offsets in registers */
+  static constexpr int PROD = GR ? 88 : 56, CONS = GR ? 208 : 224;
+  static_assert(128 * PROD + 256 * CONS <= 384 * 168, "setmaxnreg budget");
+};
+
+/* Shared memory plan of one block (bytes; every region 1024-aligned, as
+ * the 128-byte swizzle repeats every 1024 bytes). */
+template <int D, int DQK, int GS> struct wg_smem {
+  static constexpr bool GR = GS > 1;
+  static constexpr int QB = GR ? 16384 : (D / 64) * 16384;   /* Q or Qs: 128 rows of 128 B per 64 cols */
+  static constexpr int KB = GR ? 2 * DQK * 128 : (D / 64) * 16384; /* K, or Kf^T [2][DQK][64 keys] */
+  static constexpr int VB = (D / 64) * 16384;                 /* V [D/64][128 keys][64] */
+  static constexpr int RB = GR ? (D / 64) * 16384 : 0;        /* raw K^T [2][D][64 keys] */
+  static constexpr int TABB = GR ? ((DQK * GS * 4 + 1023) / 1024) * 1024 : 0;
+  static constexpr size_t bytes_for(int ns) {
+    return 1024 /* alignment slack */ + QB + (size_t)ns * (KB + VB) + 2 * (size_t)RB + TABB +
+           128 /* barriers */;
+  }
+  static constexpr int NS = bytes_for(3) <= WG_SMEM_MAX ? 3 : 2;
+  static constexpr size_t bytes = bytes_for(NS);
+  static_assert(NS >= 2, "two stages at least");
+};
+
+#if DAC_WG_DEVICE
+__device__ __forceinline__ uint32_t su32(const void *p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void mbar_init(uint32_t b, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(b), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t b) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(b)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t b, uint32_t parity) {
+  asm volatile("{\n.reg .pred p;\nDAC_WAIT_%=:\n"
+               "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+               "@!p bra DAC_WAIT_%=;\n}\n" ::"r"(b),
+               "r"(parity)
+               : "memory");
+}
+__device__ __forceinline__ void cp16(uint32_t dst, const void *src, int bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+/* generic-proxy writes (st.shared, completed cp.async) before the async
+ * proxy (wgmma) reads them */
+__device__ __forceinline__ void fence_proxy() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void named_sync(int id, int n) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int n) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+/* shared-memory matrix descriptor, 128-byte swizzle */
+__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
+  return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFFu) << 16) |
+         ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32) | (1ull << 62);
+}
+/* byte offset of 16-byte chunk c (8 elements) of row r in a tile of
+ * 128-byte rows, 64 elements each, blocks of `rows` rows per 64 columns */
+__device__ __forceinline__ uint32_t swz(int r, int c, int rows) {
+  return (uint32_t)((c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+}
+
+#endif /* DAC_WG_DEVICE */
+
+template <typename T, int D, int DQK, int GS>
+__global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_constant__ dac_args a) {
+#if DAC_WG_DEVICE
+  typedef wg_smem<D, DQK, GS> L;
+  constexpr bool GR = GS > 1;
+  constexpr int NS = L::NS;
+  extern __shared__ unsigned char smraw[];
+  const uint32_t sbase0 = su32(smraw);
+  const uint32_t pad = (1024u - (sbase0 & 1023u)) & 1023u;
+  unsigned char *sm = smraw + pad;
+  const uint32_t sb = sbase0 + pad;
+  const uint32_t sQ = sb, sK = sQ + L::QB, sV = sK + NS * L::KB, sR = sV + NS * L::VB;
+  float *wtab = (float *)(sm + (L::QB + NS * (L::KB + L::VB) + 2 * L::RB));
+  const uint32_t sBar = sR + 2 * L::RB + L::TABB;
+  /* full[s] at sBar + 8s, empty[s] at sBar + 32 + 8s: K (exact) or Kf^T
+   * (grouped) and, exact, V of stage s; grouped, V has its own pair,
+   * vfull[s] at sBar + 64 + 8s and vempty[s] at sBar + 96 + 8s */
+
+  const dac_block blk = dac_block_of(a, WG_BM);
+  const int q0 = blk.q0;
+  const size_t bh = blk.bh, bkv = blk.bkv;
+  const int off = a.seq_k - a.seq_q;
+  int kend = a.seq_k;
+  if (a.causal) kend = max(0, min(a.seq_k, q0 + WG_BM + off));
+  const int nk = (kend + WG_BN - 1) / WG_BN;
+  const int wgi = threadIdx.x / 128, t = threadIdx.x % 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < NS; s++) {
+      mbar_init(sBar + 8 * s, 128);     /* the producer's threads */
+      mbar_init(sBar + 32 + 8 * s, 8);  /* the consumers' warps */
+      mbar_init(sBar + 64 + 8 * s, 128);
+      mbar_init(sBar + 96 + 8 * s, 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wgi == 0) {
+    /* ---------------- producer ---------------- */
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(wg_regs<GR>::PROD));
+    const T *vsrc = (const T *)a.v + bkv * (size_t)a.seq_k * D;
+    /* V (and K, exact) tile j into stage s: row r = key, zero past seq_k */
+    auto load_rows = [&](uint32_t dst, const T *src, int k0) {
+#pragma unroll 4
+      for (int i = 0; i < WG_BN * (D / 8) / 128; i++) {
+        const int e = t + 128 * i, r = e / (D / 8), c = e % (D / 8);
+        const int key = k0 + r;
+        const bool ok = key < a.seq_k;
+        cp16(dst + swz(r, c, WG_BN), ok ? src + (size_t)key * D + c * 8 : src, ok ? 16 : 0);
+      }
+    };
+    if (!GR) {
+      const T *ksrc = (const T *)a.k + bkv * (size_t)a.seq_k * D;
+      if (nk > 0) {
+        load_rows(sK, ksrc, 0);
+        load_rows(sV, vsrc, 0);
+      }
+      cp_commit();
+      for (int j = 0; j < nk; j++) {
+        const int s = j % NS;
+        cp_wait<0>();
+        fence_proxy();
+        mbar_arrive(sBar + 8 * s);
+        if (j + 1 < nk) {
+          const int s1 = (j + 1) % NS;
+          if (j + 1 >= NS) mbar_wait(sBar + 32 + 8 * s1, ((j + 1) / NS - 1) & 1);
+          load_rows(sK + s1 * L::KB, ksrc, (j + 1) * WG_BN);
+          load_rows(sV + s1 * L::VB, vsrc, (j + 1) * WG_BN);
+          cp_commit();
+        }
+      }
+    } else {
+      /* K^T rows d = 0..D-1 of keys [k0, k0 + 128) into raw slot; always in
+       * bounds (kt rows are padded with zeros to kt_ld, a multiple of 128) */
+      const T *ktsrc = (const T *)a.kt + bkv * (size_t)D * a.kt_ld;
+      auto load_raw = [&](uint32_t dst, int k0) {
+#pragma unroll
+        for (int i = 0; i < D * 16 / 128; i++) {
+          const int e = t + 128 * i, r = e / 16, c = e % 16;
+          cp16(dst + swz(r, c, D), ktsrc + (size_t)r * a.kt_ld + k0 + c * 8, 16);
+        }
+      };
+      /* The build: thread t makes 8 keys (16-byte chunk c = t & 15 of the
+       * tile's 128) of groups g = (t >> 4) + 8i, i < NIT, of Kf^T. Its
+       * gather offsets into raw K^T are the same for every tile, so they
+       * are worked out once and kept in registers, two 16-bit offsets a
+       * register; the weights sit in shared memory (one broadcast load
+       * each). With no load depending on another load, a tile's build is
+       * one round trip to shared memory instead of two per item. */
+      constexpr int NIT = DQK / 8, NOFF = NIT * GS;
+      const int cch = t & 15, kb = cch >> 3, cc = cch & 7;
+      const size_t poff = (bh * (size_t)a.n_tiles + (size_t)(q0 / a.hash_block)) * (size_t)a.d;
+      uint32_t offp[(NOFF + 1) / 2];
+#pragma unroll
+      for (int x = 0; x < (NOFF + 1) / 2; x++) offp[x] = 0u;
+#pragma unroll
+      for (int i = 0; i < NIT; i++)
+#pragma unroll
+        for (int m = 0; m < GS; m++) {
+          const int g = (t >> 4) + 8 * i, e = g * GS + m;
+          const int col = (g < a.ng && e < D) ? a.perm[poff + e] : 0;
+          const uint32_t o = (uint32_t)(kb * (D * 128) + col * 128 + ((cc ^ (col & 7)) << 4));
+          offp[(i * GS + m) / 2] |= o << (16 * ((i * GS + m) & 1));
+        }
+      for (int e = t; e < DQK * GS; e += 128) {
+        const int g = e / GS;
+        wtab[e] = (g < a.ng && e < D) ? a.wts[poff + a.perm[poff + e]] : 0.0f;
+      }
+      const uint32_t kfo = (uint32_t)(kb * (DQK * 128) + (t >> 4) * 128 + ((cc ^ ((t >> 4) & 7)) << 4));
+      /* Kf^T and V travel separately (a consumer needs tile j's Kf^T one
+       * step before its V): tile j's build waits only for the stage that
+       * Kf^T j-NS used, and V(j) goes out after it. cp.async groups, in
+       * commit order: raw(0), an empty one, then per tile j raw(j+1) and
+       * V(j); at the top of tile j the pending ones are raw(j), V(j-1). */
+      if (nk > 0) load_raw(sR, 0);
+      cp_commit();
+      cp_commit();
+      named_sync(1, 128); /* the table */
+      for (int j = 0; j < nk; j++) {
+        const int s = j % NS;
+        cp_wait<1>();       /* raw K^T of tile j */
+        named_sync(1, 128); /* everyone's rows landed, everyone done with tile j-1's raw slot */
+        if (j + 1 < nk) load_raw(sR + ((j + 1) & 1) * L::RB, (j + 1) * WG_BN);
+        cp_commit();
+        if (j >= NS) mbar_wait(sBar + 32 + 8 * s, (j / NS - 1) & 1);
+        /* Kf^T[g][key] for 8 keys per item: 16-byte row gathers of K^T */
+        const uint32_t raw = sR + (j & 1) * L::RB, kf = sK + s * L::KB;
+        const unsigned char *rawp = sm + (raw - sb);
+        unsigned char *kfp = sm + (kf - sb);
+#pragma unroll
+        for (int i = 0; i < NIT; i++) {
+          const int g = (t >> 4) + 8 * i;
+          uint4 res = make_uint4(0u, 0u, 0u, 0u);
+          if (g < a.ng) {
+            float acc[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[e] = 0.0f;
+#pragma unroll
+            for (int m = 0; m < GS; m++) {
+              const uint32_t o = (offp[(i * GS + m) / 2] >> (16 * ((i * GS + m) & 1))) & 0xFFFFu;
+              const float w = wtab[g * GS + m];
+              const uint4 v = *reinterpret_cast<const uint4 *>(rawp + o);
+              const uint32_t vv[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+              for (int e = 0; e < 4; e++) {
+                const float2 f = dac_cvt<T>::unpack(vv[e]);
+                acc[2 * e] = fmaf(w, f.x, acc[2 * e]);
+                acc[2 * e + 1] = fmaf(w, f.y, acc[2 * e + 1]);
+              }
+            }
+            res.x = dac_cvt<T>::pack(acc[0], acc[1]);
+            res.y = dac_cvt<T>::pack(acc[2], acc[3]);
+            res.z = dac_cvt<T>::pack(acc[4], acc[5]);
+            res.w = dac_cvt<T>::pack(acc[6], acc[7]);
+          }
+          *reinterpret_cast<uint4 *>(kfp + kfo + i * 1024) = res;
+        }
+        fence_proxy();
+        mbar_arrive(sBar + 8 * s);
+        if (j > 0) {
+          cp_wait<1>(); /* V(j-1) */
+          fence_proxy();
+          mbar_arrive(sBar + 64 + 8 * ((j - 1) % NS));
+        }
+        if (j >= NS) mbar_wait(sBar + 96 + 8 * s, (j / NS - 1) & 1);
+        load_rows(sV + s * L::VB, vsrc, j * WG_BN);
+        cp_commit();
+      }
+      if (nk > 0) {
+        cp_wait<0>();
+        fence_proxy();
+        mbar_arrive(sBar + 64 + 8 * ((nk - 1) % NS));
+      }
+    }
+  } else {
+    /* ---------------- consumers ---------------- */
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(wg_regs<GR>::CONS));
+    typedef dac_cvt<T> cv;
+    const int c = wgi - 1;              /* rows [64c, 64c + 64) of the block */
+    const int warp = t / 32, lane = t % 32;
+    /* this warpgroup's Q (or Qs) rows into the K-major swizzled layout */
+    {
+      const T *qsrc = GR ? (const T *)a.qs + bh * (size_t)a.seq_q * DQK
+                         : (const T *)a.q + bh * (size_t)a.seq_q * D;
+      constexpr int CPR = DQK / 8; /* 16-byte chunks per row */
+#pragma unroll
+      for (int i = 0; i < 64 * CPR / 128; i++) {
+        const int e = t + 128 * i, r = 64 * c + e / CPR, ch = e % CPR;
+        const int row = q0 + r;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (row < a.seq_q) v = *reinterpret_cast<const uint4 *>(qsrc + (size_t)row * DQK + ch * 8);
+        *reinterpret_cast<uint4 *>(sm + swz(r, ch, WG_BM)) = v;
+      }
+      fence_proxy();
+      named_sync(2 + c, 128);
+    }
+    const uint32_t qa = sQ + 64 * c * 128;
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) o[i] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    const float sc = a.scale * 1.4426950408889634f;
+    const int r0 = q0 + 64 * c + 16 * warp + lane / 4, r1 = r0 + 8;
+    const int t4 = lane % 4;
+    float sacc[64];
+
+    auto issue_s = [&](int s) {
+      const uint32_t kb = sK + s * L::KB;
+#pragma unroll
+      for (int kk = 0; kk < DQK / 16; kk++) {
+        const uint64_t da = wg_desc(qa + (kk >> 2) * 16384 + (kk & 3) * 32, 16, 1024);
+        if (GR) {
+          const uint64_t db = wg_desc(kb + kk * 2048, DQK * 128, 1024);
+          dac_wg_ss<T, 128, 1>(sacc, da, db, kk > 0);
+        } else {
+          const uint64_t db = wg_desc(kb + (kk >> 2) * 16384 + (kk & 3) * 32, 16, 1024);
+          dac_wg_ss<T, 128, 0>(sacc, da, db, kk > 0);
+        }
+      }
+      wg_commit();
+    };
+
+    /* The two consumer warpgroups take turns to issue their MMAs (named
+     * barriers 4 and 5: a warpgroup waits for its turn, issues, then
+     * hands the turn over), so one's softmax runs while the other's MMAs
+     * do; warpgroup 0 starts. */
+    auto turn_wait = [&]() {
+      if (DAC_WG_PINGPONG) named_sync(4 + c, 256);
+    };
+    auto turn_pass = [&](bool last) {
+      if (DAC_WG_PINGPONG && !(last && c == 1)) named_arrive(5 - c, 256);
+    };
+    if (DAC_WG_PINGPONG && nk > 0 && c == 1) named_arrive(4, 256);
+    if (nk > 0) {
+      mbar_wait(sBar, 0);
+      turn_wait();
+      wg_fence();
+      issue_s(0);
+      turn_pass(false);
+      wg_wait<0>();
+      if (GR) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(sBar + 32);
+      }
+    }
+    for (int j = 0; j < nk; j++) {
+      const int s = j % NS;
+      const int k0 = j * WG_BN;
+      /* mask, online softmax (log2 domain: p = 2^(s*sc - m*sc)) */
+      const bool need_mask = (k0 + WG_BN > a.seq_k) || (a.causal && k0 + WG_BN - 1 > q0 + 64 * c + off);
+      /* masked copies: registers the MMA writes are never written by other
+       * instructions (ptxas would then serialise the MMAs) */
+      float sv[64];
+#pragma unroll
+      for (int i = 0; i < 64; i++) sv[i] = sacc[i];
+      if (need_mask) {
+#pragma unroll
+        for (int nb = 0; nb < 16; nb++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int key = k0 + nb * 8 + 2 * t4 + (e & 1);
+            const int row = e < 2 ? r0 : r1;
+            if (key >= a.seq_k || (a.causal && key > row + off)) sv[nb * 4 + e] = -INFINITY;
+          }
+      }
+      float mx0 = m0, mx1 = m1;
+#pragma unroll
+      for (int nb = 0; nb < 16; nb++) {
+        mx0 = fmaxf(mx0, fmaxf(sv[nb * 4 + 0], sv[nb * 4 + 1]));
+        mx1 = fmaxf(mx1, fmaxf(sv[nb * 4 + 2], sv[nb * 4 + 3]));
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      const float ms0 = mx0 == -INFINITY ? 0.0f : mx0 * sc, ms1 = mx1 == -INFINITY ? 0.0f : mx1 * sc;
+      const float al0 = dac_ex2(fmaf(m0, sc, -ms0)), al1 = dac_ex2(fmaf(m1, sc, -ms1));
+      m0 = mx0;
+      m1 = mx1;
+      float rs0 = 0.0f, rs1 = 0.0f;
+      uint32_t pa[8][4];
+#pragma unroll
+      for (int nb = 0; nb < 16; nb++) {
+        const float p0 = dac_ex2(fmaf(sv[nb * 4 + 0], sc, -ms0));
+        const float p1 = dac_ex2(fmaf(sv[nb * 4 + 1], sc, -ms0));
+        const float p2 = dac_ex2(fmaf(sv[nb * 4 + 2], sc, -ms1));
+        const float p3 = dac_ex2(fmaf(sv[nb * 4 + 3], sc, -ms1));
+        rs0 += p0 + p1;
+        rs1 += p2 + p3;
+        pa[nb >> 1][(nb & 1) * 2 + 0] = cv::pack(p0, p1);
+        pa[nb >> 1][(nb & 1) * 2 + 1] = cv::pack(p2, p3);
+      }
+      l0 = l0 * al0 + rs0;
+      l1 = l1 * al1 + rs1;
+#pragma unroll
+      for (int i = 0; i < D / 8; i++) {
+        o[4 * i + 0] *= al0;
+        o[4 * i + 1] *= al0;
+        o[4 * i + 2] *= al1;
+        o[4 * i + 3] *= al1;
+      }
+      /* O += P V, and the next tile's S behind it */
+      if (GR) mbar_wait(sBar + 64 + 8 * s, (j / NS) & 1);
+      if (j + 1 < nk) mbar_wait(sBar + 8 * ((j + 1) % NS), ((j + 1) / NS) & 1);
+      turn_wait();
+      wg_fence();
+      const uint32_t vb = sV + s * L::VB;
+#pragma unroll
+      for (int kk = 0; kk < WG_BN / 16; kk++)
+        dac_wg_rs<T, D>(o, pa[kk], wg_desc(vb + kk * 2048, WG_BN * 128, 1024));
+      wg_commit();
+      if (j + 1 < nk) issue_s((j + 1) % NS);
+      turn_pass(j + 1 == nk);
+      /* stage s's V (grouped) or K and V (exact) are free once P V is done;
+       * grouped, the next stage's Kf^T once its S is */
+      const uint32_t rel = sBar + (GR ? 96 : 32) + 8 * s;
+      if (j + 1 < nk) {
+        wg_wait<1>();
+        __syncwarp();
+        if (lane == 0) mbar_arrive(rel);
+        wg_wait<0>();
+        if (GR) {
+          __syncwarp();
+          if (lane == 0) mbar_arrive(sBar + 32 + 8 * ((j + 1) % NS));
+        }
+      } else {
+        wg_wait<0>();
+        __syncwarp();
+        if (lane == 0) mbar_arrive(rel);
+      }
+    }
+
+    /* O / l */
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    T *out = (T *)a.o + bh * (size_t)a.seq_q * D;
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) {
+      const int col = i * 8 + 2 * t4;
+      if (r0 < a.seq_q)
+        *reinterpret_cast<uint32_t *>(out + (size_t)r0 * D + col) = cv::pack(o[4 * i] * i0, o[4 * i + 1] * i0);
+      if (r1 < a.seq_q)
+        *reinterpret_cast<uint32_t *>(out + (size_t)r1 * D + col) =
+            cv::pack(o[4 * i + 2] * i1, o[4 * i + 3] * i1);
+    }
+  }
+#endif
+}
+
+/* K [bkv][seq_k][D] -> K^T [bkv][D][ld], zero past seq_k: 64 keys x 64
+ * columns per block through shared memory, 16-byte loads and stores. */
+template <int D>
+__global__ void __launch_bounds__(256) dac_kt_kernel(const uint16_t *__restrict__ k, uint16_t *__restrict__ kt,
+                                                    int seq_k, int ld) {
+  __shared__ uint16_t tile[64][64 + 2];
+  const int k0 = blockIdx.x * 64, d0 = blockIdx.y * 64;
+  const size_t bkv = blockIdx.z;
+  const uint16_t *src = k + bkv * (size_t)seq_k * D;
+  for (int e = threadIdx.x; e < 64 * 8; e += 256) {
+    const int r = e / 8, ch = e % 8, key = k0 + r;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (key < seq_k) v = *reinterpret_cast<const uint4 *>(src + (size_t)key * D + d0 + ch * 8);
+    const uint16_t *h = reinterpret_cast<const uint16_t *>(&v);
+#pragma unroll
+    for (int x = 0; x < 8; x++) tile[r][ch * 8 + x] = h[x];
+  }
+  __syncthreads();
+  uint16_t *dst = kt + bkv * (size_t)D * ld;
+  for (int e = threadIdx.x; e < 64 * 8; e += 256) {
+    const int r = e / 8, ch = e % 8; /* r: column d0 + r, keys k0 + 8ch .. */
+    uint16_t h[8];
+#pragma unroll
+    for (int x = 0; x < 8; x++) h[x] = tile[ch * 8 + x][r];
+    *reinterpret_cast<uint4 *>(dst + (size_t)(d0 + r) * ld + k0 + ch * 8) = *reinterpret_cast<const uint4 *>(h);
+  }
+}
+
+template <typename T, int D, int DQK, int GS>
+cudaError_t launch_wg(const dac_args *a, cudaStream_t s) {
+  typedef wg_smem<D, DQK, GS> L;
+  if (GS > 1) {
+    dim3 g((unsigned)(a->kt_ld / 64), D / 64, (unsigned)(a->batch * a->kv_heads));
+    dac_kt_kernel<D><<<g, 256, 0, s>>>((const uint16_t *)a->k, (uint16_t *)a->kt, a->seq_k, a->kt_ld);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  cudaError_t e = cudaFuncSetAttribute(dac_wg_kernel<T, D, DQK, GS>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L::bytes);
+  if (e != cudaSuccess) return e;
+  dim3 grid((unsigned)((a->seq_q + WG_BM - 1) / WG_BM), (unsigned)a->heads, (unsigned)a->batch);
+  dac_wg_kernel<T, D, DQK, GS><<<grid, WG_THREADS, L::bytes, s>>>(*a);
+  return cudaGetLastError();
+}
+
+template <typename T, int D> cudaError_t launch_wg_g(const dac_args *a, cudaStream_t s) {
+  switch (a->G) {
+  case 1: return launch_wg<T, D, D, 1>(a, s);
+  case 2: return launch_wg<T, D, D / 2, 2>(a, s);
+  case 4: return launch_wg<T, D, (D / 4 < 16 ? 16 : D / 4), 4>(a, s);
+  case 8: return launch_wg<T, D, 16, 8>(a, s);
+  default: return cudaErrorInvalidValue;
+  }
+}
+
+} /* namespace */
+
+extern "C" int dac_wg_supported(int cc_major, int cc_minor, da_dtype dt, int d, int G, int hash_block) {
+#ifndef DAC_HAVE_SM90A
+  (void)cc_major, (void)cc_minor, (void)dt, (void)d, (void)G, (void)hash_block;
+  return 0; /* built without the sm_90a target */
+#else
+  if (cc_major != 9 || cc_minor != 0) return 0;
+  if (dt != DA_F16 && dt != DA_BF16) return 0;
+  if (d != 64 && d != 128) return 0;
+  if (G != 1 && G != 2 && G != 4 && G != 8) return 0;
+  return G == 1 || hash_block % WG_BM == 0;
+#endif
+}
+
+extern "C" size_t dac_wg_kt_ld(int seq_k) { return ((size_t)seq_k + WG_BN - 1) / WG_BN * WG_BN; }
+
+extern "C" cudaError_t dac_launch_wg(const dac_args *a, cudaStream_t s) {
+  if (a->G > 1 && (!a->kt || a->kt_ld % WG_BN)) return cudaErrorInvalidValue;
+  if (a->dt == DA_F16) {
+    if (a->d == 64) return launch_wg_g<__half, 64>(a, s);
+    if (a->d == 128) return launch_wg_g<__half, 128>(a, s);
+  } else if (a->dt == DA_BF16) {
+    if (a->d == 64) return launch_wg_g<__nv_bfloat16, 64>(a, s);
+    if (a->d == 128) return launch_wg_g<__nv_bfloat16, 128>(a, s);
+  }
+  return cudaErrorInvalidValue;
+}
