@@ -12,7 +12,7 @@
                     sentence-embedding cosine similarity and nearest-neighbour
                     agreement of the whole model (from tools/e2e.py --csv).
 
-    python3 bench/plot.py --bench cpu.csv opencl.csv --cuda-table bench/cuda-h100.txt \\
+    python3 bench/plot.py --bench cpu.csv opencl.csv --cuda-table bench/cuda-h200.txt \\
         --eval eval.csv --e2e e2e.csv --out bench/
 """
 import argparse
