@@ -20,7 +20,7 @@ cuda/cuda_wgmma.lo: $(top_srcdir)/cuda/cuda_wgmma.cu $(top_srcdir)/cuda/cuda_wgm
 
 EXTRA_DIST += cuda/nvcc-lt.sh bench/cuda_check.c bench/cuda_gpu_run.sh \
 	bench/bench_cuda_vs_fa2.py bench/cuda-h100.txt bench/cuda-h200.txt \
-	bench/hash_bench.cu scripts/gen_wgmma.py
+	bench/hash_bench.cu bench/gpu_check.sh bench/cuda-notes.md scripts/gen_wgmma.py
 noinst_HEADERS += cuda/cuda_internal.h cuda/cuda_dev.cuh cuda/cuda_wgmma_ops.cuh
 
 if HAVE_CUDA

@@ -1,0 +1,95 @@
+#!/bin/sh
+# The library's own test suite on a GPU machine that has the CUDA toolkit but
+# no package manager and no network (the device tool's machines).
+#
+#   sh bench/gpu_check.sh DIST_TARBALL DEB_DIR [OUT_DIR]
+#
+# DIST_TARBALL: `make dist` output (configure is already generated, so no
+# autotools are needed there). DEB_DIR: Debian packages fetched where the
+# network is, e.g.
+#   apt-get download libcmocka0 libcmocka-dev ocl-icd-libopencl1 \
+#     ocl-icd-opencl-dev opencl-c-headers libclblast1 libclblast-dev
+# They are unpacked into a private root (never into /) and handed to
+# configure through its *_CFLAGS/*_LIBS variables, so pkg-config is not
+# needed either. NVIDIA's OpenCL driver, where the machine has one without an
+# ICD file, is registered through OCL_ICD_VENDORS.
+#
+# Then: configure with CUDA for sm_90 (sm_90a for the Hopper kernel), make,
+# `make check` with DISTRATTN_REQUIRE_BACKENDS=cpu,cuda (plus opencl when the
+# NVIDIA OpenCL driver is there), and compute-sanitizer memcheck and
+# racecheck over the CUDA consistency tests. Logs go to OUT_DIR (default
+# $OUT, else /tmp/gpu_check). Exit status: non-zero when any step failed.
+# DA_GPU_CHECK_REQUIRE replaces cpu,cuda (a dry run on a machine without a
+# GPU: DA_GPU_CHECK_REQUIRE=cpu).
+set -u
+if [ $# -lt 2 ]; then
+  echo "usage: $0 DIST_TARBALL DEB_DIR [OUT_DIR]" >&2
+  exit 2
+fi
+tarball=$(readlink -f "$1")
+debs=$(readlink -f "$2")
+out=${3:-${OUT:-/tmp/gpu_check}}
+mkdir -p "$out"
+root=${DA_GPU_CHECK_ROOT:-/tmp/gpu_check_root}
+work=${DA_GPU_CHECK_WORK:-/tmp/gpu_check_build}
+rm -rf "$root" "$work"
+mkdir -p "$root" "$work"
+fail=0
+
+for f in "$debs"/*.deb; do
+  dpkg-deb -x "$f" "$root" || { echo "gpu_check: cannot unpack $f" >&2; exit 1; }
+done
+lib=$root/usr/lib/x86_64-linux-gnu
+inc=$root/usr/include
+export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+require=${DA_GPU_CHECK_REQUIRE:-cpu,cuda}
+nvcl=$(ls /usr/local/nvidia/lib64/libnvidia-opencl.so.1 /usr/lib/x86_64-linux-gnu/libnvidia-opencl.so.1 \
+  2>/dev/null | head -n 1)
+if [ -n "$nvcl" ]; then
+  mkdir -p "$root/etc/OpenCL/vendors"
+  echo "$nvcl" > "$root/etc/OpenCL/vendors/nvidia.icd"
+  export OCL_ICD_VENDORS="$root/etc/OpenCL/vendors"
+  require=$require,opencl
+  echo "gpu_check: NVIDIA OpenCL driver: $nvcl"
+else
+  echo "gpu_check: no NVIDIA OpenCL driver found; the OpenCL backend is not required"
+fi
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/gpu_check: GPU: /'
+
+cd "$work" && tar xzf "$tarball" && cd distrattn-* || exit 1
+./configure --enable-silent-rules --with-cuda --with-cuda-arch=90 \
+  CMOCKA_CFLAGS="-I$inc" CMOCKA_LIBS="-L$lib -lcmocka" \
+  OPENCL_CFLAGS="-I$inc" OPENCL_LIBS="-L$lib -lOpenCL" \
+  CLBLAST_CFLAGS="-I$inc" CLBLAST_LIBS="-L$lib -lclblast" \
+  > "$out/configure.log" 2>&1 || { echo "gpu_check: configure failed"; tail -n 30 "$out/configure.log"; exit 1; }
+sed -n '/^configure:$/,$p' "$out/configure.log"
+make -j"$(nproc)" > "$out/make.log" 2>&1 || { echo "gpu_check: make failed"; grep -v '^ptxas info' "$out/make.log" | tail -n 30; exit 1; }
+
+echo "gpu_check: make check with DISTRATTN_REQUIRE_BACKENDS=$require"
+if DISTRATTN_REQUIRE_BACKENDS=$require make -j"$(nproc)" check > "$out/check.log" 2>&1; then
+  grep -E '^# (TOTAL|PASS|SKIP|FAIL|ERROR)' "$out/check.log"
+else
+  fail=1
+  grep -E '^(FAIL|ERROR)|^# ' "$out/check.log"
+  cat tests/*.log > "$out/tests.log" 2>/dev/null
+fi
+
+cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+if [ -n "$cs" ]; then
+  for tool in memcheck racecheck; do
+    if DISTRATTN_BACKEND_PATH="$PWD/cl/.libs:$PWD/cuda/.libs" DISTRATTN_REQUIRE_BACKENDS=cuda \
+        ./libtool --mode=execute "$cs" --tool "$tool" --error-exitcode 3 tests/test_consistency \
+        > "$out/$tool.log" 2>&1; then
+      echo "gpu_check: compute-sanitizer $tool on tests/test_consistency: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.log" | tail -n 1)"
+    else
+      fail=1
+      echo "gpu_check: compute-sanitizer $tool on tests/test_consistency FAILED"
+      tail -n 20 "$out/$tool.log"
+    fi
+  done
+else
+  echo "gpu_check: no compute-sanitizer here"
+fi
+[ $fail = 0 ] && echo "gpu_check: all passed" || echo "gpu_check: FAILED (logs in $out)"
+exit $fail
