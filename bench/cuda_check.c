@@ -248,6 +248,23 @@ static void checks(void) {
                      f ? "NORM" : "MEAN", d.causal);
             run_case(nm, d, tol[ti] * (t == DA_F32 ? 1 : 2), 0);
           }
+  /* the Hopper kernel's rings: 8-10 key tiles, so every stage is reused and
+   * the barrier phases wrap */
+  for (int ti = 1; ti < 3; ti++)
+    for (int gi = 0; gi < 3; gi++)
+      for (int dd = 64; dd <= 128; dd += 64) {
+        da_dtype t = (da_dtype)ti;
+        da_attn_desc d = desc(t, 1, 2, 1, 300, 1100 - 100 * gi, dd, (gi + dd / 64) & 1, gs[gi]);
+        d.fusion = (da_fusion)(gi & 1);
+        snprintf(nm, sizeof nm, "G%d %s d%d hb128 sk%d causal%d (long)", gs[gi], tn(t), dd,
+                 d.seq_k, d.causal);
+        run_case(nm, d, tol[ti] * 2, 0);
+      }
+  for (int ti = 1; ti < 3; ti++) {
+    da_dtype t = (da_dtype)ti;
+    snprintf(nm, sizeof nm, "exact %s d128 causal sq300 sk1100 (long)", tn(t));
+    run_case(nm, desc(t, 1, 2, 1, 300, 1100, 128, 1, 1), tol[ti], 0);
+  }
   int odd[] = {5, 37, 100, 256};
   for (int i = 0; i < 4; i++) {
     da_attn_desc d = desc(DA_F32, 1, 2, 2, 200, 170, odd[i], 1, odd[i] >= 8 ? 8 : 2);

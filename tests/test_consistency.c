@@ -42,6 +42,13 @@ static const tcase sweep[] = {
     {1, 3, 1, 113, 203, 64, DA_F16, 1, 0, 1, DA_FUSE_MEAN, 0, 0, 0},
     {1, 2, 0, 128, 217, 32, DA_BF16, 0, 0, 1, DA_FUSE_MEAN, 0, 0, 0},
     {1, 2, 0, 256, 128, 96, DA_F32, 1, 0, 1, DA_FUSE_MEAN, 0, 0, 0},
+    /* the CUDA Hopper kernel's shapes (f16/bf16, d 64/128, hash_block a
+     * multiple of 128) with 8-10 key tiles of 128: every stage of its
+     * 2-3 deep rings is reused and the barrier phases wrap */
+    {1, 2, 1, 300, 1100, 128, DA_F16, 1, 0, 2, DA_FUSE_NORM, 16, 128, 0},
+    {1, 2, 0, 256, 1000, 64, DA_BF16, 0, 0, 4, DA_FUSE_MEAN, 16, 256, 0},
+    {2, 2, 2, 129, 900, 128, DA_BF16, 0, 0, 8, DA_FUSE_MEAN, 16, 128, 0},
+    {1, 2, 0, 130, 1200, 128, DA_F16, 1, 0, 1, DA_FUSE_MEAN, 0, 0, 0},
 };
 
 static void test_vs_reference(void **state) {
