@@ -12,10 +12,17 @@ Ours is timed by bench/cuda_check (the module's interface called directly,
 ITERS calls enqueued back to back then one synchronize, median of 5
 rounds); FA2 by CUDA events around the same pattern.
 
-Usage: python3 bench/bench_cuda_vs_fa2.py --check-bin PATH [--seqs ...] [--dims ...]
+With --cl-bin (the `distrattn` program of a build with the OpenCL module;
+set DISTRATTN_BACKEND_PATH to that build's cl/.libs), a second table gives
+the OpenCL backend on the same GPU, same shapes and fusion, against the same
+FA2 times (`distrattn bench --backend opencl`, median of 5 after 2 warm-ups).
+
+Usage: python3 bench/bench_cuda_vs_fa2.py --check-bin PATH [--cl-bin PATH] [--seqs ...] [--dims ...]
 """
 import argparse
+import csv
 import datetime
+import io
 import os
 import statistics
 import subprocess
@@ -68,9 +75,28 @@ def time_ours(binpath, b, h, s, d, causal, g, iters, fusion):
     raise RuntimeError("cuda_check failed: %s %s" % (out.stdout, out.stderr))
 
 
+def time_opencl(clbin, b, h, seqs, d, causal, fusion):
+    """{seq: (ms exact, ms G=2, ms G=4)} and the device's name, from
+    `distrattn bench --backend opencl --csv` (f16, fused kernels only)."""
+    cmd = [clbin, "bench", "--backend", "opencl", "--seqs", ",".join(str(x) for x in seqs),
+           "--dims", str(d), "--batch", str(b), "--heads", str(h), "--dtype", "f16",
+           "--mask", "causal" if causal else "none", "--no-gemm", "--fusion", fusion, "--csv",
+           "--repeat", "5", "--warmup", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError("distrattn bench failed (%d): %s" % (out.returncode, out.stderr.strip()))
+    res, name = {}, "?"
+    for r in csv.DictReader(io.StringIO(out.stdout)):
+        name = r["device_name"]
+        res[int(r["seq"])] = tuple(float(r[k]) if r[k] not in ("", "-") else float("nan")
+                                   for k in ("fused_ms", "g2_ms", "g4_ms"))
+    return res, name
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--check-bin", required=True)
+    ap.add_argument("--cl-bin", help="distrattn built with the OpenCL module: adds the OpenCL table")
     ap.add_argument("--seqs", default="1024,2048,4096,8192,16384")
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--batch", type=int, default=4)
@@ -92,18 +118,50 @@ def main():
     print(hdr)
     print("|" + "---|" * 7)
     sys.stdout.flush()
+    seqs = [int(x) for x in args.seqs.split(",")]
+    fa2 = {}
     for d in [int(x) for x in args.dims.split(",")]:
         for causal in (0, 1):
-            for s in [int(x) for x in args.seqs.split(",")]:
+            for s in seqs:
                 it = iters_for(s)
                 fl = flops(b, h, s, d, causal)
                 t_fa = time_fa2(b, h, s, d, causal, it)
+                fa2[(d, causal, s)] = t_fa
                 cells = ["%d" % d, "%d" % s, "yes" if causal else "no", "%.1f" % (fl / t_fa / 1e9)]
                 for g in (1, 2, 4):
                     t = time_ours(args.check_bin, b, h, s, d, causal, g, it, args.fusion)
                     cells.append("%.1f (%.2fx)" % (fl / t / 1e9, t_fa / t))
                 print("| " + " | ".join(cells) + " |")
                 sys.stdout.flush()
+    if args.cl_bin:
+        print_opencl(args, b, h, seqs, fa2)
+
+
+def print_opencl(args, b, h, seqs, fa2):
+    rows, name = [], None
+    for d in [int(x) for x in args.dims.split(",")]:
+        for causal in (0, 1):
+            try:
+                res, name = time_opencl(args.cl_bin, b, h, seqs, d, causal, args.fusion)
+            except (OSError, RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as e:
+                res = {}
+                print("# OpenCL d=%d causal=%d: %s" % (d, causal, e))
+            for s in seqs:
+                fl = flops(b, h, s, d, causal)
+                t_fa = fa2[(d, causal, s)]
+                cells = ["%d" % d, "%d" % s, "yes" if causal else "no", "%.1f" % (fl / t_fa / 1e9)]
+                for t in res.get(s, (float("nan"),) * 3):
+                    cells.append("n/a" if t != t else "%.1f (%.2fx)" % (fl / t / 1e9, t_fa / t))
+                rows.append(cells)
+    print()
+    print("OpenCL backend on the same GPU (%s; `distrattn bench --backend opencl`, f16, fused):"
+          % (name or "no OpenCL device"))
+    print()
+    print("| d | seq | causal | FA2 TFLOP/s | OpenCL G=1 TFLOP/s (x FA2) | OpenCL G=2 (x FA2) | "
+          "OpenCL G=4 (x FA2) |")
+    print("|" + "---|" * 7)
+    for cells in rows:
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

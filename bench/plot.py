@@ -56,8 +56,8 @@ def read_cuda_table(path, head_dim=64, causal=False):
     series = {}
     with open(path) as f:
         for line in f:
-            if line.startswith("NORM fusion"):
-                break  # the second (NORM) table repeats seq 8192
+            if line.startswith(("NORM fusion", "OpenCL backend")):
+                break  # the NORM table repeats seq 8192; the OpenCL one is another backend
             m = re.match(r"# GPU, driver: (.*?),", line)
             if m:
                 gpu = m.group(1)
