@@ -147,9 +147,12 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
   const uint32_t sQ = sb, sK = sQ + L::QB, sV = sK + NS * L::KB, sR = sV + NS * L::VB;
   float *wtab = (float *)(sm + (L::QB + NS * (L::KB + L::VB) + 2 * L::RB));
   const uint32_t sBar = sR + 2 * L::RB + L::TABB;
-  /* full[s] at sBar + 8s, empty[s] at sBar + 32 + 8s: K (exact) or Kf^T
-   * (grouped) and, exact, V of stage s; grouped, V has its own pair,
-   * vfull[s] at sBar + 64 + 8s and vempty[s] at sBar + 96 + 8s */
+  /* full(s), empty(s): K (exact) or Kf^T (grouped) and, exact, V of stage
+   * s; grouped, V has its own pair, vfull(s) and vempty(s) */
+  auto full = [&](int s) { return sBar + 8 * s; };
+  auto empty = [&](int s) { return sBar + 32 + 8 * s; };
+  auto vfull = [&](int s) { return sBar + 64 + 8 * s; };
+  auto vempty = [&](int s) { return sBar + 96 + 8 * s; };
 
   const dac_block blk = dac_block_of(a, WG_BM);
   const int q0 = blk.q0;
@@ -162,10 +165,10 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < NS; s++) {
-      mbar_init(sBar + 8 * s, 128);     /* the producer's threads */
-      mbar_init(sBar + 32 + 8 * s, 8);  /* the consumers' warps */
-      mbar_init(sBar + 64 + 8 * s, 128);
-      mbar_init(sBar + 96 + 8 * s, 8);
+      mbar_init(full(s), 128);  /* the producer's threads */
+      mbar_init(empty(s), 8);   /* the consumers' warps */
+      mbar_init(vfull(s), 128);
+      mbar_init(vempty(s), 8);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -196,10 +199,10 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
         const int s = j % NS;
         cp_wait<0>();
         fence_proxy();
-        mbar_arrive(sBar + 8 * s);
+        mbar_arrive(full(s));
         if (j + 1 < nk) {
           const int s1 = (j + 1) % NS;
-          if (j + 1 >= NS) mbar_wait(sBar + 32 + 8 * s1, ((j + 1) / NS - 1) & 1);
+          if (j + 1 >= NS) mbar_wait(empty(s1), ((j + 1) / NS - 1) & 1);
           load_rows(sK + s1 * L::KB, ksrc, (j + 1) * WG_BN);
           load_rows(sV + s1 * L::VB, vsrc, (j + 1) * WG_BN);
           cp_commit();
@@ -224,7 +227,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
        * each). With no load depending on another load, a tile's build is
        * one round trip to shared memory instead of two per item. */
       constexpr int NIT = DQK / 8, NOFF = NIT * GS;
-      const int cch = t & 15, kb = cch >> 3, cc = cch & 7;
+      const int cch = t & 15;
       const size_t poff = (bh * (size_t)a.n_tiles + (size_t)(q0 / a.hash_block)) * (size_t)a.d;
       uint32_t offp[(NOFF + 1) / 2];
 #pragma unroll
@@ -235,14 +238,14 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
         for (int m = 0; m < GS; m++) {
           const int g = (t >> 4) + 8 * i, e = g * GS + m;
           const int col = (g < a.ng && e < D) ? a.perm[poff + e] : 0;
-          const uint32_t o = (uint32_t)(kb * (D * 128) + col * 128 + ((cc ^ (col & 7)) << 4));
+          const uint32_t o = swz(col, cch, D);
           offp[(i * GS + m) / 2] |= o << (16 * ((i * GS + m) & 1));
         }
       for (int e = t; e < DQK * GS; e += 128) {
         const int g = e / GS;
         wtab[e] = (g < a.ng && e < D) ? a.wts[poff + a.perm[poff + e]] : 0.0f;
       }
-      const uint32_t kfo = (uint32_t)(kb * (DQK * 128) + (t >> 4) * 128 + ((cc ^ ((t >> 4) & 7)) << 4));
+      const uint32_t kfo = swz(t >> 4, cch, DQK); /* item i: + 1024 i (8 rows on, same swizzle) */
       /* Kf^T and V travel separately (a consumer needs tile j's Kf^T one
        * step before its V): tile j's build waits only for the stage that
        * Kf^T j-NS used, and V(j) goes out after it. cp.async groups, in
@@ -258,7 +261,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
         named_sync(1, 128); /* everyone's rows landed, everyone done with tile j-1's raw slot */
         if (j + 1 < nk) load_raw(sR + ((j + 1) & 1) * L::RB, (j + 1) * WG_BN);
         cp_commit();
-        if (j >= NS) mbar_wait(sBar + 32 + 8 * s, (j / NS - 1) & 1);
+        if (j >= NS) mbar_wait(empty(s), (j / NS - 1) & 1);
         /* Kf^T[g][key] for 8 keys per item: 16-byte row gathers of K^T */
         const uint32_t raw = sR + (j & 1) * L::RB, kf = sK + s * L::KB;
         const unsigned char *rawp = sm + (raw - sb);
@@ -292,20 +295,20 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
           *reinterpret_cast<uint4 *>(kfp + kfo + i * 1024) = res;
         }
         fence_proxy();
-        mbar_arrive(sBar + 8 * s);
+        mbar_arrive(full(s));
         if (j > 0) {
           cp_wait<1>(); /* V(j-1) */
           fence_proxy();
-          mbar_arrive(sBar + 64 + 8 * ((j - 1) % NS));
+          mbar_arrive(vfull((j - 1) % NS));
         }
-        if (j >= NS) mbar_wait(sBar + 96 + 8 * s, (j / NS - 1) & 1);
+        if (j >= NS) mbar_wait(vempty(s), (j / NS - 1) & 1);
         load_rows(sV + s * L::VB, vsrc, j * WG_BN);
         cp_commit();
       }
       if (nk > 0) {
         cp_wait<0>();
         fence_proxy();
-        mbar_arrive(sBar + 64 + 8 * ((nk - 1) % NS));
+        mbar_arrive(vfull((nk - 1) % NS));
       }
     }
   } else {
@@ -368,7 +371,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
     };
     if (DAC_WG_PINGPONG && nk > 0 && c == 1) named_arrive(4, 256);
     if (nk > 0) {
-      mbar_wait(sBar, 0);
+      mbar_wait(full(0), 0);
       turn_wait();
       wg_fence();
       issue_s(0);
@@ -376,7 +379,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
       wg_wait<0>();
       if (GR) {
         __syncwarp();
-        if (lane == 0) mbar_arrive(sBar + 32);
+        if (lane == 0) mbar_arrive(empty(0));
       }
     }
     for (int j = 0; j < nk; j++) {
@@ -436,8 +439,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
         o[4 * i + 3] *= al1;
       }
       /* O += P V, and the next tile's S behind it */
-      if (GR) mbar_wait(sBar + 64 + 8 * s, (j / NS) & 1);
-      if (j + 1 < nk) mbar_wait(sBar + 8 * ((j + 1) % NS), ((j + 1) / NS) & 1);
+      if (GR) mbar_wait(vfull(s), (j / NS) & 1);
+      if (j + 1 < nk) mbar_wait(full((j + 1) % NS), ((j + 1) / NS) & 1);
       turn_wait();
       wg_fence();
       const uint32_t vb = sV + s * L::VB;
@@ -449,7 +452,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
       turn_pass(j + 1 == nk);
       /* stage s's V (grouped) or K and V (exact) are free once P V is done;
        * grouped, the next stage's Kf^T once its S is */
-      const uint32_t rel = sBar + (GR ? 96 : 32) + 8 * s;
+      const uint32_t rel = GR ? vempty(s) : empty(s);
       if (j + 1 < nk) {
         wg_wait<1>();
         __syncwarp();
@@ -457,7 +460,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
         wg_wait<0>();
         if (GR) {
           __syncwarp();
-          if (lane == 0) mbar_arrive(sBar + 32 + 8 * ((j + 1) % NS));
+          if (lane == 0) mbar_arrive(empty((j + 1) % NS));
         }
       } else {
         wg_wait<0>();
