@@ -2,10 +2,11 @@
  *
  * One block of three warpgroups per 128 query rows (one hash tile, so one
  * column permutation per block when G > 1):
- * - warpgroup 0, the producer, brings each 128-key tile of K (or, for
- *   G > 1, of K^T, written by dac_kt_kernel) and V into shared memory with
- *   cp.async, in the 128-byte swizzled layouts the warpgroup MMA reads,
- *   NS stages deep; for G > 1 it builds the tile's fused keys
+ * - warpgroup 0, the producer: one of its threads brings each 128-key tile
+ *   of K (or, for G > 1, of K^T, written by dac_kt_kernel) and V into
+ *   shared memory with TMA (cp.async.bulk.tensor), in the 128-byte
+ *   swizzled layouts the warpgroup MMA reads, NS stages deep; for G > 1
+ *   all its threads build the tile's fused keys
  *   Kf^T[g][key] = sum_i a_c K[key][c] (c the i-th column of group g) from
  *   K^T with 16-byte row gathers, f32 sums rounded once;
  * - warpgroups 1 and 2 each own 64 query rows: S = Q K^T (or Qs Kf^T) by
@@ -15,14 +16,15 @@
  *   consumer warpgroups take turns to issue (named barriers), so the
  *   tensor cores work on one warpgroup's MMAs while the other computes its
  *   softmax.
- * Stage hand-off uses mbarriers: full[s] (the producer's 128 threads, after
- * their copies landed and a proxy fence) and empty[s] (the 8 consumer
- * warps, after their MMAs on the stage completed). For G > 1, Kf^T and V
- * have a pair each, since a consumer needs tile j's Kf^T one step before
- * tile j's V, and the producer must not hold a build back behind a V load.
+ * Stage hand-off uses mbarriers: full[s] (the TMA's transaction count, or
+ * for G > 1 the builders' 128 arrivals after a proxy fence) and empty[s]
+ * (the 8 consumer warps, after their MMAs on the stage completed). For
+ * G > 1, Kf^T and V have a pair each, since a consumer needs tile j's Kf^T
+ * one step before tile j's V, and raw K^T has its own two slots.
  *
  * The kernel needs wgmma, so this file is compiled for sm_90a alone; on any
  * other device the backend uses the mma.sync kernel (cuda_mma.cu). */
+#include <cuda.h> /* CUtensorMap and its encoder's type; the driver is reached through the runtime */
 #include <math.h>
 
 #include "cuda_dev.cuh"
@@ -66,9 +68,9 @@ template <int D, int DQK, int GS> struct wg_smem {
   static constexpr int VB = (D / 64) * 16384;                 /* V [D/64][128 keys][64] */
   static constexpr int RB = GR ? (D / 64) * 16384 : 0;        /* raw K^T [2][D][64 keys] */
   static constexpr int TABB = GR ? ((DQK * GS * 4 + 1023) / 1024) * 1024 : 0;
+  static constexpr int BARB = 256; /* mbarriers: 6 sets of 4 */
   static constexpr size_t bytes_for(int ns) {
-    return 1024 /* alignment slack */ + QB + (size_t)ns * (KB + VB) + 2 * (size_t)RB + TABB +
-           128 /* barriers */;
+    return 1024 /* alignment slack */ + QB + (size_t)ns * (KB + VB) + 2 * (size_t)RB + TABB + BARB;
   }
   static constexpr int NS = bytes_for(3) <= WG_SMEM_MAX ? 3 : 2;
   static constexpr size_t bytes = bytes_for(NS);
@@ -93,14 +95,6 @@ __device__ __forceinline__ void mbar_wait(uint32_t b, uint32_t parity) {
                "r"(parity)
                : "memory");
 }
-__device__ __forceinline__ void cp16(uint32_t dst, const void *src, int bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 /* generic-proxy writes (st.shared, completed cp.async) before the async
  * proxy (wgmma) reads them */
 __device__ __forceinline__ void fence_proxy() {
@@ -115,6 +109,22 @@ __device__ __forceinline__ void named_arrive(int id, int n) {
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+/* the transaction-count arrive of a TMA stage: one thread announces the
+ * bytes, the copies' completion brings the phase home */
+__device__ __forceinline__ void mbar_expect_tx(uint32_t b, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(b), "r"(bytes) : "memory");
+}
+/* a TMA box of a 3-d tensor map into shared memory (swizzled as the map
+ * says), completing on mbarrier b; coordinates innermost first */
+__device__ __forceinline__ void tma3(uint32_t dst, const CUtensorMap *m, int x, int y, int z, uint32_t b) {
+  asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+               " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+               "l"(reinterpret_cast<uint64_t>(m)), "r"(x), "r"(y), "r"(z), "r"(b)
+               : "memory");
+}
+__device__ __forceinline__ void tma_prefetch(const CUtensorMap *m) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(m)) : "memory");
 }
 template <int N> __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
@@ -134,7 +144,9 @@ __device__ __forceinline__ uint32_t swz(int r, int c, int rows) {
 #endif /* DAC_WG_DEVICE */
 
 template <typename T, int D, int DQK, int GS>
-__global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_constant__ dac_args a) {
+__global__ void __launch_bounds__(WG_THREADS, 1)
+    dac_wg_kernel(const __grid_constant__ dac_args a, const __grid_constant__ CUtensorMap tmk,
+                  const __grid_constant__ CUtensorMap tmv) {
 #if DAC_WG_DEVICE
   typedef wg_smem<D, DQK, GS> L;
   constexpr bool GR = GS > 1;
@@ -153,6 +165,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
   auto empty = [&](int s) { return sBar + 32 + 8 * s; };
   auto vfull = [&](int s) { return sBar + 64 + 8 * s; };
   auto vempty = [&](int s) { return sBar + 96 + 8 * s; };
+  auto rawfull = [&](int x) { return sBar + 128 + 8 * x; }; /* grouped: raw K^T slot x */
 
   const dac_block blk = dac_block_of(a, WG_BM);
   const int q0 = blk.q0;
@@ -165,11 +178,12 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < NS; s++) {
-      mbar_init(full(s), 128);  /* the producer's threads */
-      mbar_init(empty(s), 8);   /* the consumers' warps */
-      mbar_init(vfull(s), 128);
+      mbar_init(full(s), GR ? 128 : 1); /* the builders, or the TMA issuer */
+      mbar_init(empty(s), 8);           /* the consumers' warps */
+      mbar_init(vfull(s), 1);
       mbar_init(vempty(s), 8);
     }
+    for (int x = 0; x < 2; x++) mbar_init(rawfull(x), 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -177,47 +191,35 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
   if (wgi == 0) {
     /* ---------------- producer ---------------- */
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(wg_regs<GR>::PROD));
-    const T *vsrc = (const T *)a.v + bkv * (size_t)a.seq_k * D;
-    /* V (and K, exact) tile j into stage s: row r = key, zero past seq_k */
-    auto load_rows = [&](uint32_t dst, const T *src, int k0) {
-#pragma unroll 4
-      for (int i = 0; i < WG_BN * (D / 8) / 128; i++) {
-        const int e = t + 128 * i, r = e / (D / 8), c = e % (D / 8);
-        const int key = k0 + r;
-        const bool ok = key < a.seq_k;
-        cp16(dst + swz(r, c, WG_BN), ok ? src + (size_t)key * D + c * 8 : src, ok ? 16 : 0);
-      }
+    const bool lead = t == 0; /* issues every TMA copy */
+    const int kvz = (int)bkv;
+    /* V (and K, exact) tile j into a stage: D/64 boxes of 128 keys x 64
+     * columns; keys past seq_k arrive as zeros (the map's bounds) */
+    auto tma_rows = [&](uint32_t dst, const CUtensorMap *m, int j, uint32_t bar) {
+#pragma unroll
+      for (int h = 0; h < D / 64; h++) tma3(dst + h * (WG_BN * 128), m, h * 64, j * WG_BN, kvz, bar);
     };
     if (!GR) {
-      const T *ksrc = (const T *)a.k + bkv * (size_t)a.seq_k * D;
-      if (nk > 0) {
-        load_rows(sK, ksrc, 0);
-        load_rows(sV, vsrc, 0);
-      }
-      cp_commit();
-      for (int j = 0; j < nk; j++) {
-        const int s = j % NS;
-        cp_wait<0>();
-        fence_proxy();
-        mbar_arrive(full(s));
-        if (j + 1 < nk) {
-          const int s1 = (j + 1) % NS;
-          if (j + 1 >= NS) mbar_wait(empty(s1), ((j + 1) / NS - 1) & 1);
-          load_rows(sK + s1 * L::KB, ksrc, (j + 1) * WG_BN);
-          load_rows(sV + s1 * L::VB, vsrc, (j + 1) * WG_BN);
-          cp_commit();
+      if (lead) {
+        tma_prefetch(&tmk);
+        tma_prefetch(&tmv);
+        for (int j = 0; j < nk; j++) {
+          const int s = j % NS;
+          if (j >= NS) mbar_wait(empty(s), (j / NS - 1) & 1);
+          mbar_expect_tx(full(s), L::KB + L::VB);
+          tma_rows(sK + s * L::KB, &tmk, j, full(s));
+          tma_rows(sV + s * L::VB, &tmv, j, full(s));
         }
       }
     } else {
-      /* K^T rows d = 0..D-1 of keys [k0, k0 + 128) into raw slot; always in
-       * bounds (kt rows are padded with zeros to kt_ld, a multiple of 128) */
-      const T *ktsrc = (const T *)a.kt + bkv * (size_t)D * a.kt_ld;
-      auto load_raw = [&](uint32_t dst, int k0) {
+      /* raw K^T of tile j: rows d = 0..D-1 of keys [128j, 128j + 128), two
+       * boxes of 64 keys; kt rows are zero-padded to kt_ld, a multiple of
+       * 128, so always in bounds */
+      auto tma_raw = [&](int j) {
+        const uint32_t dst = sR + (j & 1) * L::RB;
+        mbar_expect_tx(rawfull(j & 1), L::RB);
 #pragma unroll
-        for (int i = 0; i < D * 16 / 128; i++) {
-          const int e = t + 128 * i, r = e / 16, c = e % 16;
-          cp16(dst + swz(r, c, D), ktsrc + (size_t)r * a.kt_ld + k0 + c * 8, 16);
-        }
+        for (int h = 0; h < 2; h++) tma3(dst + h * (D * 128), &tmk, j * WG_BN + h * 64, 0, kvz, rawfull(j & 1));
       };
       /* The build: thread t makes 8 keys (16-byte chunk c = t & 15 of the
        * tile's 128) of groups g = (t >> 4) + 8i, i < NIT, of Kf^T. Its
@@ -246,21 +248,27 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
         wtab[e] = (g < a.ng && e < D) ? a.wts[poff + a.perm[poff + e]] : 0.0f;
       }
       const uint32_t kfo = swz(t >> 4, cch, DQK); /* item i: + 1024 i (8 rows on, same swizzle) */
+      if (lead && nk > 0) {
+        tma_prefetch(&tmk);
+        tma_prefetch(&tmv);
+        tma_raw(0);
+      }
       /* Kf^T and V travel separately (a consumer needs tile j's Kf^T one
-       * step before its V): tile j's build waits only for the stage that
-       * Kf^T j-NS used, and V(j) goes out after it. cp.async groups, in
-       * commit order: raw(0), an empty one, then per tile j raw(j+1) and
-       * V(j); at the top of tile j the pending ones are raw(j), V(j-1). */
-      if (nk > 0) load_raw(sR, 0);
-      cp_commit();
-      cp_commit();
+       * step before its V). Per tile j: raw K^T j+1 and V j go out (one
+       * thread, TMA), raw K^T j is waited for, Kf^T j is built into the
+       * stage that Kf^T j-NS left. */
       named_sync(1, 128); /* the table */
       for (int j = 0; j < nk; j++) {
         const int s = j % NS;
-        cp_wait<1>();       /* raw K^T of tile j */
-        named_sync(1, 128); /* everyone's rows landed, everyone done with tile j-1's raw slot */
-        if (j + 1 < nk) load_raw(sR + ((j + 1) & 1) * L::RB, (j + 1) * WG_BN);
-        cp_commit();
+        /* everyone is done with tile j-1's raw slot, which raw j+1 takes */
+        if (j > 0) named_sync(1, 128);
+        if (lead) {
+          if (j + 1 < nk) tma_raw(j + 1);
+          if (j >= NS) mbar_wait(vempty(s), (j / NS - 1) & 1);
+          mbar_expect_tx(vfull(s), L::VB);
+          tma_rows(sV + s * L::VB, &tmv, j, vfull(s));
+        }
+        mbar_wait(rawfull(j & 1), (j >> 1) & 1);
         if (j >= NS) mbar_wait(empty(s), (j / NS - 1) & 1);
         /* Kf^T[g][key] for 8 keys per item: 16-byte row gathers of K^T */
         const uint32_t raw = sR + (j & 1) * L::RB, kf = sK + s * L::KB;
@@ -296,19 +304,6 @@ __global__ void __launch_bounds__(WG_THREADS, 1) dac_wg_kernel(const __grid_cons
         }
         fence_proxy();
         mbar_arrive(full(s));
-        if (j > 0) {
-          cp_wait<1>(); /* V(j-1) */
-          fence_proxy();
-          mbar_arrive(vfull((j - 1) % NS));
-        }
-        if (j >= NS) mbar_wait(vempty(s), (j / NS - 1) & 1);
-        load_rows(sV + s * L::VB, vsrc, j * WG_BN);
-        cp_commit();
-      }
-      if (nk > 0) {
-        cp_wait<0>();
-        fence_proxy();
-        mbar_arrive(vfull((nk - 1) % NS));
       }
     }
   } else {
@@ -517,20 +512,68 @@ __global__ void __launch_bounds__(256) dac_kt_kernel(const uint16_t *__restrict_
   }
 }
 
+/* cuTensorMapEncodeTiled, from the driver through the runtime (so the
+ * module links against no libcuda); null when the driver lacks it */
+typedef CUresult (*wg_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                 const cuuint64_t *, const cuuint32_t *, const cuuint32_t *,
+                                 CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion,
+                                 CUtensorMapFloatOOBfill);
+wg_encode_fn wg_encoder() {
+  static void *fn;   /* looked up once; a repeated lookup finds the same */
+  static int looked;
+  if (__atomic_load_n(&looked, __ATOMIC_ACQUIRE)) return (wg_encode_fn)__atomic_load_n(&fn, __ATOMIC_RELAXED);
+  void *p = nullptr;
+  cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
+  if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+      q != cudaDriverEntryPointSuccess)
+    p = nullptr;
+#else
+  if (cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &p, cudaEnableDefault, &q) != cudaSuccess ||
+      q != cudaDriverEntryPointSuccess)
+    p = nullptr;
+#endif
+  (void)cudaGetLastError(); /* a failed lookup must not linger as the sticky last error */
+  __atomic_store_n(&fn, p, __ATOMIC_RELAXED);
+  __atomic_store_n(&looked, 1, __ATOMIC_RELEASE);
+  return (wg_encode_fn)p;
+}
+
+/* a 3-d map over 16-bit elements [n2][n1][n0], boxes of b0 x b1 x 1 in the
+ * 128-byte swizzle the kernel's tiles use; reads past n1 give zeros */
+bool wg_map3(CUtensorMap *m, const void *base, uint64_t n0, uint64_t n1, uint64_t n2, uint32_t b0, uint32_t b1) {
+  const wg_encode_fn enc = wg_encoder();
+  if (!enc) return false;
+  const cuuint64_t dims[3] = {n0, n1, n2};
+  const cuuint64_t strides[2] = {n0 * 2, n0 * n1 * 2};
+  const cuuint32_t box[3] = {b0, b1, 1}, es[3] = {1, 1, 1};
+  return enc(m, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, const_cast<void *>(base), dims, strides, box, es,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 template <typename T, int D, int DQK, int GS>
 cudaError_t launch_wg(const dac_args *a, cudaStream_t s) {
   typedef wg_smem<D, DQK, GS> L;
+  const uint64_t nkv = (uint64_t)a->batch * (uint64_t)a->kv_heads;
+  CUtensorMap tmk, tmv;
+  /* V [bkv][seq_k][D] (and K, exact): 128 keys x 64 columns a box; for
+   * G > 1 the kernel reads K^T [bkv][D][kt_ld] instead: 64 keys x D rows */
+  if (!wg_map3(&tmv, a->v, D, (uint64_t)a->seq_k, nkv, 64, WG_BN)) return cudaErrorNotSupported;
   if (GS > 1) {
-    dim3 g((unsigned)(a->kt_ld / 64), D / 64, (unsigned)(a->batch * a->kv_heads));
+    if (!wg_map3(&tmk, a->kt, (uint64_t)a->kt_ld, D, nkv, 64, D)) return cudaErrorNotSupported;
+    dim3 g((unsigned)(a->kt_ld / 64), D / 64, (unsigned)nkv);
     dac_kt_kernel<D><<<g, 256, 0, s>>>((const uint16_t *)a->k, (uint16_t *)a->kt, a->seq_k, a->kt_ld);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
+  } else if (!wg_map3(&tmk, a->k, D, (uint64_t)a->seq_k, nkv, 64, WG_BN)) {
+    return cudaErrorNotSupported;
   }
   cudaError_t e = cudaFuncSetAttribute(dac_wg_kernel<T, D, DQK, GS>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L::bytes);
   if (e != cudaSuccess) return e;
   dim3 grid((unsigned)((a->seq_q + WG_BM - 1) / WG_BM), (unsigned)a->heads, (unsigned)a->batch);
-  dac_wg_kernel<T, D, DQK, GS><<<grid, WG_THREADS, L::bytes, s>>>(*a);
+  dac_wg_kernel<T, D, DQK, GS><<<grid, WG_THREADS, L::bytes, s>>>(*a, tmk, tmv);
   return cudaGetLastError();
 }
 
@@ -555,7 +598,8 @@ extern "C" int dac_wg_supported(int cc_major, int cc_minor, da_dtype dt, int d, 
   if (dt != DA_F16 && dt != DA_BF16) return 0;
   if (d != 64 && d != 128) return 0;
   if (G != 1 && G != 2 && G != 4 && G != 8) return 0;
-  return G == 1 || hash_block % WG_BM == 0;
+  if (G > 1 && hash_block % WG_BM) return 0;
+  return wg_encoder() != nullptr; /* the TMA maps need the driver's encoder */
 #endif
 }
 
