@@ -17,9 +17,9 @@
 # Then: configure with CUDA for sm_90 (sm_90a for the Hopper kernel), make,
 # `make check` with DISTRATTN_REQUIRE_BACKENDS=cpu,cuda (plus opencl when the
 # NVIDIA OpenCL driver is there), and compute-sanitizer memcheck and
-# racecheck over the CUDA consistency tests (gating on our kernels; a
-# racecheck over cuBLAS's kernels too is reported beside it). Logs go to
-# OUT_DIR (default $OUT, else /tmp/gpu_check). Exit status: non-zero when any step failed.
+# racecheck over the CUDA consistency tests (racecheck gates on hazards in
+# our kernels; those inside cuBLAS's are listed). Logs go to OUT_DIR
+# (default $OUT, else /tmp/gpu_check). Exit status: non-zero when any step failed.
 # DA_GPU_CHECK_REQUIRE replaces cpu,cuda (a dry run on a machine without a
 # GPU: DA_GPU_CHECK_REQUIRE=cpu).
 set -u
@@ -78,30 +78,38 @@ fi
 
 cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
 if [ -n "$cs" ]; then
-  # The gate covers our kernels (all named dac_*). The DA_ALGO_GEMM tests
-  # also run cuBLAS's own kernels, whose shared-memory use is NVIDIA's and
-  # not ours to fix; a run over every kernel is logged and summarised
-  # beside it, and fails nothing.
-  san() { # tool log [filter...]
+  san() { # tool log [options...]: the CUDA consistency tests under the tool
     tool=$1 log=$2
     shift 2
     DISTRATTN_BACKEND_PATH="$PWD/cl/.libs:$PWD/cuda/.libs" DISTRATTN_REQUIRE_BACKENDS=cuda \
-      ./libtool --mode=execute "$cs" --tool "$tool" --error-exitcode 3 "$@" tests/test_consistency \
-      > "$out/$log" 2>&1
+      ./libtool --mode=execute "$cs" --tool "$tool" "$@" tests/test_consistency > "$out/$log" 2>&1
   }
   summary() { grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$1" | tail -n 1; }
-  for tool in memcheck racecheck; do
-    if san "$tool" "$tool.log" --kernel-name kns=dac_; then
-      echo "gpu_check: compute-sanitizer $tool, our kernels (dac_*), tests/test_consistency: $(summary "$tool.log")"
-    else
-      fail=1
-      echo "gpu_check: compute-sanitizer $tool on our kernels FAILED"
-      tail -n 20 "$out/$tool.log"
-    fi
-  done
-  san racecheck racecheck-all.log
-  echo "gpu_check: (not gating) racecheck over every kernel, cuBLAS's included: $(summary racecheck-all.log)"
-  grep -E '^========= (Error|Warning): Race' "$out/racecheck-all.log" | sed 's/^=========/gpu_check:  /' | head -n 5
+  if san memcheck memcheck.log --error-exitcode 3; then
+    echo "gpu_check: compute-sanitizer memcheck on tests/test_consistency: $(summary memcheck.log)"
+  else
+    fail=1
+    echo "gpu_check: compute-sanitizer memcheck on tests/test_consistency FAILED"
+    tail -n 20 "$out/memcheck.log"
+  fi
+  # racecheck: the tests must pass under it and no hazard may touch our
+  # kernels (all named dac_*) or an unnamed address. The DA_ALGO_GEMM tests
+  # also run cuBLAS's kernels, whose shared memory is NVIDIA's business:
+  # hazards reported inside them are listed, and fail nothing. (Restricting
+  # the tool with --kernel-name kns=dac_ instead made context creation fail
+  # under racecheck, compute-sanitizer 2025.3.1.)
+  san racecheck racecheck.log
+  rc=$?
+  ours=$(grep -A1 -E 'Race reported' "$out/racecheck.log" | grep -cE 'dac_|access at 0x')
+  if [ $rc = 0 ] && [ "$ours" = 0 ] && grep -q 'RACECHECK SUMMARY' "$out/racecheck.log"; then
+    echo "gpu_check: compute-sanitizer racecheck on tests/test_consistency: no hazard in our kernels ($(summary racecheck.log))"
+  else
+    fail=1
+    echo "gpu_check: compute-sanitizer racecheck on tests/test_consistency FAILED (exit $rc, $ours report lines on our kernels)"
+    tail -n 20 "$out/racecheck.log"
+  fi
+  grep -E '^========= (Error|Warning): Race' "$out/racecheck.log" | grep -v dac_ |
+    sed 's/^=========/gpu_check:   not ours:/' | head -n 5
 else
   echo "gpu_check: no compute-sanitizer here"
 fi

@@ -5,7 +5,7 @@
  * - warpgroup 0, the producer: one of its threads brings each 128-key tile
  *   of K (or, for G > 1, of K^T, written by dac_kt_kernel) and V into
  *   shared memory with TMA (cp.async.bulk.tensor), in the 128-byte
- *   swizzled layouts the warpgroup MMA reads, NS stages deep; for G > 1
+ *   swizzled layouts the warpgroup MMA reads, a few stages deep; for G > 1
  *   all its threads build the tile's fused keys
  *   Kf^T[g][key] = sum_i a_c K[key][c] (c the i-th column of group g) from
  *   K^T with 16-byte row gathers, f32 sums rounded once;
@@ -41,6 +41,10 @@
 #ifndef DAC_WG_PINGPONG
 #define DAC_WG_PINGPONG 1
 #endif
+/* V stages of the grouped kernel (2 or 3; Kf^T gets the rest) */
+#ifndef DAC_WG_VSTAGES
+#define DAC_WG_VSTAGES 3
+#endif
 
 namespace {
 
@@ -68,13 +72,23 @@ template <int D, int DQK, int GS> struct wg_smem {
   static constexpr int VB = (D / 64) * 16384;                 /* V [D/64][128 keys][64] */
   static constexpr int RB = GR ? (D / 64) * 16384 : 0;        /* raw K^T [2][D][64 keys] */
   static constexpr int TABB = GR ? ((DQK * GS * 4 + 1023) / 1024) * 1024 : 0;
-  static constexpr int BARB = 256; /* mbarriers: 6 sets of 4 */
-  static constexpr size_t bytes_for(int ns) {
-    return 1024 /* alignment slack */ + QB + (size_t)ns * (KB + VB) + 2 * (size_t)RB + TABB + BARB;
+  static constexpr int BARB = 512; /* mbarriers: 5 sets of up to 8 */
+  static constexpr size_t bytes_for(int nk, int nv) {
+    return 1024 /* alignment slack */ + QB + (size_t)nk * KB + (size_t)nv * VB + 2 * (size_t)RB + TABB + BARB;
   }
-  static constexpr int NS = bytes_for(3) <= WG_SMEM_MAX ? 3 : 2;
-  static constexpr size_t bytes = bytes_for(NS);
-  static_assert(NS >= 2, "two stages at least");
+  /* Stages: exact, K and V share NS = 3 stages (2 where 3 do not fit);
+   * grouped, V has NSV (3 where they fit) and Kf^T, which is small, takes
+   * what is left, up to 8 stages, so a late build has slack to catch up. */
+  static constexpr int NSV = GR ? (bytes_for(2, DAC_WG_VSTAGES) <= WG_SMEM_MAX ? DAC_WG_VSTAGES : 2)
+                                : (bytes_for(3, 3) <= WG_SMEM_MAX ? 3 : 2);
+  static constexpr int kstages() {
+    int n = NSV;
+    while (GR && n < 8 && bytes_for(n + 1, NSV) <= WG_SMEM_MAX) n++;
+    return n;
+  }
+  static constexpr int NSK = kstages();
+  static constexpr size_t bytes = bytes_for(NSK, NSV);
+  static_assert(NSV >= 2 && NSK >= NSV && NSK <= 8 && bytes <= WG_SMEM_MAX, "stages");
 };
 
 #if DAC_WG_DEVICE
@@ -150,22 +164,22 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #if DAC_WG_DEVICE
   typedef wg_smem<D, DQK, GS> L;
   constexpr bool GR = GS > 1;
-  constexpr int NS = L::NS;
+  constexpr int NSK = L::NSK, NSV = L::NSV; /* equal when exact: K and V share a stage */
   extern __shared__ unsigned char smraw[];
   const uint32_t sbase0 = su32(smraw);
   const uint32_t pad = (1024u - (sbase0 & 1023u)) & 1023u;
   unsigned char *sm = smraw + pad;
   const uint32_t sb = sbase0 + pad;
-  const uint32_t sQ = sb, sK = sQ + L::QB, sV = sK + NS * L::KB, sR = sV + NS * L::VB;
-  float *wtab = (float *)(sm + (L::QB + NS * (L::KB + L::VB) + 2 * L::RB));
+  const uint32_t sQ = sb, sK = sQ + L::QB, sV = sK + NSK * L::KB, sR = sV + NSV * L::VB;
+  float *wtab = (float *)(sm + (L::QB + NSK * L::KB + NSV * L::VB + 2 * L::RB));
   const uint32_t sBar = sR + 2 * L::RB + L::TABB;
   /* full(s), empty(s): K (exact) or Kf^T (grouped) and, exact, V of stage
    * s; grouped, V has its own pair, vfull(s) and vempty(s) */
   auto full = [&](int s) { return sBar + 8 * s; };
-  auto empty = [&](int s) { return sBar + 32 + 8 * s; };
-  auto vfull = [&](int s) { return sBar + 64 + 8 * s; };
-  auto vempty = [&](int s) { return sBar + 96 + 8 * s; };
-  auto rawfull = [&](int x) { return sBar + 128 + 8 * x; }; /* grouped: raw K^T slot x */
+  auto empty = [&](int s) { return sBar + 64 + 8 * s; };
+  auto vfull = [&](int s) { return sBar + 128 + 8 * s; };
+  auto vempty = [&](int s) { return sBar + 192 + 8 * s; };
+  auto rawfull = [&](int x) { return sBar + 256 + 8 * x; }; /* grouped: raw K^T slot x */
 
   const dac_block blk = dac_block_of(a, WG_BM);
   const int q0 = blk.q0;
@@ -177,9 +191,11 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
   const int wgi = threadIdx.x / 128, t = threadIdx.x % 128;
 
   if (threadIdx.x == 0) {
-    for (int s = 0; s < NS; s++) {
+    for (int s = 0; s < NSK; s++) {
       mbar_init(full(s), GR ? 128 : 1); /* the builders, or the TMA issuer */
       mbar_init(empty(s), 8);           /* the consumers' warps */
+    }
+    for (int s = 0; s < NSV; s++) {
       mbar_init(vfull(s), 1);
       mbar_init(vempty(s), 8);
     }
@@ -204,8 +220,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         tma_prefetch(&tmk);
         tma_prefetch(&tmv);
         for (int j = 0; j < nk; j++) {
-          const int s = j % NS;
-          if (j >= NS) mbar_wait(empty(s), (j / NS - 1) & 1);
+          const int s = j % NSK;
+          if (j >= NSK) mbar_wait(empty(s), (j / NSK - 1) & 1);
           mbar_expect_tx(full(s), L::KB + L::VB);
           tma_rows(sK + s * L::KB, &tmk, j, full(s));
           tma_rows(sV + s * L::VB, &tmv, j, full(s));
@@ -254,22 +270,17 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         tma_raw(0);
       }
       /* Kf^T and V travel separately (a consumer needs tile j's Kf^T one
-       * step before its V). Per tile j: raw K^T j+1 and V j go out (one
-       * thread, TMA), raw K^T j is waited for, Kf^T j is built into the
-       * stage that Kf^T j-NS left. */
+       * step before its V). Per tile j: raw K^T j+1 goes out (one thread,
+       * TMA), raw K^T j is waited for, Kf^T j is built into the stage that
+       * Kf^T j-NSK left, then V j goes out. */
       named_sync(1, 128); /* the table */
       for (int j = 0; j < nk; j++) {
-        const int s = j % NS;
+        const int s = j % NSK, sv = j % NSV;
         /* everyone is done with tile j-1's raw slot, which raw j+1 takes */
         if (j > 0) named_sync(1, 128);
-        if (lead) {
-          if (j + 1 < nk) tma_raw(j + 1);
-          if (j >= NS) mbar_wait(vempty(s), (j / NS - 1) & 1);
-          mbar_expect_tx(vfull(s), L::VB);
-          tma_rows(sV + s * L::VB, &tmv, j, vfull(s));
-        }
+        if (lead && j + 1 < nk) tma_raw(j + 1);
         mbar_wait(rawfull(j & 1), (j >> 1) & 1);
-        if (j >= NS) mbar_wait(empty(s), (j / NS - 1) & 1);
+        if (j >= NSK) mbar_wait(empty(s), (j / NSK - 1) & 1);
         /* Kf^T[g][key] for 8 keys per item: 16-byte row gathers of K^T */
         const uint32_t raw = sR + (j & 1) * L::RB, kf = sK + s * L::KB;
         const unsigned char *rawp = sm + (raw - sb);
@@ -304,6 +315,14 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         }
         fence_proxy();
         mbar_arrive(full(s));
+        /* V j after the build: a consumer needs it only once it holds Kf^T
+         * j+1 too, and waiting here for V's stage (P V of tile j-NSV) holds
+         * back build j+1, not build j */
+        if (lead) {
+          if (j >= NSV) mbar_wait(vempty(sv), (j / NSV - 1) & 1);
+          mbar_expect_tx(vfull(sv), L::VB);
+          tma_rows(sV + sv * L::VB, &tmv, j, vfull(sv));
+        }
       }
     }
   } else {
@@ -378,7 +397,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
       }
     }
     for (int j = 0; j < nk; j++) {
-      const int s = j % NS;
+      const int s = j % NSV; /* this tile's V stage (exact: its K and V stage) */
+      const int k1 = (j + 1) % NSK; /* the next tile's K or Kf^T stage */
       const int k0 = j * WG_BN;
       /* mask, online softmax (log2 domain: p = 2^(s*sc - m*sc)) */
       const bool need_mask = (k0 + WG_BN > a.seq_k) || (a.causal && k0 + WG_BN - 1 > q0 + 64 * c + off);
@@ -434,8 +454,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         o[4 * i + 3] *= al1;
       }
       /* O += P V, and the next tile's S behind it */
-      if (GR) mbar_wait(vfull(s), (j / NS) & 1);
-      if (j + 1 < nk) mbar_wait(full((j + 1) % NS), ((j + 1) / NS) & 1);
+      if (GR) mbar_wait(vfull(s), (j / NSV) & 1);
+      if (j + 1 < nk) mbar_wait(full(k1), ((j + 1) / NSK) & 1);
       turn_wait();
       wg_fence();
       const uint32_t vb = sV + s * L::VB;
@@ -443,7 +463,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
       for (int kk = 0; kk < WG_BN / 16; kk++)
         dac_wg_rs<T, D>(o, pa[kk], wg_desc(vb + kk * 2048, WG_BN * 128, 1024));
       wg_commit();
-      if (j + 1 < nk) issue_s((j + 1) % NS);
+      if (j + 1 < nk) issue_s(k1);
       turn_pass(j + 1 == nk);
       /* stage s's V (grouped) or K and V (exact) are free once P V is done;
        * grouped, the next stage's Kf^T once its S is */
@@ -455,7 +475,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         wg_wait<0>();
         if (GR) {
           __syncwarp();
-          if (lane == 0) mbar_arrive(empty((j + 1) % NS));
+          if (lane == 0) mbar_arrive(empty(k1));
         }
       } else {
         wg_wait<0>();
