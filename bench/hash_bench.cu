@@ -1,7 +1,10 @@
 /* bench/hash_bench.cu: the CUDA hash kernel (cuda/cuda_hash.cu,
  * dac_launch_hash) against the kernel it replaced, kept below verbatim
  * under another name: perm, wts and qs must agree byte for byte on every
- * shape, dtype and path; then both are timed on the benchmark shape.
+ * shape, dtype and path, with the bits per thread (TB) the launch picks and
+ * with each of 2, 4 and 8 forced (dac_launch_hash_tb); then both are timed
+ * on the benchmark shapes, small grids (seq 1024, 2048) and a large one
+ * (seq 8192), the new kernel at each TB beside.
  *
  * nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 -Iinclude -Ilib -Icuda \
  *   bench/hash_bench.cu cuda/cuda_hash.cu -o /tmp/hash_bench && /tmp/hash_bench
@@ -27,6 +30,13 @@
       exit(1);                                                                        \
     }                                                                                 \
   } while (0)
+
+/* cuda/cuda_hash.cu: dac_launch_hash with TB forced (0: the launch's pick) */
+extern "C" cudaError_t dac_launch_hash_tb(const void *q, da_dtype dt, int batch, int heads,
+                                          int seq_q, int d, const float *proj, int hash_bits,
+                                          int hash_block, int G, da_fusion fusion, int *perm,
+                                          float *wts, void *qs, da_dtype qs_dt, int qs_ld, int ng,
+                                          cudaStream_t s, int tb);
 
 /* ---- the reference: cuda/cuda_hash.cu's hash kernel before the rewrite ---- */
 
@@ -326,11 +336,24 @@ void teardown(Bufs &b) {
   }
 }
 
-cudaError_t run(const Case &c, const Bufs &b, int which) {
-  const auto launch = which == 0 ? dac_launch_hash_old : dac_launch_hash;
-  return launch(b.q, c.dt, c.batch, c.heads, c.seq, c.d, b.proj, c.hash_bits, c.hash_block, c.G,
-                c.fusion, b.perm[which], c.with_wts ? b.wts[which] : nullptr,
-                c.with_qs ? b.qs[which] : nullptr, c.qs_dt, b.qs_ld, b.ng, 0);
+/* which 0: the old kernel; 1: the new one at TB tb (0: its own pick) */
+cudaError_t run(const Case &c, const Bufs &b, int which, int tb = 0) {
+  if (which == 0)
+    return dac_launch_hash_old(b.q, c.dt, c.batch, c.heads, c.seq, c.d, b.proj, c.hash_bits,
+                               c.hash_block, c.G, c.fusion, b.perm[0],
+                               c.with_wts ? b.wts[0] : nullptr, c.with_qs ? b.qs[0] : nullptr,
+                               c.qs_dt, b.qs_ld, b.ng, 0);
+  return dac_launch_hash_tb(b.q, c.dt, c.batch, c.heads, c.seq, c.d, b.proj, c.hash_bits,
+                            c.hash_block, c.G, c.fusion, b.perm[1],
+                            c.with_wts ? b.wts[1] : nullptr, c.with_qs ? b.qs[1] : nullptr,
+                            c.qs_dt, b.qs_ld, b.ng, 0, tb);
+}
+
+/* whether the new kernel has TB tb for this shape: at most 256 threads
+ * (cuda/cuda_hash.cu's dac_hash_threads), and 2 only up to 16 bits */
+bool new_has_tb(const Case &c, int tb) {
+  return ((c.hash_bits + tb - 1) / tb * ((c.d + 3) / 4) + 31) / 32 * 32 <= 256 &&
+         (tb != 2 || c.hash_bits <= 16);
 }
 
 /* first differing byte of two device buffers, or -1 */
@@ -343,22 +366,40 @@ long long first_diff(const void *x, const void *y, size_t bytes) {
   return -1;
 }
 
+/* the old kernel against the new one at its own TB and at each of 2, 4,
+ * 8 that the shape allows; the new one's outputs are refilled before each
+ * run, so that every run must write all that the old one does */
 bool compare(const Case &c, uint64_t seed) {
   std::mt19937_64 rng(seed);
   Bufs b;
   setup(c, b, rng);
   CHECK(run(c, b, 0));
-  CHECK(run(c, b, 1));
-  CHECK(cudaDeviceSynchronize());
-  const long long dp = first_diff(b.perm[0], b.perm[1], b.perm_n * sizeof(int));
-  const long long dw = first_diff(b.wts[0], b.wts[1], b.perm_n * sizeof(float));
-  const long long dq = first_diff(b.qs[0], b.qs[1], b.qs_bytes);
-  const bool ok = dp < 0 && dw < 0 && dq < 0;
-  printf("%-4s %-44s", ok ? "ok" : "FAIL", c.name);
-  if (!ok) printf(" first differing byte: perm %lld, wts %lld, qs %lld", dp, dw, dq);
-  printf("\n");
+  bool all = true;
+  printf("%-46s", c.name);
+  for (const int tb : {0, 2, 4, 8}) {
+    if (tb && !new_has_tb(c, tb)) {
+      printf(" tb%d -", tb);
+      continue;
+    }
+    CHECK(cudaMemset(b.perm[1], 0xa5, b.perm_n * sizeof(int)));
+    CHECK(cudaMemset(b.wts[1], 0xa5, b.perm_n * sizeof(float)));
+    CHECK(cudaMemset(b.qs[1], 0xa5, b.qs_bytes));
+    CHECK(run(c, b, 1, tb));
+    CHECK(cudaDeviceSynchronize());
+    const long long dp = first_diff(b.perm[0], b.perm[1], b.perm_n * sizeof(int));
+    const long long dw = first_diff(b.wts[0], b.wts[1], b.perm_n * sizeof(float));
+    const long long dq = first_diff(b.qs[0], b.qs[1], b.qs_bytes);
+    const bool ok = dp < 0 && dw < 0 && dq < 0;
+    if (tb)
+      printf(" tb%d %s", tb, ok ? "ok" : "FAIL");
+    else
+      printf(" auto %s", ok ? "ok" : "FAIL");
+    if (!ok) printf(" (first differing byte: perm %lld, wts %lld, qs %lld)", dp, dw, dq);
+    all = all && ok;
+  }
+  printf("  %s\n", all ? "ok" : "FAIL");
   teardown(b);
-  return ok;
+  return all;
 }
 
 float median(std::vector<float> v) {
@@ -366,22 +407,25 @@ float median(std::vector<float> v) {
   return v[v.size() / 2];
 }
 
-/* median of 20 timed runs (CUDA events) after 3 warm-up runs, in us */
-float time_us(const Case &c, const Bufs &b, int which) {
+/* median over 15 samples (CUDA events) of the mean time of 10 back-to-back
+ * runs, after 3 warm-up runs, in us: the device's time per run rather than
+ * that plus the host's per-launch calls */
+float time_us(const Case &c, const Bufs &b, int which, int tb = 0) {
+  constexpr int REPS = 10;
   cudaEvent_t e0, e1;
   CHECK(cudaEventCreate(&e0));
   CHECK(cudaEventCreate(&e1));
-  for (int i = 0; i < 3; i++) CHECK(run(c, b, which));
+  for (int i = 0; i < 3; i++) CHECK(run(c, b, which, tb));
   CHECK(cudaDeviceSynchronize());
   std::vector<float> t;
-  for (int i = 0; i < 20; i++) {
+  for (int i = 0; i < 15; i++) {
     CHECK(cudaEventRecord(e0, 0));
-    CHECK(run(c, b, which));
+    for (int r = 0; r < REPS; r++) CHECK(run(c, b, which, tb));
     CHECK(cudaEventRecord(e1, 0));
     CHECK(cudaEventSynchronize(e1));
     float ms;
     CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    t.push_back(ms * 1000.0f);
+    t.push_back(ms * 1000.0f / REPS);
   }
   CHECK(cudaEventDestroy(e0));
   CHECK(cudaEventDestroy(e1));
@@ -436,6 +480,21 @@ int main() {
       {"f16 d128 hb128 b16 G4 MEAN (seq 100)", F16, 2, 3, 100, 128, 128, 16, 4, MEAN, true, true, F16, true, 0},
       {"f32 d256 hb64 b8 G1 MEAN (streamed, G 1)", F32, 1, 3, 1000, 256, 64, 8, 1, MEAN, true, true, F32, false, 0},
       {"f16 d128 hb128 b16 G2 MEAN seq 8192", F16, 1, 4, 8192, 128, 128, 16, 2, MEAN, true, true, F16, true, 0},
+      /* the benchmark's grids: small (the launch picks TB 2 or 4) and large (8) */
+      {"f16 d64 hb128 b16 G2 MEAN 4x16 seq 1024", F16, 4, 16, 1024, 64, 128, 16, 2, MEAN, true, true, F16, true, 0},
+      {"f16 d128 hb128 b16 G2 NORM 4x16 seq 1024", F16, 4, 16, 1024, 128, 128, 16, 2, NORM, true, true, F16, true, 0},
+      {"f16 d64 hb128 b16 G2 NORM 4x16 seq 2048", F16, 4, 16, 2048, 64, 128, 16, 2, NORM, true, true, F16, true, 0},
+      {"f16 d128 hb128 b16 G4 MEAN 4x16 seq 2048", F16, 4, 16, 2048, 128, 128, 16, 4, MEAN, true, true, F16, true, 0},
+      {"f16 d128 hb128 b16 G2 NORM 4x16 seq 8192", F16, 4, 16, 8192, 128, 128, 16, 2, NORM, true, true, F16, true, 0},
+      /* one hash bit; 32 bits at d 256 (TB 2 and 4 too many threads) */
+      {"f16 d64 hb128 b1 G2 NORM", F16, 2, 3, 1000, 64, 128, 1, 2, NORM, true, true, F16, true, 0},
+      {"bf16 d128 hb128 b1 G8 MEAN", BF16, 1, 2, 1000, 128, 128, 1, 8, MEAN, true, true, BF16, true, 0},
+      {"f32 d256 hb128 b32 G8 MEAN", F32, 1, 2, 1000, 256, 128, 32, 8, MEAN, true, true, F32, false, 0},
+      {"bf16 d256 hb128 b16 G4 NORM qs f32", BF16, 1, 2, 1000, 256, 128, 16, 4, NORM, true, true, F32, false, 0},
+      /* G 8 with one fused column per thread (TB 2, 4), qs unaligned rows */
+      {"f16 d72 hb128 b16 G8 NORM (qs_ld 9)", F16, 1, 3, 1000, 72, 128, 16, 8, NORM, true, true, F16, false, 0},
+      {"f32 d3 hb128 b32 G2 MEAN", F32, 1, 3, 1000, 3, 128, 32, 2, MEAN, true, true, F32, false, 0},
+      {"bf16 d66 hb96 b12 G1 MEAN (wts, no qs)", BF16, 2, 2, 1000, 66, 96, 12, 1, MEAN, true, false, BF16, true, 0},
   };
   // clang-format on
   int passed = 0, failed = 0;
@@ -443,20 +502,32 @@ int main() {
   for (const Case &c : cases) (compare(c, seed++) ? passed : failed)++;
   printf("%d passed, %d failed\n", passed, failed);
 
-  for (const da_fusion fusion : {MEAN, NORM})
-    for (int G : {2, 4}) {
-      const Case c = {"bench", F16, 4, 16, 8192, 128, 128, 16, G, fusion, true, true, F16, true, 0};
-      std::mt19937_64 rng(99);
-      Bufs b;
-      setup(c, b, rng);
-      const float t_old = time_us(c, b, 0), t_new = time_us(c, b, 1);
-      const double bytes =
-          (double)c.batch * c.heads * c.seq * c.d * 2 + (double)b.qs_bytes + (double)b.perm_n * 8;
-      printf("batch 4, heads 16, seq 8192, d 128, f16, hash_block 128, hash_bits 16, G %d, %s: "
-             "old %.1f us, new %.1f us (%.0f GB/s), %.2fx\n",
-             G, fusion == MEAN ? "MEAN" : "NORM", t_old, t_new, bytes / (t_new * 1e3),
-             t_old / t_new);
-      teardown(b);
-    }
+  /* old and new (at its own TB, then at each TB), us per run */
+  printf("\nbatch 4, heads 16, f16, hash_block 128, hash_bits 16, qs f16 (rows padded to 16):\n");
+  struct Shape {
+    int seq, d, G;
+    da_fusion fusion;
+  };
+  const Shape shapes[] = {{1024, 64, 2, MEAN},  {1024, 128, 2, MEAN}, {2048, 64, 2, MEAN},
+                          {2048, 128, 2, MEAN}, {1024, 64, 2, NORM},  {1024, 128, 2, NORM},
+                          {2048, 64, 2, NORM},  {2048, 128, 2, NORM}, {8192, 128, 2, MEAN},
+                          {8192, 128, 2, NORM}, {8192, 128, 4, MEAN}, {8192, 128, 4, NORM},
+                          {8192, 64, 2, MEAN},  {8192, 64, 2, NORM}};
+  for (const Shape &sh : shapes) {
+    const Case c = {"bench", F16, 4, 16, sh.seq, sh.d, 128, 16, sh.G, sh.fusion, true, true, F16, true, 0};
+    std::mt19937_64 rng(99);
+    Bufs b;
+    setup(c, b, rng);
+    const float t_old = time_us(c, b, 0), t_new = time_us(c, b, 1);
+    const double bytes =
+        (double)c.batch * c.heads * c.seq * c.d * 2 + (double)b.qs_bytes + (double)b.perm_n * 8;
+    printf("seq %4d, d %3d, G %d, %s: old %6.1f us, new %6.1f us (%4.0f GB/s), old/new %5.2fx |",
+           c.seq, c.d, c.G, c.fusion == MEAN ? "MEAN" : "NORM", t_old, t_new,
+           bytes / (t_new * 1e3), t_old / t_new);
+    for (const int tb : {2, 4, 8})
+      printf(" tb%d %6.1f", tb, time_us(c, b, 1, tb));
+    printf("\n");
+    teardown(b);
+  }
   return failed ? 1 : 0;
 }

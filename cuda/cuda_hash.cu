@@ -10,28 +10,42 @@
 /* Rows per chunk: a tile is streamed through shared memory in chunks of
  * this many rows, and R is laid out in them. A multiple of 4. */
 #define DAC_HASH_CK 32
-/* Hash bits per thread, 8 or 16: each Q value read from shared memory and
- * converted feeds this many fmas (at 4 the reads would outrun the fma issue
- * rate). 16 halves a tile's threads (d = 128: one warp) for ~7% fewer
- * instructions. */
-#ifndef DAC_HASH_TB
-#define DAC_HASH_TB 8
-#endif
-static_assert(DAC_HASH_TB == 8 || DAC_HASH_TB == 16, "DAC_HASH_TB: 8 or 16");
+/* Threads per block at most (the kernel's launch bound). */
+#define DAC_HASH_MAXT 256
+/* Hash bits per thread, TB = 2, 4 or 8, chosen per launch (dac_hash_pick_tb),
+ * and what goes with it. Each Q value read from shared memory and
+ * converted feeds TB fmas, so 8 has the fewest instructions per fma (at 2,
+ * about 1.6x as many) but the fewest threads: a small grid (seq 1024,
+ * d 64: 512 blocks of one warp on 132 SMs) leaves every SM a few lone
+ * warps whose waits nothing hides, and there 2 or 4 give each block 4x or
+ * 2x the warps. Those blocks must then be resident together, so at 2 and
+ * 4 the registers are capped at 80 (MINB: 3 blocks of 256 threads, 6 of
+ * 128 per SM), which the fused Q meets with a half or a quarter of the
+ * source columns per thread (SRC) and two rows per step (RB), and the
+ * chains without unrolling (UNROLL). At 8 the registers are free (162):
+ * shared memory bounds its blocks per SM as much. */
+template <int TB>
+struct dac_hash_tb {
+  static_assert(TB == 2 || TB == 4 || TB == 8, "TB: 2, 4 or 8");
+  static constexpr bool BIG = TB == 8;
+  static constexpr int MINB = BIG ? 1 : 3;
+  static constexpr int UNROLL = BIG ? 2 : 1;             /* of the chains' four-row steps */
+  static constexpr int SRC = BIG ? 16 : TB == 4 ? 8 : 4; /* fused Q: source columns per thread */
+  static constexpr int RB = BIG ? 4 : 2;                 /* fused Q: rows per step */
+  /* fused Q: output columns per thread */
+  __host__ __device__ static constexpr int ov(int G) { return SRC / G > 1 ? SRC / G : 1; }
+};
 /* A tile whose Q and R take more shared memory than this is streamed twice
  * (hash, then fused Q) rather than kept, so that blocks per SM stay >= 2. */
 #define DAC_HASH_RESIDENT_MAX (80 * 1024)
 
 /* Per-column state after the chains; it lives where R was (R is no longer
  * needed then), so the block's shared memory is Q and R only. */
-template <int NB>
 struct dac_hash_cols {
-  /* bit groups: threads that share a column */
-  static constexpr int NG = NB < DAC_HASH_TB ? 1 : NB / DAC_HASH_TB;
   float a[256]; /* fusion weight a_c */
   union {
-    uint32_t part[NG][256]; /* code bits of each bit group for column c */
-    int perm[256];          /* after the sort: pi (over part[0]) */
+    uint32_t code[256]; /* code of column c: the OR of its bit groups' bits */
+    int perm[256];      /* after the sort: pi (over code) */
   };
 };
 
@@ -82,7 +96,7 @@ __device__ __forceinline__ void dac_hash_chains(const char *qp, const float *rp,
                                                 float (&acc)[TB][4], float (&nr)[4]) {
   constexpr int CK = DAC_HASH_CK;
   int r = 0;
-#pragma unroll 2
+#pragma unroll(dac_hash_tb<TB>::UNROLL)
   for (; r + 4 <= n; r += 4) {
     float4 xv[4], rv[TB];
 #pragma unroll
@@ -134,18 +148,16 @@ __device__ __forceinline__ void dac_hash_chains_dt(da_dtype dt, const char *qp, 
 /* Step 4 in one warp: (key << 8 | c) is unique per column and orders as
  * (key, c) does, so a bitonic network over EPL of them per lane (padding
  * above every real one) gives pi, d log^2 d work instead of the d^2 of
- * counting ranks. Reads the bit groups' codes, writes pi over them. */
-template <typename T, int EPL, int NB>
-__device__ __forceinline__ void dac_hash_sort(dac_hash_cols<NB> &sm, int d) {
+ * counting ranks. Reads the codes, writes pi over them. */
+template <typename T, int EPL>
+__device__ __forceinline__ void dac_hash_sort(dac_hash_cols &sm, int d) {
   const int lane = threadIdx.x % 32;
   T v[EPL];
 #pragma unroll
   for (int k = 0; k < EPL; k++) {
     const int i = lane * EPL + k;
     if (i < d) {
-      uint32_t key = 0;
-#pragma unroll
-      for (int g = 0; g < dac_hash_cols<NB>::NG; g++) key |= sm.part[g][i];
+      uint32_t key = sm.code[i];
       key ^= key >> 1;
       key ^= key >> 2;
       key ^= key >> 4;
@@ -288,11 +300,15 @@ __device__ __forceinline__ void dac_hash_copy_r(const float *proj, int hash_bits
   }
 }
 
-/* Store OV consecutive values of a fused-Q row: one 4-, 8- or 16-byte
+/* Store OV consecutive values of a fused-Q row: one 2-, 4-, 8- or 16-byte
  * store (two for 8 f32) when vec, else element by element below lim. */
 template <int OV>
 __device__ __forceinline__ void dac_hash_store(void *qs, da_dtype t, size_t i, const float (&v)[OV],
                                                bool vec, int lim) {
+  if constexpr (OV == 1) {
+    dac_st(qs, t, i, v[0]);
+    return;
+  }
   if (!vec) {
 #pragma unroll
     for (int j = 0; j < OV; j++)
@@ -310,7 +326,7 @@ __device__ __forceinline__ void dac_hash_store(void *qs, da_dtype t, size_t i, c
     }
     return;
   }
-  uint32_t w[OV / 2];
+  uint32_t w[OV > 1 ? OV / 2 : 1];
 #pragma unroll
   for (int j = 0; j < OV / 2; j++) {
     if (t == DA_F16) {
@@ -330,33 +346,34 @@ __device__ __forceinline__ void dac_hash_store(void *qs, da_dtype t, size_t i, c
     *reinterpret_cast<uint32_t *>(p) = w[0];
 }
 
-/* Per-thread state of the fused Q: OV = 16 / G consecutive columns of qs,
- * i.e. 16 source columns (their byte offsets in a slot) and OV
- * denominators, all in registers. */
+/* Per-thread state of the fused Q: OV = SRC / G consecutive columns of qs
+ * (at least 1), i.e. SRC source columns (their byte offsets in a slot) and
+ * OV denominators, all in registers. */
 template <int GS, int OV>
 struct dac_hash_fuse_cols {
   int off[OV][GS];
-  float den[OV], inv[OV]; /* inv: 1 / den when that is exact, else 0 */
-  uint32_t vmask;         /* bit j * GS + i: source i of column j exists */
-  int nvalid;             /* columns below ng */
-  bool fast;              /* all OV columns full groups with an exact inv */
+  float dv[OV];   /* the denominator, or 1 / it where that is exact (bit j of inv) */
+  uint32_t inv;   /* bit j: dv[j] is the reciprocal */
+  uint32_t vmask; /* bit j * GS + i: source i of column j exists */
+  int nvalid;     /* columns below ng */
+  bool fast;      /* all OV columns full groups with an exact reciprocal */
 };
 
-/* The fused Q of rows 4 rb .. 4 rb + 3 for rb = tb, tb + nb, ... of the n
- * local rows of the slot x, into qs from element qi (row stride qs_ld).
- * Four consecutive rows per step, so that every source's four reads are
- * one address plus immediates (the slot has room for them past n). num is
+/* The fused Q of rows RB rb .. RB rb + RB - 1 for rb = tb, tb + nb, ... of
+ * the n local rows of the slot x, into qs from element qi (row stride
+ * qs_ld). RB (4 or 2) consecutive rows per step, so that every source's RB
+ * reads are one address plus immediates (the slot has room for them past
+ * n: its rows are padded to a multiple of 4, plus one). num is
  * summed from 0.0f in the group's order and divided as before; a
  * denominator that is a power of two (MEAN: G, or a short last group's size
  * when it is one) is applied as a multiplication by its exact reciprocal,
  * which rounds the same quotient the same way. Not FAST: a missing member
  * adds +0.0f, which leaves a sum that started at +0.0f (so is never -0.0f)
  * unchanged. */
-template <int GS, int OV, bool FAST, da_dtype DT>
+template <int GS, int OV, int RB, bool FAST, da_dtype DT>
 __device__ __forceinline__ void
 dac_hash_fuse_rows(const char *x, int n, int tb, int nb, const dac_hash_fuse_cols<GS, OV> &f,
                    void *qs, da_dtype qs_dt, size_t qi, int qs_ld, bool vec, int lim) {
-  constexpr int RB = 4;
   for (int rb = tb; rb * RB < n; rb += nb) {
     const char *xr = x + rb * RB * 16;
     float v[RB][OV];
@@ -378,9 +395,11 @@ dac_hash_fuse_rows(const char *x, int n, int tb, int nb, const dac_hash_fuse_col
 #pragma unroll
       for (int u = 0; u < RB; u++) {
         if (FAST)
-          v[u][j] = num[u] * f.inv[j];
+          v[u][j] = num[u] * f.dv[j];
         else
-          v[u][j] = j >= f.nvalid ? 0.0f : f.inv[j] != 0.0f ? num[u] * f.inv[j] : num[u] / f.den[j];
+          v[u][j] = j >= f.nvalid            ? 0.0f
+                    : (f.inv >> j) & 1 ? num[u] * f.dv[j]
+                                       : num[u] / f.dv[j];
       }
     }
 #pragma unroll
@@ -390,13 +409,13 @@ dac_hash_fuse_rows(const char *x, int n, int tb, int nb, const dac_hash_fuse_col
   }
 }
 
-template <int GS, int OV>
+template <int GS, int OV, int RB>
 __device__ __forceinline__ void dac_hash_fuse_dt(da_dtype dt, const char *x, int n, int tb, int nb,
                                                  const dac_hash_fuse_cols<GS, OV> &f, void *qs,
                                                  da_dtype qs_dt, size_t qi, int qs_ld, bool vec,
                                                  int lim) {
 #define DAC_HASH_FUSE(FAST, DT)                                                                    \
-  dac_hash_fuse_rows<GS, OV, FAST, DT>(x, n, tb, nb, f, qs, qs_dt, qi, qs_ld, vec, lim)
+  dac_hash_fuse_rows<GS, OV, RB, FAST, DT>(x, n, tb, nb, f, qs, qs_dt, qi, qs_ld, vec, lim)
   if (dt == DA_F16) {
     if (f.fast)
       DAC_HASH_FUSE(true, DA_F16);
@@ -417,23 +436,27 @@ __device__ __forceinline__ void dac_hash_fuse_dt(da_dtype dt, const char *x, int
 }
 
 /* One block per (tile, head, batch). Thread (cg, bg) runs the chains of
- * columns 4cg..4cg+3 and hash bits bg*TB..bg*TB+TB-1, so NB / TB * ceil(d/4)
- * threads share the d * NB chains (d = 128, NB = 16: 64 threads of 32
- * chains), each the same sequential fma over the rows in order as in
- * lib/hash.c. The tile's Q and R arrive by cp.async in chunks of CK rows,
- * the next chunk in flight while this one's chains run; Q stays whole
- * (resident: when the fused Q will read it again and it fits) or passes
- * through two slots like R. Then the codes, the sort (one warp), the fusion
- * weights and, when qs is given, the fused Q rows of the tile. */
-template <int NB, int GS>
-__global__ void __launch_bounds__(256, 1)
+ * columns 4cg..4cg+3 and hash bits bg*TB..bg*TB+TB-1, so
+ * ceil(hash_bits / TB) * ceil(d/4) threads share the d * hash_bits chains
+ * (d = 128, 16 bits, TB = 8: 64 threads of 32 chains; TB = 2: 256 of 8),
+ * each the same sequential fma over the rows in order as in lib/hash.c:
+ * which thread owns a chain never changes a bit. The tile's Q and R
+ * arrive by cp.async in chunks of CK rows, the next chunk in flight while
+ * this one's chains run; Q stays whole (resident: when the fused Q will
+ * read it again and it fits) or passes through two slots like R. Then the
+ * codes (each bit group ORs its bits into its columns' codes), the sort
+ * (one warp), the fusion weights and, when qs is given, the fused Q rows of
+ * the tile, the last three shared by all the block's threads. */
+template <int NB, int GS, int TB>
+__global__ void __launch_bounds__(DAC_HASH_MAXT, dac_hash_tb<TB>::MINB)
     dac_hash_kernel(const void *__restrict__ q, da_dtype dt, int heads, int seq_q, int d,
                     const float *__restrict__ proj, int hash_bits, int hash_block, int norm,
                     int n_tiles, int resident, int rpad, int pb, int rvec, int *__restrict__ perm,
                     float *__restrict__ wts, void *__restrict__ qs, da_dtype qs_dt, int qs_ld,
                     int ng, int qs_vec) {
-  constexpr int TB = NB < DAC_HASH_TB ? NB : DAC_HASH_TB, CK = DAC_HASH_CK;
-  static_assert(sizeof(dac_hash_cols<NB>) <= 2 * NB * CK * sizeof(float), "R slots too small");
+  constexpr int CK = DAC_HASH_CK;
+  static_assert(TB <= NB, "TB: at most NB");
+  static_assert(sizeof(dac_hash_cols) <= 2 * NB * CK * sizeof(float), "R slots too small");
   extern __shared__ __align__(16) char dsm[];
   const int tid = threadIdx.x, nt = blockDim.x;
   const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -457,7 +480,7 @@ __global__ void __launch_bounds__(256, 1)
   const size_t qslot = (size_t)((d * es + 15) / 16) * rpad * 16;
   char *qbuf = dsm;
   float *rbuf = reinterpret_cast<float *>(dsm + (resident ? 1 : 2) * qslot); /* 2 slots */
-  dac_hash_cols<NB> &sm = *reinterpret_cast<dac_hash_cols<NB> *>(rbuf);
+  dac_hash_cols &sm = *reinterpret_cast<dac_hash_cols *>(rbuf);
 
   const int nch = (rows + CK - 1) / CK;
   /* chunk k: Q in slot k % 2 (resident: rows k CK.. of the one slot), R in
@@ -466,9 +489,8 @@ __global__ void __launch_bounds__(256, 1)
   dac_hash_copy_r<NB>(proj, hash_bits, hash_block, rvec, rbuf, 0, min(rows, CK));
   dac_cp_commit();
 
-  const bool worker = tid < NB / TB * ncg;
+  const bool worker = tid < (hash_bits + TB - 1) / TB * ncg;
   const int cg = worker ? tid % ncg : 0, bg = worker ? tid / ncg : 0;
-  const bool busy = worker && bg * TB < hash_bits;
   const bool do_norm = norm && wts != nullptr && bg == 0;
   float acc[TB][4], nr[4];
 #pragma unroll
@@ -494,7 +516,7 @@ __global__ void __launch_bounds__(256, 1)
                           n1);
       dac_cp_commit();
     }
-    if (busy) {
+    if (worker) {
       const char *qp = resident
                            ? qbuf + ((size_t)(cbyte / 16) * rpad + a) * 16 + cbyte % 16
                            : qbuf + (k % 2) * qslot + (size_t)(cbyte / 16) * rpad * 16 + cbyte % 16;
@@ -505,20 +527,37 @@ __global__ void __launch_bounds__(256, 1)
         dac_hash_chains_dt<TB, false>(dt, qp, rp, n, acc, nr);
     }
   }
+  /* the thread's bits of its four columns' codes */
+  uint32_t bits[4];
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    bits[k] = 0;
+#pragma unroll
+    for (int j = 0; j < TB; j++) {
+      const int bb = bg * TB + j;
+      if (bb < hash_bits && acc[j][k] > 0.0f) bits[k] |= 1u << bb;
+    }
+  }
   __syncthreads(); /* R is done with: sm takes its place */
-  if (worker) {
+  /* bit group 0 stores the codes (and the weights), the others OR theirs in */
+  if (worker && bg == 0) {
 #pragma unroll
     for (int k = 0; k < 4; k++) {
       const int c = 4 * cg + k;
       if (c >= d) break;
-      uint32_t bits = 0;
+      sm.code[c] = bits[k];
+      sm.a[c] = do_norm ? sqrtf(nr[k]) : 1.0f;
+    }
+  }
+  if (hash_bits > TB) {
+    __syncthreads();
+    if (worker && bg > 0) {
 #pragma unroll
-      for (int j = 0; j < TB; j++) {
-        const int bb = bg * TB + j;
-        if (bb < hash_bits && acc[j][k] > 0.0f) bits |= 1u << bb;
+      for (int k = 0; k < 4; k++) {
+        const int c = 4 * cg + k;
+        if (c >= d) break;
+        if (bits[k]) atomicOr(&sm.code[c], bits[k]);
       }
-      sm.part[bg][c] = bits;
-      if (bg == 0) sm.a[c] = do_norm ? sqrtf(nr[k]) : 1.0f;
     }
   }
   __syncthreads();
@@ -550,8 +589,8 @@ __global__ void __launch_bounds__(256, 1)
   for (int c = tid; c < d; c += nt) wts[poff + c] = sm.a[c];
   if constexpr (GS > 1) {
     if (!qs) return;
-    /* thread: OV columns (column vector cv) of every nb-th block of 4 rows */
-    constexpr int OV = 16 / GS;
+    /* thread: OV columns (column vector cv) of every nb-th block of RB rows */
+    constexpr int OV = dac_hash_tb<TB>::ov(GS), RB = dac_hash_tb<TB>::RB;
     const int ncv = (qs_ld + OV - 1) / OV;
     const int cs = min(ncv, nt), nb = nt / cs, tb = tid / cs;
     const size_t qsoff = (bh * (size_t)seq_q + (size_t)r0) * (size_t)qs_ld;
@@ -570,10 +609,10 @@ __global__ void __launch_bounds__(256, 1)
         dac_hash_fuse_cols<GS, OV> f;
         const int g0 = cv * OV;
         f.vmask = 0;
-        f.fast = true;
+        f.inv = 0;
 #pragma unroll
         for (int j = 0; j < OV; j++) {
-          f.den[j] = 0.0f;
+          float den = 0.0f;
 #pragma unroll
           for (int i = 0; i < GS; i++) {
             const int p = (g0 + j) * GS + i;
@@ -581,54 +620,91 @@ __global__ void __launch_bounds__(256, 1)
             const int c = valid ? sm.perm[p] : 0;
             f.off[j][i] = (c * es / 16 * rpad) * 16 + c * es % 16;
             if (valid) {
-              f.den[j] += sm.a[c];
+              den += sm.a[c];
               f.vmask |= 1u << (j * GS + i);
             }
           }
           /* den = 2^e, e in [-126, 126]: 1 / den is exact */
-          const uint32_t db = __float_as_uint(f.den[j]);
-          f.inv[j] = (db & 0x807fffffu) == 0 && db >= 0x00800000u && db <= 0x7e800000u
-                         ? 1.0f / f.den[j]
-                         : 0.0f;
-          f.fast = f.fast && f.inv[j] != 0.0f;
+          const uint32_t db = __float_as_uint(den);
+          const bool exact = (db & 0x807fffffu) == 0 && db >= 0x00800000u && db <= 0x7e800000u;
+          f.dv[j] = exact ? 1.0f / den : den;
+          f.inv |= (uint32_t)exact << j;
         }
         f.nvalid = min(OV, ng - g0);
-        f.fast = f.fast && f.nvalid == OV && (g0 + OV) * GS <= d;
+        f.fast = f.inv == (1u << OV) - 1 && f.nvalid == OV && (g0 + OV) * GS <= d;
         const size_t qi = qsoff + (size_t)row0 * qs_ld + g0;
-        dac_hash_fuse_dt<GS, OV>(dt, qbuf, n, tb, nb, f, qs, qs_dt, qi, qs_ld, qs_vec, qs_ld - g0);
+        dac_hash_fuse_dt<GS, OV, RB>(dt, qbuf, n, tb, nb, f, qs, qs_dt, qi, qs_ld, qs_vec,
+                                     qs_ld - g0);
       }
     }
   }
 }
 
-template <int NB, int GS>
+template <int NB, int GS, int TB>
 static cudaError_t
 dac_hash_launch(dim3 grid, int threads, size_t smem, cudaStream_t s, const void *q, da_dtype dt,
                 int heads, int seq_q, int d, const float *proj, int hash_bits, int hash_block,
                 int norm, int n_tiles, int resident, int rpad, int pb, int rvec, int *perm,
                 float *wts, void *qs, da_dtype qs_dt, int qs_ld, int ng, int qs_vec) {
   cudaError_t e;
-  if (smem > 48 * 1024 && (e = cudaFuncSetAttribute(dac_hash_kernel<NB, GS>,
+  if (smem > 48 * 1024 && (e = cudaFuncSetAttribute(dac_hash_kernel<NB, GS, TB>,
                                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                     (int)smem)) != cudaSuccess)
     return e;
   /* blocks per SM are bounded by shared memory: let them have all of it */
-  if ((e = cudaFuncSetAttribute(dac_hash_kernel<NB, GS>,
+  if ((e = cudaFuncSetAttribute(dac_hash_kernel<NB, GS, TB>,
                                 cudaFuncAttributePreferredSharedMemoryCarveout,
                                 cudaSharedmemCarveoutMaxShared)) != cudaSuccess)
     return e;
-  dac_hash_kernel<NB, GS><<<grid, threads, smem, s>>>(
+  dac_hash_kernel<NB, GS, TB><<<grid, threads, smem, s>>>(
       q, dt, heads, seq_q, d, proj, hash_bits, hash_block, norm, n_tiles, resident, rpad, pb, rvec,
       perm, wts, qs, qs_dt, qs_ld, ng, qs_vec);
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t dac_launch_hash(const void *q, da_dtype dt, int batch, int heads, int seq_q,
-                                       int d, const float *proj, int hash_bits, int hash_block,
-                                       int G, da_fusion fusion, int *perm, float *wts, void *qs,
-                                       da_dtype qs_dt, int qs_ld, int ng, cudaStream_t s) {
+/* Threads of a block at TB bits per thread: one per (4 columns, bit group),
+ * in whole warps. */
+static int dac_hash_threads(int tb, int hash_bits, int d) {
+  return ((hash_bits + tb - 1) / tb * ((d + 3) / 4) + 31) / 32 * 32;
+}
+
+/* Warps per SM below which a grid is latency-bound: fewer than this many
+ * per SM (4 per scheduler) leave the waits on shared and global memory
+ * and the barriers unhidden. */
+#define DAC_HASH_WARPS_SM 16
+
+/* TB for a grid of `blocks` blocks on `sms` SMs. 4 by default: measured on
+ * an H200 (bench/hash_bench.cu, batch 4 x 16 heads, f16, 16 bits,
+ * hash_block 128, G 2), it beats 8 on small and large grids alike (seq
+ * 8192, d 128: MEAN 151 -> 138 us, NORM 270 -> 198 us; the fused Q's
+ * divisions of NORM gain most from the threads). 2 when the grid gives an
+ * SM fewer than DAC_HASH_WARPS_SM warps at 4 and all its blocks fit on the
+ * SMs at once at 2 (seq 1024, d 64: 512 blocks, 4 per SM of 128 threads;
+ * NORM 38 -> 30 us); at d 128 those blocks have 256 threads, three per SM,
+ * and 4 stays. Not 2 above 16 bits (those blocks would have at most 112
+ * columns, and that kernel, 4 bytes over its 80 registers, is not built).
+ * 8 when the block would pass DAC_HASH_MAXT threads at 4 (d above 128
+ * with more than 16 bits). */
+static int dac_hash_pick_tb(long long blocks, int sms, int hash_bits, int d) {
+  const long long per_sm = (blocks + sms - 1) / sms;
+  const int t4 = dac_hash_threads(4, hash_bits, d), t2 = dac_hash_threads(2, hash_bits, d);
+  if (t4 > DAC_HASH_MAXT) return 8;
+  if (hash_bits <= 16 && per_sm * (t4 / 32) < DAC_HASH_WARPS_SM && t2 > t4 &&
+      t2 <= DAC_HASH_MAXT && per_sm * t2 <= DAC_HASH_MAXT * dac_hash_tb<2>::MINB)
+    return 2;
+  return 4;
+}
+
+/* dac_launch_hash with TB given (2, 4 or 8; 0: dac_hash_pick_tb's), so
+ * that bench/hash_bench.cu can time and check each; not in
+ * cuda_internal.h. */
+extern "C" cudaError_t dac_launch_hash_tb(const void *q, da_dtype dt, int batch, int heads,
+                                          int seq_q, int d, const float *proj, int hash_bits,
+                                          int hash_block, int G, da_fusion fusion, int *perm,
+                                          float *wts, void *qs, da_dtype qs_dt, int qs_ld, int ng,
+                                          cudaStream_t s, int tb) {
   if (d < 1 || d > 256 || hash_bits < 1 || hash_bits > 32 || hash_block < 1 ||
-      (G != 1 && G != 2 && G != 4 && G != 8))
+      (G != 1 && G != 2 && G != 4 && G != 8) || (tb != 0 && tb != 2 && tb != 4 && tb != 8))
     return cudaErrorInvalidValue;
   if (batch <= 0 || heads <= 0 || seq_q <= 0) return cudaSuccess;
   const int CK = DAC_HASH_CK;
@@ -641,16 +717,17 @@ extern "C" cudaError_t dac_launch_hash(const void *q, da_dtype dt, int batch, in
                                                                     : 0;
   const int rvec = hash_block % 4 == 0 && (uintptr_t)proj % 16 == 0;
   const int nb = hash_bits <= 8 ? 8 : hash_bits <= 16 ? 16 : 32;
-  const int tb = nb < DAC_HASH_TB ? nb : DAC_HASH_TB;
   const size_t units = ((size_t)d * es + 15) / 16; /* 16-byte units of a row */
   const size_t rbytes = 2 * (size_t)nb * CK * sizeof(float);
   const int rmax = min(hash_block, seq_q); /* rows of the longest tile */
   const int fused = wts && qs && G > 1;
-  int dev, optin;
+  int dev, optin, sms;
   cudaError_t e;
   if ((e = cudaGetDevice(&dev)) != cudaSuccess) return e;
   if ((e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) !=
       cudaSuccess)
+    return e;
+  if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess)
     return e;
   /* the whole tile's Q when the fused Q reads it again and it fits, else
    * two chunk slots */
@@ -662,28 +739,49 @@ extern "C" cudaError_t dac_launch_hash(const void *q, da_dtype dt, int batch, in
     smem = 2 * units * rpad * 16 + rbytes;
     if (smem > (size_t)optin) return cudaErrorInvalidConfiguration;
   }
-  const int ov = 16 / G;
+  if (tb == 0) tb = dac_hash_pick_tb((long long)n_tiles * heads * batch, sms, hash_bits, d);
+  /* the fused Q's columns per thread: one store of them when qs allows */
+  const int ov = tb == 2   ? dac_hash_tb<2>::ov(G)
+                 : tb == 4 ? dac_hash_tb<4>::ov(G)
+                           : dac_hash_tb<8>::ov(G);
   const int qs_vec =
       fused && qs_ld % ov == 0 && (uintptr_t)qs % ((size_t)ov * dac_dtype_size(qs_dt)) == 0;
-  const int threads = (nb / tb * ((d + 3) / 4) + 31) / 32 * 32;
+  const int threads = dac_hash_threads(tb, hash_bits, d);
+  if (threads > DAC_HASH_MAXT || (tb == 2 && nb == 32)) return cudaErrorInvalidValue;
   const dim3 grid(n_tiles, heads, batch);
   const int norm = fusion == DA_FUSE_NORM;
-#define DAC_HASH_LAUNCH(NB, GS)                                                                    \
-  return dac_hash_launch<NB, GS>(grid, threads, smem, s, q, dt, heads, seq_q, d, proj, hash_bits,  \
-                                 hash_block, norm, n_tiles, resident, rpad, pb, rvec, perm, wts,   \
-                                 qs, qs_dt, qs_ld, ng, qs_vec)
-#define DAC_HASH_LAUNCH_G(NB)                                                                      \
-  switch (G) {                                                                                     \
-  case 1: DAC_HASH_LAUNCH(NB, 1);                                                                  \
-  case 2: DAC_HASH_LAUNCH(NB, 2);                                                                  \
-  case 4: DAC_HASH_LAUNCH(NB, 4);                                                                  \
-  default: DAC_HASH_LAUNCH(NB, 8);                                                                 \
+#define DAC_HASH_LAUNCH(NB, GS, TB)                                                                \
+  return dac_hash_launch<NB, GS, TB>(grid, threads, smem, s, q, dt, heads, seq_q, d, proj,         \
+                                     hash_bits, hash_block, norm, n_tiles, resident, rpad, pb,     \
+                                     rvec, perm, wts, qs, qs_dt, qs_ld, ng, qs_vec)
+  /* TB2: 2, or for NB = 32, which has no TB 2 (refused above), 4 */
+#define DAC_HASH_LAUNCH_T(NB, GS, TB2)                                                             \
+  switch (tb) {                                                                                    \
+  case 2: DAC_HASH_LAUNCH(NB, GS, TB2);                                                            \
+  case 4: DAC_HASH_LAUNCH(NB, GS, 4);                                                              \
+  default: DAC_HASH_LAUNCH(NB, GS, 8);                                                             \
   }
-  if (nb == 8) DAC_HASH_LAUNCH_G(8)
-  if (nb == 16) DAC_HASH_LAUNCH_G(16)
-  DAC_HASH_LAUNCH_G(32)
+#define DAC_HASH_LAUNCH_G(NB, TB2)                                                                 \
+  switch (G) {                                                                                     \
+  case 1: DAC_HASH_LAUNCH_T(NB, 1, TB2);                                                           \
+  case 2: DAC_HASH_LAUNCH_T(NB, 2, TB2);                                                           \
+  case 4: DAC_HASH_LAUNCH_T(NB, 4, TB2);                                                           \
+  default: DAC_HASH_LAUNCH_T(NB, 8, TB2);                                                          \
+  }
+  if (nb == 8) DAC_HASH_LAUNCH_G(8, 2)
+  if (nb == 16) DAC_HASH_LAUNCH_G(16, 2)
+  DAC_HASH_LAUNCH_G(32, 4)
 #undef DAC_HASH_LAUNCH_G
+#undef DAC_HASH_LAUNCH_T
 #undef DAC_HASH_LAUNCH
+}
+
+extern "C" cudaError_t dac_launch_hash(const void *q, da_dtype dt, int batch, int heads, int seq_q,
+                                       int d, const float *proj, int hash_bits, int hash_block,
+                                       int G, da_fusion fusion, int *perm, float *wts, void *qs,
+                                       da_dtype qs_dt, int qs_ld, int ng, cudaStream_t s) {
+  return dac_launch_hash_tb(q, dt, batch, heads, seq_q, d, proj, hash_bits, hash_block, G, fusion,
+                            perm, wts, qs, qs_dt, qs_ld, ng, s, 0);
 }
 
 /* qx[bh][r][c] = Qs[r][g(c)] * a_c: the logits Qs Kf^T written as qx K^T. */
