@@ -21,7 +21,9 @@
 # our kernels; those inside cuBLAS's are listed). Logs go to OUT_DIR
 # (default $OUT, else /tmp/gpu_check). Exit status: non-zero when any step failed.
 # DA_GPU_CHECK_REQUIRE replaces cpu,cuda (a dry run on a machine without a
-# GPU: DA_GPU_CHECK_REQUIRE=cpu).
+# GPU: DA_GPU_CHECK_REQUIRE=cpu). DA_GPU_CHECK_PHASE=build stops after
+# make, =test runs the checks on the build a previous call left (so the
+# build can overlap other work on the machine); default: both.
 set -u
 if [ $# -lt 2 ]; then
   echo "usage: $0 DIST_TARBALL DEB_DIR [OUT_DIR]" >&2
@@ -33,13 +35,16 @@ out=${3:-${OUT:-/tmp/gpu_check}}
 mkdir -p "$out"
 root=${DA_GPU_CHECK_ROOT:-/tmp/gpu_check_root}
 work=${DA_GPU_CHECK_WORK:-/tmp/gpu_check_build}
-rm -rf "$root" "$work"
-mkdir -p "$root" "$work"
+phase=${DA_GPU_CHECK_PHASE:-all}
 fail=0
 
-for f in "$debs"/*.deb; do
-  dpkg-deb -x "$f" "$root" || { echo "gpu_check: cannot unpack $f" >&2; exit 1; }
-done
+if [ "$phase" != test ]; then
+  rm -rf "$root" "$work"
+  mkdir -p "$root" "$work"
+  for f in "$debs"/*.deb; do
+    dpkg-deb -x "$f" "$root" || { echo "gpu_check: cannot unpack $f" >&2; exit 1; }
+  done
+fi
 lib=$root/usr/lib/x86_64-linux-gnu
 inc=$root/usr/include
 export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -58,14 +63,19 @@ else
 fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/gpu_check: GPU: /'
 
-cd "$work" && tar xzf "$tarball" && cd distrattn-* || exit 1
-./configure --enable-silent-rules --with-cuda --with-cuda-arch=90 \
-  CMOCKA_CFLAGS="-I$inc" CMOCKA_LIBS="-L$lib -lcmocka" \
-  OPENCL_CFLAGS="-I$inc" OPENCL_LIBS="-L$lib -lOpenCL" \
-  CLBLAST_CFLAGS="-I$inc" CLBLAST_LIBS="-L$lib -lclblast" \
-  > "$out/configure.log" 2>&1 || { echo "gpu_check: configure failed"; tail -n 30 "$out/configure.log"; exit 1; }
-sed -n '/^configure:$/,$p' "$out/configure.log"
-make -j"$(nproc)" > "$out/make.log" 2>&1 || { echo "gpu_check: make failed"; grep -v '^ptxas info' "$out/make.log" | tail -n 30; exit 1; }
+if [ "$phase" = test ]; then
+  cd "$work"/distrattn-* || { echo "gpu_check: no build in $work (DA_GPU_CHECK_PHASE=build first)"; exit 1; }
+else
+  cd "$work" && tar xzf "$tarball" && cd distrattn-* || exit 1
+  ./configure --enable-silent-rules --with-cuda --with-cuda-arch=90 \
+    CMOCKA_CFLAGS="-I$inc" CMOCKA_LIBS="-L$lib -lcmocka" \
+    OPENCL_CFLAGS="-I$inc" OPENCL_LIBS="-L$lib -lOpenCL" \
+    CLBLAST_CFLAGS="-I$inc" CLBLAST_LIBS="-L$lib -lclblast" \
+    > "$out/configure.log" 2>&1 || { echo "gpu_check: configure failed"; tail -n 30 "$out/configure.log"; exit 1; }
+  sed -n '/^configure:$/,$p' "$out/configure.log"
+  make -j"$(nproc)" > "$out/make.log" 2>&1 || { echo "gpu_check: make failed"; grep -v '^ptxas info' "$out/make.log" | tail -n 30; exit 1; }
+  [ "$phase" = build ] && { echo "gpu_check: built in $PWD"; exit 0; }
+fi
 
 echo "gpu_check: make check with DISTRATTN_REQUIRE_BACKENDS=$require"
 if DISTRATTN_REQUIRE_BACKENDS=$require make -j"$(nproc)" check > "$out/check.log" 2>&1; then
