@@ -138,7 +138,17 @@ def main():
 
 
 def print_opencl(args, b, h, seqs, fa2):
-    rows, name = [], None
+    """The OpenCL table, a (head_dim, mask) group of rows at a time as each
+    `distrattn bench` call ends, so that a run cut short keeps what it has."""
+    print()
+    print("OpenCL backend on the same GPU (`distrattn bench --backend opencl`, f16, fused; "
+          "the device is named after the table):")
+    print()
+    print("| d | seq | causal | FA2 TFLOP/s | OpenCL G=1 TFLOP/s (x FA2) | OpenCL G=2 (x FA2) | "
+          "OpenCL G=4 (x FA2) |")
+    print("|" + "---|" * 7)
+    sys.stdout.flush()
+    name = None
     for d in [int(x) for x in args.dims.split(",")]:
         for causal in (0, 1):
             try:
@@ -152,16 +162,10 @@ def print_opencl(args, b, h, seqs, fa2):
                 cells = ["%d" % d, "%d" % s, "yes" if causal else "no", "%.1f" % (fl / t_fa / 1e9)]
                 for t in res.get(s, (float("nan"),) * 3):
                     cells.append("n/a" if t != t else "%.1f (%.2fx)" % (fl / t / 1e9, t_fa / t))
-                rows.append(cells)
+                print("| " + " | ".join(cells) + " |")
+            sys.stdout.flush()
     print()
-    print("OpenCL backend on the same GPU (%s; `distrattn bench --backend opencl`, f16, fused):"
-          % (name or "no OpenCL device"))
-    print()
-    print("| d | seq | causal | FA2 TFLOP/s | OpenCL G=1 TFLOP/s (x FA2) | OpenCL G=2 (x FA2) | "
-          "OpenCL G=4 (x FA2) |")
-    print("|" + "---|" * 7)
-    for cells in rows:
-        print("| " + " | ".join(cells) + " |")
+    print("OpenCL device: %s" % (name or "none found"))
 
 
 if __name__ == "__main__":
