@@ -31,13 +31,6 @@
     }                                                                                 \
   } while (0)
 
-/* cuda/cuda_hash.cu: dac_launch_hash with TB forced (0: the launch's pick) */
-extern "C" cudaError_t dac_launch_hash_tb(const void *q, da_dtype dt, int batch, int heads,
-                                          int seq_q, int d, const float *proj, int hash_bits,
-                                          int hash_block, int G, da_fusion fusion, int *perm,
-                                          float *wts, void *qs, da_dtype qs_dt, int qs_ld, int ng,
-                                          cudaStream_t s, int tb);
-
 /* ---- the reference: cuda/cuda_hash.cu's hash kernel before the rewrite ---- */
 
 #define HASH_RCHUNK 64

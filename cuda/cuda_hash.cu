@@ -696,8 +696,7 @@ static int dac_hash_pick_tb(long long blocks, int sms, int hash_bits, int d) {
 }
 
 /* dac_launch_hash with TB given (2, 4 or 8; 0: dac_hash_pick_tb's), so
- * that bench/hash_bench.cu can time and check each; not in
- * cuda_internal.h. */
+ * that bench/hash_bench.cu can time and check each. */
 extern "C" cudaError_t dac_launch_hash_tb(const void *q, da_dtype dt, int batch, int heads,
                                           int seq_q, int d, const float *proj, int hash_bits,
                                           int hash_block, int G, da_fusion fusion, int *perm,

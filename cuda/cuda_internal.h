@@ -67,6 +67,14 @@ DAC_HIDDEN cudaError_t dac_launch_hash(const void *q, da_dtype dt, int batch, in
                                        int d, const float *proj, int hash_bits, int hash_block,
                                        int G, da_fusion fusion, int *perm, float *wts, void *qs,
                                        da_dtype qs_dt, int qs_ld, int ng, cudaStream_t s);
+/* The same with the hash bits per thread forced (2, 4 or 8; 0: the pick
+ * dac_launch_hash makes), so that bench/hash_bench.cu can check and time
+ * each variant. */
+DAC_HIDDEN cudaError_t dac_launch_hash_tb(const void *q, da_dtype dt, int batch, int heads,
+                                          int seq_q, int d, const float *proj, int hash_bits,
+                                          int hash_block, int G, da_fusion fusion, int *perm,
+                                          float *wts, void *qs, da_dtype qs_dt, int qs_ld, int ng,
+                                          cudaStream_t s, int tb);
 /* SIMT attention, every dtype and head_dim, 16-row tiles. */
 DAC_HIDDEN cudaError_t dac_launch_simt(const dac_args *a, cudaStream_t s);
 /* Tensor-core attention, f16/bf16, d in {64, 128}; returns

@@ -109,7 +109,7 @@ __device__ __forceinline__ void mbar_wait(uint32_t b, uint32_t parity) {
                "r"(parity)
                : "memory");
 }
-/* generic-proxy writes (st.shared, completed cp.async) before the async
+/* generic-proxy writes (st.shared: Q, the built Kf^T) before the async
  * proxy (wgmma) reads them */
 __device__ __forceinline__ void fence_proxy() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -215,10 +215,12 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #pragma unroll
       for (int h = 0; h < D / 64; h++) tma3(dst + h * (WG_BN * 128), m, h * 64, j * WG_BN, kvz, bar);
     };
+    if (lead) {
+      tma_prefetch(&tmk);
+      tma_prefetch(&tmv);
+    }
     if (!GR) {
       if (lead) {
-        tma_prefetch(&tmk);
-        tma_prefetch(&tmv);
         for (int j = 0; j < nk; j++) {
           const int s = j % NSK;
           if (j >= NSK) mbar_wait(empty(s), (j / NSK - 1) & 1);
@@ -264,11 +266,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         wtab[e] = (g < a.ng && e < D) ? a.wts[poff + a.perm[poff + e]] : 0.0f;
       }
       const uint32_t kfo = swz(t >> 4, cch, DQK); /* item i: + 1024 i (8 rows on, same swizzle) */
-      if (lead && nk > 0) {
-        tma_prefetch(&tmk);
-        tma_prefetch(&tmv);
-        tma_raw(0);
-      }
+      if (lead && nk > 0) tma_raw(0);
       /* Kf^T and V travel separately (a consumer needs tile j's Kf^T one
        * step before its V). Per tile j: raw K^T j+1 goes out (one thread,
        * TMA), raw K^T j is waited for, Kf^T j is built into the stage that
