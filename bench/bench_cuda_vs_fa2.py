@@ -17,7 +17,11 @@ set DISTRATTN_BACKEND_PATH to that build's cl/.libs), a second table gives
 the OpenCL backend on the same GPU, same shapes and fusion, against the same
 FA2 times (`distrattn bench --backend opencl`, median of 5 after 2 warm-ups).
 
-Usage: python3 bench/bench_cuda_vs_fa2.py --check-bin PATH [--cl-bin PATH] [--seqs ...] [--dims ...]
+--skip-cuda times FA2 alone and prints only the OpenCL table (a GPU session
+that already has the CUDA table).
+
+Usage: python3 bench/bench_cuda_vs_fa2.py --check-bin PATH [--cl-bin PATH] [--skip-cuda]
+       [--seqs ...] [--dims ...] [--fusion mean|norm]
 """
 import argparse
 import csv
@@ -95,7 +99,7 @@ def time_opencl(clbin, b, h, seqs, d, causal, fusion):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--check-bin", required=True)
+    ap.add_argument("--check-bin", help="bench/cuda_check (required unless --skip-cuda)")
     ap.add_argument("--cl-bin", help="distrattn built with the OpenCL module: adds the OpenCL table")
     ap.add_argument("--seqs", default="1024,2048,4096,8192,16384")
     ap.add_argument("--dims", default="64,128")
@@ -103,7 +107,13 @@ def main():
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--fusion", choices=("mean", "norm"), default="mean",
                     help="fusion of the G>1 columns (the library's default is norm)")
+    ap.add_argument("--skip-cuda", action="store_true",
+                    help="time FA2 only and print the OpenCL table (needs --cl-bin)")
     args = ap.parse_args()
+    if args.skip_cuda and not args.cl_bin:
+        ap.error("--skip-cuda needs --cl-bin")
+    if not args.skip_cuda and not args.check_bin:
+        ap.error("--check-bin is required unless --skip-cuda")
     b, h = args.batch, args.heads
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip()
@@ -113,6 +123,14 @@ def main():
           % (datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), torch.__version__, b, h))
     print("# ours: G=1 exact, G=2/G=4 DistrAttention (hash_block 128, %s); ratio = FA2 time / ours"
           % args.fusion.upper())
+    if args.skip_cuda:
+        fa2 = {}
+        for d in [int(x) for x in args.dims.split(",")]:
+            for causal in (0, 1):
+                for s in [int(x) for x in args.seqs.split(",")]:
+                    fa2[(d, causal, s)] = time_fa2(b, h, s, d, causal, iters_for(s))
+        print_opencl(args, b, h, [int(x) for x in args.seqs.split(",")], fa2)
+        return
     print()
     hdr = "| d | seq | causal | FA2 TFLOP/s | G=1 TFLOP/s (x FA2) | G=2 TFLOP/s (x FA2) | G=4 TFLOP/s (x FA2) |"
     print(hdr)
