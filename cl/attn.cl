@@ -10,8 +10,244 @@
  * and weights of its hash tile (BM divides HB), each key tile is fused as it
  * is loaded, and the logits run over NG = ceil(D / G) columns.
  * Defines: D, DP (D rounded up to VW), G, NG, HB, BM, BN (multiple of VW),
- * VW (4, 8 or 16), CAUSAL, DTYPE, ACC_LOCAL. */
+ * VW (4, 8 or 16), CAUSAL, DTYPE, ACC_LOCAL.
+ *
+ * With TILED=1 the program holds da_attn in its GPU shape instead (below):
+ * micro-tiles of S and O per work-item, Q and K/V tiles in local memory,
+ * read straight from Q, K and V (no da_kv_prep). */
 
+
+#if TILED
+/* The fused attention for GPUs. A work-group of NT = (BM/4)*8 work-items
+ * owns BM query rows of one (batch, head); work-item (ty, tx) = (lid / 8,
+ * lid % 8) owns the rows ty + TY*r (r < 4, TY = BM/4), of each key tile the
+ * keys tx + 8c (c < KN = BN/8) for S = Q K^T, and the output columns
+ * 4tx + 32u.. (u < DV/32) for O += P V, so each local-memory read feeds 4*KN
+ * or 16 multiply-adds. Local memory: Qs[BM][SQ] (the scaled, for G > 1
+ * fused, queries), one buffer that holds the key tile Ks[BN][SQ] and then
+ * the value tile Vs[BN][DV] (V is loaded once S is computed), Ps[BN][TY][4]
+ * the probabilities, red[BM][8] the row-max partials. The row stride SQ is
+ * an odd multiple of 4 floats, so the 8 rows a warp reads at once fall in
+ * different banks. G > 1 fuses the key tile as it is loaded, with the
+ * permutation and weights of the work-group's hash tile (BM divides HB).
+ * Arithmetic, fusion order and masking follow the rows kernel below.
+ * Defines: D, DV (D rounded up to 32), G, NG, HB, BM (16, 32 or 64), BN (8,
+ * 16 or 32), CAUSAL, DTYPE. */
+#define NT ((BM / 4) * 8)
+#define TY (BM / 4)
+#define KN (BN / 8)
+#define NU (DV / 32)
+#if G == 1
+#define DQ D
+#else
+#define DQ NG
+#endif
+#define DQ4 ((DQ + 3) / 4 * 4)
+#define SQ ((DQ + 7) / 8 * 8 + 4)
+#define KVN (SQ > DV ? BN * SQ : BN * DV)
+
+__kernel __attribute__((reqd_work_group_size(NT, 1, 1)))
+void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const elem_t *V,
+             __global elem_t *O, __global const int *perm, __global const float *wts,
+             int seq_q, int seq_k, int heads, int kv_heads, int n_tiles, int nkt_unused,
+             float qscale) {
+  __local float4 Qs4[BM * SQ / 4];
+  __local float4 KV4[KVN / 4];
+  __local float4 Ps4[BN * TY];
+  __local float red[BM * 8];
+  __local float *Qs = (__local float *)Qs4;
+  __local float *KV = (__local float *)KV4;
+  __local float *Ps = (__local float *)Ps4;
+#if G > 1
+  __local int lp[D];
+  __local float lw[D];
+  __local float linv[NG];
+#endif
+  (void)nkt_unused;
+  const int lid = get_local_id(0), tx = lid % 8, ty = lid / 8;
+  const int r0 = get_group_id(0) * BM;
+  const int h = get_group_id(1), b = get_group_id(2);
+  const int kvh = h / (heads / kv_heads);
+  const int off = seq_k - seq_q;
+  const size_t qbase = ((size_t)b * heads + h) * (size_t)seq_q * D;
+  const size_t kbase = ((size_t)b * kv_heads + kvh) * (size_t)seq_k * D;
+
+#if G == 1
+  for (int e = lid; e < BM * DQ4; e += NT) {
+    const int r = e / DQ4, k = e - r * DQ4;
+    Qs[r * SQ + k] = r0 + r < seq_q && k < D
+                         ? LOAD_ELEM(Q, qbase + (size_t)(r0 + r) * D + k) * qscale
+                         : 0.0f;
+  }
+#else
+  {
+    const size_t pbase = (((size_t)b * heads + h) * n_tiles + r0 / HB) * D;
+    for (int e = lid; e < D; e += NT) {
+      lp[e] = perm[pbase + e];
+      lw[e] = wts[pbase + e];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int g = lid; g < NG; g += NT) {
+      float s = 0.0f;
+      for (int t = g * G; t < min(g * G + G, D); t++) s += lw[t];
+      linv[g] = 1.0f / s;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int e = lid; e < BM * DQ4; e += NT) {
+      const int r = e / DQ4, g = e - r * DQ4;
+      float s = 0.0f;
+      if (r0 + r < seq_q && g < NG) {
+        for (int t = g * G; t < min(g * G + G, D); t++)
+          s += LOAD_ELEM(Q, qbase + (size_t)(r0 + r) * D + lp[t]);
+        s = s * linv[g] * qscale;
+      }
+      Qs[r * SQ + g] = s;
+    }
+  }
+#endif
+
+  float4 acc[4][NU];
+#pragma unroll
+  for (int r = 0; r < 4; r++) {
+#pragma unroll
+    for (int u = 0; u < NU; u++) acc[r][u] = (float4)(0.0f);
+  }
+  float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  float l[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+
+#if CAUSAL
+  const int kend = min(seq_k, r0 + BM + off);
+#else
+  const int kend = seq_k;
+#endif
+  for (int j0 = 0; j0 < kend; j0 += BN) {
+    const int nj = min(BN, seq_k - j0);
+    barrier(CLK_LOCAL_MEM_FENCE); /* the last tile's P V (and Qs) done */
+    for (int e = lid; e < BN * DQ4; e += NT) {
+      const int jj = e / DQ4, k = e - jj * DQ4;
+      float x = 0.0f;
+      if (jj < nj && k < DQ) {
+        const size_t row = kbase + (size_t)(j0 + jj) * D;
+#if G == 1
+        x = LOAD_ELEM(K, row + k);
+#else
+        for (int t = k * G; t < min(k * G + G, D); t++)
+          x = fma(lw[t], LOAD_ELEM(K, row + lp[t]), x);
+#endif
+      }
+      KV[jj * SQ + k] = x;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    float sc[4][KN];
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+#pragma unroll
+      for (int c = 0; c < KN; c++) sc[r][c] = 0.0f;
+    }
+    for (int k4 = 0; k4 < DQ4 / 4; k4++) {
+      float4 qv[4], kv[KN];
+#pragma unroll
+      for (int r = 0; r < 4; r++) qv[r] = Qs4[(ty + TY * r) * (SQ / 4) + k4];
+#pragma unroll
+      for (int c = 0; c < KN; c++) kv[c] = KV4[(tx + 8 * c) * (SQ / 4) + k4];
+#pragma unroll
+      for (int r = 0; r < 4; r++) {
+#pragma unroll
+        for (int c = 0; c < KN; c++) {
+          float a = sc[r][c];
+          a = fma(qv[r].x, kv[c].x, a);
+          a = fma(qv[r].y, kv[c].y, a);
+          a = fma(qv[r].z, kv[c].z, a);
+          sc[r][c] = fma(qv[r].w, kv[c].w, a);
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+#if CAUSAL
+      const int lim = min(nj, r0 + ty + TY * r + off + 1 - j0);
+#else
+      const int lim = nj;
+#endif
+      float mx = -INFINITY;
+#pragma unroll
+      for (int c = 0; c < KN; c++) {
+        if (tx + 8 * c >= lim) sc[r][c] = -INFINITY;
+        mx = fmax(mx, sc[r][c]);
+      }
+      red[(ty + TY * r) * 8 + tx] = mx;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE); /* red complete; the key tile is no longer read */
+
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int t = 0; t < 8; t++) mx = fmax(mx, red[(ty + TY * r) * 8 + t]);
+      const float mn = fmax(m[r], mx);
+      float corr = 1.0f;
+      if (mn > -INFINITY) {
+        corr = exp2(m[r] - mn);
+#pragma unroll
+        for (int c = 0; c < KN; c++) Ps[((tx + 8 * c) * TY + ty) * 4 + r] = exp2(sc[r][c] - mn);
+        m[r] = mn;
+      } else {
+#pragma unroll
+        for (int c = 0; c < KN; c++) Ps[((tx + 8 * c) * TY + ty) * 4 + r] = 0.0f;
+      }
+      l[r] *= corr;
+#pragma unroll
+      for (int u = 0; u < NU; u++) acc[r][u] *= (float4)(corr);
+    }
+    for (int e = lid; e < BN * DV; e += NT) {
+      const int jj = e / DV, c = e - jj * DV;
+      KV[e] = jj < nj && c < D ? LOAD_ELEM(V, kbase + (size_t)(j0 + jj) * D + c) : 0.0f;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    float4 ls = (float4)(0.0f);
+    for (int jj = 0; jj < BN; jj++) {
+      const float4 pv = Ps4[jj * TY + ty];
+      ls += pv;
+#pragma unroll
+      for (int u = 0; u < NU; u++) {
+        const float4 vv = KV4[jj * (DV / 4) + 8 * u + tx];
+        acc[0][u] = fma((float4)(pv.x), vv, acc[0][u]);
+        acc[1][u] = fma((float4)(pv.y), vv, acc[1][u]);
+        acc[2][u] = fma((float4)(pv.z), vv, acc[2][u]);
+        acc[3][u] = fma((float4)(pv.w), vv, acc[3][u]);
+      }
+    }
+    l[0] += ls.x;
+    l[1] += ls.y;
+    l[2] += ls.z;
+    l[3] += ls.w;
+  }
+
+#pragma unroll
+  for (int r = 0; r < 4; r++) {
+    const int i = r0 + ty + TY * r;
+    if (i >= seq_q) continue;
+#if CAUSAL
+    const int nvis = min(seq_k, i + off + 1);
+#else
+    const int nvis = seq_k;
+#endif
+    const float inv = nvis > 0 ? 1.0f / l[r] : 0.0f;
+    const size_t ob = qbase + (size_t)i * D;
+#pragma unroll
+    for (int u = 0; u < NU; u++) {
+      const float4 o = acc[r][u] * (float4)(inv);
+      const int c = 32 * u + 4 * tx;
+      if (c < D) STORE_ELEM(O, ob + c, o.x);
+      if (c + 1 < D) STORE_ELEM(O, ob + c + 1, o.y);
+      if (c + 2 < D) STORE_ELEM(O, ob + c + 2, o.z);
+      if (c + 3 < D) STORE_ELEM(O, ob + c + 3, o.w);
+    }
+  }
+}
+#else /* !TILED */
 #define DA_CAT_(a, b) a##b
 #define DA_CAT(a, b) DA_CAT_(a, b)
 #define floatV DA_CAT(float, VW)
@@ -236,3 +472,4 @@ void da_attn(__global const elem_t *Q, __global const float *Kb, __global const 
     for (int k = 0; k < D; k++) STORE_ELEM(O, qbase + (size_t)i * D + k, o[k]);
   }
 }
+#endif /* TILED */

@@ -19,6 +19,7 @@ typedef struct {
   cl_mem q32, k32, v32, qs, kfz, s, of;
   size_t hash_ls, bm, sl, upc; /* upc: (batch, kv head) units per GEMM chunk */
   int rp;                      /* logits rows per head (padded to whole hash tiles for G > 1) */
+  int tiled;                   /* the fused kernel's GPU shape (TILED=1, bm rows, 2*bm items) */
 } da_cl_plan;
 
 #define CK(call, what)                                                                            \
@@ -133,6 +134,86 @@ static da_status enqueue_hash(da_plan *p, cl_mem q, cl_mem perm_out) {
   return da_cl_order(ctx);
 }
 
+/* DISTRATTN_CL_KERNEL: "tiled" (the GPU-shaped fused kernel), "rows" (one
+ * work-item per query row, the CPU shape) or unset (tiled on GPUs and
+ * accelerators, rows on CPU devices; tiled when DISTRATTN_CL_TILE is set).
+ * *out: 1, 0, or -1 for unset. */
+static da_status kernel_choice(da_context *ctx, int *out) {
+  const char *e = getenv("DISTRATTN_CL_KERNEL"), *t = getenv("DISTRATTN_CL_TILE");
+  *out = t && *t ? 1 : -1; /* a tile asked for is the tiled kernel's */
+  if (!e || !*e) return DA_SUCCESS;
+  if (!strcmp(e, "tiled")) *out = 1;
+  else if (!strcmp(e, "rows")) *out = 0;
+  else
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "OpenCL: DISTRATTN_CL_KERNEL=\"%s\" is neither \"tiled\" nor \"rows\"", e);
+  return DA_SUCCESS;
+}
+
+/* The tiled fused kernel (attn.cl, TILED=1): the largest (BM, BN) whose
+ * local memory fits the device. Query rows per work-group BM in 64, 32, 16
+ * (no more than hash_block, nor than seq_q needs), keys per tile BN 32, 16 or 8;
+ * DISTRATTN_CL_TILE=BMxBN asks for one (and fails where it does not fit).
+ * When none fits: an error if the kernel was asked for (forced), else
+ * success with bp->tiled still 0, and the caller takes the rows kernel. */
+static da_status prepare_tiled(da_plan *p, int forced) {
+  da_context *ctx = p->ctx;
+  da_cl_ctx *bc = ctx->bctx;
+  da_cl_plan *bp = p->bplan;
+  const da_attn_desc *d = &p->d;
+  const size_t D = (size_t)d->head_dim, G = (size_t)d->group_size, ng = (size_t)p->ng;
+  const size_t dq = G > 1 ? ng : D, sq = round_up(dq, 8) + 4, dv = round_up(D, 32);
+  size_t bmax = 64;
+  while (bmax > 16 && bmax / 2 >= (size_t)d->seq_q) bmax /= 2;
+  /* In order of speed on an H200 (f16, seq 1024 and 8192, head_dim 64 and
+   * 128): 64 rows beat 32 even with half the keys per tile (head_dim 128
+   * exact: 64x16 1.3-1.65x faster than 32x32), and 16 rows are the slowest. */
+  static const size_t tiles[][2] = {{64, 32}, {64, 16}, {32, 32}, {32, 16},
+                                    {16, 32}, {16, 16}, {16, 8}};
+  size_t bm = 0, bn = 0, want_m = 0, want_n = 0;
+  const char *te = getenv("DISTRATTN_CL_TILE");
+  if (te && *te) {
+    char *end;
+    want_m = strtoul(te, &end, 10);
+    if (*end == 'x') want_n = strtoul(end + 1, &end, 10);
+    if (*end || !((want_m == 16 || want_m == 32 || want_m == 64) &&
+                  (want_n == 8 || want_n == 16 || want_n == 32)))
+      return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                          "OpenCL: DISTRATTN_CL_TILE=\"%s\" is not ROWSxKEYS with ROWS 16, 32 "
+                          "or 64 and KEYS 8, 16 or 32", te);
+    forced = 1;
+  }
+  for (size_t t = 0; t < sizeof tiles / sizeof tiles[0] && !bm; t++) {
+    const size_t m = tiles[t][0], n = tiles[t][1];
+    if (want_m ? m != want_m || n != want_n : m > bmax) continue;
+    if (G > 1 && m > (size_t)d->hash_block) continue; /* a work-group stays in one hash tile */
+    if (2 * m > bc->max_wg) continue;
+    const size_t need = 4 * (m * sq + n * (sq > dv ? sq : dv) + n * m + m * 8) +
+                        (G > 1 ? D * 8 + ng * 4 : 0) + 256;
+    if (need <= bc->local_mem) {
+      bm = m;
+      bn = n;
+    }
+  }
+  if (!bm && !forced) return DA_SUCCESS;
+  if (!bm)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "OpenCL: no tile%s%s of the tiled kernel fits head_dim %d, G %d, "
+                        "hash_block %d in the device's %llu bytes of local memory and %zu "
+                        "work-items per work-group (DISTRATTN_CL_KERNEL=rows: the rows kernel)",
+                        te && *te ? " " : "", te && *te ? te : "", d->head_dim, d->group_size,
+                        d->hash_block, (unsigned long long)bc->local_mem, bc->max_wg);
+  char opts[512];
+  snprintf(opts, sizeof opts,
+           "-DTILED=1 -DDTYPE=%d -DD=%zu -DDV=%zu -DG=%zu -DNG=%zu -DHB=%d -DBM=%zu -DBN=%zu "
+           "-DCAUSAL=%d%s",
+           (int)d->dtype, D, dv, G, ng, d->hash_block, bm, bn, d->causal ? 1 : 0, fp_opts(bc));
+  bp->tiled = 1;
+  bp->bm = bm;
+  bp->bn = bn;
+  return make_kernel(ctx, DA_CL_SRC_ATTN, opts, "da_attn", &bp->k_attn);
+}
+
 static da_status prepare_fused(da_plan *p) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
@@ -143,6 +224,11 @@ static da_status prepare_fused(da_plan *p) {
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                         "OpenCL: the fused kernel takes head_dim 1..256, not %d (use DA_ALGO_GEMM)",
                         d->head_dim);
+  da_status s;
+  int tiled;
+  if ((s = kernel_choice(ctx, &tiled)) != DA_SUCCESS) return s;
+  if (tiled < 0) tiled = bc->is_cpu ? 0 : -1; /* -1: tiled where it fits, else rows */
+  if (tiled && ((s = prepare_tiled(p, tiled > 0)) != DA_SUCCESS || bp->tiled)) return s;
   const size_t vw = (size_t)bc->vw, dp = round_up(D, vw);
   /* Rows per work-group: as many as a hash tile allows (they share each K/V
    * tile), at most 128 (CPU) or 64. */
@@ -176,7 +262,6 @@ static da_status prepare_fused(da_plan *p) {
   bp->dp = dp;
   const size_t nkt = ((size_t)d->seq_k + bn - 1) / bn;
   const size_t bk = (size_t)d->batch * (size_t)d->kv_heads;
-  da_status s;
   if ((s = make_kernel(ctx, DA_CL_SRC_ATTN, opts, "da_attn", &bp->k_attn)) != DA_SUCCESS ||
       (s = make_kernel(ctx, DA_CL_SRC_ATTN, opts, "da_kv_prep", &bp->k_prep)) != DA_SUCCESS ||
       (s = new_buffer(ctx, bk * nkt * bn * D * 4, &bp->kb, "key tiles")) != DA_SUCCESS ||
@@ -280,7 +365,7 @@ static da_status attention_fused(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_me
   if (d->group_size > 1 && (s = enqueue_hash(p, q, bp->perm)) != DA_SUCCESS) return s;
   cl_mem perm = d->group_size > 1 ? bp->perm : o, wts = d->group_size > 1 ? bp->wts : o;
   cl_int nkt = (cl_int)(((size_t)d->seq_k + bp->bn - 1) / bp->bn);
-  {
+  if (!bp->tiled) {
     cl_int sk = d->seq_k;
     ARG(bp->k_prep, 0, k);
     ARG(bp->k_prep, 1, v);
@@ -298,8 +383,9 @@ static da_status attention_fused(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_me
   cl_float qscale = (cl_float)((double)d->scale * 1.4426950408889634073599);
   cl_kernel kr = bp->k_attn;
   ARG(kr, 0, q);
-  ARG(kr, 1, bp->kb);
-  ARG(kr, 2, bp->vb);
+  cl_mem kin = bp->tiled ? k : bp->kb, vin = bp->tiled ? v : bp->vb;
+  ARG(kr, 1, kin);
+  ARG(kr, 2, vin);
   ARG(kr, 3, o);
   ARG(kr, 4, perm);
   ARG(kr, 5, wts);
@@ -310,8 +396,10 @@ static da_status attention_fused(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_me
   ARG(kr, 10, nt);
   ARG(kr, 11, nkt);
   ARG(kr, 12, qscale);
-  size_t gws[3] = {round_up((size_t)d->seq_q, bp->bm), (size_t)d->heads, (size_t)d->batch};
-  size_t lws[3] = {bp->bm, 1, 1};
+  const size_t items = bp->tiled ? 2 * bp->bm : bp->bm; /* work-items per work-group */
+  size_t gws[3] = {((size_t)d->seq_q + bp->bm - 1) / bp->bm * items, (size_t)d->heads,
+                   (size_t)d->batch};
+  size_t lws[3] = {items, 1, 1};
   CK(clEnqueueNDRangeKernel(bc->q, kr, 3, NULL, gws, lws, 0, NULL, NULL),
      "clEnqueueNDRangeKernel(da_attn)");
   return da_cl_order(ctx);

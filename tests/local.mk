@@ -77,6 +77,15 @@ tests_test_modules_CFLAGS = $(da_test_cflags)
 tests_test_modules_LDADD = $(da_test_ldadd)
 endif
 
+# The tiled (GPU-shaped) fused OpenCL kernel: tests/cl-tiled-check.sh runs
+# the OpenCL tests of test_attention, test_consistency, test_invariants and
+# test_faults (non-finite inputs) again with DISTRATTN_CL_KERNEL=tiled,
+# picked by DA_TEST_FILTER, so CPU OpenCL devices such as PoCL check it too.
+EXTRA_DIST += tests/cl-tiled-check.sh
+if HAVE_CMOCKA
+TESTS += tests/cl-tiled-check.sh
+endif
+
 # Oclgrind (issue 8): tests/test_oclgrind runs the OpenCL kernels, at small
 # shapes covering every kernel path, on the Oclgrind simulator;
 # tests/oclgrind-check.sh runs it under `oclgrind --data-races

@@ -1,8 +1,10 @@
 #!/bin/sh
-# Runs tests/test_oclgrind under the Oclgrind simulator with its checkers on
-# and fails on anything Oclgrind reports (out-of-bounds access, data race,
-# uninitialised value, barrier divergence, OpenCL API error), on a failed or
-# skipped cmocka test and on a missing prerequisite.
+# Runs tests/test_oclgrind under the Oclgrind simulator with its checkers on,
+# once with each shape of the fused kernel (DISTRATTN_CL_KERNEL=rows, the
+# CPU one, and tiled, the GPU one), and fails on anything Oclgrind reports
+# (out-of-bounds access, data race, uninitialised value, barrier divergence,
+# OpenCL API error), on a failed or skipped cmocka test and on a missing
+# prerequisite.
 #
 #   DISTRATTN_OCLGRIND=1   required: without it this script is a SKIP (77)
 #                          so that a plain `make check` does not need Oclgrind
@@ -42,42 +44,54 @@ flags=${OCLGRIND_FLAGS:---data-races --uninitialized --check-api --build-options
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/oclgrind-check.XXXXXX") || fail "mktemp"
 trap 'rm -rf "$tmp"' EXIT
-log=$tmp/oclgrind.log
-errf=$tmp/stderr
-outf=$tmp/stdout
 
-start=$(date +%s)
-# shellcheck disable=SC2086
-"$launcher" $flags --log "$log" "$prog" >"$outf" 2>"$errf"
-rc=$?
-end=$(date +%s)
+# One run of the program with DISTRATTN_CL_KERNEL=$1 (the fused kernel's
+# rows and tiled shapes); 0 when it passed every check.
+run_one() {
+  kern=$1
+  log=$tmp/oclgrind-$kern.log
+  errf=$tmp/stderr-$kern
+  outf=$tmp/stdout-$kern
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  DISTRATTN_CL_KERNEL=$kern "$launcher" $flags --log "$log" "$prog" >"$outf" 2>"$errf"
+  rc=$?
+  end=$(date +%s)
 
-cat "$outf"
-cat "$errf" >&2
-echo "oclgrind-check: $prog exited $rc after $((end - start)) s under: $launcher $flags"
+  cat "$outf"
+  cat "$errf" >&2
+  echo "oclgrind-check: $prog (DISTRATTN_CL_KERNEL=$kern) exited $rc after $((end - start)) s" \
+    "under: $launcher $flags"
+
+  st=0
+  if [ -s "$log" ]; then
+    echo "oclgrind-check: FAIL ($kern): Oclgrind reported:" >&2
+    cat "$log" >&2
+    st=1
+  fi
+  # Oclgrind's reports, should any go to stderr instead of the log.
+  if grep -E -i 'invalid|data race|uninitiali[sz]ed|divergence|runtime error' "$errf" \
+    >/dev/null 2>&1; then
+    echo "oclgrind-check: FAIL ($kern): Oclgrind or the program reported on stderr (above)" >&2
+    st=1
+  fi
+  if grep -E -i 'error' "$errf" >/dev/null 2>&1; then
+    echo "oclgrind-check: FAIL ($kern): an error on stderr (above)" >&2
+    st=1
+  fi
+  [ "$rc" -eq 0 ] || { echo "oclgrind-check: FAIL ($kern): $prog exited $rc" >&2; st=1; }
+  if grep -E '^\[ *SKIPPED *\]' "$outf" "$errf" >/dev/null 2>&1; then
+    echo "oclgrind-check: FAIL ($kern): a test was skipped; this group must run in full" >&2
+    st=1
+  fi
+  grep -E '^\[ *PASSED *\] *[1-9]' "$outf" "$errf" >/dev/null 2>&1 ||
+    { echo "oclgrind-check: FAIL ($kern): no '[  PASSED  ]' line from cmocka" >&2; st=1; }
+  return "$st"
+}
 
 status=0
-if [ -s "$log" ]; then
-  echo "oclgrind-check: FAIL: Oclgrind reported:" >&2
-  cat "$log" >&2
-  status=1
-fi
-# Oclgrind's reports, should any go to stderr instead of the log.
-if grep -E -i 'invalid|data race|uninitiali[sz]ed|divergence|runtime error' "$errf" \
-  >/dev/null 2>&1; then
-  echo "oclgrind-check: FAIL: Oclgrind or the program reported on stderr (above)" >&2
-  status=1
-fi
-if grep -E -i 'error' "$errf" >/dev/null 2>&1; then
-  echo "oclgrind-check: FAIL: an error on stderr (above)" >&2
-  status=1
-fi
-[ "$rc" -eq 0 ] || { echo "oclgrind-check: FAIL: $prog exited $rc" >&2; status=1; }
-if grep -E '^\[ *SKIPPED *\]' "$outf" "$errf" >/dev/null 2>&1; then
-  echo "oclgrind-check: FAIL: a test was skipped; this group must run in full" >&2
-  status=1
-fi
-grep -E '^\[ *PASSED *\] *[1-9]' "$outf" "$errf" >/dev/null 2>&1 ||
-  { echo "oclgrind-check: FAIL: no '[  PASSED  ]' line from cmocka" >&2; status=1; }
+for kern in rows tiled; do
+  run_one "$kern" || status=1
+done
 [ "$status" -eq 0 ] && echo "oclgrind-check: PASS"
 exit "$status"

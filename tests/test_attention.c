@@ -84,6 +84,7 @@ static void test_large(void **state) {
 static da_backend be_cpu = DA_BACKEND_CPU, be_cl = DA_BACKEND_OPENCL, be_cuda = DA_BACKEND_CUDA;
 
 int main(void) {
+  tu_filter_from_env();
   const struct CMUnitTest tests[] = {
       {"cpu: exact, small shapes", test_small, NULL, NULL, &be_cpu},
       {"cpu: exact, large shapes", test_large, NULL, NULL, &be_cpu},

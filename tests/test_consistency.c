@@ -361,6 +361,7 @@ static void test_buffers_and_repeat(void **state) {
 static da_backend be_cpu = DA_BACKEND_CPU, be_cl = DA_BACKEND_OPENCL, be_cuda = DA_BACKEND_CUDA;
 
 int main(void) {
+  tu_filter_from_env();
   const struct CMUnitTest tests[] = {
       {"cpu: outputs vs float64 reference", test_vs_reference, NULL, NULL, &be_cpu},
       {"cpu: permutations vs reference", test_permutations, NULL, NULL, &be_cpu},

@@ -155,6 +155,29 @@ static da_status r_env_backend(env *e) {
   if (c) da_context_destroy(c);
   return s;
 }
+/* da_plan_create on the row's (OpenCL) context with the environment
+ * variable name set to val for the call only. */
+static da_status plan_with_env(env *e, const char *name, const char *val) {
+  const char *old = getenv(name);
+  char *keep = old ? strdup(old) : NULL;
+  setenv(name, val, 1);
+  da_attn_desc d = tu_small_desc();
+  da_plan *p = NULL;
+  da_status s = da_plan_create(e->ctx, &d, &p);
+  grab(e, e->ctx);
+  if (keep) {
+    setenv(name, keep, 1);
+    free(keep);
+  } else {
+    unsetenv(name);
+  }
+  if (p) da_plan_destroy(p);
+  return s;
+}
+static da_status r_env_cl_kernel(env *e) {
+  return plan_with_env(e, "DISTRATTN_CL_KERNEL", "bogus");
+}
+static da_status r_env_cl_tile(env *e) { return plan_with_env(e, "DISTRATTN_CL_TILE", "8x8"); }
 static da_status r_plan_desc_null(env *e) {
   da_plan *p = NULL;
   da_status s = da_plan_create(e->ctx, NULL, &p);
@@ -564,6 +587,10 @@ static const row rows[] = {
      DA_ERR_NO_DEVICE, NULL, NULL, r_ctx_index},
     {"env_backend_bogus", "DISTRATTN_BACKEND=bogus, AUTO", "da_context_create", NONE, INV, NULL,
      NULL, r_env_backend},
+    {"env_cl_kernel_bogus", "DISTRATTN_CL_KERNEL=bogus", PC, CL, INV, "DISTRATTN_CL_KERNEL",
+     "bogus", r_env_cl_kernel},
+    {"env_cl_tile_8x8", "DISTRATTN_CL_TILE=8x8 (rows must be 16, 32 or 64)", PC, CL, INV,
+     "DISTRATTN_CL_TILE", "8x8", r_env_cl_tile},
     /* NULL pointers */
     {"null_ctx_out", "ctx out pointer NULL", "da_context_create", NONE, INV, NULL, NULL, r_ctx_null},
     {"null_plan_ctx", "context NULL", PC, NONE, INV, NULL, NULL, r_plan_ctx_null},
@@ -813,6 +840,7 @@ int main(int argc, char **argv) {
   /* a hang is a failure, not a stuck CI job (valgrind is slow: generous) */
   signal(SIGALRM, on_alarm);
   alarm(getenv("DA_TEST_TIMEOUT") ? (unsigned)atoi(getenv("DA_TEST_TIMEOUT")) : 1200);
+  tu_filter_from_env();
   struct CMUnitTest tests[NROWS + 4];
   char names[NROWS][64];
   for (size_t i = 0; i < NROWS; i++) {

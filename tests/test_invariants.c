@@ -125,6 +125,7 @@ static da_backend be_cpu = DA_BACKEND_CPU, be_cl = DA_BACKEND_OPENCL, be_cuda = 
       {name ": G=8 positive multiples, NORM", test_g8_multiples_norm, NULL, NULL, &be}
 
 int main(void) {
+  tu_filter_from_env();
   const struct CMUnitTest tests[] = {
       FOR_BACKEND("cpu", be_cpu),
       FOR_BACKEND("opencl", be_cl),

@@ -8,6 +8,11 @@
 
 #include "testutil.h"
 
+void tu_filter_from_env(void) {
+  const char *e = getenv("DA_TEST_FILTER");
+  if (e && *e) cmocka_set_test_filter(e);
+}
+
 uint64_t tu_seed(void) {
   static int done;
   static uint64_t seed;

@@ -46,6 +46,11 @@ da_attn_desc tu_small_desc(void);
 size_t tu_q_elems(const da_attn_desc *d);  /* with kv_heads 0 meaning heads */
 size_t tu_kv_elems(const da_attn_desc *d);
 
+/* DA_TEST_FILTER, when set, is handed to cmocka_set_test_filter (a pattern
+ * with * and ?, e.g. "opencl:*"): a program then runs only the tests whose
+ * names match. Called first in main by the programs that honour it. */
+void tu_filter_from_env(void);
+
 /* 1 when backend b's name is listed in DISTRATTN_REQUIRE_BACKENDS. */
 int tu_backend_required(da_backend b);
 
