@@ -17,6 +17,49 @@
  * read straight from Q, K and V (no da_kv_prep). */
 
 
+/* The keys a work-group of the rows r0..r0+BM-1 visits (a causal mask ends
+ * them at the last row's diagonal), and the keys query row i sees; off =
+ * seq_k - seq_q aligns the mask's diagonal to the end. */
+inline int da_key_end(int r0, int seq_k, int off) {
+#if CAUSAL
+  return min(seq_k, r0 + BM + off);
+#else
+  (void)r0;
+  (void)off;
+  return seq_k;
+#endif
+}
+inline int da_keys_seen(int i, int seq_k, int off) {
+#if CAUSAL
+  return min(seq_k, i + off + 1);
+#else
+  (void)i;
+  (void)off;
+  return seq_k;
+#endif
+}
+
+#if G > 1
+/* The hash tile's permutation and weights (from pbase) and the inverse of
+ * each group's weight sum, into local memory, by n work-items; every
+ * work-item of the group calls it (it ends with a barrier). */
+inline void da_load_groups(__global const int *perm, __global const float *wts, size_t pbase,
+                           int lid, int n, __local int *lp, __local float *lw,
+                           __local float *linv) {
+  for (int e = lid; e < D; e += n) {
+    lp[e] = perm[pbase + e];
+    lw[e] = wts[pbase + e];
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (int g = lid; g < NG; g += n) {
+    float s = 0.0f;
+    for (int t = g * G; t < min(g * G + G, D); t++) s += lw[t];
+    linv[g] = 1.0f / s;
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+}
+#endif
+
 #if TILED
 /* The fused attention for GPUs. A work-group of NT = (BM/4)*8 work-items
  * owns BM query rows of one (batch, head); work-item (ty, tx) = (lid / 8,
@@ -81,18 +124,8 @@ void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const 
   }
 #else
   {
-    const size_t pbase = (((size_t)b * heads + h) * n_tiles + r0 / HB) * D;
-    for (int e = lid; e < D; e += NT) {
-      lp[e] = perm[pbase + e];
-      lw[e] = wts[pbase + e];
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int g = lid; g < NG; g += NT) {
-      float s = 0.0f;
-      for (int t = g * G; t < min(g * G + G, D); t++) s += lw[t];
-      linv[g] = 1.0f / s;
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
+    da_load_groups(perm, wts, (((size_t)b * heads + h) * n_tiles + r0 / HB) * D, lid, NT, lp,
+                   lw, linv);
     for (int e = lid; e < BM * DQ4; e += NT) {
       const int r = e / DQ4, g = e - r * DQ4;
       float s = 0.0f;
@@ -115,11 +148,7 @@ void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const 
   float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
   float l[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 
-#if CAUSAL
-  const int kend = min(seq_k, r0 + BM + off);
-#else
-  const int kend = seq_k;
-#endif
+  const int kend = da_key_end(r0, seq_k, off);
   for (int j0 = 0; j0 < kend; j0 += BN) {
     const int nj = min(BN, seq_k - j0);
     barrier(CLK_LOCAL_MEM_FENCE); /* the last tile's P V (and Qs) done */
@@ -229,11 +258,7 @@ void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const 
   for (int r = 0; r < 4; r++) {
     const int i = r0 + ty + TY * r;
     if (i >= seq_q) continue;
-#if CAUSAL
-    const int nvis = min(seq_k, i + off + 1);
-#else
-    const int nvis = seq_k;
-#endif
+    const int nvis = da_keys_seen(i, seq_k, off);
     const float inv = nvis > 0 ? 1.0f / l[r] : 0.0f;
     const size_t ob = qbase + (size_t)i * D;
 #pragma unroll
@@ -341,18 +366,8 @@ void da_attn(__global const elem_t *Q, __global const float *Kb, __global const 
     q[k] = live ? LOAD_ELEM(Q, qbase + (size_t)i * D + k) * qscale : 0.0f;
 #else
   {
-    const size_t pbase = (((size_t)b * heads + h) * n_tiles + r0 / HB) * D;
-    for (int e = lid; e < D; e += BM) {
-      lp[e] = perm[pbase + e];
-      lw[e] = wts[pbase + e];
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int g = lid; g < NG; g += BM) {
-      float s = 0.0f;
-      for (int t = g * G; t < min(g * G + G, D); t++) s += lw[t];
-      linv[g] = 1.0f / s;
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
+    da_load_groups(perm, wts, (((size_t)b * heads + h) * n_tiles + r0 / HB) * D, lid, BM, lp,
+                   lw, linv);
     for (int g = 0; g < NG; g++) {
       float s = 0.0f;
       if (live)
@@ -379,11 +394,7 @@ void da_attn(__global const elem_t *Q, __global const float *Kb, __global const 
   for (int u = 0; u < NV; u++) ACC_SET(u, (floatV)(0.0f));
   float m = -INFINITY, l = 0.0f;
 
-#if CAUSAL
-  const int kend = min(seq_k, r0 + BM + off);
-#else
-  const int kend = seq_k;
-#endif
+  const int kend = da_key_end(r0, seq_k, off);
   for (int j0 = 0; j0 < kend; j0 += BN) {
     const int nj = min(BN, seq_k - j0);
     barrier(CLK_LOCAL_MEM_FENCE);
@@ -461,11 +472,7 @@ void da_attn(__global const elem_t *Q, __global const float *Kb, __global const 
     /* A row that sees no key is zero; one that does divides by l even when
      * l is 0 or NaN (all logits -Inf or NaN), so the result is NaN as in
      * the float64 reference. */
-#if CAUSAL
-    const int nvis = min(seq_k, i + off + 1);
-#else
-    const int nvis = seq_k;
-#endif
+    const int nvis = da_keys_seen(i, seq_k, off);
     const float inv = nvis > 0 ? 1.0f / l : 0.0f;
     float o[DP];
     for (int u = 0; u < NV; u++) vstoreV(ACC_GET(u) * (floatV)(inv), u, o);
