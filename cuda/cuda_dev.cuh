@@ -63,6 +63,28 @@ template <> struct dac_cvt<__nv_bfloat16> {
   }
 };
 
+/* the shared-state-space address of a generic pointer into shared memory */
+__device__ __forceinline__ uint32_t dac_smem_u32(const void *p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+/* cp.async of BYTES (4, 8 or 16) from src into shared dst, or of zeros when
+ * !fill; committed as a group by dac_cp_commit, awaited by dac_cp_wait<N>
+ * (all but the newest N groups of this thread) */
+template <int BYTES>
+__device__ __forceinline__ void dac_cp_async(void *dst, const void *src, bool fill) {
+  const uint32_t s = dac_smem_u32(dst);
+  if constexpr (BYTES == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
+                 "r"(fill ? 16 : 0));
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(s), "l"(src), "n"(BYTES),
+                 "r"(fill ? BYTES : 0));
+}
+__device__ __forceinline__ void dac_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void dac_cp_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 /* 2^x on the special-function unit (the softmax's exponent, log2 domain) */
 __device__ __forceinline__ float dac_ex2(float x) {
   float y;

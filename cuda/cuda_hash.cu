@@ -66,10 +66,12 @@ __device__ __forceinline__ float4 dac_hash_ld4(const char *p) {
   } else {
     const uint2 w = *reinterpret_cast<const uint2 *>(p);
     if constexpr (DT == DA_F16) {
-      const float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&w.x));
-      const float2 b = __half22float2(*reinterpret_cast<const __half2 *>(&w.y));
+      const float2 a = dac_cvt<__half>::unpack(w.x), b = dac_cvt<__half>::unpack(w.y);
       return make_float4(a.x, a.y, b.x, b.y);
     } else {
+      /* bf16 -> f32 by shifts: exact, as dac_cvt's __bfloat1622float2,
+       * which compiles this kernel to other SASS than the one checked
+       * and timed on the GPU */
       return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u),
                          __uint_as_float(w.y << 16), __uint_as_float(w.y & 0xffff0000u));
     }
@@ -201,23 +203,6 @@ __device__ __forceinline__ void dac_hash_sort(dac_hash_cols &sm, int d) {
   }
 }
 
-/* cp.async of BYTES (4, 8 or 16) from src, or of zeros when !fill. */
-template <int BYTES>
-__device__ __forceinline__ void dac_cp_async(void *dst, const void *src, bool fill) {
-  const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-  if constexpr (BYTES == 16)
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
-                 "r"(fill ? 16 : 0));
-  else
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(s), "l"(src), "n"(BYTES),
-                 "r"(fill ? BYTES : 0));
-}
-__device__ __forceinline__ void dac_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-/* wait for all of this thread's copies */
-__device__ __forceinline__ void dac_cp_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-
 /* Where a block's tile comes from and how its threads share the copying. */
 struct dac_hash_geom {
   const void *q;
@@ -328,15 +313,9 @@ __device__ __forceinline__ void dac_hash_store(void *qs, da_dtype t, size_t i, c
   }
   uint32_t w[OV > 1 ? OV / 2 : 1];
 #pragma unroll
-  for (int j = 0; j < OV / 2; j++) {
-    if (t == DA_F16) {
-      const __half2 h = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
-      w[j] = *reinterpret_cast<const uint32_t *>(&h);
-    } else {
-      const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
-      w[j] = *reinterpret_cast<const uint32_t *>(&h);
-    }
-  }
+  for (int j = 0; j < OV / 2; j++)
+    w[j] = t == DA_F16 ? dac_cvt<__half>::pack(v[2 * j], v[2 * j + 1])
+                       : dac_cvt<__nv_bfloat16>::pack(v[2 * j], v[2 * j + 1]);
   char *p = static_cast<char *>(qs) + i * 2;
   if constexpr (OV == 8)
     *reinterpret_cast<uint4 *>(p) = make_uint4(w[0], w[1], w[2], w[3]);
@@ -503,7 +482,7 @@ __global__ void __launch_bounds__(DAC_HASH_MAXT, dac_hash_tb<TB>::MINB)
   const int cbyte = 4 * cg * es; /* the thread's columns within a row */
   for (int k = 0; k < nch; k++) {
     const int a = k * CK, n = min(CK, rows - a);
-    dac_cp_wait_all();
+    dac_cp_wait<0>();
     __syncthreads();
     /* the slots written here were last read before the barrier above */
     if (k + 1 < nch) {
@@ -601,7 +580,7 @@ __global__ void __launch_bounds__(DAC_HASH_MAXT, dac_hash_tb<TB>::MINB)
         __syncthreads();
         dac_hash_copy_q(g, qbuf, row0, row0 + n, row0);
         dac_cp_commit();
-        dac_cp_wait_all();
+        dac_cp_wait<0>();
         __syncthreads();
       }
       if (tb >= nb) continue;

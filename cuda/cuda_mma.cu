@@ -33,28 +33,16 @@ template <> struct dac_mma_op<__nv_bfloat16> : dac_cvt<__nv_bfloat16> {
   }
 };
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p) {
-  return (uint32_t)__cvta_generic_to_shared(p);
-}
 __device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
+               : "r"(dac_smem_u32(p)));
 }
 __device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const void *p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
+               : "r"(dac_smem_u32(p)));
 }
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, int bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(bytes));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 /* rows [row0, row0 + ROWS) of a [nrows][W] matrix into smem (row stride LD),
  * zero-filled past nrows. */
 template <typename T, int ROWS, int W, int LD, int NT>
@@ -65,7 +53,7 @@ __device__ __forceinline__ void load_tile(T *dst, const T *src, int row0, int nr
     const int r = i / CPR, c = (i % CPR) * 8;
     const bool ok = row0 + r < nrows;
     const T *g = ok ? src + (size_t)(row0 + r) * W + c : src;
-    cp_async16(dst + r * LD + c, g, ok ? 16 : 0);
+    dac_cp_async<16>(dst + r * LD + c, g, ok);
   }
 }
 
@@ -137,7 +125,7 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
     for (int i = lane; i < KW * (DV / 8); i += 32) {
       const int r = i / (DV / 8), c = (i % (DV / 8)) * 8, key = k0 + kb + r;
       const bool ok = key < a.seq_k;
-      cp_async16(Kraw + (kb + r) * LDV + c, ok ? ksrc + (size_t)key * DV + c : ksrc, ok ? 16 : 0);
+      dac_cp_async<16>(Kraw + (kb + r) * LDV + c, ok ? ksrc + (size_t)key * DV + c : ksrc, ok);
     }
   };
   /* this warp's columns of Kf^T from its raw K rows:
@@ -196,7 +184,7 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
       load_tile<T, BC, DV, LDQ, NT>(Ksm, ksrc, 0, a.seq_k);
     load_tile<T, BC, DV, LDV, NT>(Vsm, vsrc, 0, a.seq_k);
   }
-  cp_commit();
+  dac_cp_commit();
   if (GROUPED) {
     const size_t poff = (bh * a.n_tiles + q0 / a.hash_block) * (size_t)a.d;
     for (int e = threadIdx.x; e < DQK * GS; e += NT) {
@@ -210,7 +198,7 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
       tab[e] = make_int2(col, __float_as_int(w));
     }
   }
-  cp_wait<0>();
+  dac_cp_wait<0>();
   __syncthreads();
   if (GROUPED && nk > 0) {
     build(Ksm);
@@ -251,9 +239,9 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
       else
         load_tile<T, BC, DV, LDQ, NT>(Ksm + nxt * KSLOT, ksrc, k0 + BC, a.seq_k);
     }
-    cp_commit();
+    dac_cp_commit();
     if (j + 1 < nk) load_tile<T, BC, DV, LDV, NT>(Vsm + nxt * BC * LDV, vsrc, k0 + BC, a.seq_k);
-    cp_commit();
+    dac_cp_commit();
 
     const T *Kc = Ksm + cur * KSLOT;
     float s[MT][BC / 8][4];
@@ -358,11 +346,11 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
       }
     }
     if (GROUPED && j + 1 < nk) {
-      cp_wait<1>(); /* this warp's raw K rows of tile j+1 */
+      dac_cp_wait<1>(); /* this warp's raw K rows of tile j+1 */
       __syncwarp();
       build(Ksm + nxt * KSLOT);
     }
-    cp_wait<0>();
+    dac_cp_wait<0>();
     __syncthreads(); /* next K/Kf and V visible; this tile's slots free */
   }
 

@@ -92,9 +92,6 @@ template <int D, int DQK, int GS> struct wg_smem {
 };
 
 #if DAC_WG_DEVICE
-__device__ __forceinline__ uint32_t su32(const void *p) {
-  return (uint32_t)__cvta_generic_to_shared(p);
-}
 __device__ __forceinline__ void mbar_init(uint32_t b, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(b), "r"(count) : "memory");
 }
@@ -166,7 +163,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
   constexpr bool GR = GS > 1;
   constexpr int NSK = L::NSK, NSV = L::NSV; /* equal when exact: K and V share a stage */
   extern __shared__ unsigned char smraw[];
-  const uint32_t sbase0 = su32(smraw);
+  const uint32_t sbase0 = dac_smem_u32(smraw);
   const uint32_t pad = (1024u - (sbase0 & 1023u)) & 1023u;
   unsigned char *sm = smraw + pad;
   const uint32_t sb = sbase0 + pad;
