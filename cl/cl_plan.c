@@ -153,7 +153,8 @@ static da_status kernel_choice(da_context *ctx, int *out) {
 /* The tiled fused kernel (attn.cl, TILED=1): the largest (BM, BN) whose
  * local memory fits the device. Query rows per work-group BM in 64, 32, 16
  * (no more than hash_block, nor than seq_q needs), keys per tile BN 32, 16 or 8;
- * DISTRATTN_CL_TILE=BMxBN asks for one (and fails where it does not fit).
+ * DISTRATTN_CL_TILE=BMxBN asks for one (and fails where it does not fit:
+ * kernel_choice makes a tile request a forced tiled kernel).
  * When none fits: an error if the kernel was asked for (forced), else
  * success with bp->tiled still 0, and the caller takes the rows kernel. */
 static da_status prepare_tiled(da_plan *p, int forced) {
@@ -181,7 +182,6 @@ static da_status prepare_tiled(da_plan *p, int forced) {
       return da_set_error(ctx, DA_ERR_INVALID_ARG,
                           "OpenCL: DISTRATTN_CL_TILE=\"%s\" is not ROWSxKEYS with ROWS 16, 32 "
                           "or 64 and KEYS 8, 16 or 32", te);
-    forced = 1;
   }
   for (size_t t = 0; t < sizeof tiles / sizeof tiles[0] && !bm; t++) {
     const size_t m = tiles[t][0], n = tiles[t][1];

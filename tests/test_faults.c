@@ -140,37 +140,39 @@ static da_status r_ctx_index(env *e) {
   if (c) fail_msg("*ctx not NULL after a failure");
   return s;
 }
-static da_status r_env_backend(env *e) {
-  da_context *c = NULL;
-  const char *old = getenv("DISTRATTN_BACKEND");
-  char *keep = old ? strdup(old) : NULL;
-  setenv("DISTRATTN_BACKEND", "bogus", 1);
-  da_status s = da_context_create(&c, DA_BACKEND_AUTO, -1);
-  if (keep) {
-    setenv("DISTRATTN_BACKEND", keep, 1);
-    free(keep);
-  } else {
-    unsetenv("DISTRATTN_BACKEND");
-  }
-  if (c) da_context_destroy(c);
-  return s;
-}
-/* da_plan_create on the row's (OpenCL) context with the environment
- * variable name set to val for the call only. */
-static da_status plan_with_env(env *e, const char *name, const char *val) {
+/* Environment variable name set to val; env_pop puts back what env_push
+ * returned (the old value, or NULL when it was unset). */
+static char *env_push(const char *name, const char *val) {
   const char *old = getenv(name);
   char *keep = old ? strdup(old) : NULL;
   setenv(name, val, 1);
-  da_attn_desc d = tu_small_desc();
-  da_plan *p = NULL;
-  da_status s = da_plan_create(e->ctx, &d, &p);
-  grab(e, e->ctx);
+  return keep;
+}
+static void env_pop(const char *name, char *keep) {
   if (keep) {
     setenv(name, keep, 1);
     free(keep);
   } else {
     unsetenv(name);
   }
+}
+static da_status r_env_backend(env *e) {
+  da_context *c = NULL;
+  char *keep = env_push("DISTRATTN_BACKEND", "bogus");
+  da_status s = da_context_create(&c, DA_BACKEND_AUTO, -1);
+  env_pop("DISTRATTN_BACKEND", keep);
+  if (c) da_context_destroy(c);
+  return s;
+}
+/* da_plan_create on the row's (OpenCL) context with the environment
+ * variable name set to val for the call only. */
+static da_status plan_with_env(env *e, const char *name, const char *val) {
+  char *keep = env_push(name, val);
+  da_attn_desc d = tu_small_desc();
+  da_plan *p = NULL;
+  da_status s = da_plan_create(e->ctx, &d, &p);
+  grab(e, e->ctx);
+  env_pop(name, keep);
   if (p) da_plan_destroy(p);
   return s;
 }
