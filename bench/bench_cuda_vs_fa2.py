@@ -123,28 +123,24 @@ def main():
           % (datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), torch.__version__, b, h))
     print("# ours: G=1 exact, G=2/G=4 DistrAttention (hash_block 128, %s); ratio = FA2 time / ours"
           % args.fusion.upper())
-    if args.skip_cuda:
-        fa2 = {}
-        for d in [int(x) for x in args.dims.split(",")]:
-            for causal in (0, 1):
-                for s in [int(x) for x in args.seqs.split(",")]:
-                    fa2[(d, causal, s)] = time_fa2(b, h, s, d, causal, iters_for(s))
-        print_opencl(args, b, h, [int(x) for x in args.seqs.split(",")], fa2)
-        return
-    print()
-    hdr = "| d | seq | causal | FA2 TFLOP/s | G=1 TFLOP/s (x FA2) | G=2 TFLOP/s (x FA2) | G=4 TFLOP/s (x FA2) |"
-    print(hdr)
-    print("|" + "---|" * 7)
-    sys.stdout.flush()
     seqs = [int(x) for x in args.seqs.split(",")]
+    dims = [int(x) for x in args.dims.split(",")]
+    if not args.skip_cuda:
+        print()
+        print("| d | seq | causal | FA2 TFLOP/s | G=1 TFLOP/s (x FA2) | G=2 TFLOP/s (x FA2) | "
+              "G=4 TFLOP/s (x FA2) |")
+        print("|" + "---|" * 7)
+        sys.stdout.flush()
     fa2 = {}
-    for d in [int(x) for x in args.dims.split(",")]:
+    for d in dims:
         for causal in (0, 1):
             for s in seqs:
                 it = iters_for(s)
-                fl = flops(b, h, s, d, causal)
                 t_fa = time_fa2(b, h, s, d, causal, it)
                 fa2[(d, causal, s)] = t_fa
+                if args.skip_cuda:
+                    continue
+                fl = flops(b, h, s, d, causal)
                 cells = ["%d" % d, "%d" % s, "yes" if causal else "no", "%.1f" % (fl / t_fa / 1e9)]
                 for g in (1, 2, 4):
                     t = time_ours(args.check_bin, b, h, s, d, causal, g, it, args.fusion)
@@ -152,10 +148,10 @@ def main():
                 print("| " + " | ".join(cells) + " |")
                 sys.stdout.flush()
     if args.cl_bin:
-        print_opencl(args, b, h, seqs, fa2)
+        print_opencl(args, b, h, seqs, dims, fa2)
 
 
-def print_opencl(args, b, h, seqs, fa2):
+def print_opencl(args, b, h, seqs, dims, fa2):
     """The OpenCL table, a (head_dim, mask) group of rows at a time as each
     `distrattn bench` call ends, so that a run cut short keeps what it has."""
     print()
@@ -167,7 +163,7 @@ def print_opencl(args, b, h, seqs, fa2):
     print("|" + "---|" * 7)
     sys.stdout.flush()
     name = None
-    for d in [int(x) for x in args.dims.split(",")]:
+    for d in dims:
         for causal in (0, 1):
             try:
                 res, name = time_opencl(args.cl_bin, b, h, seqs, d, causal, args.fusion)
