@@ -19,6 +19,9 @@ da_test_cflags = $(AM_CFLAGS) $(CMOCKA_CFLAGS)
 da_test_ldadd = lib/libdacore.la $(CMOCKA_LIBS)
 da_test_common = tests/testutil.c tests/testutil.h
 da_test_ref = tests/ref.c tests/ref.h tests/cases.c tests/cases.h
+# The one DATTNCAP reader (tools/capture_io.c), shared with `distrattn eval`;
+# it widens f16 with tools/util.c's conversion.
+da_capture_reader = tools/capture_io.c tools/capture_io.h tools/util.c tools/util.h
 
 tests_test_status_SOURCES = tests/test_status.c $(da_test_common)
 tests_test_status_CFLAGS = $(da_test_cflags)
@@ -112,8 +115,9 @@ EXTRA_DIST += tests/data/minilm-l6-small.dattncap
 if HAVE_CMOCKA
 check_PROGRAMS += tests/test_realdata
 TESTS += tests/test_realdata
-tests_test_realdata_SOURCES = tests/test_realdata.c $(da_test_common) $(da_test_ref)
-tests_test_realdata_CPPFLAGS = $(AM_CPPFLAGS) \
+tests_test_realdata_SOURCES = tests/test_realdata.c $(da_test_common) $(da_test_ref) \
+	$(da_capture_reader)
+tests_test_realdata_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools \
 	-DDA_REALDATA_FILE='"$(abs_top_srcdir)/tests/data/minilm-l6-small.dattncap"'
 tests_test_realdata_CFLAGS = $(da_test_cflags)
 tests_test_realdata_LDADD = $(da_test_ldadd)

@@ -10,12 +10,14 @@
  *    default fusion fails;
  *  - the default fusion is not worse than the other one at G=2, 4 and 8.
  * The file is DA_REALDATA_FILE (the environment overrides the compiled-in
- * path). Every backend present runs the G=2 bound; the CPU one runs all. */
+ * path), read by tools/capture_io.c, the reader `distrattn eval` uses. Every
+ * backend present runs the G=2 bound; the CPU one runs all. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "capture_io.h"
 #include "ref.h"
 #include "testutil.h"
 
@@ -27,101 +29,40 @@
 #define REALDATA_EXACT_BOUND 1e-5
 
 typedef struct {
-  unsigned layers, heads, head_dim, n_sent;
-  unsigned *seq;
-  float *data; /* per sentence, per layer: Q, K, V [heads][seq][head_dim], f32 */
+  capture cap; /* tools/capture_io.c: per sentence, per layer: Q, K, V, f32 */
   double *ref; /* per sentence, per layer: exact O, float64 */
 } realdata;
 
 static realdata g_rd;
 static int g_loaded;
 
-static unsigned le32(const unsigned char *b) {
-  return (unsigned)b[0] | (unsigned)b[1] << 8 | (unsigned)b[2] << 16 | (unsigned)b[3] << 24;
-}
-
-static float f16_le(const unsigned char *b) {
-  unsigned h = (unsigned)b[0] | (unsigned)b[1] << 8;
-  unsigned sign = (h >> 15) & 1u, e = (h >> 10) & 31u, m = h & 1023u;
-  float v;
-  if (e == 0) v = ldexpf((float)m, -24);
-  else if (e == 31) v = m ? NAN : INFINITY;
-  else v = ldexpf((float)(m | 1024u), (int)e - 25);
-  return sign ? -v : v;
-}
-
 static const char *realdata_path(void) {
   const char *p = getenv("DA_REALDATA_FILE");
   return p && *p ? p : DA_REALDATA_FILE;
 }
 
-/* Loads the capture and its float64 exact reference once. */
+/* Loads the capture (through the one DATTNCAP reader, the one `distrattn
+ * eval` uses) and its float64 exact reference once. */
 static void load_realdata(void) {
   if (g_loaded) return;
   const char *path = realdata_path();
-  FILE *f = fopen(path, "rb");
-  if (!f) fail_msg("cannot open the capture '%s' (DA_REALDATA_FILE)", path);
-  unsigned char hdr[32];
-  if (fread(hdr, 1, 32, f) != 32 || memcmp(hdr, "DATTNCAP", 8) != 0) {
-    fclose(f);
-    fail_msg("%s: not a DATTNCAP file", path);
-  }
-  if (le32(hdr + 8) != 1u) {
-    fclose(f);
-    fail_msg("%s: format version %u, expected 1", path, le32(hdr + 8));
-  }
-  realdata *r = &g_rd;
-  r->layers = le32(hdr + 12), r->heads = le32(hdr + 16), r->head_dim = le32(hdr + 20);
-  r->n_sent = le32(hdr + 24);
-  unsigned code = le32(hdr + 28);
-  if (r->layers < 1 || r->layers > 64 || r->heads < 1 || r->heads > 256 || r->head_dim < 1 ||
-      r->head_dim > 256 || r->n_sent < 1 || r->n_sent > 4096 || code > 1) {
-    fclose(f);
-    fail_msg("%s: header out of range", path);
-  }
-  r->seq = malloc(sizeof *r->seq * r->n_sent);
-  assert_non_null(r->seq);
-  size_t total = 0;
-  for (unsigned s = 0; s < r->n_sent; s++) {
-    unsigned char b[4];
-    assert_int_equal(fread(b, 1, 4, f), 4);
-    r->seq[s] = le32(b);
-    assert_true(r->seq[s] >= 1 && r->seq[s] <= 65536);
-    total += (size_t)r->layers * 3 * r->heads * r->seq[s] * r->head_dim;
-  }
-  size_t esz = code == 0 ? 4 : 2;
-  unsigned char *raw = malloc(esz * total);
-  r->data = malloc(sizeof(float) * total);
-  assert_non_null(raw);
-  assert_non_null(r->data);
-  size_t got = fread(raw, esz, total, f);
-  int extra = fgetc(f) != EOF;
-  fclose(f);
-  if (got != total || extra) {
-    free(raw);
-    fail_msg("%s: data size does not match the header", path);
-  }
-  for (size_t i = 0; i < total; i++) {
-    if (code == 0) {
-      uint32_t u = le32(raw + 4 * i);
-      memcpy(&r->data[i], &u, 4);
-    } else {
-      r->data[i] = f16_le(raw + 2 * i);
-    }
-    assert_true(isfinite(r->data[i]));
-  }
-  free(raw);
-  r->ref = malloc(sizeof(double) * total / 3);
-  assert_non_null(r->ref);
-  size_t off = 0, ro = 0;
-  for (unsigned s = 0; s < r->n_sent; s++) {
+  char why[512];
+  const capture *c = &g_rd.cap;
+  if (capture_load_file(path, &g_rd.cap, why, sizeof why))
+    fail_msg("%s (DA_REALDATA_FILE): %s", path, why);
+  g_rd.ref = malloc(sizeof(double) * (c->total / 3));
+  assert_non_null(g_rd.ref);
+  size_t ro = 0;
+  for (unsigned s = 0; s < c->n_sent; s++) {
     da_attn_desc d;
     da_attn_desc_init(&d);
-    d.batch = 1, d.heads = (int)r->heads, d.seq_q = d.seq_k = (int)r->seq[s];
-    d.head_dim = (int)r->head_dim;
-    size_t n = (size_t)r->heads * r->seq[s] * r->head_dim;
-    for (unsigned l = 0; l < r->layers; l++, off += 3 * n, ro += n)
-      ref_attention(&d, r->data + off, r->data + off + n, r->data + off + 2 * n, r->ref + ro);
+    d.batch = 1, d.heads = (int)c->heads, d.seq_q = d.seq_k = (int)c->seq[s];
+    d.head_dim = (int)c->head_dim;
+    size_t n = (size_t)c->heads * c->seq[s] * c->head_dim;
+    for (unsigned l = 0; l < c->layers; l++, ro += n) {
+      const float *q = c->data + c->off[s] + (size_t)l * 3 * n;
+      ref_attention(&d, q, q + n, q + 2 * n, g_rd.ref + ro);
+    }
   }
   g_loaded = 1;
 }
@@ -129,7 +70,8 @@ static void load_realdata(void) {
 /* ||O - ref|| / ||ref|| over every sentence, layer and head of the capture. */
 static double realdata_error(da_backend be, int G, int override_fusion, da_fusion fusion) {
   load_realdata();
-  const realdata *r = &g_rd;
+  const capture *r = &g_rd.cap;
+  const double *ref = g_rd.ref;
   da_context *ctx = NULL;
   TU_CHECK(ctx, da_context_create(&ctx, be, -1));
   size_t max_n = 0;
@@ -153,9 +95,9 @@ static double realdata_error(da_backend be, int G, int override_fusion, da_fusio
       TU_CHECK(ctx, da_attention_host(p, r->data + off, r->data + off + n, r->data + off + 2 * n, o));
       for (size_t i = 0; i < n; i++) {
         if (!isfinite(o[i])) fail_msg("non-finite output, sentence %u layer %u", s, l);
-        double df = (double)o[i] - r->ref[ro + i];
+        double df = (double)o[i] - ref[ro + i];
         e2 += df * df;
-        r2 += r->ref[ro + i] * r->ref[ro + i];
+        r2 += ref[ro + i] * ref[ro + i];
       }
     }
     da_plan_destroy(p);
@@ -213,6 +155,7 @@ int main(void) {
       {"cuda: G=2 default settings on the real capture", test_g2_default, NULL, NULL, &be_cuda},
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
-  free(g_rd.seq), free(g_rd.data), free(g_rd.ref);
+  capture_free(&g_rd.cap);
+  free(g_rd.ref);
   return rc;
 }

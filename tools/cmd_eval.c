@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "capture_io.h"
 #include "util.h"
 
 static void eval_usage(FILE *f) {
@@ -45,115 +46,12 @@ static void eval_usage(FILE *f) {
 
 /* ------------------------------------------------------------ the capture */
 
-typedef struct {
-  unsigned layers, heads, head_dim, n_sent, dtype;
-  unsigned *seq;     /* [n_sent] */
-  size_t *off;       /* [n_sent]: float offset of the sentence's first layer */
-  float *data;       /* per sentence, per layer: Q, K, V [heads][seq][head_dim] */
-} capture;
-
-static void capture_free(capture *c) {
-  free(c->seq), free(c->off), free(c->data);
-  memset(c, 0, sizeof *c);
-}
-
-static int rd_u32(FILE *f, unsigned *v) {
-  unsigned char b[4];
-  if (fread(b, 1, 4, f) != 4) return -1;
-  *v = (unsigned)b[0] | (unsigned)b[1] << 8 | (unsigned)b[2] << 16 | (unsigned)b[3] << 24;
-  return 0;
-}
-
-/* Returns 0, or -1 after printing why the file is refused. */
-static int capture_load(const char *cmd, const char *path, capture *c) {
-  memset(c, 0, sizeof *c);
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    tool_msg(cmd, "cannot open '%s'", path);
-    return -1;
-  }
-  char magic[8];
-  unsigned version = 0;
-  const char *why = NULL;
-  if (fread(magic, 1, 8, f) != 8 || memcmp(magic, "DATTNCAP", 8) != 0) {
-    why = "not a DATTNCAP capture (bad magic)";
-    goto bad;
-  }
-  if (rd_u32(f, &version) || version != 1) {
-    why = "unsupported format version (this program reads version 1)";
-    goto bad;
-  }
-  if (rd_u32(f, &c->layers) || rd_u32(f, &c->heads) || rd_u32(f, &c->head_dim) ||
-      rd_u32(f, &c->n_sent) || rd_u32(f, &c->dtype)) {
-    why = "truncated header";
-    goto bad;
-  }
-  if (c->layers < 1 || c->layers > 4096 || c->heads < 1 || c->heads > 4096 || c->head_dim < 1 ||
-      c->head_dim > 256 || c->n_sent < 1 || c->n_sent > (1u << 24) || c->dtype > 1) {
-    why = "header values out of range";
-    goto bad;
-  }
-  c->seq = malloc(sizeof *c->seq * c->n_sent);
-  c->off = malloc(sizeof *c->off * c->n_sent);
-  if (!c->seq || !c->off) {
-    why = "out of memory";
-    goto bad;
-  }
-  size_t total = 0;
-  for (unsigned s = 0; s < c->n_sent; s++) {
-    if (rd_u32(f, &c->seq[s])) {
-      why = "truncated sequence-length table";
-      goto bad;
-    }
-    if (c->seq[s] < 1 || c->seq[s] > (1u << 20)) {
-      why = "a sequence length is out of range";
-      goto bad;
-    }
-    c->off[s] = total;
-    total += (size_t)c->layers * 3 * c->heads * c->seq[s] * c->head_dim;
-  }
-  size_t esz = c->dtype == 0 ? 4 : 2;
-  c->data = malloc(sizeof(float) * (total ? total : 1));
-  void *raw = malloc(esz * (total ? total : 1));
-  if (!c->data || !raw) {
-    free(raw);
-    why = "out of memory";
-    goto bad;
-  }
-  if (fread(raw, esz, total, f) != total) {
-    free(raw);
-    why = "truncated data";
-    goto bad;
-  }
-  if (fgetc(f) != EOF) {
-    free(raw);
-    why = "trailing bytes after the data";
-    goto bad;
-  }
-  /* little-endian in the file; convert on a big-endian host */
-  const unsigned one = 1;
-  int little = *(const unsigned char *)&one == 1;
-  unsigned char *rb = raw;
-  if (!little)
-    for (size_t i = 0; i < total; i++)
-      for (size_t a = 0, z = esz - 1; a < z; a++, z--) {
-        unsigned char t = rb[i * esz + a];
-        rb[i * esz + a] = rb[i * esz + z];
-        rb[i * esz + z] = t;
-      }
-  from_dtype(c->data, c->dtype == 0 ? DA_F32 : DA_F16, raw, total);
-  free(raw);
-  for (size_t i = 0; i < total; i++)
-    if (!isfinite(c->data[i])) {
-      why = "the data holds a value that is not finite";
-      goto bad;
-    }
-  fclose(f);
-  return 0;
-bad:
+/* Returns 0, or -1 after printing why the file is refused (tools/capture_io.c
+ * is the reader; it checks everything before allocating the data). */
+static int eval_load(const char *cmd, const char *path, capture *c) {
+  char why[512];
+  if (capture_load_file(path, c, why, sizeof why) == 0) return 0;
   tool_msg(cmd, "%s: %s", path, why);
-  fclose(f);
-  capture_free(c);
   return -1;
 }
 
@@ -312,7 +210,7 @@ int cmd_eval(int argc, char **argv) {
     }
   }
   capture cap;
-  if (capture_load(cmd, argv[optind], &cap)) return 1;
+  if (eval_load(cmd, argv[optind], &cap)) return 1;
   const unsigned L = cap.layers, H = cap.heads, D = cap.head_dim;
   unsigned ns = cap.n_sent;
   if (max_sent > 0 && (unsigned)max_sent < ns) ns = (unsigned)max_sent;

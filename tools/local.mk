@@ -1,7 +1,8 @@
 # tools/: the distrattn command-line program (public API only).
 bin_PROGRAMS += tools/distrattn
 tools_distrattn_SOURCES = tools/main.c tools/util.c tools/util.h tools/cmd_devices.c \
-	tools/cmd_run.c tools/cmd_check.c tools/cmd_bench.c tools/cmd_eval.c
+	tools/cmd_run.c tools/cmd_check.c tools/cmd_bench.c tools/cmd_eval.c \
+	tools/capture_io.c tools/capture_io.h
 # Only the public header: the program is a client of the installed API.
 tools_distrattn_CPPFLAGS = -I$(top_srcdir)/include
 tools_distrattn_LDADD = lib/libdistrattn.la -lm
