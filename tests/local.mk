@@ -122,3 +122,18 @@ tests_test_realdata_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools \
 tests_test_realdata_CFLAGS = $(da_test_cflags)
 tests_test_realdata_LDADD = $(da_test_ldadd)
 endif
+
+# Crafted captures (security): tests/test_capture feeds the one DATTNCAP
+# reader, tools/capture_io.c, wrapped sizes, counts past their limits,
+# truncation at every byte, trailing bytes, bad magic, version and dtype, and
+# non-finite values, through memory and through files, and runs the built
+# tools/distrattn eval on crafted files (it must refuse them, not crash).
+if HAVE_CMOCKA
+check_PROGRAMS += tests/test_capture
+TESTS += tests/test_capture
+tests_test_capture_SOURCES = tests/test_capture.c $(da_capture_reader)
+tests_test_capture_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools \
+	-DDA_TEST_BUILDDIR='"$(abs_top_builddir)"'
+tests_test_capture_CFLAGS = $(da_test_cflags)
+tests_test_capture_LDADD = $(da_test_ldadd)
+endif
