@@ -1,0 +1,74 @@
+/* libFuzzer target: the DATTNCAP capture reader (tools/capture_io.c) over
+ * memory, the entry `distrattn eval` and tests/test_realdata reach through
+ * capture_load_file. Built by scripts/ci-fuzz.sh with
+ *   clang -fsanitize=fuzzer,address,undefined
+ * together with tools/capture_io.c, tools/util.c (its f16 widening) and the
+ * library sources util.c links against. Seeds: fuzz/corpus-capture/ (made by
+ * fuzz/gen_capture_seeds.py).
+ *
+ * The input is the file's bytes as they are. Never crashing (nor reading or
+ * writing out of bounds, nor overflowing) is the property. In addition
+ * (abort otherwise: a finding):
+ *  - a refusal leaves the capture zeroed with a non-empty, NUL-terminated
+ *    message;
+ *  - an accepted input is exactly 32 + 4 N + elem_size * total bytes, every
+ *    field and seq[s] is within the documented limits, the offsets follow
+ *    the layout, and every value is finite and equal to the one decoded here
+ *    independently from the little-endian bytes. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "capture_io.h"
+
+static uint32_t le32(const uint8_t *b) {
+  return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+/* IEEE binary16 -> float, written apart from tools/util.c's on purpose. */
+static float half(const uint8_t *b) {
+  unsigned h = (unsigned)b[0] | (unsigned)b[1] << 8;
+  unsigned e = (h >> 10) & 31u, m = h & 1023u;
+  float v = e == 0 ? ldexpf((float)m, -24)
+            : e == 31 ? (m ? NAN : INFINITY)
+                      : ldexpf((float)(1024u + m), (int)e - 25);
+  return (h & 0x8000u) ? -v : v;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  capture c;
+  char why[256];
+  memset(why, 'x', sizeof why);
+  if (capture_parse(data, size, &c, why, sizeof why) != 0) {
+    if (c.seq || c.off || c.data || c.total || c.n_sent) abort();
+    if (!memchr(why, '\0', sizeof why) || why[0] == '\0') abort();
+    return 0;
+  }
+  if (c.layers < 1 || c.layers > CAPTURE_MAX_LAYERS || c.heads < 1 ||
+      c.heads > CAPTURE_MAX_HEADS || c.head_dim < 1 || c.head_dim > CAPTURE_MAX_HEAD_DIM ||
+      c.n_sent < 1 || c.n_sent > CAPTURE_MAX_SENTENCES || c.dtype > 1)
+    abort();
+  if (size < 32 || memcmp(data, "DATTNCAP", 8) != 0 || le32(data + 8) != 1) abort();
+  size_t esz = c.dtype == 0 ? 4 : 2, off = 0;
+  for (unsigned s = 0; s < c.n_sent; s++) {
+    if (c.seq[s] < 1 || c.seq[s] > CAPTURE_MAX_SEQ || c.seq[s] != le32(data + 32 + 4 * s)) abort();
+    if (c.off[s] != off) abort();
+    off += (size_t)c.layers * 3 * c.heads * c.seq[s] * c.head_dim;
+  }
+  if (off != c.total) abort();
+  const uint8_t *p = data + 32 + 4 * (size_t)c.n_sent;
+  if ((size_t)(data + size - p) != c.total * esz) abort();
+  for (size_t i = 0; i < c.total; i++) {
+    float want;
+    if (esz == 4) {
+      uint32_t u = le32(p + 4 * i);
+      memcpy(&want, &u, 4);
+    } else {
+      want = half(p + 2 * i);
+    }
+    if (!isfinite(c.data[i]) || memcmp(&want, &c.data[i], 4) != 0) abort();
+  }
+  capture_free(&c);
+  return 0;
+}
