@@ -1,6 +1,11 @@
 /* The backend registry: the built-in CPU backend and the backend modules
  * (distrattn_<name>.so) found in DISTRATTN_BACKEND_PATH's folders and in the
- * installed module folder. Initialised once, thread-safe after that. */
+ * installed module folder. Each backend is initialised once, by the first
+ * call that needs it (pthread_once per backend), and read-only after that:
+ * a program that only uses the CPU backend never loads the OpenCL module
+ * (libOpenCL, and PoCL with its signal handlers) or the CUDA module. Calls
+ * that need every backend (device enumeration, DA_BACKEND_AUTO without
+ * DISTRATTN_BACKEND) initialise them all. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -16,7 +21,8 @@
 #endif
 
 static da_registered registry[4]; /* indexed by da_backend; 0 unused */
-static pthread_once_t registry_once = PTHREAD_ONCE_INIT;
+static pthread_once_t registry_once[4] = {PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT,
+                                          PTHREAD_ONCE_INIT};
 
 static void append_why(da_registered *r, const char *fmt, const char *a, const char *b) {
   size_t len = strlen(r->why);
@@ -156,16 +162,18 @@ static void load_module(da_backend id, const char *name) {
   }
 }
 
-static void registry_init(void) {
+static void init_cpu(void) {
   registry[DA_BACKEND_CPU].why[0] = '\0';
   init_backend(&registry[DA_BACKEND_CPU], &da_cpu_backend_iface);
-  load_module(DA_BACKEND_OPENCL, "opencl");
-  load_module(DA_BACKEND_CUDA, "cuda");
 }
+static void init_opencl(void) { load_module(DA_BACKEND_OPENCL, "opencl"); }
+static void init_cuda(void) { load_module(DA_BACKEND_CUDA, "cuda"); }
+
+static void (*const registry_init[4])(void) = {NULL, init_cpu, init_opencl, init_cuda};
 
 const da_registered *da_registry_get(da_backend b) {
-  pthread_once(&registry_once, registry_init);
   if (b < DA_BACKEND_CPU || b > DA_BACKEND_CUDA) return NULL;
+  pthread_once(&registry_once[b], registry_init[b]);
   return &registry[b];
 }
 

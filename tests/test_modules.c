@@ -1,10 +1,10 @@
 /* Backend modules that cannot be used are skipped with a reason, and
  * DISTRATTN_BACKEND_PATH loads only from the folders it names.
  *
- * The registry initialises once per process, so every case runs in a child
- * made by fork() of this process, which itself never calls the library: the
- * child sets its environment, asks da_backend_available and sends back the
- * answer and its reason through a pipe. The fake modules are
+ * The registry initialises a backend once per process, so every case runs
+ * in a child made by fork() of this process, which itself never calls the
+ * library: the child sets its environment, asks da_backend_available and
+ * sends back the answer and its reason through a pipe. The fake modules are
  * tests/.libs/distrattn_opencl.so (tests/fake_module.c), switched by
  * DA_FAKE_MODULE; the broken ones (truncated, not ELF, another class or
  * machine) are copies of the real module cl/.libs/distrattn_opencl.so,
