@@ -55,7 +55,18 @@ typedef struct da_registered {
   char why[512];                 /* reason it is absent or has no device */
   void *dl;                      /* dlopen handle of a module */
 } da_registered;
-/* The registry's entry for a backend id (1..3), initialising on first use. */
+/* The registry's entry for a backend id (1..3): that backend alone is
+ * initialised (its module loaded, its runtime started) on the first call
+ * for it; NULL for another id. */
 DA_HIDDEN const da_registered *da_registry_get(da_backend b);
+
+/* ---- module check (lib/elfcheck.c) ---- */
+/* 0 when the open file fd is a regular file holding a whole ELF shared
+ * object of this host's class, byte order and machine, with its program
+ * header table, every segment's file range and its section header table
+ * inside the file, so that dlopen maps nothing past its end. Otherwise -1
+ * and a reason in why ("truncated: PT_LOAD segment 2 ends at byte 74,112,
+ * the file has 4,096"). Reads with pread only; fd's offset is unchanged. */
+DA_HIDDEN int da_elf_check(int fd, char *why, size_t len);
 
 #endif /* DA_INTERNAL_H */

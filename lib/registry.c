@@ -1,9 +1,18 @@
 /* The backend registry: the built-in CPU backend and the backend modules
  * (distrattn_<name>.so) found in DISTRATTN_BACKEND_PATH's folders and in the
- * installed module folder. Initialised once, thread-safe after that. */
+ * installed module folder. Each backend is initialised once, by the first
+ * call that needs it (pthread_once per backend), and read-only after that:
+ * a program that only uses the CPU backend never loads the OpenCL module
+ * (libOpenCL, and PoCL with its signal handlers) or the CUDA module. Calls
+ * that need every backend (device enumeration, DA_BACKEND_AUTO without
+ * DISTRATTN_BACKEND) initialise them all. */
 #include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "da_internal.h"
 
@@ -12,7 +21,8 @@
 #endif
 
 static da_registered registry[4]; /* indexed by da_backend; 0 unused */
-static pthread_once_t registry_once = PTHREAD_ONCE_INIT;
+static pthread_once_t registry_once[4] = {PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT,
+                                          PTHREAD_ONCE_INIT};
 
 static void append_why(da_registered *r, const char *fmt, const char *a, const char *b) {
   size_t len = strlen(r->why);
@@ -35,14 +45,56 @@ static void init_backend(da_registered *r, const da_backend_iface *iface) {
   if (n == 0) snprintf(r->why, sizeof r->why, "%s", why[0] ? why : "no device found");
 }
 
-/* Tries one module file; returns 1 when it is loaded and initialised. */
-static int try_module(da_registered *r, da_backend id, const char *name, const char *path) {
-  void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-  if (!dl) {
-    const char *e = dlerror();
-    append_why(r, "%s: %s; ", path, e ? e : "dlopen failed");
-    return 0;
+/* dlopen of a module file that da_elf_check has passed. The file is opened
+ * once, checked through that descriptor, and then loaded by its path after
+ * stat(path) shows the same file (st_dev, st_ino, size, mtime) as the
+ * checked descriptor: a file replaced or rewritten during the check is not
+ * loaded. dlopen("/proc/self/fd/N") would close the remaining window (a
+ * file replaced between the stat and dlopen's own open), but the loaded
+ * object would then be named /proc/self/fd/N in the link map, which
+ * debuggers, sanitizer symbolizers, dladdr and $ORIGIN read as a path that
+ * names another file (or none) once the descriptor is closed; and neither
+ * way guards against a file rewritten in place after it is loaded. Returns
+ * the handle, or NULL with a reason appended to r->why (none when there is
+ * no file at path: the next folder is tried). */
+static void *open_module(da_registered *r, const char *path) {
+  char why[256];
+  /* O_NONBLOCK: a FIFO in the module's place must not block the open. */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno != ENOENT && errno != ENOTDIR) {
+      snprintf(why, sizeof why, "cannot open: %s", strerror(errno));
+      append_why(r, "%s: %s; ", path, why);
+    }
+    return NULL;
   }
+  struct stat before, after;
+  void *dl = NULL;
+  if (fstat(fd, &before) != 0) {
+    snprintf(why, sizeof why, "cannot stat: %s", strerror(errno));
+    append_why(r, "%s: %s; ", path, why);
+  } else if (da_elf_check(fd, why, sizeof why) != 0) {
+    append_why(r, "%s: %s; ", path, why);
+  } else if (stat(path, &after) != 0 || after.st_dev != before.st_dev ||
+             after.st_ino != before.st_ino || after.st_size != before.st_size ||
+             after.st_mtime != before.st_mtime) {
+    append_why(r, "%s: %s; ", path, "the file changed while it was being checked; not loaded");
+  } else {
+    dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!dl) {
+      const char *e = dlerror();
+      append_why(r, "%s: %s; ", path, e ? e : "dlopen failed");
+    }
+  }
+  close(fd);
+  return dl;
+}
+
+/* Tries one module file; returns 1 when it is loaded and initialised, or
+ * when its runtime is unusable (the search stops there). */
+static int try_module(da_registered *r, da_backend id, const char *name, const char *path) {
+  void *dl = open_module(r, path);
+  if (!dl) return 0;
   typedef const da_backend_iface *(*entry_fn)(void);
   entry_fn entry;
   void *sym = dlsym(dl, DA_BACKEND_ENTRY);
@@ -91,9 +143,6 @@ static void load_module(da_backend id, const char *name) {
         if (!*dir) continue;
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", dir, file);
-        FILE *f = fopen(path, "rb");
-        if (!f) continue;
-        fclose(f);
         found = try_module(r, id, name, path);
       }
       free(paths);
@@ -102,11 +151,7 @@ static void load_module(da_backend id, const char *name) {
   if (!found) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", DA_BACKEND_DIR, file);
-    FILE *f = fopen(path, "rb");
-    if (f) {
-      fclose(f);
-      found = try_module(r, id, name, path);
-    }
+    found = try_module(r, id, name, path);
   }
   if (!found && !r->why[0])
     snprintf(r->why, sizeof r->why, "module %s not found (looked in DISTRATTN_BACKEND_PATH=%s and %s)",
@@ -117,16 +162,18 @@ static void load_module(da_backend id, const char *name) {
   }
 }
 
-static void registry_init(void) {
+static void init_cpu(void) {
   registry[DA_BACKEND_CPU].why[0] = '\0';
   init_backend(&registry[DA_BACKEND_CPU], &da_cpu_backend_iface);
-  load_module(DA_BACKEND_OPENCL, "opencl");
-  load_module(DA_BACKEND_CUDA, "cuda");
 }
+static void init_opencl(void) { load_module(DA_BACKEND_OPENCL, "opencl"); }
+static void init_cuda(void) { load_module(DA_BACKEND_CUDA, "cuda"); }
+
+static void (*const registry_init[4])(void) = {NULL, init_cpu, init_opencl, init_cuda};
 
 const da_registered *da_registry_get(da_backend b) {
-  pthread_once(&registry_once, registry_init);
   if (b < DA_BACKEND_CPU || b > DA_BACKEND_CUDA) return NULL;
+  pthread_once(&registry_once[b], registry_init[b]);
   return &registry[b];
 }
 

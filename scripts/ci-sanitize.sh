@@ -56,11 +56,12 @@ if [ "${SANITIZE_SKIP_VALGRIND:-0}" != 1 ]; then
      >/dev/null && make -j"$jobs" >/dev/null && make -j"$jobs" check TESTS= >/dev/null)
   bd=$root/build-valgrind
   export DISTRATTN_BACKEND_PATH="$bd/cl/.libs"
-  # Default: the suites of bad inputs, faults, modules and threads, which
-  # cover every API entry on the CPU and OpenCL backends. The big accuracy
-  # suites (test_attention, test_invariants, test_consistency) take hours
-  # under valgrind with PoCL compiling kernels; VALGRIND_TESTS=all runs them.
-  tests=${VALGRIND_TESTS:-test_status test_desc test_hash test_modules test_threads test_faults}
+  # Default: the suites of bad inputs, faults, modules, lazy loading and
+  # threads, which cover every API entry on the CPU and OpenCL backends. The
+  # big accuracy suites (test_attention, test_invariants, test_consistency)
+  # take hours under valgrind with PoCL compiling kernels;
+  # VALGRIND_TESTS=all runs them.
+  tests=${VALGRIND_TESTS:-test_status test_desc test_hash test_modules test_lazy test_threads test_faults}
   if [ "$tests" = all ]; then
     tests=$(cd "$bd" && ls tests/test_* | grep -v -E '\.[a-z]+$' | sed 's|^tests/||')
   fi

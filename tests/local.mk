@@ -51,12 +51,15 @@ endif
 # Reliability (issue 6): the bad-input table and faults (test_faults), the
 # thread-safety rule (test_threads), unusable backend modules and
 # DISTRATTN_BACKEND_PATH (test_modules, one child process per case, with the
-# fake module tests/.libs/distrattn_opencl.so built here, never installed).
+# fake module tests/.libs/distrattn_opencl.so built here, never installed),
+# and backends loaded only when asked for (test_lazy: a CPU-only program maps
+# no OpenCL/CUDA module or runtime and keeps its signal handlers).
 # tests/bad_inputs.md is `tests/test_faults --table`; tests/valgrind.supp is
 # used by scripts/ci-sanitize.sh.
 EXTRA_DIST += tests/bad_inputs.md tests/valgrind.supp
 if HAVE_CMOCKA
-da_fault_programs = tests/test_faults tests/test_threads tests/test_modules
+da_fault_programs = tests/test_faults tests/test_threads tests/test_modules \
+	tests/test_lazy
 check_PROGRAMS += $(da_fault_programs)
 TESTS += $(da_fault_programs)
 
@@ -78,6 +81,11 @@ tests_test_modules_SOURCES = tests/test_modules.c $(da_test_common)
 tests_test_modules_CPPFLAGS = $(AM_CPPFLAGS) -DDA_TEST_BUILDDIR='"$(abs_top_builddir)"'
 tests_test_modules_CFLAGS = $(da_test_cflags)
 tests_test_modules_LDADD = $(da_test_ldadd)
+
+tests_test_lazy_SOURCES = tests/test_lazy.c $(da_test_common)
+tests_test_lazy_CFLAGS = $(da_test_cflags) -pthread
+tests_test_lazy_LDFLAGS = -pthread
+tests_test_lazy_LDADD = $(da_test_ldadd)
 endif
 
 # The tiled (GPU-shaped) fused OpenCL kernel: tests/cl-tiled-check.sh runs

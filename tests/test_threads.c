@@ -1,6 +1,6 @@
 /* The thread-safety rule of include/distrattn.h, exercised:
  *  - device enumeration from many threads at once, as the process's first
- *    library calls (the registry initialises once);
+ *    library calls (the registry initialises each backend once);
  *  - 8 threads, each with its own context (CPU and OpenCL alternating),
  *    running plans of varied shapes and checking every result against the
  *    float64 reference;
