@@ -92,7 +92,7 @@ if [ -n "$cs" ]; then
     tool=$1 log=$2
     shift 2
     DISTRATTN_BACKEND_PATH="$PWD/cl/.libs:$PWD/cuda/.libs" DISTRATTN_REQUIRE_BACKENDS=cuda \
-      ./libtool --mode=execute "$cs" --tool "$tool" "$@" tests/test_consistency > "$out/$log" 2>&1
+      ./libtool --mode=execute "$cs" --tool "$tool" "$@" ${SAN_PROG:-tests/test_consistency} > "$out/$log" 2>&1
   }
   summary() { grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$1" | tail -n 1; }
   if san memcheck memcheck.log --error-exitcode 3; then
@@ -101,6 +101,34 @@ if [ -n "$cs" ]; then
     fail=1
     echo "gpu_check: compute-sanitizer memcheck on tests/test_consistency FAILED"
     tail -n 20 "$out/memcheck.log"
+  fi
+  # The caller's memory (tests/test_wrap: 1,000 wraps and destroys over one
+  # cuMemAlloc of the client's, then its checks and its own cuMemFree)
+  if SAN_PROG=tests/test_wrap san memcheck memcheck-wrap.log --error-exitcode 3 &&
+     grep -q 'PASSED.*3 test' "$out/memcheck-wrap.log"; then
+    echo "gpu_check: compute-sanitizer memcheck on tests/test_wrap: $(summary memcheck-wrap.log)"
+  else
+    fail=1
+    echo "gpu_check: compute-sanitizer memcheck on tests/test_wrap FAILED"
+    tail -n 20 "$out/memcheck-wrap.log"
+  fi
+  # PyTorch as the client, where it is installed: plain, then under memcheck
+  if python3 -c 'import torch' 2>/dev/null; then
+    tw() {
+      DISTRATTN_LIB="$PWD/lib/.libs/libdistrattn.so" DISTRATTN_BACKEND_PATH="$PWD/cuda/.libs" \
+        DISTRATTN_REQUIRE_BACKENDS=cuda "$@" python3 tests/torch_wrap.py
+    }
+    if tw > "$out/torch_wrap.log" 2>&1; then tail -n 2 "$out/torch_wrap.log" | sed 's/^/gpu_check: /'
+    else fail=1; echo "gpu_check: tests/torch_wrap.py FAILED"; tail -n 20 "$out/torch_wrap.log"; fi
+    if tw "$cs" --tool memcheck --error-exitcode 3 > "$out/memcheck-torch.log" 2>&1; then
+      echo "gpu_check: compute-sanitizer memcheck on tests/torch_wrap.py: $(summary memcheck-torch.log)"
+    else
+      fail=1
+      echo "gpu_check: compute-sanitizer memcheck on tests/torch_wrap.py FAILED"
+      tail -n 20 "$out/memcheck-torch.log"
+    fi
+  else
+    echo "gpu_check: no torch here: tests/torch_wrap.py not run"
   fi
   # racecheck: the tests must pass under it and no hazard may touch our
   # kernels (all named dac_*) or an unnamed address. The DA_ALGO_GEMM tests

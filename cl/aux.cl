@@ -51,6 +51,9 @@ __kernel void da_fuse_k(__global const elem_t *K, __global const int *perm,
  * see no key become zero. */
 __kernel __attribute__((reqd_work_group_size(SL, 1, 1)))
 void da_softmax(__global float *S, int Rp, int seq_q, int seq_k, float scale) {
+  /* s * scale is rounded before "- mx", never contracted into an fma, so
+   * the maximum's exponent is exactly 0 whatever the logits' size */
+#pragma OPENCL FP_CONTRACT OFF
   __local float red[SL];
   const int lid = get_local_id(0);
   const size_t row = get_group_id(0);

@@ -327,7 +327,38 @@ static da_status cl_buf_read(da_context *ctx, void *handle, size_t off, void *ds
   return e == CL_SUCCESS ? DA_SUCCESS : da_cl_fail(ctx, e, "clEnqueueReadBuffer");
 }
 
-static da_status cl_buf_wrap(da_context *ctx, void *native, size_t bytes, void **handle) {
+/* Where a cl_mem's bytes lie: memory made with CL_MEM_USE_HOST_PTR (or a
+ * sub-buffer of such) is the caller's host memory, so two of them overlap
+ * where their host ranges do (base NULL, offset = host address); any other
+ * is a range of its root buffer (a sub-buffer's parent) at CL_MEM_OFFSET. */
+static da_status mem_range(da_context *ctx, cl_mem m, da_mem_range *r) {
+  cl_mem parent = NULL;
+  size_t off = 0;
+  cl_mem_flags fl = 0;
+  void *host = NULL;
+  cl_int e = clGetMemObjectInfo(m, CL_MEM_ASSOCIATED_MEMOBJECT, sizeof parent, &parent, NULL);
+  if (e != CL_SUCCESS) return da_cl_fail(ctx, e, "clGetMemObjectInfo(CL_MEM_ASSOCIATED_MEMOBJECT)");
+  e = clGetMemObjectInfo(m, CL_MEM_OFFSET, sizeof off, &off, NULL);
+  if (e != CL_SUCCESS) return da_cl_fail(ctx, e, "clGetMemObjectInfo(CL_MEM_OFFSET)");
+  e = clGetMemObjectInfo(parent ? parent : m, CL_MEM_FLAGS, sizeof fl, &fl, NULL);
+  if (e != CL_SUCCESS) return da_cl_fail(ctx, e, "clGetMemObjectInfo(CL_MEM_FLAGS)");
+  if (fl & CL_MEM_USE_HOST_PTR) {
+    e = clGetMemObjectInfo(m, CL_MEM_HOST_PTR, sizeof host, &host, NULL);
+    if (e != CL_SUCCESS) return da_cl_fail(ctx, e, "clGetMemObjectInfo(CL_MEM_HOST_PTR)");
+  }
+  if (host) {
+    r->base = NULL;
+    r->offset = (uintptr_t)host;
+  } else {
+    r->base = parent ? parent : m;
+    r->offset = parent ? off : 0;
+  }
+  return DA_SUCCESS;
+}
+
+/* The caller's cl_mem: one reference of ours, given back by cl_buf_unwrap. */
+static da_status cl_buf_wrap(da_context *ctx, void *native, size_t bytes, void **handle,
+                             da_mem_range *range) {
   da_cl_ctx *bc = ctx->bctx;
   cl_mem m = (cl_mem)native;
   if (!m) return da_set_error(ctx, DA_ERR_INVALID_ARG, "OpenCL: the cl_mem to wrap is NULL");
@@ -344,20 +375,49 @@ static da_status cl_buf_wrap(da_context *ctx, void *native, size_t bytes, void *
   if (mc != bc->cx)
     return da_set_error(ctx, DA_ERR_INVALID_ARG,
                         "OpenCL: the cl_mem belongs to another cl_context than the queue's");
+  da_status s = mem_range(ctx, m, range);
+  if (s != DA_SUCCESS) return s;
   e = clRetainMemObject(m);
   if (e != CL_SUCCESS) return da_cl_fail(ctx, e, "clRetainMemObject");
   *handle = m;
   return DA_SUCCESS;
 }
 
+static void cl_buf_unwrap(da_context *ctx, void *handle) {
+  if (handle) clReleaseMemObject((cl_mem)handle); /* the reference cl_buf_wrap took */
+}
+
 static const char *const src_names[] = {"hash.cl", "attn.cl", "aux.cl"};
 
+/* DISTRATTN_CL_EXTRA_BUILD_OPTIONS: compiler options (-cl-*, -w, ...) for
+ * one device. Options that change the kernels' source are refused: -D and
+ * -U (the kernels' macros are the plan's: -DCAUSAL=1 would make a
+ * non-causal plan causal) and -I (another header could replace ours). */
+static da_status check_extra_options(da_context *ctx, const char *extra) {
+  for (const char *p = extra; *p;) {
+    while (*p == ' ' || *p == '\t' || *p == '\n') p++;
+    const char *t = p;
+    while (*p && *p != ' ' && *p != '\t' && *p != '\n') p++;
+    if (p - t >= 2 && t[0] == '-' && (t[1] == 'D' || t[1] == 'U' || t[1] == 'I'))
+      return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                          "DISTRATTN_CL_EXTRA_BUILD_OPTIONS=\"%.200s\": \"%.*s\" is refused: "
+                          "-D, -U and -I would change the kernels' own macros or headers, which "
+                          "the plan sets",
+                          extra, (int)(p - t > 64 ? 64 : p - t), t);
+  }
+  return DA_SUCCESS;
+}
+
 /* DISTRATTN_CL_EXTRA_BUILD_OPTIONS is appended to every program's build
- * options (a compiler flag for one device; the tests use it to provoke a
- * build failure). The combined string is the cache key. */
+ * options (check_extra_options; the tests use it to provoke a build
+ * failure). The combined string is the cache key. */
 da_status da_cl_program(da_context *ctx, int src, const char *base_opts, cl_program *out) {
   da_cl_ctx *bc = ctx->bctx;
   const char *extra = getenv("DISTRATTN_CL_EXTRA_BUILD_OPTIONS");
+  if (extra && *extra) {
+    da_status s = check_extra_options(ctx, extra);
+    if (s != DA_SUCCESS) return s;
+  }
   char opts[1024];
   if (snprintf(opts, sizeof opts, "%s%s%s", base_opts, extra && *extra ? " " : "",
                extra ? extra : "") >= (int)sizeof opts)
@@ -437,6 +497,7 @@ static const da_backend_iface cl_iface = {
     .buf_write = cl_buf_write,
     .buf_read = cl_buf_read,
     .buf_wrap = cl_buf_wrap,
+    .buf_unwrap = cl_buf_unwrap,
     .plan_prepare = da_cl_plan_prepare,
     .plan_release = da_cl_plan_release,
     .attention = da_cl_attention,

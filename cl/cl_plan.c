@@ -32,6 +32,24 @@ typedef struct {
 
 static size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 
+/* *out = the product of n factors, each size_t; a product past SIZE_MAX is
+ * refused (DA_ERR_DEVICE_MEMORY: no device holds it), never wrapped. */
+static da_status checked_size(da_context *ctx, const char *what, size_t *out, int n,
+                              const size_t *f) {
+  size_t acc = 1;
+  for (int i = 0; i < n; i++)
+    if (!da_mul_size(acc, f[i], &acc))
+      return da_set_error(ctx, DA_ERR_DEVICE_MEMORY,
+                          "OpenCL: the size of the %s overflows size_t (batch, heads and "
+                          "sequence lengths too large together)",
+                          what);
+  *out = acc;
+  return DA_SUCCESS;
+}
+#define SIZE_OF(what, out, ...)                                                                   \
+  checked_size(ctx, what, out, (int)(sizeof((size_t[]){__VA_ARGS__}) / sizeof(size_t)),          \
+               (size_t[]){__VA_ARGS__})
+
 static void release_plan(da_cl_plan *bp) {
   cl_kernel ks[] = {bp->k_hash, bp->k_attn, bp->k_prep, bp->k_to32, bp->k_fq, bp->k_fk, bp->k_soft, bp->k_store};
   for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++)
@@ -137,26 +155,34 @@ static da_status enqueue_hash(da_plan *p, cl_mem q, cl_mem perm_out) {
 /* DISTRATTN_CL_KERNEL: "tiled" (the GPU-shaped fused kernel), "rows" (one
  * work-item per query row, the CPU shape) or unset (tiled on GPUs and
  * accelerators, rows on CPU devices; tiled when DISTRATTN_CL_TILE is set).
- * *out: 1, 0, or -1 for unset. */
+ * *out: 1, 0, or -1 for unset. Parsed strictly (da_env_word). */
 static da_status kernel_choice(da_context *ctx, int *out) {
-  const char *e = getenv("DISTRATTN_CL_KERNEL"), *t = getenv("DISTRATTN_CL_TILE");
-  *out = t && *t ? 1 : -1; /* a tile asked for is the tiled kernel's */
-  if (!e || !*e) return DA_SUCCESS;
-  if (!strcmp(e, "tiled")) *out = 1;
-  else if (!strcmp(e, "rows")) *out = 0;
-  else
+  static const char *const kinds[] = {"rows", "tiled"};
+  int w;
+  unsigned long a, b;
+  int tile_set;
+  da_status s = da_env_word(ctx, "DISTRATTN_CL_KERNEL", kinds, 2, "\"tiled\" or \"rows\"", &w);
+  if (s != DA_SUCCESS) return s;
+  if ((s = da_env_uint_pair(ctx, "DISTRATTN_CL_TILE", 1, 4096, &a, &b, &tile_set)) != DA_SUCCESS)
+    return s;
+  if (w == 0 && tile_set)
     return da_set_error(ctx, DA_ERR_INVALID_ARG,
-                        "OpenCL: DISTRATTN_CL_KERNEL=\"%s\" is neither \"tiled\" nor \"rows\"", e);
+                        "DISTRATTN_CL_TILE=\"%s\" is a tile of the tiled kernel, and "
+                        "DISTRATTN_CL_KERNEL=\"rows\" asks for the other one",
+                        getenv("DISTRATTN_CL_TILE"));
+  *out = w >= 0 ? w : tile_set ? 1 : -1; /* a tile asked for is the tiled kernel's */
   return DA_SUCCESS;
 }
 
-/* The tiled fused kernel (attn.cl, TILED=1): the largest (BM, BN) whose
- * local memory fits the device. Query rows per work-group BM in 64, 32, 16
- * (no more than hash_block, nor than seq_q needs), keys per tile BN 32, 16 or 8;
- * DISTRATTN_CL_TILE=BMxBN asks for one (and fails where it does not fit:
- * kernel_choice makes a tile request a forced tiled kernel).
- * When none fits: an error if the kernel was asked for (forced), else
- * success with bp->tiled still 0, and the caller takes the rows kernel. */
+/* The tiles of the tiled kernel, in order of speed on an H200 (f16, seq
+ * 1024 and 8192, head_dim 64 and 128): 64 rows beat 32 even with half the
+ * keys per tile (head_dim 128 exact: 64x16 1.3-1.65x faster than 32x32),
+ * and 16 rows are the slowest. The 8-key tiles of 64 and 32 rows come last:
+ * they need more local memory than 16x8, so the automatic choice (the
+ * first that fits) never reaches them; DISTRATTN_CL_TILE can ask for them. */
+static const size_t cl_tiles[][2] = {{64, 32}, {64, 16}, {32, 32}, {32, 16}, {16, 32},
+                                     {16, 16}, {16, 8},  {64, 8},  {32, 8}};
+
 static da_status prepare_tiled(da_plan *p, int forced) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
@@ -166,25 +192,26 @@ static da_status prepare_tiled(da_plan *p, int forced) {
   const size_t dq = G > 1 ? ng : D, sq = round_up(dq, 8) + 4, dv = round_up(D, 32);
   size_t bmax = 64;
   while (bmax > 16 && bmax / 2 >= (size_t)d->seq_q) bmax /= 2;
-  /* In order of speed on an H200 (f16, seq 1024 and 8192, head_dim 64 and
-   * 128): 64 rows beat 32 even with half the keys per tile (head_dim 128
-   * exact: 64x16 1.3-1.65x faster than 32x32), and 16 rows are the slowest. */
-  static const size_t tiles[][2] = {{64, 32}, {64, 16}, {32, 32}, {32, 16},
-                                    {16, 32}, {16, 16}, {16, 8}};
   size_t bm = 0, bn = 0, want_m = 0, want_n = 0;
-  const char *te = getenv("DISTRATTN_CL_TILE");
-  if (te && *te) {
-    char *end;
-    want_m = strtoul(te, &end, 10);
-    if (*end == 'x') want_n = strtoul(end + 1, &end, 10);
-    if (*end || !((want_m == 16 || want_m == 32 || want_m == 64) &&
-                  (want_n == 8 || want_n == 16 || want_n == 32)))
+  unsigned long wm, wn;
+  int want;
+  da_status s = da_env_uint_pair(ctx, "DISTRATTN_CL_TILE", 1, 4096, &wm, &wn, &want);
+  if (s != DA_SUCCESS) return s;
+  const char *te = want ? getenv("DISTRATTN_CL_TILE") : NULL;
+  if (want) {
+    int known = 0;
+    for (size_t t = 0; t < sizeof cl_tiles / sizeof cl_tiles[0]; t++)
+      known |= cl_tiles[t][0] == wm && cl_tiles[t][1] == wn;
+    if (!known)
       return da_set_error(ctx, DA_ERR_INVALID_ARG,
-                          "OpenCL: DISTRATTN_CL_TILE=\"%s\" is not ROWSxKEYS with ROWS 16, 32 "
-                          "or 64 and KEYS 8, 16 or 32", te);
+                          "DISTRATTN_CL_TILE=\"%s\" is not a tile of the tiled kernel: ROWSxKEYS "
+                          "with ROWS 16, 32 or 64 and KEYS 8, 16 or 32",
+                          te);
+    want_m = wm;
+    want_n = wn;
   }
-  for (size_t t = 0; t < sizeof tiles / sizeof tiles[0] && !bm; t++) {
-    const size_t m = tiles[t][0], n = tiles[t][1];
+  for (size_t t = 0; t < sizeof cl_tiles / sizeof cl_tiles[0] && !bm; t++) {
+    const size_t m = cl_tiles[t][0], n = cl_tiles[t][1];
     if (want_m ? m != want_m || n != want_n : m > bmax) continue;
     if (G > 1 && m > (size_t)d->hash_block) continue; /* a work-group stays in one hash tile */
     if (2 * m > bc->max_wg) continue;
@@ -196,13 +223,25 @@ static da_status prepare_tiled(da_plan *p, int forced) {
     }
   }
   if (!bm && !forced) return DA_SUCCESS;
+  /* asked for and cannot run: refused, never replaced by another kernel or
+   * algorithm (so not DA_ERR_UNSUPPORTED, which DA_ALGO_AUTO falls back on) */
+  if (!bm && want)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "DISTRATTN_CL_TILE=\"%s\" cannot run this plan: the tile needs more than "
+                        "the device's %llu bytes of local memory or %zu work-items per "
+                        "work-group%s (head_dim %d, G %d, hash_block %d)",
+                        te, (unsigned long long)bc->local_mem, bc->max_wg,
+                        d->group_size > 1 && want_m > (size_t)d->hash_block
+                            ? ", or has more rows than hash_block"
+                            : "",
+                        d->head_dim, d->group_size, d->hash_block);
   if (!bm)
-    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
-                        "OpenCL: no tile%s%s of the tiled kernel fits head_dim %d, G %d, "
-                        "hash_block %d in the device's %llu bytes of local memory and %zu "
-                        "work-items per work-group (DISTRATTN_CL_KERNEL=rows: the rows kernel)",
-                        te && *te ? " " : "", te && *te ? te : "", d->head_dim, d->group_size,
-                        d->hash_block, (unsigned long long)bc->local_mem, bc->max_wg);
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "DISTRATTN_CL_KERNEL=\"tiled\" cannot run this plan: no tile fits "
+                        "head_dim %d, G %d, hash_block %d in the device's %llu bytes of local "
+                        "memory and %zu work-items per work-group (\"rows\" is the other kernel)",
+                        d->head_dim, d->group_size, d->hash_block,
+                        (unsigned long long)bc->local_mem, bc->max_wg);
   char opts[512];
   snprintf(opts, sizeof opts,
            "-DTILED=1 -DDTYPE=%d -DD=%zu -DDV=%zu -DG=%zu -DNG=%zu -DHB=%d -DBM=%zu -DBN=%zu "
@@ -227,6 +266,7 @@ static da_status prepare_fused(da_plan *p) {
   da_status s;
   int tiled;
   if ((s = kernel_choice(ctx, &tiled)) != DA_SUCCESS) return s;
+  const int rows_forced = tiled == 0;
   if (tiled < 0) tiled = bc->is_cpu ? 0 : -1; /* -1: tiled where it fits, else rows */
   if (tiled && ((s = prepare_tiled(p, tiled > 0)) != DA_SUCCESS || bp->tiled)) return s;
   const size_t vw = (size_t)bc->vw, dp = round_up(D, vw);
@@ -248,8 +288,10 @@ static da_status prepare_fused(da_plan *p) {
     bm /= 2;
   }
   if (!bn)
-    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
-                        "OpenCL: head_dim %d needs more local memory than the device's %llu bytes",
+    return da_set_error(ctx, rows_forced ? DA_ERR_INVALID_ARG : DA_ERR_UNSUPPORTED,
+                        "OpenCL: %shead_dim %d needs more local memory than the device's %llu "
+                        "bytes",
+                        rows_forced ? "DISTRATTN_CL_KERNEL=\"rows\" cannot run this plan: " : "",
                         d->head_dim, (unsigned long long)bc->local_mem);
   char opts[512];
   snprintf(opts, sizeof opts,
@@ -261,11 +303,14 @@ static da_status prepare_fused(da_plan *p) {
   bp->bn = bn;
   bp->dp = dp;
   const size_t nkt = ((size_t)d->seq_k + bn - 1) / bn;
-  const size_t bk = (size_t)d->batch * (size_t)d->kv_heads;
+  size_t kbytes = 0, vbytes = 0;
+  if ((s = SIZE_OF("key tiles", &kbytes, (size_t)d->batch, (size_t)d->kv_heads, nkt, bn, D, 4)) ||
+      (s = SIZE_OF("value tiles", &vbytes, (size_t)d->batch, (size_t)d->kv_heads, nkt, bn, dp, 4)))
+    return s;
   if ((s = make_kernel(ctx, DA_CL_SRC_ATTN, opts, "da_attn", &bp->k_attn)) != DA_SUCCESS ||
       (s = make_kernel(ctx, DA_CL_SRC_ATTN, opts, "da_kv_prep", &bp->k_prep)) != DA_SUCCESS ||
-      (s = new_buffer(ctx, bk * nkt * bn * D * 4, &bp->kb, "key tiles")) != DA_SUCCESS ||
-      (s = new_buffer(ctx, bk * nkt * bn * dp * 4, &bp->vb, "value tiles")) != DA_SUCCESS)
+      (s = new_buffer(ctx, kbytes, &bp->kb, "key tiles")) != DA_SUCCESS ||
+      (s = new_buffer(ctx, vbytes, &bp->vb, "value tiles")) != DA_SUCCESS)
     return s;
   return DA_SUCCESS;
 }
@@ -287,6 +332,10 @@ static da_status prepare_gemm(da_plan *p) {
   size_t sl = 64;
   while (sl > bc->max_wg && sl > 1) sl /= 2;
   bp->sl = sl;
+  if (G > 1 && nt * (size_t)d->hash_block > (size_t)INT32_MAX)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "OpenCL: DA_ALGO_GEMM pads seq_q = %d to whole hash tiles, past 2^31 rows",
+                        d->seq_q);
   bp->rp = G > 1 ? (int)(nt * (size_t)d->hash_block) : d->seq_q;
   char opts[512];
   snprintf(opts, sizeof opts, "-DDTYPE=%d -DD=%zu -DG=%zu -DNG=%zu -DHB=%d -DCAUSAL=%d -DSL=%zu%s",
@@ -303,7 +352,12 @@ static da_status prepare_gemm(da_plan *p) {
     return s;
   /* Chunks of (batch, kv head) units bound the logits to a few hundred MiB. */
   const size_t rp = (size_t)bp->rp;
-  size_t s_u = rep * rp * seq_k * 4, k_u = G > 1 ? rep * nt * seq_k * ng * 4 : 0;
+  size_t s_u = 0, k_u = 0, of_bytes = 0, qs_bytes = 0;
+  if ((s = SIZE_OF("GEMM logits", &s_u, rep, rp, seq_k, 4)) ||
+      (G > 1 && (s = SIZE_OF("fused K", &k_u, rep, nt, seq_k, ng, 4))) ||
+      (s = SIZE_OF("GEMM output", &of_bytes, (size_t)d->batch, (size_t)d->heads, rp, D, 4)) ||
+      (G > 1 && (s = SIZE_OF("fused Q", &qs_bytes, (size_t)d->batch, (size_t)d->heads, rp, ng, 4))))
+    return s;
   size_t per = s_u > k_u ? s_u : k_u;
   cl_ulong cap = bc->max_alloc < ((cl_ulong)512 << 20) ? bc->max_alloc : ((cl_ulong)512 << 20);
   if ((cl_ulong)per > bc->max_alloc)
@@ -316,18 +370,19 @@ static da_status prepare_gemm(da_plan *p) {
   if (upc > units) upc = units;
   bp->upc = upc;
   if ((s = new_buffer(ctx, upc * s_u, &bp->s, "GEMM logits")) != DA_SUCCESS) return s;
-  if ((s = new_buffer(ctx, (size_t)d->batch * d->heads * rp * D * 4, &bp->of, "GEMM output")) !=
-      DA_SUCCESS)
+  if ((s = new_buffer(ctx, of_bytes, &bp->of, "GEMM output")) != DA_SUCCESS)
     return s;
   if (d->dtype != DA_F32) {
-    if (G == 1 && ((s = new_buffer(ctx, p->q_elems * 4, &bp->q32, "f32 Q")) != DA_SUCCESS ||
-                   (s = new_buffer(ctx, p->kv_elems * 4, &bp->k32, "f32 K")) != DA_SUCCESS))
+    size_t q32 = 0, kv32 = 0;
+    if ((s = SIZE_OF("f32 Q", &q32, p->q_elems, 4)) || (s = SIZE_OF("f32 K", &kv32, p->kv_elems, 4)))
       return s;
-    if ((s = new_buffer(ctx, p->kv_elems * 4, &bp->v32, "f32 V")) != DA_SUCCESS) return s;
+    if (G == 1 && ((s = new_buffer(ctx, q32, &bp->q32, "f32 Q")) != DA_SUCCESS ||
+                   (s = new_buffer(ctx, kv32, &bp->k32, "f32 K")) != DA_SUCCESS))
+      return s;
+    if ((s = new_buffer(ctx, kv32, &bp->v32, "f32 V")) != DA_SUCCESS) return s;
   }
   if (G > 1) {
-    if ((s = new_buffer(ctx, (size_t)d->batch * d->heads * rp * ng * 4, &bp->qs, "fused Q")) !=
-            DA_SUCCESS ||
+    if ((s = new_buffer(ctx, qs_bytes, &bp->qs, "fused Q")) != DA_SUCCESS ||
         (s = new_buffer(ctx, upc * k_u, &bp->kfz, "fused K")) != DA_SUCCESS)
       return s;
   }
@@ -380,7 +435,7 @@ static da_status attention_fused(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_me
   }
   cl_int seq_q = d->seq_q, seq_k = d->seq_k, heads = d->heads, kvh = d->kv_heads,
          nt = p->n_tiles;
-  cl_float qscale = (cl_float)((double)d->scale * 1.4426950408889634073599);
+  cl_float qscale = da_log2_mul(d->scale); /* capped: SPEC 1, "Scale" */
   cl_kernel kr = bp->k_attn;
   ARG(kr, 0, q);
   cl_mem kin = bp->tiled ? k : bp->kb, vin = bp->tiled ? v : bp->vb;
@@ -482,7 +537,7 @@ static da_status attention_gemm(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_mem
        "clEnqueueNDRangeKernel(da_fuse_q)");
     if ((s = da_cl_order(ctx)) != DA_SUCCESS) return s;
   }
-  const cl_float scale = d->scale;
+  const cl_float scale = da_scale_eff(d->scale); /* capped: SPEC 1, "Scale" */
   for (size_t u0 = 0; u0 < units; u0 += bp->upc) {
     const size_t nu = units - u0 < bp->upc ? units - u0 : bp->upc;
     if (G == 1) {

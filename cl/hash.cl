@@ -136,7 +136,7 @@ void da_hash(__global const elem_t *Q, __global const float *R, __global int *pe
     const int g1 = min(g0 + G, D);
     float s = 0.0f;
     for (int i = g0; i < g1; i++) s += aw[lperm[i]];
-    const int ones = !(s > 0.0f);
+    const int ones = !(s > 0.0f && s <= FLT_MAX); /* 0, NaN or Inf: 1s (SPEC 1 step 6) */
     for (int i = g0; i < g1; i++) w_out[pbase + i] = ones ? 1.0f : aw[lperm[i]];
   }
 }

@@ -250,7 +250,37 @@ static da_status dac_buf_read(da_context *ctx, void *handle, size_t off, void *d
   return DA_SUCCESS;
 }
 
-static da_status dac_buf_wrap(da_context *ctx, void *native, size_t bytes, void **handle) {
+/* cuMemGetAddressRange from the driver, reached through the runtime (the
+ * module links no libcuda), looked up once. */
+typedef int (*dac_range_fn)(unsigned long long *base, size_t *size, unsigned long long ptr);
+static dac_range_fn dac_range_lookup(void) {
+  static void *fn;
+  static int looked;
+  if (__atomic_load_n(&looked, __ATOMIC_ACQUIRE)) return (dac_range_fn)__atomic_load_n(&fn, __ATOMIC_RELAXED);
+  void *p = NULL;
+  cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
+  if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &p, 12000, cudaEnableDefault, &q) !=
+          cudaSuccess ||
+      q != cudaDriverEntryPointSuccess)
+    p = NULL;
+#else
+  if (cudaGetDriverEntryPoint("cuMemGetAddressRange", &p, cudaEnableDefault, &q) != cudaSuccess ||
+      q != cudaDriverEntryPointSuccess)
+    p = NULL;
+#endif
+  (void)cudaGetLastError();
+  __atomic_store_n(&fn, p, __ATOMIC_RELAXED);
+  __atomic_store_n(&looked, 1, __ATOMIC_RELEASE);
+  return (dac_range_fn)p;
+}
+
+/* The caller's device memory: nothing taken, so nothing to give back (no
+ * buf_unwrap); the core never hands a wrapped pointer to dac_buf_free. The
+ * wrap is refused when [native, native + bytes) runs past the end of the
+ * allocation native points into (cuMemGetAddressRange). */
+static da_status dac_buf_wrap(da_context *ctx, void *native, size_t bytes, void **handle,
+                              da_mem_range *range) {
   if (!native) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: buffer wrap: device pointer is NULL");
   DAC_SETDEV(ctx);
   cudaPointerAttributes at;
@@ -263,8 +293,48 @@ static da_status dac_buf_wrap(da_context *ctx, void *native, size_t bytes, void 
     return da_set_error(ctx, DA_ERR_INVALID_ARG,
                         "CUDA: buffer wrap: %p lives on device %d, the context is on device %d",
                         native, at.device, DAC_BC(ctx)->dev);
-  (void)bytes;
+  dac_range_fn range_of = dac_range_lookup();
+  if (!range_of)
+    return da_set_error(ctx, DA_ERR_BACKEND,
+                        "CUDA: buffer wrap: the driver has no cuMemGetAddressRange, so the size "
+                        "of the allocation behind %p cannot be checked",
+                        native);
+  unsigned long long base = 0;
+  size_t size = 0;
+  const unsigned long long ptr = (unsigned long long)(uintptr_t)native;
+  int r = range_of(&base, &size, ptr);
+  if (r != 0)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "CUDA: buffer wrap: cuMemGetAddressRange(%p) failed (CUresult %d): not the "
+                        "address of a live allocation",
+                        native, r);
+  const unsigned long long end = base + size, avail = end - ptr;
+  if (ptr < base || ptr >= end || bytes > avail)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "CUDA: buffer wrap: %zu bytes at %p run past the end of its allocation "
+                        "(%zu bytes at 0x%llx: %llu bytes left from %p)",
+                        bytes, native, size, base, ptr < end ? avail : 0ULL, native);
   *handle = native;
+  range->base = NULL; /* one address space per device: overlap is address overlap */
+  range->offset = (uintptr_t)native;
+  return DA_SUCCESS;
+}
+
+static void dac_buf_range(da_context *ctx, void *handle, da_mem_range *range) {
+  range->base = NULL;
+  range->offset = (uintptr_t)handle;
+}
+
+/* *out = the product of n factors; past SIZE_MAX refused, never wrapped. */
+static da_status dac_size(da_context *ctx, const char *what, size_t *out, int n, const size_t *f) {
+  size_t acc = 1;
+  for (int i = 0; i < n; i++)
+    if (!da_mul_size(acc, f[i], &acc))
+      return da_set_error(ctx, DA_ERR_DEVICE_MEMORY,
+                          "CUDA: the size of %s overflows size_t (batch, heads and sequence "
+                          "lengths too large together)",
+                          what);
+  *out = acc;
   return DA_SUCCESS;
 }
 
@@ -314,10 +384,21 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
   da_status st;
   bp->use_mma = bc->cc_major >= 8 && dac_mma_supported(d->dtype, d->head_dim, G, d->hash_block);
   bp->br = (G == 1 || d->hash_block >= 128) ? 128 : 64;
-  /* DISTRATTN_CUDA_WGMMA=0 keeps Hopper on the mma.sync kernel (for comparisons) */
-  const char *wg_env = getenv("DISTRATTN_CUDA_WGMMA");
-  bp->use_wg = bp->use_mma && !(wg_env && !strcmp(wg_env, "0")) &&
-               dac_wg_supported(bc->cc_major, bc->cc_minor, d->dtype, d->head_dim, G, d->hash_block);
+  /* DISTRATTN_CUDA_WGMMA: "0" keeps Hopper on the mma.sync kernel (for
+   * comparisons), "1" demands the warpgroup-MMA one; unset: it where it runs */
+  static const char *const wg_words[] = {"0", "1"};
+  int wg_env;
+  st = da_env_word(ctx, "DISTRATTN_CUDA_WGMMA", wg_words, 2, "\"0\" or \"1\"", &wg_env);
+  if (st) return st;
+  const bool wg_ok = bp->use_mma && dac_wg_supported(bc->cc_major, bc->cc_minor, d->dtype,
+                                                    d->head_dim, G, d->hash_block);
+  if (wg_env == 1 && !wg_ok && d->algo != DA_ALGO_GEMM)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "DISTRATTN_CUDA_WGMMA=\"1\" asks for the warpgroup-MMA kernel, which cannot "
+                        "run this plan (it needs an sm_90 GPU, f16 or bf16, head_dim 64 or 128; "
+                        "this is sm_%d%d, dtype %d, head_dim %d, G %d, hash_block %d)",
+                        bc->cc_major, bc->cc_minor, (int)d->dtype, d->head_dim, G, d->hash_block);
+  bp->use_wg = wg_ok && wg_env != 0;
   const size_t proj_bytes = (size_t)d->hash_bits * d->hash_block * sizeof(float);
   st = dac_alloc(ctx, (void **)&bp->proj, proj_bytes, "the projections");
   if (st) return st;
@@ -339,17 +420,32 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
     }
     const int rep = d->heads / d->kv_heads;
     const size_t pair_rows = (size_t)rep * d->seq_q;
-    const size_t per_pair = pair_rows * (size_t)d->seq_k * (4 + p->elem_size);
+    if (pair_rows > (size_t)INT32_MAX)
+      return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                          "CUDA: DA_ALGO_GEMM takes at most 2^31-1 rows of logits per kv head "
+                          "(cuBLAS's int sizes), heads/kv_heads x seq_q = %zu",
+                          pair_rows);
+    size_t per_pair, s_bytes, p_bytes;
+    {
+      const size_t f[] = {pair_rows, (size_t)d->seq_k, 4 + p->elem_size};
+      if ((st = dac_size(ctx, "the GEMM logits", &per_pair, 3, f))) return st;
+    }
     const size_t budget = (size_t)512 << 20;
     size_t chunk = per_pair ? budget / per_pair : 1;
     const size_t pairs = (size_t)d->batch * d->kv_heads;
     if (chunk < 1) chunk = 1;
     if (chunk > pairs) chunk = pairs;
     bp->gemm_chunk = chunk;
-    st = dac_alloc(ctx, &bp->gemm_s, chunk * pair_rows * d->seq_k * 4, "the GEMM logits");
+    {
+      const size_t fs[] = {chunk, pair_rows, (size_t)d->seq_k, 4};
+      const size_t fp[] = {chunk, pair_rows, (size_t)d->seq_k, p->elem_size};
+      if ((st = dac_size(ctx, "the GEMM logits", &s_bytes, 4, fs)) ||
+          (st = dac_size(ctx, "the GEMM probabilities", &p_bytes, 4, fp)))
+        return st;
+    }
+    st = dac_alloc(ctx, &bp->gemm_s, s_bytes, "the GEMM logits");
     if (st) return st;
-    st = dac_alloc(ctx, &bp->gemm_p, chunk * pair_rows * d->seq_k * p->elem_size,
-                   "the GEMM probabilities");
+    st = dac_alloc(ctx, &bp->gemm_p, p_bytes, "the GEMM probabilities");
     if (st) return st;
     if (G > 1) {
       st = dac_alloc(ctx, &bp->gemm_q, p->q_elems * p->elem_size, "the expanded Q");
@@ -363,15 +459,23 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
     bp->qs_dtype = bp->use_mma ? d->dtype : DA_F32;
     /* big enough for the SIMT layout too (f32, ng wide): the fallback for
      * device pointers that are not 16-byte aligned */
-    size_t mma_bytes = bh * d->seq_q * (size_t)dac_round16(ng) * p->elem_size;
-    size_t simt_bytes = bh * d->seq_q * (size_t)ng * 4;
+    size_t mma_bytes, simt_bytes;
+    {
+      const size_t fm[] = {bh, (size_t)d->seq_q, (size_t)dac_round16(ng), p->elem_size};
+      const size_t fs[] = {bh, (size_t)d->seq_q, (size_t)ng, 4};
+      if ((st = dac_size(ctx, "the fused Q", &mma_bytes, 4, fm)) ||
+          (st = dac_size(ctx, "the fused Q", &simt_bytes, 4, fs)))
+        return st;
+    }
     st = dac_alloc(ctx, &bp->qs, mma_bytes > simt_bytes ? mma_bytes : simt_bytes, "the fused Q");
     if (st) return st;
     if (bp->use_wg) {
       bp->kt_ld = (int)dac_wg_kt_ld(d->seq_k);
-      st = dac_alloc(ctx, &bp->kt,
-                     (size_t)d->batch * d->kv_heads * d->head_dim * (size_t)bp->kt_ld * p->elem_size,
-                     "the transposed K");
+      size_t kt_bytes;
+      const size_t fk[] = {(size_t)d->batch, (size_t)d->kv_heads, (size_t)d->head_dim,
+                           (size_t)bp->kt_ld, p->elem_size};
+      if ((st = dac_size(ctx, "the transposed K", &kt_bytes, 5, fk))) return st;
+      st = dac_alloc(ctx, &bp->kt, kt_bytes, "the transposed K");
       if (st) return st;
     }
   }
@@ -422,7 +526,8 @@ static void dac_fill_args(const da_plan *p, dac_args *a, const void *q, const vo
   a->hash_block = d->hash_block;
   a->n_tiles = p->n_tiles;
   a->causal = d->causal;
-  a->scale = d->scale;
+  a->scale = da_scale_eff(d->scale); /* SPEC 1, "Scale" */
+  a->scale_log2 = da_log2_mul(d->scale);
   a->dt = d->dtype;
 }
 
@@ -464,7 +569,7 @@ static da_status dac_gemm(da_plan *p, dac_args *a) {
                                     CUBLAS_GEMM_DEFAULT));
     }
     DAC_CHECK(ctx, dac_launch_softmax((const float *)bp->gemm_s, bp->gemm_p, d->dtype,
-                                      (long long)n * rows, d->seq_q, sk, d->causal, d->scale,
+                                      (long long)n * rows, d->seq_q, sk, d->causal, a->scale,
                                       bc->stream));
     /* O^T (d x rows) = V^T (d x sk) * P^T (sk x rows) */
     if (d->dtype == DA_F32) {
@@ -545,6 +650,8 @@ static const da_backend_iface dac_iface = {
     dac_buf_write,
     dac_buf_read,
     dac_buf_wrap,
+    NULL, /* buf_unwrap: a wrap takes nothing */
+    dac_buf_range,
     dac_plan_prepare,
     dac_plan_release,
     dac_attention,

@@ -560,7 +560,7 @@ __global__ void __launch_bounds__(DAC_HASH_MAXT, dac_hash_tb<TB>::MINB)
       const int g1 = min(g0 + GS, d);
       float sum = 0.0f;
       for (int i = g0; i < g1; i++) sum = __fadd_rn(sum, sm.a[sm.perm[i]]);
-      if (!(sum > 0.0f))
+      if (!(sum > 0.0f && sum <= 3.402823466e+38f)) /* 0, NaN or Inf: 1s (SPEC 1 step 6) */
         for (int i = g0; i < g1; i++) sm.a[sm.perm[i]] = 1.0f;
     }
     __syncthreads();
@@ -817,14 +817,16 @@ __global__ void dac_softmax_kernel(const float *__restrict__ sl, void *__restric
   const float *sr = sl + row * seq_k;
   const size_t po = row * seq_k;
   float m = -INFINITY;
-  for (int j = threadIdx.x; j < nvis; j += blockDim.x) m = fmaxf(m, sr[j] * scale);
+  /* __fmul_rn: never contracted into an fma with "- m", so the maximum's
+   * exponent is exactly 0 whatever the logits' size (SPEC 1, "Scale") */
+  for (int j = threadIdx.x; j < nvis; j += blockDim.x) m = fmaxf(m, __fmul_rn(sr[j], scale));
   m = dac_block_reduce(m, true, red);
   float sum = 0.0f;
-  for (int j = threadIdx.x; j < nvis; j += blockDim.x) sum += expf(sr[j] * scale - m);
+  for (int j = threadIdx.x; j < nvis; j += blockDim.x) sum += expf(__fmul_rn(sr[j], scale) - m);
   sum = dac_block_reduce(sum, false, red);
   const float inv = nvis > 0 ? 1.0f / sum : 0.0f;
   for (int j = threadIdx.x; j < seq_k; j += blockDim.x)
-    dac_st(p, pdt, po + j, j < nvis ? expf(sr[j] * scale - m) * inv : 0.0f);
+    dac_st(p, pdt, po + j, j < nvis ? expf(__fmul_rn(sr[j], scale) - m) * inv : 0.0f);
 }
 
 extern "C" cudaError_t dac_launch_softmax(const float *sl, void *p, da_dtype pdt, long long rows,

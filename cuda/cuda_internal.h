@@ -52,7 +52,8 @@ typedef struct dac_args {
   int batch, heads, kv_heads, seq_q, seq_k, d;
   int G, ng, qs_ld, hash_block, n_tiles;
   int causal;
-  float scale;
+  float scale;       /* da_scale_eff: natural-log domain (SIMT kernel, GEMM softmax) */
+  float scale_log2;  /* da_log2_mul: the log2-domain multiplier (tensor-core kernels) */
   da_dtype dt;
 } dac_args;
 

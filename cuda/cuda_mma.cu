@@ -225,7 +225,7 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
     mrow[mt][0] = mrow[mt][1] = -INFINITY;
     lrow[mt][0] = lrow[mt][1] = 0.0f;
   }
-  const float sc = a.scale * 1.4426950408889634f;
+  const float sc = a.scale_log2 /* SPEC 1, "Scale" */;
   const int rowb = q0 + warp * 16 * MT + g4;
 
   /* One barrier per key tile. Tile j reads K/Kf and V from slot j & 1;

@@ -347,7 +347,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #pragma unroll
     for (int i = 0; i < D / 2; i++) o[i] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-    const float sc = a.scale * 1.4426950408889634f;
+    const float sc = a.scale_log2 /* SPEC 1, "Scale" */;
     const int r0 = q0 + 64 * c + 16 * warp + lane / 4, r1 = r0 + 8;
     const int t4 = lane % 4;
     float sacc[64];

@@ -110,7 +110,9 @@ DA_API da_status da_context_create(da_context **ctx, da_backend b, int index);
 DA_API void da_context_destroy(da_context *ctx);
 DA_API da_backend da_context_backend(const da_context *ctx);
 /* Detail of the last failure on this context: the field and value that were
- * rejected, a build log, a driver error. Never NULL. */
+ * rejected, a build log, a driver error; empty after a call that succeeded.
+ * ctx NULL: the reason of this thread's last failed da_context_create or
+ * da_context_wrap (which have no context to keep it in). Never NULL. */
 DA_API const char *da_context_last_error(const da_context *ctx);
 DA_API da_status da_context_synchronize(da_context *ctx);
 DA_API da_status da_context_get_device_info(const da_context *ctx, da_device_info *out);
@@ -143,7 +145,11 @@ DA_API const char *da_backend_name(da_backend b);
 
 /* Interop, used through distrattn_opencl.h and distrattn_cuda.h: wrap a
  * native queue/stream or memory object of the caller's. The caller keeps
- * ownership of what it passes; destroying the wrapper does not free it. */
+ * ownership of what it passes; destroying the wrapper never frees or
+ * releases it. A wrap whose bytes run past the end of the native allocation
+ * is DA_ERR_INVALID_ARG. da_attention refuses an o that shares memory with
+ * q, k or v (the same object, overlapping sub-buffers, pointers into one
+ * allocation). */
 DA_API da_status da_context_wrap(da_context **ctx, da_backend b, void *native_queue);
 DA_API da_status da_buffer_wrap(da_context *ctx, void *native_mem, size_t bytes,
                                 da_buffer **buf);

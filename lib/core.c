@@ -1,6 +1,7 @@
 /* Contexts, buffers and plans: the backend-agnostic half of every call.
  * Arguments are checked here, so that backends see only valid requests. */
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 
 #include "da_internal.h"
@@ -20,14 +21,31 @@ void da_attn_desc_init(da_attn_desc *d) {
 
 /* ------------------------------------------------------------- contexts */
 
-static int parse_backend(const char *s, da_backend *b) {
-  static const char *names[] = {"auto", "cpu", "opencl", "cuda"};
-  for (int i = 0; i < 4; i++)
-    if (strcmp(s, names[i]) == 0) {
-      *b = (da_backend)i;
-      return 1;
-    }
-  return 0;
+/* The reason of this thread's last failed call that had no context to keep
+ * it in (da_context_create, da_context_wrap): da_context_last_error(NULL). */
+static _Thread_local char no_ctx_error[2048];
+
+static da_status fail_no_ctx(da_status s, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static da_status fail_no_ctx(da_status s, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(no_ctx_error, sizeof no_ctx_error, fmt, ap);
+  va_end(ap);
+  return s;
+}
+
+/* A context that failed to come up: its message goes to the thread's. */
+static da_status drop_new_context(da_context *ctx, da_status s) {
+  const char *m = ctx->last_error[0] ? ctx->last_error : da_status_string(s);
+  size_t n = strnlen(m, sizeof no_ctx_error - 1);
+  memcpy(no_ctx_error, m, n);
+  no_ctx_error[n] = '\0';
+  free(ctx);
+  return s;
 }
 
 /* The device of backend b with the highest rank (first on ties); -1 if none. */
@@ -63,23 +81,34 @@ static void context_unref(da_context *ctx) {
 }
 
 da_status da_context_create(da_context **out, da_backend b, int index) {
-  if (!out) return DA_ERR_INVALID_ARG;
+  no_ctx_error[0] = '\0';
+  if (!out) return fail_no_ctx(DA_ERR_INVALID_ARG, "ctx is NULL");
   *out = NULL;
-  if (b < DA_BACKEND_AUTO || b > DA_BACKEND_CUDA || index < -1) return DA_ERR_INVALID_ARG;
+  if (b < DA_BACKEND_AUTO || b > DA_BACKEND_CUDA)
+    return fail_no_ctx(DA_ERR_INVALID_ARG, "backend = %d is not a da_backend (0..3)", (int)b);
+  if (index < -1)
+    return fail_no_ctx(DA_ERR_INVALID_ARG, "device index = %d must be >= -1 (-1 = the best)",
+                       index);
   if (b == DA_BACKEND_AUTO) {
-    const char *eb = getenv("DISTRATTN_BACKEND"), *ed = getenv("DISTRATTN_DEVICE");
-    if (eb && *eb && !parse_backend(eb, &b)) return DA_ERR_INVALID_ARG;
-    if (index == -1 && ed && *ed) {
-      char *end;
-      long v = strtol(ed, &end, 10);
-      if (*end || v < 0 || v > 1 << 20) return DA_ERR_INVALID_ARG;
-      index = (int)v;
-    }
+    static const char *const names[] = {"auto", "cpu", "opencl", "cuda"};
+    da_context tmp; /* only its message */
+    int w;
+    unsigned long dev;
+    int set;
+    tmp.last_error[0] = '\0';
+    if (da_env_word(&tmp, "DISTRATTN_BACKEND", names, 4,
+                    "\"auto\", \"cpu\", \"opencl\" or \"cuda\"", &w) != DA_SUCCESS ||
+        da_env_uint(&tmp, "DISTRATTN_DEVICE", 0, 1u << 20, &dev, &set) != DA_SUCCESS)
+      return fail_no_ctx(DA_ERR_INVALID_ARG, "%s", tmp.last_error);
+    if (w >= 0) b = (da_backend)w;
+    if (index == -1 && set) index = (int)dev;
   }
   if (b == DA_BACKEND_AUTO) {
     if (index >= 0) { /* an index into the global device list */
       da_device_info info;
-      if (da_device_get_info(index, &info) != DA_SUCCESS) return DA_ERR_NO_DEVICE;
+      if (da_device_get_info(index, &info) != DA_SUCCESS)
+        return fail_no_ctx(DA_ERR_NO_DEVICE, "device %d: there are %d devices", index,
+                           da_device_count());
       b = info.backend;
       index = info.index;
     } else {
@@ -93,16 +122,19 @@ da_status da_context_create(da_context **out, da_backend b, int index) {
           index = i;
         }
       }
-      if (b == DA_BACKEND_AUTO) return DA_ERR_NO_DEVICE;
+      if (b == DA_BACKEND_AUTO) return fail_no_ctx(DA_ERR_NO_DEVICE, "no device on any backend");
     }
   }
   const da_registered *r = da_registry_get(b);
-  if (!r->iface || r->ndev == 0) return DA_ERR_NO_DEVICE;
+  if (!r->iface || r->ndev == 0)
+    return fail_no_ctx(DA_ERR_NO_DEVICE, "backend %s: %s", da_backend_name(b), r->why);
   if (index == -1) index = best_device(b, NULL);
-  if (index < 0 || index >= r->ndev) return DA_ERR_NO_DEVICE;
+  if (index < 0 || index >= r->ndev)
+    return fail_no_ctx(DA_ERR_NO_DEVICE, "backend %s has %d devices, no device %d",
+                       da_backend_name(b), r->ndev, index);
 
   da_context *ctx = context_new(r->iface);
-  if (!ctx) return DA_ERR_HOST_MEMORY;
+  if (!ctx) return fail_no_ctx(DA_ERR_HOST_MEMORY, "out of host memory for a context");
   int rank;
   da_status s = r->iface->device_info(index, &ctx->info, &rank);
   if (s == DA_SUCCESS) {
@@ -111,30 +143,33 @@ da_status da_context_create(da_context **out, da_backend b, int index) {
     ctx->device_index = index;
     s = r->iface->ctx_create(ctx, index);
   }
-  if (s != DA_SUCCESS) {
-    free(ctx);
-    return s;
-  }
+  if (s != DA_SUCCESS) return drop_new_context(ctx, s);
+  ctx->last_error[0] = '\0';
   *out = ctx;
   return DA_SUCCESS;
 }
 
 da_status da_context_wrap(da_context **out, da_backend b, void *native_queue) {
-  if (!out) return DA_ERR_INVALID_ARG;
+  no_ctx_error[0] = '\0';
+  if (!out) return fail_no_ctx(DA_ERR_INVALID_ARG, "ctx is NULL");
   *out = NULL;
-  if (b != DA_BACKEND_OPENCL && b != DA_BACKEND_CUDA) return DA_ERR_INVALID_ARG;
+  if (b != DA_BACKEND_OPENCL && b != DA_BACKEND_CUDA)
+    return fail_no_ctx(DA_ERR_INVALID_ARG, "backend = %d: only opencl (2) and cuda (3) wrap a "
+                       "native queue", (int)b);
   const da_registered *r = da_registry_get(b);
-  if (!r->iface) return DA_ERR_NO_DEVICE;
-  if (!r->iface->ctx_wrap) return DA_ERR_UNSUPPORTED;
-  if (!native_queue && b == DA_BACKEND_OPENCL) return DA_ERR_INVALID_ARG;
+  if (!r->iface)
+    return fail_no_ctx(DA_ERR_NO_DEVICE, "backend %s: %s", da_backend_name(b), r->why);
+  if (!r->iface->ctx_wrap)
+    return fail_no_ctx(DA_ERR_UNSUPPORTED, "backend %s cannot wrap a native queue",
+                       da_backend_name(b));
+  if (!native_queue && b == DA_BACKEND_OPENCL)
+    return fail_no_ctx(DA_ERR_INVALID_ARG, "the cl_command_queue to wrap is NULL");
   da_context *ctx = context_new(r->iface);
-  if (!ctx) return DA_ERR_HOST_MEMORY;
+  if (!ctx) return fail_no_ctx(DA_ERR_HOST_MEMORY, "out of host memory for a context");
   da_status s = r->iface->ctx_wrap(ctx, native_queue);
-  if (s != DA_SUCCESS) {
-    free(ctx);
-    return s;
-  }
+  if (s != DA_SUCCESS) return drop_new_context(ctx, s);
   ctx->info.backend = b;
+  ctx->last_error[0] = '\0';
   *out = ctx;
   return DA_SUCCESS;
 }
@@ -150,7 +185,7 @@ da_backend da_context_backend(const da_context *ctx) {
 }
 
 const char *da_context_last_error(const da_context *ctx) {
-  if (!ctx) return "no context (NULL)";
+  if (!ctx) return no_ctx_error[0] ? no_ctx_error : "no context (NULL)";
   return ctx->last_error;
 }
 
@@ -158,6 +193,12 @@ da_status da_context_get_device_info(const da_context *ctx, da_device_info *out)
   if (!ctx || !out) return DA_ERR_INVALID_ARG;
   *out = ctx->info;
   return DA_SUCCESS;
+}
+
+/* Every call that succeeds leaves no message behind. */
+static da_status finish(da_context *ctx, da_status s) {
+  if (s == DA_SUCCESS) ctx->last_error[0] = '\0';
+  return s;
 }
 
 static da_status check_ctx(da_context *ctx) {
@@ -172,7 +213,7 @@ static da_status check_ctx(da_context *ctx) {
 da_status da_context_synchronize(da_context *ctx) {
   if (!ctx) return DA_ERR_INVALID_ARG;
   ctx->last_error[0] = '\0';
-  return ctx->iface->synchronize ? ctx->iface->synchronize(ctx) : DA_SUCCESS;
+  return finish(ctx, ctx->iface->synchronize ? ctx->iface->synchronize(ctx) : DA_SUCCESS);
 }
 
 /* -------------------------------------------------------------- buffers */
@@ -192,6 +233,9 @@ da_status da_buffer_create(da_context *ctx, size_t bytes, da_buffer **out) {
   }
   b->ctx = ctx;
   b->bytes = bytes;
+  b->range.base = b->handle; /* its own allocation */
+  b->range.offset = 0;
+  if (ctx->iface->buf_range) ctx->iface->buf_range(ctx, b->handle, &b->range);
   ctx->refs++;
   *out = b;
   return DA_SUCCESS;
@@ -209,7 +253,7 @@ da_status da_buffer_wrap(da_context *ctx, void *native, size_t bytes, da_buffer 
                         ctx->iface->name);
   da_buffer *b = calloc(1, sizeof *b);
   if (!b) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "out of host memory for a buffer handle");
-  s = ctx->iface->buf_wrap(ctx, native, bytes, &b->handle);
+  s = ctx->iface->buf_wrap(ctx, native, bytes, &b->handle, &b->range);
   if (s != DA_SUCCESS) {
     free(b);
     return s;
@@ -241,19 +285,22 @@ static da_status check_range(const da_buffer *b, size_t off, const void *p, size
 da_status da_buffer_write(da_buffer *b, size_t off, const void *src, size_t n) {
   da_status s = check_range(b, off, src, n);
   if (s != DA_SUCCESS || n == 0) return s;
-  return b->ctx->iface->buf_write(b->ctx, b->handle, off, src, n);
+  return finish(b->ctx, b->ctx->iface->buf_write(b->ctx, b->handle, off, src, n));
 }
 
 da_status da_buffer_read(const da_buffer *b, size_t off, void *dst, size_t n) {
   da_status s = check_range(b, off, dst, n);
   if (s != DA_SUCCESS || n == 0) return s;
-  return b->ctx->iface->buf_read(b->ctx, b->handle, off, dst, n);
+  return finish(b->ctx, b->ctx->iface->buf_read(b->ctx, b->handle, off, dst, n));
 }
 
 void da_buffer_destroy(da_buffer *b) {
   if (!b) return;
   da_context *ctx = b->ctx;
-  ctx->iface->buf_free(ctx, b->handle);
+  /* The caller's memory is never freed here (da_backend.h, "Buffers and who
+   * owns them"): a wrapper gives back only what the wrap took. */
+  if (!b->wrapped) ctx->iface->buf_free(ctx, b->handle);
+  else if (ctx->iface->buf_unwrap) ctx->iface->buf_unwrap(ctx, b->handle);
   free(b);
   context_unref(ctx);
 }
@@ -357,6 +404,7 @@ da_status da_plan_create(da_context *ctx, const da_attn_desc *in, da_plan **out)
     return s;
   }
   ctx->refs++;
+  ctx->last_error[0] = '\0'; /* a fallback's first refusal is no failure */
   *out = p;
   return DA_SUCCESS;
 }
@@ -390,6 +438,25 @@ static da_status check_buf(da_plan *p, const da_buffer *b, const char *name, siz
   return DA_SUCCESS;
 }
 
+/* O is written while Q, K and V are read: the bytes the plan writes in o
+ * must not share a byte with those it reads in x (same handle, sub-buffers
+ * of one cl_mem, pointers into one allocation). Q, K, V may share. */
+static da_status check_alias(da_plan *p, const da_buffer *o, size_t ob, const da_buffer *x,
+                             size_t xb, const char *name) {
+  int same = o == x || o->handle == x->handle;
+  if (!same && o->range.base == x->range.base) {
+    uintptr_t a = o->range.offset, b = x->range.offset;
+    same = a < b ? b - a < ob : a - b < xb;
+  }
+  if (!same) return DA_SUCCESS;
+  return da_set_error(p->ctx, DA_ERR_INVALID_ARG,
+                      "o overlaps %s: the %zu bytes written in o and the %zu bytes read in %s share "
+                      "memory (o at offset %ju, %s at %ju of one allocation); the output needs "
+                      "memory of its own",
+                      name, ob, xb, name, (uintmax_t)o->range.offset, name,
+                      (uintmax_t)x->range.offset);
+}
+
 da_status da_attention(da_plan *p, const da_buffer *q, const da_buffer *k, const da_buffer *v,
                        da_buffer *o) {
   if (!p) return DA_ERR_INVALID_ARG;
@@ -400,10 +467,10 @@ da_status da_attention(da_plan *p, const da_buffer *q, const da_buffer *k, const
   if ((s = check_buf(p, q, "q", qb)) || (s = check_buf(p, k, "k", kvb)) ||
       (s = check_buf(p, v, "v", kvb)) || (s = check_buf(p, o, "o", qb)))
     return s;
-  if (o == q || o == k || o == v || o->handle == q->handle || o->handle == k->handle ||
-      o->handle == v->handle)
-    return da_set_error(ctx, DA_ERR_INVALID_ARG, "o must not be the same buffer as q, k or v");
-  return ctx->iface->attention(p, q->handle, k->handle, v->handle, o->handle);
+  if ((s = check_alias(p, o, qb, q, qb, "q")) || (s = check_alias(p, o, qb, k, kvb, "k")) ||
+      (s = check_alias(p, o, qb, v, kvb, "v")))
+    return s;
+  return finish(ctx, ctx->iface->attention(p, q->handle, k->handle, v->handle, o->handle));
 }
 
 /* Runs fn on device copies of host arrays: in[0..nin) are uploaded, out is
@@ -443,11 +510,11 @@ da_status da_attention_host(da_plan *p, const void *q, const void *k, const void
     if ((oc < qc + qb && qc < oc + qb) || (oc < kc + kvb && kc < oc + qb) ||
         (oc < vc + kvb && vc < oc + qb))
       return da_set_error(ctx, DA_ERR_INVALID_ARG, "o overlaps q, k or v");
-    return ctx->iface->attention(p, (void *)q, (void *)k, (void *)v, o);
+    return finish(ctx, ctx->iface->attention(p, (void *)q, (void *)k, (void *)v, o));
   }
   const void *in[3] = {q, k, v};
   size_t bytes[3] = {qb, kvb, kvb};
-  return run_on_device(p, 3, in, bytes, o, qb, 0);
+  return finish(ctx, run_on_device(p, 3, in, bytes, o, qb, 0));
 }
 
 da_status da_plan_groups_host(da_plan *p, const void *q, int *perm) {
@@ -457,8 +524,8 @@ da_status da_plan_groups_host(da_plan *p, const void *q, int *perm) {
   if (!q) return da_set_error(ctx, DA_ERR_INVALID_ARG, "q is NULL");
   if (!perm) return da_set_error(ctx, DA_ERR_INVALID_ARG, "perm is NULL");
   size_t qb = p->q_elems * p->elem_size;
-  if (ctx->iface->id == DA_BACKEND_CPU) return ctx->iface->groups(p, (void *)q, perm);
+  if (ctx->iface->id == DA_BACKEND_CPU) return finish(ctx, ctx->iface->groups(p, (void *)q, perm));
   const void *in[1] = {q};
   size_t bytes[1] = {qb};
-  return run_on_device(p, 1, in, bytes, perm, p->perm_count * sizeof(int), 1);
+  return finish(ctx, run_on_device(p, 1, in, bytes, perm, p->perm_count * sizeof(int), 1));
 }

@@ -28,6 +28,7 @@
 #endif
 
 #define CACHE_ALIGN 64
+#define CPU_MAX_THREADS 1024
 
 
 static inline size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
@@ -35,13 +36,10 @@ static inline size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; 
 /* ---------------------------------------------------------------------- */
 /* Kernel choice                                                          */
 
-static const cpu_kernels *g_kern;
-
-static const cpu_kernels *pick_kernels(void) {
-  const char *e = getenv("DISTRATTN_CPU_ISA");
-  int cap = 2; /* the most the environment allows: 0 generic, 1 avx2, 2 avx512 */
-  if (e && strcmp(e, "generic") == 0) cap = 0;
-  else if (e && strcmp(e, "avx2") == 0) cap = 1;
+/* The kernels of an ISA, or NULL when this CPU cannot run them
+ * (isa: 0 generic, 1 avx2, 2 avx512). */
+static const cpu_kernels *kernels_for(int isa) {
+  if (isa == 0) return &da_cpu_kernels_generic;
 #ifdef DA_CPU_X86
   /* __builtin_cpu_supports checks that the OS saves the AVX/AVX-512 state;
    * F16C (CPUID.1:ECX bit 29), which not every compiler's builtin knows,
@@ -50,18 +48,47 @@ static const cpu_kernels *pick_kernels(void) {
   int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
   __builtin_cpu_init();
   int avx2 = f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (cap >= 2 && avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+  if (isa == 2 && avx2 && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
     return &da_cpu_kernels_avx512;
-  if (cap >= 1 && avx2) return &da_cpu_kernels_avx2;
+  if (isa == 1 && avx2) return &da_cpu_kernels_avx2;
 #endif
-  (void)cap;
+  return NULL;
+}
+
+/* The best kernels this CPU runs. */
+static const cpu_kernels *best_kernels(void) {
+  for (int isa = 2; isa > 0; isa--)
+    if (kernels_for(isa)) return kernels_for(isa);
   return &da_cpu_kernels_generic;
 }
 
-static const cpu_kernels *kernels(void) {
-  if (!g_kern) g_kern = pick_kernels();
-  return g_kern;
+static int default_threads(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  if (n < 1) n = 1;
+  return n > CPU_MAX_THREADS ? CPU_MAX_THREADS : (int)n;
+}
+
+/* DISTRATTN_CPU_THREADS (1..CPU_MAX_THREADS) and DISTRATTN_CPU_ISA
+ * (generic|avx2|avx512: exactly those kernels, refused where this CPU
+ * lacks them), parsed strictly (da_env_*): a bad value fails the call. */
+static da_status cpu_settings(da_context *ctx, int *threads, const cpu_kernels **kern) {
+  static const char *const isas[] = {"generic", "avx2", "avx512"};
+  unsigned long n;
+  int set, isa;
+  da_status s = da_env_uint(ctx, "DISTRATTN_CPU_THREADS", 1, CPU_MAX_THREADS, &n, &set);
+  if (s != DA_SUCCESS) return s;
+  *threads = set ? (int)n : default_threads();
+  s = da_env_word(ctx, "DISTRATTN_CPU_ISA", isas, 3, "\"generic\", \"avx2\" or \"avx512\"", &isa);
+  if (s != DA_SUCCESS) return s;
+  *kern = isa < 0 ? best_kernels() : kernels_for(isa);
+  if (!*kern)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "DISTRATTN_CPU_ISA=\"%s\": this CPU cannot run those kernels (it runs "
+                        "\"%s\")",
+                        isas[isa], best_kernels()->isa);
+  return DA_SUCCESS;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -83,6 +110,9 @@ typedef struct cpu_pool {
   void *arg;
   long nitems;
   atomic_long next;
+  int active;              /* threads that take part in the current job */
+  int ready;               /* threads whose scratch is sized for this call */
+  const cpu_kernels *kern; /* chosen at context creation (cpu_settings) */
   /* per-thread scratch, grown on demand by the submitting thread */
   float **scratch;
   size_t *cap; /* bytes */
@@ -117,6 +147,7 @@ static void *worker_main(void *p) {
     while (!pl->quit && pl->gen == seen) pthread_cond_wait(&pl->cv_work, &pl->mu);
     if (pl->quit) break;
     seen = pl->gen;
+    if (tid >= pl->active) continue; /* not part of this job (none of its count) */
     cpu_job_fn fn = pl->fn;
     void *arg = pl->arg;
     long n = pl->nitems;
@@ -129,11 +160,14 @@ static void *worker_main(void *p) {
   return NULL;
 }
 
-/* Runs fn over items 0..nitems-1 on every thread; the caller holds submit. */
+/* Runs fn over items 0..nitems-1 on the threads whose scratch is ready
+ * (pool_scratch), no more than there are items; the caller holds submit. */
 static void pool_run(cpu_pool *pl, cpu_job_fn fn, void *arg, long nitems) {
   if (nitems <= 0) return;
   atomic_store(&pl->next, 0);
-  if (pl->nworkers == 0 || nitems == 1) {
+  int active = pl->ready < pl->nworkers + 1 ? pl->ready : pl->nworkers + 1;
+  if ((long)active > nitems) active = (int)nitems;
+  if (active <= 1) {
     run_items(pl, fn, arg, nitems, 0);
     return;
   }
@@ -141,7 +175,8 @@ static void pool_run(cpu_pool *pl, cpu_job_fn fn, void *arg, long nitems) {
   pl->fn = fn;
   pl->arg = arg;
   pl->nitems = nitems;
-  pl->pending = pl->nworkers;
+  pl->active = active;
+  pl->pending = active - 1;
   pl->gen++;
   pthread_cond_broadcast(&pl->cv_work);
   pthread_mutex_unlock(&pl->mu);
@@ -151,10 +186,15 @@ static void pool_run(cpu_pool *pl, cpu_job_fn fn, void *arg, long nitems) {
   pthread_mutex_unlock(&pl->mu);
 }
 
-/* Make every thread's scratch at least `bytes` (64-byte aligned). */
-static da_status pool_scratch(cpu_pool *pl, da_context *ctx, size_t bytes) {
+/* Make the scratch of the first nthr threads at least `bytes` (64-byte
+ * aligned): the threads a call's jobs can use (no more than its items), so
+ * a call with one item holds one thread's scratch, not every thread's. */
+static da_status pool_scratch(cpu_pool *pl, da_context *ctx, size_t bytes, long nthr) {
   bytes = round_up(bytes ? bytes : 1, CACHE_ALIGN);
-  for (int t = 0; t < pl->nthreads; t++) {
+  if (nthr > pl->nthreads) nthr = pl->nthreads;
+  if (nthr < 1) nthr = 1;
+  pl->ready = 0;
+  for (int t = 0; t < (int)nthr; t++) {
     if (pl->cap[t] >= bytes) continue;
     free(pl->scratch[t]);
     pl->scratch[t] = NULL;
@@ -168,6 +208,7 @@ static da_status pool_scratch(cpu_pool *pl, da_context *ctx, size_t bytes) {
     pl->scratch[t] = m;
     pl->cap[t] = bytes;
   }
+  pl->ready = (int)nthr;
   return DA_SUCCESS;
 }
 
@@ -207,20 +248,12 @@ static void pool_destroy(cpu_pool *pl) {
   free(pl);
 }
 
-static int cpu_thread_count(void) {
-  const char *e = getenv("DISTRATTN_CPU_THREADS");
-  if (e && *e) {
-    char *end = NULL;
-    long v = strtol(e, &end, 10);
-    if (end && *end == '\0' && v >= 1) return v > 1024 ? 1024 : (int)v;
-  }
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
-  if (n < 1) n = 1;
-  return n > 1024 ? 1024 : (int)n;
-}
-
 static da_status pool_create(da_context *ctx, cpu_pool **out) {
   *out = NULL;
+  int nthreads;
+  const cpu_kernels *kern;
+  da_status s = cpu_settings(ctx, &nthreads, &kern);
+  if (s != DA_SUCCESS) return s;
   cpu_pool *pl = calloc(1, sizeof *pl);
   if (!pl) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "cpu backend: cannot allocate the thread pool");
   int e;
@@ -246,7 +279,8 @@ static da_status pool_create(da_context *ctx, cpu_pool **out) {
     free(pl);
     return da_set_error(ctx, DA_ERR_BACKEND, "cpu backend: pthread_cond_init failed: %s", strerror(e));
   }
-  pl->nthreads = cpu_thread_count();
+  pl->nthreads = nthreads;
+  pl->kern = kern;
   atomic_init(&pl->next, 0);
   pl->scratch = calloc((size_t)pl->nthreads, sizeof *pl->scratch);
   pl->cap = calloc((size_t)pl->nthreads, sizeof *pl->cap);
@@ -266,8 +300,12 @@ static da_status pool_create(da_context *ctx, cpu_pool **out) {
     if ((e = pthread_create(&pl->th[t - 1], NULL, worker_main, wa)) != 0) {
       free(wa);
       pool_destroy(pl);
-      return da_set_error(ctx, DA_ERR_BACKEND, "cpu backend: pthread_create of worker %d failed: %s",
-                          t, strerror(e));
+      /* EAGAIN: the system's or the process's limit on threads or memory */
+      return da_set_error(ctx, e == EAGAIN || e == ENOMEM ? DA_ERR_HOST_MEMORY : DA_ERR_BACKEND,
+                          "cpu backend: cannot start worker thread %d of %d: pthread_create: %s "
+                          "(%s); DISTRATTN_CPU_THREADS sets fewer",
+                          t, nthreads - 1, strerror(e),
+                          e == EAGAIN ? "EAGAIN" : e == ENOMEM ? "ENOMEM" : "error");
     }
     pl->nworkers++;
   }
@@ -311,15 +349,14 @@ static void job_init(cpu_attn_job *J, da_plan *p, void *q, void *k, void *v, voi
   J->D = J->G == 1 ? d->head_dim : (d->head_dim + J->G - 1) / J->G;
   J->hpk = d->kv_heads > 0 ? d->heads / d->kv_heads : 1;
   J->off = (long)d->seq_k - (long)d->seq_q;
-  J->qmul = d->scale * 1.4426950408889634f;
-  kernels()->setup(J);
+  J->qmul = da_log2_mul(d->scale); /* capped: SPEC 1, "Scale" */
+  pl->kern->setup(J);
 }
 
 static da_status cpu_attention(da_plan *p, void *q, void *k, void *v, void *o) {
   da_context *ctx = p->ctx;
   cpu_pool *pl = ctx->bctx;
   const da_attn_desc *d = &p->d;
-  const cpu_kernels *K = kernels();
   if (!pl) return da_set_error(ctx, DA_ERR_BACKEND, "cpu backend: context has no thread pool");
   if (!q || !k || !v || !o)
     return da_set_error(ctx, DA_ERR_INVALID_ARG, "cpu backend: NULL q, k, v or o");
@@ -335,9 +372,13 @@ static da_status cpu_attention(da_plan *p, void *q, void *k, void *v, void *o) {
   int e = pthread_mutex_lock(&pl->submit);
   if (e != 0)
     return da_set_error(ctx, DA_ERR_BACKEND, "cpu backend: pthread_mutex_lock failed: %s", strerror(e));
+  const cpu_kernels *K = pl->kern;
   cpu_attn_job J;
   job_init(&J, p, q, k, v, o, pl);
-  da_status s = pool_scratch(pl, ctx, J.scratch_floats * sizeof(float));
+  const long attn_items = (long)d->batch * d->heads * J.nqb;
+  const long group_items = (long)d->batch * d->heads * p->n_tiles;
+  da_status s = pool_scratch(pl, ctx, J.scratch_floats * sizeof(float),
+                             J.G > 1 && group_items > attn_items ? group_items : attn_items);
   J.scratch = pl->scratch;
   if (s == DA_SUCCESS && J.G > 1) {
     /* kept in the pool between calls: allocated per call, blocks this
@@ -404,12 +445,13 @@ static da_status cpu_groups(da_plan *p, void *q, void *perm) {
     return da_set_error(ctx, DA_ERR_BACKEND, "cpu backend: pthread_mutex_lock failed: %s", strerror(e));
   cpu_attn_job J;
   job_init(&J, p, q, NULL, NULL, NULL, pl);
-  da_status s = pool_scratch(pl, ctx, J.scratch_floats * sizeof(float));
+  da_status s = pool_scratch(pl, ctx, J.scratch_floats * sizeof(float),
+                             (long)d->batch * d->heads * p->n_tiles);
   if (s == DA_SUCCESS) {
     J.scratch = pl->scratch;
     J.perm_all = perm;
     J.a_all = NULL;
-    pool_run(pl, kernels()->groups_item, &J, (long)d->batch * d->heads * p->n_tiles);
+    pool_run(pl, pl->kern->groups_item, &J, (long)d->batch * d->heads * p->n_tiles);
   }
   if (J.scratch_floats * sizeof(float) > SCRATCH_KEEP) pool_release_scratch(pl);
   pthread_mutex_unlock(&pl->submit);
@@ -420,6 +462,7 @@ static da_status cpu_groups(da_plan *p, void *q, void *perm) {
 /* Devices, contexts, buffers                                             */
 
 static int g_threads;
+static const cpu_kernels *g_kern;
 static char g_vendor[128];
 
 static void read_cpu_model(char *out, size_t len) {
@@ -442,8 +485,12 @@ static void read_cpu_model(char *out, size_t len) {
 }
 
 static int cpu_init(char *why, size_t why_len) {
-  g_threads = cpu_thread_count();
-  g_kern = pick_kernels();
+  /* the device as a context made now would be; where a setting is bad,
+   * context creation reports it and the defaults describe the device */
+  if (cpu_settings(NULL, &g_threads, &g_kern) != DA_SUCCESS || !g_kern) {
+    g_threads = default_threads();
+    g_kern = best_kernels();
+  }
   read_cpu_model(g_vendor, sizeof g_vendor);
   return 1;
 }
@@ -453,8 +500,8 @@ static da_status cpu_device_info(int index, da_device_info *out, int *rank) {
   memset(out, 0, sizeof *out);
   out->backend = DA_BACKEND_CPU;
   out->index = 0;
-  int n = g_threads > 0 ? g_threads : cpu_thread_count();
-  const cpu_kernels *k = kernels();
+  int n = g_threads > 0 ? g_threads : default_threads();
+  const cpu_kernels *k = g_kern ? g_kern : best_kernels();
   snprintf(out->name, sizeof out->name, "CPU backend (%d thread%s, %s)", n, n == 1 ? "" : "s",
            strcmp(k->isa, "avx512") == 0 ? "AVX-512" : strcmp(k->isa, "avx2") == 0 ? "AVX2" : "portable");
   if (g_vendor[0])

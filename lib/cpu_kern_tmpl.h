@@ -390,7 +390,7 @@ static void groups_item(void *arg, int tid, long item) {
     int g1 = g0 + G < hd ? g0 + G : hd;
     float s = 0.0f;
     for (int i = g0; i < g1; i++) s += a[perm[i]];
-    if (!(s > 0.0f))
+    if (!(s > 0.0f && s <= FLT_MAX)) /* 0, NaN or Inf: 1s (SPEC 1 step 6) */
       for (int i = g0; i < g1; i++) a[perm[i]] = 1.0f;
   }
 }
@@ -828,6 +828,10 @@ static void setup(cpu_attn_job *J) {
   J->Dp = (int)round_up((size_t)J->d, NCV > NC ? NCV : NC);
   J->QB = QB_MAX;
   if (J->G > 1 && d->hash_block < J->QB) J->QB = d->hash_block;
+  /* fewer rows than a block: one block of just those (rounded to the
+   * softmax's chunk), so scratch, above all GEMM's QB x seq_k logits,
+   * follows seq_q instead of QB_MAX */
+  if (d->seq_q < J->QB) J->QB = (int)round_up((size_t)d->seq_q, SMC);
   J->nqb = (d->seq_q + J->QB - 1) / J->QB;
   J->nkb = (d->seq_k + KB - 1) / KB;
   J->kblk = (size_t)J->d * KB;

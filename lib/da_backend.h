@@ -12,14 +12,16 @@
 #ifndef DA_BACKEND_H
 #define DA_BACKEND_H
 
+#include <float.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "distrattn.h"
 
-#define DA_BACKEND_IFACE_VERSION 1
+#define DA_BACKEND_IFACE_VERSION 2
 #define DA_BACKEND_ENTRY "distrattn_backend_entry"
 #define DA_ERRMSG_LEN 16384
 
@@ -44,11 +46,22 @@ struct da_context {
   char last_error[DA_ERRMSG_LEN];
 };
 
+/* Where a buffer's bytes lie, for the core's aliasing check: two buffers
+ * overlap when their bases are equal and their byte ranges intersect. base
+ * names the allocation (the root cl_mem of a sub-buffer, a host allocation
+ * of CL_MEM_USE_HOST_PTR), or is NULL for one flat address space (device
+ * pointers of one CUDA device, host pointers), where offset is the address. */
+typedef struct da_mem_range {
+  const void *base;
+  uintptr_t offset;
+} da_mem_range;
+
 struct da_buffer {
   da_context *ctx;
   void *handle;           /* the backend's: host pointer (cpu), cl_mem, device pointer */
   size_t bytes;
-  int wrapped;            /* the caller owns the native object */
+  int wrapped;            /* the caller owns the native object: never passed to buf_free */
+  da_mem_range range;     /* where its bytes lie (see da_mem_range) */
 };
 
 struct da_plan {
@@ -81,12 +94,27 @@ struct da_backend_iface {
   /* optional: wrap a caller's queue/stream; sets bctx, device_index, info */
   da_status (*ctx_wrap)(da_context *ctx, void *native_queue);
 
+  /* Buffers and who owns them (interface version 2):
+   *  - buf_alloc makes memory the library owns; the core hands that handle,
+   *    and only that kind, to buf_free, once.
+   *  - buf_wrap takes a native object the CALLER owns. The core never passes
+   *    a wrapped handle to buf_free: when the wrapper is destroyed it calls
+   *    buf_unwrap, which gives back only what buf_wrap itself took (OpenCL:
+   *    the reference clRetainMemObject added) and must leave the caller's
+   *    memory allocated and intact. A backend whose wraps take nothing
+   *    leaves buf_unwrap NULL. buf_wrap must refuse a `bytes` that runs past
+   *    the end of the native allocation, and fill *range (da_mem_range),
+   *    as buf_range does for buf_alloc's handles. */
   da_status (*buf_alloc)(da_context *ctx, size_t bytes, void **handle);
   void (*buf_free)(da_context *ctx, void *handle);
   da_status (*buf_write)(da_context *ctx, void *handle, size_t off, const void *src, size_t n);
   da_status (*buf_read)(da_context *ctx, void *handle, size_t off, void *dst, size_t n);
   /* optional: check a caller's native memory object, return the handle */
-  da_status (*buf_wrap)(da_context *ctx, void *native, size_t bytes, void **handle);
+  da_status (*buf_wrap)(da_context *ctx, void *native, size_t bytes, void **handle,
+                        da_mem_range *range);
+  void (*buf_unwrap)(da_context *ctx, void *handle);    /* optional */
+  /* optional: the range of a buf_alloc handle; without it {handle, 0} */
+  void (*buf_range)(da_context *ctx, void *handle, da_mem_range *range);
 
   /* Plans: called after the core validated the descriptor and made proj.
    * plan_prepare may refuse (DA_ERR_UNSUPPORTED for an algo it lacks). */
@@ -113,6 +141,113 @@ static inline da_status da_set_error(da_context *ctx, da_status s, const char *f
     va_end(ap);
   }
   return s;
+}
+
+/* ---- the library's environment variables: one strict parser ----
+ * Every variable the library reads (DISTRATTN_*) goes through these, in the
+ * core and in the modules alike. Unset or empty: not set. Any other value
+ * must be exactly of the form asked for, or the call fails with
+ * DA_ERR_INVALID_ARG and a message naming the variable and the value: no
+ * blanks, no sign, no trailing text, nothing out of range (nothing is
+ * clamped, ignored or half-read). ctx may be NULL (no message kept). */
+
+/* Decimal digits only, value in [lo, hi]; *end (optional) gets the first
+ * character after the digits, and then trailing text is the caller's. */
+static inline int da_parse_uint(const char *s, unsigned long lo, unsigned long hi,
+                                unsigned long *out, const char **end) {
+  unsigned long v = 0;
+  const char *p = s;
+  if (*p < '0' || *p > '9') return 0;
+  for (; *p >= '0' && *p <= '9'; p++) {
+    unsigned long dgt = (unsigned long)(*p - '0');
+    if (v > (hi - dgt) / 10) return 0; /* above hi, before it can wrap */
+    v = v * 10 + dgt;
+  }
+  if (end) *end = p;
+  else if (*p) return 0;
+  if (v < lo || v > hi) return 0;
+  *out = v;
+  return 1;
+}
+
+/* An integer in [lo, hi]. *set: 1 when the variable was given. */
+static inline da_status da_env_uint(da_context *ctx, const char *name, unsigned long lo,
+                                    unsigned long hi, unsigned long *out, int *set) {
+  const char *e = getenv(name);
+  *set = 0;
+  if (!e || !*e) return DA_SUCCESS;
+  if (!da_parse_uint(e, lo, hi, out, NULL))
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "%s=\"%.200s\" is not a whole number in %lu..%lu (digits only)", name, e,
+                        lo, hi);
+  *set = 1;
+  return DA_SUCCESS;
+}
+
+/* One of n words, compared exactly: *out = its index, or -1 when unset.
+ * allowed: the words as the message lists them ("\"tiled\" or \"rows\""). */
+static inline da_status da_env_word(da_context *ctx, const char *name, const char *const *words,
+                                    int n, const char *allowed, int *out) {
+  const char *e = getenv(name);
+  *out = -1;
+  if (!e || !*e) return DA_SUCCESS;
+  for (int i = 0; i < n; i++)
+    if (strcmp(e, words[i]) == 0) {
+      *out = i;
+      return DA_SUCCESS;
+    }
+  return da_set_error(ctx, DA_ERR_INVALID_ARG, "%s=\"%.200s\" is not one of %s", name, e,
+                      allowed);
+}
+
+/* Two integers "AxB", each in [lo, hi]; the caller checks the pair. */
+static inline da_status da_env_uint_pair(da_context *ctx, const char *name, unsigned long lo,
+                                         unsigned long hi, unsigned long *a, unsigned long *b,
+                                         int *set) {
+  const char *e = getenv(name), *p = NULL;
+  *set = 0;
+  if (!e || !*e) return DA_SUCCESS;
+  if (!da_parse_uint(e, lo, hi, a, &p) || *p != 'x' || !da_parse_uint(p + 1, lo, hi, b, NULL))
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "%s=\"%.200s\" is not NxM with whole numbers in %lu..%lu (digits only, no "
+                        "blanks)",
+                        name, e, lo, hi);
+  *set = 1;
+  return DA_SUCCESS;
+}
+
+/* Checked size arithmetic: *acc = a * b (or a + b); 0 on overflow. */
+static inline int da_mul_size(size_t a, size_t b, size_t *acc) {
+  if (a != 0 && b > SIZE_MAX / a) return 0;
+  *acc = a * b;
+  return 1;
+}
+static inline int da_add_size(size_t a, size_t b, size_t *acc) {
+  if (b > SIZE_MAX - a) return 0;
+  *acc = a + b;
+  return 1;
+}
+
+/* The softmax's multiplier in the log2 domain, c = scale * log2(e), as
+ * every kernel uses it (SPEC 1, "Scale"): above 2^24 it is rounded down to
+ * a power of two, at most 2^64. There every gap between two logits that
+ * f32 dot products resolve already weighs less than 2^-150 against the
+ * larger, as at the true scale; a power of two keeps c * m exact, so the
+ * kernels' fma(s, c, -c * m) is exactly 0 at a row's maximum; and the cap
+ * keeps c * (q.k) finite for any |q.k| below 2^64. da_scale_eff is c in
+ * the natural-log domain (c / log2(e)), for kernels that use exp. */
+#define DA_LOG2E 1.4426950408889634
+static inline float da_log2_mul(float scale) {
+  double c = (double)scale * DA_LOG2E;
+  if (!(c > 0x1p24)) return (float)c;
+  if (c >= 0x1p64) return 0x1p64f;
+  double p = 0x1p24;
+  while (p * 2.0 <= c) p *= 2.0;
+  return (float)p;
+}
+static inline float da_scale_eff(float scale) {
+  double c = (double)scale * DA_LOG2E;
+  return c > 0x1p24 ? (float)((double)da_log2_mul(scale) / DA_LOG2E) : scale;
 }
 
 static inline float da_half_to_float(uint16_t h) {

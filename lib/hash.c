@@ -89,7 +89,9 @@ void da_fusion_weights(const void *q, da_dtype t, size_t ld, int rows, int d, co
     int g1 = g0 + G < d ? g0 + G : d;
     float s = 0.0f;
     for (int i = g0; i < g1; i++) s += a[perm[i]];
-    if (!(s > 0.0f))
+    /* a sum that is not a positive finite number (a column holding Inf or
+     * NaN, or all zero) gives the group 1s: SPEC 1 step 6 */
+    if (!(s > 0.0f && s <= FLT_MAX))
       for (int i = g0; i < g1; i++) a[perm[i]] = 1.0f;
   }
 }

@@ -3,7 +3,7 @@
 # lib/da_internal.h, and find the backend modules built in this tree through
 # DISTRATTN_BACKEND_PATH. DA_TEST_SEED=<n> repeats a run's random inputs;
 # DISTRATTN_REQUIRE_BACKENDS=cpu,opencl makes an absent backend a failure.
-EXTRA_DIST += tests/testutil.h tests/ref.h tests/cases.h
+EXTRA_DIST += tests/testutil.h tests/ref.h tests/cases.h tests/torch_wrap.py
 
 if HAVE_CMOCKA
 da_test_programs = tests/test_status tests/test_desc tests/test_hash \
@@ -144,4 +144,35 @@ tests_test_capture_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools \
 	-DDA_TEST_BUILDDIR='"$(abs_top_builddir)"'
 tests_test_capture_CFLAGS = $(da_test_cflags)
 tests_test_capture_LDADD = $(da_test_ldadd)
+endif
+
+# A client that owns its memory (issue 15): tests/test_wrap wraps sub-ranges
+# of its own OpenCL buffers (and, on a GPU machine, its own cuMemAlloc) 1,000
+# times and checks every byte comes back intact and still its own, and that
+# aliasing is refused. Public API only, linked with the shared library as a
+# user links it; scripts/install-check.sh also builds it against the
+# installed library.
+if HAVE_CMOCKA
+check_PROGRAMS += tests/test_wrap
+TESTS += tests/test_wrap
+tests_test_wrap_SOURCES = tests/test_wrap.c
+tests_test_wrap_CPPFLAGS = -I$(top_srcdir)/include
+tests_test_wrap_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS)
+tests_test_wrap_LDADD = lib/libdistrattn.la $(CMOCKA_LIBS) -ldl -lm
+if HAVE_OPENCL
+tests_test_wrap_CPPFLAGS += -DDA_TEST_HAVE_OPENCL
+tests_test_wrap_CFLAGS += $(OPENCL_CFLAGS)
+tests_test_wrap_LDADD += $(OPENCL_LIBS)
+endif
+endif
+
+# Resources (issue 15): failing to start the CPU backend's threads is
+# DA_ERR_HOST_MEMORY with detail, and the GEMM algorithm's memory follows
+# the shape (tests/test_resources, one child process per case).
+if HAVE_CMOCKA
+check_PROGRAMS += tests/test_resources
+TESTS += tests/test_resources
+tests_test_resources_SOURCES = tests/test_resources.c $(da_test_common)
+tests_test_resources_CFLAGS = $(da_test_cflags)
+tests_test_resources_LDADD = $(da_test_ldadd) -lm
 endif
