@@ -93,8 +93,8 @@ da_status da_context_create(da_context **out, da_backend b, int index) {
     static const char *const names[] = {"auto", "cpu", "opencl", "cuda"};
     da_context tmp; /* only its message */
     int w;
-    unsigned long dev;
-    int set;
+    unsigned long dev = 0;
+    int set = 0;
     tmp.last_error[0] = '\0';
     if (da_env_word(&tmp, "DISTRATTN_BACKEND", names, 4,
                     "\"auto\", \"cpu\", \"opencl\" or \"cuda\"", &w) != DA_SUCCESS ||

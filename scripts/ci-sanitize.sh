@@ -61,7 +61,7 @@ if [ "${SANITIZE_SKIP_VALGRIND:-0}" != 1 ]; then
   # big accuracy suites (test_attention, test_invariants, test_consistency)
   # take hours under valgrind with PoCL compiling kernels;
   # VALGRIND_TESTS=all runs them.
-  tests=${VALGRIND_TESTS:-test_status test_desc test_hash test_modules test_lazy test_threads test_faults}
+  tests=${VALGRIND_TESTS:-test_status test_desc test_hash test_modules test_lazy test_threads test_faults test_wrap test_capture}
   if [ "$tests" = all ]; then
     tests=$(cd "$bd" && ls tests/test_* | grep -v -E '\.[a-z]+$' | sed 's|^tests/||')
   fi
@@ -70,7 +70,9 @@ if [ "${SANITIZE_SKIP_VALGRIND:-0}" != 1 ]; then
     [ -x "$bd/tests/$t" ] || continue
     start=$(date +%s)
     # Valgrind runs the forked children of tests/test_modules too.
-    if (cd "$bd" && DA_TEST_TIMEOUT=3000 valgrind -q --error-exitcode=1 --leak-check=full \
+    # libtool --mode=execute: a test linked with the shared library
+    # (tests/test_wrap) is a libtool wrapper script in the build tree
+    if (cd "$bd" && DA_TEST_TIMEOUT=3000 ./libtool --mode=execute valgrind -q --error-exitcode=1 --leak-check=full \
           --errors-for-leak-kinds=definite --show-leak-kinds=definite --num-callers=40 \
           --suppressions="$root/tests/valgrind.supp" "tests/$t" >"tests/$t.vg.log" 2>&1); then
       echo "ci-sanitize: valgrind $t: clean ($(( $(date +%s) - start )) s)"

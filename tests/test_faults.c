@@ -1020,8 +1020,11 @@ static void run_big_scale(da_backend be) {
 }
 static void test_big_scale_cpu(void **state) { run_big_scale(DA_BACKEND_CPU); }
 static void test_big_scale_opencl(void **state) { run_big_scale(DA_BACKEND_OPENCL); }
+static void test_big_scale_cuda(void **state) { run_big_scale(DA_BACKEND_CUDA); }
 
 static void test_nonfinite_cpu(void **state) { run_nonfinite(DA_BACKEND_CPU, 0); }
+static void test_nonfinite_cuda(void **state) { run_nonfinite(DA_BACKEND_CUDA, 0); }
+static void test_masked_inf_v_cuda(void **state) { run_nonfinite(DA_BACKEND_CUDA, 1); }
 static void test_nonfinite_opencl(void **state) { run_nonfinite(DA_BACKEND_OPENCL, 0); }
 static void test_masked_inf_v_cpu(void **state) { run_nonfinite(DA_BACKEND_CPU, 1); }
 static void test_masked_inf_v_opencl(void **state) { run_nonfinite(DA_BACKEND_OPENCL, 1); }
@@ -1041,7 +1044,7 @@ int main(int argc, char **argv) {
   signal(SIGALRM, on_alarm);
   alarm(getenv("DA_TEST_TIMEOUT") ? (unsigned)atoi(getenv("DA_TEST_TIMEOUT")) : 1200);
   tu_filter_from_env();
-  struct CMUnitTest tests[NROWS + 6];
+  struct CMUnitTest tests[NROWS + 9];
   char names[NROWS][64];
   for (size_t i = 0; i < NROWS; i++) {
     snprintf(names[i], sizeof names[i], "bad_%02zu_%s", i + 1, rows[i].id);
@@ -1057,5 +1060,9 @@ int main(int argc, char **argv) {
   tests[NROWS + 3] = (struct CMUnitTest)cmocka_unit_test(test_masked_inf_v_opencl);
   tests[NROWS + 4] = (struct CMUnitTest)cmocka_unit_test(test_big_scale_cpu);
   tests[NROWS + 5] = (struct CMUnitTest)cmocka_unit_test(test_big_scale_opencl);
-  return _cmocka_run_group_tests("test_faults", tests, NROWS + 6, NULL, NULL);
+  /* CUDA: skipped where it is absent, unless DISTRATTN_REQUIRE_BACKENDS names it */
+  tests[NROWS + 6] = (struct CMUnitTest)cmocka_unit_test(test_nonfinite_cuda);
+  tests[NROWS + 7] = (struct CMUnitTest)cmocka_unit_test(test_masked_inf_v_cuda);
+  tests[NROWS + 8] = (struct CMUnitTest)cmocka_unit_test(test_big_scale_cuda);
+  return _cmocka_run_group_tests("test_faults", tests, NROWS + 9, NULL, NULL);
 }
