@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Race distrattn's CUDA kernels against FlashAttention-2 (PyTorch's
 scaled_dot_product_attention forced onto its FLASH_ATTENTION backend).
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Standalone check and timing driver of the CUDA backend module: fills
  * da_context / da_plan by hand (as the core does) and calls the module's

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Build the CUDA backend standalone with nvcc and run its checks, the
 # sanitizers and a few timings on a GPU machine (used through the device tool).
 # The Hopper kernel (cuda/cuda_wgmma.cu) is built for sm_90a alone.

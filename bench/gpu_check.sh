@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # The library's own test suite on a GPU machine that has the CUDA toolkit but
 # no package manager and no network (the device tool's machines).
 #

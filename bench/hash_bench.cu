@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bench/hash_bench.cu: the CUDA hash kernel (cuda/cuda_hash.cu,
  * dac_launch_hash) against the kernel it replaced, kept below verbatim
  * under another name: perm, wts and qs must agree byte for byte on every

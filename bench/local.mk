@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # bench/: the script that produces the README's benchmark table.
 dist_noinst_SCRIPTS += bench/run-bench.sh
 # The README's plots (issue 5): bench/plot.py draws bench/*.png from the CSV

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Draw the README's plots (PNG, matplotlib).
 
   time-vs-seq.png   time against sequence length for each algorithm (fused

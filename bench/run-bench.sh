@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Benchmark table for the README: `distrattn bench` with the settings of the
 # DistrAttention comparison (batch 1, heads 8, f32, seq 1024..8192, head_dim
 # 64 and 128; fused exact, GEMM exact, G=2 and G=4 fused), as Markdown on

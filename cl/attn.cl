@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Fused attention in the FlashAttention-2 manner. A work-group owns BM
  * consecutive query rows of one (batch, head), one work-item per row: the
  * row's (fused) query and its output accumulator stay in private memory while

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Helpers around the CLBlast GEMMs of DA_ALGO_GEMM: conversion to f32, the
  * fused Qs / Kf of DistrAttention, the masked softmax of the logits and the
  * final store in the input dtype.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* OpenCL backend module: devices, contexts, buffers, the program cache and
  * the interface the core loads with dlopen. */
 #include <stdlib.h>

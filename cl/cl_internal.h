@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* OpenCL backend module: shared declarations (hidden; only
  * distrattn_backend_entry is exported). */
 #ifndef DA_CL_INTERNAL_H

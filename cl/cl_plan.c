@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* OpenCL backend module: plans, the fused attention, the hash/groups kernel
  * and DA_ALGO_GEMM through CLBlast. */
 #include <math.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* OpenCL backend: names of OpenCL error codes for the context's last error. */
 #include "cl_internal.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* distrattn OpenCL kernels: element access shared by every program.
  * DTYPE: 0 f32, 1 f16 (stored as half bits), 2 bf16 (stored as bf16 bits).
  * Arithmetic is f32 everywhere; no fast-math options are ever passed. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* SPEC steps 2-6 for one (batch, head, hash tile) per work-group:
  * codes by a sequential fma over the tile's rows (each lane of a vector is one
  * column, so the order per column is exactly the reference's), inverse Gray

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # cl/: the OpenCL backend, a module loaded at run time (distrattn_opencl.so).
 # The kernels in cl/*.cl are embedded as C strings into generated headers in
 # the build tree (only $(SED) is needed).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The CUDA backend module (distrattn_cuda.so): the backend interface over
  * the CUDA runtime (linked statically, so only the driver is needed) and,

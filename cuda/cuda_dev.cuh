@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Device helpers shared by the CUDA backend's kernels. */
 #ifndef DA_CUDA_DEV_CUH
 #define DA_CUDA_DEV_CUH

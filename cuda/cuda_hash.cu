@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* SPEC steps 2-6 on the GPU (codes bit-identical to lib/hash.c), the fused
  * Q, and the helpers of the GEMM algorithm. */
 #include <math.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * CUDA backend internals: the backend's context and plan state and the
  * kernel launchers shared by the module's translation units. Not installed.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Tensor-core fused attention for f16/bf16 inputs, head_dim 64 and 128:
  * mma.sync m16n8k16 fed by ldmatrix, f32 accumulation, online softmax in
  * registers. Each warp owns 16 or 32 query rows; 64 keys per step, K and V

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* SIMT fused attention: every dtype, head_dim 1..256, every group size.
  * 16 query rows and 16 keys per step, 8 threads per query row; arithmetic
  * in f32 with an online softmax. 16 rows divide every hash_block. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Hopper (sm_90a) fused attention for f16/bf16 inputs, head_dim 64 and 128.
  *
  * One block of three warpgroups per 128 query rows (one hash tile, so one

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # cuda/: the CUDA backend module distrattn_cuda.so, compiled by nvcc through
 # libtool (cuda/nvcc-lt.sh writes the .lo files) and linked against the
 # static CUDA runtime, so that it needs only the driver. cuBLAS (for

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # nvcc-lt.sh OUT.lo NVCC [ARGS...]
 # Compile one CUDA source with nvcc into the objects libtool expects and
 # write the libtool object file OUT.lo describing them: the position

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The README's example: built against the installed library by scripts/install-check.sh. */
 #include <distrattn.h>
 #include <stdio.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* libFuzzer target: the DATTNCAP capture reader (tools/capture_io.c) over
  * memory, the entry `distrattn eval` and tests/test_realdata reach through
  * capture_load_file. Built by scripts/ci-fuzz.sh with

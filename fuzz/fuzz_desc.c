@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* libFuzzer target: descriptor validation and tiny attention runs on the CPU
  * backend. Built by scripts/ci-fuzz.sh with
  *   clang -fsanitize=fuzzer,address,undefined

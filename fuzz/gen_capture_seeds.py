@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Writes the seeds of fuzz/fuzz_capture.c into fuzz/corpus-capture/ (or the
 folder given): small valid DATTNCAP version 1 captures (tools/CAPTURE_FORMAT.md)
 in f32 and f16, and a few broken ones. Deterministic; the committed seeds are

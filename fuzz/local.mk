@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # fuzz/: the libFuzzer targets that scripts/ci-fuzz.sh builds with clang
 # (make does not build them) and their seeds, and CI's sanitizer and fuzzer
 # scripts, which .ci/run calls: shipped so that the tarball holds everything

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * distrattn — fast transformer self-attention (exact and DistrAttention)
  * on the CPU, OpenCL and CUDA, behind one plain C API.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * distrattn CUDA interop: run distrattn on a caller's CUDA stream and over a
  * caller's device memory. Typed wrappers over da_context_wrap,

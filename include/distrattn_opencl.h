@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * distrattn OpenCL interop: run distrattn on the caller's cl_command_queue
  * and cl_mem objects. Include after <CL/cl.h> (or let this header include it).

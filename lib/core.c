@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Contexts, buffers and plans: the backend-agnostic half of every call.
  * Arguments are checked here, so that backends see only valid requests. */
 #include <math.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The built-in CPU backend: exact attention and DistrAttention (SPEC section 1)
  * on host memory, f32 arithmetic, a persistent pthread pool per context.

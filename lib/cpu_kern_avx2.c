@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The CPU kernels for x86 with AVX2, FMA, F16C, chosen at run
  * time (lib/cpu_backend.c); the target is set here, so the rest of the
  * library needs no -m flag. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The portable CPU kernels: GCC/Clang vector extensions at the compiler's
  * default width, or plain scalar C for any other compiler. */
 #include "cpu_kernels.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Template of the CPU kernels, included once per instruction set by
  * lib/cpu_kern_{generic,avx2,avx512}.c with

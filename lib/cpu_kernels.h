@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The CPU backend's compute kernels, built once per instruction set
  * (lib/cpu_kern_generic.c, lib/cpu_kern_avx2.c, lib/cpu_kern_avx512.c, each

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The backend interface: what a backend (built in, or a loadable module)
  * implements, and the core's objects it sees. Internal, not installed.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Core internals shared by lib/ and the tests (which link the convenience
  * library libdacore.la and so see these hidden symbols). Not installed.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* A backend module is checked before dlopen: glibc maps a shared object's
  * PT_LOAD segments as the program headers describe them, so a file cut
  * short (an interrupted install) maps pages past its end, and the first

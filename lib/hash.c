@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* SPEC section 1, steps 1-6: the reference projections, hashing, ordering,
  * grouping and fusion weights every backend must reproduce. */
 #include <math.h>

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # lib/: the backend-agnostic core and the built-in CPU backend.
 include_HEADERS = include/distrattn.h include/distrattn_opencl.h include/distrattn_cuda.h
 

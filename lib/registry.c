@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The backend registry: the built-in CPU backend and the backend modules
  * (distrattn_<name>.so) found in DISTRATTN_BACKEND_PATH's folders and in the
  * installed module folder. Each backend is initialised once, by the first

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Version and status strings. */
 #include "da_internal.h"
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # CI: build the libFuzzer targets with clang
 # -fsanitize=fuzzer,address,undefined and run each for FUZZ_SECONDS (default
 # 60) from its seeds, printing each one's number of executions:

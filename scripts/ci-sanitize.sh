@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # CI: memory and undefined-behaviour checks.
 #  1. build-asan/: the whole tree with -fsanitize=address,undefined
 #     -fno-omit-frame-pointer (gcc; SANITIZE_CC=clang for clang), then

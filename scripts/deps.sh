@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Sourced: installs the Debian packages the build needs when they are missing.
 da_pkgs="autoconf automake libtool pkg-config make gcc libcmocka-dev ocl-icd-opencl-dev opencl-headers pocl-opencl-icd libclblast-dev clinfo"
 da_missing=""

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs the build in build/ into a scratch prefix, then builds the README's
 # example with `cc app.c $(pkg-config --cflags --libs distrattn)` against it
 # and runs it; also checks that only da_* symbols are exported.

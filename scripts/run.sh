@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Set up (packages, build) and run the main job on the default device:
 # `distrattn run` (OpenCL on PoCL where present, else the CPU backend).
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Set up (Debian packages, when missing and we are root) and pass the tests:
 # build in build/, run `make check` and `make distcheck`.
 set -euo pipefail

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* One attention case against the float64 reference. */
 #include <stdlib.h>
 #include <string.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Running one attention case on a backend and measuring it against the
  * float64 reference. Shared by test_attention, test_invariants and
  * test_consistency. */

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # The OpenCL tests of test_attention, test_consistency, test_invariants and
 # test_faults (its non-finite inputs) again with DISTRATTN_CL_KERNEL=tiled: the fused kernel in the shape GPUs
 # run by default, checked on whatever OpenCL device is here (PoCL in CI,

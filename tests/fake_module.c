@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* A fake backend module for tests/test_modules: built as
  * tests/.libs/distrattn_opencl.so (check_LTLIBRARIES, never installed). What
  * distrattn_backend_entry returns is chosen by DA_FAKE_MODULE, so one file

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # tests/: cmocka suites, run by `make check`. They link the convenience
 # library lib/libdacore.la, which reaches the hidden reference functions of
 # lib/da_internal.h, and find the backend modules built in this tree through
@@ -176,3 +177,10 @@ tests_test_resources_SOURCES = tests/test_resources.c $(da_test_common)
 tests_test_resources_CFLAGS = $(da_test_cflags)
 tests_test_resources_LDADD = $(da_test_ldadd) -lm
 endif
+
+# License (issue "A library people can adopt"): tests/spdx-check.sh fails
+# listing any source file of ours without `SPDX-License-Identifier:
+# Apache-2.0` near its top (git ls-files in a checkout, the files of the
+# source tree in a tarball, as under `make distcheck`). Needs no cmocka.
+EXTRA_DIST += tests/spdx-check.sh
+TESTS += tests/spdx-check.sh

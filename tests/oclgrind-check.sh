@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Runs tests/test_oclgrind under the Oclgrind simulator with its checkers on,
 # once with each shape of the fused kernel (DISTRATTN_CL_KERNEL=rows, the
 # CPU one, and tiled, the GPU one), and fails on anything Oclgrind reports

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* float64 references (tests only). */
 #include <math.h>
 #include <stdlib.h>

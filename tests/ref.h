@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* float64 references of what SPEC.md section 1 says is computed. They live in
  * the tests only; the library never sees them. */
 #ifndef DA_TEST_REF_H

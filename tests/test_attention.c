@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Exact attention (group_size 1) against the float64 reference on
  * FlashAttention's test shapes, on every backend present: f32 / f16 / bf16,
  * causal and not, GQA and MQA, both algorithms. Fresh inputs every run (the

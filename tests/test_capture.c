@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Crafted DATTNCAP captures against the one reader, tools/capture_io.c
  * (tools/CAPTURE_FORMAT.md, "Reader's checks"), and against `distrattn eval`.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* One consistency suite, run for every backend: CPU, OpenCL, CUDA.
  * An absent backend is skipped, unless DISTRATTN_REQUIRE_BACKENDS (comma-
  * separated names, e.g. "cpu,opencl") lists it: then its test fails with the

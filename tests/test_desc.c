@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Descriptor validation and NULL / bad arguments of every API function.
  * Bad input is answered with DA_ERR_INVALID_ARG, never crashed on, and
  * da_context_last_error names the rejected field and its value. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Bad inputs and faults: every row of the table below is one cmocka test.
  * Each row makes a fresh context, makes one bad call, checks the status and
  * that da_context_last_error names what was wrong, and then checks that the

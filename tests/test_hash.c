@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* SPEC section 1 steps 1-6 on hand-worked cases: the projections' generator,
  * hashing, inverse Gray keys, ordering, groups and fusion weights. */
 #include <math.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* SPEC section 2 invariants of DistrAttention, on every backend present:
  *  - G on Q whose columns come in equal runs of G (MEAN and NORM) equals
  *    exact attention within the exact bound;

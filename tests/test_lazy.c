@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* A backend's runtime is loaded only when that backend is asked for.
  *
  * A program that only uses the CPU backend must not get the OpenCL module,

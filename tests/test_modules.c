@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Backend modules that cannot be used are skipped with a reason, and
  * DISTRATTN_BACKEND_PATH loads only from the folders it names.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The OpenCL kernels on the Oclgrind simulator, at shapes small enough for an
  * interpreter yet covering every kernel path: exact and G = 2/4/8, MEAN and
  * NORM fusion, causal with seq_q < seq_k and seq_q > seq_k (rows that see no

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Accuracy on a real model's attention inputs: the committed capture
  * tests/data/minilm-l6-small.dattncap (all-MiniLM-L6-v2, 6 layers x 12 heads x
  * head_dim 32, 8 texts, f16; tools/CAPTURE_FORMAT.md, made by

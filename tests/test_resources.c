@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Resources: what the library asks of the machine is bounded by the shape,
  * and running out is a status with detail, never a crash.
  *  - threads: with the address space limited (RLIMIT_AS) so that the CPU

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Status strings, version string and backend names. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"

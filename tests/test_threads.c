@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The thread-safety rule of include/distrattn.h, exercised:
  *  - device enumeration from many threads at once, as the process's first
  *    library calls (the registry initialises each backend once);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* A client that owns its memory, as an inference engine or PyTorch does:
  * it makes its own OpenCL context, queue and buffers (or CUDA allocations),
  * hands the library sub-ranges of them through da_buffer_wrap, and must get

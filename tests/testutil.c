@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Helpers shared by the test programs. */
 #include <math.h>
 #include <stdlib.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Helpers shared by the distrattn test programs: a seeded random source,
  * input filling, output poisoning, error measures, backend selection. */
 #ifndef DA_TESTUTIL_H

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """PyTorch as the client that owns the memory (issue 15's crash).
 
 A PyTorch program wraps its tensors with the C API (da_context_wrap on

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Capture the attention inputs (Q, K, V of every layer and head) of a real
 pretrained transformer into a DATTNCAP file (tools/CAPTURE_FORMAT.md).
 

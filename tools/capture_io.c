@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* distrattn command-line program: the DATTNCAP capture reader (see
  * capture_io.h and tools/CAPTURE_FORMAT.md, "Reader's checks").
  *

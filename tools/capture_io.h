@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * distrattn command-line program: the one reader of the DATTNCAP capture
  * format (tools/CAPTURE_FORMAT.md), used by `distrattn eval`,

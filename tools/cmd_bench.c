@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* distrattn bench: fused exact, GEMM exact, and DistrAttention G=2 / G=4
  * (fused) over element types, masks, sequence lengths and head dims, on one
  * device. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* distrattn check: every available backend against the CPU backend (and the
  * CPU backend against a float64 reference) over a sweep of shapes. */
 #include <getopt.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* distrattn devices: every device of every backend, why a backend is
  * missing, and the device DA_BACKEND_AUTO picks. */
 #include <getopt.h>

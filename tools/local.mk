@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # tools/: the distrattn command-line program (public API only).
 bin_PROGRAMS += tools/distrattn
 tools_distrattn_SOURCES = tools/main.c tools/util.c tools/util.h tools/cmd_devices.c \

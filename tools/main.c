@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* distrattn command-line program: subcommand dispatch. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"

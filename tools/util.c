@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* distrattn command-line program: shared helpers. */
 #include <errno.h>
 #include <limits.h>

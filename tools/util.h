@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * distrattn command-line program: shared helpers (option parsing, random
  * inputs, element conversion, timing, the float64 reference, output).
