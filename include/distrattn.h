@@ -144,6 +144,25 @@ DA_API da_status da_attention(da_plan *p, const da_buffer *q, const da_buffer *k
 DA_API int da_backend_available(da_backend b, const char **why);
 DA_API const char *da_backend_name(da_backend b);
 
+/* Backend modules (distrattn_opencl.so, distrattn_cuda.so) are looked for,
+ * each folder once, in: the folders given to da_backend_add_path (in the
+ * order given); DISTRATTN_BACKEND_PATH's colon-separated folders;
+ * distrattn/backends beside the loaded libdistrattn shared library (so an
+ * install moved with `make install prefix=...` or DESTDIR finds its own
+ * modules); the module folder configured at build time.
+ *
+ * da_backend_add_path adds dir (resolved to an absolute path now, so a
+ * later chdir does not change it) to that search, before every other
+ * folder. A backend's module is looked for once per process, when the
+ * first call needs that backend (a context for it, da_backend_available
+ * for it; device enumeration and DA_BACKEND_AUTO need all of them), so call
+ * this first: once the OpenCL or the CUDA module has been looked for,
+ * it returns DA_ERR_UNSUPPORTED and adds nothing, for any backend (the CPU
+ * backend is built in and does not count). dir NULL, empty, missing or not a
+ * directory: DA_ERR_INVALID_ARG. Out of memory: DA_ERR_HOST_MEMORY. Nothing
+ * is added on an error. Safe from any thread. */
+DA_API da_status da_backend_add_path(const char *dir);
+
 /* Interop, used through distrattn_opencl.h and distrattn_cuda.h: wrap a
  * native queue/stream or memory object of the caller's. The caller keeps
  * ownership of what it passes; destroying the wrapper never frees or

@@ -53,7 +53,7 @@ DA_HIDDEN size_t da_dtype_size(da_dtype t);
 typedef struct da_registered {
   const da_backend_iface *iface; /* NULL when absent */
   int ndev;
-  char why[512];                 /* reason it is absent or has no device */
+  char why[1024];                /* reason it is absent or has no device */
   void *dl;                      /* dlopen handle of a module */
 } da_registered;
 /* The registry's entry for a backend id (1..3): that backend alone is

@@ -1,15 +1,23 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The backend registry: the built-in CPU backend and the backend modules
- * (distrattn_<name>.so) found in DISTRATTN_BACKEND_PATH's folders and in the
- * installed module folder. Each backend is initialised once, by the first
- * call that needs it (pthread_once per backend), and read-only after that:
- * a program that only uses the CPU backend never loads the OpenCL module
- * (libOpenCL, and PoCL with its signal handlers) or the CUDA module. Calls
- * that need every backend (device enumeration, DA_BACKEND_AUTO without
- * DISTRATTN_BACKEND) initialise them all. */
+ * (distrattn_<name>.so), looked for in this order, each folder once:
+ *  1. the folders given to da_backend_add_path, in the order given;
+ *  2. DISTRATTN_BACKEND_PATH's folders;
+ *  3. distrattn/backends beside the loaded libdistrattn (found with dladdr),
+ *     so an install moved with `make install prefix=...` or DESTDIR finds
+ *     its modules;
+ *  4. the configured module folder, DA_BACKEND_DIR.
+ * Each backend is initialised once, by the first call that needs it
+ * (pthread_once per backend), and read-only after that: a program that only
+ * uses the CPU backend never loads the OpenCL module (libOpenCL, and PoCL
+ * with its signal handlers) or the CUDA module. Calls that need every
+ * backend (device enumeration, DA_BACKEND_AUTO without DISTRATTN_BACKEND)
+ * initialise them all. */
+#define _GNU_SOURCE /* dladdr */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -28,7 +36,8 @@ static pthread_once_t registry_once[4] = {PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT, 
 static void append_why(da_registered *r, const char *fmt, const char *a, const char *b) {
   size_t len = strlen(r->why);
   if (len >= sizeof r->why - 1) return;
-  snprintf(r->why + len, sizeof r->why - len, fmt, a, b);
+  /* cut short when full (the return value is read: the cut is meant) */
+  if (snprintf(r->why + len, sizeof r->why - len, fmt, a, b) < 0) r->why[len] = '\0';
 }
 
 static void init_backend(da_registered *r, const da_backend_iface *iface) {
@@ -130,37 +139,167 @@ static int try_module(da_registered *r, da_backend id, const char *name, const c
   return 0;
 }
 
+/* ---- where modules are looked for ---- */
+
+/* Folders added by da_backend_add_path (absolute, resolved), and whether a
+ * module backend's search has begun: once it has, no folder is added. */
+static pthread_mutex_t added_lock = PTHREAD_MUTEX_INITIALIZER;
+static char **added_dirs;
+static size_t added_n;
+static int modules_searched;
+
+/* The longest folder name searched: room for "/distrattn_<name>.so". */
+#define DA_DIR_MAX 4000
+
+typedef struct dir_list {
+  char **dir;
+  struct stat *st; /* st_dev/st_ino of dir[i] when has_st[i] */
+  int *has_st;
+  size_t n, cap;
+} dir_list;
+
+static void dir_list_free(dir_list *l) {
+  for (size_t i = 0; i < l->n; i++) free(l->dir[i]);
+  free(l->dir);
+  free(l->st);
+  free(l->has_st);
+  memset(l, 0, sizeof *l);
+}
+
+/* Appends the first len bytes of dir unless the list already has that
+ * folder (the same name, or the same device and inode). 0, or -1 when out
+ * of memory. */
+static int dir_list_add(dir_list *l, const char *dir, size_t len) {
+  if (len == 0 || len > DA_DIR_MAX) return 0;
+  char *d = malloc(len + 1);
+  if (!d) return -1;
+  memcpy(d, dir, len);
+  d[len] = '\0';
+  struct stat st;
+  int has = stat(d, &st) == 0;
+  for (size_t i = 0; i < l->n; i++)
+    if (strcmp(l->dir[i], d) == 0 ||
+        (has && l->has_st[i] && l->st[i].st_dev == st.st_dev && l->st[i].st_ino == st.st_ino)) {
+      free(d);
+      return 0;
+    }
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? 2 * l->cap : 8;
+    char **nd = realloc(l->dir, cap * sizeof *nd);
+    if (!nd) goto oom;
+    l->dir = nd;
+    struct stat *ns = realloc(l->st, cap * sizeof *ns);
+    if (!ns) goto oom;
+    l->st = ns;
+    int *nh = realloc(l->has_st, cap * sizeof *nh);
+    if (!nh) goto oom;
+    l->has_st = nh;
+    l->cap = cap;
+  }
+  l->dir[l->n] = d;
+  if (has) l->st[l->n] = st;
+  l->has_st[l->n] = has;
+  l->n++;
+  return 0;
+oom:
+  free(d);
+  return -1;
+}
+
+/* distrattn/backends in the folder of the loaded libdistrattn (or of the
+ * program it is linked into), written to out; 0, or -1 when unknown. */
+static int beside_library(char *out, size_t len) {
+  Dl_info info;
+  void *self;
+  int (*fn)(da_backend, const char **) = da_backend_available;
+  memcpy(&self, &fn, sizeof self);
+  if (!dladdr(self, &info) || !info.dli_fname || !strchr(info.dli_fname, '/')) return -1;
+  char *real = realpath(info.dli_fname, NULL);
+  if (!real) return -1;
+  char *slash = strrchr(real, '/');
+  *slash = '\0';
+  int n = snprintf(out, len, "%s/distrattn/backends", slash == real ? "" : real);
+  free(real);
+  return n > 0 && (size_t)n < len ? 0 : -1;
+}
+
+/* Every folder to search, in order (see the top of this file). 0, or -1
+ * when out of memory. */
+static int search_dirs(dir_list *l, const char *env) {
+  int bad = 0;
+  pthread_mutex_lock(&added_lock);
+  modules_searched = 1;
+  for (size_t i = 0; i < added_n && !bad; i++) bad = dir_list_add(l, added_dirs[i], strlen(added_dirs[i]));
+  pthread_mutex_unlock(&added_lock);
+  for (const char *p = env; p && *p && !bad;) {
+    size_t len = strcspn(p, ":");
+    bad = dir_list_add(l, p, len);
+    p += len;
+    if (*p == ':') p++;
+  }
+  char self[PATH_MAX + 32];
+  if (!bad && beside_library(self, sizeof self) == 0) bad = dir_list_add(l, self, strlen(self));
+  if (!bad) bad = dir_list_add(l, DA_BACKEND_DIR, strlen(DA_BACKEND_DIR));
+  return bad;
+}
+
 static void load_module(da_backend id, const char *name) {
   da_registered *r = &registry[id];
   char file[64];
   snprintf(file, sizeof file, "distrattn_%s.so", name);
   r->why[0] = '\0';
-  int found = 0;
   const char *env = getenv("DISTRATTN_BACKEND_PATH");
-  if (env && *env) {
-    char *paths = strdup(env), *save = NULL;
-    if (paths) {
-      for (char *dir = strtok_r(paths, ":", &save); dir && !found; dir = strtok_r(NULL, ":", &save)) {
-        if (!*dir) continue;
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s", dir, file);
-        found = try_module(r, id, name, path);
-      }
-      free(paths);
-    }
+  dir_list dirs = {0};
+  if (search_dirs(&dirs, env) != 0) {
+    dir_list_free(&dirs);
+    snprintf(r->why, sizeof r->why, "out of host memory listing the folders to search for %s", file);
+    return;
   }
-  if (!found) {
+  int found = 0;
+  for (size_t i = 0; i < dirs.n && !found; i++) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s", DA_BACKEND_DIR, file);
+    snprintf(path, sizeof path, "%s/%s", dirs.dir[i], file);
     found = try_module(r, id, name, path);
   }
-  if (!found && !r->why[0])
-    snprintf(r->why, sizeof r->why, "module %s not found (looked in DISTRATTN_BACKEND_PATH=%s and %s)",
-             file, env ? env : "(unset)", DA_BACKEND_DIR);
-  else if (!found) {
+  if (!found && !r->why[0]) {
+    int n = snprintf(r->why, sizeof r->why, "module %s not found (DISTRATTN_BACKEND_PATH=%s; looked in",
+                     file, env ? env : "(unset)");
+    for (size_t i = 0; i < dirs.n && n > 0 && (size_t)n < sizeof r->why; i++)
+      n += snprintf(r->why + n, sizeof r->why - (size_t)n, "%s %s", i ? "," : "", dirs.dir[i]);
+    if (n > 0 && (size_t)n < sizeof r->why) snprintf(r->why + n, sizeof r->why - (size_t)n, ")");
+  } else if (!found) {
     size_t n = strlen(r->why);
     if (n >= 2 && r->why[n - 2] == ';') r->why[n - 2] = '\0';
   }
+  dir_list_free(&dirs);
+}
+
+da_status da_backend_add_path(const char *dir) {
+  if (!dir || !*dir) return DA_ERR_INVALID_ARG;
+  char *real = realpath(dir, NULL);
+  if (!real) return errno == ENOMEM ? DA_ERR_HOST_MEMORY : DA_ERR_INVALID_ARG;
+  struct stat st;
+  if (stat(real, &st) != 0 || !S_ISDIR(st.st_mode) || strlen(real) > DA_DIR_MAX) {
+    free(real);
+    return DA_ERR_INVALID_ARG;
+  }
+  da_status s = DA_SUCCESS;
+  pthread_mutex_lock(&added_lock);
+  if (modules_searched) {
+    s = DA_ERR_UNSUPPORTED;
+  } else {
+    char **nd = realloc(added_dirs, (added_n + 1) * sizeof *nd);
+    if (!nd) {
+      s = DA_ERR_HOST_MEMORY;
+    } else {
+      added_dirs = nd;
+      added_dirs[added_n++] = real;
+      real = NULL;
+    }
+  }
+  pthread_mutex_unlock(&added_lock);
+  free(real);
+  return s;
 }
 
 static void init_cpu(void) {

@@ -29,6 +29,77 @@ if pkg-config --exists cmocka; then
     { cat "$prefix/test_wrap.log"; echo "install-check: tests/test_wrap against the installed library FAILED"; exit 1; }
   echo "install-check: tests/test_wrap against the installed library: $(grep -E '^\[  PASSED' "$prefix/test_wrap.log")"
 fi
+# Modules found beside the installed library (lib/registry.c). The build was
+# configured for another prefix (its compiled-in module folder is that
+# prefix's, /usr/local/lib/distrattn/backends by default, which may hold an
+# older install), and is installed here with `make install prefix=...`. A
+# small program, with DISTRATTN_BACKEND_PATH unset, asks for the OpenCL
+# backend and prints the file of every loaded libdistrattn and OpenCL module
+# (dl_iterate_phdr): both must lie under this prefix. Then the whole prefix
+# is moved to another folder and the program run from there: its module
+# must come from the new place, which neither the compiled-in folder nor
+# the install-time prefix names, so only the lookup relative to the loaded
+# library can have found it. `distrattn devices` from the moved prefix must
+# list the OpenCL backend as well.
+configured=$(sed -n 's/^prefix=//p' "$prefix/lib/pkgconfig/distrattn.pc")
+if [ -f "$prefix/lib/distrattn/backends/distrattn_opencl.so" ]; then
+  if [ "$configured" = "$prefix" ]; then
+    echo "install-check: the build's configured prefix is the scratch prefix; cannot check the relative lookup"; exit 1
+  fi
+  cat > "$prefix/where.c" <<'WHERE'
+#define _GNU_SOURCE
+#include <distrattn.h>
+#include <link.h>
+#include <stdio.h>
+#include <string.h>
+static int show(struct dl_phdr_info *i, size_t size, void *data) {
+  (void)size; (void)data;
+  if (strstr(i->dlpi_name, "libdistrattn") || strstr(i->dlpi_name, "distrattn_opencl"))
+    printf("loaded: %s\n", i->dlpi_name);
+  return 0;
+}
+int main(void) {
+  const char *why = NULL;
+  int ok = da_backend_available(DA_BACKEND_OPENCL, &why);
+  printf("opencl: %s%s\n", ok ? "available" : "not available: ", ok ? "" : why);
+  dl_iterate_phdr(show, NULL);
+  return 0;
+}
+WHERE
+  cc -std=gnu11 "$prefix/where.c" $($pc --cflags --libs distrattn) -o "$prefix/where"
+  where_check() { # $1: the prefix the files now lie in
+    local at out
+    at=$(cd "$1" && pwd -P)
+    out=$(env -u DISTRATTN_BACKEND_PATH LD_LIBRARY_PATH="$1/lib" "$1/where")
+    echo "$out" | sed 's/^/install-check:   /'
+    if ! echo "$out" | grep -q "^loaded: .*/distrattn_opencl.so$"; then
+      case ",${DISTRATTN_REQUIRE_BACKENDS:-}," in
+        *,opencl,*) echo "install-check: no OpenCL module loaded from $1"; exit 1 ;;
+        *) echo "install-check: the OpenCL module did not load here (see above): relative lookup not checked"; return 0 ;;
+      esac
+    fi
+    local lib mod
+    lib=$(echo "$out" | sed -n 's/^loaded: \(.*libdistrattn[^/]*\)$/\1/p')
+    mod=$(echo "$out" | sed -n 's/^loaded: \(.*distrattn_opencl.so\)$/\1/p')
+    lib=$(cd "$(dirname "$lib")" && pwd -P); mod=$(cd "$(dirname "$mod")" && pwd -P)
+    [ "$lib" = "$at/lib" ] || { echo "install-check: libdistrattn loaded from $lib, not $at/lib"; exit 1; }
+    [ "$mod" = "$at/lib/distrattn/backends" ] ||
+      { echo "install-check: the OpenCL module loaded from $mod, not $at/lib/distrattn/backends"; exit 1; }
+    env -u DISTRATTN_BACKEND_PATH LD_LIBRARY_PATH="$1/lib" "$1/bin/distrattn" devices >"$1/devices.txt" 2>&1 ||
+      { cat "$1/devices.txt"; echo "install-check: distrattn devices from $1 failed"; exit 1; }
+    grep -q '^opencl  *available' "$1/devices.txt" ||
+      { cat "$1/devices.txt"; echo "install-check: distrattn devices from $1 does not list the OpenCL backend"; exit 1; }
+  }
+  echo "install-check: configured prefix $configured, installed in $prefix (DISTRATTN_BACKEND_PATH unset):"
+  where_check "$prefix"
+  moved=$(mktemp -d)
+  trap 'rm -rf "$prefix" "$moved"' EXIT
+  mv "$prefix" "$moved/moved"
+  echo "install-check: the same install moved to $moved/moved:"
+  where_check "$moved/moved"
+  mv "$moved/moved" "$prefix"
+  echo "install-check: modules found beside the installed library, before and after moving it: OK"
+fi
 bad=$(nm -D --defined-only "$prefix/lib/libdistrattn.so" | awk '$2 ~ /^[TDBR]$/ {print $3}' | grep -v '^da_' || true)
 if [ -n "$bad" ]; then echo "install-check: symbols exported beyond da_*: $bad"; exit 1; fi
 echo "install-check: installed library, pkg-config build of examples/app.c and exports OK"

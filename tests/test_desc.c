@@ -254,6 +254,8 @@ static void test_null_context_calls(void **state) {
   assert_int_not_equal(da_device_get_info(da_device_count(), &info), DA_SUCCESS);
   assert_int_equal(da_context_wrap(NULL, DA_BACKEND_OPENCL, tmp), DA_ERR_INVALID_ARG);
   assert_int_equal(da_buffer_wrap(NULL, tmp, 8, &b), DA_ERR_INVALID_ARG);
+  assert_int_equal(da_backend_add_path(NULL), DA_ERR_INVALID_ARG);
+  assert_int_equal(da_backend_add_path(""), DA_ERR_INVALID_ARG);
 }
 
 static void test_null_args_with_context(void **state) {

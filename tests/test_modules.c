@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Backend modules that cannot be used are skipped with a reason, and
- * DISTRATTN_BACKEND_PATH loads only from the folders it names.
+ * DISTRATTN_BACKEND_PATH loads only from the folders it names (and the
+ * library's own: distrattn/backends beside it, then the configured one);
+ * folders given to da_backend_add_path come first, and such a call after a
+ * module was looked for changes nothing.
  *
  * The registry initialises a backend once per process, so every case runs
  * in a child made by fork() of this process, which itself never calls the
@@ -11,6 +14,7 @@
  * machine) are copies of the real module cl/.libs/distrattn_opencl.so,
  * cut or patched, in a temporary folder. */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <elf.h>
 #include <errno.h>
 #include <link.h>
@@ -39,10 +43,14 @@ typedef struct answer {
   int avail;
   int status;      /* of the extra step (build test), 0 if none */
   int cpu;         /* ASK_CPU: status of a CPU attention run after the ask */
+  int added;       /* da_backend_add_path(add) before the ask, 0 if no add */
+  int added_after; /* ASK_ADD_AFTER: da_backend_add_path(emptydir) after it */
+  int bad_args[4]; /* ASK_ADD_ARGS: da_backend_add_path(NULL, "", a file, a missing folder) */
   char why[4096];
 } answer;
 
-enum { ASK_BUILD = 1, ASK_CPU = 2, ASK_WRAP = 4 };
+enum { ASK_BUILD = 1, ASK_CPU = 2, ASK_WRAP = 4, ASK_ADD_AFTER = 8, ASK_CPU_FIRST = 16,
+       ASK_ADD_ARGS = 32 };
 
 static int file_exists(const char *p) {
   struct stat st;
@@ -103,11 +111,13 @@ static int wrap_run(char *why, size_t len) {
   return s;
 }
 
-/* In a child: env (NULL value = unset), then da_backend_available(OPENCL).
- * With ASK_BUILD the child also makes an OpenCL plan and reports its status
- * and last error; with ASK_CPU it then runs an attention on the CPU
- * backend. */
-static answer ask(const char *path, const char *fake, int flags) {
+/* In a child: env (NULL value = unset), da_backend_add_path(add) when add
+ * is not NULL (after a CPU attention run with ASK_CPU_FIRST; after the bad
+ * arguments with ASK_ADD_ARGS), then da_backend_available(OPENCL). With
+ * ASK_BUILD the child also makes an OpenCL plan and reports its status and
+ * last error; with ASK_CPU it then runs an attention on the CPU backend;
+ * with ASK_ADD_AFTER it calls da_backend_add_path again. */
+static answer ask_add(const char *path, const char *fake, const char *add, int flags) {
   answer a;
   memset(&a, 0, sizeof a);
   int fd[2];
@@ -128,6 +138,17 @@ static answer ask(const char *path, const char *fake, int flags) {
     else unsetenv("DA_FAKE_MODULE");
     answer r;
     memset(&r, 0, sizeof r);
+    if (flags & ASK_CPU_FIRST) r.cpu = cpu_run();
+    if (flags & ASK_ADD_ARGS) {
+      char file[400], missing[400];
+      snprintf(file, sizeof file, "%s/distrattn_opencl.so", textdir);
+      snprintf(missing, sizeof missing, "%s/no-such-folder", tmpdir);
+      r.bad_args[0] = da_backend_add_path(NULL);
+      r.bad_args[1] = da_backend_add_path("");
+      r.bad_args[2] = da_backend_add_path(file);
+      r.bad_args[3] = da_backend_add_path(missing);
+    }
+    if (add) r.added = da_backend_add_path(add);
     const char *why = NULL;
     r.avail = da_backend_available(DA_BACKEND_OPENCL, &why);
     snprintf(r.why, sizeof r.why, "%s", why ? why : "(NULL)");
@@ -149,6 +170,7 @@ static answer ask(const char *path, const char *fake, int flags) {
     }
     if (flags & ASK_CPU) r.cpu = cpu_run();
     if ((flags & ASK_WRAP) && r.avail) r.status = wrap_run(r.why, sizeof r.why);
+    if (flags & ASK_ADD_AFTER) r.added_after = da_backend_add_path(emptydir);
     ssize_t w = write(fd[1], &r, sizeof r);
     _exit(w == (ssize_t)sizeof r ? 0 : 3);
   }
@@ -171,6 +193,10 @@ static answer ask(const char *path, const char *fake, int flags) {
     fail_msg("child for DISTRATTN_BACKEND_PATH=%s DA_FAKE_MODULE=%s died (status 0x%x, %zu bytes)",
              path ? path : "(unset)", fake ? fake : "(unset)", st, got);
   return a;
+}
+
+static answer ask(const char *path, const char *fake, int flags) {
+  return ask_add(path, fake, NULL, flags);
 }
 
 static int have_real(void) {
@@ -510,6 +536,119 @@ static void test_build_failure(void **state) {
              "CL_BUILD_PROGRAM_FAILURE", a.why);
 }
 
+/* ---- da_backend_add_path and the folder beside the library ---- */
+
+/* Bad arguments are refused, a folder is accepted before any module was
+ * looked for, even after the CPU backend ran, and refused once one was. */
+static void test_add_path_args(void **state) {
+  answer a = ask_add(emptydir, NULL, emptydir, ASK_ADD_ARGS | ASK_CPU_FIRST | ASK_ADD_AFTER);
+  for (int i = 0; i < 4; i++)
+    if (a.bad_args[i] != DA_ERR_INVALID_ARG)
+      fail_msg("da_backend_add_path(%s): %s, not DA_ERR_INVALID_ARG",
+               (const char *[]){"NULL", "\"\"", "a regular file", "a missing folder"}[i],
+               da_status_string((da_status)a.bad_args[i]));
+  assert_int_equal(a.cpu, DA_SUCCESS);
+  assert_int_equal(a.added, DA_SUCCESS);
+  assert_int_equal(a.added_after, DA_ERR_UNSUPPORTED);
+}
+
+/* The added folder is searched before DISTRATTN_BACKEND_PATH's: a module
+ * whose runtime is missing (the fake "noruntime", which ends the search)
+ * added in front of the real module hides it, and the real module added in
+ * front of the fake is loaded. */
+static void test_add_path_first(void **state) {
+  if (!have_fake()) fail_msg("the fake module %s/distrattn_opencl.so was not built", fakedir);
+  if (!have_real()) {
+    if (tu_backend_required(DA_BACKEND_OPENCL)) fail_msg("no OpenCL module in %s", realdir);
+    skip();
+  }
+  answer a = ask_add(realdir, "noruntime", fakedir, 0);
+  assert_int_equal(a.added, DA_SUCCESS);
+  assert_int_equal(a.avail, 0);
+  EXPECT_WHY(a, "fake module: its runtime is missing");
+  a = ask_add(fakedir, "noruntime", realdir, 0);
+  assert_int_equal(a.added, DA_SUCCESS);
+  if (!a.avail) {
+    if (strstr(a.why, "fake module")) fail_msg("the path's fake module was loaded before the added folder's: %s", a.why);
+    if (tu_backend_required(DA_BACKEND_OPENCL)) fail_msg("OpenCL absent: %s", a.why);
+    skip(); /* a module but no device */
+  }
+  assert_string_equal(a.why, "");
+  /* the same folder, named relatively, and unset path: found */
+  char cwd[4096];
+  if (!getcwd(cwd, sizeof cwd)) fail_msg("getcwd: %s", strerror(errno));
+  if (strncmp(realdir, cwd, strlen(cwd)) == 0 && realdir[strlen(cwd)] == '/') {
+    a = ask_add(NULL, NULL, realdir + strlen(cwd) + 1, 0);
+    assert_int_equal(a.added, DA_SUCCESS);
+    assert_int_equal(a.avail, 1);
+  }
+}
+
+/* distrattn/backends in the folder of what holds the library's code: here
+ * the test program itself (it links the library statically), as dladdr
+ * names it. */
+static char beside[4096], beside_mod[4200], beside_parent[4096];
+static int beside_made_parent, beside_made_dir;
+
+static int beside_setup(void **state) {
+  Dl_info info;
+  void *self;
+  int (*fn)(da_backend, const char **) = da_backend_available;
+  memcpy(&self, &fn, sizeof self);
+  if (!dladdr(self, &info) || !info.dli_fname) return -1;
+  char *real = realpath(info.dli_fname, NULL);
+  if (!real) return -1;
+  *strrchr(real, '/') = '\0';
+  snprintf(beside_parent, sizeof beside_parent, "%s/distrattn", real);
+  snprintf(beside, sizeof beside, "%s/distrattn/backends", real);
+  snprintf(beside_mod, sizeof beside_mod, "%s/distrattn_opencl.so", beside);
+  free(real);
+  unlink(beside_mod); /* left by a run that was killed */
+  beside_made_parent = mkdir(beside_parent, 0700) == 0;
+  beside_made_dir = mkdir(beside, 0700) == 0;
+  return 0;
+}
+
+static int beside_teardown(void **state) {
+  unlink(beside_mod);
+  if (beside_made_dir) rmdir(beside);
+  if (beside_made_parent) rmdir(beside_parent);
+  return 0;
+}
+
+static void link_beside(const char *dir) {
+  char target[4200];
+  snprintf(target, sizeof target, "%s/distrattn_opencl.so", dir);
+  unlink(beside_mod);
+  if (symlink(target, beside_mod) != 0) fail_msg("symlink %s: %s", beside_mod, strerror(errno));
+}
+
+static void test_beside_library(void **state) {
+  if (!have_fake()) fail_msg("the fake module %s/distrattn_opencl.so was not built", fakedir);
+  if (installed_module()) skip();
+  /* absent: the reason names the folder, after the path's */
+  answer a = ask(emptydir, NULL, 0);
+  assert_int_equal(a.avail, 0);
+  EXPECT_WHY(a, beside);
+  const char *e = strstr(a.why, emptydir), *b = strstr(a.why, beside), *c = strstr(a.why, DA_BACKEND_DIR);
+  if (!e || !c || b < e || c < b) fail_msg("folders out of order in \"%s\"", a.why);
+  /* the fake module beside the library is found with the path unset */
+  link_beside(fakedir);
+  a = ask(NULL, "noruntime", 0);
+  assert_int_equal(a.avail, 0);
+  EXPECT_WHY(a, "fake module: its runtime is missing");
+  /* after the path's folders */
+  if (have_real()) {
+    a = ask(realdir, "noruntime", 0);
+    if (strstr(a.why, "fake module")) fail_msg("the module beside the library came before the path's: %s", a.why);
+    /* the real one beside the library, path naming an empty folder */
+    link_beside(realdir);
+    a = ask(emptydir, NULL, 0);
+    if (!a.avail && tu_backend_required(DA_BACKEND_OPENCL)) fail_msg("OpenCL absent: %s", a.why);
+    if (a.avail) assert_string_equal(a.why, "");
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_missing),
@@ -533,6 +672,9 @@ int main(void) {
       cmocka_unit_test(test_no_runtime),
       cmocka_unit_test(test_path_only_named_folders),
       cmocka_unit_test(test_build_failure),
+      cmocka_unit_test(test_add_path_args),
+      cmocka_unit_test(test_add_path_first),
+      cmocka_unit_test_setup_teardown(test_beside_library, beside_setup, beside_teardown),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
