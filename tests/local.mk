@@ -6,6 +6,18 @@
 # DISTRATTN_REQUIRE_BACKENDS=cpu,opencl makes an absent backend a failure.
 EXTRA_DIST += tests/testutil.h tests/ref.h tests/cases.h tests/torch_wrap.py
 
+# Without cmocka there are no test programs: unless configure was given
+# --disable-tests-required, `make check` then fails saying why (configure
+# only warns, so that the library itself still builds).
+check-local:
+	@if test "$(DA_CMOCKA_MISSING)" = fatal; then \
+	  echo "make check: FAILED: cmocka >= 1.1 was not found when configure ran" >&2; \
+	  echo "  (pkg-config cmocka; Debian: apt-get install libcmocka-dev), so none of the" >&2; \
+	  echo "  test programs was built or run. Install it and re-run configure, or" >&2; \
+	  echo "  configure with --disable-tests-required to let make check pass without them." >&2; \
+	  exit 1; \
+	fi
+
 if HAVE_CMOCKA
 da_test_programs = tests/test_status tests/test_desc tests/test_hash \
 	tests/test_attention tests/test_invariants tests/test_consistency
