@@ -24,6 +24,21 @@
 #define DA_CL_HIDDEN
 #endif
 
+/* CLBlast for DA_ALGO_GEMM (cl/cl_blast.c), loaded with dlopen when a GEMM
+ * plan is first made: its one call and the values it takes, spelled out
+ * here (checked against clblast_c.h where that header is present). */
+enum { DA_BLAST_SUCCESS = 0, DA_BLAST_ROW_MAJOR = 101, DA_BLAST_TRANS_NO = 111,
+       DA_BLAST_TRANS_YES = 112 };
+typedef int (*da_blast_sgemm_sb_fn)(int layout, int a_trans, int b_trans, size_t m, size_t n,
+                                    size_t k, float alpha, cl_mem a, size_t a_off, size_t a_ld,
+                                    size_t a_stride, cl_mem b, size_t b_off, size_t b_ld,
+                                    size_t b_stride, float beta, cl_mem c, size_t c_off,
+                                    size_t c_ld, size_t c_stride, size_t batch,
+                                    cl_command_queue *queue, cl_event *event);
+/* CLBlastSgemmStridedBatched, loading CLBlast on the first call; NULL, with
+ * DA_ERR_UNSUPPORTED and dlopen's reason set on ctx, where it cannot be. */
+DA_CL_HIDDEN da_blast_sgemm_sb_fn da_cl_blast(da_context *ctx);
+
 /* Programs built for a context, keyed by source and build options. */
 enum { DA_CL_SRC_HASH = 0, DA_CL_SRC_ATTN = 1, DA_CL_SRC_AUX = 2 };
 

@@ -6,9 +6,6 @@
 #include <string.h>
 
 #include "cl_internal.h"
-#ifdef HAVE_CLBLAST
-#include <clblast_c.h>
-#endif
 
 typedef struct {
   cl_kernel k_hash, k_attn, k_prep;
@@ -318,11 +315,12 @@ static da_status prepare_fused(da_plan *p) {
 
 static da_status prepare_gemm(da_plan *p) {
   da_context *ctx = p->ctx;
-#ifndef HAVE_CLBLAST
+#ifdef DA_CL_NO_CLBLAST
   (void)p;
   return da_set_error(ctx, DA_ERR_UNSUPPORTED,
-                      "OpenCL: DA_ALGO_GEMM needs CLBlast, and this module was built without it");
+                      "OpenCL: DA_ALGO_GEMM needs CLBlast, and this module was configured --without-clblast");
 #else
+  if (!da_cl_blast(ctx)) return DA_ERR_UNSUPPORTED; /* loads CLBlast; the reason is set */
   da_cl_ctx *bc = ctx->bctx;
   da_cl_plan *bp = p->bplan;
   const da_attn_desc *d = &p->d;
@@ -461,8 +459,8 @@ static da_status attention_fused(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_me
   return da_cl_order(ctx);
 }
 
-#ifdef HAVE_CLBLAST
-static da_status blast_fail(da_context *ctx, CLBlastStatusCode c, const char *what) {
+#ifndef DA_CL_NO_CLBLAST
+static da_status blast_fail(da_context *ctx, int c, const char *what) {
   da_status s = ((int)c == CL_OUT_OF_RESOURCES || (int)c == CL_MEM_OBJECT_ALLOCATION_FAILURE)
                     ? DA_ERR_DEVICE_MEMORY
                     : DA_ERR_BACKEND;
@@ -478,11 +476,16 @@ static da_status sgemm(da_context *ctx, int tb, size_t m, size_t n, size_t kk, c
                        size_t bs, cl_mem c, size_t coff, size_t ldc, size_t cs, size_t batch) {
   da_cl_ctx *bc = ctx->bctx;
   cl_event ev = NULL;
-  CLBlastStatusCode r = CLBlastSgemmStridedBatched(
-      CLBlastLayoutRowMajor, CLBlastTransposeNo, tb ? CLBlastTransposeYes : CLBlastTransposeNo, m,
-      n, kk, 1.0f, a, aoff, lda, as, b, boff, ldb, bs, 0.0f, c, coff, ldc, cs, batch, &bc->q, &ev);
-  if (ev) clReleaseEvent(ev);
-  if (r != CLBlastSuccess) return blast_fail(ctx, r, "CLBlastSgemmStridedBatched");
+  da_blast_sgemm_sb_fn gemm = da_cl_blast(ctx); /* loaded by the plan's preparation */
+  if (!gemm) return DA_ERR_UNSUPPORTED;
+  int r = gemm(DA_BLAST_ROW_MAJOR, DA_BLAST_TRANS_NO, tb ? DA_BLAST_TRANS_YES : DA_BLAST_TRANS_NO, m,
+               n, kk, 1.0f, a, aoff, lda, as, b, boff, ldb, bs, 0.0f, c, coff, ldc, cs, batch, &bc->q,
+               &ev);
+  if (ev) {
+    cl_int e = clReleaseEvent(ev);
+    if (r == DA_BLAST_SUCCESS && e != CL_SUCCESS) return da_cl_fail(ctx, e, "clReleaseEvent(CLBlast)");
+  }
+  if (r != DA_BLAST_SUCCESS) return blast_fail(ctx, r, "CLBlastSgemmStridedBatched");
   return da_cl_order(ctx);
 }
 
@@ -594,7 +597,7 @@ da_status da_cl_attention(da_plan *p, void *q, void *k, void *v, void *o) {
   if (!p->bplan)
     return da_set_error(p->ctx, DA_ERR_INVALID_ARG, "OpenCL: the plan was not prepared");
   if (p->d.algo == DA_ALGO_GEMM) {
-#ifdef HAVE_CLBLAST
+#ifndef DA_CL_NO_CLBLAST
     return attention_gemm(p, (cl_mem)q, (cl_mem)k, (cl_mem)v, (cl_mem)o);
 #else
     return da_set_error(p->ctx, DA_ERR_UNSUPPORTED, "OpenCL: DA_ALGO_GEMM needs CLBlast");

@@ -11,14 +11,15 @@ BUILT_SOURCES += $(DA_CL_GENERATED)
 CLEANFILES += $(DA_CL_GENERATED)
 
 backend_LTLIBRARIES += cl/distrattn_opencl.la
-cl_distrattn_opencl_la_SOURCES = cl/cl_backend.c cl/cl_plan.c cl/cl_util.c cl/cl_internal.h
+cl_distrattn_opencl_la_SOURCES = cl/cl_backend.c cl/cl_plan.c cl/cl_util.c cl/cl_blast.c \
+	cl/cl_internal.h
 nodist_cl_distrattn_opencl_la_SOURCES = $(DA_CL_GENERATED)
 cl_distrattn_opencl_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_builddir)/cl \
 	-DCL_TARGET_OPENCL_VERSION=120
 cl_distrattn_opencl_la_CFLAGS = $(AM_CFLAGS) $(OPENCL_CFLAGS) $(CLBLAST_CFLAGS) \
-	$(VISIBILITY_CFLAGS)
-cl_distrattn_opencl_la_LIBADD = $(OPENCL_LIBS) $(CLBLAST_LIBS)
-cl_distrattn_opencl_la_LDFLAGS = -module -avoid-version -shared -no-undefined \
+	$(VISIBILITY_CFLAGS) -pthread
+cl_distrattn_opencl_la_LIBADD = $(OPENCL_LIBS)
+cl_distrattn_opencl_la_LDFLAGS = -module -avoid-version -shared -no-undefined -pthread \
 	-export-symbols-regex '^distrattn_backend_entry$$'
 
 # name.cl -> name_cl.h holding `static const char da_cl_<name>_src[]`.

@@ -81,6 +81,21 @@ tests_distrattn_opencl_la_SOURCES = tests/fake_module.c
 tests_distrattn_opencl_la_CFLAGS = $(AM_CFLAGS) $(VISIBILITY_CFLAGS)
 tests_distrattn_opencl_la_LDFLAGS = -module -avoid-version -shared -rpath /nowhere
 
+# The real OpenCL module built to load a CLBlast no machine has
+# (tests/noblast/.libs/distrattn_opencl.so): test_modules checks that a GEMM
+# plan is then DA_ERR_UNSUPPORTED naming dlopen's reason, and that the fused
+# algorithm still works.
+if HAVE_OPENCL
+check_LTLIBRARIES += tests/noblast/distrattn_opencl.la
+tests_noblast_distrattn_opencl_la_SOURCES = $(cl_distrattn_opencl_la_SOURCES)
+nodist_tests_noblast_distrattn_opencl_la_SOURCES = $(DA_CL_GENERATED)
+tests_noblast_distrattn_opencl_la_CPPFLAGS = $(cl_distrattn_opencl_la_CPPFLAGS) \
+	-DDA_CLBLAST_LIB='"libda-no-such-clblast.so.1"'
+tests_noblast_distrattn_opencl_la_CFLAGS = $(cl_distrattn_opencl_la_CFLAGS)
+tests_noblast_distrattn_opencl_la_LIBADD = $(cl_distrattn_opencl_la_LIBADD)
+tests_noblast_distrattn_opencl_la_LDFLAGS = $(cl_distrattn_opencl_la_LDFLAGS) -rpath /nowhere
+endif
+
 tests_test_faults_SOURCES = tests/test_faults.c $(da_test_common) $(da_test_ref)
 tests_test_faults_CFLAGS = $(da_test_cflags)
 tests_test_faults_LDADD = $(da_test_ldadd)

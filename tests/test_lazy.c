@@ -16,8 +16,13 @@
  * DISTRATTN_REQUIRE_BACKENDS names opencl) and not CUDA's; the same through
  * DA_BACKEND_AUTO steered by DISTRATTN_BACKEND=cpu; da_device_count loads
  * every backend; the CPU run as the first call on a worker thread; threads
- * racing to initialise the CPU and OpenCL backends first. */
+ * racing to initialise the CPU and OpenCL backends first; CLBlast loaded
+ * by the first OpenCL GEMM plan, not by the OpenCL backend or a fused
+ * plan. */
 #define _GNU_SOURCE
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -258,6 +263,45 @@ static void case_device_count_loads_all(report *rep) {
     rep->skip = 1;
 }
 
+/* CLBlast is loaded with the first DA_ALGO_GEMM plan on OpenCL: an OpenCL
+ * context and a fused plan and run leave it unmapped. */
+static void case_clblast_on_gemm(report *rep) {
+  const char *why = NULL;
+  if (!da_backend_available(DA_BACKEND_OPENCL, &why)) {
+    if (tu_backend_required(DA_BACKEND_OPENCL))
+      FAIL(rep, "backend opencl is required but absent: %s; ", why ? why : "(no reason)");
+    else
+      rep->skip = 1;
+    return;
+  }
+  da_context *ctx = NULL;
+  da_plan *p = NULL;
+  da_attn_desc d = tu_small_desc();
+  d.algo = DA_ALGO_FUSED;
+  da_status s = da_context_create(&ctx, DA_BACKEND_OPENCL, -1);
+  if (s == DA_SUCCESS) s = da_plan_create(ctx, &d, &p);
+  static float q[4 * 8 * 16], kv[2 * 8 * 16], o[4 * 8 * 16];
+  if (s == DA_SUCCESS) s = da_attention_host(p, q, kv, kv, o);
+  da_plan_destroy(p);
+  p = NULL;
+  if (s != DA_SUCCESS) {
+    FAIL(rep, "OpenCL fused plan: %s (%s); ", da_status_string(s), da_context_last_error(ctx));
+  } else {
+    if (mapped("libclblast") > 0) FAIL(rep, "libclblast is mapped after an OpenCL fused plan; ");
+    d.algo = DA_ALGO_GEMM;
+    s = da_plan_create(ctx, &d, &p);
+    if (s == DA_SUCCESS && mapped("libclblast") <= 0)
+      FAIL(rep, "an OpenCL GEMM plan was made but libclblast is not mapped; ");
+    if (s != DA_SUCCESS && (s != DA_ERR_UNSUPPORTED || !strstr(da_context_last_error(ctx), "CLBlast")))
+      FAIL(rep, "OpenCL GEMM plan: %s (%s); ", da_status_string(s), da_context_last_error(ctx));
+#ifdef HAVE_CLBLAST
+    if (s != DA_SUCCESS) FAIL(rep, "OpenCL GEMM plan with CLBlast present: %s; ", da_context_last_error(ctx));
+#endif
+    da_plan_destroy(p);
+  }
+  da_context_destroy(ctx);
+}
+
 /* The reported case: the first library call is on a worker thread. */
 typedef struct worker_arg {
   report *rep;
@@ -334,12 +378,14 @@ static void test_cpu_on_worker_thread(void **state) { in_child(case_cpu_on_worke
 static void test_threads_race_backends(void **state) { in_child(case_threads_race_backends); }
 static void test_auto_steered_to_cpu(void **state) { in_child(case_auto_steered_to_cpu); }
 static void test_device_count_loads_all(void **state) { in_child(case_device_count_loads_all); }
+static void test_clblast_on_gemm(void **state) { in_child(case_clblast_on_gemm); }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cpu_then_opencl),
       cmocka_unit_test(test_auto_steered_to_cpu),
       cmocka_unit_test(test_device_count_loads_all),
+      cmocka_unit_test(test_clblast_on_gemm),
       cmocka_unit_test(test_cpu_on_worker_thread),
       cmocka_unit_test(test_threads_race_backends),
   };

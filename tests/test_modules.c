@@ -14,6 +14,9 @@
  * machine) are copies of the real module cl/.libs/distrattn_opencl.so,
  * cut or patched, in a temporary folder. */
 #define _GNU_SOURCE
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
 #include <dlfcn.h>
 #include <elf.h>
 #include <errno.h>
@@ -45,12 +48,13 @@ typedef struct answer {
   int cpu;         /* ASK_CPU: status of a CPU attention run after the ask */
   int added;       /* da_backend_add_path(add) before the ask, 0 if no add */
   int added_after; /* ASK_ADD_AFTER: da_backend_add_path(emptydir) after it */
+  int gemm, fused; /* ASK_GEMM: status of an OpenCL GEMM plan (why: its error), then a fused one */
   int bad_args[4]; /* ASK_ADD_ARGS: da_backend_add_path(NULL, "", a file, a missing folder) */
   char why[4096];
 } answer;
 
 enum { ASK_BUILD = 1, ASK_CPU = 2, ASK_WRAP = 4, ASK_ADD_AFTER = 8, ASK_CPU_FIRST = 16,
-       ASK_ADD_ARGS = 32 };
+       ASK_ADD_ARGS = 32, ASK_GEMM = 64 };
 
 static int file_exists(const char *p) {
   struct stat st;
@@ -170,6 +174,27 @@ static answer ask_add(const char *path, const char *fake, const char *add, int f
     }
     if (flags & ASK_CPU) r.cpu = cpu_run();
     if ((flags & ASK_WRAP) && r.avail) r.status = wrap_run(r.why, sizeof r.why);
+    if ((flags & ASK_GEMM) && r.avail) {
+      da_context *ctx = NULL;
+      da_plan *p = NULL;
+      da_attn_desc d = tu_small_desc();
+      d.algo = DA_ALGO_GEMM;
+      r.gemm = r.fused = da_context_create(&ctx, DA_BACKEND_OPENCL, -1);
+      if (r.gemm == DA_SUCCESS) {
+        r.gemm = da_plan_create(ctx, &d, &p);
+        snprintf(r.why, sizeof r.why, "%s", da_context_last_error(ctx));
+        da_plan_destroy(p);
+        p = NULL;
+        d.algo = DA_ALGO_FUSED;
+        r.fused = da_plan_create(ctx, &d, &p);
+        float q[4 * 8 * 16], kv[2 * 8 * 16], o[4 * 8 * 16];
+        memset(q, 0, sizeof q);
+        memset(kv, 0, sizeof kv);
+        if (r.fused == DA_SUCCESS) r.fused = da_attention_host(p, q, kv, kv, o);
+        da_plan_destroy(p);
+        da_context_destroy(ctx);
+      }
+    }
     if (flags & ASK_ADD_AFTER) r.added_after = da_backend_add_path(emptydir);
     ssize_t w = write(fd[1], &r, sizeof r);
     _exit(w == (ssize_t)sizeof r ? 0 : 3);
@@ -649,6 +674,42 @@ static void test_beside_library(void **state) {
   }
 }
 
+/* DA_ALGO_GEMM's CLBlast is loaded with dlopen when a GEMM plan is made:
+ * where it cannot be (the module built to look for a library no machine
+ * has, tests/noblast/), a GEMM plan is DA_ERR_UNSUPPORTED with dlopen's
+ * reason and the fused algorithm works; the real module makes GEMM plans
+ * where CLBlast was found at build time. */
+static void test_clblast_missing(void **state) {
+  char noblast[512];
+  snprintf(noblast, sizeof noblast, "%s/tests/noblast/.libs", DA_TEST_BUILDDIR);
+  char p[600];
+  snprintf(p, sizeof p, "%s/distrattn_opencl.so", noblast);
+  if (!file_exists(p)) {
+    if (tu_backend_required(DA_BACKEND_OPENCL)) fail_msg("%s was not built", p);
+    skip();
+  }
+  answer a = ask(noblast, NULL, ASK_GEMM);
+  if (!a.avail) {
+    if (tu_backend_required(DA_BACKEND_OPENCL)) fail_msg("OpenCL absent: %s", a.why);
+    skip();
+  }
+  if (a.gemm != DA_ERR_UNSUPPORTED)
+    fail_msg("GEMM plan without CLBlast: %s (%s), not DA_ERR_UNSUPPORTED",
+             da_status_string((da_status)a.gemm), a.why);
+  EXPECT_WHY(a, "needs CLBlast");
+#ifndef DA_CL_NO_CLBLAST /* configured --without-clblast: no dlopen is tried */
+  EXPECT_WHY(a, "libda-no-such-clblast.so.1"); /* dlopen's reason */
+#endif
+  assert_int_equal(a.fused, DA_SUCCESS);
+#ifdef HAVE_CLBLAST
+  a = ask(realdir, NULL, ASK_GEMM);
+  if (!a.avail) skip();
+  if (a.gemm != DA_SUCCESS)
+    fail_msg("GEMM plan with CLBlast present: %s (%s)", da_status_string((da_status)a.gemm), a.why);
+  assert_int_equal(a.fused, DA_SUCCESS);
+#endif
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_missing),
@@ -672,6 +733,7 @@ int main(void) {
       cmocka_unit_test(test_no_runtime),
       cmocka_unit_test(test_path_only_named_folders),
       cmocka_unit_test(test_build_failure),
+      cmocka_unit_test(test_clblast_missing),
       cmocka_unit_test(test_add_path_args),
       cmocka_unit_test(test_add_path_first),
       cmocka_unit_test_setup_teardown(test_beside_library, beside_setup, beside_teardown),
