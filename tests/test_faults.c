@@ -512,6 +512,26 @@ static da_status r_cl_plan_huge(env *e) {
   return s;
 }
 
+/* batch 2^27 x heads 2^28, seq 1, head_dim 1: Q, K and V fit in size_t
+ * (2^57 bytes), but the OpenCL plan's per-key-tile copies of K and V do
+ * not; their size once wrapped to 0 and the plan succeeded. Now every size
+ * product is checked: refused, never wrapped. */
+static da_status r_cl_plan_wrap(env *e) {
+  da_attn_desc d = tu_small_desc();
+  d.batch = 1 << 27;
+  d.heads = d.kv_heads = 1 << 28;
+  d.seq_q = d.seq_k = 1;
+  d.head_dim = 1;
+  char *keep = env_push("DISTRATTN_CL_KERNEL", "rows"); /* the shape that makes the copies */
+  da_plan *p = NULL;
+  da_status s = da_plan_create(e->ctx, &d, &p);
+  grab(e, e->ctx);
+  env_pop("DISTRATTN_CL_KERNEL", keep);
+  if (s == DA_SUCCESS) fail_msg("a plan of 2^55 heads on OpenCL was made");
+  da_plan_destroy(p);
+  return s;
+}
+
 /* ---------------------------------------------------- context lifetime */
 
 /* A plan keeps its context alive; the destroyed context takes no new plan. */
@@ -629,6 +649,8 @@ static const row rows[] = {
     {"cl_plan_too_large", "a plan whose Q is larger than the device's memory (OpenCL)",
      "da_plan_create / da_attention_host", CL, DA_ERR_DEVICE_MEMORY, "CL_DEVICE_MAX_MEM_ALLOC_SIZE",
      NULL, r_cl_plan_huge},
+    {"cl_plan_sizes_wrap", "batch 2^27, heads 2^28, seq 1, head_dim 1 (OpenCL rows kernel: K/V tile sizes past SIZE_MAX)",
+     PC, CL, DA_ERR_DEVICE_MEMORY, "OpenCL", NULL, r_cl_plan_wrap},
     {"buffer_zero", "da_buffer_create of 0 bytes", "da_buffer_create", C, INV, "bytes = 0", NULL,
      r_buf_zero},
     /* GQA */
