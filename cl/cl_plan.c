@@ -30,23 +30,10 @@ typedef struct {
 
 static size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 
-/* *out = the product of n factors, each size_t; a product past SIZE_MAX is
- * refused (DA_ERR_DEVICE_MEMORY: no device holds it), never wrapped. */
-static da_status checked_size(da_context *ctx, const char *what, size_t *out, int n,
-                              const size_t *f) {
-  size_t acc = 1;
-  for (int i = 0; i < n; i++)
-    if (!da_mul_size(acc, f[i], &acc))
-      return da_set_error(ctx, DA_ERR_DEVICE_MEMORY,
-                          "OpenCL: the size of the %s overflows size_t (batch, heads and "
-                          "sequence lengths too large together)",
-                          what);
-  *out = acc;
-  return DA_SUCCESS;
-}
+/* da_checked_size over a list of factors */
 #define SIZE_OF(what, out, ...)                                                                   \
-  checked_size(ctx, what, out, (int)(sizeof((size_t[]){__VA_ARGS__}) / sizeof(size_t)),          \
-               (size_t[]){__VA_ARGS__})
+  da_checked_size(ctx, "OpenCL", "the " what, out,                                                \
+                  (int)(sizeof((size_t[]){__VA_ARGS__}) / sizeof(size_t)), (size_t[]){__VA_ARGS__})
 
 static void release_plan(da_cl_plan *bp) {
   cl_kernel ks[] = {bp->k_hash, bp->k_attn, bp->k_prep, bp->k_to32, bp->k_fq, bp->k_fk, bp->k_soft, bp->k_store};

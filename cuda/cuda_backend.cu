@@ -326,17 +326,8 @@ static void dac_buf_range(da_context *ctx, void *handle, da_mem_range *range) {
   range->offset = (uintptr_t)handle;
 }
 
-/* *out = the product of n factors; past SIZE_MAX refused, never wrapped. */
 static da_status dac_size(da_context *ctx, const char *what, size_t *out, int n, const size_t *f) {
-  size_t acc = 1;
-  for (int i = 0; i < n; i++)
-    if (!da_mul_size(acc, f[i], &acc))
-      return da_set_error(ctx, DA_ERR_DEVICE_MEMORY,
-                          "CUDA: the size of %s overflows size_t (batch, heads and sequence "
-                          "lengths too large together)",
-                          what);
-  *out = acc;
-  return DA_SUCCESS;
+  return da_checked_size(ctx, "CUDA", what, out, n, f);
 }
 
 /* ---------------- plans ---------------- */

@@ -229,6 +229,23 @@ static inline int da_add_size(size_t a, size_t b, size_t *acc) {
   return 1;
 }
 
+/* *out = the product of the n factors f[]; a product past SIZE_MAX is
+ * refused with DA_ERR_DEVICE_MEMORY (no device holds it), never wrapped:
+ * "<who>: the size of <what> overflows size_t ...". For the backends' plan
+ * sizes. */
+static inline da_status da_checked_size(da_context *ctx, const char *who, const char *what,
+                                        size_t *out, int n, const size_t *f) {
+  size_t acc = 1;
+  for (int i = 0; i < n; i++)
+    if (!da_mul_size(acc, f[i], &acc))
+      return da_set_error(ctx, DA_ERR_DEVICE_MEMORY,
+                          "%s: the size of %s overflows size_t (batch, heads and sequence "
+                          "lengths too large together)",
+                          who, what);
+  *out = acc;
+  return DA_SUCCESS;
+}
+
 /* The softmax's multiplier in the log2 domain, c = scale * log2(e), as
  * every kernel uses it (SPEC 1, "Scale"): above 2^24 it is rounded down to
  * a power of two, at most 2^64. There every gap between two logits that
