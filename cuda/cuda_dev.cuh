@@ -86,6 +86,15 @@ template <int N> __device__ __forceinline__ void dac_cp_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+/* 1 / l for the epilogue of a row whose softmax sum is l. l == 0 means
+ * every P was 0: a row that sees no key gets zeros (SPEC 1); one that sees
+ * keys whose logits are all -inf (an infinite Q or K element) gets NaN, as
+ * the reference's softmax(-inf, ..., -inf) and the other backends. A NaN l
+ * stays NaN. */
+__device__ __forceinline__ float dac_inv_sum(float l, bool sees_keys) {
+  return l > 0.0f ? 1.0f / l : (l == 0.0f && !sees_keys ? 0.0f : __int_as_float(0x7fc00000));
+}
+
 /* 2^x on the special-function unit (the softmax's exponent, log2 domain) */
 __device__ __forceinline__ float dac_ex2(float x) {
   float y;

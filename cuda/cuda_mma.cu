@@ -363,8 +363,9 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
     const int row0 = rowb + mt * 16, row1 = row0 + 8;
+    const float i0 = dac_inv_sum(l0, !a.causal || row0 + off >= 0),
+                i1 = dac_inv_sum(l1, !a.causal || row1 + off >= 0);
 #pragma unroll
     for (int i = 0; i < DV / 8; i++) {
       const int c = i * 8 + 2 * t4;

@@ -126,7 +126,7 @@ __global__ void __launch_bounds__(SIMT_THREADS)
     }
   }
   if (qrow < a.seq_q) {
-    const float inv = l_i > 0.0f ? 1.0f / l_i : 0.0f;
+    const float inv = dac_inv_sum(l_i, !a.causal || qrow + off >= 0);
     const size_t row = bh * a.seq_q + qrow;
 #pragma unroll
     for (int k = 0; k < DMAX / 8; k++) {

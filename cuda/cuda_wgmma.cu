@@ -485,7 +485,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    const float i0 = dac_inv_sum(l0, !a.causal || r0 + off >= 0),
+                i1 = dac_inv_sum(l1, !a.causal || r1 + off >= 0);
     T *out = (T *)a.o + bh * (size_t)a.seq_q * D;
 #pragma unroll
     for (int i = 0; i < D / 8; i++) {

@@ -693,7 +693,11 @@ static void finish_l(int nr, const vf *lv, float *l) {
     if (l[r] == l[r]) l[r] = hsum(lv[r]);
 }
 
-static void write_out(const cpu_attn_job *J, size_t base, int nr, const float *acc,
+/* Rows 0..nr-1 of the block at query i0. A sum of 0 means every P was 0:
+ * a row that sees no key (zeros, SPEC 1), or one whose visible logits are
+ * all -inf (an infinite Q or K element): NaN, as the reference's
+ * softmax(-inf, ..., -inf) and the other backends give. */
+static void write_out(const cpu_attn_job *J, size_t base, long i0, int nr, const float *acc,
                       const float *l, float *row) {
   const int hd = J->d;
   for (int r = 0; r < nr; r++) {
@@ -701,6 +705,8 @@ static void write_out(const cpu_attn_job *J, size_t base, int nr, const float *a
     if (l[r] > 0.0f || l[r] != l[r]) {
       float inv = 1.0f / l[r];
       for (int c = 0; c < hd; c++) row[c] = a[c] * inv;
+    } else if (visible(J, i0 + r, 0, J->p->d.seq_k) > 0) {
+      for (int c = 0; c < hd; c++) row[c] = NAN;
     } else {
       memset(row, 0, (size_t)hd * sizeof(float));
     }
@@ -747,7 +753,7 @@ static void attn_item(void *arg, int tid, long item) {
   }
   memset(acc, 0, (size_t)nrp * Dp * sizeof(float));
   if (kend_l <= 0) {
-    write_out(J, qbase, nr, acc, l, row);
+    write_out(J, qbase, i0, nr, acc, l, row);
     return;
   }
   int kend = (int)kend_l;
@@ -818,7 +824,7 @@ static void attn_item(void *arg, int tid, long item) {
     }
   }
   finish_l(nr, lv, l);
-  write_out(J, qbase, nr, acc, l, row);
+  write_out(J, qbase, i0, nr, acc, l, row);
 }
 
 /* ---------------------------------------------------------------------- */
