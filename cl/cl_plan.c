@@ -137,28 +137,6 @@ static da_status enqueue_hash(da_plan *p, cl_mem q, cl_mem perm_out) {
   return da_cl_order(ctx);
 }
 
-/* DISTRATTN_CL_KERNEL: "tiled" (the GPU-shaped fused kernel), "rows" (one
- * work-item per query row, the CPU shape) or unset (tiled on GPUs and
- * accelerators, rows on CPU devices; tiled when DISTRATTN_CL_TILE is set).
- * *out: 1, 0, or -1 for unset. Parsed strictly (da_env_word). */
-static da_status kernel_choice(da_context *ctx, int *out) {
-  static const char *const kinds[] = {"rows", "tiled"};
-  int w;
-  unsigned long a, b;
-  int tile_set;
-  da_status s = da_env_word(ctx, "DISTRATTN_CL_KERNEL", kinds, 2, "\"tiled\" or \"rows\"", &w);
-  if (s != DA_SUCCESS) return s;
-  if ((s = da_env_uint_pair(ctx, "DISTRATTN_CL_TILE", 1, 4096, &a, &b, &tile_set)) != DA_SUCCESS)
-    return s;
-  if (w == 0 && tile_set)
-    return da_set_error(ctx, DA_ERR_INVALID_ARG,
-                        "DISTRATTN_CL_TILE=\"%s\" is a tile of the tiled kernel, and "
-                        "DISTRATTN_CL_KERNEL=\"rows\" asks for the other one",
-                        getenv("DISTRATTN_CL_TILE"));
-  *out = w >= 0 ? w : tile_set ? 1 : -1; /* a tile asked for is the tiled kernel's */
-  return DA_SUCCESS;
-}
-
 /* The tiles of the tiled kernel, in order of speed on an H200 (f16, seq
  * 1024 and 8192, head_dim 64 and 128): 64 rows beat 32 even with half the
  * keys per tile (head_dim 128 exact: 64x16 1.3-1.65x faster than 32x32),
@@ -168,7 +146,56 @@ static da_status kernel_choice(da_context *ctx, int *out) {
 static const size_t cl_tiles[][2] = {{64, 32}, {64, 16}, {32, 32}, {32, 16}, {16, 32},
                                      {16, 16}, {16, 8},  {64, 8},  {32, 8}};
 
-static da_status prepare_tiled(da_plan *p, int forced) {
+/* What the environment asks of the fused kernel, parsed once per plan
+ * (strictly: da_env_word, da_env_uint_pair).
+ * DISTRATTN_CL_KERNEL: "tiled" (the GPU-shaped fused kernel), "rows" (one
+ * work-item per query row, the CPU shape) or unset (tiled on GPUs and
+ * accelerators, rows on CPU devices; tiled when DISTRATTN_CL_TILE is set).
+ * DISTRATTN_CL_TILE=ROWSxKEYS: one of cl_tiles. */
+typedef struct cl_choice {
+  int kind;              /* 1 tiled, 0 rows, -1 unset */
+  size_t tile_m, tile_n; /* the tile asked for; 0 when none */
+  const char *tile_env;  /* its text, for messages; NULL when none */
+} cl_choice;
+
+static da_status kernel_choice(da_context *ctx, cl_choice *c) {
+  static const char *const kinds[] = {"rows", "tiled"};
+  int w, tile_set;
+  unsigned long a, b;
+  memset(c, 0, sizeof *c);
+  da_status s = da_env_word(ctx, "DISTRATTN_CL_KERNEL", kinds, 2, "\"tiled\" or \"rows\"", &w);
+  if (s != DA_SUCCESS) return s;
+  if ((s = da_env_uint_pair(ctx, "DISTRATTN_CL_TILE", 1, 4096, &a, &b, &tile_set)) != DA_SUCCESS)
+    return s;
+  if (tile_set) {
+    c->tile_env = getenv("DISTRATTN_CL_TILE");
+    if (w == 0)
+      return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                          "DISTRATTN_CL_TILE=\"%s\" is a tile of the tiled kernel, and "
+                          "DISTRATTN_CL_KERNEL=\"rows\" asks for the other one",
+                          c->tile_env);
+    int known = 0;
+    for (size_t t = 0; t < sizeof cl_tiles / sizeof cl_tiles[0]; t++)
+      known |= cl_tiles[t][0] == a && cl_tiles[t][1] == b;
+    if (!known)
+      return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                          "DISTRATTN_CL_TILE=\"%s\" is not a tile of the tiled kernel: ROWSxKEYS "
+                          "with ROWS 16, 32 or 64 and KEYS 8, 16 or 32",
+                          c->tile_env);
+    c->tile_m = a;
+    c->tile_n = b;
+  }
+  c->kind = w >= 0 ? w : tile_set ? 1 : -1; /* a tile asked for is the tiled kernel's */
+  return DA_SUCCESS;
+}
+
+/* The tiled fused kernel (attn.cl, TILED=1): the largest (BM, BN) of
+ * cl_tiles whose local memory fits the device, no more rows than hash_block
+ * (G > 1) nor than seq_q needs, or the tile c asks for. When none fits: an
+ * error if the kernel or tile was asked for (forced; DA_ERR_INVALID_ARG, so
+ * DA_ALGO_AUTO does not fall back to GEMM), else success with bp->tiled
+ * still 0, and the caller takes the rows kernel. */
+static da_status prepare_tiled(da_plan *p, int forced, const cl_choice *c) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
   da_cl_plan *bp = p->bplan;
@@ -177,24 +204,10 @@ static da_status prepare_tiled(da_plan *p, int forced) {
   const size_t dq = G > 1 ? ng : D, sq = round_up(dq, 8) + 4, dv = round_up(D, 32);
   size_t bmax = 64;
   while (bmax > 16 && bmax / 2 >= (size_t)d->seq_q) bmax /= 2;
-  size_t bm = 0, bn = 0, want_m = 0, want_n = 0;
-  unsigned long wm, wn;
-  int want;
-  da_status s = da_env_uint_pair(ctx, "DISTRATTN_CL_TILE", 1, 4096, &wm, &wn, &want);
-  if (s != DA_SUCCESS) return s;
-  const char *te = want ? getenv("DISTRATTN_CL_TILE") : NULL;
-  if (want) {
-    int known = 0;
-    for (size_t t = 0; t < sizeof cl_tiles / sizeof cl_tiles[0]; t++)
-      known |= cl_tiles[t][0] == wm && cl_tiles[t][1] == wn;
-    if (!known)
-      return da_set_error(ctx, DA_ERR_INVALID_ARG,
-                          "DISTRATTN_CL_TILE=\"%s\" is not a tile of the tiled kernel: ROWSxKEYS "
-                          "with ROWS 16, 32 or 64 and KEYS 8, 16 or 32",
-                          te);
-    want_m = wm;
-    want_n = wn;
-  }
+  size_t bm = 0, bn = 0;
+  const size_t want_m = c->tile_m, want_n = c->tile_n;
+  const int want = want_m != 0;
+  const char *te = c->tile_env;
   for (size_t t = 0; t < sizeof cl_tiles / sizeof cl_tiles[0] && !bm; t++) {
     const size_t m = cl_tiles[t][0], n = cl_tiles[t][1];
     if (want_m ? m != want_m || n != want_n : m > bmax) continue;
@@ -249,11 +262,12 @@ static da_status prepare_fused(da_plan *p) {
                         "OpenCL: the fused kernel takes head_dim 1..256, not %d (use DA_ALGO_GEMM)",
                         d->head_dim);
   da_status s;
-  int tiled;
-  if ((s = kernel_choice(ctx, &tiled)) != DA_SUCCESS) return s;
+  cl_choice choice;
+  if ((s = kernel_choice(ctx, &choice)) != DA_SUCCESS) return s;
+  int tiled = choice.kind;
   const int rows_forced = tiled == 0;
   if (tiled < 0) tiled = bc->is_cpu ? 0 : -1; /* -1: tiled where it fits, else rows */
-  if (tiled && ((s = prepare_tiled(p, tiled > 0)) != DA_SUCCESS || bp->tiled)) return s;
+  if (tiled && ((s = prepare_tiled(p, tiled > 0, &choice)) != DA_SUCCESS || bp->tiled)) return s;
   const size_t vw = (size_t)bc->vw, dp = round_up(D, vw);
   /* Rows per work-group: as many as a hash tile allows (they share each K/V
    * tile), at most 128 (CPU) or 64. */

@@ -439,16 +439,19 @@ static da_status check_buf(da_plan *p, const da_buffer *b, const char *name, siz
   return DA_SUCCESS;
 }
 
+/* Whether [a, a + an) and [b, b + bn) share a byte. */
+static int ranges_overlap(uintptr_t a, size_t an, uintptr_t b, size_t bn) {
+  return a < b ? b - a < an : a - b < bn;
+}
+
 /* O is written while Q, K and V are read: the bytes the plan writes in o
  * must not share a byte with those it reads in x (same handle, sub-buffers
  * of one cl_mem, pointers into one allocation). Q, K, V may share. */
 static da_status check_alias(da_plan *p, const da_buffer *o, size_t ob, const da_buffer *x,
                              size_t xb, const char *name) {
   int same = o == x || o->handle == x->handle;
-  if (!same && o->range.base == x->range.base) {
-    uintptr_t a = o->range.offset, b = x->range.offset;
-    same = a < b ? b - a < ob : a - b < xb;
-  }
+  if (!same && o->range.base == x->range.base)
+    same = ranges_overlap(o->range.offset, ob, x->range.offset, xb);
   if (!same) return DA_SUCCESS;
   return da_set_error(p->ctx, DA_ERR_INVALID_ARG,
                       "o overlaps %s: the %zu bytes written in o and the %zu bytes read in %s share "
@@ -507,9 +510,9 @@ da_status da_attention_host(da_plan *p, const void *q, const void *k, const void
   if (!o) return da_set_error(ctx, DA_ERR_INVALID_ARG, "o is NULL");
   size_t qb = p->q_elems * p->elem_size, kvb = p->kv_elems * p->elem_size;
   if (ctx->iface->id == DA_BACKEND_CPU) {
-    const char *oc = o, *qc = q, *kc = k, *vc = v;
-    if ((oc < qc + qb && qc < oc + qb) || (oc < kc + kvb && kc < oc + qb) ||
-        (oc < vc + kvb && vc < oc + qb))
+    const uintptr_t oa = (uintptr_t)o;
+    if (ranges_overlap(oa, qb, (uintptr_t)q, qb) || ranges_overlap(oa, qb, (uintptr_t)k, kvb) ||
+        ranges_overlap(oa, qb, (uintptr_t)v, kvb))
       return da_set_error(ctx, DA_ERR_INVALID_ARG, "o overlaps q, k or v");
     return finish(ctx, ctx->iface->attention(p, (void *)q, (void *)k, (void *)v, o));
   }

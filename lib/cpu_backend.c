@@ -60,9 +60,9 @@ static const cpu_kernels *kernels_for(int isa) {
 
 /* The best kernels this CPU runs. */
 static const cpu_kernels *best_kernels(void) {
-  for (int isa = 2; isa > 0; isa--)
-    if (kernels_for(isa)) return kernels_for(isa);
-  return &da_cpu_kernels_generic;
+  const cpu_kernels *k = NULL;
+  for (int isa = 2; !k; isa--) k = kernels_for(isa); /* isa 0 always runs */
+  return k;
 }
 
 static int default_threads(void) {

@@ -235,6 +235,26 @@ static void check_caller_bytes(const problem *p, const layout *l, const unsigned
   if (!(err <= bound(p))) fail_msg("%s: O has error %g (bound %g)", when, err, bound(p));
 }
 
+/* The caller's allocation as it fills it: its pattern, with Q, K and V at
+ * their places in the layout (malloc'd; the caller frees it). */
+static unsigned char *caller_image(const problem *p, const layout *l) {
+  unsigned char *all = malloc(l->total);
+  assert_non_null(all);
+  for (size_t i = 0; i < l->total; i++) all[i] = pattern(i);
+  memcpy(all + l->q, p->q, p->qn * p->es);
+  memcpy(all + l->k, p->k, p->kvn * p->es);
+  memcpy(all + l->v, p->v, p->kvn * p->es);
+  return all;
+}
+
+/* Destroys the wrappers of one attention's four buffers. */
+static void destroy4(da_buffer *q, da_buffer *k, da_buffer *v, da_buffer *o) {
+  da_buffer_destroy(q);
+  da_buffer_destroy(k);
+  da_buffer_destroy(v);
+  da_buffer_destroy(o);
+}
+
 #ifdef DA_TEST_HAVE_OPENCL
 /* ------------------------------------------------------------ OpenCL */
 
@@ -312,12 +332,7 @@ static void test_cl_lifetime(void **state) {
     problem_make(&p, ti ? DA_F16 : DA_F32, 64);
     layout l = make_layout(&p, c.align);
     size_t qb = p.qn * p.es, kb = p.kvn * p.es;
-    unsigned char *all = malloc(l.total);
-    assert_non_null(all);
-    for (size_t i = 0; i < l.total; i++) all[i] = pattern(i);
-    memcpy(all + l.q, p.q, qb);
-    memcpy(all + l.k, p.k, kb);
-    memcpy(all + l.v, p.v, kb);
+    unsigned char *all = caller_image(&p, &l);
     cl_int e;
     cl_mem parent = clCreateBuffer(c.cx, CL_MEM_READ_WRITE, l.total, NULL, &e);
     CLK(e);
@@ -348,10 +363,7 @@ static void test_cl_lifetime(void **state) {
         CHECK(ctx, da_context_synchronize(ctx));
         runs++;
       }
-      da_buffer_destroy(bq);
-      da_buffer_destroy(bk);
-      da_buffer_destroy(bv);
-      da_buffer_destroy(bo);
+      destroy4(bq, bk, bv, bo);
     }
     da_plan_destroy(plan);
     da_context_destroy(ctx);
@@ -559,12 +571,7 @@ static void test_cuda_lifetime(void **state) {
   problem_make(&p, DA_F16, 64);
   layout l = make_layout(&p, 256);
   size_t qb = p.qn * p.es, kb = p.kvn * p.es;
-  unsigned char *all = malloc(l.total);
-  assert_non_null(all);
-  for (size_t i = 0; i < l.total; i++) all[i] = pattern(i);
-  memcpy(all + l.q, p.q, qb);
-  memcpy(all + l.k, p.k, kb);
-  memcpy(all + l.v, p.v, kb);
+  unsigned char *all = caller_image(&p, &l);
   unsigned long long base = 0;
   CUK(c.alloc(&base, l.total)); /* one allocation of the caller's */
   CUK(c.htod(base, all, l.total));
@@ -590,10 +597,7 @@ static void test_cuda_lifetime(void **state) {
       double err = rel_err(&p, all + l.o);
       if (!(err <= bound(&p))) fail_msg("round %d: O error %g", r, err);
     }
-    da_buffer_destroy(bq);
-    da_buffer_destroy(bk);
-    da_buffer_destroy(bv);
-    da_buffer_destroy(bo);
+    destroy4(bq, bk, bv, bo);
   }
   /* refusals: past the end of the allocation, and o overlapping q */
   da_buffer *bad = NULL;
@@ -611,10 +615,7 @@ static void test_cuda_lifetime(void **state) {
   CHECK(ctx, da_buffer_wrap(ctx, dq + 256, qb, &bo));
   if (da_attention(plan, bq, bk, bv, bo) != DA_ERR_INVALID_ARG)
     fail_msg("o overlapping q in one allocation was not refused");
-  da_buffer_destroy(bq);
-  da_buffer_destroy(bk);
-  da_buffer_destroy(bv);
-  da_buffer_destroy(bo);
+  destroy4(bq, bk, bv, bo);
   da_plan_destroy(plan);
   da_context_destroy(ctx);
   CUK(c.sync());
