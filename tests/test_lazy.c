@@ -164,41 +164,27 @@ static void cpu_attention(report *rep, da_backend ctx_backend) {
 
 typedef void (*case_fn)(report *rep);
 
+/* The child's side of in_child: a clean process (signals as at start, no
+ * runtime loaded), then the case. */
+static int child_case(void *arg, void *out) {
+  report *rep = out;
+  reset_signals();
+  memset(rep, 0, sizeof *rep);
+  check_signals(rep, "before the library was called");
+  check_no_runtime(rep, "before the library was called", NULL);
+  if (!rep->fail[0]) (*(case_fn *)arg)(rep);
+  return 0;
+}
+
 /* Runs fn in a child; fails, skips or passes as the child reports. */
 static void in_child(case_fn fn) {
-  int fd[2];
-  if (pipe(fd) != 0) fail_msg("pipe: %s", strerror(errno));
-  fflush(NULL);
-  pid_t pid = fork();
-  if (pid < 0) fail_msg("fork: %s", strerror(errno));
-  if (pid == 0) {
-    close(fd[0]);
-    reset_signals();
-    static report rep;
-    memset(&rep, 0, sizeof rep);
-    check_signals(&rep, "before the library was called");
-    check_no_runtime(&rep, "before the library was called", NULL);
-    if (!rep.fail[0]) fn(&rep);
-    ssize_t w = write(fd[1], &rep, sizeof rep);
-    _exit(w == (ssize_t)sizeof rep ? 0 : 3);
-  }
-  close(fd[1]);
   static report a;
-  memset(&a, 0, sizeof a);
-  size_t got = 0;
-  while (got < sizeof a) {
-    ssize_t n = read(fd[0], (char *)&a + got, sizeof a - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += (size_t)n;
-  }
-  close(fd[0]);
+  char trouble[128];
   int st = 0;
-  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFSIGNALED(st)) fail_msg("the child was killed by signal %d", WTERMSIG(st));
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || got != sizeof a)
-    fail_msg("the child died (status 0x%x, %zu bytes)", st, got);
+  memset(&a, 0, sizeof a);
+  size_t got = tu_fork_call(child_case, &fn, &a, sizeof a, &st);
+  if (tu_child_trouble(st, got, sizeof a, trouble, sizeof trouble))
+    fail_msg("the child %s", trouble);
   if (a.fail[0]) fail_msg("%s", a.fail);
   if (a.skip) skip();
 }

@@ -121,102 +121,90 @@ static int wrap_run(char *why, size_t len) {
  * ASK_BUILD the child also makes an OpenCL plan and reports its status and
  * last error; with ASK_CPU it then runs an attention on the CPU backend;
  * with ASK_ADD_AFTER it calls da_backend_add_path again. */
+typedef struct ask_args {
+  const char *path, *fake, *add;
+  int flags;
+} ask_args;
+
+/* The child of ask_add (run by tu_fork_call). */
+static int ask_child(void *arg, void *out) {
+  const ask_args *x = arg;
+  const char *path = x->path, *fake = x->fake, *add = x->add;
+  const int flags = x->flags;
+  if (path) setenv("DISTRATTN_BACKEND_PATH", path, 1);
+  else unsetenv("DISTRATTN_BACKEND_PATH");
+  if (fake) setenv("DA_FAKE_MODULE", fake, 1);
+  else unsetenv("DA_FAKE_MODULE");
+  answer r;
+  memset(&r, 0, sizeof r);
+  if (flags & ASK_CPU_FIRST) r.cpu = cpu_run();
+  if (flags & ASK_ADD_ARGS) {
+    char file[400], missing[400];
+    snprintf(file, sizeof file, "%s/distrattn_opencl.so", textdir);
+    snprintf(missing, sizeof missing, "%s/no-such-folder", tmpdir);
+    r.bad_args[0] = da_backend_add_path(NULL);
+    r.bad_args[1] = da_backend_add_path("");
+    r.bad_args[2] = da_backend_add_path(file);
+    r.bad_args[3] = da_backend_add_path(missing);
+  }
+  if (add) r.added = da_backend_add_path(add);
+  const char *why = NULL;
+  r.avail = da_backend_available(DA_BACKEND_OPENCL, &why);
+  snprintf(r.why, sizeof r.why, "%s", why ? why : "(NULL)");
+  if ((flags & ASK_BUILD) && r.avail) {
+    da_context *ctx = NULL;
+    da_plan *p = NULL;
+    da_attn_desc d;
+    da_attn_desc_init(&d);
+    d.batch = d.heads = 1;
+    d.seq_q = d.seq_k = 8;
+    d.head_dim = 16;
+    r.status = da_context_create(&ctx, DA_BACKEND_OPENCL, -1);
+    if (r.status == DA_SUCCESS) {
+      r.status = da_plan_create(ctx, &d, &p);
+      snprintf(r.why, sizeof r.why, "%s", da_context_last_error(ctx));
+      da_plan_destroy(p);
+      da_context_destroy(ctx);
+    }
+  }
+  if (flags & ASK_CPU) r.cpu = cpu_run();
+  if ((flags & ASK_WRAP) && r.avail) r.status = wrap_run(r.why, sizeof r.why);
+  if ((flags & ASK_GEMM) && r.avail) {
+    da_context *ctx = NULL;
+    da_plan *p = NULL;
+    da_attn_desc d = tu_small_desc();
+    d.algo = DA_ALGO_GEMM;
+    r.gemm = r.fused = da_context_create(&ctx, DA_BACKEND_OPENCL, -1);
+    if (r.gemm == DA_SUCCESS) {
+      r.gemm = da_plan_create(ctx, &d, &p);
+      snprintf(r.why, sizeof r.why, "%s", da_context_last_error(ctx));
+      da_plan_destroy(p);
+      p = NULL;
+      d.algo = DA_ALGO_FUSED;
+      r.fused = da_plan_create(ctx, &d, &p);
+      float q[4 * 8 * 16], kv[2 * 8 * 16], o[4 * 8 * 16];
+      memset(q, 0, sizeof q);
+      memset(kv, 0, sizeof kv);
+      if (r.fused == DA_SUCCESS) r.fused = da_attention_host(p, q, kv, kv, o);
+      da_plan_destroy(p);
+      da_context_destroy(ctx);
+    }
+  }
+  if (flags & ASK_ADD_AFTER) r.added_after = da_backend_add_path(emptydir);
+  memcpy(out, &r, sizeof r);
+  return 0;
+}
+
 static answer ask_add(const char *path, const char *fake, const char *add, int flags) {
   answer a;
   memset(&a, 0, sizeof a);
-  int fd[2];
-  if (pipe(fd) != 0) fail_msg("pipe: %s", strerror(errno));
-  fflush(NULL);
-  pid_t pid = fork();
-  if (pid < 0) fail_msg("fork: %s", strerror(errno));
-  if (pid == 0) {
-    close(fd[0]);
-    /* cmocka's handlers would catch a crash here and run the rest of the
-     * suite in this child: a crash must end the child instead, for the
-     * parent to report. */
-    static const int crash[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
-    for (size_t i = 0; i < sizeof crash / sizeof crash[0]; i++) signal(crash[i], SIG_DFL);
-    if (path) setenv("DISTRATTN_BACKEND_PATH", path, 1);
-    else unsetenv("DISTRATTN_BACKEND_PATH");
-    if (fake) setenv("DA_FAKE_MODULE", fake, 1);
-    else unsetenv("DA_FAKE_MODULE");
-    answer r;
-    memset(&r, 0, sizeof r);
-    if (flags & ASK_CPU_FIRST) r.cpu = cpu_run();
-    if (flags & ASK_ADD_ARGS) {
-      char file[400], missing[400];
-      snprintf(file, sizeof file, "%s/distrattn_opencl.so", textdir);
-      snprintf(missing, sizeof missing, "%s/no-such-folder", tmpdir);
-      r.bad_args[0] = da_backend_add_path(NULL);
-      r.bad_args[1] = da_backend_add_path("");
-      r.bad_args[2] = da_backend_add_path(file);
-      r.bad_args[3] = da_backend_add_path(missing);
-    }
-    if (add) r.added = da_backend_add_path(add);
-    const char *why = NULL;
-    r.avail = da_backend_available(DA_BACKEND_OPENCL, &why);
-    snprintf(r.why, sizeof r.why, "%s", why ? why : "(NULL)");
-    if ((flags & ASK_BUILD) && r.avail) {
-      da_context *ctx = NULL;
-      da_plan *p = NULL;
-      da_attn_desc d;
-      da_attn_desc_init(&d);
-      d.batch = d.heads = 1;
-      d.seq_q = d.seq_k = 8;
-      d.head_dim = 16;
-      r.status = da_context_create(&ctx, DA_BACKEND_OPENCL, -1);
-      if (r.status == DA_SUCCESS) {
-        r.status = da_plan_create(ctx, &d, &p);
-        snprintf(r.why, sizeof r.why, "%s", da_context_last_error(ctx));
-        da_plan_destroy(p);
-        da_context_destroy(ctx);
-      }
-    }
-    if (flags & ASK_CPU) r.cpu = cpu_run();
-    if ((flags & ASK_WRAP) && r.avail) r.status = wrap_run(r.why, sizeof r.why);
-    if ((flags & ASK_GEMM) && r.avail) {
-      da_context *ctx = NULL;
-      da_plan *p = NULL;
-      da_attn_desc d = tu_small_desc();
-      d.algo = DA_ALGO_GEMM;
-      r.gemm = r.fused = da_context_create(&ctx, DA_BACKEND_OPENCL, -1);
-      if (r.gemm == DA_SUCCESS) {
-        r.gemm = da_plan_create(ctx, &d, &p);
-        snprintf(r.why, sizeof r.why, "%s", da_context_last_error(ctx));
-        da_plan_destroy(p);
-        p = NULL;
-        d.algo = DA_ALGO_FUSED;
-        r.fused = da_plan_create(ctx, &d, &p);
-        float q[4 * 8 * 16], kv[2 * 8 * 16], o[4 * 8 * 16];
-        memset(q, 0, sizeof q);
-        memset(kv, 0, sizeof kv);
-        if (r.fused == DA_SUCCESS) r.fused = da_attention_host(p, q, kv, kv, o);
-        da_plan_destroy(p);
-        da_context_destroy(ctx);
-      }
-    }
-    if (flags & ASK_ADD_AFTER) r.added_after = da_backend_add_path(emptydir);
-    ssize_t w = write(fd[1], &r, sizeof r);
-    _exit(w == (ssize_t)sizeof r ? 0 : 3);
-  }
-  close(fd[1]);
-  size_t got = 0;
-  while (got < sizeof a) {
-    ssize_t n = read(fd[0], (char *)&a + got, sizeof a - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += (size_t)n;
-  }
-  close(fd[0]);
+  ask_args x = {path, fake, add, flags};
+  char trouble[128];
   int st = 0;
-  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFSIGNALED(st))
-    fail_msg("child for DISTRATTN_BACKEND_PATH=%s DA_FAKE_MODULE=%s killed by signal %d (%s)",
-             path ? path : "(unset)", fake ? fake : "(unset)", WTERMSIG(st), strsignal(WTERMSIG(st)));
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || got != sizeof a)
-    fail_msg("child for DISTRATTN_BACKEND_PATH=%s DA_FAKE_MODULE=%s died (status 0x%x, %zu bytes)",
-             path ? path : "(unset)", fake ? fake : "(unset)", st, got);
+  size_t got = tu_fork_call(ask_child, &x, &a, sizeof a, &st);
+  if (tu_child_trouble(st, got, sizeof a, trouble, sizeof trouble))
+    fail_msg("child for DISTRATTN_BACKEND_PATH=%s DA_FAKE_MODULE=%s %s", path ? path : "(unset)",
+             fake ? fake : "(unset)", trouble);
   return a;
 }
 

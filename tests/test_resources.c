@@ -42,41 +42,28 @@ static int under_tool(void) {
   return UNDER_ASAN || (pre && strstr(pre, "vgpreload"));
 }
 
+/* A case's message, written by the child (tu_fork_call). */
+typedef struct child_msg { char text[2048]; } child_msg;
+typedef struct child_case { int (*fn)(char *msg, size_t len); } child_case;
+
+static int run_case(void *arg, void *out) {
+  child_msg *m = out;
+  m->text[0] = '\0';
+  return ((child_case *)arg)->fn(m->text, sizeof m->text);
+}
+
 /* Runs fn in a child; its exit status 0 is a pass, anything else fails
- * with what the child wrote to msg (a pipe). */
+ * with what the child wrote to msg. */
 static void in_child(int (*fn)(char *msg, size_t len), const char *what) {
-  int fd[2];
-  if (pipe(fd) != 0) fail_msg("pipe: %s", strerror(errno));
-  fflush(NULL);
-  pid_t pid = fork();
-  if (pid < 0) fail_msg("fork: %s", strerror(errno));
-  if (pid == 0) {
-    close(fd[0]);
-    static const int crash[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
-    for (size_t i = 0; i < sizeof crash / sizeof crash[0]; i++) signal(crash[i], SIG_DFL);
-    char msg[2048] = "";
-    int rc = fn(msg, sizeof msg);
-    ssize_t w = write(fd[1], msg, strlen(msg) + 1);
-    (void)w;
-    _exit(rc);
-  }
-  close(fd[1]);
-  char msg[2048] = "";
-  size_t got = 0;
-  for (;;) {
-    ssize_t n = read(fd[0], msg + got, sizeof msg - 1 - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += (size_t)n;
-  }
-  msg[got] = '\0';
-  close(fd[0]);
+  child_case c = {fn};
+  static child_msg m;
   int st = 0;
-  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
+  memset(&m, 0, sizeof m);
+  tu_fork_call(run_case, &c, &m, sizeof m, &st);
+  m.text[sizeof m.text - 1] = '\0';
   if (WIFSIGNALED(st)) fail_msg("%s: the child died of signal %d", what, WTERMSIG(st));
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("%s: %s", what, msg);
-  if (getenv("DA_TEST_VERBOSE")) fprintf(stderr, "%s: %s\n", what, msg);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("%s: %s", what, m.text);
+  if (getenv("DA_TEST_VERBOSE")) fprintf(stderr, "%s: %s\n", what, m.text);
 }
 
 static size_t vm_bytes(void) {

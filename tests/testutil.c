@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Helpers shared by the test programs. */
+#include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "testutil.h"
@@ -190,4 +193,47 @@ da_attn_desc tu_small_desc(void) {
   d.head_dim = 16;
   d.dtype = DA_F32;
   return d;
+}
+
+size_t tu_fork_call(int (*fn)(void *arg, void *out), void *arg, void *out, size_t len,
+                    int *status) {
+  int fd[2];
+  if (pipe(fd) != 0) fail_msg("pipe: %s", strerror(errno));
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid < 0) fail_msg("fork: %s", strerror(errno));
+  if (pid == 0) {
+    close(fd[0]);
+    static const int crash[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
+    for (size_t i = 0; i < sizeof crash / sizeof crash[0]; i++) signal(crash[i], SIG_DFL);
+    int rc = fn(arg, out);
+    ssize_t w = write(fd[1], out, len);
+    _exit(w == (ssize_t)len ? rc : 3);
+  }
+  close(fd[1]);
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = read(fd[0], (char *)out + got, len - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += (size_t)n;
+  }
+  close(fd[0]);
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  *status = st;
+  return got;
+}
+
+const char *tu_child_trouble(int status, size_t got, size_t len, char *buf, size_t n) {
+  if (WIFSIGNALED(status)) {
+    snprintf(buf, n, "killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+    return buf;
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || got != len) {
+    snprintf(buf, n, "died (status 0x%x, %zu bytes)", status, got);
+    return buf;
+  }
+  return NULL;
 }

@@ -52,6 +52,18 @@ size_t tu_kv_elems(const da_attn_desc *d);
  * names match. Called first in main by the programs that honour it. */
 void tu_filter_from_env(void);
 
+/* Runs fn(arg, out) in a child made by fork(). In the child the crash
+ * signals (SEGV, BUS, ILL, FPE, ABRT) are back at SIG_DFL, so a crash ends
+ * the child instead of cmocka's handler running the rest of the suite
+ * there; out[0..len) goes back through a pipe and the child exits with
+ * fn's value. The parent gets out and returns the bytes that came back;
+ * *status is the wait status. A pipe or fork failure fails the test. */
+size_t tu_fork_call(int (*fn)(void *arg, void *out), void *arg, void *out, size_t len,
+                    int *status);
+/* NULL when a tu_fork_call child exited 0 having sent all len bytes; else
+ * "killed by signal N (name)" or "died (status 0x.., N bytes)" in buf. */
+const char *tu_child_trouble(int status, size_t got, size_t len, char *buf, size_t n);
+
 /* 1 when backend b's name is listed in DISTRATTN_REQUIRE_BACKENDS. */
 int tu_backend_required(da_backend b);
 
