@@ -294,14 +294,6 @@ void fill_normal(tool_rng *r, float *dst, size_t n, da_dtype t) {
   }
 }
 
-uint64_t time_seed(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  uint64_t s = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-  s ^= (uint64_t)getpid() << 32;
-  return splitmix_next(&s);
-}
-
 /* -------------------------------------------------------------------- timing */
 
 double now_ms(void) {
@@ -377,8 +369,8 @@ static void ref_rows(const double *qx, const double *kx, const float *v, int r0,
   }
 }
 
-int reference_f64(const da_attn_desc *d, const float *q, const float *k, const float *v,
-                  const int *perm, float *out) {
+static int reference_impl(const da_attn_desc *d, const float *q, const float *k,
+                          const float *v, const int *perm, int row_step, float *out) {
   const int B = d->batch, H = d->heads, KVH = d->kv_heads > 0 ? d->kv_heads : d->heads;
   const int sq = d->seq_q, sk = d->seq_k, hd = d->head_dim;
   const int G = d->group_size > 1 ? d->group_size : 1;
@@ -408,7 +400,13 @@ int reference_f64(const da_attn_desc *d, const float *q, const float *k, const f
       if (G == 1) {
         for (size_t i = 0; i < (size_t)sq * hd; i++) qx[i] = qh[i];
         for (size_t i = 0; i < (size_t)sk * hd; i++) kx[i] = kh[i];
-        ref_rows(qx, kx, vh, 0, sq, sq, sk, hd, hd, d->causal, scale, srow, acc, oh);
+        if (row_step <= 1) {
+          ref_rows(qx, kx, vh, 0, sq, sq, sk, hd, hd, d->causal, scale, srow, acc, oh);
+        } else {
+          for (int r = 0; r < sq; r += row_step) /* ref_rows indexes qx from r0 */
+            ref_rows(qx + (size_t)r * hd, kx, vh, r, r + 1, sq, sk, hd, hd, d->causal, scale,
+                     srow, acc, oh);
+        }
         continue;
       }
       for (int t = 0; t < n_tiles; t++) {
@@ -450,6 +448,33 @@ int reference_f64(const da_attn_desc *d, const float *q, const float *k, const f
     }
   free(qx), free(kx), free(srow), free(acc), free(w);
   return 0;
+}
+
+int reference_f64(const da_attn_desc *d, const float *q, const float *k, const float *v,
+                  const int *perm, float *out) {
+  return reference_impl(d, q, k, v, perm, 1, out);
+}
+
+int reference_f64_rows(const da_attn_desc *d, const float *q, const float *k, const float *v,
+                       int row_step, float *out) {
+  if (d->group_size > 1 || row_step < 1) return -1;
+  return reference_impl(d, q, k, v, NULL, row_step, out);
+}
+
+double rel_error_rows(const float *a, const float *b, const da_attn_desc *d, int row_step) {
+  const size_t hd = (size_t)d->head_dim, sq = (size_t)d->seq_q;
+  const size_t mats = (size_t)d->batch * (size_t)d->heads;
+  double num = 0.0, den = 0.0;
+  for (size_t m = 0; m < mats; m++)
+    for (size_t r = 0; r < sq; r += (size_t)row_step)
+      for (size_t c = 0; c < hd; c++) {
+        size_t i = (m * sq + r) * hd + c;
+        double x = a[i], y = b[i];
+        if (!isfinite(x) || !isfinite(y)) return NAN;
+        num += (x - y) * (x - y);
+        den += y * y;
+      }
+  return den > 0.0 ? sqrt(num / den) : sqrt(num);
 }
 
 /* ------------------------------------------------------------------ progress */

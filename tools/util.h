@@ -75,7 +75,6 @@ double rng_normal(tool_rng *r);
 /* n standard normal values, then rounded through dtype so that the float
  * copy holds exactly what the library sees. */
 void fill_normal(tool_rng *r, float *dst, size_t n, da_dtype t);
-uint64_t time_seed(void);
 
 /* ---- timing ---- */
 double now_ms(void);
@@ -93,6 +92,13 @@ double rel_error(const float *a, const float *b, size_t n);
  * Returns 0, or -1 when out of memory. */
 int reference_f64(const da_attn_desc *d, const float *q, const float *k, const float *v,
                   const int *perm, float *out);
+/* Exact attention only (group_size 1): the float64 reference of the query
+ * rows 0, row_step, 2*row_step, ... of every (batch, head), written to the
+ * same places in out (other rows untouched). -1 for group_size > 1, a
+ * row_step < 1 or no memory. rel_error_rows: rel_error over those rows. */
+int reference_f64_rows(const da_attn_desc *d, const float *q, const float *k, const float *v,
+                       int row_step, float *out);
+double rel_error_rows(const float *a, const float *b, const da_attn_desc *d, int row_step);
 /* Multiply-adds of attention: 2 * batch * heads * seq_q * seq_k * head_dim. */
 double attn_madds(const da_attn_desc *d);
 /* Nominal flops: 4 * batch * heads * seq_q * seq_k * head_dim. */
