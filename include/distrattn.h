@@ -139,6 +139,78 @@ DA_API size_t da_buffer_size(const da_buffer *b);
 DA_API da_status da_attention(da_plan *p, const da_buffer *q, const da_buffer *k,
                               const da_buffer *v, da_buffer *o);
 
+/* ---- Strides, variable lengths, log-sum-exp, sliding window ----
+ * For inference engines: a plan made with da_plan_create_ext and a
+ * da_attn_ext reads and writes tensors laid out by element strides (so
+ * B,S,H,D and B,H,S,D both work without copies, and a KV cache of fixed
+ * capacity is used in place), takes per-sequence lengths at each call, can
+ * write the log-sum-exp of every query row and can limit each query to a
+ * window of keys. da_attention_ext runs it with a da_attn_args.
+ *
+ * ABI: both structs begin with struct_size, set by their _init function to
+ * the size the caller was compiled with; later versions only append fields,
+ * and a field the caller's struct lacks takes its default. */
+typedef enum {
+  DA_SEQLENS_NONE = 0,   /* every sequence is seq_q queries over seq_k keys */
+  DA_SEQLENS_KV = 1,     /* padded batch: sequence b has args.seqlens_k[b] keys
+                            (0..seq_k; desc.seq_k is the capacity) and seq_q queries */
+  DA_SEQLENS_PACKED = 2  /* packed batch: sequence b's queries are the rows
+                            cu_seqlens_q[b] .. cu_seqlens_q[b+1]-1 of Q and O, its keys
+                            the rows cu_seqlens_k[b] .. cu_seqlens_k[b+1]-1 of K and V;
+                            desc.seq_q, desc.seq_k are the longest lengths */
+} da_seqlens;
+
+typedef struct da_attn_ext {
+  size_t struct_size;         /* sizeof(da_attn_ext): da_attn_ext_init sets it */
+  /* Element strides (not bytes) of each tensor: [0] from one sequence
+   * (batch index) to the next, [1] from one head to the next, [2] from one
+   * row (token) to the next. The head_dim elements of a row are contiguous.
+   * All three 0: dense, [batch][heads][seq][head_dim]. With
+   * DA_SEQLENS_PACKED, [0] must be 0 (rows are counted from the tensor's
+   * start). O's strides must not make two written elements coincide. */
+  long long q_stride[3], k_stride[3], v_stride[3], o_stride[3];
+  da_seqlens seqlens;
+  int lse;                    /* 1: the call writes the log-sum-exp (args.lse) */
+  int window_left;            /* keys before the query's diagonal it sees; -1 = all */
+  int window_right;           /* keys after the diagonal it sees; -1 = all (causal: 0) */
+} da_attn_ext;
+
+typedef struct da_attn_args {
+  size_t struct_size;         /* sizeof(da_attn_args): da_attn_args_init sets it */
+  const da_buffer *q, *k, *v; /* read; each may start at an offset */
+  da_buffer *o;               /* written */
+  size_t q_offset, k_offset, v_offset, o_offset; /* in elements of the plan's dtype */
+  const da_buffer *seqlens_k; /* DA_SEQLENS_KV: int32 [batch] */
+  const da_buffer *cu_seqlens_q, *cu_seqlens_k; /* DA_SEQLENS_PACKED: int32 [batch + 1],
+                                 starting at 0, non-decreasing */
+  size_t rows_q, rows_k;      /* DA_SEQLENS_PACKED: rows Q/O and K/V hold (the last
+                                 cu_seqlens value may not exceed them) */
+  da_buffer *lse;             /* ext.lse: f32, [batch][heads][seq_q]; with
+                                 DA_SEQLENS_PACKED [heads][rows_q] */
+  size_t lse_offset;          /* in f32 elements */
+} da_attn_args;
+
+/* Zero *x or *a, then set struct_size and the defaults (dense strides, no
+ * per-sequence lengths, no LSE, window -1/-1). */
+DA_API void da_attn_ext_init(da_attn_ext *x);
+DA_API void da_attn_args_init(da_attn_args *a);
+/* da_plan_create with the options of *x (NULL: as da_plan_create). A
+ * backend that lacks an option asked for refuses the plan with
+ * DA_ERR_UNSUPPORTED naming it. */
+DA_API da_status da_plan_create_ext(da_context *ctx, const da_attn_desc *d, const da_attn_ext *x,
+                                    da_plan **plan);
+/* The options as the plan resolved them (dense strides filled in). */
+DA_API da_status da_plan_get_ext(const da_plan *plan, da_attn_ext *out);
+/* Enqueues attention with the plan's layout. Every tensor's elements (by
+ * its strides, offset and the plan's shape; with DA_SEQLENS_PACKED by
+ * rows_q, rows_k) must lie inside its buffer; O must share no byte with Q,
+ * K, V or LSE. With DA_SEQLENS_KV and DA_SEQLENS_PACKED, causal masks are
+ * bottom-right aligned per sequence, a sequence with no keys or no queries
+ * gives zero rows (LSE -inf), and a length out of range is
+ * DA_ERR_INVALID_ARG where the backend can see it (the CPU backend checks
+ * every value; device backends never read or write outside the buffers). */
+DA_API da_status da_attention_ext(da_plan *plan, const da_attn_args *args);
+
 /* Backends: whether one is loaded and has devices; when not, *why says why
  * (module not found, runtime missing, no device, ...). why may be NULL. */
 DA_API int da_backend_available(da_backend b, const char **why);

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Contexts, buffers and plans: the backend-agnostic half of every call.
  * Arguments are checked here, so that backends see only valid requests. */
+#include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdlib.h>
 
@@ -18,6 +20,21 @@ void da_attn_desc_init(da_attn_desc *d) {
   d->fusion = DA_FUSE_NORM;
   d->dtype = DA_F32;
   d->algo = DA_ALGO_AUTO;
+}
+
+void da_attn_ext_init(da_attn_ext *x) {
+  if (!x) return;
+  memset(x, 0, sizeof *x);
+  x->struct_size = sizeof *x;
+  x->seqlens = DA_SEQLENS_NONE;
+  x->window_left = -1;
+  x->window_right = -1;
+}
+
+void da_attn_args_init(da_attn_args *a) {
+  if (!a) return;
+  memset(a, 0, sizeof *a);
+  a->struct_size = sizeof *a;
 }
 
 /* ------------------------------------------------------------- contexts */
@@ -353,6 +370,120 @@ static da_status validate(da_context *ctx, const da_attn_desc *in, da_attn_desc 
 }
 
 da_status da_plan_create(da_context *ctx, const da_attn_desc *in, da_plan **out) {
+  return da_plan_create_ext(ctx, in, NULL, out);
+}
+
+/* A copy of the caller's da_attn_ext of struct_size bytes; the fields it
+ * lacks keep their defaults. */
+static da_status read_ext(da_context *ctx, const da_attn_ext *in, da_attn_ext *x) {
+  da_attn_ext_init(x);
+  if (!in) return DA_SUCCESS;
+  if (in->struct_size < offsetof(da_attn_ext, q_stride) || in->struct_size > (1u << 16))
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "ext->struct_size = %zu: call da_attn_ext_init first (sizeof is %zu)",
+                        in->struct_size, sizeof *x);
+  memcpy(x, in, in->struct_size < sizeof *x ? in->struct_size : sizeof *x);
+  x->struct_size = sizeof *x;
+  return DA_SUCCESS;
+}
+
+/* The extent in elements of a tensor of ext[0] x ext[1] x ext[2] rows of d
+ * elements under strides st: one past its last element. 0 on overflow. */
+static unsigned long long tensor_span(const long long st[3], const long long ext[3], int d) {
+  unsigned long long end = (unsigned long long)d;
+  for (int i = 0; i < 3; i++) {
+    if (ext[i] <= 1 || st[i] == 0) continue;
+    unsigned long long a = (unsigned long long)st[i], b = (unsigned long long)(ext[i] - 1);
+    if (a > (ULLONG_MAX >> 2) / b) return 0;
+    if (a * b > (ULLONG_MAX >> 2) - end) return 0;
+    end += a * b;
+  }
+  return end;
+}
+
+/* Whether no two elements of the tensor coincide (O is written). */
+static int tensor_injective(const long long st[3], const long long ext[3], int d) {
+  int idx[3], n = 0;
+  for (int i = 0; i < 3; i++)
+    if (ext[i] > 1) idx[n++] = i;
+  for (int a = 1; a < n; a++) /* by stride, ascending */
+    for (int b = a; b > 0 && st[idx[b]] < st[idx[b - 1]]; b--) {
+      int t = idx[b];
+      idx[b] = idx[b - 1];
+      idx[b - 1] = t;
+    }
+  unsigned long long inner = (unsigned long long)d;
+  for (int a = 0; a < n; a++) {
+    unsigned long long sv = (unsigned long long)st[idx[a]];
+    if (sv < inner) return 0;
+    if (sv > (ULLONG_MAX >> 2) / (unsigned long long)(ext[idx[a]] - 1)) return 0;
+    inner = sv * (unsigned long long)(ext[idx[a]] - 1) + inner;
+  }
+  return 1;
+}
+
+static const char *const tensor_names[4] = {"q", "k", "v", "o"};
+
+static long long *ext_stride(da_attn_ext *x, int t) {
+  return t == 0 ? x->q_stride : t == 1 ? x->k_stride : t == 2 ? x->v_stride : x->o_stride;
+}
+
+static da_status validate_ext(da_context *ctx, const da_attn_desc *d, da_attn_ext *x, int *used) {
+  *used = 0;
+  if ((int)x->seqlens < DA_SEQLENS_NONE || (int)x->seqlens > DA_SEQLENS_PACKED)
+    return BAD("ext.seqlens = %d is not a da_seqlens (0 none, 1 kv, 2 packed)", (int)x->seqlens);
+  if (x->lse != 0 && x->lse != 1) return BAD("ext.lse = %d must be 0 or 1", x->lse);
+  if (x->window_left < -1) return BAD("ext.window_left = %d must be >= -1 (-1 = all)", x->window_left);
+  if (x->window_right < -1)
+    return BAD("ext.window_right = %d must be >= -1 (-1 = all)", x->window_right);
+  if (x->seqlens != DA_SEQLENS_NONE || x->lse || x->window_left >= 0 ||
+      (!d->causal && x->window_right >= 0))
+    *used = 1;
+  if (d->causal) x->window_right = 0; /* as FlashAttention-2 */
+  const int packed = x->seqlens == DA_SEQLENS_PACKED;
+  for (int t = 0; t < 4; t++) {
+    long long *st = ext_stride(x, t);
+    const int hn = t == 0 || t == 3 ? d->heads : d->kv_heads;
+    const int rows = t == 0 || t == 3 ? d->seq_q : d->seq_k;
+    if (st[0] == 0 && st[1] == 0 && st[2] == 0) { /* dense */
+      if (packed) { /* [rows][heads][head_dim], as FlashAttention's varlen */
+        st[1] = d->head_dim;
+        st[2] = (long long)hn * d->head_dim;
+      } else {
+        st[2] = d->head_dim;
+        st[1] = (long long)rows * d->head_dim;
+        st[0] = (long long)hn * st[1];
+      }
+      continue;
+    }
+    *used = 1;
+    for (int i = 0; i < 3; i++)
+      if (st[i] < 0 || (unsigned long long)st[i] > (1ull << 62))
+        return BAD("ext.%s_stride[%d] = %lld must be in 0..2^62 (elements)", tensor_names[t], i,
+                   st[i]);
+    if (packed && st[0] != 0)
+      return BAD("ext.%s_stride[0] = %lld: with DA_SEQLENS_PACKED rows are counted from the "
+                 "tensor's start, so the batch stride must be 0",
+                 tensor_names[t], st[0]);
+  }
+  /* the extents at the plan's own lengths (PACKED: rows checked per call) */
+  for (int t = 0; t < 4; t++) {
+    const long long *st = ext_stride(x, t);
+    long long ext[3] = {packed ? 1 : d->batch, t == 0 || t == 3 ? d->heads : d->kv_heads,
+                        t == 0 || t == 3 ? d->seq_q : d->seq_k};
+    if (!tensor_span(st, ext, d->head_dim))
+      return BAD("ext.%s_stride {%lld, %lld, %lld}: the tensor's extent overflows", tensor_names[t],
+                 st[0], st[1], st[2]);
+    if (t == 3 && !tensor_injective(st, ext, d->head_dim))
+      return BAD("ext.o_stride {%lld, %lld, %lld}: two output elements would share an address "
+                 "(batch %d, heads %d, seq_q %d, head_dim %d)",
+                 st[0], st[1], st[2], d->batch, d->heads, d->seq_q, d->head_dim);
+  }
+  return DA_SUCCESS;
+}
+
+da_status da_plan_create_ext(da_context *ctx, const da_attn_desc *in, const da_attn_ext *xin,
+                             da_plan **out) {
   da_status s = check_ctx(ctx);
   if (s != DA_SUCCESS) return s;
   if (!out) return da_set_error(ctx, DA_ERR_INVALID_ARG, "plan is NULL");
@@ -381,6 +512,18 @@ da_status da_plan_create(da_context *ctx, const da_attn_desc *in, da_plan **out)
                  d->batch, d->heads, d->kv_heads, d->seq_q, d->seq_k, d->head_dim);
     free(p);
     return DA_ERR_INVALID_ARG;
+  }
+  /* the options, once the sizes are known not to overflow */
+  s = read_ext(ctx, xin, &p->x);
+  if (s == DA_SUCCESS) s = validate_ext(ctx, &p->d, &p->x, &p->ext_used);
+  if (s == DA_SUCCESS && p->ext_used && !ctx->iface->attention_ext)
+    s = da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                     "the %s backend does not support the da_attn_ext options yet (strides, "
+                     "per-sequence lengths, LSE, windows); the cpu backend does",
+                     ctx->iface->name);
+  if (s != DA_SUCCESS) {
+    free(p);
+    return s;
   }
   p->q_elems = q / p->elem_size;
   p->kv_elems = kv / p->elem_size;
@@ -425,6 +568,17 @@ da_status da_plan_get_desc(const da_plan *p, da_attn_desc *out) {
   return DA_SUCCESS;
 }
 
+da_status da_plan_get_ext(const da_plan *p, da_attn_ext *out) {
+  if (!p || !out) return DA_ERR_INVALID_ARG;
+  if (out->struct_size < sizeof(size_t) || out->struct_size > (1u << 16))
+    return da_set_error(p->ctx, DA_ERR_INVALID_ARG,
+                        "out->struct_size = %zu: call da_attn_ext_init first", out->struct_size);
+  size_t n = out->struct_size < sizeof p->x ? out->struct_size : sizeof p->x;
+  memcpy(out, &p->x, n);
+  out->struct_size = n;
+  return DA_SUCCESS;
+}
+
 /* ------------------------------------------------------------ attention */
 
 static da_status check_buf(da_plan *p, const da_buffer *b, const char *name, size_t need) {
@@ -466,6 +620,16 @@ da_status da_attention(da_plan *p, const da_buffer *q, const da_buffer *k, const
   if (!p) return DA_ERR_INVALID_ARG;
   da_context *ctx = p->ctx;
   ctx->last_error[0] = '\0';
+  if (p->ext_used) {
+    if (p->x.seqlens != DA_SEQLENS_NONE || p->x.lse)
+      return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                          "the plan takes per-sequence lengths or writes the LSE: call "
+                          "da_attention_ext");
+    da_attn_args a;
+    da_attn_args_init(&a);
+    a.q = q, a.k = k, a.v = v, a.o = o;
+    return da_attention_ext(p, &a);
+  }
   size_t qb = p->q_elems * p->elem_size, kvb = p->kv_elems * p->elem_size;
   da_status s;
   if ((s = check_buf(p, q, "q", qb)) || (s = check_buf(p, k, "k", kvb)) ||
@@ -475,6 +639,115 @@ da_status da_attention(da_plan *p, const da_buffer *q, const da_buffer *k, const
       (s = check_alias(p, o, qb, v, kvb, "v")))
     return s;
   return finish(ctx, ctx->iface->attention(p, q->handle, k->handle, v->handle, o->handle));
+}
+
+/* One tensor's bytes [lo, hi) in its buffer, for the alias checks. */
+typedef struct {
+  const da_buffer *b;
+  size_t lo, hi;
+  const char *name;
+} span_ref;
+
+static int spans_share(const span_ref *a, const span_ref *b) {
+  if (a->b == b->b || a->b->handle == b->b->handle)
+    return ranges_overlap(a->lo, a->hi - a->lo, b->lo, b->hi - b->lo);
+  if (a->b->range.base != b->b->range.base) return 0;
+  return ranges_overlap(a->b->range.offset + a->lo, a->hi - a->lo, b->b->range.offset + b->lo,
+                        b->hi - b->lo);
+}
+
+static da_status check_lens_buf(da_plan *p, const da_buffer *b, const char *name, size_t n) {
+  return check_buf(p, b, name, n * sizeof(int));
+}
+
+da_status da_attention_ext(da_plan *p, const da_attn_args *ain) {
+  if (!p) return DA_ERR_INVALID_ARG;
+  da_context *ctx = p->ctx;
+  ctx->last_error[0] = '\0';
+  if (!ain) return da_set_error(ctx, DA_ERR_INVALID_ARG, "args is NULL");
+  if (ain->struct_size < offsetof(da_attn_args, seqlens_k) || ain->struct_size > (1u << 16))
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "args->struct_size = %zu: call da_attn_args_init first (sizeof is %zu)",
+                        ain->struct_size, sizeof *ain);
+  da_attn_args a;
+  da_attn_args_init(&a);
+  memcpy(&a, ain, ain->struct_size < sizeof a ? ain->struct_size : sizeof a);
+  const da_attn_desc *d = &p->d;
+  const da_attn_ext *x = &p->x;
+  const int packed = x->seqlens == DA_SEQLENS_PACKED;
+  const da_buffer *bufs[4] = {a.q, a.k, a.v, a.o};
+  const size_t offs[4] = {a.q_offset, a.k_offset, a.v_offset, a.o_offset};
+  span_ref sp[5];
+  da_status s;
+  if (packed) {
+    if (a.rows_q < 1 || a.rows_k < 1 || a.rows_q > (size_t)1 << 40 || a.rows_k > (size_t)1 << 40)
+      return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                          "rows_q = %zu, rows_k = %zu: DA_SEQLENS_PACKED needs the rows Q and K "
+                          "hold (1..2^40)",
+                          a.rows_q, a.rows_k);
+  }
+  for (int t = 0; t < 4; t++) {
+    const long long *st = ext_stride((da_attn_ext *)x, t);
+    const int qo = t == 0 || t == 3;
+    long long ext[3] = {packed ? 1 : d->batch, qo ? d->heads : d->kv_heads,
+                        packed ? (long long)(qo ? a.rows_q : a.rows_k) : qo ? d->seq_q : d->seq_k};
+    unsigned long long span = tensor_span(st, ext, d->head_dim);
+    if (!span || offs[t] > SIZE_MAX / p->elem_size - span)
+      return da_set_error(ctx, DA_ERR_INVALID_ARG, "%s: offset %zu plus its extent overflows",
+                          tensor_names[t], offs[t]);
+    if (t == 3 && packed && !tensor_injective(st, ext, d->head_dim))
+      return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                          "o: with rows_q = %zu the strides {%lld, %lld} make two output "
+                          "elements share an address",
+                          a.rows_q, st[1], st[2]);
+    size_t lo = offs[t] * p->elem_size, hi = (offs[t] + (size_t)span) * p->elem_size;
+    if ((s = check_buf(p, bufs[t], tensor_names[t], hi))) return s;
+    sp[t] = (span_ref){bufs[t], lo, hi, tensor_names[t]};
+  }
+  int nspan = 4;
+  if (x->lse) {
+    size_t n = packed ? (size_t)d->heads * a.rows_q : (size_t)d->batch * d->heads * d->seq_q;
+    if (a.lse_offset > SIZE_MAX / sizeof(float) - n)
+      return da_set_error(ctx, DA_ERR_INVALID_ARG, "lse: offset %zu overflows", a.lse_offset);
+    if ((s = check_buf(p, a.lse, "lse", (a.lse_offset + n) * sizeof(float)))) return s;
+    sp[nspan++] = (span_ref){a.lse, a.lse_offset * sizeof(float), (a.lse_offset + n) * sizeof(float),
+                             "lse"};
+  } else if (a.lse) {
+    return da_set_error(ctx, DA_ERR_INVALID_ARG, "lse given, but the plan was made without ext.lse");
+  }
+  /* what is written (o, lse) shares no byte with anything else */
+  for (int w = 3; w < nspan; w++)
+    for (int r = 0; r < nspan; r++)
+      if (r != w && (r < w || r > 3) && spans_share(&sp[w], &sp[r]))
+        return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                            "%s overlaps %s: the bytes written in %s need memory of their own",
+                            sp[w].name, sp[r].name, sp[w].name);
+  da_call c;
+  memset(&c, 0, sizeof c);
+  c.q = a.q->handle, c.k = a.k->handle, c.v = a.v->handle, c.o = a.o->handle;
+  c.q_off = a.q_offset, c.k_off = a.k_offset, c.v_off = a.v_offset, c.o_off = a.o_offset;
+  if (x->seqlens == DA_SEQLENS_KV) {
+    if ((s = check_lens_buf(p, a.seqlens_k, "seqlens_k", (size_t)d->batch))) return s;
+    c.seqlens_k = a.seqlens_k->handle;
+  } else if (a.seqlens_k) {
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "seqlens_k given, but the plan's ext.seqlens is not DA_SEQLENS_KV");
+  }
+  if (packed) {
+    if ((s = check_lens_buf(p, a.cu_seqlens_q, "cu_seqlens_q", (size_t)d->batch + 1)) ||
+        (s = check_lens_buf(p, a.cu_seqlens_k, "cu_seqlens_k", (size_t)d->batch + 1)))
+      return s;
+    c.cu_q = a.cu_seqlens_q->handle, c.cu_k = a.cu_seqlens_k->handle;
+    c.rows_q = a.rows_q, c.rows_k = a.rows_k;
+  } else if (a.cu_seqlens_q || a.cu_seqlens_k) {
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "cu_seqlens given, but the plan's ext.seqlens is not DA_SEQLENS_PACKED");
+  }
+  if (x->lse) c.lse = a.lse->handle, c.lse_off = a.lse_offset;
+  if (!ctx->iface->attention_ext)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED, "the %s backend has no da_attention_ext",
+                        ctx->iface->name);
+  return finish(ctx, ctx->iface->attention_ext(p, &c));
 }
 
 /* Runs fn on device copies of host arrays: in[0..nin) are uploaded, out is
@@ -508,6 +781,11 @@ da_status da_attention_host(da_plan *p, const void *q, const void *k, const void
   if (!k) return da_set_error(ctx, DA_ERR_INVALID_ARG, "k is NULL");
   if (!v) return da_set_error(ctx, DA_ERR_INVALID_ARG, "v is NULL");
   if (!o) return da_set_error(ctx, DA_ERR_INVALID_ARG, "o is NULL");
+  if (p->ext_used)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "the plan was made with da_attn_ext options: its tensors' extents come "
+                        "from buffers (da_buffer_wrap host memory on the cpu backend) and "
+                        "da_attention_ext");
   size_t qb = p->q_elems * p->elem_size, kvb = p->kv_elems * p->elem_size;
   if (ctx->iface->id == DA_BACKEND_CPU) {
     const uintptr_t oa = (uintptr_t)o;

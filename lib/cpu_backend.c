@@ -351,10 +351,86 @@ static void job_init(cpu_attn_job *J, da_plan *p, void *q, void *k, void *v, voi
   J->hpk = d->kv_heads > 0 ? d->heads / d->kv_heads : 1;
   J->off = (long)d->seq_k - (long)d->seq_q;
   J->qmul = da_log2_mul(d->scale); /* capped: SPEC 1, "Scale" */
+  memcpy(J->qst, p->x.q_stride, sizeof J->qst);
+  memcpy(J->kst, p->x.k_stride, sizeof J->kst);
+  memcpy(J->vst, p->x.v_stride, sizeof J->vst);
+  memcpy(J->ost, p->x.o_stride, sizeof J->ost);
+  J->wl = p->x.window_left;
+  J->wr = p->x.window_right;
   pl->kern->setup(J);
 }
 
+/* The per-sequence rows and lengths of a call (da_attn_ext), checked:
+ * *seq holds q0, lq, k0, lk ([4][batch]); NULL when every sequence is
+ * seq_q x seq_k at rows 0. */
+static da_status call_lengths(da_plan *p, const da_call *c, int **seq) {
+  da_context *ctx = p->ctx;
+  const da_attn_desc *d = &p->d;
+  *seq = NULL;
+  if (p->x.seqlens == DA_SEQLENS_NONE) return DA_SUCCESS;
+  const size_t B = (size_t)d->batch;
+  int *a = malloc(4 * B * sizeof(int));
+  if (!a) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "cpu backend: no memory for %zu lengths", B);
+  int *q0 = a, *lq = a + B, *k0 = a + 2 * B, *lk = a + 3 * B;
+  if (p->x.seqlens == DA_SEQLENS_KV) {
+    const int *sl = c->seqlens_k;
+    for (size_t b = 0; b < B; b++) {
+      if (sl[b] < 0 || sl[b] > d->seq_k) {
+        free(a);
+        return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                            "seqlens_k[%zu] = %d is outside 0..seq_k = %d (the capacity)", b, sl[b],
+                            d->seq_k);
+      }
+      q0[b] = 0, lq[b] = d->seq_q, k0[b] = 0, lk[b] = sl[b];
+    }
+  } else {
+    const int *cq = c->cu_q, *ck = c->cu_k;
+    if (cq[0] != 0 || ck[0] != 0) {
+      free(a);
+      return da_set_error(ctx, DA_ERR_INVALID_ARG, "cu_seqlens_q[0] = %d, cu_seqlens_k[0] = %d: "
+                          "both must be 0", cq[0], ck[0]);
+    }
+    for (size_t b = 0; b < B; b++) {
+      long nq = (long)cq[b + 1] - cq[b], nk = (long)ck[b + 1] - ck[b];
+      const char *bad = NULL;
+      if (nq < 0 || nq > d->seq_q) bad = "q";
+      else if (nk < 0 || nk > d->seq_k) bad = "k";
+      if (bad) {
+        free(a);
+        return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                            "cu_seqlens_%s[%zu..%zu] = %d..%d: sequence %zu's length must be in "
+                            "0..seq_%s = %d",
+                            bad, b, b + 1, bad[0] == 'q' ? cq[b] : ck[b],
+                            bad[0] == 'q' ? cq[b + 1] : ck[b + 1], b, bad,
+                            bad[0] == 'q' ? d->seq_q : d->seq_k);
+      }
+      q0[b] = cq[b], lq[b] = (int)nq, k0[b] = ck[b], lk[b] = (int)nk;
+    }
+    if ((size_t)cq[B] > c->rows_q || (size_t)ck[B] > c->rows_k) {
+      free(a);
+      return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                          "cu_seqlens_q[%zu] = %d, cu_seqlens_k[%zu] = %d: past rows_q = %zu or "
+                          "rows_k = %zu",
+                          B, cq[B], B, ck[B], c->rows_q, c->rows_k);
+    }
+  }
+  *seq = a;
+  return DA_SUCCESS;
+}
+
+static da_status cpu_run(da_plan *p, const da_call *c);
+
 static da_status cpu_attention(da_plan *p, void *q, void *k, void *v, void *o) {
+  da_call c;
+  memset(&c, 0, sizeof c);
+  c.q = q, c.k = k, c.v = v, c.o = o;
+  return cpu_run(p, &c);
+}
+
+static da_status cpu_attention_ext(da_plan *p, const da_call *c) { return cpu_run(p, c); }
+
+static da_status cpu_run(da_plan *p, const da_call *c) {
+  void *q = c->q, *k = c->k, *v = c->v, *o = c->o;
   da_context *ctx = p->ctx;
   cpu_pool *pl = ctx->bctx;
   const da_attn_desc *d = &p->d;
@@ -374,8 +450,24 @@ static da_status cpu_attention(da_plan *p, void *q, void *k, void *v, void *o) {
   if (e != 0)
     return da_set_error(ctx, DA_ERR_BACKEND, "cpu backend: pthread_mutex_lock failed: %s", strerror(e));
   const cpu_kernels *K = pl->kern;
+  int *seq = NULL;
+  da_status sl = call_lengths(p, c, &seq);
+  if (sl != DA_SUCCESS) {
+    pthread_mutex_unlock(&pl->submit);
+    return sl;
+  }
   cpu_attn_job J;
   job_init(&J, p, q, k, v, o, pl);
+  J.q_off = c->q_off, J.k_off = c->k_off, J.v_off = c->v_off, J.o_off = c->o_off;
+  if (seq) {
+    const size_t B = (size_t)d->batch;
+    J.q0 = seq, J.lq = seq + B, J.k0 = seq + 2 * B, J.lk = seq + 3 * B;
+  }
+  if (c->lse) {
+    J.lse = (float *)c->lse + c->lse_off;
+    J.lse_packed = p->x.seqlens == DA_SEQLENS_PACKED;
+    J.lse_rows = c->rows_q;
+  }
   const long attn_items = (long)d->batch * d->heads * J.nqb;
   const long group_items = (long)d->batch * d->heads * p->n_tiles;
   da_status s = pool_scratch(pl, ctx, J.scratch_floats * sizeof(float),
@@ -429,6 +521,7 @@ static da_status cpu_attention(da_plan *p, void *q, void *k, void *v, void *o) {
     pl->perm_cap = 0;
   }
   pthread_mutex_unlock(&pl->submit);
+  free(seq);
   return s;
 }
 
@@ -554,20 +647,11 @@ static void cpu_buf_free(da_context *ctx, void *handle) {
   if (handle) free((char *)handle - BUF_HDR);
 }
 
-static size_t buf_size(const void *handle) {
-  size_t n;
-  memcpy(&n, (const char *)handle - BUF_HDR, sizeof n);
-  return n;
-}
-
+/* The core checked [off, off + n) against the buffer's size (its own
+ * allocation, or a wrapped caller's host memory, which has no header). */
 static da_status cpu_buf_write(da_context *ctx, void *handle, size_t off, const void *src, size_t n) {
   if (!handle || (n && !src))
     return da_set_error(ctx, DA_ERR_INVALID_ARG, "cpu backend: NULL buffer or source");
-  size_t sz = buf_size(handle);
-  if (off > sz || n > sz - off)
-    return da_set_error(ctx, DA_ERR_INVALID_ARG,
-                        "cpu backend: write of %zu bytes at offset %zu past a buffer of %zu", n, off,
-                        sz);
   if (n) memcpy((char *)handle + off, src, n);
   return DA_SUCCESS;
 }
@@ -575,13 +659,28 @@ static da_status cpu_buf_write(da_context *ctx, void *handle, size_t off, const 
 static da_status cpu_buf_read(da_context *ctx, void *handle, size_t off, void *dst, size_t n) {
   if (!handle || (n && !dst))
     return da_set_error(ctx, DA_ERR_INVALID_ARG, "cpu backend: NULL buffer or destination");
-  size_t sz = buf_size(handle);
-  if (off > sz || n > sz - off)
-    return da_set_error(ctx, DA_ERR_INVALID_ARG,
-                        "cpu backend: read of %zu bytes at offset %zu past a buffer of %zu", n, off,
-                        sz);
   if (n) memcpy(dst, (const char *)handle + off, n);
   return DA_SUCCESS;
+}
+
+/* Wrapping the caller's host memory: the handle is its pointer; nothing is
+ * taken, so nothing is given back (no buf_unwrap). Host pointers are one
+ * flat address space for the aliasing check. */
+static da_status cpu_buf_wrap(da_context *ctx, void *native, size_t bytes, void **handle,
+                              da_mem_range *range) {
+  if ((uintptr_t)native > UINTPTR_MAX - bytes)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "cpu backend: %zu bytes at %p run past the end of the address space", bytes,
+                        native);
+  *handle = native;
+  range->base = NULL;
+  range->offset = (uintptr_t)native;
+  return DA_SUCCESS;
+}
+
+static void cpu_buf_range(da_context *ctx, void *handle, da_mem_range *range) {
+  range->base = NULL;
+  range->offset = (uintptr_t)handle;
 }
 
 static da_status cpu_synchronize(da_context *ctx) { return DA_SUCCESS; }
@@ -612,9 +711,12 @@ const da_backend_iface da_cpu_backend_iface = {
     .buf_free = cpu_buf_free,
     .buf_write = cpu_buf_write,
     .buf_read = cpu_buf_read,
-    .buf_wrap = NULL,
+    .buf_wrap = cpu_buf_wrap,
+    .buf_unwrap = NULL,
+    .buf_range = cpu_buf_range,
     .plan_prepare = cpu_plan_prepare,
     .plan_release = NULL,
     .attention = cpu_attention,
     .groups = cpu_groups,
+    .attention_ext = cpu_attention_ext,
 };

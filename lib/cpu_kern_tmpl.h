@@ -348,6 +348,23 @@ static void group_tile(const uint32_t *codes, int d, int bits, int *perm) {
   memcpy(perm, ps, (size_t)d * sizeof *perm);
 }
 
+/* Per-sequence geometry (da_attn_ext): rows and element addresses. */
+static inline int seq_lq(const cpu_attn_job *J, int b) { return J->lq ? J->lq[b] : J->p->d.seq_q; }
+static inline int seq_lk(const cpu_attn_job *J, int b) { return J->lk ? J->lk[b] : J->p->d.seq_k; }
+static inline size_t q_at(const cpu_attn_job *J, int b, int h, long i) {
+  long r = (J->q0 ? J->q0[b] : 0) + i;
+  return J->q_off + (size_t)(b * J->qst[0] + h * J->qst[1] + r * J->qst[2]);
+}
+static inline size_t o_at(const cpu_attn_job *J, int b, int h, long i) {
+  long r = (J->q0 ? J->q0[b] : 0) + i;
+  return J->o_off + (size_t)(b * J->ost[0] + h * J->ost[1] + r * J->ost[2]);
+}
+static inline size_t k_at(const cpu_attn_job *J, const long long *st, size_t off, int b, int h,
+                          long j) {
+  long r = (J->k0 ? J->k0[b] : 0) + j;
+  return off + (size_t)(b * st[0] + h * st[1] + r * st[2]);
+}
+
 static void groups_item(void *arg, int tid, long item) {
   cpu_attn_job *J = arg;
   const da_plan *p = J->p;
@@ -355,18 +372,27 @@ static void groups_item(void *arg, int tid, long item) {
   const int hd = d->head_dim, nt = p->n_tiles;
   long bh = item / nt;
   int tile = (int)(item % nt);
+  int bi = (int)(bh / d->heads), hi = (int)(bh % d->heads);
   int r0 = tile * d->hash_block;
-  int rows = d->seq_q - r0 < d->hash_block ? d->seq_q - r0 : d->hash_block;
+  int lq = seq_lq(J, bi);
+  int rows = lq - r0 < d->hash_block ? lq - r0 : d->hash_block;
   int ldt = (int)round_up((size_t)hd, VL);
   float *qt = J->scratch[tid] + J->o_qt;
-  size_t base = ((size_t)bh * (size_t)d->seq_q + (size_t)r0) * (size_t)hd;
+  int *perm = J->perm_all + (size_t)item * hd;
+  if (rows <= 0) { /* a tile past this sequence's queries: never read */
+    for (int c = 0; c < hd; c++) perm[c] = c;
+    if (J->a_all)
+      for (int c = 0; c < hd; c++) J->a_all[(size_t)item * hd + c] = 1.0f;
+    return;
+  }
+  size_t base = q_at(J, bi, hi, r0);
+  const size_t rs = (size_t)J->qst[2];
   for (int r = 0; r < rows; r++) {
     float *dst = qt + (size_t)r * ldt;
-    cvt_in(J->q, d->dtype, base + (size_t)r * hd, hd, dst);
+    cvt_in(J->q, d->dtype, base + (size_t)r * rs, hd, dst);
     for (int c = hd; c < ldt; c++) dst[c] = 0.0f;
   }
   uint32_t codes[256];
-  int *perm = J->perm_all + (size_t)item * hd;
   hash_tile(qt, ldt, rows, hd, p->proj, d->hash_bits, d->hash_block, codes);
   group_tile(codes, hd, d->hash_bits, perm);
   if (!J->a_all) return;
@@ -406,16 +432,20 @@ static void pack_item(void *arg, int tid, long item) {
   long pr = item / J->nkb;
   int kb = (int)(item % J->nkb);
   long pair = J->pair0 + pr;
+  int bi = (int)(pair / d->kv_heads), kh = (int)(pair % d->kv_heads);
   int ks = kb * KB;
-  int kn = d->seq_k - ks < KB ? d->seq_k - ks : KB;
-  size_t base = ((size_t)pair * (size_t)d->seq_k + (size_t)ks) * (size_t)hd;
+  int lk = seq_lk(J, bi);
+  int kn = lk - ks < KB ? lk - ks : KB;
+  if (kn <= 0) return; /* past this sequence's keys: never read */
+  size_t kbase = k_at(J, J->kst, J->k_off, bi, kh, ks), vbase = k_at(J, J->vst, J->v_off, bi, kh, ks);
+  const size_t krs = (size_t)J->kst[2], vrs = (size_t)J->vst[2];
   float *kt = J->kpack + ((size_t)pr * J->nkb + kb) * J->kblk;
   float *vp = J->vpack + ((size_t)pr * J->nkb + kb) * J->vblk;
   float *row = J->scratch[tid] + J->o_row;
   for (int j = 0; j < KB; j++) {
     float *pp = kt + (size_t)(j / NC) * hd * NC + (j % NC);
     if (j < kn) {
-      cvt_in(J->k, d->dtype, base + (size_t)j * hd, hd, row);
+      cvt_in(J->k, d->dtype, kbase + (size_t)j * krs, hd, row);
       for (int c = 0; c < hd; c++) pp[(size_t)c * NC] = row[c];
     } else {
       for (int c = 0; c < hd; c++) pp[(size_t)c * NC] = 0.0f;
@@ -423,7 +453,7 @@ static void pack_item(void *arg, int tid, long item) {
   }
   for (int j = 0; j < KB; j++) {
     if (j < kn) {
-      cvt_in(J->v, d->dtype, base + (size_t)j * hd, hd, row);
+      cvt_in(J->v, d->dtype, vbase + (size_t)j * vrs, hd, row);
       for (int c = hd; c < Dp; c++) row[c] = 0.0f;
     } else {
       for (int c = 0; c < Dp; c++) row[c] = 0.0f;
@@ -544,7 +574,7 @@ static void build_q(const cpu_attn_job *J, size_t base, int nr, int nrp, const i
   if (G == 1) {
     for (int r = 0; r < nr; r++) {
       float *dst = qf + (size_t)r * D;
-      cvt_in(J->q, d->dtype, base + (size_t)r * hd, hd, dst);
+      cvt_in(J->q, d->dtype, base + (size_t)r * (size_t)J->qst[2], hd, dst);
       for (int c = 0; c < hd; c++) dst[c] *= J->qmul;
     }
   } else {
@@ -556,7 +586,7 @@ static void build_q(const cpu_attn_job *J, size_t base, int nr, int nrp, const i
       inv[g] = J->qmul / s;
     }
     for (int r = 0; r < nr; r++) {
-      cvt_in(J->q, d->dtype, base + (size_t)r * hd, hd, row);
+      cvt_in(J->q, d->dtype, base + (size_t)r * (size_t)J->qst[2], hd, row);
       float *dst = qf + (size_t)r * D;
       for (int g = 0; g < D; g++) {
         int c0 = g * G, c1 = c0 + G < hd ? c0 + G : hd;
@@ -600,11 +630,18 @@ static inline float softmax_row(float *restrict s, int lim, int w, float *m, vf 
   return alpha;
 }
 
-/* Number of keys of [ks, ks+kn) visible to query row i. */
+/* The keys of [ks, ks+kn) visible to query row i are ks + [first, lim):
+ * visible() gives lim, vfirst() first (0 without a left window). The
+ * diagonal of row i is key i + off; causal is a right window of 0. */
 static inline int visible(const cpu_attn_job *J, long i, int ks, int kn) {
-  if (!J->p->d.causal) return kn;
-  long lim = i + J->off - ks + 1;
+  if (J->wr < 0) return kn;
+  long lim = i + J->off + J->wr - ks + 1;
   return lim < 0 ? 0 : lim > kn ? kn : (int)lim;
+}
+static inline int vfirst(const cpu_attn_job *J, long i, int ks, int kn) {
+  if (J->wl < 0) return 0;
+  long f = i + J->off - J->wl - ks;
+  return f < 0 ? 0 : f > kn ? kn : (int)f;
 }
 
 #if VL > 1
@@ -635,10 +672,12 @@ static void softmax_block(const cpu_attn_job *J, float *restrict S, const float 
     for (int r = c0; r < c0 + SMC; r++) {
       float bm = -INFINITY;
       int lim = r < c1 ? visible(J, i0 + r, ks, kn) : 0;
-      if (lim == w) {
+      int first = r < c1 ? vfirst(J, i0 + r, ks, kn) : 0;
+      if (lim == w && first == 0) {
         bm = smax[r];
-      } else if (lim > 0) {
+      } else if (lim > first) {
         float *s = S + (size_t)r * KB;
+        for (int j = 0; j < first; j++) s[j] = -INFINITY;
         for (int j = lim; j < w; j++) s[j] = -INFINITY;
         vf mx = *(const vf *)s;
         for (int j = VL; j < w; j += VL) mx = vmax(mx, *(const vf *)(s + j));
@@ -655,7 +694,7 @@ static void softmax_block(const cpu_attn_job *J, float *restrict S, const float 
     }
     for (int r = c0; r < c1; r++) {
       float *s = S + (size_t)r * KB;
-      if (mb[r] == -INFINITY && visible(J, i0 + r, ks, kn) == 0) {
+      if (mb[r] == -INFINITY && visible(J, i0 + r, ks, kn) <= vfirst(J, i0 + r, ks, kn)) {
         memset(s, 0, (size_t)w * sizeof(float));
         continue;
       }
@@ -697,26 +736,39 @@ static void finish_l(int nr, const vf *lv, float *l) {
  * a row that sees no key (zeros, SPEC 1), or one whose visible logits are
  * all -inf (an infinite Q or K element): NaN, as the reference's
  * softmax(-inf, ..., -inf) and the other backends give. */
-static void write_out(const cpu_attn_job *J, size_t base, long i0, int nr, const float *acc,
-                      const float *l, float *row) {
-  const int hd = J->d;
+static void write_out(const cpu_attn_job *J, int bi, int hi, long i0, int nr, const float *acc,
+                      const float *m, const float *l, float *row) {
+  const int hd = J->d, lk = seq_lk(J, bi);
+  const size_t base = o_at(J, bi, hi, i0), rs = (size_t)J->ost[2];
+  float *lse = NULL;
+  if (J->lse)
+    lse = J->lse + (J->lse_packed
+                        ? (size_t)hi * J->lse_rows + (size_t)(J->q0 ? J->q0[bi] : 0) + (size_t)i0
+                        : ((size_t)bi * J->p->d.heads + (size_t)hi) * (size_t)J->p->d.seq_q +
+                              (size_t)i0);
   for (int r = 0; r < nr; r++) {
     const float *a = acc + (size_t)r * J->Dp;
+    float e = -INFINITY; /* ln of the row's softmax sum: -inf where it sees no key */
     if (l[r] > 0.0f || l[r] != l[r]) {
       float inv = 1.0f / l[r];
       for (int c = 0; c < hd; c++) row[c] = a[c] * inv;
-    } else if (visible(J, i0 + r, 0, J->p->d.seq_k) > 0) {
+      e = l[r] != l[r] ? NAN : (float)(((double)m[r] + log2((double)l[r])) * 0.69314718055994531);
+    } else if (visible(J, i0 + r, 0, lk) > vfirst(J, i0 + r, 0, lk)) {
       for (int c = 0; c < hd; c++) row[c] = NAN;
+      e = NAN;
     } else {
       memset(row, 0, (size_t)hd * sizeof(float));
     }
-    cvt_out(J->o, J->p->d.dtype, base + (size_t)r * hd, hd, row);
+    cvt_out(J->o, J->p->d.dtype, base + (size_t)r * rs, hd, row);
+    if (lse) lse[r] = e;
   }
 }
 
 static void attn_item(void *arg, int tid, long item) {
-  const cpu_attn_job *J = arg;
-  const da_attn_desc *d = &J->p->d;
+  const cpu_attn_job *Jg = arg;
+  const da_attn_desc *d = &Jg->p->d;
+  cpu_attn_job Jl = *Jg; /* this sequence's diagonal offset */
+  const cpu_attn_job *J = &Jl;
   /* head by head, so that the threads share one head's packed K and V in
    * the cache; within a head the heaviest (causal) query block first */
   int qb = J->nqb - 1 - (int)(item % J->nqb);
@@ -726,7 +778,10 @@ static void attn_item(void *arg, int tid, long item) {
   int bi = (int)(pair / d->kv_heads), kh = (int)(pair % d->kv_heads);
   int hi = kh * J->hpk + (int)(rest % J->hpk);
   int i0 = qb * J->QB;
-  int nr = d->seq_q - i0 < J->QB ? d->seq_q - i0 : J->QB;
+  const int lq = seq_lq(J, bi), lk = seq_lk(J, bi);
+  int nr = lq - i0 < J->QB ? lq - i0 : J->QB;
+  if (nr <= 0) return; /* past this sequence's queries */
+  Jl.off = (long)lk - (long)lq;
   int nrp = (int)round_up((size_t)nr, NR);
   int nrs = (int)round_up((size_t)nr, SMC); /* >= nrp */
   float *sb = J->scratch[tid];
@@ -738,13 +793,18 @@ static void attn_item(void *arg, int tid, long item) {
   const int Dp = J->Dp, hd = J->d, D = J->D;
   const float *kp = J->kpack + (size_t)pr * J->nkb * J->kblk;
   const float *vp = J->vpack + (size_t)pr * J->nkb * J->vblk;
-  size_t qbase = (((size_t)bi * (size_t)d->heads + (size_t)hi) * (size_t)d->seq_q + (size_t)i0) *
-                 (size_t)hd;
+  size_t qbase = q_at(J, bi, hi, i0);
 
-  long kend_l = d->seq_k; /* keys visible to some row of the block: [0, kend) */
-  if (d->causal) {
-    long last = (long)i0 + nr - 1 + J->off + 1;
+  long kend_l = lk; /* keys visible to some row of the block: [kbeg, kend) */
+  if (J->wr >= 0) {
+    long last = (long)i0 + nr - 1 + J->off + J->wr + 1;
     if (last < kend_l) kend_l = last;
+  }
+  long kbeg_l = 0;
+  if (J->wl >= 0) {
+    kbeg_l = (long)i0 + J->off - J->wl;
+    if (kbeg_l < 0) kbeg_l = 0;
+    kbeg_l = kbeg_l / KB * KB; /* whole key blocks */
   }
   for (int r = 0; r < nrs; r++) {
     m[r] = -INFINITY;
@@ -752,11 +812,11 @@ static void attn_item(void *arg, int tid, long item) {
     lv[r] = vsplat(0.0f);
   }
   memset(acc, 0, (size_t)nrp * Dp * sizeof(float));
-  if (kend_l <= 0) {
-    write_out(J, qbase, i0, nr, acc, l, row);
+  if (kend_l <= kbeg_l) {
+    write_out(J, bi, hi, i0, nr, acc, m, l, row);
     return;
   }
-  int kend = (int)kend_l;
+  int kend = (int)kend_l, kbeg = (int)kbeg_l;
   const int *perm = NULL;
   const float *a = NULL;
   if (J->G > 1) {
@@ -778,7 +838,7 @@ static void attn_item(void *arg, int tid, long item) {
   if (d->algo == DA_ALGO_GEMM) {
     const size_t lds = J->lds;
     int wall = (int)round_up((size_t)kend, NC);
-    for (int ks = 0, kb = 0; ks < kend; ks += KB, kb++) {
+    for (int ks = kbeg, kb = kbeg / KB; ks < kend; ks += KB, kb++) {
       int kn = kend - ks < KB ? kend - ks : KB;
       int w = (int)round_up((size_t)kn, NC);
       const float *kt = kp + (size_t)kb * J->kblk;
@@ -792,18 +852,21 @@ static void attn_item(void *arg, int tid, long item) {
     for (int r = 0; r < nrp; r++) {
       float *s = S + (size_t)r * lds;
       int lim = r < nr ? visible(J, (long)i0 + r, 0, kend) : 0;
-      if (lim == 0) {
+      int first = r < nr ? vfirst(J, (long)i0 + r, 0, kend) : 0;
+      if (first < kbeg) first = kbeg; /* nothing before kbeg was computed */
+      if (lim <= first) {
         memset(s, 0, (size_t)wall * sizeof(float));
         continue;
       }
+      for (int j = 0; j < first; j++) s[j] = -INFINITY;
       softmax_row(s, lim, wall, &m[r], &lv[r], &l[r]);
     }
-    for (int ks = 0, kb = 0; ks < kend; ks += KB, kb++) {
+    for (int ks = kbeg, kb = kbeg / KB; ks < kend; ks += KB, kb++) {
       int kn = kend - ks < KB ? kend - ks : KB;
       pv_block(S + ks, lds, vp + (size_t)kb * J->vblk, kn, acc, nrp, Dp, NULL, 0);
     }
   } else {
-    for (int ks = 0, kb = 0; ks < kend; ks += KB, kb++) {
+    for (int ks = kbeg, kb = kbeg / KB; ks < kend; ks += KB, kb++) {
       int kn = kend - ks < KB ? kend - ks : KB;
       int w = (int)round_up((size_t)kn, NC);
       const float *kt = kp + (size_t)kb * J->kblk;
@@ -824,7 +887,7 @@ static void attn_item(void *arg, int tid, long item) {
     }
   }
   finish_l(nr, lv, l);
-  write_out(J, qbase, i0, nr, acc, l, row);
+  write_out(J, bi, hi, i0, nr, acc, m, l, row);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -37,8 +37,18 @@ typedef struct cpu_attn_job {
   int d;                 /* head_dim */
   int D;                 /* logit columns: head_dim, or ceil(head_dim / G) */
   int hpk;               /* query heads per kv head */
-  long off;              /* seq_k - seq_q */
+  long off;              /* seq_k - seq_q (per sequence: set by attn_item) */
   float qmul;            /* scale * log2(e) */
+  /* layout (da_attn_ext): element strides [batch, head, row] and offsets */
+  long long qst[3], kst[3], vst[3], ost[3];
+  size_t q_off, k_off, v_off, o_off;
+  /* per sequence b: its first row in Q/O and in K/V, its lengths; NULL:
+   * every sequence is rows 0.. of its batch index, seq_q x seq_k */
+  const int *q0, *lq, *k0, *lk;
+  int wl, wr;            /* window (-1: unbounded); causal: wr = 0 */
+  float *lse;            /* f32 log-sum-exp output, or NULL */
+  int lse_packed;        /* lse is [heads][rows_q] (else [batch][heads][seq_q]) */
+  size_t lse_rows;       /* rows_q when lse_packed */
   /* layout, filled by setup() */
   int QB, nqb;           /* query rows per work item; items per head */
   int nkb;               /* key blocks per kv head */

@@ -22,7 +22,7 @@
 
 #include "distrattn.h"
 
-#define DA_BACKEND_IFACE_VERSION 2
+#define DA_BACKEND_IFACE_VERSION 3
 #define DA_BACKEND_ENTRY "distrattn_backend_entry"
 #define DA_ERRMSG_LEN 16384
 
@@ -75,7 +75,31 @@ struct da_plan {
   size_t perm_count;      /* batch * heads * n_tiles * head_dim */
   float *proj;            /* hash_bits x hash_block, row-major: R[b][r] */
   void *bplan;            /* the backend's per-plan state */
+  /* interface version 3: the da_attn_ext options, resolved: strides always
+   * filled in (dense ones where the caller gave none), window -1 or >= 0
+   * (causal: window_right 0). ext_used: any option beyond da_attn_desc
+   * (strides other than dense, seqlens, lse, a window); such a plan runs
+   * only through attention_ext. */
+  da_attn_ext x;
+  int ext_used;
 };
+
+/* One call of attention_ext: buffer handles of this backend, element
+ * offsets into them (of the plan's dtype; lse_offset in floats), and the
+ * per-call lengths. The core has checked every tensor's extent against its
+ * buffer (by the strides; for DA_SEQLENS_PACKED by rows_q and rows_k) and
+ * the aliasing rules; the backend checks the length values it reads, or,
+ * where it cannot read them (device memory), never reads or writes past
+ * rows_q, rows_k and seq_k. */
+typedef struct da_call {
+  void *q, *k, *v, *o;
+  size_t q_off, k_off, v_off, o_off;
+  void *seqlens_k;              /* DA_SEQLENS_KV: int32 [batch] */
+  void *cu_q, *cu_k;            /* DA_SEQLENS_PACKED: int32 [batch + 1] */
+  size_t rows_q, rows_k;        /* DA_SEQLENS_PACKED */
+  void *lse;                    /* x.lse: f32 */
+  size_t lse_off;
+} da_call;
 
 /* Every entry may be NULL where marked optional; the core supplies defaults. */
 struct da_backend_iface {
@@ -125,6 +149,11 @@ struct da_backend_iface {
   da_status (*attention)(da_plan *p, void *q, void *k, void *v, void *o);
   /* Column permutations into a buffer handle of perm_count int32. */
   da_status (*groups)(da_plan *p, void *q, void *perm);
+  /* optional (interface version 3): attention with the plan's da_attn_ext
+   * options. A backend without it gets no plan that uses them (the core
+   * refuses with DA_ERR_UNSUPPORTED); one with it may still refuse an option
+   * in plan_prepare. */
+  da_status (*attention_ext)(da_plan *p, const da_call *c);
 };
 
 /* ---- helpers shared by the core and all backends (inline: modules too) ---- */

@@ -316,7 +316,7 @@ static void test_wrap_ownership(void **state) {
 }
 
 static void test_other_version(void **state) {
-  test_fake("version", "interface version 999, this library needs 2");
+  test_fake("version", "interface version 999, this library needs 3");
 }
 static void test_null_entry(void **state) {
   test_fake("null", "not a distrattn backend module");

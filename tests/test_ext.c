@@ -1,0 +1,659 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* da_attn_ext and da_attention_ext (inference engines): element strides
+ * (B,S,H,D and B,H,S,D and padded rows, without copies), a KV cache of fixed
+ * capacity used in place with per-sequence lengths, packed variable-length
+ * batches (cu_seqlens), the log-sum-exp output (two halves of the keys merge
+ * into the one-call answer), sliding windows. Every result is checked
+ * against a float64 reference written here from the definitions (SPEC
+ * section 1, "Layouts and lengths"), on fresh random inputs, with the output
+ * buffers poisoned: an element the library must not write (padding, rows past
+ * a sequence) must still hold the poison afterwards. DistrAttention (G > 1)
+ * under strides and lengths must give exactly what the dense call on the same
+ * rows gives. Backends without the options must refuse them by name. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+/* ------------------------------------------------------------ reference */
+
+typedef struct {
+  long long st[3]; /* batch, head, row */
+  size_t off;      /* elements */
+} tview;
+
+static size_t at(const tview *v, int b, int h, long r) {
+  return v->off + (size_t)(b * v->st[0] + h * v->st[1] + r * v->st[2]);
+}
+
+/* Per sequence b: Q/O rows q0[b].., lq[b] of them; K/V rows k0[b].., lk[b]. */
+typedef struct {
+  int *q0, *lq, *k0, *lk;
+} tlens;
+
+/* O (dense [B][H][seq_q][d], rows < lq[b]) and LSE ([B][H][seq_q]) in float64. */
+static void ref_ext(const da_attn_desc *d, int wl, int wr, const void *q, const tview *qv,
+                    const void *k, const tview *kv, const void *v, const tview *vv,
+                    const tlens *L, double *o, double *lse) {
+  const int H = d->heads, KVH = d->kv_heads ? d->kv_heads : d->heads, hd = d->head_dim;
+  const double scale = d->scale > 0 ? d->scale : 1.0 / sqrt((double)hd);
+  if (d->causal) wr = 0;
+  double *s = malloc(sizeof(double) * (size_t)(d->seq_k + 1));
+  assert_non_null(s);
+  for (int b = 0; b < d->batch; b++)
+    for (int h = 0; h < H; h++) {
+      int kh = h / (H / KVH);
+      long off = (long)L->lk[b] - L->lq[b];
+      for (int i = 0; i < L->lq[b]; i++) {
+        double *orow = o + (((size_t)b * H + h) * d->seq_q + i) * hd;
+        long diag = i + off, lo = 0, hi = L->lk[b] - 1;
+        if (wr >= 0 && diag + wr < hi) hi = diag + wr;
+        if (wl >= 0 && diag - wl > lo) lo = diag - wl;
+        double mx = -INFINITY;
+        for (long j = lo; j <= hi; j++) {
+          double acc = 0;
+          for (int c = 0; c < hd; c++)
+            acc += (double)da_load_elem(q, d->dtype, at(qv, b, h, L->q0[b] + i) + c) *
+                   (double)da_load_elem(k, d->dtype, at(kv, b, kh, L->k0[b] + j) + c);
+          s[j - lo] = acc * scale;
+          if (s[j - lo] > mx) mx = s[j - lo];
+        }
+        for (int c = 0; c < hd; c++) orow[c] = 0.0;
+        if (hi < lo) {
+          lse[((size_t)b * H + h) * d->seq_q + i] = -INFINITY;
+          continue;
+        }
+        double sum = 0;
+        for (long j = lo; j <= hi; j++) {
+          double p = exp(s[j - lo] - mx);
+          sum += p;
+          for (int c = 0; c < hd; c++)
+            orow[c] += p * (double)da_load_elem(v, d->dtype, at(vv, b, kh, L->k0[b] + j) + c);
+        }
+        for (int c = 0; c < hd; c++) orow[c] /= sum;
+        lse[((size_t)b * H + h) * d->seq_q + i] = mx + log(sum);
+      }
+    }
+  free(s);
+}
+
+/* The relative error of the library's strided O against the reference, over
+ * the rows each sequence has; and the count of elements of the O buffer
+ * outside those rows that no longer hold the poison. */
+static double o_error(const da_attn_desc *d, const void *obuf, size_t obytes, const tview *ov,
+                      const tlens *L, const double *ref, size_t *touched) {
+  const int H = d->heads, hd = d->head_dim;
+  const size_t es = da_dtype_size(d->dtype), n = obytes / es;
+  unsigned char *mine = calloc(n, 1);
+  assert_non_null(mine);
+  double num = 0, den = 0;
+  for (int b = 0; b < d->batch; b++)
+    for (int h = 0; h < H; h++)
+      for (int i = 0; i < L->lq[b]; i++)
+        for (int c = 0; c < hd; c++) {
+          size_t e = at(ov, b, h, L->q0[b] + i) + c;
+          assert_true(e < n);
+          mine[e] = 1;
+          double x = da_load_elem(obuf, d->dtype, e);
+          double y = ref[(((size_t)b * H + h) * d->seq_q + i) * hd + c];
+          if (!isfinite(x)) num = INFINITY;
+          num += (x - y) * (x - y);
+          den += y * y;
+        }
+  *touched = 0;
+  for (size_t e = 0; e < n; e++) {
+    if (mine[e]) continue;
+    const unsigned char *p = (const unsigned char *)obuf + e * es;
+    for (size_t j = 0; j < es; j++)
+      if (p[j] != 0xFF) {
+        (*touched)++;
+        break;
+      }
+  }
+  free(mine);
+  return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* ------------------------------------------------------------ plumbing */
+
+typedef struct {
+  da_context *ctx;
+  da_buffer *q, *k, *v, *o, *lse, *lens, *cuq, *cuk;
+  void *hq, *hk, *hv, *ho; /* the host memory the cpu buffers wrap */
+  float *hlse;
+  int *hlens, *hcuq, *hcuk;
+  size_t oq_bytes;
+} tbufs;
+
+static void *wrap_new(tbufs *t, size_t bytes, da_buffer **b) {
+  void *m = malloc(bytes ? bytes : 1);
+  assert_non_null(m);
+  TU_CHECK(t->ctx, da_buffer_wrap(t->ctx, m, bytes, b));
+  return m;
+}
+
+static void tbufs_free(tbufs *t) {
+  da_buffer *bs[8] = {t->q, t->k, t->v, t->o, t->lse, t->lens, t->cuq, t->cuk};
+  for (int i = 0; i < 8; i++) da_buffer_destroy(bs[i]);
+  free(t->hq), free(t->hk), free(t->hv), free(t->ho), free(t->hlse);
+  free(t->hlens), free(t->hcuq), free(t->hcuk);
+  memset(t, 0, sizeof *t);
+}
+
+/* The extent in elements of a view over (nb, nh, nr) rows of d. */
+static size_t view_elems(const tview *v, int nb, int nh, long nr, int d) {
+  return v->off + (size_t)((nb - 1) * v->st[0] + (nh - 1) * v->st[1] + (nr - 1) * v->st[2]) +
+         (size_t)d;
+}
+
+/* One whole check: data in the given views, lengths L (NULL: dense), the
+ * plan's window and options; O and LSE against ref_ext. */
+typedef struct {
+  const char *name;
+  int b, h, kvh, sq, sk, hd;
+  da_dtype t;
+  int causal;
+  int layout;      /* 0 B,H,S,D dense defaults; 1 B,S,H,D; 2 padded rows and heads */
+  da_seqlens lens; /* NONE, KV (random lengths 0..sk), PACKED */
+  int wl, wr;
+  int lse;
+} ecase;
+
+static void make_view(int layout, int nb, int nh, int nr, int hd, tview *v, size_t off) {
+  v->off = off;
+  if (layout == 1) { /* B,S,H,D */
+    v->st[2] = (long long)nh * hd;
+    v->st[1] = hd;
+    v->st[0] = (long long)nr * nh * hd;
+  } else if (layout == 2) { /* padded rows (hd + 3) and heads (+5), batches (+7) */
+    v->st[2] = hd + 3;
+    v->st[1] = (long long)nr * (hd + 3) + 5;
+    v->st[0] = (long long)nh * v->st[1] + 7;
+  } else {
+    v->st[2] = hd;
+    v->st[1] = (long long)nr * hd;
+    v->st[0] = (long long)nh * nr * hd;
+  }
+}
+
+static void run_ecase(da_backend be, const ecase *c, uint64_t salt) {
+  tbufs t;
+  memset(&t, 0, sizeof t);
+  TU_CHECK(t.ctx, da_context_create(&t.ctx, be, -1));
+  tu_rng rng;
+  tu_rng_init(&rng, tu_seed() ^ salt);
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  d.batch = c->b, d.heads = c->h, d.kv_heads = c->kvh, d.seq_q = c->sq, d.seq_k = c->sk;
+  d.head_dim = c->hd, d.dtype = c->t, d.causal = c->causal;
+  const int KVH = c->kvh ? c->kvh : c->h, B = c->b;
+  const int packed = c->lens == DA_SEQLENS_PACKED;
+  da_attn_ext x;
+  da_attn_ext_init(&x);
+  x.seqlens = c->lens, x.lse = c->lse, x.window_left = c->wl, x.window_right = c->wr;
+
+  /* lengths */
+  tlens L;
+  int *lens_mem = malloc(sizeof(int) * 4 * (size_t)B);
+  assert_non_null(lens_mem);
+  L.q0 = lens_mem, L.lq = lens_mem + B, L.k0 = lens_mem + 2 * B, L.lk = lens_mem + 3 * B;
+  long rows_q = 0, rows_k = 0;
+  for (int b = 0; b < B; b++) {
+    L.q0[b] = packed ? (int)rows_q : 0;
+    L.k0[b] = packed ? (int)rows_k : 0;
+    L.lq[b] = packed ? tu_randint(&rng, 0, c->sq) : c->sq;
+    L.lk[b] = c->lens != DA_SEQLENS_NONE ? tu_randint(&rng, 0, c->sk) : c->sk;
+    if (c->lens != DA_SEQLENS_NONE && b == 0) L.lk[b] = c->sk; /* the full capacity */
+    if (c->lens != DA_SEQLENS_NONE && b == 1) L.lk[b] = 0;     /* an empty one */
+    if (packed && b == 0) L.lq[b] = c->sq;
+    rows_q += L.lq[b], rows_k += L.lk[b];
+  }
+  if (rows_q < 1) rows_q = 1;
+  if (rows_k < 1) rows_k = 1;
+
+  /* views: Q and O differ in layout from K and V where the case allows */
+  tview qv, kv, vv, ov;
+  const int nbv = packed ? 1 : B;
+  const int rq = packed ? (int)rows_q : c->sq, rk = packed ? (int)rows_k : c->sk;
+  make_view(c->layout, nbv, c->h, rq, c->hd, &qv, 3);
+  make_view(c->layout == 1 ? 2 : c->layout, nbv, KVH, rk, c->hd, &kv, 0);
+  make_view(c->layout, nbv, KVH, rk, c->hd, &vv, 11);
+  make_view(c->layout == 0 ? 0 : 3 - c->layout, nbv, c->h, rq, c->hd, &ov, 2);
+  if (packed) qv.st[0] = kv.st[0] = vv.st[0] = ov.st[0] = 0;
+  if (c->layout == 0) { /* the default strides, asked for with zeros */
+    memset(x.q_stride, 0, sizeof x.q_stride);
+    qv.off = kv.off = vv.off = ov.off = 0;
+    if (packed) { /* packed defaults: [rows][heads][head_dim] */
+      make_view(1, 1, c->h, rq, c->hd, &qv, 0);
+      make_view(1, 1, KVH, rk, c->hd, &kv, 0);
+      vv = kv;
+      ov = qv;
+      qv.st[0] = kv.st[0] = vv.st[0] = ov.st[0] = 0;
+    } else {
+      make_view(0, nbv, c->h, rq, c->hd, &qv, 0);
+      make_view(0, nbv, KVH, rk, c->hd, &kv, 0);
+      vv = kv;
+      ov = qv;
+    }
+  } else {
+    memcpy(x.q_stride, qv.st, sizeof qv.st);
+    memcpy(x.k_stride, kv.st, sizeof kv.st);
+    memcpy(x.v_stride, vv.st, sizeof vv.st);
+    memcpy(x.o_stride, ov.st, sizeof ov.st);
+  }
+  const size_t es = da_dtype_size(c->t);
+  size_t nq = view_elems(&qv, nbv, c->h, rq, c->hd), nk = view_elems(&kv, nbv, KVH, rk, c->hd);
+  size_t nv = view_elems(&vv, nbv, KVH, rk, c->hd), no = view_elems(&ov, nbv, c->h, rq, c->hd);
+  t.hq = wrap_new(&t, nq * es, &t.q);
+  t.hk = wrap_new(&t, nk * es, &t.k);
+  t.hv = wrap_new(&t, nv * es, &t.v);
+  t.ho = wrap_new(&t, no * es, &t.o);
+  tu_fill(t.hq, c->t, nq, &rng, 1.0);
+  tu_fill(t.hk, c->t, nk, &rng, 1.0);
+  tu_fill(t.hv, c->t, nv, &rng, 1.0);
+  tu_poison(t.ho, no * es);
+  size_t nlse = packed ? (size_t)c->h * (size_t)rows_q : (size_t)B * c->h * c->sq;
+  if (c->lse) {
+    t.hlse = wrap_new(&t, nlse * sizeof(float), &t.lse);
+    tu_poison(t.hlse, nlse * sizeof(float));
+  }
+
+  da_plan *p = NULL;
+  TU_CHECK(t.ctx, da_plan_create_ext(t.ctx, &d, &x, &p));
+  da_attn_args a;
+  da_attn_args_init(&a);
+  a.q = t.q, a.k = t.k, a.v = t.v, a.o = t.o, a.lse = t.lse;
+  a.q_offset = qv.off, a.k_offset = kv.off, a.v_offset = vv.off, a.o_offset = ov.off;
+  if (c->lens == DA_SEQLENS_KV) {
+    t.hlens = wrap_new(&t, sizeof(int) * (size_t)B, &t.lens);
+    memcpy(t.hlens, L.lk, sizeof(int) * (size_t)B);
+    a.seqlens_k = t.lens;
+  } else if (packed) {
+    t.hcuq = wrap_new(&t, sizeof(int) * (size_t)(B + 1), &t.cuq);
+    t.hcuk = wrap_new(&t, sizeof(int) * (size_t)(B + 1), &t.cuk);
+    for (int b = 0; b <= B; b++) {
+      t.hcuq[b] = b < B ? L.q0[b] : L.q0[B - 1] + L.lq[B - 1];
+      t.hcuk[b] = b < B ? L.k0[b] : L.k0[B - 1] + L.lk[B - 1];
+    }
+    a.cu_seqlens_q = t.cuq, a.cu_seqlens_k = t.cuk;
+    a.rows_q = (size_t)rows_q, a.rows_k = (size_t)rows_k;
+  }
+  TU_CHECK(t.ctx, da_attention_ext(p, &a));
+  TU_CHECK(t.ctx, da_context_synchronize(t.ctx));
+
+  double *ref = malloc(sizeof(double) * (size_t)B * c->h * c->sq * c->hd);
+  double *rlse = malloc(sizeof(double) * (size_t)B * c->h * c->sq);
+  assert_non_null(ref);
+  assert_non_null(rlse);
+  ref_ext(&d, c->wl, c->wr, t.hq, &qv, t.hk, &kv, t.hv, &vv, &L, ref, rlse);
+  size_t touched = 0;
+  double err = o_error(&d, t.ho, no * es, &ov, &L, ref, &touched);
+  double bound = tu_bound(c->t);
+  if (!(err <= bound) || touched)
+    fail_msg("%s on %s: error %.3e (bound %.1e), %zu elements outside the output rows written "
+             "[seed %llu]",
+             c->name, da_backend_name(be), err, bound, touched, (unsigned long long)tu_seed());
+  if (c->lse) { /* LSE: absolute error; -inf where a row sees no key; the rest untouched */
+    double worst = 0;
+    size_t bad = 0;
+    unsigned char *mine = calloc(nlse, 1);
+    assert_non_null(mine);
+    for (int b = 0; b < B; b++)
+      for (int h = 0; h < c->h; h++)
+        for (int i = 0; i < L.lq[b]; i++) {
+          size_t e = packed ? (size_t)h * (size_t)rows_q + (size_t)(L.q0[b] + i)
+                            : ((size_t)b * c->h + h) * c->sq + i;
+          mine[e] = 1;
+          double y = rlse[((size_t)b * c->h + h) * c->sq + i], xx = t.hlse[e];
+          if (isinf(y)) {
+            if (!(isinf(xx) && xx < 0)) bad++;
+          } else if (!(fabs(xx - y) <= worst)) {
+            worst = fabs(xx - y);
+          }
+        }
+    for (size_t e = 0; e < nlse; e++) {
+      uint32_t u;
+      memcpy(&u, &t.hlse[e], 4);
+      if (!mine[e] && u != 0xFFFFFFFFu) bad++;
+    }
+    free(mine);
+    if (bad || !(worst <= (c->t == DA_F32 ? 1e-5 : 2e-2)))
+      fail_msg("%s on %s: LSE off by %.3e, %zu wrong or stray values [seed %llu]", c->name,
+               da_backend_name(be), worst, bad, (unsigned long long)tu_seed());
+  }
+  free(ref), free(rlse), free(lens_mem);
+  da_plan_destroy(p);
+  tbufs_free(&t);
+  da_context_destroy(t.ctx);
+}
+
+static const ecase ecases[] = {
+    /* name                     b  h kvh  sq   sk  hd  dtype  causal layout lens            wl  wr lse */
+    {"bhsd-default", 2, 4, 2, 77, 130, 64, DA_F32, 1, 0, DA_SEQLENS_NONE, -1, -1, 1},
+    {"bshd", 2, 4, 2, 77, 130, 64, DA_F32, 0, 1, DA_SEQLENS_NONE, -1, -1, 0},
+    {"bshd-f16-causal", 2, 6, 2, 130, 77, 32, DA_F16, 1, 1, DA_SEQLENS_NONE, -1, -1, 1},
+    {"padded-bf16", 3, 2, 1, 65, 300, 48, DA_BF16, 1, 2, DA_SEQLENS_NONE, -1, -1, 1},
+    {"kvcache-decode", 4, 8, 2, 1, 517, 64, DA_F32, 1, 2, DA_SEQLENS_KV, -1, -1, 1},
+    {"kvcache-chunk", 3, 4, 4, 16, 300, 128, DA_F16, 1, 0, DA_SEQLENS_KV, -1, -1, 1},
+    {"kvcache-bshd", 3, 4, 1, 5, 260, 64, DA_F32, 0, 1, DA_SEQLENS_KV, -1, -1, 0},
+    {"packed-default", 4, 4, 2, 150, 170, 64, DA_F32, 1, 0, DA_SEQLENS_PACKED, -1, -1, 1},
+    {"packed-padded-f16", 5, 2, 2, 90, 90, 40, DA_F16, 0, 2, DA_SEQLENS_PACKED, -1, -1, 1},
+    {"window-left", 2, 2, 1, 200, 260, 64, DA_F32, 0, 0, DA_SEQLENS_NONE, 37, 5, 1},
+    {"window-causal", 2, 2, 2, 300, 300, 32, DA_F32, 1, 1, DA_SEQLENS_NONE, 130, -1, 1},
+    {"window-kvcache", 3, 4, 2, 4, 400, 64, DA_BF16, 1, 2, DA_SEQLENS_KV, 150, -1, 1},
+    {"window-right-only", 1, 2, 2, 64, 64, 16, DA_F32, 0, 0, DA_SEQLENS_NONE, -1, 3, 0},
+};
+
+static void test_ext_cases(void **state) {
+  da_backend be = (da_backend)(intptr_t)*state;
+  TU_NEED_BACKEND(be);
+  for (size_t i = 0; i < sizeof ecases / sizeof ecases[0]; i++)
+    run_ecase(be, &ecases[i], 0x5eed0000u + i);
+}
+
+/* -------------------------------------------------- LSE: merging halves */
+
+/* Two calls over the keys [0, n1) and [n1, sk) of one K and V (the second
+ * through offsets into the same buffers), merged with their LSE, equal the
+ * one call over all keys; so do their LSEs. */
+static void test_lse_merge(void **state) {
+  da_backend be = (da_backend)(intptr_t)*state;
+  TU_NEED_BACKEND(be);
+  da_context *ctx = NULL;
+  TU_CHECK(ctx, da_context_create(&ctx, be, -1));
+  tu_rng rng;
+  tu_rng_init(&rng, tu_seed() ^ 0x15e);
+  const int B = 2, H = 4, KVH = 2, SQ = 50, SK = 333, HD = 64, N1 = 140;
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  d.batch = B, d.heads = H, d.kv_heads = KVH, d.seq_q = SQ, d.head_dim = HD;
+  size_t nq = (size_t)B * H * SQ * HD, nk = (size_t)B * KVH * SK * HD, nl = (size_t)B * H * SQ;
+  float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4);
+  float *o[3], *l[3];
+  da_buffer *bq, *bk, *bv, *bo[3], *bl[3];
+  assert_non_null(q), assert_non_null(k), assert_non_null(v);
+  tu_fill(q, DA_F32, nq, &rng, 1.0);
+  tu_fill(k, DA_F32, nk, &rng, 1.0);
+  tu_fill(v, DA_F32, nk, &rng, 1.0);
+  TU_CHECK(ctx, da_buffer_wrap(ctx, q, nq * 4, &bq));
+  TU_CHECK(ctx, da_buffer_wrap(ctx, k, nk * 4, &bk));
+  TU_CHECK(ctx, da_buffer_wrap(ctx, v, nk * 4, &bv));
+  const int part[3][2] = {{0, SK}, {0, N1}, {N1, SK}};
+  for (int c = 0; c < 3; c++) {
+    o[c] = malloc(nq * 4), l[c] = malloc(nl * 4);
+    assert_non_null(o[c]), assert_non_null(l[c]);
+    tu_poison(o[c], nq * 4), tu_poison(l[c], nl * 4);
+    TU_CHECK(ctx, da_buffer_wrap(ctx, o[c], nq * 4, &bo[c]));
+    TU_CHECK(ctx, da_buffer_wrap(ctx, l[c], nl * 4, &bl[c]));
+    da_attn_ext x;
+    da_attn_ext_init(&x);
+    x.lse = 1;
+    /* K and V keep the full tensor's strides: a window of its rows */
+    x.k_stride[0] = x.v_stride[0] = (long long)KVH * SK * HD;
+    x.k_stride[1] = x.v_stride[1] = (long long)SK * HD;
+    x.k_stride[2] = x.v_stride[2] = HD;
+    x.q_stride[0] = x.o_stride[0] = (long long)H * SQ * HD;
+    x.q_stride[1] = x.o_stride[1] = (long long)SQ * HD;
+    x.q_stride[2] = x.o_stride[2] = HD;
+    d.seq_k = part[c][1] - part[c][0];
+    da_plan *p = NULL;
+    TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
+    da_attn_args a;
+    da_attn_args_init(&a);
+    a.q = bq, a.k = bk, a.v = bv, a.o = bo[c], a.lse = bl[c];
+    a.k_offset = a.v_offset = (size_t)part[c][0] * HD;
+    TU_CHECK(ctx, da_attention_ext(p, &a));
+    da_plan_destroy(p);
+  }
+  TU_CHECK(ctx, da_context_synchronize(ctx));
+  double num = 0, den = 0, lworst = 0;
+  for (size_t r = 0; r < nl; r++) {
+    double l1 = l[1][r], l2 = l[2][r], m = l1 > l2 ? l1 : l2;
+    double w1 = exp(l1 - m), w2 = exp(l2 - m), lm = m + log(w1 + w2);
+    if (!(fabs(lm - l[0][r]) <= lworst)) lworst = fabs(lm - l[0][r]);
+    for (int c = 0; c < HD; c++) {
+      size_t e = r * HD + c;
+      double y = (w1 * o[1][e] + w2 * o[2][e]) / (w1 + w2), z = o[0][e];
+      num += (y - z) * (y - z);
+      den += z * z;
+    }
+  }
+  double err = sqrt(num / den);
+  if (!(err < 2e-6) || !(lworst < 2e-5))
+    fail_msg("merged halves differ from one call: O %.3e, LSE %.3e [seed %llu]", err, lworst,
+             (unsigned long long)tu_seed());
+  for (int c = 0; c < 3; c++) {
+    da_buffer_destroy(bo[c]), da_buffer_destroy(bl[c]);
+    free(o[c]), free(l[c]);
+  }
+  da_buffer_destroy(bq), da_buffer_destroy(bk), da_buffer_destroy(bv);
+  free(q), free(k), free(v);
+  da_context_destroy(ctx);
+}
+
+/* ----------------------------------- DistrAttention under strides, lengths */
+
+/* G = 2 and 4 with B,S,H,D strides, and a packed batch, give exactly what
+ * dense calls on the same rows give (hash tiles follow each sequence's
+ * rows). */
+static void test_groups_equal_dense(void **state) {
+  da_backend be = (da_backend)(intptr_t)*state;
+  TU_NEED_BACKEND(be);
+  da_context *ctx = NULL;
+  TU_CHECK(ctx, da_context_create(&ctx, be, -1));
+  tu_rng rng;
+  tu_rng_init(&rng, tu_seed() ^ 0x96);
+  enum { NS = 3 };
+  const int H = 4, HD = 64;
+  const int lq[NS] = {200, 0, 77}, lk[NS] = {230, 40, 77};
+  int cq[NS + 1] = {0}, ck[NS + 1] = {0};
+  for (int s = 0; s < NS; s++) cq[s + 1] = cq[s] + lq[s], ck[s + 1] = ck[s] + lk[s];
+  for (int G = 2; G <= 4; G *= 2) {
+    /* packed [rows][heads][dim] Q, K, V */
+    size_t nq = (size_t)cq[NS] * H * HD, nk = (size_t)ck[NS] * H * HD;
+    float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *o = malloc(nq * 4);
+    assert_non_null(q), assert_non_null(k), assert_non_null(v), assert_non_null(o);
+    tu_fill(q, DA_F32, nq, &rng, 1.0);
+    tu_fill(k, DA_F32, nk, &rng, 1.0);
+    tu_fill(v, DA_F32, nk, &rng, 1.0);
+    tu_poison(o, nq * 4);
+    da_buffer *bq, *bk, *bv, *bo, *bcq, *bck;
+    TU_CHECK(ctx, da_buffer_wrap(ctx, q, nq * 4, &bq));
+    TU_CHECK(ctx, da_buffer_wrap(ctx, k, nk * 4, &bk));
+    TU_CHECK(ctx, da_buffer_wrap(ctx, v, nk * 4, &bv));
+    TU_CHECK(ctx, da_buffer_wrap(ctx, o, nq * 4, &bo));
+    TU_CHECK(ctx, da_buffer_wrap(ctx, cq, sizeof cq, &bcq));
+    TU_CHECK(ctx, da_buffer_wrap(ctx, ck, sizeof ck, &bck));
+    da_attn_desc d;
+    da_attn_desc_init(&d);
+    d.batch = NS, d.heads = H, d.seq_q = 200, d.seq_k = 230, d.head_dim = HD, d.causal = 1;
+    d.group_size = G, d.hash_block = 64;
+    da_attn_ext x;
+    da_attn_ext_init(&x);
+    x.seqlens = DA_SEQLENS_PACKED;
+    da_plan *p = NULL;
+    TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
+    da_attn_args a;
+    da_attn_args_init(&a);
+    a.q = bq, a.k = bk, a.v = bv, a.o = bo, a.cu_seqlens_q = bcq, a.cu_seqlens_k = bck;
+    a.rows_q = (size_t)cq[NS], a.rows_k = (size_t)ck[NS];
+    TU_CHECK(ctx, da_attention_ext(p, &a));
+    TU_CHECK(ctx, da_context_synchronize(ctx));
+    da_plan_destroy(p);
+    for (int s = 0; s < NS; s++) {
+      if (lq[s] == 0) continue;
+      /* the dense call: this sequence's rows, re-laid to [heads][rows][dim] */
+      da_attn_desc ds = d;
+      ds.batch = 1, ds.seq_q = lq[s], ds.seq_k = lk[s];
+      size_t sq = (size_t)H * lq[s] * HD, sk = (size_t)H * lk[s] * HD;
+      float *dq = malloc(sq * 4), *dk = malloc(sk * 4), *dv = malloc(sk * 4), *dout = malloc(sq * 4);
+      assert_non_null(dq), assert_non_null(dk), assert_non_null(dv), assert_non_null(dout);
+      for (int h = 0; h < H; h++) {
+        for (int i = 0; i < lq[s]; i++)
+          memcpy(dq + ((size_t)h * lq[s] + i) * HD, q + ((size_t)(cq[s] + i) * H + h) * HD, HD * 4);
+        for (int j = 0; j < lk[s]; j++) {
+          memcpy(dk + ((size_t)h * lk[s] + j) * HD, k + ((size_t)(ck[s] + j) * H + h) * HD, HD * 4);
+          memcpy(dv + ((size_t)h * lk[s] + j) * HD, v + ((size_t)(ck[s] + j) * H + h) * HD, HD * 4);
+        }
+      }
+      da_plan *pd = NULL;
+      TU_CHECK(ctx, da_plan_create(ctx, &ds, &pd));
+      TU_CHECK(ctx, da_attention_host(pd, dq, dk, dv, dout));
+      da_plan_destroy(pd);
+      size_t diff = 0;
+      for (int h = 0; h < H; h++)
+        for (int i = 0; i < lq[s]; i++)
+          if (memcmp(dout + ((size_t)h * lq[s] + i) * HD, o + ((size_t)(cq[s] + i) * H + h) * HD,
+                     HD * 4) != 0)
+            diff++;
+      if (diff)
+        fail_msg("G=%d, sequence %d (%d x %d): %zu rows differ from the dense call [seed %llu]",
+                 G, s, lq[s], lk[s], diff, (unsigned long long)tu_seed());
+      free(dq), free(dk), free(dv), free(dout);
+    }
+    da_buffer_destroy(bq), da_buffer_destroy(bk), da_buffer_destroy(bv), da_buffer_destroy(bo);
+    da_buffer_destroy(bcq), da_buffer_destroy(bck);
+    free(q), free(k), free(v), free(o);
+  }
+  da_context_destroy(ctx);
+}
+
+/* ----------------------------------------------------------- refusals */
+
+#define EXPECT(call, status, needle)                                                         \
+  do {                                                                                       \
+    da_status s_ = (call);                                                                   \
+    const char *m_ = da_context_last_error(ctx);                                             \
+    if (s_ != (status) || !strstr(m_, (needle)))                                             \
+      fail_msg("%s: got %s \"%s\", wanted %s naming \"%s\"", #call, da_status_string(s_), m_, \
+               da_status_string(status), (needle));                                          \
+  } while (0)
+
+static void test_refusals(void **state) {
+  (void)state;
+  da_context *ctx = NULL;
+  TU_CHECK(ctx, da_context_create(&ctx, DA_BACKEND_CPU, -1));
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  d.batch = 2, d.heads = 2, d.seq_q = 8, d.seq_k = 16, d.head_dim = 16;
+  da_attn_ext x;
+  da_plan *p = NULL;
+
+  da_attn_ext_init(&x);
+  x.struct_size = 0;
+  EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_INVALID_ARG, "struct_size");
+  da_attn_ext_init(&x);
+  x.q_stride[2] = -16, x.q_stride[1] = 128, x.q_stride[0] = 256;
+  EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_INVALID_ARG, "q_stride[2]");
+  da_attn_ext_init(&x);
+  x.o_stride[0] = 256, x.o_stride[1] = 16, x.o_stride[2] = 16; /* heads and rows collide */
+  EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_INVALID_ARG, "share an address");
+  da_attn_ext_init(&x);
+  x.seqlens = DA_SEQLENS_PACKED;
+  x.k_stride[0] = 1, x.k_stride[1] = 16, x.k_stride[2] = 32;
+  EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_INVALID_ARG, "batch stride must be 0");
+  da_attn_ext_init(&x);
+  x.seqlens = (da_seqlens)7;
+  EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_INVALID_ARG, "ext.seqlens");
+  da_attn_ext_init(&x);
+  x.window_left = -2;
+  EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_INVALID_ARG, "window_left");
+  da_attn_ext_init(&x);
+  x.lse = 2;
+  EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_INVALID_ARG, "ext.lse");
+
+  /* a KV-length plan: calls that lack or misuse their arguments */
+  da_attn_ext_init(&x);
+  x.seqlens = DA_SEQLENS_KV, x.lse = 1;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
+  size_t nq = 2 * 2 * 8 * 16, nk = 2 * 2 * 16 * 16;
+  float *q = calloc(nq, 4), *k = calloc(nk, 4), *v = calloc(nk, 4), *o = calloc(nq, 4);
+  float *l = calloc(2 * 2 * 8, 4);
+  int lens[2] = {16, 17};
+  da_buffer *bq, *bk, *bv, *bo, *bl, *bn;
+  TU_CHECK(ctx, da_buffer_wrap(ctx, q, nq * 4, &bq));
+  TU_CHECK(ctx, da_buffer_wrap(ctx, k, nk * 4, &bk));
+  TU_CHECK(ctx, da_buffer_wrap(ctx, v, nk * 4, &bv));
+  TU_CHECK(ctx, da_buffer_wrap(ctx, o, nq * 4, &bo));
+  TU_CHECK(ctx, da_buffer_wrap(ctx, l, 2 * 2 * 8 * 4, &bl));
+  TU_CHECK(ctx, da_buffer_wrap(ctx, lens, sizeof lens, &bn));
+  da_attn_args a;
+  da_attn_args_init(&a);
+  a.q = bq, a.k = bk, a.v = bv, a.o = bo, a.lse = bl;
+  EXPECT(da_attention_ext(p, &a), DA_ERR_INVALID_ARG, "seqlens_k is NULL");
+  a.seqlens_k = bn;
+  EXPECT(da_attention_ext(p, &a), DA_ERR_INVALID_ARG, "seqlens_k[1] = 17");
+  lens[1] = 5;
+  a.k_offset = 1;
+  EXPECT(da_attention_ext(p, &a), DA_ERR_INVALID_ARG, "k holds");
+  a.k_offset = 0;
+  a.lse = bo;
+  EXPECT(da_attention_ext(p, &a), DA_ERR_INVALID_ARG, "overlaps");
+  a.lse = bl;
+  TU_CHECK(ctx, da_attention_ext(p, &a));
+  EXPECT(da_attention(p, bq, bk, bv, bo), DA_ERR_INVALID_ARG, "da_attention_ext");
+  EXPECT(da_attention_host(p, q, k, v, o), DA_ERR_INVALID_ARG, "da_attn_ext");
+  a.struct_size = 3;
+  EXPECT(da_attention_ext(p, &a), DA_ERR_INVALID_ARG, "struct_size");
+  da_plan_destroy(p);
+
+  /* a plain plan given LSE or lengths */
+  TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
+  da_attn_args_init(&a);
+  a.q = bq, a.k = bk, a.v = bv, a.o = bo, a.lse = bl;
+  EXPECT(da_attention_ext(p, &a), DA_ERR_INVALID_ARG, "without ext.lse");
+  a.lse = NULL, a.seqlens_k = bn;
+  EXPECT(da_attention_ext(p, &a), DA_ERR_INVALID_ARG, "not DA_SEQLENS_KV");
+  a.seqlens_k = NULL;
+  TU_CHECK(ctx, da_attention_ext(p, &a)); /* the plain plan through the ext call */
+  da_attn_ext g;
+  da_attn_ext_init(&g);
+  TU_CHECK(ctx, da_plan_get_ext(p, &g));
+  assert_int_equal(g.q_stride[2], 16);
+  assert_int_equal(g.q_stride[1], 8 * 16);
+  assert_int_equal(g.k_stride[1], 16 * 16);
+  assert_int_equal(g.window_left, -1);
+  da_plan_destroy(p);
+  da_buffer *bs[6] = {bq, bk, bv, bo, bl, bn};
+  for (int i = 0; i < 6; i++) da_buffer_destroy(bs[i]);
+  free(q), free(k), free(v), free(o), free(l);
+  da_context_destroy(ctx);
+}
+
+/* A backend without the options refuses them at plan time, by name. */
+static void test_unsupported_backends(void **state) {
+  (void)state;
+  const da_backend bes[2] = {DA_BACKEND_OPENCL, DA_BACKEND_CUDA};
+  int ran = 0;
+  for (int i = 0; i < 2; i++) {
+    if (!da_backend_available(bes[i], NULL)) continue;
+    da_context *ctx = NULL;
+    TU_CHECK(ctx, da_context_create(&ctx, bes[i], -1));
+    da_attn_desc d = tu_small_desc();
+    da_attn_ext x;
+    da_attn_ext_init(&x);
+    x.lse = 1;
+    da_plan *p = NULL;
+    EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_UNSUPPORTED, "da_attn_ext options");
+    assert_null(p);
+    da_attn_ext_init(&x); /* nothing asked for: an ordinary plan */
+    TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
+    da_plan_destroy(p);
+    da_context_destroy(ctx);
+    ran++;
+  }
+  if (!ran) skip();
+}
+
+int main(void) {
+  tu_filter_from_env();
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_prestate(test_ext_cases, (void *)(intptr_t)DA_BACKEND_CPU),
+      cmocka_unit_test_prestate(test_lse_merge, (void *)(intptr_t)DA_BACKEND_CPU),
+      cmocka_unit_test_prestate(test_groups_equal_dense, (void *)(intptr_t)DA_BACKEND_CPU),
+      cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_unsupported_backends),
+  };
+  return cmocka_run_group_tests_name("ext", tests, NULL, NULL);
+}
