@@ -10,6 +10,7 @@ the whole of a call that uses it (plan lookup or creation, the attention);
 calls on different contexts run in parallel (ctypes releases the GIL).
 """
 import collections
+import contextlib
 import ctypes as C
 import math
 import operator
@@ -105,6 +106,18 @@ class Context:
             if self.handle:
                 lib.da_context_destroy(self.handle)
                 self.handle = None
+
+
+@contextlib.contextmanager
+def locked(get):
+    """get() gives a cached Context; yields it with its lock held, fetching
+    it again if clear_cache() closed it in between."""
+    while True:
+        ctx = get()
+        with ctx.lock:
+            if ctx.handle:
+                yield ctx
+                return
 
 
 _contexts = {}          # (backend code, device index) -> Context

@@ -101,9 +101,8 @@ def attention(q, k, v, *, causal=False, scale=None, group_size=1, backend=None, 
             if np.may_share_memory(out, a):
                 raise InvalidArgument(f"out overlaps {name}", what)
         o = out
-    ctx = _core.host_context(backend, device)
     lib = _lib.load()
-    with ctx.lock:
+    with _core.locked(lambda: _core.host_context(backend, device)) as ctx:
         plan = ctx.plan(d)
         ctx.check(lib.da_attention_host(plan, q.ctypes.data, k.ctypes.data, v.ctypes.data,
                                         o.ctypes.data), "da_attention_host")
@@ -130,9 +129,8 @@ def groups(q, *, group_size=2, fusion=None, hash_bits=None, hash_block=None, see
                               f"(batch, heads, seq, head_dim)", what)
     d = _core.make_desc(q.shape, q.shape, q.shape, code, group_size=group_size, fusion=fusion,
                         hash_bits=hash_bits, hash_block=hash_block, seed=seed, what=what)
-    ctx = _core.host_context(backend, device)
     lib = _lib.load()
-    with ctx.lock:
+    with _core.locked(lambda: _core.host_context(backend, device)) as ctx:
         plan = ctx.plan(d)
         got = _lib.Desc()
         ctx.check(lib.da_plan_get_desc(plan, C.byref(got)), "da_plan_get_desc")

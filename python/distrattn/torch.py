@@ -140,9 +140,12 @@ def _cuda_attention(q, k, v, o, d):
     with torch.cuda.device(dev):
         stream = torch.cuda.current_stream(dev)
         capturing = torch.cuda.is_current_stream_capturing()
-        with _relaxed_capture(capturing):
-            ctx = _stream_context(dev, stream.cuda_stream)
-        with ctx.lock:
+
+        def get():
+            with _relaxed_capture(capturing):
+                return _stream_context(dev, stream.cuda_stream)
+
+        with _core.locked(get) as ctx:
             bufs = []
             try:
                 with _relaxed_capture(capturing):
@@ -157,8 +160,7 @@ def _cuda_attention(q, k, v, o, d):
 
 def _cpu_attention(q, k, v, o, d):
     lib = _lib.load()
-    ctx = _core.host_context("cpu")
-    with ctx.lock:
+    with _core.locked(lambda: _core.host_context("cpu")) as ctx:
         plan = ctx.plan(d)
         ctx.check(lib.da_attention_host(plan, q.data_ptr(), k.data_ptr(), v.data_ptr(),
                                         o.data_ptr()), "da_attention_host")

@@ -178,6 +178,11 @@ def test_plan_cache_is_bounded():
         distrattn.set_plan_cache_size(old)
     with pytest.raises(distrattn.InvalidArgument):
         distrattn.set_plan_cache_size(0)
+    # the caches can be dropped; the next call makes them again
+    x = np.ones((1, 1, 4, 8), np.float32)
+    distrattn.clear_cache()
+    assert not _core._contexts
+    assert np.allclose(distrattn.attention(x, x, x, backend="cpu"), 1.0)
 
 
 # ---- errors

@@ -135,6 +135,8 @@ def test_cpu_errors():
     assert ei.value.status_name == "DA_ERR_INVALID_ARG"
     with pytest.raises(distrattn.InvalidArgument, match="fusion"):
         dt.attention(x, x, x, fusion="sum")
+    dt.clear_cache()
+    assert torch.equal(dt.attention(x, x, x), torch.zeros_like(x))
 
 
 def test_opcheck():
@@ -209,9 +211,28 @@ def test_cuda_matches_sdpa(dtype, shape, causal, seed):
                                                            (B, Hkv, S, D)))
     o = dt.attention(q, k, v, causal=causal)
     ref = ref64(q, k, v, causal)
-    err, err_sdpa = rel(o, ref), rel(sdpa(q, k, v, causal), ref)
+    s = sdpa(q, k, v, causal)
+    err, err_sdpa = rel(o, ref), rel(s, ref)
     assert err <= max(BOUND[dtype], 2 * err_sdpa), f"{err:.3e} (SDPA {err_sdpa:.3e})"
+    assert rel(o, s.double().cpu()) <= 2 * max(BOUND[dtype], err_sdpa)
     assert o.device == q.device and o.dtype == q.dtype
+
+
+def test_cuda_errors_and_other_device():
+    need_cuda()
+    x = torch.zeros(1, 2, 8, 16, device="cuda")
+    with pytest.raises(distrattn.InvalidArgument, match="one device"):
+        dt.attention(x, x.cpu(), x)
+    if torch.cuda.device_count() < 2:
+        return
+    # tensors on a device that is not the current one; the current device is kept
+    g = gen(5)
+    q, k, v = (rand(g, (1, 4, 64, 64), torch.float16, "cuda:1") for _ in range(3))
+    with torch.cuda.device(0):
+        o = dt.attention(q, k, v, causal=True)
+        assert torch.cuda.current_device() == 0
+    assert o.device == q.device
+    assert rel(o, ref64(q, k, v, True)) <= 2e-3
 
 
 def test_cuda_distrattention(seed):
