@@ -294,8 +294,9 @@ def test_cuda_graph_capture_and_replay(warm, seed):
             dst.copy_(src)
         graph.replay()
         torch.cuda.synchronize()
-        want = dt.attention(*new, causal=True, group_size=2)  # eager, same plan settings
-        assert torch.equal(out, want), f"replay {r}"
+        want = dt.attention(*new, causal=True, group_size=2)  # eager, same settings
+        # stale inputs would give an error near 1.4 (unrelated random data)
+        assert rel(out, want.double().cpu()) <= 1e-2, f"replay {r}"
         assert rel(out, ref64(*new, True)) < 1.0
 
 
