@@ -42,27 +42,16 @@ if not torch.cuda.is_available():
     skip("no CUDA device")
 
 
-class Desc(C.Structure):
-    _fields_ = [("batch", C.c_int), ("heads", C.c_int), ("kv_heads", C.c_int), ("seq_q", C.c_int),
-                ("seq_k", C.c_int), ("head_dim", C.c_int), ("dtype", C.c_int), ("causal", C.c_int),
-                ("scale", C.c_float), ("group_size", C.c_int), ("hash_bits", C.c_int),
-                ("hash_block", C.c_int), ("fusion", C.c_int), ("seed", C.c_ulonglong),
-                ("algo", C.c_int)]
+# The C API's ctypes prototypes and da_attn_desc come from the Python package
+# in python/ (the one in this checkout, installed or not); the library is
+# DISTRATTN_LIB's, or the loader's libdistrattn.so.0. This script keeps to
+# the raw C calls: the package's own op has its tests in python/tests.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from distrattn import _lib as da_lib  # noqa: E402
 
-
-lib = C.CDLL(os.environ.get("DISTRATTN_LIB", "libdistrattn.so"))
+Desc = da_lib.Desc
+lib = da_lib.load()
 vp = C.c_void_p
-lib.da_context_wrap.argtypes = [C.POINTER(vp), C.c_int, vp]
-lib.da_buffer_wrap.argtypes = [vp, vp, C.c_size_t, C.POINTER(vp)]
-lib.da_buffer_destroy.argtypes = [vp]
-lib.da_plan_create.argtypes = [vp, C.POINTER(Desc), C.POINTER(vp)]
-lib.da_plan_destroy.argtypes = [vp]
-lib.da_context_destroy.argtypes = [vp]
-lib.da_attention.argtypes = [vp, vp, vp, vp, vp]
-lib.da_context_last_error.argtypes = [vp]
-lib.da_context_last_error.restype = C.c_char_p
-lib.da_attn_desc_init.argtypes = [C.POINTER(Desc)]
-lib.da_status_string.restype = C.c_char_p
 DA_CUDA, DA_F16, DA_ERR_INVALID_ARG = 3, 1, -1
 
 passed = failed = 0

@@ -1,0 +1,249 @@
+# SPDX-License-Identifier: Apache-2.0
+"""distrattn for PyTorch tensors: the custom op distrattn::attention.
+
+Importing this module imports torch and registers the op (with
+torch.library.custom_op, and a fake implementation so that torch.compile
+traces through it). distrattn.torch.attention(q, k, v, ...) calls it.
+
+CPU tensors run on the CPU backend, in place on the tensors' memory
+(da_attention_host over their data pointers: no copies). CUDA tensors run
+on the CUDA backend on the tensors' device and torch's current stream: the
+stream is wrapped (da_context_wrap, one cached context per device and
+stream), the tensors' memory is wrapped for the call (da_buffer_wrap with
+their exact byte sizes; the wrappers are destroyed afterwards and never
+free torch's memory), and da_attention only enqueues kernels on that
+stream: no synchronisation, so the call can be captured in a CUDA graph.
+The first call of a shape on a stream creates its plan (device memory for
+the plan's scratch, one blocking copy of the projections); inside a capture
+that happens in relaxed capture mode (as PyTorch's allocator does), and a
+plan used in a capture is kept for the life of the process (the graph
+holds pointers to its scratch memory).
+
+The op has no autograd formula (forward only).
+"""
+import contextlib
+import ctypes as C
+import threading
+from collections import OrderedDict
+from typing import Optional
+
+import torch
+
+from . import _core, _lib
+from ._errors import InvalidArgument, Unsupported
+
+__all__ = ["attention", "clear_cache"]
+
+_DTYPES = {torch.float32: _lib.DA_F32, torch.float16: _lib.DA_F16,
+           torch.bfloat16: _lib.DA_BF16}
+
+_MAX_STREAM_CONTEXTS = 128
+_stream_contexts = OrderedDict()     # (device index, stream handle) -> _core.Context
+_stream_lock = threading.Lock()
+
+
+def _check_tensors(q, k, v, what="distrattn.torch.attention"):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise InvalidArgument(f"{name} must be a torch.Tensor, not {type(t).__name__}", what)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise InvalidArgument(f"q, k and v must have one dtype, not {q.dtype}, {k.dtype}, "
+                              f"{v.dtype}", what)
+    if q.dtype not in _DTYPES:
+        raise InvalidArgument(f"dtype {q.dtype} is not supported: float32, float16 or bfloat16",
+                              what)
+    if not (q.device == k.device == v.device):
+        raise InvalidArgument(f"q, k and v must be on one device, not {q.device}, {k.device}, "
+                              f"{v.device}", what)
+
+
+def _desc(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed, algo):
+    fus = None if fusion < 0 else ("mean", "norm")[fusion] if fusion in (0, 1) else fusion
+    alg = {0: None, 1: "fused", 2: "gemm"}.get(algo, algo)
+    return _core.make_desc(tuple(q.shape), tuple(k.shape), tuple(v.shape), _DTYPES[q.dtype],
+                           causal=causal, scale=scale, group_size=group_size, fusion=fus,
+                           hash_bits=hash_bits or None, hash_block=hash_block or None,
+                           seed=seed & (2**64 - 1), algo=alg, what="distrattn.torch.attention")
+
+
+# ---- CUDA: wrapped streams and memory
+
+_driver = None
+
+
+def _capture_mode_fn():
+    global _driver
+    if _driver is None:
+        try:
+            drv = C.CDLL("libcuda.so.1")
+            f = drv.cuThreadExchangeStreamCaptureMode
+            f.argtypes = [C.POINTER(C.c_int)]
+            f.restype = C.c_int
+            _driver = f
+        except (OSError, AttributeError):
+            _driver = False
+    return _driver or None
+
+
+@contextlib.contextmanager
+def _relaxed_capture(capturing):
+    """While this thread captures a CUDA graph: relaxed capture mode, so
+    that a new context or plan may cudaMalloc (outside the graph)."""
+    f = _capture_mode_fn() if capturing else None
+    if f is None:
+        yield
+        return
+    mode = C.c_int(2)  # CU_STREAM_CAPTURE_MODE_RELAXED
+    if f(C.byref(mode)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        f(C.byref(mode))
+
+
+def _stream_context(dev, stream_handle):
+    key = (dev, stream_handle)
+    with _stream_lock:
+        ctx = _stream_contexts.get(key)
+        if ctx is not None:
+            _stream_contexts.move_to_end(key)
+            return ctx
+        lib = _lib.load()
+        h = C.c_void_p()
+        _core.check(lib.da_context_wrap(C.byref(h), _lib.DA_BACKEND_CUDA, C.c_void_p(stream_handle)),
+                    None, f"da_context_wrap(cuda:{dev}, stream 0x{stream_handle:x})")
+        ctx = _core.Context(h, f"cuda:{dev} stream 0x{stream_handle:x}")
+        _stream_contexts[key] = ctx
+        # bounded: a context whose plans were captured in a graph stays
+        if len(_stream_contexts) > _MAX_STREAM_CONTEXTS:
+            for old_key, old in list(_stream_contexts.items()):
+                if old_key != key and not old.pinned:
+                    del _stream_contexts[old_key]
+                    old.close()
+                    break
+        return ctx
+
+
+def _wrap(lib, ctx, t, name):
+    b = C.c_void_p()
+    ctx.check(lib.da_buffer_wrap(ctx.handle, C.c_void_p(t.data_ptr()),
+                                 t.numel() * t.element_size(), C.byref(b)),
+              f"da_buffer_wrap({name})")
+    return b
+
+
+def _cuda_attention(q, k, v, o, d):
+    lib = _lib.load()
+    dev = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    with torch.cuda.device(dev):
+        stream = torch.cuda.current_stream(dev)
+        capturing = torch.cuda.is_current_stream_capturing()
+
+        def get():
+            with _relaxed_capture(capturing):
+                return _stream_context(dev, stream.cuda_stream)
+
+        with _core.locked(get) as ctx:
+            bufs = []
+            try:
+                with _relaxed_capture(capturing):
+                    plan = ctx.plan(d, pin=capturing)
+                    for name, t in (("q", q), ("k", k), ("v", v), ("o", o)):
+                        bufs.append(_wrap(lib, ctx, t, name))
+                ctx.check(lib.da_attention(plan, *bufs), "da_attention")
+            finally:
+                for b in bufs:
+                    lib.da_buffer_destroy(b)
+
+
+def _cpu_attention(q, k, v, o, d):
+    lib = _lib.load()
+    with _core.locked(lambda: _core.host_context("cpu")) as ctx:
+        plan = ctx.plan(d)
+        ctx.check(lib.da_attention_host(plan, q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                        o.data_ptr()), "da_attention_host")
+
+
+# ---- the op
+
+@torch.library.custom_op("distrattn::attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                  scale: Optional[float], group_size: int, fusion: int, hash_bits: int,
+                  hash_block: int, seed: int, algo: int) -> torch.Tensor:
+    _check_tensors(q, k, v)
+    d = _desc(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed, algo)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if q.device.type == "cpu":
+        _cpu_attention(q, k, v, o, d)
+    elif q.device.type == "cuda":
+        _cuda_attention(q, k, v, o, d)
+    else:
+        raise Unsupported(f"tensors on {q.device}: distrattn.torch runs CPU and CUDA tensors",
+                          "distrattn.torch.attention")
+    return o
+
+
+@_attention_op.register_fake
+def _attention_fake(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed,
+                    algo):
+    _check_tensors(q, k, v)
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise InvalidArgument("q, k and v must have 4 dimensions (batch, heads, seq, head_dim)",
+                              "distrattn.torch.attention")
+    if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
+        raise InvalidArgument(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                              f"v {tuple(v.shape)}", "distrattn.torch.attention")
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def attention(q, k, v, *, causal=False, scale=None, group_size=1, fusion=None, hash_bits=None,
+              hash_block=None, seed=0, algo=None):
+    """Attention over tensors in scaled_dot_product_attention's layout.
+
+    q: (batch, heads, seq_q, head_dim); k, v: (batch, kv_heads, seq_k,
+    head_dim), kv_heads dividing heads (GQA). float32, float16 or bfloat16,
+    all three alike and on one device (CPU or CUDA). A tensor that is not
+    contiguous is made contiguous (a copy); contiguous ones are used in
+    place. Returns a new contiguous tensor like q. The other arguments are
+    distrattn.attention's (numpy); the backend follows the tensors' device.
+    Same as torch.ops.distrattn.attention(q, k, v, causal, scale,
+    group_size, fusion, hash_bits, hash_block, seed, algo) with fusion -1
+    (default), 0 mean, 1 norm; hash_bits/hash_block 0 = default; algo 0
+    auto, 1 fused, 2 gemm; seed as a signed 64-bit int."""
+    if fusion is None:
+        fus = -1
+    elif isinstance(fusion, str) and fusion.lower() in _lib.FUSIONS:
+        fus = _lib.FUSIONS[fusion.lower()]
+    else:
+        raise InvalidArgument(f"fusion = {fusion!r} must be None, 'mean' or 'norm'",
+                              "distrattn.torch.attention")
+    if algo is None:
+        alg = 0
+    elif isinstance(algo, str) and algo.lower() in _lib.ALGOS:
+        alg = _lib.ALGOS[algo.lower()]
+    else:
+        raise InvalidArgument(f"algo = {algo!r} must be None, 'auto', 'fused' or 'gemm'",
+                              "distrattn.torch.attention")
+    seed = _core._int_arg("seed", seed, 0, 2**64 - 1)
+    if seed >= 2**63:
+        seed -= 2**64
+    hb = 0 if hash_bits is None else _core._int_arg("hash_bits", hash_bits, 1, 32)
+    hk = 0 if hash_block is None else _core._int_arg("hash_block", hash_block, 1, 2**31 - 1)
+    return torch.ops.distrattn.attention(q, k, v, bool(causal),
+                                         None if scale is None else float(scale),
+                                         int(group_size), fus, hb, hk, seed, alg)
+
+
+def clear_cache():
+    """Destroy the cached CUDA stream contexts and their plans (pinned ones
+    too: only when no captured graph that used them will be replayed) and
+    the host contexts. Waits for the streams' work."""
+    with _stream_lock:
+        ctxs = list(_stream_contexts.values())
+        _stream_contexts.clear()
+    for c in ctxs:
+        c.close()
+    _core.clear_cache()
