@@ -284,11 +284,12 @@ int cmd_eval(int argc, char **argv) {
       } else {
         printf("capture: %s: %s\n", argv[optind], cap.model[0] ? cap.model : "(no model name)");
         printf("  %u layers, %u heads / %u kv heads, head_dim %u, %s, scale %s%.6g, %s; %u "
-               "entries (%zu query rows, longest seq_k %zu, %zu with seq_q != seq_k)\n",
+               "%s (%zu query rows, longest seq_k %zu, %zu with seq_q != seq_k)\n",
                L, H, cap.kv_heads, D, cap.causal ? "causal" : "no mask",
                cap.scale > 0.0f ? "" : "1/sqrt(head_dim) = ",
                cap.scale > 0.0f ? (double)cap.scale : 1.0 / sqrt((double)D),
-               cap.dtype ? "f16" : "f32", ns, tokens, max_seq, mixed);
+               cap.dtype ? "f16" : "f32", ns, ns == 1 ? "entry" : "entries", tokens, max_seq,
+               mixed);
       }
       printf("relative error ||O - exact|| / ||exact|| (exact: float64, same inputs)\n\n");
     }
