@@ -157,7 +157,8 @@ tests_test_realdata_SOURCES = tests/test_realdata.c $(da_test_common) $(da_test_
 	$(da_capture_reader)
 tests_test_realdata_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools \
 	-DDA_REALDATA_FILE='"$(abs_top_srcdir)/tests/data/minilm-l6-small.dattncap"' \
-	-DDA_REALDATA_SMOLLM2_FILE='"$(abs_top_srcdir)/tests/data/smollm2-small.dattncap"'
+	-DDA_REALDATA_SMOLLM2_FILE='"$(abs_top_srcdir)/tests/data/smollm2-small.dattncap"' \
+	-DDA_REALDATA_DEMO_FILE='"$(abs_top_srcdir)/data/smollm2-demo.dattncap"'
 tests_test_realdata_CFLAGS = $(da_test_cflags)
 tests_test_realdata_LDADD = $(da_test_ldadd)
 endif

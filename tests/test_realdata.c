@@ -18,9 +18,13 @@
  *    regression of the hashing, the grouping or the default fusion fails;
  *  - the default fusion is not worse than the other one at G=2, 4 and 8
  *    (CPU).
- * The files are DA_REALDATA_FILE and DA_REALDATA_SMOLLM2_FILE (the
- * environment overrides the compiled-in paths), read by tools/capture_io.c,
- * the reader `distrattn eval` uses. */
+ * And the demo capture data/smollm2-demo.dattncap (installed in
+ * $(pkgdatadir)) loads and is what tools/CAPTURE_FORMAT.md says: SmolLM2,
+ * one causal GQA entry of 1024 tokens, 3 layers, f16; exact attention on
+ * its last layer meets the f32 bound on the CPU.
+ * The files are DA_REALDATA_FILE, DA_REALDATA_SMOLLM2_FILE and
+ * DA_REALDATA_DEMO_FILE (the environment overrides the compiled-in paths),
+ * read by tools/capture_io.c, the reader `distrattn eval` uses. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +39,9 @@
 #endif
 #ifndef DA_REALDATA_SMOLLM2_FILE
 #define DA_REALDATA_SMOLLM2_FILE "tests/data/smollm2-small.dattncap"
+#endif
+#ifndef DA_REALDATA_DEMO_FILE
+#define DA_REALDATA_DEMO_FILE "data/smollm2-demo.dattncap"
 #endif
 
 #define REALDATA_EXACT_BOUND 1e-5
@@ -218,6 +225,57 @@ static void test_smollm2_shape(void **state) {
     fail_msg("%u entries with seq_q < seq_k, %u with seq_q = seq_k: want both", mixed, same);
 }
 
+/* The demo capture: its shape, and exact attention on its last layer. */
+static void test_demo_capture(void **state) {
+  (void)state;
+  const char *path = getenv("DA_REALDATA_DEMO_FILE");
+  if (!path || !*path) path = DA_REALDATA_DEMO_FILE;
+  capture c;
+  char why[512];
+  if (capture_load_file(path, &c, why, sizeof why)) fail_msg("%s: %s", path, why);
+  assert_int_equal(c.version, 2);
+  assert_int_equal(c.dtype, 1);
+  assert_int_equal(c.n_sent, 1);
+  assert_int_equal(c.seq_q[0], 1024);
+  assert_int_equal(c.seq_k[0], 1024);
+  assert_int_equal(c.layers, 3);
+  assert_int_equal(c.heads, 9);
+  assert_int_equal(c.kv_heads, 3);
+  assert_int_equal(c.head_dim, 64);
+  assert_int_equal(c.causal, 1);
+  if (strstr(c.model, "SmolLM2") == NULL) fail_msg("model field \"%s\"", c.model);
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  capture_desc(&c, 0, &d);
+  size_t n = (size_t)c.heads * c.seq_q[0] * c.head_dim;
+  double *ref = malloc(sizeof(double) * n);
+  float *o = malloc(sizeof(float) * n);
+  assert_non_null(ref);
+  assert_non_null(o);
+  const float *q, *k, *v;
+  capture_qkv(&c, 0, c.layers - 1, &q, &k, &v);
+  ref_attention(&d, q, k, v, ref);
+  da_context *ctx = NULL;
+  TU_CHECK(ctx, da_context_create(&ctx, DA_BACKEND_CPU, -1));
+  da_plan *p = NULL;
+  TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
+  TU_CHECK(ctx, da_attention_host(p, q, k, v, o));
+  double e2 = 0.0, r2 = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    double df = (double)o[i] - ref[i];
+    e2 += df * df, r2 += ref[i] * ref[i];
+  }
+  double e = sqrt(e2 / r2);
+  if (getenv("DA_TEST_VERBOSE")) fprintf(stderr, "demo capture, last layer, exact: %.3e\n", e);
+  if (!(e <= REALDATA_EXACT_BOUND))
+    fail_msg("exact attention on the demo capture's last layer: error %.3e > %.1e", e,
+             REALDATA_EXACT_BOUND);
+  da_plan_destroy(p);
+  da_context_destroy(ctx);
+  free(ref), free(o);
+  capture_free(&c);
+}
+
 static const rd_case mini_cpu = {DA_BACKEND_CPU, 0}, mini_cl = {DA_BACKEND_OPENCL, 0},
                      mini_cuda = {DA_BACKEND_CUDA, 0}, smol_cpu = {DA_BACKEND_CPU, 1},
                      smol_cl = {DA_BACKEND_OPENCL, 1}, smol_cuda = {DA_BACKEND_CUDA, 1};
@@ -243,6 +301,8 @@ int main(void) {
       CASE("opencl: G=2 default settings on smollm2", test_g2_default, smol_cl),
       CASE("cuda: exact on smollm2", test_exact, smol_cuda),
       CASE("cuda: G=2 default settings on smollm2", test_g2_default, smol_cuda),
+      {"the demo capture: SmolLM2, 1024 tokens, causal, GQA; exact on the CPU", test_demo_capture,
+       NULL, NULL, NULL},
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   for (int i = 0; i < 2; i++) {

@@ -345,16 +345,10 @@ def load_source(which):
         name = os.path.basename(os.path.normpath(which)) if os.path.isdir(which) else which
     tokenizer = transformers.AutoTokenizer.from_pretrained(d, **kw)
     config = transformers.AutoConfig.from_pretrained(d, **kw)
-    auto = (transformers.AutoModelForCausalLM
-            if getattr(config, "is_decoder", False) or config.architectures and any(
-                a.endswith("ForCausalLM") for a in config.architectures)
-            else transformers.AutoModel)
-    try:
-        model = auto.from_pretrained(d, dtype=torch.float32, attn_implementation="dattn_capture",
-                                     **kw)
-    except ValueError:
-        model = transformers.AutoModel.from_pretrained(
-            d, dtype=torch.float32, attn_implementation="dattn_capture", **kw)
+    # The base model (no language-model or pooling head): the attention layers
+    # see the same inputs, and a head is not needed to capture them.
+    model = transformers.AutoModel.from_pretrained(d, dtype=torch.float32,
+                                                   attn_implementation="dattn_capture", **kw)
     model.eval()
     limit = getattr(config, "max_position_embeddings", None) or 512
 
@@ -374,6 +368,10 @@ def num_layers(model):
 # ------------------------------------------------------- the attention hook
 
 _REC = {"on": False, "calls": []}
+
+
+class CaptureError(Exception):
+    """What the model does that the format cannot hold."""
 
 
 def _visible(mask, sq, sk):
@@ -402,14 +400,19 @@ def capture_attention(module, query, key, value, attention_mask, scaling=None, d
     if _REC["on"]:
         import torch
 
-        for bad in ("softcap", "sliding_window", "s_aux", "sinks", "position_bias"):
-            if kwargs.get(bad) is not None:
-                raise RuntimeError("capture: the model's attention uses %s, which the DATTNCAP "
-                                   "format cannot express" % bad)
         b, h, sq, d = query.shape
         kvh, sk = key.shape[1], key.shape[2]
+        for bad in ("softcap", "s_aux", "sinks", "position_bias"):
+            if kwargs.get(bad) is not None:
+                raise CaptureError("the model's attention uses %s, which the DATTNCAP format "
+                                   "cannot express" % bad)
+        window = kwargs.get("sliding_window")
+        if window is not None and sk > window:
+            raise CaptureError("the model's attention has a sliding window of %d keys, shorter "
+                               "than the %d tokens here: not expressible (use --max-tokens %d)"
+                               % (window, sk, window))
         if b != 1 or tuple(key.shape) != (1, kvh, sk, d) or tuple(value.shape) != (1, kvh, sk, d):
-            raise RuntimeError("capture: unexpected shapes q %s k %s v %s (batch 1, K and V of "
+            raise CaptureError("unexpected shapes q %s k %s v %s (batch 1, K and V of "
                                "one shape, head_dim of Q)" % (tuple(query.shape),
                                                               tuple(key.shape),
                                                               tuple(value.shape)))
@@ -421,14 +424,14 @@ def capture_attention(module, query, key, value, attention_mask, scaling=None, d
             vis = _visible(attention_mask, sq, sk)
             want_causal = torch.ones(sq, sk, dtype=torch.bool).tril(sk - sq)
             if vis is None:
-                raise RuntimeError("capture: the attention mask is not one pattern of visible "
+                raise CaptureError("the attention mask is not one pattern of visible "
                                    "keys (padding or a bias): not expressible")
             if torch.equal(vis, want_causal):
                 causal = True
             elif bool(vis.all()):
                 causal = False
             else:
-                raise RuntimeError("capture: the attention mask is neither none nor plain causal "
+                raise CaptureError("the attention mask is neither none nor plain causal "
                                    "(a sliding window or padding?): not expressible")
         _REC["calls"].append(dict(
             layer_idx=getattr(module, "layer_idx", None),
@@ -463,13 +466,17 @@ def run_text(src, text, max_tokens):
 
     enc = src.tokenize(text, max_tokens)
     seq = int(enc["input_ids"].shape[1])
+    import inspect
+
+    kw = {"use_cache": False} if "use_cache" in inspect.signature(src.model.forward).parameters \
+        else {}
     _REC["calls"] = []
     _REC["on"] = True
     try:
         with torch.no_grad():
-            kw = {"use_cache": False} if "use_cache" in src.model.forward.__code__.co_varnames \
-                or hasattr(src.model.config, "use_cache") else {}
             src.model(**enc, **kw)
+    except CaptureError as e:
+        fail(str(e))
     finally:
         _REC["on"] = False
     calls = _REC["calls"]

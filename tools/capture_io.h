@@ -29,6 +29,11 @@
 #define CAPTURE_MAX_SENTENCES (1u << 24)
 #define CAPTURE_MAX_SEQ (1u << 20)
 
+/* The demo capture (tools/CAPTURE_FORMAT.md, "Files"): data/ in the source
+ * tree, installed in $(pkgdatadir), which the build passes to the program
+ * and the tests as DA_PKGDATADIR. */
+#define CAPTURE_DEMO_FILE "smollm2-demo.dattncap"
+
 /* A loaded capture, widened to f32 (f16 exactly). A version 1 file reads as
  * kv_heads = heads, causal 0, scale 0, model "" and seq_q = seq_k. */
 typedef struct {
