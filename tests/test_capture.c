@@ -12,9 +12,16 @@
  * at every byte of a small file, trailing bytes, wrong magic, wrong version,
  * bad dtype codes, NaN and Inf in the data (with their location), and valid
  * f32 and f16 captures that must load with exactly the values written.
+ * Format version 2 likewise: kv_heads out of range or not dividing heads,
+ * causal not 0/1, a scale that is NaN, infinite, negative or -0, a model
+ * name that is not NUL-padded printable ASCII, seq_q/seq_k out of range,
+ * truncation at every byte, trailing bytes, size overflows, located NaN/Inf;
+ * and valid GQA, MQA, causal, seq_q < seq_k and seq_q > seq_k files that
+ * read back exactly (capture_qkv and capture_desc included).
  * Then the built tools/distrattn (DA_TEST_BUILDDIR) is run on crafted files:
  * it must exit 1 with the reader's message on stderr, never crash, and run
- * a valid one. */
+ * a valid one (version 2: naming the model, exact within 1e-5 of its
+ * float64 reference). */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
