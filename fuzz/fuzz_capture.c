@@ -12,10 +12,14 @@
  * (abort otherwise: a finding):
  *  - a refusal leaves the capture zeroed with a non-empty, NUL-terminated
  *    message;
- *  - an accepted input is exactly 32 + 4 N + elem_size * total bytes, every
- *    field and seq[s] is within the documented limits, the offsets follow
- *    the layout, and every value is finite and equal to the one decoded here
- *    independently from the little-endian bytes. */
+ *  - an accepted input is exactly header + table + elem_size * total bytes
+ *    (version 1: 32 + 4 N; version 2: 108 + 8 N), every field, seq_q[s] and
+ *    seq_k[s] is within the documented limits and equal to the bytes
+ *    (version 2: kv_heads divides heads, causal 0 or 1, scale 0 or finite
+ *    and positive, the model name printable ASCII then NUL padding), the
+ *    offsets and capture_qkv follow the layout, and every value is finite and
+ *    equal to the one decoded here independently from the little-endian
+ *    bytes. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -42,23 +46,54 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   char why[256];
   memset(why, 'x', sizeof why);
   if (capture_parse(data, size, &c, why, sizeof why) != 0) {
-    if (c.seq || c.off || c.data || c.total || c.n_sent) abort();
+    if (c.seq || c.seq_q || c.seq_k || c.off || c.data || c.total || c.n_sent || c.version)
+      abort();
     if (!memchr(why, '\0', sizeof why) || why[0] == '\0') abort();
     return 0;
   }
   if (c.layers < 1 || c.layers > CAPTURE_MAX_LAYERS || c.heads < 1 ||
       c.heads > CAPTURE_MAX_HEADS || c.head_dim < 1 || c.head_dim > CAPTURE_MAX_HEAD_DIM ||
-      c.n_sent < 1 || c.n_sent > CAPTURE_MAX_SENTENCES || c.dtype > 1)
+      c.n_sent < 1 || c.n_sent > CAPTURE_MAX_SENTENCES || c.dtype > 1 || c.kv_heads < 1 ||
+      c.kv_heads > c.heads || c.heads % c.kv_heads != 0 || c.causal > 1 ||
+      !(c.scale == 0.0f || (isfinite(c.scale) && c.scale > 0.0f)) || c.seq != c.seq_q)
     abort();
-  if (size < 32 || memcmp(data, "DATTNCAP", 8) != 0 || le32(data + 8) != 1) abort();
+  if (size < 12 || memcmp(data, "DATTNCAP", 8) != 0 || le32(data + 8) != c.version) abort();
+  size_t hdr, per;
+  if (c.version == 1) {
+    hdr = 32, per = 4;
+    if (c.kv_heads != c.heads || c.causal || c.scale != 0.0f || c.model[0]) abort();
+  } else if (c.version == 2) {
+    hdr = 108, per = 8;
+    if (size < hdr || le32(data + 20) != c.kv_heads || le32(data + 36) != c.causal) abort();
+    uint32_t sbits = le32(data + 40), cbits;
+    memcpy(&cbits, &c.scale, 4);
+    if (sbits != cbits) abort();
+    /* the name: printable ASCII up to the first NUL, NULs after it */
+    size_t n = strlen(c.model);
+    if (n > 64 || memcmp(c.model, data + 44, n) != 0) abort();
+    for (size_t i = 0; i < 64; i++) {
+      uint8_t m = data[44 + i];
+      if (i < n ? (m < 0x20 || m > 0x7e) : m != 0) abort();
+    }
+  } else {
+    abort();
+  }
+  if (size < hdr + per * c.n_sent) abort();
   size_t esz = c.dtype == 0 ? 4 : 2, off = 0;
   for (unsigned s = 0; s < c.n_sent; s++) {
-    if (c.seq[s] < 1 || c.seq[s] > CAPTURE_MAX_SEQ || c.seq[s] != le32(data + 32 + 4 * s)) abort();
+    uint32_t sq = le32(data + hdr + per * s), sk = c.version == 1 ? sq : le32(data + hdr + per * s + 4);
+    if (c.seq_q[s] < 1 || c.seq_q[s] > CAPTURE_MAX_SEQ || c.seq_q[s] != sq) abort();
+    if (c.seq_k[s] < 1 || c.seq_k[s] > CAPTURE_MAX_SEQ || c.seq_k[s] != sk) abort();
     if (c.off[s] != off) abort();
-    off += (size_t)c.layers * 3 * c.heads * c.seq[s] * c.head_dim;
+    size_t nq = (size_t)c.heads * sq * c.head_dim, nk = (size_t)c.kv_heads * sk * c.head_dim;
+    const float *q, *k, *v;
+    capture_qkv(&c, s, c.layers - 1, &q, &k, &v);
+    if (q != c.data + off + (size_t)(c.layers - 1) * (nq + 2 * nk) || k != q + nq || v != k + nk)
+      abort();
+    off += (size_t)c.layers * (nq + 2 * nk);
   }
   if (off != c.total) abort();
-  const uint8_t *p = data + 32 + 4 * (size_t)c.n_sent;
+  const uint8_t *p = data + hdr + per * (size_t)c.n_sent;
   if ((size_t)(data + size - p) != c.total * esz) abort();
   for (size_t i = 0; i < c.total; i++) {
     float want;

@@ -9,7 +9,13 @@ EXTRA_DIST += fuzz/fuzz_desc.c fuzz/fuzz_capture.c \
 	fuzz/corpus-capture/bad_nonfinite_f16 \
 	fuzz/corpus-capture/bad_trailing \
 	fuzz/corpus-capture/bad_truncated_data \
-	fuzz/corpus-capture/bad_version2 \
+	fuzz/corpus-capture/bad_v2_kv_heads \
+	fuzz/corpus-capture/bad_v2_model \
+	fuzz/corpus-capture/bad_v2_scale_nan \
+	fuzz/corpus-capture/bad_version3 \
+	fuzz/corpus-capture/v2_gqa_causal_f16 \
+	fuzz/corpus-capture/v2_mha_name64 \
+	fuzz/corpus-capture/v2_mqa_f32 \
 	fuzz/corpus-capture/valid_f16 \
 	fuzz/corpus-capture/valid_f16_one \
 	fuzz/corpus-capture/valid_f32 \

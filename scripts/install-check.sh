@@ -14,6 +14,13 @@ export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
 pc="pkg-config --define-variable=prefix=$prefix"
 cc "$top/examples/app.c" $($pc --cflags --libs distrattn) -o "$prefix/app"
 LD_LIBRARY_PATH="$prefix/lib" "$prefix/app"
+# The demo capture is installed in $(pkgdatadir) (share/distrattn), where the
+# program's DA_PKGDATADIR points, and the installed program reads it.
+demo="$prefix/share/distrattn/smollm2-demo.dattncap"
+[ -f "$demo" ] || { echo "install-check: $demo is not installed"; exit 1; }
+LD_LIBRARY_PATH="$prefix/lib" "$prefix/bin/distrattn" eval --backend cpu --groups 1 "$demo" \
+  >"$prefix/eval.log" 2>&1 || { cat "$prefix/eval.log"; echo "install-check: distrattn eval on the installed demo capture FAILED"; exit 1; }
+echo "install-check: the installed demo capture: $(sed -n 1p "$prefix/eval.log")"
 # tests/test_wrap, a client owning its memory (issue 15), built against the
 # installed headers and library as a user builds it, with the installed
 # OpenCL module (and CUDA's where this machine has a GPU).

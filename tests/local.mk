@@ -149,16 +149,20 @@ check-oclgrind:
 .PHONY: check-oclgrind
 
 # Real-model accuracy (issue 5): tests/test_realdata pins DistrAttention's
-# error on a committed capture of all-MiniLM-L6-v2's attention inputs
-# (tools/capture.py --small; format in tools/CAPTURE_FORMAT.md).
-EXTRA_DIST += tests/data/minilm-l6-small.dattncap
+# error on committed captures of real models' attention inputs: an encoder,
+# all-MiniLM-L6-v2 (tools/capture.py --small), and a GQA causal decoder,
+# SmolLM2-135M (tools/capture.py --model smollm2 --small); format in
+# tools/CAPTURE_FORMAT.md.
+EXTRA_DIST += tests/data/minilm-l6-small.dattncap tests/data/smollm2-small.dattncap
 if HAVE_CMOCKA
 check_PROGRAMS += tests/test_realdata
 TESTS += tests/test_realdata
 tests_test_realdata_SOURCES = tests/test_realdata.c $(da_test_common) $(da_test_ref) \
 	$(da_capture_reader)
 tests_test_realdata_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools \
-	-DDA_REALDATA_FILE='"$(abs_top_srcdir)/tests/data/minilm-l6-small.dattncap"'
+	-DDA_REALDATA_FILE='"$(abs_top_srcdir)/tests/data/minilm-l6-small.dattncap"' \
+	-DDA_REALDATA_SMOLLM2_FILE='"$(abs_top_srcdir)/tests/data/smollm2-small.dattncap"' \
+	-DDA_REALDATA_DEMO_FILE='"$(abs_top_srcdir)/data/smollm2-demo.dattncap"'
 tests_test_realdata_CFLAGS = $(da_test_cflags)
 tests_test_realdata_LDADD = $(da_test_ldadd)
 endif

@@ -2,10 +2,12 @@
 /* distrattn command-line program: the DATTNCAP capture reader (see
  * capture_io.h and tools/CAPTURE_FORMAT.md, "Reader's checks").
  *
- * Both entries run the same three steps:
- *  1. check_fixed: magic, version, the header fields' ranges, and that the
- *     sequence table fits in the input;
- *  2. check_sizes: every seq[s], and the data size the header claims,
+ * Both entries run the same three steps, for version 1 and version 2:
+ *  1. check_fixed: magic, version, the header fields' ranges (version 2:
+ *     kv_heads, causal, scale and model too), and that the sequence table
+ *     fits in the input;
+ *  2. check_sizes: every seq[s] (version 2: seq_q[s], seq_k[s]), and the
+ *     data size the header claims,
  *     computed with checked arithmetic, against the real size: it must be
  *     exactly what is left after the table;
  *  3. only then capture_alloc (sizes now bounded by the input's size) and
@@ -30,9 +32,13 @@ _Static_assert(sizeof(float) == 4, "the f32 data is read as IEEE binary32");
 static const char magic[8] = {'D', 'A', 'T', 'T', 'N', 'C', 'A', 'P'};
 
 typedef struct {
-  unsigned layers, heads, head_dim, n_sent, dtype;
+  unsigned version, layers, heads, kv_heads, head_dim, n_sent, dtype, causal;
+  float scale;
+  char model[CAPTURE_MODEL_BYTES + 1];
   size_t esz;       /* bytes per element in the file */
-  size_t table_end; /* byte offset of the data: 32 + 4 * n_sent */
+  size_t hdr_bytes; /* 32 (version 1) or 108 (version 2) */
+  size_t per_entry; /* bytes per entry in the table: 4 (seq) or 8 (seq_q, seq_k) */
+  size_t table_end; /* byte offset of the data: hdr_bytes + per_entry * n_sent */
 } cap_header;
 
 #if defined(__GNUC__)
@@ -73,9 +79,66 @@ static int check_range(const char *field, unsigned v, unsigned lo, unsigned hi, 
   return -1;
 }
 
-/* Step 1. b holds the first min(len, 32) bytes of an input of len bytes. */
+/* Version 2's kv_heads (against heads, already checked). */
+static int check_kv_heads(const cap_header *h, char *why, size_t why_len) {
+  if (check_range("kv_heads", h->kv_heads, 1, h->heads, why, why_len)) return -1;
+  if (h->heads % h->kv_heads != 0) {
+    say(why, why_len,
+        "header field kv_heads = %u does not divide heads = %u (query head h reads kv head "
+        "h / (heads / kv_heads))",
+        h->kv_heads, h->heads);
+    return -1;
+  }
+  return 0;
+}
+
+/* Version 2's fields after dtype (b holds the 108-byte header): causal,
+ * scale and model. */
+static int check_v2_fields(const unsigned char *b, cap_header *h, char *why, size_t why_len) {
+  h->causal = le32(b + 36);
+  if (h->causal > 1) {
+    say(why, why_len, "header field causal = %u is not 0 (no mask) or 1 (causal)", h->causal);
+    return -1;
+  }
+  uint32_t sbits = le32(b + 40);
+  memcpy(&h->scale, &sbits, sizeof sbits);
+  if (sbits != 0 && !(isfinite(h->scale) && h->scale > 0.0f)) {
+    say(why, why_len,
+        "header field scale = %.9g (bits 0x%08lx) is neither finite and positive nor 0 "
+        "(= 1/sqrt(head_dim))",
+        (double)h->scale, (unsigned long)sbits);
+    return -1;
+  }
+  const unsigned char *m = b + 44;
+  unsigned end = CAPTURE_MODEL_BYTES;
+  for (unsigned i = 0; i < CAPTURE_MODEL_BYTES; i++) {
+    if (i >= end) {
+      if (m[i] != 0) {
+        say(why, why_len,
+            "header field model: byte %u is 0x%02x after the NUL padding that begins at byte %u "
+            "(the name is NUL-padded ASCII)",
+            i, m[i], end);
+        return -1;
+      }
+    } else if (m[i] == 0) {
+      end = i;
+    } else if (m[i] < 0x20 || m[i] > 0x7e) {
+      say(why, why_len,
+          "header field model: byte %u is 0x%02x, not printable ASCII (0x20..0x7e) nor NUL "
+          "padding",
+          i, m[i]);
+      return -1;
+    }
+  }
+  memcpy(h->model, m, end);
+  h->model[end] = '\0';
+  return 0;
+}
+
+/* Step 1. b holds the first min(len, 108) bytes of an input of len bytes. */
 static int check_fixed(const unsigned char *b, size_t len, cap_header *h, char *why,
                        size_t why_len) {
+  memset(h, 0, sizeof *h);
   if (len == 0) {
     say(why, why_len, "empty file (0 bytes): not a DATTNCAP capture");
     return -1;
@@ -105,52 +168,81 @@ static int check_fixed(const unsigned char *b, size_t len, cap_header *h, char *
     return -1;
   }
   uint32_t version = le32(b + 8);
-  if (version != CAPTURE_VERSION) {
-    say(why, why_len, "format version %lu is not supported (this reader knows version %u only)",
-        (unsigned long)version, CAPTURE_VERSION);
+  if (version != 1 && version != 2) {
+    say(why, why_len, "format version %lu is not supported (this reader knows versions 1 and 2)",
+        (unsigned long)version);
     return -1;
   }
-  if (len < CAPTURE_HEADER_BYTES) {
+  h->version = version;
+  h->hdr_bytes = version == 1 ? CAPTURE_HEADER_BYTES : CAPTURE_HEADER_BYTES_V2;
+  h->per_entry = version == 1 ? 4 : 8;
+  if (len < h->hdr_bytes) {
     say(why, why_len,
-        "truncated inside the header: the file has %zu bytes, the version 1 header is %u", len,
-        CAPTURE_HEADER_BYTES);
+        "truncated inside the header: the file has %zu bytes, the version %u header is %zu", len,
+        h->version, h->hdr_bytes);
     return -1;
   }
-  h->layers = le32(b + 12), h->heads = le32(b + 16), h->head_dim = le32(b + 20);
-  h->n_sent = le32(b + 24), h->dtype = le32(b + 28);
+  const char *n_name = version == 1 ? "n_sentences" : "n_entries";
+  if (version == 1) {
+    h->layers = le32(b + 12), h->heads = le32(b + 16), h->head_dim = le32(b + 20);
+    h->n_sent = le32(b + 24), h->dtype = le32(b + 28);
+    h->kv_heads = h->heads;
+  } else {
+    h->layers = le32(b + 12), h->heads = le32(b + 16), h->kv_heads = le32(b + 20);
+    h->head_dim = le32(b + 24), h->n_sent = le32(b + 28), h->dtype = le32(b + 32);
+  }
   if (check_range("layers", h->layers, 1, CAPTURE_MAX_LAYERS, why, why_len) ||
       check_range("heads", h->heads, 1, CAPTURE_MAX_HEADS, why, why_len) ||
+      (version == 2 && check_kv_heads(h, why, why_len)) ||
       check_range("head_dim", h->head_dim, 1, CAPTURE_MAX_HEAD_DIM, why, why_len) ||
-      check_range("n_sentences", h->n_sent, 1, CAPTURE_MAX_SENTENCES, why, why_len))
+      check_range(n_name, h->n_sent, 1, CAPTURE_MAX_SENTENCES, why, why_len))
     return -1;
   if (h->dtype != (unsigned)DA_F32 && h->dtype != (unsigned)DA_F16) {
     say(why, why_len, "header field dtype = %u is not a known dtype code (0 = f32, 1 = f16)",
         h->dtype);
     return -1;
   }
+  if (version == 2 && check_v2_fields(b, h, why, why_len)) return -1;
   h->esz = h->dtype == (unsigned)DA_F32 ? 4 : 2;
   size_t table;
-  if (!mul_sz(h->n_sent, 4, &table) || !add_sz(CAPTURE_HEADER_BYTES, table, &h->table_end)) {
-    say(why, why_len, "n_sentences = %u: the sequence table's size overflows size_t", h->n_sent);
+  if (!mul_sz(h->n_sent, h->per_entry, &table) || !add_sz(h->hdr_bytes, table, &h->table_end)) {
+    say(why, why_len, "%s = %u: the sequence table's size overflows size_t", n_name, h->n_sent);
     return -1;
   }
   if (len < h->table_end) {
     say(why, why_len,
-        "truncated inside the sequence table: n_sentences = %u needs %zu bytes of header and "
+        "truncated inside the sequence table: %s = %u needs %zu bytes of header and "
         "table, the file has %zu",
-        h->n_sent, h->table_end, len);
+        n_name, h->n_sent, h->table_end, len);
     return -1;
   }
   return 0;
 }
 
-/* Step 2. t: the 4 * n_sent bytes of the table; len: the input's size.
+/* Elements of one entry: layers x (heads x seq_q + 2 x kv_heads x seq_k) x
+ * head_dim (version 1: seq_q = seq_k, kv_heads = heads). 0 on overflow. */
+static int entry_elems(const cap_header *h, uint32_t sq, uint32_t sk, size_t *n) {
+  size_t q, kv, per_layer;
+  return mul_sz(h->heads, sq, &q) && mul_sz(h->kv_heads, sk, &kv) && mul_sz(kv, 2, &kv) &&
+         add_sz(q, kv, &per_layer) && mul_sz(per_layer, h->head_dim, &per_layer) &&
+         mul_sz(per_layer, h->layers, n);
+}
+
+static int check_seq(const char *name, unsigned s, uint32_t v, char *why, size_t why_len) {
+  if (v >= 1 && v <= CAPTURE_MAX_SEQ) return 0;
+  say(why, why_len, "%s[%u] = %lu is out of range (1..%u)", name, s, (unsigned long)v,
+      CAPTURE_MAX_SEQ);
+  return -1;
+}
+
+/* Step 2. t: the table (per_entry * n_sent bytes); len: the input's size.
  * *total gets the data's element count. Allocates nothing. */
 static int check_sizes(const cap_header *h, const unsigned char *t, size_t len, size_t *total,
                        char *why, size_t why_len) {
-  size_t per_token; /* elements per token of one sentence: layers * 3 * heads * head_dim */
-  if (!mul_sz(h->layers, 3, &per_token) || !mul_sz(per_token, h->heads, &per_token) ||
-      !mul_sz(per_token, h->head_dim, &per_token)) {
+  size_t per_token; /* version 1: elements per token: layers * 3 * heads * head_dim */
+  if (h->version == 1 &&
+      (!mul_sz(h->layers, 3, &per_token) || !mul_sz(per_token, h->heads, &per_token) ||
+       !mul_sz(per_token, h->head_dim, &per_token))) {
     say(why, why_len,
         "size overflow: layers %u x 3 x heads %u x head_dim %u does not fit in size_t",
         h->layers, h->heads, h->head_dim);
@@ -158,20 +250,31 @@ static int check_sizes(const cap_header *h, const unsigned char *t, size_t len, 
   }
   size_t elems = 0;
   for (unsigned s = 0; s < h->n_sent; s++) {
-    uint32_t seq = le32(t + 4 * (size_t)s);
-    if (seq < 1 || seq > CAPTURE_MAX_SEQ) {
-      say(why, why_len, "seq[%u] = %lu is out of range (1..%u)", s, (unsigned long)seq,
-          CAPTURE_MAX_SEQ);
-      return -1;
-    }
     size_t n;
-    if (!mul_sz(per_token, seq, &n) || !add_sz(elems, n, &elems)) {
-      say(why, why_len,
-          "size overflow: the data the header claims (layers %u x 3 x heads %u x head_dim %u "
-          "x seq[s], summed over the sentences) passes SIZE_MAX elements at seq[%u] = %lu; the "
-          "file has %zu bytes",
-          h->layers, h->heads, h->head_dim, s, (unsigned long)seq, len);
-      return -1;
+    if (h->version == 1) {
+      uint32_t seq = le32(t + 4 * (size_t)s);
+      if (check_seq("seq", s, seq, why, why_len)) return -1;
+      if (!mul_sz(per_token, seq, &n) || !add_sz(elems, n, &elems)) {
+        say(why, why_len,
+            "size overflow: the data the header claims (layers %u x 3 x heads %u x head_dim %u "
+            "x seq[s], summed over the sentences) passes SIZE_MAX elements at seq[%u] = %lu; the "
+            "file has %zu bytes",
+            h->layers, h->heads, h->head_dim, s, (unsigned long)seq, len);
+        return -1;
+      }
+    } else {
+      uint32_t sq = le32(t + 8 * (size_t)s), sk = le32(t + 8 * (size_t)s + 4);
+      if (check_seq("seq_q", s, sq, why, why_len) || check_seq("seq_k", s, sk, why, why_len))
+        return -1;
+      if (!entry_elems(h, sq, sk, &n) || !add_sz(elems, n, &elems)) {
+        say(why, why_len,
+            "size overflow: the data the header claims (layers %u x head_dim %u x (heads %u x "
+            "seq_q + 2 x kv_heads %u x seq_k), summed over the entries) passes SIZE_MAX "
+            "elements at entry %u (seq_q %lu, seq_k %lu); the file has %zu bytes",
+            h->layers, h->head_dim, h->heads, h->kv_heads, s, (unsigned long)sq,
+            (unsigned long)sk, len);
+        return -1;
+      }
     }
   }
   size_t bytes;
@@ -199,7 +302,7 @@ static int check_sizes(const cap_header *h, const unsigned char *t, size_t len, 
 
 void capture_free(capture *c) {
   if (!c) return;
-  free(c->seq), free(c->off), free(c->data);
+  free(c->seq_q), free(c->seq_k), free(c->off), free(c->data);
   memset(c, 0, sizeof *c);
 }
 
@@ -208,50 +311,93 @@ void capture_free(capture *c) {
 static int capture_alloc(const cap_header *h, const unsigned char *t, size_t total, capture *c,
                          char *why, size_t why_len) {
   size_t seq_bytes, off_bytes, data_bytes;
-  if (!mul_sz(h->n_sent, sizeof *c->seq, &seq_bytes) ||
+  if (!mul_sz(h->n_sent, sizeof *c->seq_q, &seq_bytes) ||
       !mul_sz(h->n_sent, sizeof *c->off, &off_bytes) ||
       !mul_sz(total, sizeof *c->data, &data_bytes)) {
     say(why, why_len, "size overflow: %zu elements as f32 do not fit in size_t", total);
     return -1;
   }
-  c->layers = h->layers, c->heads = h->heads, c->head_dim = h->head_dim;
-  c->n_sent = h->n_sent, c->dtype = h->dtype, c->total = total;
-  c->seq = malloc(seq_bytes);
+  c->version = h->version;
+  c->layers = h->layers, c->heads = h->heads, c->kv_heads = h->kv_heads;
+  c->head_dim = h->head_dim, c->n_sent = h->n_sent, c->dtype = h->dtype;
+  c->causal = h->causal, c->scale = h->scale, c->total = total;
+  memcpy(c->model, h->model, sizeof c->model);
+  c->seq_q = malloc(seq_bytes);
+  c->seq_k = malloc(seq_bytes);
   c->off = malloc(off_bytes);
   c->data = malloc(data_bytes);
-  if (!c->seq || !c->off || !c->data) {
+  if (!c->seq_q || !c->seq_k || !c->off || !c->data) {
     say(why, why_len, "out of memory for %zu elements (%zu bytes as f32)", total, data_bytes);
     capture_free(c);
     return -1;
   }
+  c->seq = c->seq_q;
   size_t off = 0;
   for (unsigned s = 0; s < h->n_sent; s++) {
-    c->seq[s] = le32(t + 4 * (size_t)s);
+    if (h->version == 1) {
+      c->seq_q[s] = c->seq_k[s] = le32(t + 4 * (size_t)s);
+    } else {
+      c->seq_q[s] = le32(t + 8 * (size_t)s);
+      c->seq_k[s] = le32(t + 8 * (size_t)s + 4);
+    }
     c->off[s] = off;
-    off += (size_t)h->layers * 3 * h->heads * c->seq[s] * h->head_dim; /* checked in step 2 */
+    size_t n;
+    entry_elems(h, c->seq_q[s], c->seq_k[s], &n); /* checked in step 2 */
+    off += n;
   }
   return 0;
+}
+
+void capture_qkv(const capture *c, unsigned s, unsigned l, const float **q, const float **k,
+                 const float **v) {
+  size_t nq = (size_t)c->heads * c->seq_q[s] * c->head_dim;
+  size_t nk = (size_t)c->kv_heads * c->seq_k[s] * c->head_dim;
+  const float *p = c->data + c->off[s] + (size_t)l * (nq + 2 * nk);
+  if (q) *q = p;
+  if (k) *k = p + nq;
+  if (v) *v = p + nq + nk;
+}
+
+void capture_desc(const capture *c, unsigned s, da_attn_desc *d) {
+  d->batch = 1;
+  d->heads = (int)c->heads;
+  d->kv_heads = (int)c->kv_heads;
+  d->seq_q = (int)c->seq_q[s];
+  d->seq_k = (int)c->seq_k[s];
+  d->head_dim = (int)c->head_dim;
+  d->causal = (int)c->causal;
+  d->scale = c->scale;
 }
 
 /* Where element i lies, for the non-finite message. */
 static void locate(const capture *c, size_t i, char *buf, size_t len) {
   unsigned lo = 0, hi = c->n_sent - 1;
-  while (lo < hi) { /* the last sentence s with off[s] <= i */
+  while (lo < hi) { /* the last entry s with off[s] <= i */
     unsigned mid = lo + (hi - lo + 1) / 2;
     if (c->off[mid] <= i) lo = mid;
     else hi = mid - 1;
   }
   size_t r = i - c->off[lo];
-  size_t n = (size_t)c->heads * c->seq[lo] * c->head_dim;
-  size_t l = r / (3 * n);
-  r %= 3 * n;
-  size_t which = r / n;
-  r %= n;
-  size_t per_head = (size_t)c->seq[lo] * c->head_dim;
+  size_t nq = (size_t)c->heads * c->seq_q[lo] * c->head_dim;
+  size_t nk = (size_t)c->kv_heads * c->seq_k[lo] * c->head_dim;
+  size_t l = r / (nq + 2 * nk);
+  r %= nq + 2 * nk;
+  size_t which = 0, seq = c->seq_q[lo];
+  if (r >= nq) {
+    r -= nq;
+    which = 1 + r / nk;
+    r %= nk;
+    seq = c->seq_k[lo];
+  }
+  size_t per_head = seq * c->head_dim;
   size_t head = r / per_head;
   r %= per_head;
-  snprintf(buf, len, "sentence %u, layer %zu, %c, head %zu, token %zu, dim %zu", lo, l,
-           "QKV"[which], head, r / c->head_dim, r % c->head_dim);
+  if (c->version == 1)
+    snprintf(buf, len, "sentence %u, layer %zu, %c, head %zu, token %zu, dim %zu", lo, l,
+             "QKV"[which], head, r / c->head_dim, r % c->head_dim);
+  else
+    snprintf(buf, len, "entry %u, layer %zu, %c, %shead %zu, token %zu, dim %zu", lo, l,
+             "QKV"[which], which ? "kv " : "", head, r / c->head_dim, r % c->head_dim);
 }
 
 /* Step 3b: n elements of the file's dtype at src become data[first..first+n). */
@@ -289,8 +435,8 @@ int capture_parse(const unsigned char *buf, size_t len, capture *out, char *why,
     return -1;
   }
   if (check_fixed(buf, len, &h, why, why_len) ||
-      check_sizes(&h, buf + CAPTURE_HEADER_BYTES, len, &total, why, why_len) ||
-      capture_alloc(&h, buf + CAPTURE_HEADER_BYTES, total, out, why, why_len))
+      check_sizes(&h, buf + h.hdr_bytes, len, &total, why, why_len) ||
+      capture_alloc(&h, buf + h.hdr_bytes, total, out, why, why_len))
     return -1;
   if (convert(out, buf + h.table_end, 0, total, h.table_end, why, why_len)) {
     capture_free(out);
@@ -341,19 +487,24 @@ int capture_load_file(const char *path, capture *out, char *why, size_t why_len)
   }
   size_t len = (size_t)st.st_size;
 
-  unsigned char head[CAPTURE_HEADER_BYTES];
+  unsigned char head[CAPTURE_HEADER_BYTES_V2];
   size_t nh = len < sizeof head ? len : sizeof head;
   if (read_exact(f, head, nh, 0, "header", why, why_len) ||
       check_fixed(head, len, &h, why, why_len))
     goto bad;
-  /* the table's size is n_sent * 4 <= len (checked against the real size) */
-  size_t tbytes = h.table_end - CAPTURE_HEADER_BYTES;
+  /* the table follows the header (version 1: inside the bytes read above) */
+  if (fseek(f, (long)h.hdr_bytes, SEEK_SET) != 0) {
+    say(why, why_len, "cannot seek to the sequence table: %s", strerror(errno));
+    goto bad;
+  }
+  /* the table's size is n_sent * per_entry <= len (checked against the real size) */
+  size_t tbytes = h.table_end - h.hdr_bytes;
   table = malloc(tbytes);
   if (!table) {
     say(why, why_len, "out of memory for the sequence table (%zu bytes)", tbytes);
     goto bad;
   }
-  if (read_exact(f, table, tbytes, CAPTURE_HEADER_BYTES, "sequence table", why, why_len) ||
+  if (read_exact(f, table, tbytes, h.hdr_bytes, "sequence table", why, why_len) ||
       check_sizes(&h, table, len, &total, why, why_len) ||
       capture_alloc(&h, table, total, out, why, why_len))
     goto bad;

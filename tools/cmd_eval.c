@@ -15,12 +15,16 @@ static void eval_usage(FILE *f) {
   fprintf(f,
           "Usage: distrattn eval [OPTION]... FILE\n"
           "Run exact attention and DistrAttention on the captured Q, K, V of a real\n"
-          "model (FILE: the DATTNCAP format of tools/CAPTURE_FORMAT.md, made by\n"
-          "tools/capture.py) on every available backend, and print the relative\n"
-          "Frobenius error ||O - ref|| / ||ref|| of each layer (over every sentence\n"
-          "and head), in total, and the worst single (sentence, layer), against exact\n"
-          "attention computed here in float64. Inputs are given to the library as f32\n"
-          "(f16 captures are widened exactly).\n"
+          "model (FILE: the DATTNCAP format of tools/CAPTURE_FORMAT.md, version 1 or 2,\n"
+          "made by tools/capture.py) on every available backend, and print the relative\n"
+          "Frobenius error ||O - ref|| / ||ref|| of each layer (over every entry and\n"
+          "head), in total, and the worst single (entry, layer), against exact attention\n"
+          "computed here in float64. The capture's shape goes to the library and to the\n"
+          "reference alike: kv_heads (GQA: query head h reads kv head h / (heads /\n"
+          "kv_heads)), the causal mask (bottom-right aligned), seq_q and seq_k of each\n"
+          "entry, and the model's scale. Inputs are given to the library as f32 (f16\n"
+          "captures are widened exactly). Column layerN is the file's N-th layer; a\n"
+          "version 2 file's model name (printed first) says which model layers they are.\n"
           "\n"
           "The default sweep: G=1 (exact); G=2,4,8 with mean and norm fusion at the\n"
           "library's hash defaults (16 bits, block 128); G=2 and 4, both fusions, with\n"
@@ -37,7 +41,7 @@ static void eval_usage(FILE *f) {
           "      --fusion F       mean, norm or both\n"
           "      --bits LIST      hash_bits values (1..32)\n"
           "      --blocks LIST    hash_block values (powers of two 16..1024)\n"
-          "      --sentences N    use only the first N sentences of FILE\n"
+          "      --sentences N    use only the first N entries (sentences) of FILE\n"
           "      --seed N         the plans' projection seed (default 0)\n"
           "      --csv            machine-readable CSV (one line per row, with a header)\n"
           "  -h, --help           show this help\n"
@@ -215,17 +219,21 @@ int cmd_eval(int argc, char **argv) {
   const unsigned L = cap.layers, H = cap.heads, D = cap.head_dim;
   unsigned ns = cap.n_sent;
   if (max_sent > 0 && (unsigned)max_sent < ns) ns = (unsigned)max_sent;
-  size_t tokens = 0, max_seq = 0;
+  size_t tokens = 0, max_seq = 0, max_q = 0, mixed = 0;
   for (unsigned s = 0; s < ns; s++) {
-    tokens += cap.seq[s];
-    if (cap.seq[s] > max_seq) max_seq = cap.seq[s];
+    tokens += cap.seq_q[s];
+    if (cap.seq_k[s] > max_seq) max_seq = cap.seq_k[s];
+    if (cap.seq_q[s] > max_q) max_q = cap.seq_q[s];
+    if (cap.seq_q[s] != cap.seq_k[s]) mixed++;
   }
 
-  /* the float64 exact reference of every (sentence, layer) */
+  /* the float64 exact reference of every (entry, layer): the capture's
+   * kv_heads (GQA: query head h reads kv head h / (heads / kv_heads)), causal
+   * mask (bottom-right aligned), seq_q x seq_k and scale, as the library gets */
   size_t ref_total = 0;
-  for (unsigned s = 0; s < ns; s++) ref_total += (size_t)L * H * cap.seq[s] * D;
+  for (unsigned s = 0; s < ns; s++) ref_total += (size_t)L * H * cap.seq_q[s] * D;
   float *ref = malloc(sizeof(float) * ref_total);
-  float *out = malloc(sizeof(float) * (size_t)H * max_seq * D);
+  float *out = malloc(sizeof(float) * (size_t)H * max_q * D);
   double *num = calloc((size_t)ncfg * L, sizeof(double));
   double *den = calloc((size_t)ncfg * L, sizeof(double));
   eval_acc *acc = calloc((size_t)ncfg, sizeof *acc);
@@ -241,14 +249,16 @@ int cmd_eval(int argc, char **argv) {
   {
     size_t ro = 0;
     for (unsigned s = 0; s < ns && !rc; s++) {
-      progress_show(&prog, "reference: sentence %u/%u", s + 1, ns);
+      progress_show(&prog, "reference: %s %u/%u", cap.version == 1 ? "sentence" : "entry",
+                    s + 1, ns);
       da_attn_desc d;
       da_attn_desc_init(&d);
-      d.batch = 1, d.heads = (int)H, d.seq_q = d.seq_k = (int)cap.seq[s], d.head_dim = (int)D;
-      size_t n = (size_t)H * cap.seq[s] * D;
+      capture_desc(&cap, s, &d);
+      size_t n = (size_t)H * cap.seq_q[s] * D;
       for (unsigned l = 0; l < L; l++, ro += n) {
-        const float *q = cap.data + cap.off[s] + (size_t)l * 3 * n;
-        if (reference_f64(&d, q, q + n, q + 2 * n, NULL, ref + ro)) {
+        const float *q, *k, *v;
+        capture_qkv(&cap, s, l, &q, &k, &v);
+        if (reference_f64(&d, q, k, v, NULL, ref + ro)) {
           tool_msg(cmd, "out of memory");
           rc = 1;
           break;
@@ -268,9 +278,20 @@ int cmd_eval(int argc, char **argv) {
       for (unsigned l = 0; l < L; l++) printf(",layer%u", l);
       printf("\n");
     } else {
-      printf("capture: %s: %u layers, %u heads, head_dim %u, %u sentences (%zu tokens, "
-             "longest %zu), %s\n",
-             argv[optind], L, H, D, ns, tokens, max_seq, cap.dtype ? "f16" : "f32");
+      if (cap.version == 1) {
+        printf("capture: %s: %u layers, %u heads, head_dim %u, %u sentences (%zu tokens, "
+               "longest %zu), %s\n",
+               argv[optind], L, H, D, ns, tokens, max_seq, cap.dtype ? "f16" : "f32");
+      } else {
+        printf("capture: %s: %s\n", argv[optind], cap.model[0] ? cap.model : "(no model name)");
+        printf("  %u layers, %u heads / %u kv heads, head_dim %u, %s, scale %s%.6g, %s; %u "
+               "%s (%zu query rows, longest seq_k %zu, %zu with seq_q != seq_k)\n",
+               L, H, cap.kv_heads, D, cap.causal ? "causal" : "no mask",
+               cap.scale > 0.0f ? "" : "1/sqrt(head_dim) = ",
+               cap.scale > 0.0f ? (double)cap.scale : 1.0 / sqrt((double)D),
+               cap.dtype ? "f16" : "f32", ns, ns == 1 ? "entry" : "entries", tokens, max_seq,
+               mixed);
+      }
       printf("relative error ||O - exact|| / ||exact|| (exact: float64, same inputs)\n\n");
     }
   }
@@ -310,14 +331,14 @@ int cmd_eval(int argc, char **argv) {
       a->worst = 0.0, a->ms = 0.0, a->failed = 0;
       size_t ro = 0;
       for (unsigned s = 0; s < ns && !rc; s++) {
-        progress_show(&prog, "%s: config %d/%d, sentence %u/%u", backend_label(todo[bi]), ci + 1,
-                      ncfg, s + 1, ns);
+        progress_show(&prog, "%s: config %d/%d, %s %u/%u", backend_label(todo[bi]), ci + 1,
+                      ncfg, cap.version == 1 ? "sentence" : "entry", s + 1, ns);
         da_attn_desc d;
         da_attn_desc_init(&d);
-        d.batch = 1, d.heads = (int)H, d.seq_q = d.seq_k = (int)cap.seq[s], d.head_dim = (int)D;
+        capture_desc(&cap, s, &d);
         d.group_size = cf->G, d.fusion = cf->f, d.hash_bits = cf->bits, d.hash_block = cf->block;
         d.seed = seed;
-        size_t n = (size_t)H * cap.seq[s] * D;
+        size_t n = (size_t)H * cap.seq_q[s] * D;
         da_plan *p = NULL;
         da_status st = da_plan_create(ctx, &d, &p);
         if (st != DA_SUCCESS) {
@@ -327,9 +348,10 @@ int cmd_eval(int argc, char **argv) {
           break;
         }
         for (unsigned l = 0; l < L; l++, ro += n) {
-          const float *q = cap.data + cap.off[s] + (size_t)l * 3 * n;
+          const float *q, *k, *v;
+          capture_qkv(&cap, s, l, &q, &k, &v);
           double t0 = now_ms();
-          st = da_attention_host(p, q, q + n, q + 2 * n, out);
+          st = da_attention_host(p, q, k, v, out);
           a->ms += now_ms() - t0;
           if (st != DA_SUCCESS) {
             progress_clear(&prog);
