@@ -219,3 +219,9 @@ endif
 # source tree in a tarball, as under `make distcheck`). Needs no cmocka.
 EXTRA_DIST += tests/spdx-check.sh
 TESTS += tests/spdx-check.sh
+
+# The main job and the command-line program as the README runs them
+# (tests/cli-check.sh): the demo on the shipped capture, fixed seeds, usage
+# errors. Needs no cmocka.
+EXTRA_DIST += tests/cli-check.sh
+TESTS += tests/cli-check.sh

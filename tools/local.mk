@@ -2,7 +2,7 @@
 # tools/: the distrattn command-line program (public API only).
 bin_PROGRAMS += tools/distrattn
 tools_distrattn_SOURCES = tools/main.c tools/util.c tools/util.h tools/cmd_devices.c \
-	tools/cmd_run.c tools/cmd_check.c tools/cmd_bench.c tools/cmd_eval.c \
+	tools/cmd_run.c tools/cmd_demo.c tools/cmd_check.c tools/cmd_bench.c tools/cmd_eval.c \
 	tools/capture_io.c tools/capture_io.h
 # Only the public header: the program is a client of the installed API.
 # DA_PKGDATADIR: where the installed data (the demo capture below) lies.

@@ -24,6 +24,8 @@ static void usage(FILE *f) {
           "Exact attention and DistrAttention on the CPU, OpenCL and CUDA.\n"
           "\n"
           "Commands:\n"
+          "  demo      exact attention and DistrAttention side by side on a real model's\n"
+          "            captured Q, K, V: time, speed-up and error (the main job)\n"
           "  devices   list the devices of every backend, and why a backend is missing\n"
           "  run       time one attention configuration and measure its error\n"
           "  check     compare every available backend with the CPU backend\n"
@@ -58,7 +60,7 @@ int main(int argc, char **argv) {
     const char *name;
     int (*fn)(int, char **);
   } cmds[] = {{"devices", cmd_devices}, {"run", cmd_run}, {"check", cmd_check}, {"bench", cmd_bench},
-                  {"eval", cmd_eval}};
+                  {"eval", cmd_eval}, {"demo", cmd_demo}};
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
     if (strcmp(c, cmds[i].name) == 0) {
       char name[64];
