@@ -394,7 +394,19 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
   const size_t proj_bytes = (size_t)d->hash_bits * d->hash_block * sizeof(float);
   st = dac_alloc(ctx, (void **)&bp->proj, proj_bytes, "the projections");
   if (st) return st;
-  DAC_CHECK(ctx, cudaMemcpy(bp->proj, p->proj, proj_bytes, cudaMemcpyHostToDevice));
+  {
+    /* On a private non-blocking stream, not cudaMemcpy's legacy stream: a
+     * plan may be made while the caller's stream is being captured into a
+     * CUDA graph (relaxed mode), and the legacy stream's implicit
+     * synchronisation with it would invalidate the capture. */
+    cudaStream_t up;
+    DAC_CHECK(ctx, cudaStreamCreateWithFlags(&up, cudaStreamNonBlocking));
+    cudaError_t e = cudaMemcpyAsync(bp->proj, p->proj, proj_bytes, cudaMemcpyHostToDevice, up);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(up);
+    cudaError_t e2 = cudaStreamDestroy(up);
+    if (e != cudaSuccess) return dac_fail(ctx, e, "cudaMemcpyAsync of the projections");
+    if (e2 != cudaSuccess) return dac_fail(ctx, e2, "cudaStreamDestroy");
+  }
   if (G > 1) {
     st = dac_alloc(ctx, (void **)&bp->perm, p->perm_count * sizeof(int), "the permutations");
     if (st) return st;
