@@ -573,7 +573,10 @@ static da_status cpu_attention_bwd(da_plan *p, const da_bwd_call *c) {
   int e = pthread_mutex_lock(&pl->submit);
   if (e != 0)
     return da_set_error(ctx, DA_ERR_BACKEND, "cpu backend: pthread_mutex_lock failed: %s", strerror(e));
-  cpu_bwd_pool bp = {pl, bwd_run, bwd_scratch, strcmp(pl->kern->isa, "generic") != 0};
+  cpu_bwd_pool bp = {pl, bwd_run, bwd_scratch,
+                     strcmp(pl->kern->isa, "avx512") == 0 ? 2
+                     : strcmp(pl->kern->isa, "avx2") == 0 ? 1
+                                                          : 0};
   da_status s = da_cpu_backward(p, c, &bp);
   for (int t = 0; t < pl->nthreads; t++)
     if (pl->cap[t] > SCRATCH_KEEP) {

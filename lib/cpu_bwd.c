@@ -15,8 +15,8 @@
  *  4. dQ: per (batch, head, query block) over the key blocks it sees; each
  *     item owns its rows of dQ.
  * Passes 3 and 4 both recompute P and dS (no atomics, no per-thread
- * copies of dQ): about 7 block products per block pair against the
- * forward's 2.
+ * copies of dQ): 7 block products per block pair against the forward's 2,
+ * each register-blocked (BW(gemm) in lib/cpu_bwd_tmpl.h).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -34,8 +34,8 @@ typedef struct bwd_job {
   da_dtype t;
   size_t es;             /* element size */
   int B, H, KH, hpk, Sq, Sk, d, G, ng;
-  int dp;                /* head_dim padded to 8 */
-  int np;                /* logit columns (head_dim, or ng) padded to 8 */
+  int dp;                /* head_dim padded to 16 (an AVX-512 vector) */
+  int np;                /* logit columns (head_dim, or ng) padded to 16 */
   int QB, nqb, nkb, hb, nt;
   long off;              /* seq_k - seq_q */
   int wl, wr;            /* window (-1: unbounded); causal: wr = 0 */
@@ -190,13 +190,17 @@ static void bwd_store_q(const bwd_job *J, int b, int h, long i0, int nr, const i
   }
 }
 
-/* ---- the compute items, portable and (x86) AVX2+FMA ---- */
+/* ---- the compute items: portable, and on x86 AVX2+FMA and AVX-512 ---- */
 
 #define BW(x) x##_generic
 #define BWL 4
+#define BWNV 8
+#define BWRO 1
 #include "cpu_bwd_tmpl.h"
 #undef BW
 #undef BWL
+#undef BWNV
+#undef BWRO
 
 #ifdef DA_CPU_X86
 #  if defined(__clang__)
@@ -207,9 +211,31 @@ static void bwd_store_q(const bwd_job *J, int b, int h, long i0, int nr, const i
 #  endif
 #  define BW(x) x##_avx2
 #  define BWL 8
+#  define BWNV 8
+#  define BWRO 1
 #  include "cpu_bwd_tmpl.h"
 #  undef BW
 #  undef BWL
+#  undef BWNV
+#  undef BWRO
+#  if defined(__clang__)
+#    pragma clang attribute pop
+#    pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))), \
+                                 apply_to = function)
+#  else
+#    pragma GCC pop_options
+#    pragma GCC push_options
+#    pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
+#  endif
+#  define BW(x) x##_avx512
+#  define BWL 16
+#  define BWNV 4
+#  define BWRO 4
+#  include "cpu_bwd_tmpl.h"
+#  undef BW
+#  undef BWL
+#  undef BWNV
+#  undef BWRO
 #  if defined(__clang__)
 #    pragma clang attribute pop
 #  else
@@ -278,8 +304,8 @@ da_status da_cpu_backward(da_plan *p, const da_bwd_call *c, const cpu_bwd_pool *
   J.Sq = d->seq_q, J.Sk = d->seq_k, J.d = d->head_dim;
   J.G = d->group_size > 1 ? d->group_size : 1;
   J.ng = J.G == 1 ? J.d : (J.d + J.G - 1) / J.G;
-  J.dp = (int)rup((size_t)J.d, 8);
-  J.np = (int)rup((size_t)J.ng, 8);
+  J.dp = (int)rup((size_t)J.d, 16);
+  J.np = (int)rup((size_t)J.ng, 16);
   J.hb = d->hash_block;
   J.nt = p->n_tiles;
   J.QB = J.hb < BQB ? J.hb : BQB;
@@ -341,7 +367,8 @@ da_status da_cpu_backward(da_plan *p, const da_bwd_call *c, const cpu_bwd_pool *
   } else {
     cpu_item_fn dkv = dkv_item_generic, dq = dq_item_generic;
 #ifdef DA_CPU_X86
-    if (pool->vector) dkv = dkv_item_avx2, dq = dq_item_avx2;
+    if (pool->vector == 1) dkv = dkv_item_avx2, dq = dq_item_avx2;
+    if (pool->vector == 2) dkv = dkv_item_avx512, dq = dq_item_avx512;
 #endif
     if (n_groups) pool->run(pool->pool, groups_item, &J, n_groups);
     pool->run(pool->pool, dsum_item, &J, (long)BH);

@@ -16,7 +16,7 @@ typedef struct cpu_bwd_pool {
   /* per-thread scratch of at least `bytes` (64-byte aligned) for the first
    * min(nthr, threads) threads; *out the array of their pointers */
   da_status (*scratch)(void *pool, da_context *ctx, size_t bytes, long nthr, float *const **out);
-  int vector; /* 1: the context runs vector kernels (AVX2 or AVX-512): use the AVX2 ones */
+  int vector; /* the context's kernels: 0 portable, 1 AVX2, 2 AVX-512 (the items to use) */
 } cpu_bwd_pool;
 
 /* dQ, dK, dV of one da_attention_backward call; the caller holds the

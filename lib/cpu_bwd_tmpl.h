@@ -3,16 +3,29 @@
  * Template of the backward pass's compute items (lib/cpu_bwd.c includes it
  * once portably and once under an AVX2+FMA target), with
  *   BW(name)  the name of this inclusion's copy of a function,
- *   BWL       floats per vector (4 or 8).
+ *   BWL       floats per vector (4, 8 or 16),
+ *   BWNV      vectors of columns a product keeps in registers per output row,
+ *   BWRO      output rows a product computes at a time.
  * Everything here is static. Blocks: BKB keys x QB query rows, all arrays
  * f32 in the thread's scratch (offsets in bwd_job), rows padded to
- * multiples of 8 floats with zeros, so the vector loops need no tails.
+ * multiples of 16 floats (64 bytes) with zeros, so the vector loops need
+ * no tails.
  *
  * Per (query block, key block) pair (SPEC 1b): S = Qs Kf^T over the fused
  * columns (all head_dim columns when G = 1), P = 2^(qmul S - LSE log2 e) on
  * visible keys (0 elsewhere and on rows that see no key), dP = dO V^T,
  * dS = P o (dP - D).
  */
+
+#ifndef BW_UNROLL
+#  if defined(__clang__)
+#    define BW_UNROLL _Pragma("clang loop unroll(full)")
+#  elif defined(__GNUC__)
+#    define BW_UNROLL _Pragma("GCC unroll 16")
+#  else
+#    define BW_UNROLL
+#  endif
+#endif
 
 #if defined(__GNUC__)
 /* BWL floats per vector: 8 under AVX2, 4 (SSE, NEON, ...) otherwise */
@@ -43,25 +56,6 @@ static inline BW(vf) BW(exp2v)(BW(vf) x) {
   return p * (BW(vf))e;
 }
 
-/* y[0..n) += a x[0..n), n a multiple of 8, both 32-byte aligned */
-static inline void BW(axpy)(int n, float a, const float *restrict x, float *restrict y) {
-  const BW(vf) av = BW(splat)(a);
-  for (int i = 0; i < n; i += BWL) *(BW(vf) *)(y + i) += av * *(const BW(vf) *)(x + i);
-}
-
-/* out[0..BKB) = sum_{c < n} a[c] * M[c][0..BKB) (M rows of BKB floats) */
-static inline void BW(rowmat)(int n, const float *restrict a, const float *restrict M,
-                              float *restrict out) {
-  BW(vf) acc[BKB / BWL];
-  for (int u = 0; u < BKB / BWL; u++) acc[u] = BW(splat)(0.0f);
-  for (int c = 0; c < n; c++) {
-    const BW(vf) av = BW(splat)(a[c]);
-    const float *m = M + (size_t)c * BKB;
-    for (int u = 0; u < BKB / BWL; u++) acc[u] += av * *(const BW(vf) *)(m + BWL * u);
-  }
-  for (int u = 0; u < BKB / BWL; u++) *(BW(vf) *)(out + BWL * u) = acc[u];
-}
-
 /* row[0..BKB) = visible j in [lo, hi] ? 2^(qmul row[j] - l2) : 0 */
 static inline void BW(softmax_row)(float *row, float qmul, float l2, long lo, long hi) {
   const BW(vf) qv = BW(splat)(qmul), lv = BW(splat)(l2);
@@ -73,15 +67,81 @@ static inline void BW(softmax_row)(float *row, float qmul, float l2, long lo, lo
     *(BW(vf) *)(row + BWL * u) = (BW(vf))((BW(vi))e & m);
   }
 }
-#else
-static inline void BW(axpy)(int n, float a, const float *restrict x, float *restrict y) {
-  for (int i = 0; i < n; i++) y[i] += a * x[i];
+
+/* Register-blocked product over one chunk of nv vectors of columns:
+ * C[o][..] (init: =, else +=) sum_{i < nin} A[o*ao + i*ai] B[i*ldb + ..],
+ * for o < nout, RO output rows at a time sharing the loads of B. A zero
+ * A element (a masked P or dS) is skipped. Inlined with nv constant, so
+ * the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void BW(gemm_chunk)(
+    const int nv, int nout, int nin, const float *restrict A, size_t ao, size_t ai,
+    const float *restrict B, size_t ldb, float *restrict C, size_t ldc, int init) {
+  int o = 0;
+  for (; o + BWRO <= nout; o += BWRO) {
+    BW(vf) acc[BWRO][8]; /* BWNV <= 8; the rest chunks up to 7 */
+    BW_UNROLL for (int t = 0; t < BWRO; t++)
+      BW_UNROLL for (int u = 0; u < nv; u++)
+        acc[t][u] = init ? BW(splat)(0.0f) : *(const BW(vf) *)(C + (size_t)(o + t) * ldc + u * BWL);
+    for (int i = 0; i < nin; i++) {
+      float x[BWRO];
+      int nz = 0;
+      BW_UNROLL for (int t = 0; t < BWRO; t++) {
+        x[t] = A[(size_t)(o + t) * ao + (size_t)i * ai];
+        nz |= x[t] != 0.0f;
+      }
+      if (!nz) continue;
+      const float *b = B + (size_t)i * ldb;
+      BW_UNROLL for (int t = 0; t < BWRO; t++) {
+        const BW(vf) xv = BW(splat)(x[t]);
+        BW_UNROLL for (int u = 0; u < nv; u++) acc[t][u] += xv * *(const BW(vf) *)(b + u * BWL);
+      }
+    }
+    BW_UNROLL for (int t = 0; t < BWRO; t++)
+      BW_UNROLL for (int u = 0; u < nv; u++) *(BW(vf) *)(C + (size_t)(o + t) * ldc + u * BWL) = acc[t][u];
+  }
+  for (; o < nout; o++) {
+    BW(vf) acc[8];
+    BW_UNROLL for (int u = 0; u < nv; u++)
+      acc[u] = init ? BW(splat)(0.0f) : *(const BW(vf) *)(C + (size_t)o * ldc + u * BWL);
+    for (int i = 0; i < nin; i++) {
+      const float x = A[(size_t)o * ao + (size_t)i * ai];
+      if (x == 0.0f) continue;
+      const BW(vf) xv = BW(splat)(x);
+      const float *b = B + (size_t)i * ldb;
+      BW_UNROLL for (int u = 0; u < nv; u++) acc[u] += xv * *(const BW(vf) *)(b + u * BWL);
+    }
+    BW_UNROLL for (int u = 0; u < nv; u++) *(BW(vf) *)(C + (size_t)o * ldc + u * BWL) = acc[u];
+  }
 }
-static inline void BW(rowmat)(int n, const float *restrict a, const float *restrict M,
-                              float *restrict out) {
-  for (int j = 0; j < BKB; j++) out[j] = 0.0f;
-  for (int c = 0; c < n; c++)
-    for (int j = 0; j < BKB; j++) out[j] += a[c] * M[(size_t)c * BKB + j];
+
+/* The product over ncols columns (a multiple of 16): chunks of BWNV vectors,
+ * then the rest with a constant vector count each. */
+static void BW(gemm)(int nout, int nin, const float *A, size_t ao, size_t ai, const float *B,
+                     size_t ldb, int ncols, float *C, size_t ldc, int init) {
+  int c0 = 0;
+  for (; c0 + BWNV * BWL <= ncols; c0 += BWNV * BWL)
+    BW(gemm_chunk)(BWNV, nout, nin, A, ao, ai, B + c0, ldb, C + c0, ldc, init);
+  switch ((ncols - c0) / BWL) {
+#define BW_REST(n)                                                                          \
+  case n: BW(gemm_chunk)(n, nout, nin, A, ao, ai, B + c0, ldb, C + c0, ldc, init); break;
+    BW_REST(1) BW_REST(2) BW_REST(3) BW_REST(4) BW_REST(5) BW_REST(6) BW_REST(7)
+#undef BW_REST
+  default: break;
+  }
+}
+#else
+static void BW(gemm)(int nout, int nin, const float *A, size_t ao, size_t ai, const float *B,
+                     size_t ldb, int ncols, float *C, size_t ldc, int init) {
+  for (int o = 0; o < nout; o++) {
+    float *c = C + (size_t)o * ldc;
+    if (init)
+      for (int j = 0; j < ncols; j++) c[j] = 0.0f;
+    for (int i = 0; i < nin; i++) {
+      const float x = A[(size_t)o * ao + (size_t)i * ai];
+      if (x != 0.0f)
+        for (int j = 0; j < ncols; j++) c[j] += x * B[(size_t)i * ldb + j];
+    }
+  }
 }
 static inline void BW(softmax_row)(float *row, float qmul, float l2, long lo, long hi) {
   for (int j = 0; j < BKB; j++)
@@ -96,6 +156,8 @@ static inline void BW(softmax_row)(float *row, float qmul, float l2, long lo, lo
 static int BW(block_grads)(const bwd_job *J, long i0, int nr, long j0, int nk, const float *qs,
                            const float *kft, const float *dob, const float *vt,
                            const float *lse2, const float *Dr, float *S, float *dP) {
+  BW(gemm)(nr, J->ng, qs, (size_t)J->np, 1, kft, BKB, BKB, S, BKB, 1);
+  BW(gemm)(nr, J->d, dob, (size_t)J->dp, 1, vt, BKB, BKB, dP, BKB, 1);
   int any = 0;
   for (int r = 0; r < nr; r++) {
     float *srow = S + (size_t)r * BKB, *drow = dP + (size_t)r * BKB;
@@ -108,9 +170,7 @@ static int BW(block_grads)(const bwd_job *J, long i0, int nr, long j0, int nk, c
       continue;
     }
     any = 1;
-    BW(rowmat)(J->ng, qs + (size_t)r * J->np, kft, srow);
     BW(softmax_row)(srow, J->qmul, lse2[r], lo, hi);
-    BW(rowmat)(J->d, dob + (size_t)r * J->dp, vt, drow);
     const float D = Dr[r];
     for (int j = 0; j < BKB; j++) drow[j] = srow[j] * (drow[j] - D);
   }
@@ -160,23 +220,12 @@ static void BW(dkv_item)(void *arg, int tid, long item) {
       }
       bwd_load_rows(J, b, h, i0, nr, gi, qco, qs, dob, lse2, Dr, row);
       if (!BW(block_grads)(J, i0, nr, j0, nk, qs, kft, dob, vt, lse2, Dr, S, dP)) continue;
-      for (int r = 0; r < nr; r++) {
-        const float *pr = S + (size_t)r * BKB, *dr = dP + (size_t)r * BKB;
-        const float *dor = dob + (size_t)r * dp, *qr = qs + (size_t)r * np;
-        for (int j = 0; j < nk; j++)
-          if (pr[j] != 0.0f) BW(axpy)(dp, pr[j], dor, dva + (size_t)j * dp);
-        if (J->G == 1) {
-          for (int j = 0; j < nk; j++)
-            if (dr[j] != 0.0f) BW(axpy)(dp, dr[j], qr, dka + (size_t)j * dp);
-        }
-      }
-      if (J->G > 1) {
-        memset(dkf, 0, (size_t)BKB * np * sizeof(float));
-        for (int r = 0; r < nr; r++) {
-          const float *dr = dP + (size_t)r * BKB, *qr = qs + (size_t)r * np;
-          for (int j = 0; j < nk; j++)
-            if (dr[j] != 0.0f) BW(axpy)(np, dr[j], qr, dkf + (size_t)j * np);
-        }
+      /* dV += P^T dO; dK += dS^T Q (G = 1) or dKf = dS^T Qs */
+      BW(gemm)(nk, nr, S, 1, BKB, dob, (size_t)dp, dp, dva, (size_t)dp, 0);
+      if (J->G == 1) {
+        BW(gemm)(nk, nr, dP, 1, BKB, qs, (size_t)np, np, dka, (size_t)dp, 0);
+      } else {
+        BW(gemm)(nk, nr, dP, 1, BKB, qs, (size_t)np, np, dkf, (size_t)np, 1);
         for (int j = 0; j < nk; j++) {
           const float *f = dkf + (size_t)j * np;
           float *a = dka + (size_t)j * dp;
@@ -224,12 +273,7 @@ static void BW(dq_item)(void *arg, int tid, long item) {
       kr = kf;
     }
     if (!BW(block_grads)(J, i0, nr, j0, nk, qs, kft, dob, vt, lse2, Dr, S, dP)) continue;
-    for (int r = 0; r < nr; r++) {
-      const float *dr = dP + (size_t)r * BKB;
-      float *acc = dqs + (size_t)r * np;
-      for (int j = 0; j < nk; j++)
-        if (dr[j] != 0.0f) BW(axpy)(np, dr[j], kr + (size_t)j * np, acc);
-    }
+    BW(gemm)(nr, nk, dP, BKB, 1, kr, (size_t)np, np, dqs, (size_t)np, 0); /* dQs += dS Kf */
   }
   bwd_store_q(J, b, h, i0, nr, gi, qco, dqs, row);
 }
