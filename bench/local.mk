@@ -7,3 +7,9 @@ dist_noinst_SCRIPTS += bench/run-bench.sh
 EXTRA_DIST += bench/plot.py bench/time-vs-seq.png bench/error-vs-g.png \
 	bench/data/bench-cpu.csv bench/data/bench-opencl-pocl.csv \
 	bench/data/eval-minilm.csv bench/data/e2e-minilm.csv
+
+# bench/bwd_time: the CPU backward pass against the forward (not installed;
+# `make bench/bwd_time`).
+EXTRA_PROGRAMS = bench/bwd_time
+bench_bwd_time_SOURCES = bench/bwd_time.c
+bench_bwd_time_LDADD = lib/libdistrattn.la

@@ -211,6 +211,44 @@ DA_API da_status da_plan_get_ext(const da_plan *plan, da_attn_ext *out);
  * every value; device backends never read or write outside the buffers). */
 DA_API da_status da_attention_ext(da_plan *plan, const da_attn_args *args);
 
+/* ---- Backward pass (training) ----
+ * The gradients of attention with respect to Q, K and V (SPEC section 1b),
+ * FlashAttention-2 style: from the forward's output O and its log-sum-exp
+ * (da_attention_ext with ext.lse = 1, same plan or one of the same desc),
+ * recomputing the probabilities block by block (no seq_q x seq_k matrix in
+ * memory). For group_size > 1 the groupings and fusion weights of the
+ * forward (recomputed from Q as the forward does) are constants: gradients
+ * flow through the fused columns and back to Q's and K's own columns.
+ * Inputs are read in the plan's dtype, arithmetic is f32, gradients are
+ * written in the plan's dtype. dO has O's layout, dQ Q's, dK K's, dV V's
+ * (the plan's strides; dense by default); the LSE is f32
+ * [batch][heads][seq_q]. GQA: dK and dV of a kv head are summed over the
+ * query heads that read it. Every gradient element is written.
+ *
+ * ABI: struct_size first, set by da_bwd_args_init; later versions only
+ * append fields. Supported today: the CPU backend, dense or strided
+ * layouts, causal and windows; a plan with per-sequence lengths
+ * (ext.seqlens) is refused with DA_ERR_UNSUPPORTED, as is a backend without
+ * a backward pass (OpenCL, CUDA, for now). dq, dk and dv may not share a
+ * byte with each other or with any input (DA_ERR_INVALID_ARG). */
+typedef struct da_bwd_args {
+  size_t struct_size;          /* sizeof(da_bwd_args): da_bwd_args_init sets it */
+  const da_buffer *dout;       /* dL/dO, O's shape and layout */
+  const da_buffer *q, *k, *v;  /* the forward's inputs */
+  const da_buffer *o;          /* the forward's output */
+  const da_buffer *lse;        /* the forward's log-sum-exp, f32 [batch][heads][seq_q] */
+  da_buffer *dq, *dk, *dv;     /* written: Q's, K's and V's shapes and layouts */
+  size_t dout_offset, q_offset, k_offset, v_offset, o_offset; /* in elements of the dtype */
+  size_t lse_offset;           /* in f32 elements */
+  size_t dq_offset, dk_offset, dv_offset; /* in elements of the dtype */
+} da_bwd_args;
+
+/* Zero *a, then set struct_size. */
+DA_API void da_bwd_args_init(da_bwd_args *a);
+/* Enqueues the backward pass of plan's attention (synchronous on the CPU
+ * backend). */
+DA_API da_status da_attention_backward(da_plan *plan, const da_bwd_args *args);
+
 /* Backends: whether one is loaded and has devices; when not, *why says why
  * (module not found, runtime missing, no device, ...). why may be NULL. */
 DA_API int da_backend_available(da_backend b, const char **why);

@@ -37,6 +37,12 @@ void da_attn_args_init(da_attn_args *a) {
   a->struct_size = sizeof *a;
 }
 
+void da_bwd_args_init(da_bwd_args *a) {
+  if (!a) return;
+  memset(a, 0, sizeof *a);
+  a->struct_size = sizeof *a;
+}
+
 /* ------------------------------------------------------------- contexts */
 
 /* The reason of this thread's last failed call that had no context to keep
@@ -748,6 +754,84 @@ da_status da_attention_ext(da_plan *p, const da_attn_args *ain) {
     return da_set_error(ctx, DA_ERR_UNSUPPORTED, "the %s backend has no da_attention_ext",
                         ctx->iface->name);
   return finish(ctx, ctx->iface->attention_ext(p, &c));
+}
+
+/* ------------------------------------------------------------- backward */
+
+da_status da_attention_backward(da_plan *p, const da_bwd_args *ain) {
+  if (!p) return DA_ERR_INVALID_ARG;
+  da_context *ctx = p->ctx;
+  ctx->last_error[0] = '\0';
+  if (!ain) return da_set_error(ctx, DA_ERR_INVALID_ARG, "args is NULL");
+  if (ain->struct_size < offsetof(da_bwd_args, dout_offset) || ain->struct_size > (1u << 16))
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "args->struct_size = %zu: call da_bwd_args_init first (sizeof is %zu)",
+                        ain->struct_size, sizeof *ain);
+  da_bwd_args a;
+  da_bwd_args_init(&a);
+  memcpy(&a, ain, ain->struct_size < sizeof a ? ain->struct_size : sizeof a);
+  const da_attn_desc *d = &p->d;
+  da_attn_ext *x = &p->x;
+  if (x->seqlens != DA_SEQLENS_NONE)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "da_attention_backward: the plan's ext.seqlens = %s (per-sequence lengths) "
+                        "is not supported by the backward pass yet",
+                        x->seqlens == DA_SEQLENS_KV ? "DA_SEQLENS_KV" : "DA_SEQLENS_PACKED");
+  /* 0 dout, 1 q, 2 k, 3 v, 4 o, 5 lse (read); 6 dq, 7 dk, 8 dv (written) */
+  static const char *const names[9] = {"dout", "q", "k", "v", "o", "lse", "dq", "dk", "dv"};
+  const da_buffer *bufs[9] = {a.dout, a.q, a.k, a.v, a.o, a.lse, a.dq, a.dk, a.dv};
+  const size_t offs[9] = {a.dout_offset, a.q_offset, a.k_offset, a.v_offset, a.o_offset,
+                          a.lse_offset, a.dq_offset, a.dk_offset, a.dv_offset};
+  /* the layout each tensor has: 0 q, 1 k, 2 v, 3 o (ext_stride's order) */
+  static const int layout[9] = {3, 0, 1, 2, 3, -1, 0, 1, 2};
+  span_ref sp[9];
+  da_status s;
+  for (int t = 0; t < 9; t++) {
+    size_t lo, hi;
+    if (t == 5) {
+      size_t n = (size_t)d->batch * d->heads * d->seq_q;
+      if (offs[t] > SIZE_MAX / sizeof(float) - n)
+        return da_set_error(ctx, DA_ERR_INVALID_ARG, "lse: offset %zu overflows", offs[t]);
+      lo = offs[t] * sizeof(float), hi = (offs[t] + n) * sizeof(float);
+    } else {
+      const long long *st = ext_stride(x, layout[t]);
+      const int qo = layout[t] == 0 || layout[t] == 3;
+      long long ext[3] = {d->batch, qo ? d->heads : d->kv_heads, qo ? d->seq_q : d->seq_k};
+      unsigned long long span = tensor_span(st, ext, d->head_dim);
+      if (!span || offs[t] > SIZE_MAX / p->elem_size - span)
+        return da_set_error(ctx, DA_ERR_INVALID_ARG, "%s: offset %zu plus its extent overflows",
+                            names[t], offs[t]);
+      if (t >= 6 && !tensor_injective(st, ext, d->head_dim))
+        return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                            "%s: the plan's %s strides {%lld, %lld, %lld} make two gradient "
+                            "elements share an address",
+                            names[t], tensor_names[layout[t]], st[0], st[1], st[2]);
+      lo = offs[t] * p->elem_size, hi = (offs[t] + (size_t)span) * p->elem_size;
+    }
+    if ((s = check_buf(p, bufs[t], names[t], hi))) return s;
+    sp[t] = (span_ref){bufs[t], lo, hi, names[t]};
+  }
+  /* what is written (dq, dk, dv) shares no byte with anything else */
+  for (int w = 6; w < 9; w++)
+    for (int r = 0; r < 9; r++)
+      if (r != w && spans_share(&sp[w], &sp[r]))
+        return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                            "%s overlaps %s: the bytes written in %s need memory of their own",
+                            sp[w].name, sp[r].name, sp[w].name);
+  if (!ctx->iface->attention_bwd)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "the %s backend has no backward pass yet (da_attention_backward runs on "
+                        "the cpu backend)",
+                        ctx->iface->name);
+  da_bwd_call c;
+  memset(&c, 0, sizeof c);
+  c.dout = a.dout->handle, c.q = a.q->handle, c.k = a.k->handle, c.v = a.v->handle;
+  c.o = a.o->handle, c.lse = a.lse->handle;
+  c.dq = a.dq->handle, c.dk = a.dk->handle, c.dv = a.dv->handle;
+  c.dout_off = a.dout_offset, c.q_off = a.q_offset, c.k_off = a.k_offset, c.v_off = a.v_offset;
+  c.o_off = a.o_offset, c.lse_off = a.lse_offset;
+  c.dq_off = a.dq_offset, c.dk_off = a.dk_offset, c.dv_off = a.dv_offset;
+  return finish(ctx, ctx->iface->attention_bwd(p, &c));
 }
 
 /* Runs fn on device copies of host arrays: in[0..nin) are uploaded, out is

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cpu_bwd.h"
 #include "cpu_kernels.h"
 
 #ifdef DA_CPU_X86
@@ -552,6 +553,40 @@ static da_status cpu_groups(da_plan *p, void *q, void *perm) {
   return s;
 }
 
+/* The backward pass (lib/cpu_bwd.c) on this context's pool. */
+static void bwd_run(void *pool, cpu_item_fn fn, void *arg, long nitems) {
+  pool_run(pool, fn, arg, nitems);
+}
+
+static da_status bwd_scratch(void *pool, da_context *ctx, size_t bytes, long nthr,
+                             float *const **out) {
+  cpu_pool *pl = pool;
+  da_status s = pool_scratch(pl, ctx, bytes, nthr);
+  *out = pl->scratch;
+  return s;
+}
+
+static da_status cpu_attention_bwd(da_plan *p, const da_bwd_call *c) {
+  da_context *ctx = p->ctx;
+  cpu_pool *pl = ctx->bctx;
+  if (!pl) return da_set_error(ctx, DA_ERR_BACKEND, "cpu backend: context has no thread pool");
+  int e = pthread_mutex_lock(&pl->submit);
+  if (e != 0)
+    return da_set_error(ctx, DA_ERR_BACKEND, "cpu backend: pthread_mutex_lock failed: %s", strerror(e));
+  cpu_bwd_pool bp = {pl, bwd_run, bwd_scratch,
+                     strcmp(pl->kern->isa, "avx512") == 0 ? 2
+                     : strcmp(pl->kern->isa, "avx2") == 0 ? 1
+                                                          : 0};
+  da_status s = da_cpu_backward(p, c, &bp);
+  for (int t = 0; t < pl->nthreads; t++)
+    if (pl->cap[t] > SCRATCH_KEEP) {
+      pool_release_scratch(pl);
+      break;
+    }
+  pthread_mutex_unlock(&pl->submit);
+  return s;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Devices, contexts, buffers                                             */
 
@@ -719,4 +754,5 @@ const da_backend_iface da_cpu_backend_iface = {
     .attention = cpu_attention,
     .groups = cpu_groups,
     .attention_ext = cpu_attention_ext,
+    .attention_bwd = cpu_attention_bwd,
 };

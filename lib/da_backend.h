@@ -22,7 +22,7 @@
 
 #include "distrattn.h"
 
-#define DA_BACKEND_IFACE_VERSION 3
+#define DA_BACKEND_IFACE_VERSION 4
 #define DA_BACKEND_ENTRY "distrattn_backend_entry"
 #define DA_ERRMSG_LEN 16384
 
@@ -101,6 +101,17 @@ typedef struct da_call {
   size_t lse_off;
 } da_call;
 
+/* One call of attention_bwd (interface version 4): buffer handles and
+ * element offsets (of the plan's dtype; lse_off in floats). dout has O's
+ * strides, dq Q's, dk K's, dv V's; lse is f32 [batch][heads][seq_q]. The
+ * core has checked every extent against its buffer, that dq, dk and dv
+ * share no byte with each other or with an input, and that the plan has no
+ * per-sequence lengths. */
+typedef struct da_bwd_call {
+  void *dout, *q, *k, *v, *o, *lse, *dq, *dk, *dv;
+  size_t dout_off, q_off, k_off, v_off, o_off, lse_off, dq_off, dk_off, dv_off;
+} da_bwd_call;
+
 /* Every entry may be NULL where marked optional; the core supplies defaults. */
 struct da_backend_iface {
   int iface_version;      /* DA_BACKEND_IFACE_VERSION */
@@ -154,6 +165,10 @@ struct da_backend_iface {
    * refuses with DA_ERR_UNSUPPORTED); one with it may still refuse an option
    * in plan_prepare. */
   da_status (*attention_ext)(da_plan *p, const da_call *c);
+  /* optional (interface version 4), appended last: the backward pass
+   * (da_attention_backward, SPEC 1b). NULL: the core refuses with
+   * DA_ERR_UNSUPPORTED. */
+  da_status (*attention_bwd)(da_plan *p, const da_bwd_call *c);
 };
 
 /* ---- helpers shared by the core and all backends (inline: modules too) ---- */

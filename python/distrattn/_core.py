@@ -68,11 +68,14 @@ class Context:
     def check(self, status, what):
         check(status, self.handle, what)
 
-    def plan(self, desc, pin=False):
+    def plan(self, desc, pin=False, lse=False):
         """The plan for desc (created and cached on first use). Call with
         self.lock held. pin: keep it for the life of the context (never
-        evicted: a CUDA graph captured with it points at its memory)."""
-        key = desc.key()
+        evicted: a CUDA graph captured with it points at its memory).
+        lse: a plan made with da_plan_create_ext and ext.lse = 1 (its
+        da_attention_ext calls write the log-sum-exp; the backward pass
+        takes any plan of the desc)."""
+        key = desc.key() + (bool(lse),)
         p = self.pinned.get(key)
         if p is not None:
             return p
@@ -86,7 +89,15 @@ class Context:
             return p
         lib = _lib.load()
         p = C.c_void_p()
-        self.check(lib.da_plan_create(self.handle, C.byref(desc), C.byref(p)), "da_plan_create")
+        if lse:
+            x = _lib.AttnExt()
+            lib.da_attn_ext_init(C.byref(x))
+            x.lse = 1
+            self.check(lib.da_plan_create_ext(self.handle, C.byref(desc), C.byref(x), C.byref(p)),
+                       "da_plan_create_ext")
+        else:
+            self.check(lib.da_plan_create(self.handle, C.byref(desc), C.byref(p)),
+                       "da_plan_create")
         if pin:
             self.pinned[key] = p
             return p

@@ -38,7 +38,8 @@ class NoDevice(Error):
     status, status_name = -4, "DA_ERR_NO_DEVICE"
 
 
-class Unsupported(Error):
+class Unsupported(Error, NotImplementedError):
+    """DA_ERR_UNSUPPORTED: what the backend (or the library) does not do (yet)."""
     status, status_name = -5, "DA_ERR_UNSUPPORTED"
 
 

@@ -44,6 +44,35 @@ class Desc(C.Structure):
         return tuple(getattr(self, f) for f, _ in self._fields_)
 
 
+class AttnExt(C.Structure):
+    """da_attn_ext."""
+    _fields_ = [("struct_size", C.c_size_t), ("q_stride", C.c_longlong * 3),
+                ("k_stride", C.c_longlong * 3), ("v_stride", C.c_longlong * 3),
+                ("o_stride", C.c_longlong * 3), ("seqlens", C.c_int), ("lse", C.c_int),
+                ("window_left", C.c_int), ("window_right", C.c_int)]
+
+
+class AttnArgs(C.Structure):
+    """da_attn_args."""
+    _fields_ = [("struct_size", C.c_size_t), ("q", C.c_void_p), ("k", C.c_void_p),
+                ("v", C.c_void_p), ("o", C.c_void_p), ("q_offset", C.c_size_t),
+                ("k_offset", C.c_size_t), ("v_offset", C.c_size_t), ("o_offset", C.c_size_t),
+                ("seqlens_k", C.c_void_p), ("cu_seqlens_q", C.c_void_p),
+                ("cu_seqlens_k", C.c_void_p), ("rows_q", C.c_size_t), ("rows_k", C.c_size_t),
+                ("lse", C.c_void_p), ("lse_offset", C.c_size_t)]
+
+
+class BwdArgs(C.Structure):
+    """da_bwd_args."""
+    _fields_ = [("struct_size", C.c_size_t), ("dout", C.c_void_p), ("q", C.c_void_p),
+                ("k", C.c_void_p), ("v", C.c_void_p), ("o", C.c_void_p), ("lse", C.c_void_p),
+                ("dq", C.c_void_p), ("dk", C.c_void_p), ("dv", C.c_void_p),
+                ("dout_offset", C.c_size_t), ("q_offset", C.c_size_t),
+                ("k_offset", C.c_size_t), ("v_offset", C.c_size_t), ("o_offset", C.c_size_t),
+                ("lse_offset", C.c_size_t), ("dq_offset", C.c_size_t),
+                ("dk_offset", C.c_size_t), ("dv_offset", C.c_size_t)]
+
+
 class DeviceInfo(C.Structure):
     """da_device_info."""
     _fields_ = [("backend", C.c_int), ("index", C.c_int), ("name", C.c_char * 128),
@@ -77,6 +106,12 @@ _PROTOS = {
     "da_context_wrap": (C.c_int, [C.POINTER(vp), C.c_int, vp]),
     "da_buffer_wrap": (C.c_int, [vp, vp, C.c_size_t, C.POINTER(vp)]),
     "da_buffer_native": (vp, [vp]),
+    "da_attn_ext_init": (None, [C.POINTER(AttnExt)]),
+    "da_attn_args_init": (None, [C.POINTER(AttnArgs)]),
+    "da_plan_create_ext": (C.c_int, [vp, C.POINTER(Desc), C.POINTER(AttnExt), C.POINTER(vp)]),
+    "da_attention_ext": (C.c_int, [vp, C.POINTER(AttnArgs)]),
+    "da_bwd_args_init": (None, [C.POINTER(BwdArgs)]),
+    "da_attention_backward": (C.c_int, [vp, C.POINTER(BwdArgs)]),
 }
 
 _lock = threading.Lock()

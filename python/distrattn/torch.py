@@ -19,13 +19,23 @@ that happens in relaxed capture mode (as PyTorch's allocator does), and a
 plan used in a capture is kept for the life of the process (the graph
 holds pointers to its scratch memory).
 
-The op has no autograd formula (forward only).
+Autograd (SPEC.md section 1b): when grad is enabled and q, k or v
+requires grad, attention() calls distrattn::attention_lse instead, which
+also returns the log-sum-exp of every row (da_attention_ext with
+ext.lse = 1) and has an autograd formula: its backward is the op
+distrattn::attention_backward (da_attention_backward), which gives dq, dk
+and dv from (dout, q, k, v, o, lse), for exact attention and for
+DistrAttention (the forward's groupings and fusion weights are constants,
+recomputed from q). CPU tensors only, for now: on CUDA tensors the forward
+runs, and the backward raises distrattn.Unsupported (a NotImplementedError)
+as the CUDA backend has no backward pass yet. Both ops have fake
+implementations, so torch.compile traces forward and backward.
 """
 import contextlib
 import ctypes as C
 import threading
 from collections import OrderedDict
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -33,6 +43,8 @@ from . import _core, _lib
 from ._errors import InvalidArgument, Unsupported
 
 __all__ = ["attention", "clear_cache"]
+
+_WHAT = "distrattn.torch.attention"
 
 _DTYPES = {torch.float32: _lib.DA_F32, torch.float16: _lib.DA_F16,
            torch.bfloat16: _lib.DA_BF16}
@@ -166,6 +178,58 @@ def _cpu_attention(q, k, v, o, d):
                                         o.data_ptr()), "da_attention_host")
 
 
+def _cpu_call(ctx, tensors, fn):
+    """fn(buffers) with tensors (name -> tensor) wrapped as da_buffers of
+    the CPU context (their memory in place); the wrappers are destroyed
+    afterwards."""
+    lib = _lib.load()
+    bufs = {}
+    try:
+        for name, t in tensors.items():
+            bufs[name] = _wrap(lib, ctx, t, name).value
+        return fn(bufs)
+    finally:
+        for b in bufs.values():
+            lib.da_buffer_destroy(C.c_void_p(b))
+
+
+def _cpu_attention_lse(q, k, v, o, lse, d):
+    lib = _lib.load()
+    with _core.locked(lambda: _core.host_context("cpu")) as ctx:
+        plan = ctx.plan(d, lse=True)
+
+        def run(b):
+            a = _lib.AttnArgs()
+            lib.da_attn_args_init(C.byref(a))
+            a.q, a.k, a.v, a.o, a.lse = b["q"], b["k"], b["v"], b["o"], b["lse"]
+            ctx.check(lib.da_attention_ext(plan, C.byref(a)), "da_attention_ext")
+
+        _cpu_call(ctx, {"q": q, "k": k, "v": v, "o": o, "lse": lse}, run)
+
+
+def _cpu_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d):
+    lib = _lib.load()
+    with _core.locked(lambda: _core.host_context("cpu")) as ctx:
+        plan = ctx.plan(d, lse=True)
+
+        def run(b):
+            a = _lib.BwdArgs()
+            lib.da_bwd_args_init(C.byref(a))
+            for name in ("dout", "q", "k", "v", "o", "lse", "dq", "dk", "dv"):
+                setattr(a, name, b[name])
+            ctx.check(lib.da_attention_backward(plan, C.byref(a)), "da_attention_backward")
+
+        _cpu_call(ctx, {"dout": dout, "q": q, "k": k, "v": v, "o": o, "lse": lse, "dq": dq,
+                        "dk": dk, "dv": dv}, run)
+
+
+def _no_cuda_backward():
+    return Unsupported("no backward pass for CUDA tensors yet: the CUDA backend has no "
+                       "da_attention_backward (SPEC.md 1b runs on the CPU backend); call the "
+                       "forward under torch.no_grad(), or use CPU tensors for training",
+                       "distrattn.torch.attention (backward)")
+
+
 # ---- the op
 
 @torch.library.custom_op("distrattn::attention", mutates_args=())
@@ -199,6 +263,89 @@ def _attention_fake(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
+# ---- the op with the log-sum-exp, and its autograd formula
+
+@torch.library.custom_op("distrattn::attention_lse", mutates_args=())
+def _attention_lse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                      scale: Optional[float], group_size: int, fusion: int, hash_bits: int,
+                      hash_block: int, seed: int, algo: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    _check_tensors(q, k, v)
+    d = _desc(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed, algo)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    if q.device.type == "cpu":
+        _cpu_attention_lse(q, k, v, o, lse, d)
+    elif q.device.type == "cuda":
+        # the forward runs; its backward is refused (_no_cuda_backward)
+        _cuda_attention(q, k, v, o, d)
+        lse.fill_(float("nan"))
+    else:
+        raise Unsupported(f"tensors on {q.device}: distrattn.torch runs CPU and CUDA tensors",
+                          _WHAT)
+    return o, lse
+
+
+@_attention_lse_op.register_fake
+def _attention_lse_fake(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed,
+                        algo):
+    o = _attention_fake(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed,
+                        algo)
+    return o, q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("distrattn::attention_backward", mutates_args=())
+def _attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           o: torch.Tensor, lse: torch.Tensor, causal: bool,
+                           scale: Optional[float], group_size: int, fusion: int, hash_bits: int,
+                           hash_block: int, seed: int,
+                           algo: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_tensors(q, k, v)
+    if dout.shape != q.shape or o.shape != q.shape or tuple(lse.shape) != tuple(q.shape[:3]):
+        raise InvalidArgument(f"shapes disagree: dout {tuple(dout.shape)}, o {tuple(o.shape)}, "
+                              f"lse {tuple(lse.shape)} for q {tuple(q.shape)}", _WHAT)
+    if dout.dtype != q.dtype or o.dtype != q.dtype or lse.dtype != torch.float32:
+        raise InvalidArgument(f"dtypes disagree: dout {dout.dtype}, o {o.dtype}, lse {lse.dtype} "
+                              f"(q {q.dtype}; lse float32)", _WHAT)
+    if q.device.type == "cuda":
+        raise _no_cuda_backward()
+    if q.device.type != "cpu":
+        raise Unsupported(f"tensors on {q.device}: distrattn.torch runs CPU and CUDA tensors",
+                          _WHAT)
+    d = _desc(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed, algo)
+    dout, q, k, v, o, lse = (t.contiguous() for t in (dout, q, k, v, o, lse))
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    _cpu_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d)
+    return dq, dk, dv
+
+
+@_attention_backward_op.register_fake
+def _attention_backward_fake(dout, q, k, v, o, lse, causal, scale, group_size, fusion, hash_bits,
+                             hash_block, seed, algo):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+def _lse_setup_context(ctx, inputs, output):
+    q, k, v = inputs[:3]
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.attn_args = tuple(inputs[3:])
+    ctx.mark_non_differentiable(lse)
+
+
+def _lse_backward(ctx, grad_o, grad_lse):
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = torch.ops.distrattn.attention_backward(grad_o, q, k, v, o, lse, *ctx.attn_args)
+    return (dq, dk, dv) + (None,) * len(ctx.attn_args)
+
+
+_attention_lse_op.register_autograd(_lse_backward, setup_context=_lse_setup_context)
+
+
 def attention(q, k, v, *, causal=False, scale=None, group_size=1, fusion=None, hash_bits=None,
               hash_block=None, seed=0, algo=None):
     """Attention over tensors in scaled_dot_product_attention's layout.
@@ -212,7 +359,13 @@ def attention(q, k, v, *, causal=False, scale=None, group_size=1, fusion=None, h
     Same as torch.ops.distrattn.attention(q, k, v, causal, scale,
     group_size, fusion, hash_bits, hash_block, seed, algo) with fusion -1
     (default), 0 mean, 1 norm; hash_bits/hash_block 0 = default; algo 0
-    auto, 1 fused, 2 gemm; seed as a signed 64-bit int."""
+    auto, 1 fused, 2 gemm; seed as a signed 64-bit int.
+
+    Differentiable: with grad enabled and q, k or v requiring grad it runs
+    torch.ops.distrattn.attention_lse (the same arguments; returns o and
+    the float32 log-sum-exp, shape (batch, heads, seq_q)), whose backward
+    (distrattn::attention_backward) gives dq, dk, dv on the CPU backend
+    (SPEC.md 1b); CUDA tensors' backward raises distrattn.Unsupported."""
     if fusion is None:
         fus = -1
     elif isinstance(fusion, str) and fusion.lower() in _lib.FUSIONS:
@@ -232,9 +385,12 @@ def attention(q, k, v, *, causal=False, scale=None, group_size=1, fusion=None, h
         seed -= 2**64
     hb = 0 if hash_bits is None else _core._int_arg("hash_bits", hash_bits, 1, 32)
     hk = 0 if hash_block is None else _core._int_arg("hash_block", hash_block, 1, 2**31 - 1)
-    return torch.ops.distrattn.attention(q, k, v, bool(causal),
-                                         None if scale is None else float(scale),
-                                         int(group_size), fus, hb, hk, seed, alg)
+    args = (bool(causal), None if scale is None else float(scale), int(group_size), fus, hb, hk,
+            seed, alg)
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                       for t in (q, k, v)):
+        return torch.ops.distrattn.attention_lse(q, k, v, *args)[0]
+    return torch.ops.distrattn.attention(q, k, v, *args)
 
 
 def clear_cache():

@@ -1,0 +1,631 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* da_attention_backward (SPEC section 1b): dQ, dK, dV against a float64
+ * reference gradient written here from the definitions (forward in float64,
+ * analytic gradient through the fused columns for G > 1 with the forward's
+ * groupings as constants), which is itself checked against central finite
+ * differences on tiny cases. The library's forward (da_attention_ext with
+ * ext.lse) gives O and the LSE; the gradient buffers are poisoned first.
+ * Shapes as flash-attn's tests use them: seq_q != seq_k, head_dim 32, 59,
+ * 64, 128, causal or not, GQA and MQA, f32/f16/bf16, exact and G = 2, 4
+ * under both fusions; windows, a strided (B,S,H,D) layout, and the
+ * refusals (per-sequence lengths, backends without a backward pass,
+ * overlapping and short buffers). DA_TEST_VERBOSE=1 prints every measured
+ * error. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+/* ------------------------------------------------------------ reference */
+
+/* Everything dense [B][H|KVH][S][hd] in double. perm/aw: per (b, h, tile)
+ * hd entries (the permutation and the fusion weight of each column), NULL
+ * for exact attention. Writes O (when o) and, when dO is given, dQ, dK, dV. */
+typedef struct {
+  int B, H, KVH, Sq, Sk, hd, G, hb, wl, wr;
+  double scale;
+} rshape;
+
+static void ref_fwd_bwd(const rshape *s, const int *perm, const double *aw, const double *Q,
+                        const double *K, const double *V, const double *dO, double *O,
+                        double *dQ, double *dK, double *dV) {
+  const int hd = s->hd, G = perm ? s->G : 1, ng = (hd + G - 1) / G, Sk = s->Sk;
+  const int nt = (s->Sq + s->hb - 1) / s->hb;
+  double *Qs = malloc(sizeof(double) * (size_t)ng), *Kf = malloc(sizeof(double) * Sk * ng);
+  double *dKf = malloc(sizeof(double) * Sk * ng), *P = malloc(sizeof(double) * Sk);
+  double *dP = malloc(sizeof(double) * Sk), *A = malloc(sizeof(double) * ng);
+  double *a = malloc(sizeof(double) * hd), *dQs = malloc(sizeof(double) * ng);
+  int *gof = malloc(sizeof(int) * hd);
+  assert_true(Qs && Kf && dKf && P && dP && A && a && dQs && gof);
+  if (dO) {
+    memset(dK, 0, sizeof(double) * s->B * s->KVH * Sk * hd);
+    memset(dV, 0, sizeof(double) * s->B * s->KVH * Sk * hd);
+  }
+  for (int b = 0; b < s->B; b++)
+    for (int h = 0; h < s->H; h++) {
+      const int kh = h / (s->H / s->KVH);
+      const size_t qb = ((size_t)b * s->H + h) * s->Sq * hd, kb = ((size_t)b * s->KVH + kh) * Sk * hd;
+      for (int t = 0; t < nt; t++) {
+        const int r0 = t * s->hb, r1 = r0 + s->hb < s->Sq ? r0 + s->hb : s->Sq;
+        /* the grouping: column c in group gof[c], weight a[c]; A_g the sum */
+        for (int x = 0; x < hd; x++) {
+          size_t o = (((size_t)b * s->H + h) * nt + t) * hd;
+          int c = perm ? perm[o + x] : x;
+          gof[c] = x / G;
+          a[c] = perm ? aw[o + c] : 1.0;
+        }
+        for (int g = 0; g < ng; g++) A[g] = 0;
+        for (int c = 0; c < hd; c++) A[gof[c]] += a[c];
+        for (int j = 0; j < Sk; j++) {
+          for (int g = 0; g < ng; g++) Kf[(size_t)j * ng + g] = dKf[(size_t)j * ng + g] = 0;
+          for (int c = 0; c < hd; c++) Kf[(size_t)j * ng + gof[c]] += a[c] * K[kb + (size_t)j * hd + c];
+        }
+        for (int i = r0; i < r1; i++) {
+          const double *qi = Q + qb + (size_t)i * hd;
+          for (int g = 0; g < ng; g++) Qs[g] = 0;
+          for (int c = 0; c < hd; c++) Qs[gof[c]] += qi[c];
+          for (int g = 0; g < ng; g++) Qs[g] /= A[g];
+          long diag = i + (long)Sk - s->Sq, lo = 0, hi = Sk - 1;
+          if (s->wr >= 0 && diag + s->wr < hi) hi = diag + s->wr;
+          if (s->wl >= 0 && diag - s->wl > lo) lo = diag - s->wl;
+          double mx = -INFINITY, sum = 0;
+          for (long j = lo; j <= hi; j++) {
+            double acc = 0;
+            for (int g = 0; g < ng; g++) acc += Qs[g] * Kf[(size_t)j * ng + g];
+            P[j] = s->scale * acc;
+            if (P[j] > mx) mx = P[j];
+          }
+          for (long j = lo; j <= hi; j++) sum += (P[j] = exp(P[j] - mx));
+          for (long j = lo; j <= hi; j++) P[j] /= sum;
+          if (O) {
+            double *oi = O + qb + (size_t)i * hd;
+            for (int c = 0; c < hd; c++) {
+              double acc = 0;
+              for (long j = lo; j <= hi; j++) acc += P[j] * V[kb + (size_t)j * hd + c];
+              oi[c] = acc;
+            }
+          }
+          if (!dO) continue;
+          const double *gi = dO + qb + (size_t)i * hd;
+          double D = 0;
+          for (long j = lo; j <= hi; j++) {
+            double acc = 0;
+            for (int c = 0; c < hd; c++) acc += gi[c] * V[kb + (size_t)j * hd + c];
+            dP[j] = acc;
+            D += P[j] * acc;
+          }
+          for (int g = 0; g < ng; g++) dQs[g] = 0;
+          for (long j = lo; j <= hi; j++) {
+            double dS = P[j] * (dP[j] - D);
+            for (int c = 0; c < hd; c++) dV[kb + (size_t)j * hd + c] += P[j] * gi[c];
+            for (int g = 0; g < ng; g++) {
+              dQs[g] += s->scale * dS * Kf[(size_t)j * ng + g];
+              dKf[(size_t)j * ng + g] += s->scale * dS * Qs[g];
+            }
+          }
+          for (int c = 0; c < hd; c++) dQ[qb + (size_t)i * hd + c] = dQs[gof[c]] / A[gof[c]];
+        }
+        if (dO)
+          for (int j = 0; j < Sk; j++)
+            for (int c = 0; c < hd; c++)
+              dK[kb + (size_t)j * hd + c] += a[c] * dKf[(size_t)j * ng + gof[c]];
+      }
+    }
+  free(Qs), free(Kf), free(dKf), free(P), free(dP), free(A), free(a), free(dQs), free(gof);
+}
+
+static double *dvec(size_t n) {
+  double *x = calloc(n ? n : 1, sizeof(double));
+  assert_non_null(x);
+  return x;
+}
+
+/* The reference's gradient against central differences of
+ * L = sum(dO o O) on a tiny case, every element of Q, K and V. */
+static void fd_check(int G, int causal, int wl) {
+  rshape s = {1, 4, 2, 5, 7, 6, G, 16, wl, causal ? 0 : -1, 0.45};
+  const size_t nq = (size_t)s.B * s.H * s.Sq * s.hd, nk = (size_t)s.B * s.KVH * s.Sk * s.hd;
+  tu_rng r;
+  tu_rng_init(&r, tu_seed() ^ 0xfd);
+  double *Q = dvec(nq), *K = dvec(nk), *V = dvec(nk), *dO = dvec(nq), *O = dvec(nq);
+  double *dQ = dvec(nq), *dK = dvec(nk), *dV = dvec(nk);
+  for (size_t i = 0; i < nq; i++) Q[i] = tu_normal(&r), dO[i] = tu_normal(&r);
+  for (size_t i = 0; i < nk; i++) K[i] = tu_normal(&r), V[i] = tu_normal(&r);
+  int perm[4 * 6];
+  double aw[4 * 6];
+  for (int h = 0; h < 4; h++) /* a fixed shuffled grouping and positive weights */
+    for (int x = 0; x < 6; x++) {
+      perm[h * 6 + x] = (x * 5 + h) % 6;
+      aw[h * 6 + x] = 0.5 + tu_uniform(&r);
+    }
+  const int *pp = G > 1 ? perm : NULL;
+  ref_fwd_bwd(&s, pp, aw, Q, K, V, dO, O, dQ, dK, dV);
+  double *arrs[3] = {Q, K, V}, *grads[3] = {dQ, dK, dV};
+  size_t ns[3] = {nq, nk, nk};
+  for (int t = 0; t < 3; t++) {
+    double worst = 0, gmax = 0;
+    for (size_t i = 0; i < ns[t]; i++) {
+      const double h = 1e-5, x0 = arrs[t][i];
+      double L[2];
+      for (int sgn = 0; sgn < 2; sgn++) {
+        arrs[t][i] = x0 + (sgn ? -h : h);
+        ref_fwd_bwd(&s, pp, aw, Q, K, V, NULL, O, NULL, NULL, NULL);
+        L[sgn] = 0;
+        for (size_t e = 0; e < nq; e++) L[sgn] += dO[e] * O[e];
+      }
+      arrs[t][i] = x0;
+      double fd = (L[0] - L[1]) / (2 * h);
+      if (fabs(fd - grads[t][i]) > worst) worst = fabs(fd - grads[t][i]);
+      if (fabs(grads[t][i]) > gmax) gmax = fabs(grads[t][i]);
+    }
+    if (getenv("DA_TEST_VERBOSE"))
+      fprintf(stderr, "  fd G=%d causal=%d wl=%d d%c: max |fd - analytic| = %.3g (max |grad| %.3g)\n",
+              G, causal, wl, "QKV"[t], worst, gmax);
+    assert_true(gmax > 0.01);
+    if (!(worst <= 1e-7 * (1 + gmax)))
+      fail_msg("reference gradient d%c disagrees with finite differences: %g (G=%d causal=%d)",
+               "QKV"[t], worst, G, causal);
+  }
+  free(Q), free(K), free(V), free(dO), free(O), free(dQ), free(dK), free(dV);
+}
+
+static void test_reference_fd(void **st) {
+  (void)st;
+  fd_check(1, 0, -1);
+  fd_check(1, 1, -1);
+  fd_check(2, 0, -1);
+  fd_check(4, 1, -1);
+  fd_check(2, 1, 2);
+}
+
+/* ------------------------------------------------------------ library */
+
+typedef struct {
+  int B, H, KVH, Sq, Sk, hd;
+  int causal;
+  da_dtype t;
+  int G;
+  da_fusion f;
+  int hb;            /* 0: default */
+  int wl, wr;        /* window (0, 0 here means none: set both -1 for none) */
+  int bshd;          /* 1: (B,S,H,D) strides for every tensor */
+} bcase;
+
+typedef struct {
+  double err[3];     /* dq, dk, dv relative errors against the reference */
+} bresult;
+
+static da_context *cpu_ctx(void) {
+  da_context *ctx = NULL;
+  TU_CHECK(NULL, da_context_create(&ctx, DA_BACKEND_CPU, 0));
+  return ctx;
+}
+
+static da_buffer *wrap(da_context *ctx, void *p, size_t bytes) {
+  da_buffer *b = NULL;
+  TU_CHECK(ctx, da_buffer_wrap(ctx, p, bytes, &b));
+  return b;
+}
+
+/* Strides of a (B,S,H,D) tensor with nh heads and S rows. */
+static void bshd(long long st[3], int nh, int S, int hd) {
+  st[2] = (long long)nh * hd;
+  st[1] = hd;
+  st[0] = (long long)S * nh * hd;
+  (void)S;
+}
+
+/* Element (b, h, r, c) of a tensor in the case's layout, as a dense index. */
+static size_t lidx(const bcase *k, int nh, int S, int b, int h, int r, int c) {
+  if (k->bshd) return (((size_t)b * S + r) * nh + h) * k->hd + c;
+  return (((size_t)b * nh + h) * S + r) * k->hd + c;
+}
+
+/* Runs forward (LSE) and backward of case k on fresh inputs; fills the
+ * errors; the raw gradients go to out[3] when given (dtype arrays, malloc). */
+static void run_case(const bcase *k, bresult *res, void **out, uint64_t seed) {
+  da_context *ctx = cpu_ctx();
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  d.batch = k->B, d.heads = k->H, d.kv_heads = k->KVH, d.seq_q = k->Sq, d.seq_k = k->Sk;
+  d.head_dim = k->hd, d.dtype = k->t, d.causal = k->causal, d.group_size = k->G;
+  d.fusion = k->f, d.seed = seed;
+  if (k->hb) d.hash_block = k->hb;
+  da_attn_ext x;
+  da_attn_ext_init(&x);
+  x.lse = 1;
+  x.window_left = k->wl, x.window_right = k->wr;
+  if (k->bshd) {
+    bshd(x.q_stride, k->H, k->Sq, k->hd);
+    bshd(x.o_stride, k->H, k->Sq, k->hd);
+    bshd(x.k_stride, k->KVH, k->Sk, k->hd);
+    bshd(x.v_stride, k->KVH, k->Sk, k->hd);
+  }
+  da_plan *p = NULL;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
+  TU_CHECK(ctx, da_plan_get_desc(p, &d));
+  const size_t es = da_dtype_size(k->t);
+  const size_t nq = (size_t)k->B * k->H * k->Sq * k->hd, nk = (size_t)k->B * k->KVH * k->Sk * k->hd;
+  const size_t nl = (size_t)k->B * k->H * k->Sq;
+  void *q = malloc(nq * es), *kk = malloc(nk * es), *v = malloc(nk * es), *o = malloc(nq * es);
+  void *dout = malloc(nq * es), *dq = malloc(nq * es), *dk = malloc(nk * es), *dv = malloc(nk * es);
+  float *lse = malloc(nl * sizeof(float));
+  assert_true(q && kk && v && o && dout && dq && dk && dv && lse);
+  tu_rng r;
+  tu_rng_init(&r, seed);
+  /* the same logical tensors in either layout: filled dense, then placed */
+  void *tmp = malloc((nq > nk ? nq : nk) * es);
+  assert_non_null(tmp);
+  void *const dst[4] = {q, kk, v, dout};
+  for (int x = 0; x < 4; x++) {
+    const int qo = x == 0 || x == 3, nh = qo ? k->H : k->KVH, S = qo ? k->Sq : k->Sk;
+    tu_fill(tmp, k->t, qo ? nq : nk, &r, 1.0);
+    for (int b = 0; b < k->B; b++)
+      for (int h = 0; h < nh; h++)
+        for (int i = 0; i < S; i++)
+          memcpy((char *)dst[x] + lidx(k, nh, S, b, h, i, 0) * es,
+                 (char *)tmp + ((((size_t)b * nh + h) * S + i) * k->hd) * es, k->hd * es);
+  }
+  free(tmp);
+  tu_poison(o, nq * es);
+  tu_poison(dq, nq * es);
+  tu_poison(dk, nk * es);
+  tu_poison(dv, nk * es);
+  da_buffer *bq = wrap(ctx, q, nq * es), *bk = wrap(ctx, kk, nk * es), *bv = wrap(ctx, v, nk * es);
+  da_buffer *bo = wrap(ctx, o, nq * es), *bl = wrap(ctx, lse, nl * sizeof(float));
+  da_buffer *bdo = wrap(ctx, dout, nq * es), *bdq = wrap(ctx, dq, nq * es);
+  da_buffer *bdk = wrap(ctx, dk, nk * es), *bdv = wrap(ctx, dv, nk * es);
+  da_attn_args fa;
+  da_attn_args_init(&fa);
+  fa.q = bq, fa.k = bk, fa.v = bv, fa.o = bo, fa.lse = bl;
+  TU_CHECK(ctx, da_attention_ext(p, &fa));
+  da_bwd_args ba;
+  da_bwd_args_init(&ba);
+  ba.dout = bdo, ba.q = bq, ba.k = bk, ba.v = bv, ba.o = bo, ba.lse = bl;
+  ba.dq = bdq, ba.dk = bdk, ba.dv = bdv;
+  TU_CHECK(ctx, da_attention_backward(p, &ba));
+  size_t first;
+  if (tu_count_nonfinite(dq, k->t, nq, &first) || tu_count_nonfinite(dk, k->t, nk, &first) ||
+      tu_count_nonfinite(dv, k->t, nk, &first))
+    fail_msg("a gradient holds a NaN or Inf (poison left, or computed) [seed %llu]",
+             (unsigned long long)seed);
+
+  /* the reference, dense, in double */
+  rshape s = {k->B, k->H, k->KVH, k->Sq, k->Sk, k->hd, k->G, d.hash_block, k->wl,
+              k->causal ? 0 : k->wr, (double)d.scale};
+  double *Q = dvec(nq), *K = dvec(nk), *V = dvec(nk), *dO = dvec(nq), *O = dvec(nq);
+  double *rdQ = dvec(nq), *rdK = dvec(nk), *rdV = dvec(nk);
+  for (int b = 0; b < k->B; b++)
+    for (int h = 0; h < k->H; h++)
+      for (int i = 0; i < k->Sq; i++)
+        for (int c = 0; c < k->hd; c++) {
+          size_t dn = (((size_t)b * k->H + h) * k->Sq + i) * k->hd + c;
+          size_t li = lidx(k, k->H, k->Sq, b, h, i, c);
+          Q[dn] = da_load_elem(q, k->t, li);
+          dO[dn] = da_load_elem(dout, k->t, li);
+        }
+  for (int b = 0; b < k->B; b++)
+    for (int h = 0; h < k->KVH; h++)
+      for (int j = 0; j < k->Sk; j++)
+        for (int c = 0; c < k->hd; c++) {
+          size_t dn = (((size_t)b * k->KVH + h) * k->Sk + j) * k->hd + c;
+          size_t li = lidx(k, k->KVH, k->Sk, b, h, j, c);
+          K[dn] = da_load_elem(kk, k->t, li);
+          V[dn] = da_load_elem(v, k->t, li);
+        }
+  int *perm = NULL;
+  double *aw = NULL;
+  if (k->G > 1) {
+    /* the forward's permutations (da_plan_groups_host: the CPU kernels),
+     * the weights from their definition (SPEC 1 step 6), in double */
+    da_attn_desc dd = d;
+    da_plan *pd = NULL;
+    dd.dtype = k->t;
+    TU_CHECK(ctx, da_plan_create(ctx, &dd, &pd));
+    const int nt = (k->Sq + d.hash_block - 1) / d.hash_block;
+    const size_t np = (size_t)k->B * k->H * nt * k->hd;
+    perm = malloc(np * sizeof(int));
+    aw = dvec(np);
+    void *qd = malloc(nq * es); /* Q dense for the groups call */
+    assert_true(perm && qd);
+    for (int b = 0; b < k->B; b++)
+      for (int h = 0; h < k->H; h++)
+        for (int i = 0; i < k->Sq; i++)
+          memcpy((char *)qd + ((((size_t)b * k->H + h) * k->Sq + i) * k->hd) * es,
+                 (char *)q + lidx(k, k->H, k->Sq, b, h, i, 0) * es, k->hd * es);
+    TU_CHECK(ctx, da_plan_groups_host(pd, qd, perm));
+    for (int b = 0; b < k->B; b++)
+      for (int h = 0; h < k->H; h++)
+        for (int t = 0; t < nt; t++) {
+          size_t o0 = (((size_t)b * k->H + h) * nt + t) * k->hd;
+          int r0 = t * d.hash_block, r1 = r0 + d.hash_block < k->Sq ? r0 + d.hash_block : k->Sq;
+          for (int c = 0; c < k->hd; c++) {
+            double ss = 0;
+            for (int i = r0; i < r1; i++) {
+              double e = Q[(((size_t)b * k->H + h) * k->Sq + i) * k->hd + c];
+              ss += e * e;
+            }
+            aw[o0 + c] = k->f == DA_FUSE_NORM ? sqrt(ss) : 1.0;
+          }
+        }
+    free(qd);
+    da_plan_destroy(pd);
+  }
+  ref_fwd_bwd(&s, perm, aw, Q, K, V, dO, O, rdQ, rdK, rdV);
+  /* the library's gradients, dense */
+  void *gd[3] = {malloc(nq * es), malloc(nk * es), malloc(nk * es)};
+  for (int b = 0; b < k->B; b++)
+    for (int h = 0; h < k->H; h++)
+      for (int i = 0; i < k->Sq; i++)
+        memcpy((char *)gd[0] + ((((size_t)b * k->H + h) * k->Sq + i) * k->hd) * es,
+               (char *)dq + lidx(k, k->H, k->Sq, b, h, i, 0) * es, k->hd * es);
+  for (int b = 0; b < k->B; b++)
+    for (int h = 0; h < k->KVH; h++)
+      for (int j = 0; j < k->Sk; j++) {
+        size_t dn = ((((size_t)b * k->KVH + h) * k->Sk + j) * k->hd) * es;
+        size_t li = lidx(k, k->KVH, k->Sk, b, h, j, 0) * es;
+        memcpy((char *)gd[1] + dn, (char *)dk + li, k->hd * es);
+        memcpy((char *)gd[2] + dn, (char *)dv + li, k->hd * es);
+      }
+  res->err[0] = tu_rel_err(gd[0], k->t, rdQ, nq);
+  res->err[1] = tu_rel_err(gd[1], k->t, rdK, nk);
+  res->err[2] = tu_rel_err(gd[2], k->t, rdV, nk);
+  if (out)
+    for (int i = 0; i < 3; i++) out[i] = gd[i];
+  else
+    for (int i = 0; i < 3; i++) free(gd[i]);
+  free(perm), free(aw);
+  free(Q), free(K), free(V), free(dO), free(O), free(rdQ), free(rdK), free(rdV);
+  da_buffer *all[] = {bq, bk, bv, bo, bl, bdo, bdq, bdk, bdv};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) da_buffer_destroy(all[i]);
+  free(q), free(kk), free(v), free(o), free(dout), free(dq), free(dk), free(dv), free(lse);
+  da_plan_destroy(p);
+  da_context_destroy(ctx);
+}
+
+/* Relative-error bounds on each gradient (SPEC section 2). Measured with
+ * DA_TEST_VERBOSE=1, the largest over three runs of these cases: f32
+ * 5.6e-7 (the bound is 35x that), f16 2.7e-4, bf16 2.1e-3 (bounds about
+ * 15x those). */
+static double bwd_bound(da_dtype t) {
+  return t == DA_F32 ? 2e-5 : t == DA_F16 ? 4e-3 : 3e-2;
+}
+
+static void check_case(const bcase *k) {
+  uint64_t seed = tu_seed() ^ (uint64_t)(k->Sq * 131 + k->Sk * 7 + k->hd + k->G * 1000);
+  bresult res;
+  run_case(k, &res, NULL, seed);
+  const double bound = bwd_bound(k->t);
+  for (int i = 0; i < 3; i++) {
+    if (getenv("DA_TEST_VERBOSE"))
+      fprintf(stderr,
+              "  %s B%d H%d/%d %dx%d d%d causal %d G%d %s hb %d win %d/%d%s: d%c err %.3g (bound %.3g)\n",
+              tu_dtype_name(k->t), k->B, k->H, k->KVH, k->Sq, k->Sk, k->hd, k->causal, k->G,
+              k->G > 1 ? tu_fusion_name(k->f) : "-", k->hb, k->wl, k->wr, k->bshd ? " bshd" : "",
+              "QKV"[i], res.err[i], bound);
+    if (!(res.err[i] <= bound))
+      fail_msg("%s B%d H%d/%d %dx%d d%d causal %d G%d: d%c relative error %g > %g [seed %llu]",
+               tu_dtype_name(k->t), k->B, k->H, k->KVH, k->Sq, k->Sk, k->hd, k->causal, k->G,
+               "QKV"[i], res.err[i], bound, (unsigned long long)seed);
+  }
+}
+
+#define NOWIN -1, -1
+
+static const bcase exact_cases[] = {
+    {2, 4, 2, 100, 130, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0},
+    {1, 3, 1, 77, 77, 59, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0},   /* MQA, causal */
+    {1, 2, 2, 128, 300, 32, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0},
+    {1, 4, 2, 150, 70, 128, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0}, /* rows with no key */
+    {1, 2, 1, 1, 257, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0},   /* one query row */
+    {1, 2, 2, 256, 3, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0},   /* three keys */
+};
+
+static const da_dtype half_types[] = {DA_F16, DA_BF16};
+
+static void test_exact_f32(void **st) {
+  (void)st;
+  for (size_t i = 0; i < sizeof exact_cases / sizeof *exact_cases; i++) check_case(&exact_cases[i]);
+}
+
+static void test_exact_half(void **st) {
+  (void)st;
+  for (int t = 0; t < 2; t++)
+    for (size_t i = 0; i < 4; i++) {
+      bcase k = exact_cases[i];
+      k.t = half_types[t];
+      check_case(&k);
+    }
+}
+
+static void test_distr(void **st) {
+  (void)st;
+  static const bcase base[] = {
+      {1, 4, 2, 200, 150, 64, 1, DA_F32, 2, DA_FUSE_NORM, 64, NOWIN, 0},
+      {2, 2, 1, 130, 190, 59, 0, DA_F32, 2, DA_FUSE_NORM, 0, NOWIN, 0},
+      {1, 2, 2, 96, 96, 32, 1, DA_F32, 2, DA_FUSE_NORM, 16, NOWIN, 0},
+      {1, 2, 1, 140, 100, 128, 0, DA_F32, 2, DA_FUSE_NORM, 128, NOWIN, 0},
+  };
+  static const int gs[] = {2, 4};
+  static const da_fusion fs[] = {DA_FUSE_MEAN, DA_FUSE_NORM};
+  for (size_t i = 0; i < sizeof base / sizeof *base; i++)
+    for (int g = 0; g < 2; g++)
+      for (int f = 0; f < 2; f++) {
+        bcase k = base[i];
+        k.G = gs[g], k.f = fs[f];
+        check_case(&k);
+      }
+  for (int t = 0; t < 2; t++) { /* f16, bf16 */
+    bcase k = base[0];
+    k.t = half_types[t];
+    check_case(&k);
+    k = base[1];
+    k.t = half_types[t], k.G = 4, k.f = DA_FUSE_MEAN;
+    check_case(&k);
+  }
+}
+
+static void test_window(void **st) {
+  (void)st;
+  bcase k = {1, 4, 2, 120, 160, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, 20, 5, 0};
+  check_case(&k);
+  k.wr = -1, k.wl = 0; /* only keys up to the diagonal's left, none after */
+  check_case(&k);
+  k = (bcase){1, 2, 1, 100, 80, 64, 1, DA_F32, 2, DA_FUSE_NORM, 32, 17, -1, 0};
+  check_case(&k);
+}
+
+/* The (B,S,H,D) layout gives, bit for bit, what the dense one gives. */
+static void test_strided(void **st) {
+  (void)st;
+  static const bcase cs[] = {
+      {2, 4, 2, 70, 90, 48, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0},
+      {2, 4, 2, 70, 90, 48, 0, DA_BF16, 2, DA_FUSE_NORM, 32, NOWIN, 0},
+  };
+  for (int i = 0; i < 2; i++) {
+    bcase k = cs[i];
+    uint64_t seed = tu_seed() ^ 0x5eed;
+    void *a[3], *b[3];
+    bresult ra, rb;
+    run_case(&k, &ra, a, seed);
+    k.bshd = 1;
+    run_case(&k, &rb, b, seed);
+    const size_t es = da_dtype_size(k.t);
+    const size_t n[3] = {(size_t)k.B * k.H * k.Sq * k.hd, (size_t)k.B * k.KVH * k.Sk * k.hd,
+                         (size_t)k.B * k.KVH * k.Sk * k.hd};
+    for (int t = 0; t < 3; t++) {
+      assert_true(ra.err[t] <= bwd_bound(k.t) && rb.err[t] <= bwd_bound(k.t));
+      if (memcmp(a[t], b[t], n[t] * es) != 0)
+        fail_msg("case %d: d%c under (B,S,H,D) strides differs from the dense call (relative %g)",
+                 i, "QKV"[t], tu_rel_err_arrays(a[t], b[t], k.t, n[t]));
+      free(a[t]), free(b[t]);
+    }
+  }
+}
+
+/* ------------------------------------------------------------ refusals */
+
+static void expect(da_context *ctx, da_status got, da_status want, const char *needle) {
+  if (got != want)
+    fail_msg("got %s, expected %s (%s)", da_status_string(got), da_status_string(want),
+             da_context_last_error(ctx));
+  if (needle && !strstr(da_context_last_error(ctx), needle))
+    fail_msg("message \"%s\" does not name \"%s\"", da_context_last_error(ctx), needle);
+}
+
+static void test_refusals(void **st) {
+  (void)st;
+  da_context *ctx = cpu_ctx();
+  da_attn_desc d = tu_small_desc(); /* 1 x 4 heads / 2 kv, 8 x 8, d 16, f32 */
+  da_plan *p = NULL;
+  TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
+  const size_t qb = tu_q_elems(&d) * 4, kb = tu_kv_elems(&d) * 4, lb = 4 * 8 * 4;
+  da_buffer *b[10];
+  const size_t sizes[10] = {qb, qb, kb, kb, qb, lb, qb, kb, kb, 4 * qb};
+  for (int i = 0; i < 10; i++) {
+    TU_CHECK(ctx, da_buffer_create(ctx, sizes[i], &b[i]));
+    float *z = calloc(sizes[i], 1);
+    TU_CHECK(ctx, da_buffer_write(b[i], 0, z, sizes[i]));
+    free(z);
+  }
+  da_bwd_args a;
+  da_bwd_args_init(&a);
+  assert_int_equal(a.struct_size, sizeof a);
+  a.dout = b[0], a.q = b[1], a.k = b[2], a.v = b[3], a.o = b[4], a.lse = b[5];
+  a.dq = b[6], a.dk = b[7], a.dv = b[8];
+  TU_CHECK(ctx, da_attention_backward(p, &a));
+  assert_string_equal(da_context_last_error(ctx), "");
+
+  da_bwd_args x = a;
+  x.struct_size = 0;
+  expect(ctx, da_attention_backward(p, &x), DA_ERR_INVALID_ARG, "struct_size");
+  expect(ctx, da_attention_backward(p, NULL), DA_ERR_INVALID_ARG, "args");
+  assert_int_equal(da_attention_backward(NULL, &a), DA_ERR_INVALID_ARG);
+  x = a, x.lse = NULL;
+  expect(ctx, da_attention_backward(p, &x), DA_ERR_INVALID_ARG, "lse is NULL");
+  x = a, x.dv = NULL;
+  expect(ctx, da_attention_backward(p, &x), DA_ERR_INVALID_ARG, "dv is NULL");
+  x = a, x.dk = b[2]; /* dk = k */
+  expect(ctx, da_attention_backward(p, &x), DA_ERR_INVALID_ARG, "dk overlaps k");
+  x = a, x.dq = b[1];
+  expect(ctx, da_attention_backward(p, &x), DA_ERR_INVALID_ARG, "dq overlaps");
+  x = a, x.dv = b[7]; /* dv = dk */
+  expect(ctx, da_attention_backward(p, &x), DA_ERR_INVALID_ARG, "overlaps");
+  x = a, x.dq = b[9], x.dk = b[9], x.dk_offset = tu_q_elems(&d) - 1; /* one float shared */
+  expect(ctx, da_attention_backward(p, &x), DA_ERR_INVALID_ARG, "overlaps");
+  x.dk_offset = tu_q_elems(&d); /* adjacent: fine */
+  TU_CHECK(ctx, da_attention_backward(p, &x));
+  x = a, x.dq = b[9], x.lse = b[9], x.lse_offset = tu_q_elems(&d) - 1;
+  expect(ctx, da_attention_backward(p, &x), DA_ERR_INVALID_ARG, "overlaps");
+  x = a, x.dout = b[9], x.dout_offset = 0, x.dq = b[9], x.dq_offset = tu_q_elems(&d) / 2;
+  expect(ctx, da_attention_backward(p, &x), DA_ERR_INVALID_ARG, "overlaps");
+  x = a, x.dk_offset = 1; /* past the end */
+  expect(ctx, da_attention_backward(p, &x), DA_ERR_INVALID_ARG, "dk holds");
+  x = a, x.lse = b[2]; /* too small for [1][4][8]? kb = 2*8*16*4 bytes: large enough */
+  TU_CHECK(ctx, da_attention_backward(p, &x));
+  x = a, x.lse_offset = 1;
+  expect(ctx, da_attention_backward(p, &x), DA_ERR_INVALID_ARG, "lse holds");
+
+  /* per-sequence lengths: refused by name */
+  da_attn_ext e;
+  da_attn_ext_init(&e);
+  e.seqlens = DA_SEQLENS_KV;
+  da_plan *pk = NULL;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
+  expect(ctx, da_attention_backward(pk, &a), DA_ERR_UNSUPPORTED, "seqlens");
+  da_plan_destroy(pk);
+  /* a row stride of 0 for Q: dq would write one row for all */
+  da_attn_ext_init(&e);
+  e.q_stride[0] = (long long)d.heads * d.seq_q * d.head_dim, e.q_stride[1] = d.head_dim * d.seq_q;
+  e.q_stride[2] = 0;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
+  expect(ctx, da_attention_backward(pk, &a), DA_ERR_INVALID_ARG, "share an address");
+  da_plan_destroy(pk);
+  /* a buffer of another context */
+  da_context *c2 = cpu_ctx();
+  da_buffer *o2 = NULL;
+  TU_CHECK(c2, da_buffer_create(c2, qb, &o2));
+  x = a, x.dq = o2;
+  expect(ctx, da_attention_backward(p, &x), DA_ERR_INVALID_ARG, "another context");
+  da_buffer_destroy(o2);
+  da_context_destroy(c2);
+  for (int i = 0; i < 10; i++) da_buffer_destroy(b[i]);
+  da_plan_destroy(p);
+  da_context_destroy(ctx);
+}
+
+/* A backend without a backward pass refuses it (OpenCL today). */
+static void test_opencl_refuses(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_OPENCL);
+  da_context *ctx = NULL;
+  TU_CHECK(NULL, da_context_create(&ctx, DA_BACKEND_OPENCL, -1));
+  da_attn_desc d = tu_small_desc();
+  da_plan *p = NULL;
+  TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
+  const size_t qb = tu_q_elems(&d) * 4, kb = tu_kv_elems(&d) * 4, lb = 4 * 8 * 4;
+  da_buffer *b[9];
+  const size_t sizes[9] = {qb, qb, kb, kb, qb, lb, qb, kb, kb};
+  for (int i = 0; i < 9; i++) TU_CHECK(ctx, da_buffer_create(ctx, sizes[i], &b[i]));
+  da_bwd_args a;
+  da_bwd_args_init(&a);
+  a.dout = b[0], a.q = b[1], a.k = b[2], a.v = b[3], a.o = b[4], a.lse = b[5];
+  a.dq = b[6], a.dk = b[7], a.dv = b[8];
+  expect(ctx, da_attention_backward(p, &a), DA_ERR_UNSUPPORTED, "backward");
+  for (int i = 0; i < 9; i++) da_buffer_destroy(b[i]);
+  da_plan_destroy(p);
+  da_context_destroy(ctx);
+}
+
+int main(void) {
+  tu_filter_from_env();
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_reference_fd),  cmocka_unit_test(test_exact_f32),
+      cmocka_unit_test(test_exact_half),    cmocka_unit_test(test_distr),
+      cmocka_unit_test(test_window),        cmocka_unit_test(test_strided),
+      cmocka_unit_test(test_refusals),      cmocka_unit_test(test_opencl_refuses),
+  };
+  return cmocka_run_group_tests_name("backward", tests, NULL, NULL);
+}
