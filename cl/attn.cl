@@ -11,32 +11,72 @@
  * and weights of its hash tile (BM divides HB), each key tile is fused as it
  * is loaded, and the logits run over NG = ceil(D / G) columns.
  * Defines: D, DP (D rounded up to VW), G, NG, HB, BM, BN (multiple of VW),
- * VW (4, 8 or 16), CAUSAL, DTYPE, ACC_LOCAL.
+ * VW (4, 8 or 16), WL, WR (the window, -1 unbounded; causal: WR 0), LENS
+ * (0, 1, 2: DA_SEQLENS_*), LSE (0, 1), DTYPE, ACC_LOCAL.
  *
  * With TILED=1 the program holds da_attn in its GPU shape instead (below):
  * micro-tiles of S and O per work-item, Q and K/V tiles in local memory,
  * read straight from Q, K and V (no da_kv_prep). */
 
 
-/* The keys a work-group of the rows r0..r0+BM-1 visits (a causal mask ends
- * them at the last row's diagonal), and the keys query row i sees; off =
- * seq_k - seq_q aligns the mask's diagonal to the end. */
-inline int da_key_end(int r0, int seq_k, int off) {
-#if CAUSAL
-  return min(seq_k, r0 + BM + off);
-#else
-  (void)r0;
-  (void)off;
-  return seq_k;
-#endif
-}
-inline int da_keys_seen(int i, int seq_k, int off) {
-#if CAUSAL
-  return min(seq_k, i + off + 1);
+/* The call's layout (da_attn_ext), the same arguments for both shapes:
+ * element (b, h, r, c) of a tensor is at off + b*s0 + h*s1 + r*s2 + c, r
+ * counted from the sequence's first row (da_seq_q, da_seq_k in common.cl;
+ * LENS is the plan's DA_SEQLENS_*). LSE 1: the natural log of each row's
+ * softmax sum goes to Lse ([batch][heads][seq_q], or [heads][rows_q] with
+ * LENS 2), -inf for a row that sees no key. Dense plans pass their dense
+ * strides, so they run these same kernels. */
+#define DA_ATTN_ARGS                                                                              \
+  __global const int *perm, __global const float *wts, __global float *Lse,                       \
+      __global const int *lens_q, __global const int *lens_k, int seq_q, int seq_k, int heads,    \
+      int kv_heads, int n_tiles, int nkt, float qscale, long qs0, long qs1, long qs2, ulong qoff, \
+      long ks0, long ks1, long ks2, ulong koff, long vs0, long vs1, long vs2, ulong voff,         \
+      long os0, long os1, long os2, ulong ooff, ulong loff, long rows_q, long rows_k
+
+/* The window (WL, WR: keys before / after the diagonal a query sees, -1
+ * unbounded; causal is WR 0) of query i of a sequence whose diagonal is
+ * off = lk - lq: it sees the keys [da_win_lo, da_win_hi). */
+inline int da_win_hi(int i, int off, int lk) {
+#if WR >= 0
+  return (int)clamp((long)i + off + WR + 1, 0L, (long)lk);
 #else
   (void)i;
   (void)off;
-  return seq_k;
+  return lk;
+#endif
+}
+inline int da_win_lo(int i, int off, int lk) {
+#if WL >= 0
+  return (int)clamp((long)i + off - WL, 0L, (long)lk);
+#else
+  (void)i;
+  (void)off;
+  (void)lk;
+  return 0;
+#endif
+}
+/* The keys a work-group of the rows r0..r0+BM-1 visits: [da_grp_lo, da_grp_hi),
+ * the start rounded down to whole key tiles of BN. */
+inline int da_grp_hi(int r0, int off, int lk) { return da_win_hi(r0 + BM - 1, off, lk); }
+inline int da_grp_lo(int r0, int off, int lk) { return da_win_lo(r0, off, lk) / BN * BN; }
+
+/* The log-sum-exp of a row (m, l: its running max in the log2 domain and its
+ * sum): -inf where it sees no key, NaN where its sum is NaN or 0 (all logits
+ * -inf or NaN: O is NaN there). */
+inline float da_lse(int seen, float m, float l) {
+  if (!seen) return -INFINITY;
+  return l > 0.0f ? (m + log2(l)) * M_LN2_F : NAN;
+}
+inline ulong da_lse_at(int b, int h, int i, long q0, int seq_q, int heads, long rows_q) {
+#if LENS == 2
+  (void)b;
+  (void)seq_q;
+  (void)heads;
+  return (ulong)(h * rows_q + q0 + i);
+#else
+  (void)q0;
+  (void)rows_q;
+  return ((ulong)b * heads + h) * (ulong)seq_q + i;
 #endif
 }
 
@@ -76,7 +116,7 @@ inline void da_load_groups(__global const int *perm, __global const float *wts, 
  * permutation and weights of the work-group's hash tile (BM divides HB).
  * Arithmetic, fusion order and masking follow the rows kernel below.
  * Defines: D, DV (D rounded up to 32), G, NG, HB, BM (16, 32 or 64), BN (8,
- * 16 or 32), CAUSAL, DTYPE. */
+ * 16 or 32), WL, WR, LENS, LSE, DTYPE. */
 #define NT ((BM / 4) * 8)
 #define TY (BM / 4)
 #define KN (BN / 8)
@@ -92,9 +132,7 @@ inline void da_load_groups(__global const int *perm, __global const float *wts, 
 
 __kernel __attribute__((reqd_work_group_size(NT, 1, 1)))
 void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const elem_t *V,
-             __global elem_t *O, __global const int *perm, __global const float *wts,
-             int seq_q, int seq_k, int heads, int kv_heads, int n_tiles, int nkt_unused,
-             float qscale) {
+             __global elem_t *O, DA_ATTN_ARGS) {
   __local float4 Qs4[BM * SQ / 4];
   __local float4 KV4[KVN / 4];
   __local float4 Ps4[BN * TY];
@@ -107,20 +145,26 @@ void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const 
   __local float lw[D];
   __local float linv[NG];
 #endif
-  (void)nkt_unused;
+  (void)nkt;
   const int lid = get_local_id(0), tx = lid % 8, ty = lid / 8;
   const int r0 = get_group_id(0) * BM;
   const int h = get_group_id(1), b = get_group_id(2);
   const int kvh = h / (heads / kv_heads);
-  const int off = seq_k - seq_q;
-  const size_t qbase = ((size_t)b * heads + h) * (size_t)seq_q * D;
-  const size_t kbase = ((size_t)b * kv_heads + kvh) * (size_t)seq_k * D;
+  long q0, k0;
+  int lq, lk;
+  da_seq_q(LENS, b, lens_q, seq_q, rows_q, &q0, &lq);
+  da_seq_k(LENS, b, lens_k, seq_k, rows_k, &k0, &lk);
+  const int off = lk - lq;
+  /* row r of the sequence: Q at qbase + r * qs2, K and V at kbase, vbase */
+  const ulong qbase = qoff + (ulong)(b * qs0 + h * qs1 + q0 * qs2);
+  const ulong kbase = koff + (ulong)(b * ks0 + kvh * ks1 + k0 * ks2);
+  const ulong vbase = voff + (ulong)(b * vs0 + kvh * vs1 + k0 * vs2);
 
 #if G == 1
   for (int e = lid; e < BM * DQ4; e += NT) {
     const int r = e / DQ4, k = e - r * DQ4;
-    Qs[r * SQ + k] = r0 + r < seq_q && k < D
-                         ? LOAD_ELEM(Q, qbase + (size_t)(r0 + r) * D + k) * qscale
+    Qs[r * SQ + k] = r0 + r < lq && k < D
+                         ? LOAD_ELEM(Q, qbase + (ulong)((r0 + r) * qs2) + k) * qscale
                          : 0.0f;
   }
 #else
@@ -130,9 +174,9 @@ void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const 
     for (int e = lid; e < BM * DQ4; e += NT) {
       const int r = e / DQ4, g = e - r * DQ4;
       float s = 0.0f;
-      if (r0 + r < seq_q && g < NG) {
+      if (r0 + r < lq && g < NG) {
         for (int t = g * G; t < min(g * G + G, D); t++)
-          s += LOAD_ELEM(Q, qbase + (size_t)(r0 + r) * D + lp[t]);
+          s += LOAD_ELEM(Q, qbase + (ulong)((r0 + r) * qs2) + lp[t]);
         s = s * linv[g] * qscale;
       }
       Qs[r * SQ + g] = s;
@@ -149,15 +193,18 @@ void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const 
   float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
   float l[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 
-  const int kend = da_key_end(r0, seq_k, off);
-  for (int j0 = 0; j0 < kend; j0 += BN) {
-    const int nj = min(BN, seq_k - j0);
+  /* A work-group past its sequence's queries visits no key and stores
+   * nothing; it does not return early (PoCL 3.1 corrupted the heap with
+   * an early return before the tiled kernel's barriers). */
+  const int kend = r0 < lq ? da_grp_hi(r0, off, lk) : 0;
+  for (int j0 = da_grp_lo(r0, off, lk); j0 < kend; j0 += BN) {
+    const int nj = min(BN, lk - j0);
     barrier(CLK_LOCAL_MEM_FENCE); /* the last tile's P V (and Qs) done */
     for (int e = lid; e < BN * DQ4; e += NT) {
       const int jj = e / DQ4, k = e - jj * DQ4;
       float x = 0.0f;
       if (jj < nj && k < DQ) {
-        const size_t row = kbase + (size_t)(j0 + jj) * D;
+        const ulong row = kbase + (ulong)((j0 + jj) * ks2);
 #if G == 1
         x = LOAD_ELEM(K, row + k);
 #else
@@ -195,15 +242,13 @@ void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const 
     }
 #pragma unroll
     for (int r = 0; r < 4; r++) {
-#if CAUSAL
-      const int lim = min(nj, r0 + ty + TY * r + off + 1 - j0);
-#else
-      const int lim = nj;
-#endif
+      const int i = r0 + ty + TY * r;
+      const int lim = min(nj, da_win_hi(i, off, lk) - j0);
+      const int first = da_win_lo(i, off, lk) - j0;
       float mx = -INFINITY;
 #pragma unroll
       for (int c = 0; c < KN; c++) {
-        if (tx + 8 * c >= lim) sc[r][c] = -INFINITY;
+        if (tx + 8 * c >= lim || tx + 8 * c < first) sc[r][c] = -INFINITY;
         mx = fmax(mx, sc[r][c]);
       }
       red[(ty + TY * r) * 8 + tx] = mx;
@@ -232,7 +277,7 @@ void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const 
     }
     for (int e = lid; e < BN * DV; e += NT) {
       const int jj = e / DV, c = e - jj * DV;
-      KV[e] = jj < nj && c < D ? LOAD_ELEM(V, kbase + (size_t)(j0 + jj) * D + c) : 0.0f;
+      KV[e] = jj < nj && c < D ? LOAD_ELEM(V, vbase + (ulong)((j0 + jj) * vs2) + c) : 0.0f;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
 
@@ -258,10 +303,13 @@ void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const 
 #pragma unroll
   for (int r = 0; r < 4; r++) {
     const int i = r0 + ty + TY * r;
-    if (i >= seq_q) continue;
-    const int nvis = da_keys_seen(i, seq_k, off);
-    const float inv = nvis > 0 ? 1.0f / l[r] : 0.0f;
-    const size_t ob = qbase + (size_t)i * D;
+    if (i >= lq) continue;
+    const int seen = da_win_hi(i, off, lk) > da_win_lo(i, off, lk);
+    const float inv = seen ? 1.0f / l[r] : 0.0f;
+    const ulong ob = ooff + (ulong)(b * os0 + h * os1 + (q0 + i) * os2);
+#if LSE
+    if (tx == 0) Lse[loff + da_lse_at(b, h, i, q0, seq_q, heads, rows_q)] = da_lse(seen, m[r], l[r]);
+#endif
 #pragma unroll
     for (int u = 0; u < NU; u++) {
       const float4 o = acc[r][u] * (float4)(inv);
@@ -326,24 +374,34 @@ inline float hsumV(float4 v) {
 }
 #endif
 
-/* Kb[bk][jt][c][jj] = K[bk][jt*BN+jj][c], Vb[bk][jt][jj][c] = V[bk][jt*BN+jj][c],
- * zero past seq_k and past D. Global size (DP, nkt*BN, batch*kv_heads). */
+/* Kb[bk][jt][c][jj] = K[b][kh][jt*BN+jj][c], Vb[bk][jt][jj][c] = V[b][kh][jt*BN+jj][c]
+ * (bk = b * kv_heads + kh; key j of sequence b's own keys, through K's and
+ * V's strides and offsets), zero past its length and past D. Global size
+ * (DP, nkt*BN, batch*kv_heads). */
 __kernel void da_kv_prep(__global const elem_t *K, __global const elem_t *V,
-                         __global float *Kb, __global float *Vb, int seq_k, int nkt) {
+                         __global float *Kb, __global float *Vb, int seq_k, int nkt,
+                         int kv_heads, __global const int *lens_k, long rows_k, long ks0,
+                         long ks1, long ks2, ulong koff, long vs0, long vs1, long vs2,
+                         ulong voff) {
   const int c = get_global_id(0), j = get_global_id(1), bk = get_global_id(2);
   if (c >= DP || j >= nkt * BN) return;
+  const int b = bk / kv_heads, kh = bk - b * kv_heads;
+  long k0;
+  int lk;
+  da_seq_k(LENS, b, lens_k, seq_k, rows_k, &k0, &lk);
   const int jt = j / BN, jj = j - jt * BN;
-  const int in = c < D && j < seq_k;
-  const size_t src = ((size_t)bk * seq_k + j) * D + c;
+  const int in = c < D && j < lk;
   const size_t tile = (size_t)bk * nkt + jt;
-  if (c < D) Kb[(tile * D + c) * BN + jj] = in ? LOAD_ELEM(K, src) : 0.0f;
-  Vb[(tile * BN + jj) * DP + c] = in ? LOAD_ELEM(V, src) : 0.0f;
+  if (c < D)
+    Kb[(tile * D + c) * BN + jj] =
+        in ? LOAD_ELEM(K, koff + (ulong)(b * ks0 + kh * ks1 + (k0 + j) * ks2) + c) : 0.0f;
+  Vb[(tile * BN + jj) * DP + c] =
+      in ? LOAD_ELEM(V, voff + (ulong)(b * vs0 + kh * vs1 + (k0 + j) * vs2) + c) : 0.0f;
 }
 
 __kernel __attribute__((reqd_work_group_size(BM, 1, 1)))
 void da_attn(__global const elem_t *Q, __global const float *Kb, __global const float *Vb,
-             __global elem_t *O, __global const int *perm, __global const float *wts,
-             int seq_q, int seq_k, int heads, int kv_heads, int n_tiles, int nkt, float qscale) {
+             __global elem_t *O, DA_ATTN_ARGS) {
 #if G > 1
   __local float Kf[NG * BN]; /* the key tile fused with this hash tile's groups */
   __local int lp[D];
@@ -356,15 +414,21 @@ void da_attn(__global const elem_t *Q, __global const float *Kb, __global const 
   const int b = get_group_id(2);
   const int i = r0 + lid;
   const int kvh = h / (heads / kv_heads);
-  const int off = seq_k - seq_q;
-  const size_t qbase = ((size_t)b * heads + h) * (size_t)seq_q * D;
+  long q0, k0;
+  int lq, lk;
+  da_seq_q(LENS, b, lens_q, seq_q, rows_q, &q0, &lq);
+  da_seq_k(LENS, b, lens_k, seq_k, rows_k, &k0, &lk); /* k0: da_kv_prep used it */
+  const int off = lk - lq;
+  const ulong qrow = qoff + (ulong)(b * qs0 + h * qs1 + (q0 + i) * qs2); /* when live */
   const size_t ktile0 = ((size_t)b * kv_heads + kvh) * (size_t)nkt;
-  const int live = i < seq_q;
+  const int live = i < lq;
+  /* the keys this row sees: [lo, hi) */
+  const int hi = da_win_hi(i, off, lk), lo = da_win_lo(i, off, lk);
 
   float q[DQ];
 #if G == 1
   for (int k = 0; k < D; k++)
-    q[k] = live ? LOAD_ELEM(Q, qbase + (size_t)i * D + k) * qscale : 0.0f;
+    q[k] = live ? LOAD_ELEM(Q, qrow + k) * qscale : 0.0f;
 #else
   {
     da_load_groups(perm, wts, (((size_t)b * heads + h) * n_tiles + r0 / HB) * D, lid, BM, lp,
@@ -373,7 +437,7 @@ void da_attn(__global const elem_t *Q, __global const float *Kb, __global const 
       float s = 0.0f;
       if (live)
         for (int t = g * G; t < min(g * G + G, D); t++)
-          s += LOAD_ELEM(Q, qbase + (size_t)i * D + lp[t]);
+          s += LOAD_ELEM(Q, qrow + lp[t]);
       q[g] = s * linv[g] * qscale;
     }
   }
@@ -395,9 +459,12 @@ void da_attn(__global const elem_t *Q, __global const float *Kb, __global const 
   for (int u = 0; u < NV; u++) ACC_SET(u, (floatV)(0.0f));
   float m = -INFINITY, l = 0.0f;
 
-  const int kend = da_key_end(r0, seq_k, off);
-  for (int j0 = 0; j0 < kend; j0 += BN) {
-    const int nj = min(BN, seq_k - j0);
+  /* A work-group past its sequence's queries visits no key and stores
+   * nothing; it does not return early (PoCL 3.1 corrupted the heap with
+   * an early return before the tiled kernel's barriers). */
+  const int kend = r0 < lq ? da_grp_hi(r0, off, lk) : 0;
+  for (int j0 = da_grp_lo(r0, off, lk); j0 < kend; j0 += BN) {
+    const int nj = min(BN, lk - j0);
     barrier(CLK_LOCAL_MEM_FENCE);
     __global const float *Kt = Kb + (ktile0 + j0 / BN) * (size_t)(D * BN);
     __global const float *Vs = Vb + (ktile0 + j0 / BN) * (size_t)(BN * DP);
@@ -430,15 +497,19 @@ void da_attn(__global const elem_t *Q, __global const float *Kb, __global const 
 #pragma unroll
       for (int v = 0; v < NB; v++) s[v] = fma(qk, vloadV(v, KROW(k)), s[v]);
     }
-#if CAUSAL
-    const int lim = min(nj, i + off + 1 - j0);
-#else
-    const int lim = nj;
+    const int lim = min(nj, hi - j0);
+#if WL >= 0
+    const int first = lo - j0;
 #endif
     float mx = -INFINITY;
 #pragma unroll
     for (int v = 0; v < NB; v++) {
+#if WL >= 0
+      s[v] = select(s[v], (floatV)(-INFINITY),
+                    ((IOTA + v * VW) >= (intV)(lim)) | ((IOTA + v * VW) < (intV)(first)));
+#else
       s[v] = select(s[v], (floatV)(-INFINITY), (IOTA + v * VW) >= (intV)(lim));
+#endif
       mx = fmax(mx, hmaxV(s[v]));
     }
     const float mn = fmax(m, mx);
@@ -473,11 +544,15 @@ void da_attn(__global const elem_t *Q, __global const float *Kb, __global const 
     /* A row that sees no key is zero; one that does divides by l even when
      * l is 0 or NaN (all logits -Inf or NaN), so the result is NaN as in
      * the float64 reference. */
-    const int nvis = da_keys_seen(i, seq_k, off);
-    const float inv = nvis > 0 ? 1.0f / l : 0.0f;
+    const int seen = hi > lo;
+    const float inv = seen ? 1.0f / l : 0.0f;
     float o[DP];
     for (int u = 0; u < NV; u++) vstoreV(ACC_GET(u) * (floatV)(inv), u, o);
-    for (int k = 0; k < D; k++) STORE_ELEM(O, qbase + (size_t)i * D + k, o[k]);
+    const ulong orow = ooff + (ulong)(b * os0 + h * os1 + (q0 + i) * os2);
+    for (int k = 0; k < D; k++) STORE_ELEM(O, orow + k, o[k]);
+#if LSE
+    Lse[loff + da_lse_at(b, h, i, q0, seq_q, heads, rows_q)] = da_lse(seen, m, l);
+#endif
   }
 }
 #endif /* TILED */

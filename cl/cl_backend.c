@@ -502,6 +502,7 @@ static const da_backend_iface cl_iface = {
     .plan_prepare = da_cl_plan_prepare,
     .plan_release = da_cl_plan_release,
     .attention = da_cl_attention,
+    .attention_ext = da_cl_attention_ext,
     .groups = da_cl_groups,
 };
 

@@ -74,6 +74,7 @@ DA_CL_HIDDEN da_status da_cl_order(da_context *ctx);
 DA_CL_HIDDEN da_status da_cl_plan_prepare(da_plan *p);
 DA_CL_HIDDEN void da_cl_plan_release(da_plan *p);
 DA_CL_HIDDEN da_status da_cl_attention(da_plan *p, void *q, void *k, void *v, void *o);
+DA_CL_HIDDEN da_status da_cl_attention_ext(da_plan *p, const da_call *c);
 DA_CL_HIDDEN da_status da_cl_groups(da_plan *p, void *q, void *perm);
 
 #endif /* DA_CL_INTERNAL_H */

@@ -118,23 +118,50 @@ static da_status ensure_hash(da_plan *p) {
   return DA_SUCCESS;
 }
 
-static da_status enqueue_hash(da_plan *p, cl_mem q, cl_mem perm_out) {
+/* The groups of Q (element (b, h, r, c) at qoff + b*st[0] + h*st[1] +
+ * r*st[2] + c, rows from each sequence's first: cu_q with DA_SEQLENS_PACKED,
+ * NULL otherwise) into perm_out and bp->wts. */
+static da_status enqueue_hash(da_plan *p, cl_mem q, cl_mem perm_out, const long long st[3],
+                              size_t qoff, cl_mem cu_q, size_t rows_q) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
   da_cl_plan *bp = p->bplan;
   const da_attn_desc *d = &p->d;
-  cl_int seq_q = d->seq_q, n_tiles = p->n_tiles;
+  cl_int seq_q = d->seq_q, n_tiles = p->n_tiles, heads = d->heads, lens = cu_q ? 2 : 0;
+  cl_mem cu = cu_q ? cu_q : perm_out; /* not read without lengths */
+  cl_long rq = (cl_long)rows_q, s0 = st[0], s1 = st[1], s2 = st[2];
+  cl_ulong off = qoff;
   ARG(bp->k_hash, 0, q);
   ARG(bp->k_hash, 1, bp->proj);
   ARG(bp->k_hash, 2, perm_out);
   ARG(bp->k_hash, 3, bp->wts);
   ARG(bp->k_hash, 4, seq_q);
   ARG(bp->k_hash, 5, n_tiles);
+  ARG(bp->k_hash, 6, heads);
+  ARG(bp->k_hash, 7, lens);
+  ARG(bp->k_hash, 8, cu);
+  ARG(bp->k_hash, 9, rq);
+  ARG(bp->k_hash, 10, s0);
+  ARG(bp->k_hash, 11, s1);
+  ARG(bp->k_hash, 12, s2);
+  ARG(bp->k_hash, 13, off);
   size_t gws[2] = {(size_t)p->n_tiles * bp->hash_ls, (size_t)d->batch * (size_t)d->heads};
   size_t lws[2] = {bp->hash_ls, 1};
   CK(clEnqueueNDRangeKernel(bc->q, bp->k_hash, 2, NULL, gws, lws, 0, NULL, NULL),
      "clEnqueueNDRangeKernel(da_hash)");
   return da_cl_order(ctx);
+}
+
+/* The fused kernels' options of the plan's da_attn_ext: the window (causal
+ * is WR 0), the lengths' kind and the LSE output. */
+typedef struct {
+  char s[96];
+} ext_opt_str;
+static ext_opt_str ext_opts(const da_plan *p) {
+  ext_opt_str o;
+  snprintf(o.s, sizeof o.s, "-DWL=%d -DWR=%d -DLENS=%d -DLSE=%d", p->x.window_left,
+           p->x.window_right, (int)p->x.seqlens, p->x.lse ? 1 : 0);
+  return o;
 }
 
 /* The tiles of the tiled kernel, in order of speed on an H200 (f16, seq
@@ -243,8 +270,8 @@ static da_status prepare_tiled(da_plan *p, int forced, const cl_choice *c) {
   char opts[512];
   snprintf(opts, sizeof opts,
            "-DTILED=1 -DDTYPE=%d -DD=%zu -DDV=%zu -DG=%zu -DNG=%zu -DHB=%d -DBM=%zu -DBN=%zu "
-           "-DCAUSAL=%d%s",
-           (int)d->dtype, D, dv, G, ng, d->hash_block, bm, bn, d->causal ? 1 : 0, fp_opts(bc));
+           "%s%s",
+           (int)d->dtype, D, dv, G, ng, d->hash_block, bm, bn, ext_opts(p).s, fp_opts(bc));
   bp->tiled = 1;
   bp->bm = bm;
   bp->bn = bn;
@@ -295,8 +322,8 @@ static da_status prepare_fused(da_plan *p) {
   char opts[512];
   snprintf(opts, sizeof opts,
            "-DDTYPE=%d -DD=%zu -DDP=%zu -DG=%zu -DNG=%zu -DHB=%d -DBM=%zu -DBN=%zu -DVW=%zu "
-           "-DCAUSAL=%d -DACC_LOCAL=%d%s",
-           (int)d->dtype, D, dp, G, ng, d->hash_block, bm, bn, vw, d->causal ? 1 : 0, bc->is_cpu,
+           "%s -DACC_LOCAL=%d%s",
+           (int)d->dtype, D, dp, G, ng, d->hash_block, bm, bn, vw, ext_opts(p).s, bc->is_cpu,
            fp_opts(bc));
   bp->bm = bm;
   bp->bn = bn;
@@ -312,6 +339,19 @@ static da_status prepare_fused(da_plan *p) {
       (s = new_buffer(ctx, vbytes, &bp->vb, "value tiles")) != DA_SUCCESS)
     return s;
   return DA_SUCCESS;
+}
+
+/* DA_ALGO_GEMM runs plans without da_attn_ext options only. */
+static da_status refuse_gemm_ext(da_plan *p) {
+  da_context *ctx = p->ctx;
+  /* DA_ALGO_AUTO comes here only when the fused kernel refused the plan:
+   * its reason is still in last_error (plan creation clears it first) */
+  char why[512];
+  snprintf(why, sizeof why, "%.500s", ctx->last_error);
+  return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                      "OpenCL: DA_ALGO_GEMM does not support the da_attn_ext options (strides, "
+                      "per-sequence lengths, LSE, windows); DA_ALGO_FUSED does%s%s",
+                      why[0] ? ", and refused this plan: " : "", why);
 }
 
 static da_status prepare_gemm(da_plan *p) {
@@ -392,6 +432,7 @@ static da_status prepare_gemm(da_plan *p) {
 
 da_status da_cl_plan_prepare(da_plan *p) {
   da_context *ctx = p->ctx;
+  if (p->d.algo == DA_ALGO_GEMM && p->ext_used) return refuse_gemm_ext(p);
   da_cl_plan *bp = calloc(1, sizeof *bp);
   if (!bp) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "OpenCL: out of host memory");
   p->bplan = bp;
@@ -405,36 +446,72 @@ da_status da_cl_plan_prepare(da_plan *p) {
   return s;
 }
 
+/* The groups of a dense Q (da_plan_groups_host's layout, whatever the
+ * plan's strides). */
 da_status da_cl_groups(da_plan *p, void *q, void *perm) {
   da_status s = ensure_hash(p);
   if (s != DA_SUCCESS) return s;
-  return enqueue_hash(p, (cl_mem)q, (cl_mem)perm);
+  const da_attn_desc *d = &p->d;
+  const long long st[3] = {(long long)d->heads * d->seq_q * d->head_dim,
+                           (long long)d->seq_q * d->head_dim, d->head_dim};
+  return enqueue_hash(p, (cl_mem)q, (cl_mem)perm, st, 0, NULL, 0);
 }
 
-static da_status attention_fused(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_mem o) {
+/* The fused attention of one call: the plan's layout (dense strides for a
+ * plain plan) and the call's offsets, lengths and LSE buffer. */
+static da_status attention_fused(da_plan *p, const da_call *c) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
   da_cl_plan *bp = p->bplan;
   const da_attn_desc *d = &p->d;
+  const da_attn_ext *x = &p->x;
+  cl_mem q = c->q, k = c->k, v = c->v, o = c->o;
+  /* buffers a kernel is given but does not read (no lengths, no LSE) */
+  cl_mem lens_q = x->seqlens == DA_SEQLENS_PACKED ? (cl_mem)c->cu_q : o;
+  cl_mem lens_k = x->seqlens == DA_SEQLENS_PACKED ? (cl_mem)c->cu_k
+                  : x->seqlens == DA_SEQLENS_KV   ? (cl_mem)c->seqlens_k
+                                                  : o;
+  cl_mem lse = x->lse ? (cl_mem)c->lse : o;
+  const cl_long rows_q = (cl_long)c->rows_q, rows_k = (cl_long)c->rows_k;
+  const cl_long qs0 = x->q_stride[0], qs1 = x->q_stride[1], qs2 = x->q_stride[2];
+  const cl_long ks0 = x->k_stride[0], ks1 = x->k_stride[1], ks2 = x->k_stride[2];
+  const cl_long vs0 = x->v_stride[0], vs1 = x->v_stride[1], vs2 = x->v_stride[2];
+  const cl_long os0 = x->o_stride[0], os1 = x->o_stride[1], os2 = x->o_stride[2];
+  const cl_ulong qoff = c->q_off, koff = c->k_off, voff = c->v_off, ooff = c->o_off,
+                 loff = c->lse_off;
   da_status s;
-  if (d->group_size > 1 && (s = enqueue_hash(p, q, bp->perm)) != DA_SUCCESS) return s;
+  if (d->group_size > 1 &&
+      (s = enqueue_hash(p, q, bp->perm, x->q_stride, c->q_off,
+                        x->seqlens == DA_SEQLENS_PACKED ? lens_q : NULL, c->rows_q)) != DA_SUCCESS)
+    return s;
   cl_mem perm = d->group_size > 1 ? bp->perm : o, wts = d->group_size > 1 ? bp->wts : o;
   cl_int nkt = (cl_int)(((size_t)d->seq_k + bp->bn - 1) / bp->bn);
+  cl_int seq_q = d->seq_q, seq_k = d->seq_k, heads = d->heads, kvh = d->kv_heads,
+         nt = p->n_tiles;
   if (!bp->tiled) {
-    cl_int sk = d->seq_k;
-    ARG(bp->k_prep, 0, k);
-    ARG(bp->k_prep, 1, v);
-    ARG(bp->k_prep, 2, bp->kb);
-    ARG(bp->k_prep, 3, bp->vb);
-    ARG(bp->k_prep, 4, sk);
-    ARG(bp->k_prep, 5, nkt);
+    cl_kernel kp = bp->k_prep;
+    ARG(kp, 0, k);
+    ARG(kp, 1, v);
+    ARG(kp, 2, bp->kb);
+    ARG(kp, 3, bp->vb);
+    ARG(kp, 4, seq_k);
+    ARG(kp, 5, nkt);
+    ARG(kp, 6, kvh);
+    ARG(kp, 7, lens_k);
+    ARG(kp, 8, rows_k);
+    ARG(kp, 9, ks0);
+    ARG(kp, 10, ks1);
+    ARG(kp, 11, ks2);
+    ARG(kp, 12, koff);
+    ARG(kp, 13, vs0);
+    ARG(kp, 14, vs1);
+    ARG(kp, 15, vs2);
+    ARG(kp, 16, voff);
     size_t gws[3] = {bp->dp, (size_t)nkt * bp->bn, (size_t)d->batch * (size_t)d->kv_heads};
-    CK(clEnqueueNDRangeKernel(bc->q, bp->k_prep, 3, NULL, gws, NULL, 0, NULL, NULL),
+    CK(clEnqueueNDRangeKernel(bc->q, kp, 3, NULL, gws, NULL, 0, NULL, NULL),
        "clEnqueueNDRangeKernel(da_kv_prep)");
     if ((s = da_cl_order(ctx)) != DA_SUCCESS) return s;
   }
-  cl_int seq_q = d->seq_q, seq_k = d->seq_k, heads = d->heads, kvh = d->kv_heads,
-         nt = p->n_tiles;
   cl_float qscale = da_log2_mul(d->scale); /* capped: SPEC 1, "Scale" */
   cl_kernel kr = bp->k_attn;
   ARG(kr, 0, q);
@@ -444,13 +521,35 @@ static da_status attention_fused(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_me
   ARG(kr, 3, o);
   ARG(kr, 4, perm);
   ARG(kr, 5, wts);
-  ARG(kr, 6, seq_q);
-  ARG(kr, 7, seq_k);
-  ARG(kr, 8, heads);
-  ARG(kr, 9, kvh);
-  ARG(kr, 10, nt);
-  ARG(kr, 11, nkt);
-  ARG(kr, 12, qscale);
+  ARG(kr, 6, lse);
+  ARG(kr, 7, lens_q);
+  ARG(kr, 8, lens_k);
+  ARG(kr, 9, seq_q);
+  ARG(kr, 10, seq_k);
+  ARG(kr, 11, heads);
+  ARG(kr, 12, kvh);
+  ARG(kr, 13, nt);
+  ARG(kr, 14, nkt);
+  ARG(kr, 15, qscale);
+  ARG(kr, 16, qs0);
+  ARG(kr, 17, qs1);
+  ARG(kr, 18, qs2);
+  ARG(kr, 19, qoff);
+  ARG(kr, 20, ks0);
+  ARG(kr, 21, ks1);
+  ARG(kr, 22, ks2);
+  ARG(kr, 23, koff);
+  ARG(kr, 24, vs0);
+  ARG(kr, 25, vs1);
+  ARG(kr, 26, vs2);
+  ARG(kr, 27, voff);
+  ARG(kr, 28, os0);
+  ARG(kr, 29, os1);
+  ARG(kr, 30, os2);
+  ARG(kr, 31, ooff);
+  ARG(kr, 32, loff);
+  ARG(kr, 33, rows_q);
+  ARG(kr, 34, rows_k);
   const size_t items = bp->tiled ? 2 * bp->bm : bp->bm; /* work-items per work-group */
   size_t gws[3] = {((size_t)d->seq_q + bp->bm - 1) / bp->bm * items, (size_t)d->heads,
                    (size_t)d->batch};
@@ -528,7 +627,7 @@ static da_status attention_gemm(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_mem
     va = bp->v32;
   }
   if (G > 1) {
-    if ((s = enqueue_hash(p, q, bp->perm)) != DA_SUCCESS) return s;
+    if ((s = enqueue_hash(p, q, bp->perm, p->x.q_stride, 0, NULL, 0)) != DA_SUCCESS) return s;
     ARG(bp->k_fq, 0, q);
     ARG(bp->k_fq, 1, bp->perm);
     ARG(bp->k_fq, 2, bp->wts);
@@ -595,14 +694,30 @@ static da_status attention_gemm(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_mem
 #endif
 
 da_status da_cl_attention(da_plan *p, void *q, void *k, void *v, void *o) {
+  da_call c;
+  memset(&c, 0, sizeof c);
+  c.q = q, c.k = k, c.v = v, c.o = o;
+  return da_cl_attention_ext(p, &c);
+}
+
+/* Every option of da_attn_ext runs in the fused kernels; the GEMM
+ * algorithm (plans without options only: prepare_gemm refuses the rest)
+ * takes no offsets. Lengths in device buffers are never read here: the
+ * kernels clamp them (common.cl, da_seq_q). */
+da_status da_cl_attention_ext(da_plan *p, const da_call *c) {
   if (!p->bplan)
     return da_set_error(p->ctx, DA_ERR_INVALID_ARG, "OpenCL: the plan was not prepared");
   if (p->d.algo == DA_ALGO_GEMM) {
 #ifndef DA_CL_NO_CLBLAST
-    return attention_gemm(p, (cl_mem)q, (cl_mem)k, (cl_mem)v, (cl_mem)o);
+    if (c->q_off || c->k_off || c->v_off || c->o_off)
+      return da_set_error(p->ctx, DA_ERR_UNSUPPORTED,
+                          "OpenCL: DA_ALGO_GEMM takes no element offsets (q %zu, k %zu, v %zu, "
+                          "o %zu); DA_ALGO_FUSED does",
+                          c->q_off, c->k_off, c->v_off, c->o_off);
+    return attention_gemm(p, (cl_mem)c->q, (cl_mem)c->k, (cl_mem)c->v, (cl_mem)c->o);
 #else
     return da_set_error(p->ctx, DA_ERR_UNSUPPORTED, "OpenCL: DA_ALGO_GEMM needs CLBlast");
 #endif
   }
-  return attention_fused(p, (cl_mem)q, (cl_mem)k, (cl_mem)v, (cl_mem)o);
+  return attention_fused(p, c);
 }

@@ -5,7 +5,9 @@
  * keys, a rank sort of the D columns by (key, column), the permutation and
  * the fusion weights (stored by position: w[i] = a[perm[i]]).
  * Defines: D, HASH_BITS, HB (hash_block), G, FUSION (0 mean, 1 norm),
- * LS (work-group size), HV (vector width: 4, 8 or 16). */
+ * LS (work-group size), HV (vector width: 4, 8 or 16).
+ * Q is read through its strides and offset, each sequence's hash tiles from
+ * its own first query row (da_seq_q; lens 2: packed, 0 or 1: from row 0). */
 
 #define DA_CAT_(a, b) a##b
 #define DA_CAT(a, b) DA_CAT_(a, b)
@@ -45,16 +47,24 @@ inline uint da_key(uint code) {
 
 __kernel __attribute__((reqd_work_group_size(LS, 1, 1)))
 void da_hash(__global const elem_t *Q, __global const float *R, __global int *perm_out,
-             __global float *w_out, int seq_q, int n_tiles) {
+             __global float *w_out, int seq_q, int n_tiles, int heads, int lens,
+             __global const int *cu_q, long rows_q, long qs0, long qs1, long qs2, ulong qoff) {
   __local uint keys[DPH];
   __local float aw[DPH];
   __local int lperm[D];
   const int lid = get_local_id(0);
   const int tile = get_group_id(0);
   const int bh = get_group_id(1); /* batch * heads + head */
+  const int b = bh / heads, h = bh - b * heads;
+  long q0;
+  int lq;
+  da_seq_q(lens, b, cu_q, seq_q, rows_q, &q0, &lq);
   const int r0 = tile * HB;
-  const int rows = min(seq_q - r0, HB);
-  __global const elem_t *qt = Q + ((size_t)bh * (size_t)seq_q + (size_t)r0) * (size_t)D;
+  /* the tile's rows of this sequence; none past its queries (the codes are
+   * then 0: the identity permutation, weights 1) */
+  const int rows = max(0, min(lq - r0, HB));
+  /* element (r, c) of the tile: qt + r * qs2 + c (Q's strides and offset) */
+  const ulong qt = qoff + (ulong)(b * qs0 + h * qs1 + (q0 + r0) * qs2);
   const size_t pbase = ((size_t)bh * (size_t)n_tiles + (size_t)tile) * (size_t)D;
 
   for (int ch = lid; ch < NCH; ch += LS) {
@@ -64,7 +74,7 @@ void da_hash(__global const elem_t *Q, __global const float *R, __global int *pe
       for (int b = 0; b < HASH_BITS; b++) acc[b] = (floatH)(0.0f);
       floatH ss = (floatH)(0.0f);
       for (int r = 0; r < rows; r++) {
-        const floatH x = LOADH(qt, (size_t)r * D + c0);
+        const floatH x = LOADH(Q, qt + (ulong)(r * qs2) + c0);
 #pragma unroll
         for (int b = 0; b < HASH_BITS; b++) acc[b] = fma((floatH)(R[b * HB + r]), x, acc[b]);
 #if FUSION == 1
@@ -97,7 +107,7 @@ void da_hash(__global const elem_t *Q, __global const float *R, __global int *pe
         for (int b = 0; b < HASH_BITS; b++) acc[b] = 0.0f;
         float ss = 0.0f;
         for (int r = 0; r < rows; r++) {
-          const float x = LOAD_ELEM(qt, (size_t)r * D + c);
+          const float x = LOAD_ELEM(Q, qt + (ulong)(r * qs2) + c);
           for (int b = 0; b < HASH_BITS; b++) acc[b] = fma(R[b * HB + r], x, acc[b]);
 #if FUSION == 1
           ss = fma(x, x, ss);

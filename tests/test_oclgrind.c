@@ -4,7 +4,9 @@
  * NORM fusion, causal with seq_q < seq_k and seq_q > seq_k (rows that see no
  * key), GQA, head_dim 1, 59, 64, 128 and 256, f32/f16/bf16, partial hash,
  * row and key tiles, more than one key tile (the online softmax rescale),
- * the fused and the GEMM (CLBlast) algorithms, the device-buffer path.
+ * the fused and the GEMM (CLBlast) algorithms, the device-buffer path,
+ * da_attention_ext (strides, offsets, packed and KV lengths, out-of-range
+ * lengths the kernels clamp, LSE, windows, G > 1).
  * Outputs are compared with the float64 reference (SPEC bounds), f32 outputs
  * with the CPU backend (1e-5) and the permutations with the CPU backend and
  * the reference (exactly).
@@ -16,6 +18,7 @@
  * tests/oclgrind-check.sh does that and fails on any report. The device is
  * the OpenCL device whose name or vendor contains "Oclgrind"; its absence is
  * a failure, never a skip. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -252,13 +255,162 @@ static void test_buffers(void **state) {
   da_context_destroy(ctx);
 }
 
+/* ---- da_attention_ext (strides, offsets, lengths, LSE, windows) ----
+ * One small call per case on a context: every input written to a device
+ * buffer from a fixed rng, O and LSE poisoned, read back whole. */
+typedef struct {
+  const char *name;
+  int b, h, kvh, sq, sk, hd, g, causal;
+  da_seqlens lens;
+  int wl, wr;
+  int lq[3], lk[3];       /* per sequence (lq: PACKED only) */
+  int clamp;              /* lengths out of range: OpenCL only, never outside the buffers */
+} xcase;
+
+typedef struct {
+  float *o, *lse;
+  size_t no, nl;
+} xout;
+
+static da_buffer *xbuf(da_context *ctx, const void *src, size_t bytes) {
+  da_buffer *b = NULL;
+  TU_CHECK(ctx, da_buffer_create(ctx, bytes, &b));
+  TU_CHECK(ctx, da_buffer_write(b, 0, src, bytes));
+  return b;
+}
+
+static void xrun(da_context *ctx, const xcase *c, xout *out) {
+  const int B = c->b, H = c->h, KVH = c->kvh, hd = c->hd, packed = c->lens == DA_SEQLENS_PACKED;
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  d.batch = B, d.heads = H, d.kv_heads = KVH, d.seq_q = c->sq, d.seq_k = c->sk, d.head_dim = hd;
+  d.causal = c->causal, d.group_size = c->g, d.hash_block = 16, d.fusion = DA_FUSE_NORM;
+  da_attn_ext x;
+  da_attn_ext_init(&x);
+  x.seqlens = c->lens, x.lse = 1, x.window_left = c->wl, x.window_right = c->wr;
+  int cq[4] = {0}, ck[4] = {0};
+  for (int b = 0; b < B; b++) cq[b + 1] = cq[b] + c->lq[b], ck[b + 1] = ck[b] + c->lk[b];
+  const long rq = packed ? cq[B] : c->sq, rk = packed ? ck[B] : c->sk, nb = packed ? 1 : B;
+  /* padded strides: Q and O [batch][rows][heads][hd + 2] (+1 per row), K, V
+   * [batch][heads][rows][hd + 1] */
+  const long long qr = (long long)H * (hd + 2) + 1, kr = hd + 1;
+  long long qs[3] = {packed ? 0 : rq * qr, hd + 2, qr};
+  long long ks[3] = {packed ? 0 : (long long)KVH * rk * kr, rk * kr, kr};
+  memcpy(x.q_stride, qs, sizeof qs), memcpy(x.o_stride, qs, sizeof qs);
+  memcpy(x.k_stride, ks, sizeof ks), memcpy(x.v_stride, ks, sizeof ks);
+  const size_t qoff = 5, koff = 3, nq = qoff + (size_t)(nb * rq * qr),
+               nk = koff + (size_t)(nb * KVH * rk * kr);
+  tu_rng rng;
+  tu_rng_init(&rng, 0xE47 + (uint64_t)c->sq);
+  float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4);
+  assert_non_null(q), assert_non_null(k), assert_non_null(v);
+  tu_fill(q, DA_F32, nq, &rng, 1.0), tu_fill(k, DA_F32, nk, &rng, 1.0);
+  tu_fill(v, DA_F32, nk, &rng, 1.0);
+  out->no = nq, out->nl = packed ? (size_t)H * rq : (size_t)B * H * c->sq;
+  out->o = malloc(nq * 4), out->lse = malloc(out->nl * 4);
+  assert_non_null(out->o), assert_non_null(out->lse);
+  tu_poison(out->o, nq * 4), tu_poison(out->lse, out->nl * 4);
+  da_buffer *bq = xbuf(ctx, q, nq * 4), *bk = xbuf(ctx, k, nk * 4), *bv = xbuf(ctx, v, nk * 4);
+  da_buffer *bo = xbuf(ctx, out->o, nq * 4), *bl = xbuf(ctx, out->lse, out->nl * 4);
+  da_buffer *b1 = NULL, *b2 = NULL;
+  da_attn_args a;
+  da_attn_args_init(&a);
+  a.q = bq, a.k = bk, a.v = bv, a.o = bo, a.lse = bl;
+  a.q_offset = a.o_offset = qoff, a.k_offset = a.v_offset = koff;
+  if (packed) {
+    if (c->clamp) { /* negative, decreasing, past rows and seq_q/seq_k (no two
+                       sequences share a row of O: no data race either) */
+      cq[0] = -5, cq[1] = 1000, cq[2] = 1000, cq[3] = -7;
+      ck[0] = 2, ck[1] = 1 << 30, ck[2] = 3, ck[3] = -1;
+    }
+    b1 = xbuf(ctx, cq, sizeof(int) * (size_t)(B + 1)), b2 = xbuf(ctx, ck, sizeof(int) * (size_t)(B + 1));
+    a.cu_seqlens_q = b1, a.cu_seqlens_k = b2, a.rows_q = (size_t)rq, a.rows_k = (size_t)rk;
+  } else if (c->lens == DA_SEQLENS_KV) {
+    int lk[3];
+    memcpy(lk, c->lk, sizeof lk);
+    if (c->clamp) lk[0] = -4, lk[1] = 1 << 30;
+    b1 = xbuf(ctx, lk, sizeof(int) * (size_t)B);
+    a.seqlens_k = b1;
+  }
+  da_plan *p = NULL;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
+  TU_CHECK(ctx, da_attention_ext(p, &a));
+  TU_CHECK(ctx, da_buffer_read(bo, 0, out->o, nq * 4));
+  TU_CHECK(ctx, da_buffer_read(bl, 0, out->lse, out->nl * 4));
+  TU_CHECK(ctx, da_context_synchronize(ctx));
+  da_plan_destroy(p);
+  da_buffer *bs[7] = {bq, bk, bv, bo, bl, b1, b2};
+  for (int i = 0; i < 7; i++) da_buffer_destroy(bs[i]);
+  free(q), free(k), free(v);
+}
+
+/* Both fused kernels (the script runs this program with each) under
+ * strides, offsets, packed and KV lengths, LSE, windows and G > 1 against
+ * the CPU backend: O within 1e-5, LSE within 1e-5, the same elements
+ * written (the rest keeps its poison); and lengths out of range, which
+ * the kernels clamp, without an access outside the buffers. */
+static void test_ext(void **state) {
+  (void)state;
+  static const xcase xs[] = {
+      {"packed G=2 window", 3, 2, 1, 20, 24, 24, 2, 1, DA_SEQLENS_PACKED, 6, -1, {20, 0, 9}, {24, 5, 0}, 0},
+      {"kv exact window", 2, 2, 2, 3, 40, 16, 1, 0, DA_SEQLENS_KV, 9, 2, {0}, {40, 17}, 0},
+      {"packed clamped", 3, 2, 1, 20, 24, 24, 2, 1, DA_SEQLENS_PACKED, -1, -1, {20, 4, 9}, {24, 5, 3}, 1},
+      {"kv clamped", 2, 2, 2, 3, 40, 16, 1, 0, DA_SEQLENS_KV, -1, -1, {0}, {40, 17}, 1},
+  };
+  da_context *cpu = open_cpu();
+  for (size_t i = 0; i < sizeof xs / sizeof xs[0]; i++) {
+    xout r[2];
+    /* a context per case: here (Oclgrind 21.10, Debian 12) --uninitialized
+     * reports "controlflow depends on uninitialized value" in da_attn for
+     * every plan after a context's first, one case alone being clean;
+     * test_fused and test_default_block get the same reports, with the
+     * kernels as they were before this test */
+    da_context *ocl = open_oclgrind();
+    xrun(ocl, &xs[i], &r[1]);
+    da_context_destroy(ocl);
+    if (xs[i].clamp) { /* the CPU backend checks the values and refuses them */
+      free(r[1].o), free(r[1].lse);
+      continue;
+    }
+    xrun(cpu, &xs[i], &r[0]);
+    double num = 0, den = 0, lw = 0;
+    size_t kind = 0;
+    for (size_t e = 0; e < r[0].no; e++) {
+      uint32_t u0, u1;
+      memcpy(&u0, &r[0].o[e], 4), memcpy(&u1, &r[1].o[e], 4);
+      if ((u0 == 0xFFFFFFFFu) != (u1 == 0xFFFFFFFFu)) kind++;
+      if (u0 == 0xFFFFFFFFu) continue;
+      double x = r[1].o[e], y = r[0].o[e];
+      num += (x - y) * (x - y), den += y * y;
+    }
+    for (size_t e = 0; e < r[0].nl; e++) {
+      double x = r[1].lse[e], y = r[0].lse[e];
+      if (isnan(y) || isinf(y)) {
+        uint32_t u0, u1;
+        memcpy(&u0, &r[0].lse[e], 4), memcpy(&u1, &r[1].lse[e], 4);
+        kind += u0 != u1 && !(isnan(x) && isnan(y) && u0 != 0xFFFFFFFFu && u1 != 0xFFFFFFFFu);
+      } else if (!(fabs(x - y) <= lw)) {
+        lw = fabs(x - y);
+      }
+    }
+    double err = den > 0 ? sqrt(num / den) : sqrt(num);
+    if (!(err <= 1e-5) || !(lw <= 1e-5) || kind)
+      fail_msg("oclgrind ext %s: vs cpu O %.3g, LSE %.3g, %zu elements written on one only",
+               xs[i].name, err, lw, kind);
+    for (int j = 0; j < 2; j++) free(r[j].o), free(r[j].lse);
+  }
+  da_context_destroy(cpu);
+}
+
 int main(void) {
+  tu_filter_from_env();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_device),
       cmocka_unit_test(test_fused),
       cmocka_unit_test(test_gemm),
       cmocka_unit_test(test_default_block),
       cmocka_unit_test(test_buffers),
+      cmocka_unit_test(test_ext),
   };
   return cmocka_run_group_tests_name("oclgrind", tests, NULL, NULL);
 }
