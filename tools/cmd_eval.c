@@ -321,8 +321,8 @@ int cmd_eval(int argc, char **argv) {
 
   if (!rc) {
     if (csv) {
-      printf("backend,device_name,group,fusion,hash_bits,hash_block,strategy,rank,proj_file,"
-             "sentences,tokens,total_rel_err,worst_rel_err,ms");
+      printf("backend,device_name,group,fusion,hash_bits,hash_block,sentences,tokens,total_rel_err,"
+             "worst_rel_err,ms,strategy,rank,proj_file");
       for (unsigned l = 0; l < L; l++) printf(",layer%u", l);
       printf("\n");
     } else {
@@ -451,14 +451,17 @@ int cmd_eval(int argc, char **argv) {
         csv_field(stdout, backend_label(todo[bi]));
         putchar(',');
         csv_field(stdout, info.name);
+        if (cf->proj >= 0)
+          printf(",,,,");
+        else
+          printf(",%d,%s,%d,%d", cf->G, cf->G > 1 ? fusion_name(cf->f) : "", cf->bits, cf->block);
+        printf(",%u,%zu,%.6e,%.6e,%.3f", ns, tokens, total, a->worst, a->ms);
         if (cf->proj >= 0) {
-          printf(",,,,,projection,%d,", projs[cf->proj].rank);
+          printf(",projection,%d,", projs[cf->proj].rank);
           csv_field(stdout, projs[cf->proj].path);
         } else {
-          printf(",%d,%s,%d,%d,tile_lsh,,", cf->G, cf->G > 1 ? fusion_name(cf->f) : "", cf->bits,
-                 cf->block);
+          printf(",tile_lsh,,");
         }
-        printf(",%u,%zu,%.6e,%.6e,%.3f", ns, tokens, total, a->worst, a->ms);
         for (unsigned l = 0; l < L; l++)
           printf(",%.6e", a->den[l] > 0.0 ? sqrt(a->num[l] / a->den[l]) : sqrt(a->num[l]));
         printf("\n");
