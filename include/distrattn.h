@@ -112,8 +112,9 @@ DA_API void da_context_destroy(da_context *ctx);
 DA_API da_backend da_context_backend(const da_context *ctx);
 /* Detail of the last failure on this context: the field and value that were
  * rejected, a build log, a driver error; empty after a call that succeeded.
- * ctx NULL: the reason of this thread's last failed da_context_create or
- * da_context_wrap (which have no context to keep it in). Never NULL. */
+ * ctx NULL: the reason of this thread's last failed da_context_create,
+ * da_context_wrap or da_projections_load (which have no context to keep it
+ * in). Never NULL. */
 DA_API const char *da_context_last_error(const da_context *ctx);
 DA_API da_status da_context_synchronize(da_context *ctx);
 DA_API da_status da_context_get_device_info(const da_context *ctx, da_device_info *out);
@@ -173,7 +174,27 @@ typedef struct da_attn_ext {
   int lse;                    /* 1: the call writes the log-sum-exp (args.lse) */
   int window_left;            /* keys before the query's diagonal it sees; -1 = all */
   int window_right;           /* keys after the diagonal it sees; -1 = all (causal: 0) */
+  /* ---- appended: grouping strategies (SPEC 1c) ----
+   * DA_STRATEGY_TILE_LSH (0, the default): group_size > 1 is the paper's
+   * per-tile LSH grouping of section 1. DA_STRATEGY_PROJECTION: logits
+   * scale * (Q_h A_h) . (K_kv(h) B_h) with caller-given A_h, B_h
+   * (head_dim x rank f32, per query head); V and the softmax exact.
+   * group_size must then be 1 (the rank takes its place: rank head_dim/G
+   * is the G equivalent). proj: [heads][2][head_dim][rank] (A_h then B_h,
+   * row-major), host memory, every element finite; copied into the plan
+   * at creation (da_plan_get_ext then points at the plan's copy, valid
+   * while the plan lives). CPU backend only, for now: OpenCL and CUDA
+   * refuse it with DA_ERR_UNSUPPORTED. da_projections_load reads them
+   * from a calibration file (`distrattn calibrate`). */
+  int strategy;               /* da_strategy */
+  int rank;                   /* DA_STRATEGY_PROJECTION: 1..head_dim; else 0 */
+  const float *proj;          /* DA_STRATEGY_PROJECTION: the projections; else NULL */
 } da_attn_ext;
+
+typedef enum {
+  DA_STRATEGY_TILE_LSH = 0,   /* section 1: per-tile LSH column groups (group_size G) */
+  DA_STRATEGY_PROJECTION = 1  /* section 1c: per-head projections to `rank` columns */
+} da_strategy;
 
 typedef struct da_attn_args {
   size_t struct_size;         /* sizeof(da_attn_args): da_attn_args_init sets it */
@@ -215,6 +236,22 @@ DA_API da_status da_plan_get_ext(const da_plan *plan, da_attn_ext *out);
  * seq_q (seq_k); the result is then unspecified, but nothing outside the
  * tensors' rows is read or written (SPEC 1, "Layouts and lengths"). */
 DA_API da_status da_attention_ext(da_plan *plan, const da_attn_args *args);
+
+/* ---- Projection files (SPEC 1c, tools/PROJ_FORMAT.md) ----
+ * Reads layer `layer` (0-based, among the file's layers) of a DATTNPRJ
+ * file written by `distrattn calibrate`: *proj gets a malloc'd
+ * [heads][2][head_dim][rank] f32 array (A_h then B_h per query head, the
+ * layout of da_attn_ext.proj), freed with da_projections_free. layers,
+ * heads, head_dim, rank (each may be NULL) get the file's. The file is
+ * trusted in nothing: magic, version, every header field's range, the
+ * exact size and every value (finite) are checked before anything is
+ * returned. On failure: DA_ERR_INVALID_ARG (a bad file or argument),
+ * DA_ERR_HOST_MEMORY, *proj NULL, and da_context_last_error(NULL) says
+ * why (the field and value; for a non-finite value its layer, head,
+ * matrix, row and column). Safe from any thread. */
+DA_API da_status da_projections_load(const char *path, int layer, float **proj, int *layers,
+                                     int *heads, int *head_dim, int *rank);
+DA_API void da_projections_free(float *proj);
 
 /* ---- Backward pass (training) ----
  * The gradients of attention with respect to Q, K and V (SPEC section 1b),

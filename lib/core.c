@@ -62,6 +62,16 @@ static da_status fail_no_ctx(da_status s, const char *fmt, ...) {
   return s;
 }
 
+da_status da_fail_no_ctx(da_status s, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(no_ctx_error, sizeof no_ctx_error, fmt, ap);
+  va_end(ap);
+  return s;
+}
+
+void da_clear_no_ctx_error(void) { no_ctx_error[0] = '\0'; }
+
 /* A context that failed to come up: its message goes to the thread's. */
 static da_status drop_new_context(da_context *ctx, da_status s) {
   const char *m = ctx->last_error[0] ? ctx->last_error : da_status_string(s);
@@ -445,6 +455,27 @@ static da_status validate_ext(da_context *ctx, const da_attn_desc *d, da_attn_ex
   if (x->seqlens != DA_SEQLENS_NONE || x->lse || x->window_left >= 0 ||
       (!d->causal && x->window_right >= 0))
     *used = 1;
+  if (x->strategy != DA_STRATEGY_TILE_LSH && x->strategy != DA_STRATEGY_PROJECTION)
+    return BAD("ext.strategy = %d is not a da_strategy (0 tile_lsh, 1 projection)", x->strategy);
+  if (x->strategy == DA_STRATEGY_TILE_LSH) {
+    if (x->rank != 0)
+      return BAD("ext.rank = %d: a rank is for ext.strategy = DA_STRATEGY_PROJECTION only "
+                 "(0 otherwise)", x->rank);
+    if (x->proj)
+      return BAD("%s", "ext.proj given: projections are for ext.strategy = "
+                 "DA_STRATEGY_PROJECTION only (NULL otherwise)");
+  } else {
+    if (d->group_size != 1)
+      return BAD("group_size = %d with ext.strategy = DA_STRATEGY_PROJECTION: it must be 1 "
+                 "(the rank takes its place; rank head_dim/G is the G equivalent)",
+                 d->group_size);
+    if (x->rank < 1 || x->rank > d->head_dim)
+      return BAD("ext.rank = %d is out of range (1..head_dim = %d) for "
+                 "DA_STRATEGY_PROJECTION", x->rank, d->head_dim);
+    if (!x->proj)
+      return BAD("%s", "ext.proj is NULL: DA_STRATEGY_PROJECTION needs the projections "
+                 "[heads][2][head_dim][rank] (A then B per query head)");
+  }
   if (d->causal) x->window_right = 0; /* as FlashAttention-2 */
   const int packed = x->seqlens == DA_SEQLENS_PACKED;
   for (int t = 0; t < 4; t++) {
@@ -485,6 +516,44 @@ static da_status validate_ext(da_context *ctx, const da_attn_desc *d, da_attn_ex
                  "(batch %d, heads %d, seq_q %d, head_dim %d)",
                  st[0], st[1], st[2], d->batch, d->heads, d->seq_q, d->head_dim);
   }
+  return DA_SUCCESS;
+}
+
+/* DA_STRATEGY_PROJECTION (SPEC 1c): the caller's [heads][2][head_dim][rank]
+ * projections, checked finite and copied into the plan (x.proj then points
+ * at the copy). Only the backends that implement the strategy get such a
+ * plan: today the CPU backend. */
+static da_status copy_projections(da_context *ctx, da_plan *p) {
+  const da_attn_desc *d = &p->d;
+  const int r = p->x.rank, hd = d->head_dim;
+  if (ctx->iface->id != DA_BACKEND_CPU)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "the %s backend does not implement ext.strategy = "
+                        "DA_STRATEGY_PROJECTION yet (the cpu backend does)",
+                        ctx->iface->name);
+  size_t n;
+  if (!da_mul_size((size_t)d->heads, 2 * (size_t)hd * (size_t)r, &n) ||
+      !da_mul_size(n, sizeof(float), &n))
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "ext.proj: heads = %d x 2 x head_dim = %d x rank = %d floats overflow "
+                        "size_t", d->heads, hd, r);
+  for (size_t i = 0; i < n / sizeof(float); i++) {
+    float v = p->x.proj[i];
+    if (isfinite(v)) continue;
+    size_t per = (size_t)hd * (size_t)r;
+    size_t h = i / (2 * per), rest = i % (2 * per);
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "ext.proj: head %zu, %s, row %zu, col %zu is %s: projections must be "
+                        "finite",
+                        h, rest < per ? "A" : "B", rest % per / (size_t)r, rest % (size_t)r,
+                        isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf");
+  }
+  p->sproj = malloc(n);
+  if (!p->sproj)
+    return da_set_error(ctx, DA_ERR_HOST_MEMORY, "out of host memory for the plan's %zu bytes "
+                        "of projections", n);
+  memcpy(p->sproj, p->x.proj, n);
+  p->x.proj = p->sproj;
   return DA_SUCCESS;
 }
 
@@ -531,11 +600,18 @@ da_status da_plan_create_ext(da_context *ctx, const da_attn_desc *in, const da_a
     free(p);
     return s;
   }
+  if (s == DA_SUCCESS && p->x.strategy == DA_STRATEGY_PROJECTION)
+    s = copy_projections(ctx, p);
+  if (s != DA_SUCCESS) {
+    free(p);
+    return s;
+  }
   p->q_elems = q / p->elem_size;
   p->kv_elems = kv / p->elem_size;
   p->perm_count = perm / sizeof(int);
   p->proj = malloc((size_t)d->hash_bits * (size_t)d->hash_block * sizeof(float));
   if (!p->proj) {
+    free(p->sproj);
     free(p);
     return da_set_error(ctx, DA_ERR_HOST_MEMORY, "out of host memory for the projections");
   }
@@ -550,6 +626,7 @@ da_status da_plan_create_ext(da_context *ctx, const da_attn_desc *in, const da_a
   }
   if (s != DA_SUCCESS) {
     free(p->proj);
+    free(p->sproj);
     free(p);
     return s;
   }
@@ -564,6 +641,7 @@ void da_plan_destroy(da_plan *p) {
   da_context *ctx = p->ctx;
   if (ctx->iface->plan_release) ctx->iface->plan_release(p);
   free(p->proj);
+  free(p->sproj);
   free(p);
   context_unref(ctx);
 }
@@ -889,6 +967,10 @@ da_status da_plan_groups_host(da_plan *p, const void *q, int *perm) {
   ctx->last_error[0] = '\0';
   if (!q) return da_set_error(ctx, DA_ERR_INVALID_ARG, "q is NULL");
   if (!perm) return da_set_error(ctx, DA_ERR_INVALID_ARG, "perm is NULL");
+  if (p->x.strategy == DA_STRATEGY_PROJECTION)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "the plan's ext.strategy is DA_STRATEGY_PROJECTION: it has no column "
+                        "groups (da_plan_groups_host is for DA_STRATEGY_TILE_LSH)");
   size_t qb = p->q_elems * p->elem_size;
   if (ctx->iface->id == DA_BACKEND_CPU) return finish(ctx, ctx->iface->groups(p, (void *)q, perm));
   const void *in[1] = {q};

@@ -358,6 +358,11 @@ static void job_init(cpu_attn_job *J, da_plan *p, void *q, void *k, void *v, voi
   memcpy(J->ost, p->x.o_stride, sizeof J->ost);
   J->wl = p->x.window_left;
   J->wr = p->x.window_right;
+  if (p->x.strategy == DA_STRATEGY_PROJECTION) { /* SPEC 1c: logits over R columns */
+    J->R = p->x.rank;
+    J->pj = p->sproj;
+    J->D = J->R;
+  }
   pl->kern->setup(J);
 }
 

@@ -14,6 +14,8 @@
  *     kv head and their query blocks; each item owns its rows of dK, dV;
  *  4. dQ: per (batch, head, query block) over the key blocks it sees; each
  *     item owns its rows of dQ.
+ * The projection strategy (SPEC 1c) runs the same passes over the R logit
+ * columns Q A_h, K B_h: dQ = s dQ' A_h^T, dK = s sum_h dK'_h B_h^T.
  * Passes 3 and 4 both recompute P and dS (no atomics, no per-thread
  * copies of dQ): 7 block products per block pair against the forward's 2,
  * each register-blocked (BW(gemm) in lib/cpu_bwd_tmpl.h).
@@ -46,6 +48,8 @@ typedef struct bwd_job {
   float *qco, *kco;      /* G > 1: 1 / A_g(c) and a_c, same layout */
   float *Dv;             /* [B][H][Sq] */
   float *const *scratch;
+  int R;                 /* DA_STRATEGY_PROJECTION: the rank (ng = R), else 0 */
+  const float *pj;       /* its [H][2][d][R] projections (SPEC 1c) */
   size_t o_kx, o_kft, o_kf, o_vt, o_qs, o_do, o_s, o_dp, o_acc, o_dva, o_dkf, o_row, o_lse,
       o_dd, scratch_floats;
 } bwd_job;
@@ -136,6 +140,24 @@ static void bwd_fuse_k(const bwd_job *J, const float *kx, const int *gi, const f
   }
 }
 
+/* The projection strategy (SPEC 1c): the logit columns of a K block for
+ * query head h, K B_h: kft [np][BKB] (and kf [BKB][np] when given). */
+static void bwd_proj_k(const bwd_job *J, int h, const float *kx, float *kft, float *kf) {
+  const int dp = J->dp, np = J->np, d = J->d, R = J->R;
+  const float *Bm = J->pj + ((size_t)h * 2 + 1) * (size_t)d * R;
+  memset(kft, 0, (size_t)np * BKB * sizeof(float));
+  if (kf) memset(kf, 0, (size_t)BKB * np * sizeof(float));
+  for (int j = 0; j < BKB; j++) {
+    const float *k = kx + (size_t)j * dp;
+    for (int g = 0; g < R; g++) {
+      float x = 0.0f;
+      for (int c = 0; c < d; c++) x = fmaf(k[c], Bm[(size_t)c * R + g], x);
+      kft[(size_t)g * BKB + j] = x;
+      if (kf) kf[(size_t)j * np + g] = x;
+    }
+  }
+}
+
 /* Rows i0.. of a query block: qs [QB][np] (Q, or Qs[r][g] = sum_{c in g}
  * Q[r][c] / A_g), dob [QB][dp], lse2 = LSE log2(e) (-inf past nr), Dr. */
 static void bwd_load_rows(const bwd_job *J, int b, int h, long i0, int nr, const int *gi,
@@ -154,7 +176,15 @@ static void bwd_load_rows(const bwd_job *J, int b, int h, long i0, int nr, const
     }
     const long i = i0 + r;
     float *q = qs + (size_t)r * np;
-    if (!gi) {
+    if (J->R) { /* Q A_h */
+      const float *A = J->pj + (size_t)h * 2 * (size_t)d * J->R;
+      load_row(J->c->q, J->t, at(J->qst, J->c->q_off, b, h, i), d, row);
+      for (int g = 0; g < J->R; g++) {
+        float x = 0.0f;
+        for (int c = 0; c < d; c++) x = fmaf(row[c], A[(size_t)c * J->R + g], x);
+        q[g] = x;
+      }
+    } else if (!gi) {
       load_row(J->c->q, J->t, at(J->qst, J->c->q_off, b, h, i), d, q);
     } else {
       load_row(J->c->q, J->t, at(J->qst, J->c->q_off, b, h, i), d, row);
@@ -182,7 +212,14 @@ static void bwd_store_q(const bwd_job *J, int b, int h, long i0, int nr, const i
   const int np = J->np, d = J->d;
   for (int r = 0; r < nr; r++) {
     const float *a = dqs + (size_t)r * np;
-    if (!gi)
+    if (J->R) { /* dQ = s dQ' A_h^T */
+      const float *A = J->pj + (size_t)h * 2 * (size_t)d * J->R;
+      for (int c = 0; c < d; c++) {
+        float x = 0.0f;
+        for (int g = 0; g < J->R; g++) x = fmaf(a[g], A[(size_t)c * J->R + g], x);
+        row[c] = J->sc * x;
+      }
+    } else if (!gi)
       for (int c = 0; c < d; c++) row[c] = J->sc * a[c];
     else
       for (int c = 0; c < d; c++) row[c] = J->sc * (a[gi[c]] * qco[c]);
@@ -304,6 +341,11 @@ da_status da_cpu_backward(da_plan *p, const da_bwd_call *c, const cpu_bwd_pool *
   J.Sq = d->seq_q, J.Sk = d->seq_k, J.d = d->head_dim;
   J.G = d->group_size > 1 ? d->group_size : 1;
   J.ng = J.G == 1 ? J.d : (J.d + J.G - 1) / J.G;
+  if (p->x.strategy == DA_STRATEGY_PROJECTION) { /* SPEC 1c: R logit columns */
+    J.R = p->x.rank;
+    J.pj = p->sproj;
+    J.ng = J.R;
+  }
   J.dp = (int)rup((size_t)J.d, 16);
   J.np = (int)rup((size_t)J.ng, 16);
   J.hb = d->hash_block;

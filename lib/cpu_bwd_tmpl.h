@@ -195,12 +195,18 @@ static void BW(dkv_item)(void *arg, int tid, long item) {
   float *lse2 = sb + J->o_lse, *Dr = sb + J->o_dd;
   const int dp = J->dp, np = J->np, d = J->d;
   bwd_load_kv(J, b, kh, j0, nk, kx, vt, row);
-  if (J->G == 1) bwd_fuse_k(J, kx, NULL, NULL, kft, NULL);
+  if (J->G == 1 && !J->R) bwd_fuse_k(J, kx, NULL, NULL, kft, NULL);
   memset(dka, 0, (size_t)BKB * dp * sizeof(float));
   memset(dva, 0, (size_t)BKB * dp * sizeof(float));
   for (int hh = 0; hh < J->hpk; hh++) {
     const int h = kh * J->hpk + hh;
     const long bh = (long)b * J->H + h;
+    const float *Bm = NULL; /* the projection strategy: this head's B */
+    if (J->R) {
+      Bm = J->pj + ((size_t)h * 2 + 1) * (size_t)d * J->R;
+      bwd_proj_k(J, h, kx, kft, NULL);
+      memset(dkf, 0, (size_t)BKB * np * sizeof(float));
+    }
     int cur_tile = -1;
     const int *gi = NULL;
     const float *qco = NULL, *kco = NULL;
@@ -222,7 +228,9 @@ static void BW(dkv_item)(void *arg, int tid, long item) {
       if (!BW(block_grads)(J, i0, nr, j0, nk, qs, kft, dob, vt, lse2, Dr, S, dP)) continue;
       /* dV += P^T dO; dK += dS^T Q (G = 1) or dKf = dS^T Qs */
       BW(gemm)(nk, nr, S, 1, BKB, dob, (size_t)dp, dp, dva, (size_t)dp, 0);
-      if (J->G == 1) {
+      if (J->R) { /* dK' = dS^T Q', over the head's query blocks */
+        BW(gemm)(nk, nr, dP, 1, BKB, qs, (size_t)np, np, dkf, (size_t)np, 0);
+      } else if (J->G == 1) {
         BW(gemm)(nk, nr, dP, 1, BKB, qs, (size_t)np, np, dka, (size_t)dp, 0);
       } else {
         BW(gemm)(nk, nr, dP, 1, BKB, qs, (size_t)np, np, dkf, (size_t)np, 1);
@@ -233,6 +241,17 @@ static void BW(dkv_item)(void *arg, int tid, long item) {
         }
       }
     }
+    if (J->R) /* dK += dK'_h B_h^T */
+      for (int j = 0; j < nk; j++) {
+        const float *f = dkf + (size_t)j * np;
+        float *a = dka + (size_t)j * dp;
+        for (int c = 0; c < d; c++) {
+          const float *bc = Bm + (size_t)c * J->R;
+          float x = 0.0f;
+          for (int g = 0; g < J->R; g++) x = fmaf(f[g], bc[g], x);
+          a[c] += x;
+        }
+      }
   }
   (void)kf;
   bwd_store_kv(J, b, kh, j0, nk, dka, dva, row);
@@ -266,7 +285,10 @@ static void BW(dq_item)(void *arg, int tid, long item) {
     const int nk = J->Sk - j0 < BKB ? (int)(J->Sk - j0) : BKB;
     bwd_load_kv(J, b, kh, j0, nk, kx, vt, row);
     const float *kr = kx; /* Kf rows: K itself when G = 1 */
-    if (J->G == 1) {
+    if (J->R) {
+      bwd_proj_k(J, h, kx, kft, kf);
+      kr = kf;
+    } else if (J->G == 1) {
       bwd_fuse_k(J, kx, NULL, NULL, kft, NULL);
     } else {
       bwd_fuse_k(J, kx, gi, kco, kft, kf);

@@ -423,6 +423,77 @@ static void groups_item(void *arg, int tid, long item) {
 }
 
 /* ---------------------------------------------------------------------- */
+/* The projection strategy (SPEC 1c)                                      */
+
+/* The R-row K^T blocks of one key block: for each query head hh of kv head
+ * kh, dst + hh*R*KB (panels of [R][NC]) = B_h^T K^T, from K^T kt (panels of
+ * [head_dim][NC]); f32 sums over c = 0..head_dim-1 in order. */
+static void proj_k(const cpu_attn_job *J, const float *restrict kt, int kh, float *restrict dst) {
+  const int hd = J->d, R = J->R;
+  for (int hh = 0; hh < J->hpk; hh++) {
+    const int h = kh * J->hpk + hh;
+    const float *Bm = J->pj + ((size_t)h * 2 + 1) * (size_t)hd * R;
+    float *out = dst + (size_t)hh * R * KB;
+    for (int pnl = 0; pnl < KB / NC; pnl++) {
+      const float *src = kt + (size_t)pnl * hd * NC;
+      float *o = out + (size_t)pnl * R * NC;
+      int g = 0;
+      for (; g + 4 <= R; g += 4) {
+        vf acc[4][NV];
+        UNROLL for (int u = 0; u < 4; u++) UNROLL for (int v = 0; v < NV; v++) acc[u][v] = vsplat(0.0f);
+        for (int c = 0; c < hd; c++) {
+          vf kv[NV];
+          UNROLL for (int v = 0; v < NV; v++) kv[v] = *(const vf *)(src + (size_t)c * NC + v * VL);
+          const float *b = Bm + (size_t)c * R + g;
+          UNROLL for (int u = 0; u < 4; u++) {
+            vf x = vsplat(b[u]);
+            UNROLL for (int v = 0; v < NV; v++) acc[u][v] = vfma(kv[v], x, acc[u][v]);
+          }
+        }
+        UNROLL for (int u = 0; u < 4; u++) UNROLL for (int v = 0; v < NV; v++)
+          *(vf *)(o + (size_t)(g + u) * NC + v * VL) = acc[u][v];
+      }
+      for (; g < R; g++) {
+        vf acc[NV];
+        UNROLL for (int v = 0; v < NV; v++) acc[v] = vsplat(0.0f);
+        for (int c = 0; c < hd; c++) {
+          vf x = vsplat(Bm[(size_t)c * R + g]);
+          UNROLL for (int v = 0; v < NV; v++)
+            acc[v] = vfma(*(const vf *)(src + (size_t)c * NC + v * VL), x, acc[v]);
+        }
+        UNROLL for (int v = 0; v < NV; v++) *(vf *)(o + (size_t)g * NC + v * VL) = acc[v];
+      }
+    }
+  }
+}
+
+/* Qf[nr][R] = qmul * Q A_h (rows up to nrp zero): Q converted row by row
+ * into row, f32 sums over c = 0..head_dim-1 in order. */
+static void build_q_proj(const cpu_attn_job *J, size_t base, int nr, int nrp, const float *A,
+                         float *restrict qf, float *restrict row) {
+  const da_attn_desc *d = &J->p->d;
+  const int hd = J->d, R = J->R;
+  const vf qm = vsplat(J->qmul);
+  for (int r = 0; r < nr; r++) {
+    cvt_in(J->q, d->dtype, base + (size_t)r * (size_t)J->qst[2], hd, row);
+    float *dst = qf + (size_t)r * R;
+    int g = 0;
+    for (; g + VL <= R; g += VL) {
+      vf acc = vsplat(0.0f);
+      for (int c = 0; c < hd; c++) acc = vfma(vsplat(row[c]), vload(A + (size_t)c * R + g), acc);
+      acc = acc * qm;
+      memcpy(dst + g, &acc, sizeof acc);
+    }
+    for (; g < R; g++) {
+      float acc = 0.0f;
+      for (int c = 0; c < hd; c++) acc = fmaf(row[c], A[(size_t)c * R + g], acc);
+      dst[g] = acc * J->qmul;
+    }
+  }
+  for (int r = nr; r < nrp; r++) memset(qf + (size_t)r * R, 0, (size_t)R * sizeof(float));
+}
+
+/* ---------------------------------------------------------------------- */
 /* Packing K and V once per call                                          */
 
 static void pack_item(void *arg, int tid, long item) {
@@ -442,6 +513,8 @@ static void pack_item(void *arg, int tid, long item) {
   float *kt = J->kpack + ((size_t)pr * J->nkb + kb) * J->kblk;
   float *vp = J->vpack + ((size_t)pr * J->nkb + kb) * J->vblk;
   float *row = J->scratch[tid] + J->o_row;
+  float *kdst = kt; /* the projection strategy: K^T in scratch, projected below */
+  if (J->R) kt = J->scratch[tid] + J->o_kt;
   for (int j = 0; j < KB; j++) {
     float *pp = kt + (size_t)(j / NC) * hd * NC + (j % NC);
     if (j < kn) {
@@ -451,6 +524,7 @@ static void pack_item(void *arg, int tid, long item) {
       for (int c = 0; c < hd; c++) pp[(size_t)c * NC] = 0.0f;
     }
   }
+  if (J->R) proj_k(J, kt, kh, kdst);
   for (int j = 0; j < KB; j++) {
     if (j < kn) {
       cvt_in(J->v, d->dtype, vbase + (size_t)j * vrs, hd, row);
@@ -792,6 +866,7 @@ static void attn_item(void *arg, int tid, long item) {
   float *mb = (float *)(lv + QBs), *al = mb + QBs, *qmx = al + QBs;
   const int Dp = J->Dp, hd = J->d, D = J->D;
   const float *kp = J->kpack + (size_t)pr * J->nkb * J->kblk;
+  if (J->R) kp += (size_t)(hi - kh * J->hpk) * J->R * KB; /* this head's K B_h blocks */
   const float *vp = J->vpack + (size_t)pr * J->nkb * J->vblk;
   size_t qbase = q_at(J, bi, hi, i0);
 
@@ -833,7 +908,10 @@ static void attn_item(void *arg, int tid, long item) {
     perm = J->perm_all + t * (size_t)hd;
     a = J->a_all + t * (size_t)hd;
   }
-  build_q(J, qbase, nr, nrp, perm, a, qf, row);
+  if (J->R)
+    build_q_proj(J, qbase, nr, nrp, J->pj + (size_t)hi * 2 * hd * J->R, qf, row);
+  else
+    build_q(J, qbase, nr, nrp, perm, a, qf, row);
 
   if (d->algo == DA_ALGO_GEMM) {
     const size_t lds = J->lds;
@@ -904,7 +982,7 @@ static void setup(cpu_attn_job *J) {
   if (d->seq_q < J->QB) J->QB = (int)round_up((size_t)d->seq_q, SMC);
   J->nqb = (d->seq_q + J->QB - 1) / J->QB;
   J->nkb = (d->seq_k + KB - 1) / KB;
-  J->kblk = (size_t)J->d * KB;
+  J->kblk = J->R ? (size_t)J->hpk * J->R * KB : (size_t)J->d * KB;
   J->vblk = (size_t)KB * (size_t)J->Dp;
   J->lds = d->algo == DA_ALGO_GEMM ? round_up(d->seq_k > 0 ? (size_t)d->seq_k : 1, KB) : KB;
   size_t QBp = round_up((size_t)J->QB, NR);
@@ -921,6 +999,7 @@ static void setup(cpu_attn_job *J) {
   PART(o_l, QBs);
   PART(o_lv, QBs * VL + 3 * QBs); /* then the softmax's mb, al and the logits' row max */
   PART(o_qt, J->d <= 256 ? (size_t)d->hash_block * round_up((size_t)J->d, VL) : 0);
+  PART(o_kt, J->R ? (size_t)J->d * KB : 0);
 #undef PART
   J->scratch_floats = off;
 }

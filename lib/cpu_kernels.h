@@ -15,6 +15,9 @@
  *  3. attention: per (head, block of QB query rows), Q converted and scaled
  *     once, then for every key block: (G > 1: fused K^T, ceil(d/G) rows, made
  *     once per query tile and key block) logits, online softmax, P V.
+ * The projection strategy (SPEC 1c) projects K in pass 2 (per kv head, one
+ * R-row K^T per query head reading it) and Q in pass 3 (per row, in
+ * build_q_proj): the logits have R columns, P V stays over head_dim.
  */
 #ifndef DA_CPU_KERNELS_H
 #define DA_CPU_KERNELS_H
@@ -63,6 +66,13 @@ typedef struct cpu_attn_job {
   /* G > 1: [batch][heads][n_tiles][head_dim] permutations and weights */
   int *perm_all;
   float *a_all;
+  /* DA_STRATEGY_PROJECTION (SPEC 1c): R = rank (0: not this strategy), pj
+   * the plan's [heads][2][head_dim][R]. D = R; a packed key block then
+   * holds hpk K^T blocks of R rows, K_kv B_h for each query head h of the
+   * kv head (kblk = hpk * R * KB); o_kt: pack's scratch for K^T itself. */
+  int R;
+  const float *pj;
+  size_t o_kt;
 } cpu_attn_job;
 
 typedef void (*cpu_item_fn)(void *job, int tid, long item);

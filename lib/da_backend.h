@@ -22,7 +22,7 @@
 
 #include "distrattn.h"
 
-#define DA_BACKEND_IFACE_VERSION 4
+#define DA_BACKEND_IFACE_VERSION 5
 #define DA_BACKEND_ENTRY "distrattn_backend_entry"
 #define DA_ERRMSG_LEN 16384
 
@@ -82,6 +82,10 @@ struct da_plan {
    * only through attention_ext. */
   da_attn_ext x;
   int ext_used;
+  /* interface version 5: da_attn_ext gained strategy, rank and proj (SPEC
+   * 1c); with DA_STRATEGY_PROJECTION x.proj points at sproj, the plan's own
+   * copy of [heads][2][head_dim][rank] f32 (A_h then B_h). */
+  float *sproj;
 };
 
 /* One call of attention_ext: buffer handles of this backend, element

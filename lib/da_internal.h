@@ -46,6 +46,29 @@ DA_HIDDEN void da_fusion_weights(const void *q, da_dtype t, size_t ld, int rows,
 DA_HIDDEN void da_plan_tile_groups(const da_plan *p, const void *q, int bi, int hi, int tile,
                                    int *perm, float *a);
 
+/* ---- SPEC section 1c: the projection strategy (lib/proj.c) ---- */
+
+/* The float64 reference of DA_STRATEGY_PROJECTION: for every (batch, head
+ * h, kv head g = h / (heads / kv_heads)), Q' = Q A_h and K' = K_g B_h in
+ * float64, logits scale * Q' K'^T (scale 0 = 1/sqrt(head_dim)), the causal
+ * mask of section 1 (bottom-right aligned; a row that sees no key gets
+ * zeros), exact softmax and P V. q, k, v: dense [batch][heads or
+ * kv_heads][seq][head_dim] of d->dtype; proj: [heads][2][head_dim][rank];
+ * o: q-shaped float64. d may hold the 0 defaults (kv_heads, scale). With
+ * identity projections (rank head_dim) this is exact attention. Returns 0,
+ * or -1 when out of memory. */
+DA_HIDDEN int da_ref_projection(const da_attn_desc *d, int rank, const float *proj,
+                                const void *q, const void *k, const void *v, double *o);
+
+/* The reason of this thread's failed call without a context
+ * (da_context_last_error(NULL)): set it, or clear it (lib/core.c). */
+DA_HIDDEN da_status da_fail_no_ctx(da_status s, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+DA_HIDDEN void da_clear_no_ctx_error(void);
+
 /* Element size of a dtype (0 for an unknown one). */
 DA_HIDDEN size_t da_dtype_size(da_dtype t);
 

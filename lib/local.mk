@@ -8,7 +8,7 @@ include_HEADERS = include/distrattn.h include/distrattn_opencl.h include/distrat
 noinst_LTLIBRARIES += lib/libdacore.la
 lib_libdacore_la_SOURCES = lib/status.c lib/hash.c lib/registry.c lib/elfcheck.c lib/core.c \
 	lib/cpu_backend.c lib/cpu_kern_generic.c lib/cpu_kern_avx2.c lib/cpu_kern_avx512.c \
-	lib/cpu_bwd.c
+	lib/cpu_bwd.c lib/proj.c
 lib_libdacore_la_CFLAGS = $(AM_CFLAGS) $(VISIBILITY_CFLAGS) -pthread
 noinst_HEADERS += lib/da_backend.h lib/da_internal.h lib/cpu_kernels.h lib/cpu_kern_tmpl.h \
 	lib/cpu_bwd.h lib/cpu_bwd_tmpl.h

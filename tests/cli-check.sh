@@ -4,7 +4,8 @@
 # shipped SmolLM2 capture (the main job) prints every layer, exact
 # attention within f16 rounding of the float64 reference and a finite G=2
 # error below 1; `distrattn run` gives the same answer twice (fixed seed) and
-# a different one for another --seed; bad options are usage errors (exit 2).
+# a different one for another --seed; bad options are usage errors (exit 2);
+# calibrate, eval --proj and run --proj/--rank work end to end.
 set -u
 top=${srcdir:-$(dirname "$0")/..}  # the harness sets srcdir to the top source folder
 tool=${DISTRATTN_TOOL:-./tools/distrattn}
@@ -34,5 +35,28 @@ echo "cli-check: run --group 2 error: $a, again $b, --seed 7 $c"
 [ $? -eq 2 ] || bad "demo -g 3 is not a usage error"
 "$tool" demo -b cpu /nonexistent.dattncap >/dev/null 2>&1
 [ $? -eq 1 ] || bad "demo on a missing file does not exit 1"
+# the projection strategy: calibrate on the small SmolLM2 capture, then
+# eval --proj and run --proj with that file; usage errors
+prj=${TMPDIR:-/tmp}/cli-check-$$.prj
+"$tool" calibrate -q --rank 16 --method pca -o "$prj" "$top/tests/data/smollm2-small.dattncap" ||
+  bad "calibrate exited $?"
+out=$("$tool" eval -b cpu --groups 1 --proj "$prj" "$top/tests/data/smollm2-small.dattncap") ||
+  bad "eval --proj exited $?"
+echo "$out" | awk '$2 == "proj" { e = $(NF-2) + 0; found = 1
+    if (!(e > 0 && e < 0.5)) { print "cli-check: FAIL: eval --proj total " e; bad = 1 } }
+  END { exit bad || !found }' || bad "eval --proj printed no sane projection row"
+"$tool" run -b cpu --seq 64 --heads 9 --kv-heads 3 --dim 64 --causal --proj "$prj" \
+  --proj-layer 2 >/dev/null || bad "run --proj exited $?"
+"$tool" run -b cpu --seq 64 --dim 32 --rank 8 >/dev/null || bad "run --rank exited $?"
+"$tool" run -b cpu --seq 64 --dim 32 --rank 33 >/dev/null 2>&1
+[ $? -eq 2 ] || bad "run --rank 33 --dim 32 is not a usage error"
+"$tool" calibrate --rank 8 "$top/tests/data/smollm2-small.dattncap" >/dev/null 2>&1
+[ $? -eq 2 ] || bad "calibrate without -o is not a usage error"
+"$tool" calibrate -o "$prj" --method svd "$top/tests/data/smollm2-small.dattncap" >/dev/null 2>&1
+[ $? -eq 2 ] || bad "calibrate --method svd is not a usage error"
+"$tool" eval -b cpu --proj /nonexistent.prj "$top/tests/data/smollm2-small.dattncap" >/dev/null 2>&1
+[ $? -eq 1 ] || bad "eval --proj on a missing file does not exit 1"
+rm -f "$prj"
+
 [ $fail -eq 0 ] && echo "cli-check: passed"
 exit $fail

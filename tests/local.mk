@@ -21,7 +21,7 @@ check-local:
 if HAVE_CMOCKA
 da_test_programs = tests/test_status tests/test_desc tests/test_hash \
 	tests/test_attention tests/test_invariants tests/test_consistency tests/test_ext \
-	tests/test_backward
+	tests/test_backward tests/test_proj
 check_PROGRAMS += $(da_test_programs)
 TESTS += $(da_test_programs)
 
@@ -64,6 +64,10 @@ tests_test_ext_LDADD = $(da_test_ldadd)
 tests_test_backward_SOURCES = tests/test_backward.c $(da_test_common)
 tests_test_backward_CFLAGS = $(da_test_cflags)
 tests_test_backward_LDADD = $(da_test_ldadd)
+
+tests_test_proj_SOURCES = tests/test_proj.c $(da_test_common)
+tests_test_proj_CFLAGS = $(da_test_cflags)
+tests_test_proj_LDADD = $(da_test_ldadd)
 
 tests_test_consistency_SOURCES = tests/test_consistency.c $(da_test_common) $(da_test_ref)
 tests_test_consistency_CFLAGS = $(da_test_cflags)
@@ -163,13 +167,27 @@ if HAVE_CMOCKA
 check_PROGRAMS += tests/test_realdata
 TESTS += tests/test_realdata
 tests_test_realdata_SOURCES = tests/test_realdata.c $(da_test_common) $(da_test_ref) \
-	$(da_capture_reader)
+	$(da_capture_reader) tools/calib.c tools/calib.h
 tests_test_realdata_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools \
 	-DDA_REALDATA_FILE='"$(abs_top_srcdir)/tests/data/minilm-l6-small.dattncap"' \
 	-DDA_REALDATA_SMOLLM2_FILE='"$(abs_top_srcdir)/tests/data/smollm2-small.dattncap"' \
 	-DDA_REALDATA_DEMO_FILE='"$(abs_top_srcdir)/data/smollm2-demo.dattncap"'
 tests_test_realdata_CFLAGS = $(da_test_cflags)
 tests_test_realdata_LDADD = $(da_test_ldadd)
+endif
+
+# The projection strategy's calibration (tools/calib.c, `distrattn
+# calibrate`): eigen-solver and SVD, a synthetic case with a known answer,
+# optimal <= pca, the DATTNPRJ writer read back by da_projections_load.
+if HAVE_CMOCKA
+check_PROGRAMS += tests/test_calib
+TESTS += tests/test_calib
+tests_test_calib_SOURCES = tests/test_calib.c $(da_test_common) $(da_capture_reader) \
+	tools/calib.c tools/calib.h
+tests_test_calib_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools \
+	-DDA_REALDATA_SMOLLM2_FILE='"$(abs_top_srcdir)/tests/data/smollm2-small.dattncap"'
+tests_test_calib_CFLAGS = $(da_test_cflags)
+tests_test_calib_LDADD = $(da_test_ldadd)
 endif
 
 # Crafted captures (security): tests/test_capture feeds the one DATTNCAP

@@ -43,6 +43,10 @@ static void eval_usage(FILE *f) {
           "      --blocks LIST    hash_block values (powers of two 16..1024)\n"
           "      --sentences N    use only the first N entries (sentences) of FILE\n"
           "      --seed N         the plans' projection seed (default 0)\n"
+          "      --proj FILE      also a row for the projection strategy (SPEC.md 1c) with\n"
+          "                       FILE's projections (DATTNPRJ, from `distrattn calibrate`):\n"
+          "                       layer N of the capture uses layer N of FILE; up to 8\n"
+          "                       --proj, each its own row (cpu backend only, for now)\n"
           "      --csv            machine-readable CSV (one line per row, with a header)\n"
           "  -h, --help           show this help\n"
           "\n"
@@ -66,7 +70,16 @@ typedef struct {
   int G;
   da_fusion f;
   int bits, block;
+  int proj;          /* >= 0: the projection strategy with --proj file number proj */
 } eval_cfg;
+
+#define MAX_PROJ 8
+/* One --proj file: every layer's projections, loaded once. */
+typedef struct {
+  const char *path;
+  int rank;
+  float **layer;     /* [layers] */
+} eval_proj;
 
 #define MAX_CFG 512
 #define MAX_LIST 16
@@ -77,7 +90,7 @@ static int add_cfg(eval_cfg *cs, int n, int G, da_fusion f, int bits, int block)
     for (int i = 0; i < n; i++)
       if (cs[i].G == 1) return n;
   }
-  if (n < MAX_CFG) cs[n++] = (eval_cfg){G, f, bits, block};
+  if (n < MAX_CFG) cs[n++] = (eval_cfg){G, f, bits, block, -1};
   return n;
 }
 
@@ -117,13 +130,14 @@ static da_context *open_ctx(const char *cmd, da_backend b, int device) {
 
 int cmd_eval(int argc, char **argv) {
   const char *cmd = argv[0];
-  enum { O_FULL = 1000, O_GROUPS, O_FUSION, O_BITS, O_BLOCKS, O_SENT, O_SEED, O_CSV };
+  enum { O_FULL = 1000, O_GROUPS, O_FUSION, O_BITS, O_BLOCKS, O_SENT, O_SEED, O_CSV, O_PROJ };
   static const struct option lopts[] = {
       {"backend", required_argument, NULL, 'b'}, {"device", required_argument, NULL, 'd'},
       {"full", no_argument, NULL, O_FULL},       {"groups", required_argument, NULL, O_GROUPS},
       {"fusion", required_argument, NULL, O_FUSION}, {"bits", required_argument, NULL, O_BITS},
       {"blocks", required_argument, NULL, O_BLOCKS}, {"sentences", required_argument, NULL, O_SENT},
       {"seed", required_argument, NULL, O_SEED}, {"csv", no_argument, NULL, O_CSV},
+      {"proj", required_argument, NULL, O_PROJ},
       {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
   int have_backend = 0, device = -1, full = 0, csv = 0, custom = 0, max_sent = 0;
   da_backend backend = DA_BACKEND_CPU;
@@ -131,6 +145,9 @@ int cmd_eval(int argc, char **argv) {
   int bits[MAX_LIST] = {16}, nbits = 1, blocks[MAX_LIST] = {128}, nblocks = 1;
   int fusions[2] = {DA_FUSE_MEAN, DA_FUSE_NORM}, nfus = 2;
   unsigned long long seed = 0;
+  eval_proj projs[MAX_PROJ];
+  int nproj = 0;
+  memset(projs, 0, sizeof projs);
   int c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "b:d:h", lopts, NULL)) != -1) {
@@ -178,6 +195,10 @@ int cmd_eval(int argc, char **argv) {
     case O_SENT: bad = parse_int(cmd, "--sentences", optarg, 1, 1 << 24, &max_sent); break;
     case O_SEED: bad = parse_u64(cmd, "--seed", optarg, &seed); break;
     case O_CSV: csv = 1; break;
+    case O_PROJ:
+      if (nproj == MAX_PROJ) return tool_usage_error(cmd, "--proj: at most %d files", MAX_PROJ);
+      projs[nproj++].path = optarg;
+      break;
     case 'h': eval_usage(stdout); return 0;
     default: fprintf(stderr, "Try '%s --help'.\n", cmd); return EXIT_USAGE;
     }
@@ -217,6 +238,33 @@ int cmd_eval(int argc, char **argv) {
   capture cap;
   if (eval_load(cmd, argv[optind], &cap)) return 1;
   const unsigned L = cap.layers, H = cap.heads, D = cap.head_dim;
+  for (int pi = 0; pi < nproj; pi++) {
+    eval_proj *ep = &projs[pi];
+    ep->layer = calloc(L, sizeof *ep->layer);
+    int bad = !ep->layer;
+    if (bad) tool_msg(cmd, "out of memory");
+    for (unsigned l = 0; l < L && !bad; l++) {
+      int fl = 0, fh = 0, fd = 0, fr = 0;
+      if (da_projections_load(ep->path, (int)l, &ep->layer[l], &fl, &fh, &fd, &fr) != DA_SUCCESS) {
+        tool_msg(cmd, "--proj %s", da_context_last_error(NULL));
+        bad = 1;
+      } else if ((unsigned)fl != L || (unsigned)fh != H || (unsigned)fd != D) {
+        tool_msg(cmd, "--proj %s: %d layers, %d heads, head_dim %d; the capture has %u, %u, %u",
+                 ep->path, fl, fh, fd, L, H, D);
+        bad = 1;
+      }
+      ep->rank = fr;
+    }
+    if (bad) {
+      for (int j = 0; j <= pi; j++) {
+        for (unsigned l = 0; projs[j].layer && l < L; l++) da_projections_free(projs[j].layer[l]);
+        free(projs[j].layer);
+      }
+      capture_free(&cap);
+      return 1;
+    }
+    if (ncfg < MAX_CFG) cfgs[ncfg++] = (eval_cfg){1, DA_FUSE_MEAN, 0, 0, pi};
+  }
   unsigned ns = cap.n_sent;
   if (max_sent > 0 && (unsigned)max_sent < ns) ns = (unsigned)max_sent;
   size_t tokens = 0, max_seq = 0, max_q = 0, mixed = 0;
@@ -274,7 +322,7 @@ int cmd_eval(int argc, char **argv) {
   if (!rc) {
     if (csv) {
       printf("backend,device_name,group,fusion,hash_bits,hash_block,sentences,tokens,total_rel_err,"
-             "worst_rel_err,ms");
+             "worst_rel_err,ms,strategy,rank,proj_file");
       for (unsigned l = 0; l < L; l++) printf(",layer%u", l);
       printf("\n");
     } else {
@@ -321,6 +369,7 @@ int cmd_eval(int argc, char **argv) {
     if (!csv) {
       printf("backend %s: %s\n", backend_label(todo[bi]), info.name);
       printf("%-2s %-5s %4s %5s", "G", "fuse", "bits", "block");
+      if (nproj) printf("  %-24s", "strategy");
       for (unsigned l = 0; l < L; l++) printf("  %8s%u", "layer", l);
       printf("  %9s  %9s  %8s\n", "total", "worst", "ms");
     }
@@ -336,11 +385,13 @@ int cmd_eval(int argc, char **argv) {
         da_attn_desc d;
         da_attn_desc_init(&d);
         capture_desc(&cap, s, &d);
-        d.group_size = cf->G, d.fusion = cf->f, d.hash_bits = cf->bits, d.hash_block = cf->block;
+        if (cf->proj < 0)
+          d.group_size = cf->G, d.fusion = cf->f, d.hash_bits = cf->bits, d.hash_block = cf->block;
         d.seed = seed;
         size_t n = (size_t)H * cap.seq_q[s] * D;
         da_plan *p = NULL;
-        da_status st = da_plan_create(ctx, &d, &p);
+        da_status st = DA_SUCCESS;
+        if (cf->proj < 0) st = da_plan_create(ctx, &d, &p);
         if (st != DA_SUCCESS) {
           progress_clear(&prog);
           tool_api_error(cmd, "da_plan_create", st, ctx);
@@ -350,6 +401,22 @@ int cmd_eval(int argc, char **argv) {
         for (unsigned l = 0; l < L; l++, ro += n) {
           const float *q, *k, *v;
           capture_qkv(&cap, s, l, &q, &k, &v);
+          if (cf->proj >= 0) { /* the projection strategy: a plan per layer */
+            da_attn_ext x;
+            da_attn_ext_init(&x);
+            x.strategy = DA_STRATEGY_PROJECTION;
+            x.rank = projs[cf->proj].rank;
+            x.proj = projs[cf->proj].layer[l];
+            da_plan_destroy(p);
+            p = NULL;
+            st = da_plan_create_ext(ctx, &d, &x, &p);
+            if (st != DA_SUCCESS) {
+              progress_clear(&prog);
+              tool_api_error(cmd, "da_plan_create_ext (--proj)", st, ctx);
+              rc = 1;
+              break;
+            }
+          }
           double t0 = now_ms();
           st = da_attention_host(p, q, k, v, out);
           a->ms += now_ms() - t0;
@@ -384,16 +451,38 @@ int cmd_eval(int argc, char **argv) {
         csv_field(stdout, backend_label(todo[bi]));
         putchar(',');
         csv_field(stdout, info.name);
-        printf(",%d,%s,%d,%d,%u,%zu,%.6e,%.6e,%.3f", cf->G, cf->G > 1 ? fusion_name(cf->f) : "",
-               cf->bits, cf->block, ns, tokens, total, a->worst, a->ms);
+        if (cf->proj >= 0)
+          printf(",,,,");
+        else
+          printf(",%d,%s,%d,%d", cf->G, cf->G > 1 ? fusion_name(cf->f) : "", cf->bits, cf->block);
+        printf(",%u,%zu,%.6e,%.6e,%.3f", ns, tokens, total, a->worst, a->ms);
+        if (cf->proj >= 0) {
+          printf(",projection,%d,", projs[cf->proj].rank);
+          csv_field(stdout, projs[cf->proj].path);
+        } else {
+          printf(",tile_lsh,,");
+        }
         for (unsigned l = 0; l < L; l++)
           printf(",%.6e", a->den[l] > 0.0 ? sqrt(a->num[l] / a->den[l]) : sqrt(a->num[l]));
         printf("\n");
       } else {
-        if (cf->G == 1)
+        if (cf->proj >= 0)
+          printf("%-2s %-5s %4s %5s", "-", "proj", "-", "-");
+        else if (cf->G == 1)
           printf("%-2d %-5s %4s %5s", 1, "exact", "-", "-");
         else
           printf("%-2d %-5s %4d %5d", cf->G, fusion_name(cf->f), cf->bits, cf->block);
+        if (nproj) {
+          char lab[64] = "tile_lsh";
+          if (cf->proj >= 0) {
+            const char *bn = strrchr(projs[cf->proj].path, '/');
+            snprintf(lab, sizeof lab, "r=%d %.18s", projs[cf->proj].rank,
+                     bn ? bn + 1 : projs[cf->proj].path);
+          } else if (cf->G == 1) {
+            snprintf(lab, sizeof lab, "exact");
+          }
+          printf("  %-24s", lab);
+        }
         for (unsigned l = 0; l < L; l++)
           printf("  %9.3e", a->den[l] > 0.0 ? sqrt(a->num[l] / a->den[l]) : sqrt(a->num[l]));
         printf("  %9.3e  %9.3e  %8.1f\n", total, a->worst, a->ms);
@@ -409,6 +498,10 @@ int cmd_eval(int argc, char **argv) {
     rc = 1;
   }
   free(ref), free(out), free(num), free(den), free(acc);
+  for (int j = 0; j < nproj; j++) {
+    for (unsigned l = 0; projs[j].layer && l < L; l++) da_projections_free(projs[j].layer[l]);
+    free(projs[j].layer);
+  }
   capture_free(&cap);
   return rc;
 }

@@ -19,8 +19,8 @@ static void run_usage(FILE *f) {
           "  group 1 on OpenCL/CUDA: against the CPU backend (same inputs, fused);\n"
           "  group 1 on the CPU:     against a float64 reference computed here (above\n"
           "                          2^30 multiply-adds on every n-th query row only);\n"
-          "  group > 1:              against exact attention (group 1, fused) on the\n"
-          "                          same device, i.e. the approximation error.\n"
+          "  group > 1, --rank, --proj: against exact attention (group 1, fused) on\n"
+          "                          the same device, i.e. the approximation error.\n"
           "\n"
           "Device:\n"
           "  -b, --backend NAME   auto, cpu, opencl or cuda (default auto)\n"
@@ -44,6 +44,12 @@ static void run_usage(FILE *f) {
           "      --hash-block N   hash tile rows, a power of two 16..1024 (default 128)\n"
           "      --seed N         seeds the random inputs and the plan's hash projections\n"
           "                       (default 0: every run the same)\n"
+          "      --rank R         the projection strategy (SPEC.md 1c) with random\n"
+          "                       orthonormal head_dim x R projections, A = B, per head\n"
+          "                       (from --seed): for timing (group must be 1)\n"
+          "      --proj FILE      the projection strategy with FILE's projections\n"
+          "                       (DATTNPRJ, `distrattn calibrate`), of layer --proj-layer\n"
+          "      --proj-layer N   (default 0)\n"
           "Measurement:\n"
           "      --data-seed N    seed of the random inputs alone (default: --seed)\n"
           "  -r, --repeat N       timed runs (default 5)\n"
@@ -59,7 +65,8 @@ static void run_usage(FILE *f) {
 
 enum {
   O_BATCH = 1000, O_HEADS, O_KVHEADS, O_SEQ, O_SEQQ, O_SEQK, O_DIM, O_CAUSAL, O_DTYPE, O_FUSION,
-  O_ALGO, O_HBITS, O_HBLOCK, O_SEED, O_DSEED, O_NOVERIFY, O_CSV, O_CSVH
+  O_ALGO, O_HBITS, O_HBLOCK, O_SEED, O_DSEED, O_NOVERIFY, O_CSV, O_CSVH, O_RANK, O_PROJ,
+  O_PLAYER
 };
 
 typedef struct {
@@ -70,7 +77,8 @@ typedef struct {
 /* Output of the configuration `d` computed another way: see run_usage. */
 static int verify(const char *cmd, da_context *ctx, const da_attn_desc *d, const void *qd,
                   const void *kd, const void *vd, const float *qf, const float *kf,
-                  const float *vf, const float *out, size_t q_elems, verify_result *vr) {
+                  const float *vf, const float *out, size_t q_elems, int approx,
+                  verify_result *vr) {
   vr->err = -1.0;
   float *ref = malloc(q_elems * sizeof(float));
   void *refd = malloc(q_elems * dtype_size(d->dtype));
@@ -80,11 +88,11 @@ static int verify(const char *cmd, da_context *ctx, const da_attn_desc *d, const
     rc = 1;
     goto done;
   }
-  if (d->group_size > 1 || da_context_backend(ctx) != DA_BACKEND_CPU) {
+  if (d->group_size > 1 || approx || da_context_backend(ctx) != DA_BACKEND_CPU) {
     da_context *rctx = ctx;
     da_attn_desc rd = *d;
     rd.algo = DA_ALGO_FUSED;
-    if (d->group_size > 1) {
+    if (d->group_size > 1 || approx) {
       rd.group_size = 1;
       snprintf(vr->ref, sizeof vr->ref, "exact attention (group 1, fused) on the same device");
     } else {
@@ -152,8 +160,12 @@ int cmd_run(int argc, char **argv) {
       {"data-seed", required_argument, NULL, O_DSEED}, {"repeat", required_argument, NULL, 'r'},
       {"warmup", required_argument, NULL, 'w'}, {"no-verify", no_argument, NULL, O_NOVERIFY},
       {"csv", no_argument, NULL, O_CSV}, {"csv-header", no_argument, NULL, O_CSVH},
+      {"rank", required_argument, NULL, O_RANK}, {"proj", required_argument, NULL, O_PROJ},
+      {"proj-layer", required_argument, NULL, O_PLAYER},
       {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 
+  int prank = 0, player = 0;
+  const char *pfile = NULL;
   da_backend backend = DA_BACKEND_AUTO;
   int device = -1, batch = 1, heads = 8, kv_heads = 0, seq_q = 1024, seq_k = -1, dim = 64;
   int causal = 0, group = 1, hash_bits = -1, hash_block = -1, repeat = 5, warmup = 1;
@@ -193,6 +205,9 @@ int cmd_run(int argc, char **argv) {
     case O_NOVERIFY: no_verify = 1; break;
     case O_CSV: csv = 1; break;
     case O_CSVH: csv_header = 1; break;
+    case O_RANK: bad = parse_int(cmd, "--rank", optarg, 1, 256, &prank); break;
+    case O_PROJ: pfile = optarg; break;
+    case O_PLAYER: bad = parse_int(cmd, "--proj-layer", optarg, 0, 4095, &player); break;
     case 'h': run_usage(stdout); return 0;
     default: fprintf(stderr, "Try '%s --help'.\n", cmd); return EXIT_USAGE;
     }
@@ -202,6 +217,51 @@ int cmd_run(int argc, char **argv) {
   if (csv_header && !csv) return tool_usage_error(cmd, "--csv-header needs --csv");
   if (seq_k < 0) seq_k = seq_q;
   if (!have_dseed) data_seed = seed;
+  if (prank && pfile) return tool_usage_error(cmd, "give --rank or --proj, not both");
+  if (prank > dim) return tool_usage_error(cmd, "--rank %d is larger than --dim %d", prank, dim);
+
+  /* the projection strategy's projections, [heads][2][dim][rank] */
+  float *proj = NULL;
+  if (pfile) {
+    int fh = 0, fd = 0;
+    if (da_projections_load(pfile, player, &proj, NULL, &fh, &fd, &prank) != DA_SUCCESS) {
+      tool_msg(cmd, "--proj %s", da_context_last_error(NULL));
+      return 1;
+    }
+    if (fh != heads || fd != dim) {
+      tool_msg(cmd, "--proj %s: %d heads, head_dim %d; the run has --heads %d --dim %d", pfile, fh,
+               fd, heads, dim);
+      da_projections_free(proj);
+      return EXIT_USAGE;
+    }
+  } else if (prank) { /* random orthonormal columns (Gram-Schmidt), A = B */
+    proj = malloc(sizeof(float) * (size_t)heads * 2 * dim * prank);
+    double *m = malloc(sizeof(double) * (size_t)dim * prank);
+    if (!proj || !m) {
+      free(proj), free(m);
+      tool_msg(cmd, "out of host memory for the projections");
+      return 1;
+    }
+    tool_rng prng;
+    rng_init(&prng, seed ^ 0x5ca1ab1eULL);
+    for (int h = 0; h < heads; h++) {
+      for (int i = 0; i < dim * prank; i++) m[i] = rng_normal(&prng);
+      for (int cc = 0; cc < prank; cc++) {
+        for (int e = 0; e < cc; e++) {
+          double dot = 0;
+          for (int i = 0; i < dim; i++) dot += m[i * prank + cc] * m[i * prank + e];
+          for (int i = 0; i < dim; i++) m[i * prank + cc] -= dot * m[i * prank + e];
+        }
+        double nn = 0;
+        for (int i = 0; i < dim; i++) nn += m[i * prank + cc] * m[i * prank + cc];
+        for (int i = 0; i < dim; i++) m[i * prank + cc] /= sqrt(nn);
+      }
+      for (int w = 0; w < 2; w++)
+        for (int i = 0; i < dim * prank; i++)
+          proj[((size_t)h * 2 + w) * dim * prank + i] = (float)m[i];
+    }
+    free(m);
+  }
 
   /* context */
   da_context *ctx = NULL;
@@ -219,9 +279,17 @@ int cmd_run(int argc, char **argv) {
   if (hash_block > 0) d.hash_block = hash_block;
   if (have_seed) d.seed = seed;
   da_plan *plan = NULL;
-  s = da_plan_create(ctx, &d, &plan);
+  if (proj) {
+    da_attn_ext x;
+    da_attn_ext_init(&x);
+    x.strategy = DA_STRATEGY_PROJECTION, x.rank = prank, x.proj = proj;
+    s = da_plan_create_ext(ctx, &d, &x, &plan);
+  } else {
+    s = da_plan_create(ctx, &d, &plan);
+  }
+  free(proj); /* the plan keeps a copy */
   if (s != DA_SUCCESS) {
-    tool_api_error(cmd, "da_plan_create", s, ctx);
+    tool_api_error(cmd, prank ? "da_plan_create_ext" : "da_plan_create", s, ctx);
     da_context_destroy(ctx);
     return s == DA_ERR_INVALID_ARG ? EXIT_USAGE : 1;
   }
@@ -302,7 +370,7 @@ int cmd_run(int argc, char **argv) {
   verify_result vr = {-1.0, "skipped (--no-verify)"};
   if (!no_verify) {
     if (!csv && isatty(2)) fprintf(stderr, "computing the reference...\r");
-    int vrc = verify(cmd, ctx, &rd, qd, kd, vd, qf, kf, vf, of, qn, &vr);
+    int vrc = verify(cmd, ctx, &rd, qd, kd, vd, qf, kf, vf, of, qn, prank > 0, &vr);
     if (!csv && isatty(2)) fprintf(stderr, "                          \r");
     if (vrc) goto out;
   }
@@ -317,7 +385,7 @@ int cmd_run(int argc, char **argv) {
     if (csv_header)
       printf("backend,device,device_name,batch,heads,kv_heads,seq_q,seq_k,head_dim,dtype,causal,"
              "group,fusion,algo,hash_bits,hash_block,seed,data_seed,warmup,repeat,median_ms,min_ms,"
-             "max_ms,tflops,rel_error,reference\n");
+             "max_ms,tflops,rel_error,reference,strategy,rank\n");
     printf("%s,%d,", backend_label(info.backend), info.index);
     csv_field(stdout, info.name);
     printf(",%d,%d,%d,%d,%d,%d,%s,%d,%d,%s,%s,%d,%d,%llu,%llu,%d,%d,%.6f,%.6f,%.6f,%.6g,%s,",
@@ -326,7 +394,7 @@ int cmd_run(int argc, char **argv) {
            rd.hash_block, (unsigned long long)rd.seed, data_seed, warmup, repeat, tmed, tmin,
            tmax, tflops, errs);
     csv_field(stdout, vr.ref);
-    printf("\n");
+    printf(",%s,%d\n", prank ? "projection" : "tile_lsh", prank);
   } else {
     printf("%-12s %s device %d: %s (%s)\n", "device:", backend_label(info.backend), info.index,
            info.name, info.vendor);
@@ -338,6 +406,9 @@ int cmd_run(int argc, char **argv) {
       printf("%-12s %d (DistrAttention: fusion %s, hash_bits %d, hash_block %d, seed %llu)\n",
              "group:", rd.group_size, fusion_name(rd.fusion), rd.hash_bits, rd.hash_block,
              (unsigned long long)rd.seed);
+    else if (prank)
+      printf("%-12s projection strategy, rank %d (%s)\n", "group:", prank,
+             pfile ? pfile : "random orthonormal A = B");
     else
       printf("%-12s 1 (exact)\n", "group:");
     printf("%-12s %s%s\n", "algo:", algo_name(rd.algo), algo == DA_ALGO_AUTO ? " (auto)" : "");

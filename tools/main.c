@@ -31,6 +31,7 @@ static void usage(FILE *f) {
           "  check     compare every available backend with the CPU backend\n"
           "  bench     time fused, GEMM and DistrAttention (G=2, G=4) over sizes\n"
           "  eval      error of DistrAttention on a real model's captured Q, K, V\n"
+          "  calibrate per-head projections (projection strategy) from a capture\n"
           "\n"
           "Options:\n"
           "  -h, --help     show this help\n"
@@ -60,7 +61,7 @@ int main(int argc, char **argv) {
     const char *name;
     int (*fn)(int, char **);
   } cmds[] = {{"devices", cmd_devices}, {"run", cmd_run}, {"check", cmd_check}, {"bench", cmd_bench},
-                  {"eval", cmd_eval}, {"demo", cmd_demo}};
+                  {"eval", cmd_eval}, {"demo", cmd_demo}, {"calibrate", cmd_calibrate}};
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
     if (strcmp(c, cmds[i].name) == 0) {
       char name[64];

@@ -28,6 +28,7 @@ int cmd_check(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_calibrate(int argc, char **argv);
 
 /* ---- messages ---- */
 /* "distrattn <cmd>: message" on stderr. */
