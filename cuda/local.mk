@@ -103,7 +103,10 @@ cuda_distrattn_cuda_la_SOURCES = cuda/cuda_backend.cu cuda/cuda_hash.cu \
 	cuda/cuda_hash_b32_g1.cu cuda/cuda_hash_b32_g2.cu cuda/cuda_hash_b32_g4.cu cuda/cuda_hash_b32_g8.cu \
 	cuda/cuda_simt.cu cuda/cuda_mma.cu cuda/cuda_mma_f16.cu cuda/cuda_mma_bf16.cu \
 	cuda/cuda_wgmma.cu
-cuda_distrattn_cuda_la_LDFLAGS = -module -avoid-version -no-undefined \
+# -z defs: every symbol resolved at link time, so that a launch the
+# dispatch names but no file instantiates (cuda_hash.cuh, cuda_internal.h)
+# fails the build here rather than dlopen on a GPU machine
+cuda_distrattn_cuda_la_LDFLAGS = -module -avoid-version -no-undefined -Wl,-z,defs \
 	-export-symbols-regex '^distrattn_backend_entry$$'
 cuda_distrattn_cuda_la_LIBADD = $(CUDA_LIBS)
 $(cuda_distrattn_cuda_la_OBJECTS): $(top_srcdir)/cuda/cuda_internal.h \
