@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* bench/hash_bench.cu: the CUDA hash kernel (cuda/cuda_hash.cu,
+/* bench/hash_bench.cu: the CUDA hash kernel (cuda/cuda_hash_kernel.cuh,
  * dac_launch_hash) against the kernel it replaced, kept below verbatim
  * under another name: perm, wts and qs must agree byte for byte on every
  * shape, dtype and path, with the bits per thread (TB) the launch picks and
@@ -8,7 +8,7 @@
  * (seq 8192), the new kernel at each TB beside.
  *
  * nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 -Iinclude -Ilib -Icuda \
- *   bench/hash_bench.cu cuda/cuda_hash.cu -o /tmp/hash_bench && /tmp/hash_bench
+ *   bench/hash_bench.cu cuda/cuda_hash.cu cuda/cuda_hash_b*_g*.cu -o /tmp/hash_bench && /tmp/hash_bench
  */
 #include <math.h>
 #include <stdint.h>

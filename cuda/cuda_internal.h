@@ -83,6 +83,9 @@ DAC_HIDDEN cudaError_t dac_launch_simt(const dac_args *a, cudaStream_t s);
  * cudaErrorInvalidValue for a shape it lacks. */
 DAC_HIDDEN cudaError_t dac_launch_mma(const dac_args *a, int br, cudaStream_t s);
 DAC_HIDDEN int dac_mma_supported(da_dtype dt, int d, int G, int hash_block);
+/* dac_launch_mma for one dtype (cuda_mma_f16.cu, cuda_mma_bf16.cu) */
+DAC_HIDDEN cudaError_t dac_launch_mma_f16(const dac_args *a, int br, cudaStream_t s);
+DAC_HIDDEN cudaError_t dac_launch_mma_bf16(const dac_args *a, int br, cudaStream_t s);
 /* Hopper warpgroup-MMA attention (sm_90a), f16/bf16, d in {64, 128}, 128
  * query rows per block (hash_block a multiple of 128 when G > 1). For
  * G > 1 it first writes K^T into a->kt, rows of a->kt_ld = dac_wg_kt_ld(seq_k). */

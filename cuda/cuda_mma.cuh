@@ -1,0 +1,419 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Tensor-core fused attention for f16/bf16 inputs, head_dim 64 and 128:
+ * mma.sync m16n8k16 fed by ldmatrix, f32 accumulation, online softmax in
+ * registers. Each warp owns 16 or 32 query rows; 64 keys per step, K and V
+ * double-buffered in shared memory and brought in with cp.async one tile
+ * ahead, so each key tile costs one barrier.
+ * Grouped logits (G > 1): the fused Q tile (qs, width DQK = ng padded to 16)
+ * is loaded like Q. Each warp builds its 16 keys of the next tile's Kf:
+ * its raw K rows come in by cp.async, are transposed (ldmatrix .trans) into
+ * K^T, and the rows of K^T named by the block's hash-tile permutation are
+ * summed with their weights into Kf^T, with only __syncwarp between the
+ * steps. The Q.K^T loop then runs over DQK columns instead of d, reading
+ * Kf^T through ldmatrix .trans.
+ *
+ * The kernel and its launch templates; cuda_mma_f16.cu and cuda_mma_bf16.cu
+ * instantiate them, one dtype each, so that make builds the two in
+ * parallel, and cuda_mma.cu picks between them. */
+#ifndef DA_CUDA_MMA_CUH
+#define DA_CUDA_MMA_CUH
+
+#include <math.h>
+
+#include "cuda_dev.cuh"
+
+
+template <typename T> struct dac_mma_op;
+template <> struct dac_mma_op<__half> : dac_cvt<__half> {
+  static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <> struct dac_mma_op<__nv_bfloat16> : dac_cvt<__nv_bfloat16> {
+  static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(dac_smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(dac_smem_u32(p)));
+}
+/* rows [row0, row0 + ROWS) of a [nrows][W] matrix into smem (row stride LD),
+ * zero-filled past nrows. */
+template <typename T, int ROWS, int W, int LD, int NT>
+__device__ __forceinline__ void load_tile(T *dst, const T *src, int row0, int nrows) {
+  constexpr int CPR = W / 8; /* 16-byte chunks per row */
+#pragma unroll
+  for (int i = threadIdx.x; i < ROWS * CPR; i += NT) {
+    const int r = i / CPR, c = (i % CPR) * 8;
+    const bool ok = row0 + r < nrows;
+    const T *g = ok ? src + (size_t)(row0 + r) * W + c : src;
+    dac_cp_async<16>(dst + r * LD + c, g, ok);
+  }
+}
+
+
+/* WARPS warps of MT m-tiles (16 rows) each: BR = 16 * WARPS * MT query rows
+ * per block. With MT = 2 each K/V fragment feeds two mma and the Q
+ * fragments are read from shared memory per k-step. */
+/* keys per step */
+template <int DV, int MT> struct dac_mma_bc { static constexpr int value = 64; };
+/* blocks per SM the register budget is sized for */
+template <int DQK, int DV, int GS, int MT> struct dac_mma_minb {
+  static constexpr int value = MT == 2 ? 1 : ((DV == 64 && !(DQK == 16 && GS >= 4)) ? 3 : 2);
+};
+
+/* shared memory of one block: Q [BR][DQK+8]; V [2][BC][DV+8]; exact: K
+ * [2][BC][DV+8]; grouped: Kf^T [2][DQK][BC+8], raw K [BC][DV+8], K^T
+ * [DV][BC+8] and the gather table [DQK][GS] */
+template <typename T, int DQK, int DV, int GS, int WARPS, int MT> struct dac_mma_smem {
+  static constexpr int BR = WARPS * 16 * MT, BC = dac_mma_bc<DV, MT>::value;
+  static constexpr size_t bytes =
+      sizeof(T) * ((size_t)BR * (DQK + 8) + 2 * (size_t)BC * (DV + 8) +
+                   (GS > 1 ? 2 * (size_t)DQK * (BC + 8) + (size_t)BC * (DV + 8) + (size_t)DV * (BC + 8)
+                           : 2 * (size_t)BC * (DQK + 8))) +
+      (GS > 1 ? sizeof(int2) * DQK * GS : 0);
+};
+
+template <typename T, int DQK, int DV, int GS, int WARPS, int MT>
+__global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::value))
+    dac_mma_kernel(dac_args a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  typedef dac_mma_op<T> op;
+  constexpr bool GROUPED = GS > 1;
+  constexpr int NT = WARPS * 32, BR = WARPS * 16 * MT, BC = dac_mma_bc<DV, MT>::value;
+  constexpr int LDQ = DQK + 8, LDV = DV + 8, LDT = BC + 8;
+  /* Kf build, warp-local: warp w owns keys [KW*w, KW*w + KW) of each tile.
+   * It brings its raw K rows in itself, transposes them into its columns
+   * of K^T (ldmatrix .trans), and sums the rows of K^T named by the
+   * permutation into its columns of Kf^T: only __syncwarp between steps. */
+  constexpr int KW = BC / WARPS, NCH = GROUPED ? DQK * (KW / 8) / 32 : 0;
+  static_assert(!GROUPED || (KW == 16 && NCH >= 1), "Kf build layout");
+  extern __shared__ __align__(16) unsigned char smraw[];
+  T *Qsm = (T *)smraw;            /* [BR][LDQ] */
+  T *Vsm = Qsm + BR * LDQ;        /* [2][BC][LDV] */
+  T *Ksm = Vsm + 2 * BC * LDV;    /* exact: [2][BC][LDQ] K; grouped: [2][DQK][LDT] Kf^T */
+  constexpr int KSLOT = GROUPED ? DQK * LDT : BC * LDQ;
+  T *Kraw = Ksm + 2 * KSLOT;      /* [BC][LDV] raw K (grouped) */
+  T *KT = Kraw + (GROUPED ? BC * LDV : 0); /* [DV][LDT] K^T (grouped) */
+  int2 *tab = (int2 *)(KT + (GROUPED ? DV * LDT : 0)); /* [DQK][GS]: column, weight */
+
+  const dac_block blk = dac_block_of(a, BR);
+  const int q0 = blk.q0;
+  const size_t bh = blk.bh, bkv = blk.bkv;
+  const int off = a.seq_k - a.seq_q;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g4 = lane / 4, t4 = lane % 4;
+
+  const T *qsrc = GROUPED ? (const T *)a.qs + bh * a.seq_q * DQK : (const T *)a.q + bh * a.seq_q * DV;
+  const T *ksrc = (const T *)a.k + bkv * a.seq_k * DV;
+  const T *vsrc = (const T *)a.v + bkv * a.seq_k * DV;
+
+  int kend = a.seq_k;
+  if (a.causal) kend = max(0, min(a.seq_k, q0 + BR + off));
+  const int nk = (kend + BC - 1) / BC;
+
+  /* this warp's raw K rows of the tile at key k0 */
+  const int kb = warp * KW;
+  auto load_kraw = [&](int k0) {
+#pragma unroll
+    for (int i = lane; i < KW * (DV / 8); i += 32) {
+      const int r = i / (DV / 8), c = (i % (DV / 8)) * 8, key = k0 + kb + r;
+      const bool ok = key < a.seq_k;
+      dac_cp_async<16>(Kraw + (kb + r) * LDV + c, ok ? ksrc + (size_t)key * DV + c : ksrc, ok);
+    }
+  };
+  /* this warp's columns of Kf^T from its raw K rows:
+   * Kf^T[g][key] = sum_i w * K[key][pi[g*GS+i]] (f32, rounded once); rows past ng are zero */
+  auto build = [&](T *kf) {
+    int2 tv[NCH > 0 ? NCH : 1][GS]; /* the gather's rows and weights, read ahead of the transpose */
+#pragma unroll
+    for (int n = 0; n < NCH; n++)
+#pragma unroll
+      for (int i = 0; i < GS; i++) tv[n][i] = tab[((lane + 32 * n) / 2) * GS + i];
+#pragma unroll
+    for (int cb = 0; cb < DV / 16; cb++) {
+      uint32_t r[4];
+      ldsm_x4_t(r, Kraw + (kb + (lane % 8) + ((lane / 8) % 2) * 8) * LDV + cb * 16 + (lane / 16) * 8);
+#pragma unroll
+      for (int m = 0; m < 4; m++)
+        *reinterpret_cast<uint32_t *>(KT + (cb * 16 + (m >> 1) * 8 + g4) * LDT + kb + (m & 1) * 8 + 2 * t4) = r[m];
+    }
+    __syncwarp();
+#pragma unroll
+    for (int n = 0; n < NCH; n++) {
+      const int ci = lane + 32 * n, g = ci / 2, c8 = kb + (ci % 2) * 8;
+      float acc[8];
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[e] = 0.0f;
+#pragma unroll
+      for (int i = 0; i < GS; i++) {
+        const int2 t = tv[n][i];
+        const float w = __int_as_float(t.y);
+        const uint4 v = *reinterpret_cast<const uint4 *>(KT + t.x * LDT + c8);
+        const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const float2 f = op::unpack(wv[e]);
+          acc[2 * e] = fmaf(w, f.x, acc[2 * e]);
+          acc[2 * e + 1] = fmaf(w, f.y, acc[2 * e + 1]);
+        }
+      }
+      uint4 res = make_uint4(0u, 0u, 0u, 0u);
+      if (g < a.ng) {
+        res.x = op::pack(acc[0], acc[1]);
+        res.y = op::pack(acc[2], acc[3]);
+        res.z = op::pack(acc[4], acc[5]);
+        res.w = op::pack(acc[6], acc[7]);
+      }
+      *reinterpret_cast<uint4 *>(kf + g * LDT + c8) = res;
+    }
+  };
+
+  /* prologue: Q, K_0, V_0 */
+  load_tile<T, BR, DQK, LDQ, NT>(Qsm, qsrc, q0, a.seq_q);
+  if (nk > 0) {
+    if (GROUPED)
+      load_kraw(0);
+    else
+      load_tile<T, BC, DV, LDQ, NT>(Ksm, ksrc, 0, a.seq_k);
+    load_tile<T, BC, DV, LDV, NT>(Vsm, vsrc, 0, a.seq_k);
+  }
+  dac_cp_commit();
+  if (GROUPED) {
+    const size_t poff = (bh * a.n_tiles + q0 / a.hash_block) * (size_t)a.d;
+    for (int e = threadIdx.x; e < DQK * GS; e += NT) {
+      const int g = e / GS, p = e;
+      int col = 0;
+      float w = 0.0f;
+      if (g < a.ng && p < DV) {
+        col = a.perm[poff + p];
+        w = a.wts[poff + col];
+      }
+      tab[e] = make_int2(col, __float_as_int(w));
+    }
+  }
+  dac_cp_wait<0>();
+  __syncthreads();
+  if (GROUPED && nk > 0) {
+    build(Ksm);
+    __syncthreads();
+  }
+
+  /* Q fragments: in registers for MT == 1, else read per k-step */
+  constexpr int QF = MT == 1 ? DQK / 16 : 1;
+  uint32_t qf[QF][4];
+  const T *qfrag = Qsm + (warp * 16 * MT + (lane % 16)) * LDQ + (lane / 16) * 8;
+  if (MT == 1) {
+#pragma unroll
+    for (int kk = 0; kk < QF; kk++) ldsm_x4(qf[kk], qfrag + kk * 16);
+  }
+
+  float o[MT][DV / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int i = 0; i < DV / 8; i++) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.0f;
+  float mrow[MT][2], lrow[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+    mrow[mt][0] = mrow[mt][1] = -INFINITY;
+    lrow[mt][0] = lrow[mt][1] = 0.0f;
+  }
+  const float sc = a.scale_log2 /* SPEC 1, "Scale" */;
+  const int rowb = q0 + warp * 16 * MT + g4;
+
+  /* One barrier per key tile. Tile j reads K/Kf and V from slot j & 1;
+   * meanwhile K_{j+1} (exact) or raw K_{j+2} (grouped) and V_{j+1} come in,
+   * and (grouped) Kf_{j+1} is built from raw K_{j+1} into the other slot. */
+  for (int j = 0; j < nk; j++) {
+    const int k0 = j * BC, cur = j & 1, nxt = cur ^ 1;
+    if (j + 1 < nk) {
+      if (GROUPED)
+        load_kraw(k0 + BC);
+      else
+        load_tile<T, BC, DV, LDQ, NT>(Ksm + nxt * KSLOT, ksrc, k0 + BC, a.seq_k);
+    }
+    dac_cp_commit();
+    if (j + 1 < nk) load_tile<T, BC, DV, LDV, NT>(Vsm + nxt * BC * LDV, vsrc, k0 + BC, a.seq_k);
+    dac_cp_commit();
+
+    const T *Kc = Ksm + cur * KSLOT;
+    float s[MT][BC / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int i = 0; i < BC / 8; i++) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < DQK / 16; kk++) {
+      uint32_t af[MT][4];
+      if (MT == 1) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) af[0][e] = qf[MT == 1 ? kk : 0][e];
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) ldsm_x4(af[mt], qfrag + mt * 16 * LDQ + kk * 16);
+      }
+#pragma unroll
+      for (int np = 0; np < BC / 16; np++) {
+        uint32_t bf[4];
+        if (GROUPED)
+          ldsm_x4_t(bf, Kc + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDT + np * 16 + (lane / 16) * 8);
+        else
+          ldsm_x4(bf, Kc + (np * 16 + (lane % 8) + (lane / 16) * 8) * LDQ + kk * 16 + ((lane / 8) % 2) * 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          op::mma(s[mt][2 * np], af[mt], bf[0], bf[1]);
+          op::mma(s[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+        }
+      }
+    }
+
+    /* mask, online softmax (log2 domain: p = 2^(s*sc - m*sc)) */
+    const bool need_mask = (k0 + BC > a.seq_k) || (a.causal && k0 + BC - 1 > q0 + off);
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < BC / 8; nt++) {
+        if (need_mask) {
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int key = k0 + nt * 8 + 2 * t4 + (e & 1);
+            const int row = rowb + mt * 16 + (e < 2 ? 0 : 8);
+            if (key >= a.seq_k || (a.causal && key > row + off)) s[mt][nt][e] = -INFINITY;
+          }
+        }
+        mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      const float mn0 = fmaxf(mrow[mt][0], mx0), mn1 = fmaxf(mrow[mt][1], mx1);
+      const float ms0 = mn0 == -INFINITY ? 0.0f : mn0 * sc, ms1 = mn1 == -INFINITY ? 0.0f : mn1 * sc;
+      const float al0 = dac_ex2(fmaf(mrow[mt][0], sc, -ms0));
+      const float al1 = dac_ex2(fmaf(mrow[mt][1], sc, -ms1));
+      mrow[mt][0] = mn0;
+      mrow[mt][1] = mn1;
+      float rs0 = 0.0f, rs1 = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < BC / 8; nt++) {
+        s[mt][nt][0] = dac_ex2(fmaf(s[mt][nt][0], sc, -ms0));
+        s[mt][nt][1] = dac_ex2(fmaf(s[mt][nt][1], sc, -ms0));
+        s[mt][nt][2] = dac_ex2(fmaf(s[mt][nt][2], sc, -ms1));
+        s[mt][nt][3] = dac_ex2(fmaf(s[mt][nt][3], sc, -ms1));
+        rs0 += s[mt][nt][0] + s[mt][nt][1];
+        rs1 += s[mt][nt][2] + s[mt][nt][3];
+      }
+      lrow[mt][0] = lrow[mt][0] * al0 + rs0;
+      lrow[mt][1] = lrow[mt][1] * al1 + rs1;
+#pragma unroll
+      for (int i = 0; i < DV / 8; i++) {
+        o[mt][i][0] *= al0;
+        o[mt][i][1] *= al0;
+        o[mt][i][2] *= al1;
+        o[mt][i][3] *= al1;
+      }
+    }
+
+    const T *Vc = Vsm + cur * BC * LDV;
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++) {
+      uint32_t pa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        pa[mt][0] = op::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = op::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = op::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = op::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < DV / 16; dp++) {
+        uint32_t bf[4];
+        ldsm_x4_t(bf, Vc + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDV + dp * 16 + (lane / 16) * 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          op::mma(o[mt][2 * dp], pa[mt], bf[0], bf[1]);
+          op::mma(o[mt][2 * dp + 1], pa[mt], bf[2], bf[3]);
+        }
+      }
+    }
+    if (GROUPED && j + 1 < nk) {
+      dac_cp_wait<1>(); /* this warp's raw K rows of tile j+1 */
+      __syncwarp();
+      build(Ksm + nxt * KSLOT);
+    }
+    dac_cp_wait<0>();
+    __syncthreads(); /* next K/Kf and V visible; this tile's slots free */
+  }
+
+  T *out = (T *)a.o + bh * a.seq_q * DV;
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+    float l0 = lrow[mt][0], l1 = lrow[mt][1];
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const int row0 = rowb + mt * 16, row1 = row0 + 8;
+    const float i0 = dac_inv_sum(l0, !a.causal || row0 + off >= 0),
+                i1 = dac_inv_sum(l1, !a.causal || row1 + off >= 0);
+#pragma unroll
+    for (int i = 0; i < DV / 8; i++) {
+      const int c = i * 8 + 2 * t4;
+      if (row0 < a.seq_q)
+        *reinterpret_cast<uint32_t *>(out + (size_t)row0 * DV + c) =
+            op::pack(o[mt][i][0] * i0, o[mt][i][1] * i0);
+      if (row1 < a.seq_q)
+        *reinterpret_cast<uint32_t *>(out + (size_t)row1 * DV + c) =
+            op::pack(o[mt][i][2] * i1, o[mt][i][3] * i1);
+    }
+  }
+#endif
+}
+
+template <typename T, int DQK, int DV, int GS, int WARPS, int MT>
+static cudaError_t launch_mma(const dac_args *a, cudaStream_t s) {
+  typedef dac_mma_smem<T, DQK, DV, GS, WARPS, MT> sm;
+  cudaError_t e = cudaFuncSetAttribute(dac_mma_kernel<T, DQK, DV, GS, WARPS, MT>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm::bytes);
+  if (e != cudaSuccess) return e;
+  dim3 grid((a->seq_q + sm::BR - 1) / sm::BR, a->heads, a->batch);
+  dac_mma_kernel<T, DQK, DV, GS, WARPS, MT><<<grid, WARPS * 32, sm::bytes, s>>>(*a);
+  return cudaGetLastError();
+}
+
+template <typename T, int DV, int WARPS, int MT>
+static cudaError_t launch_mma_g(const dac_args *a, cudaStream_t s) {
+  switch (a->G) {
+  case 1: return launch_mma<T, DV, DV, 1, WARPS, MT>(a, s);
+  case 2: return launch_mma<T, DV / 2, DV, 2, WARPS, MT>(a, s);
+  case 4: return launch_mma<T, (DV / 4 < 16 ? 16 : DV / 4), DV, 4, WARPS, MT>(a, s);
+  case 8: return launch_mma<T, 16, DV, 8, WARPS, MT>(a, s);
+  default: return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T, int WARPS, int MT>
+static cudaError_t launch_mma_d(const dac_args *a, cudaStream_t s) {
+  if (a->d == 64) return launch_mma_g<T, 64, WARPS, MT>(a, s);
+  if (a->d == 128) return launch_mma_g<T, 128, WARPS, MT>(a, s);
+  return cudaErrorInvalidValue;
+}
+
+#endif

@@ -1,0 +1,8 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The mma.sync kernel (cuda_mma.cuh) for bf16 inputs: head_dim 64 and 128,
+ * each G, 64 and 128 query rows per block. */
+#include "cuda_mma.cuh"
+
+extern "C" cudaError_t dac_launch_mma_bf16(const dac_args *a, int br, cudaStream_t s) {
+  return br >= 128 ? launch_mma_d<__nv_bfloat16, 4, 2>(a, s) : launch_mma_d<__nv_bfloat16, 4, 1>(a, s);
+}
