@@ -7,3 +7,11 @@ dist_noinst_SCRIPTS += bench/run-bench.sh
 EXTRA_DIST += bench/plot.py bench/time-vs-seq.png bench/error-vs-g.png \
 	bench/data/bench-cpu.csv bench/data/bench-opencl-pocl.csv \
 	bench/data/eval-minilm.csv bench/data/e2e-minilm.csv
+# bench/membw.c: the machine's read bandwidth (two threads summing separate
+# 512 MiB arrays), what `distrattn bench --decode --membw GBps` compares the
+# decode path's K/V reads with. `make bench/membw` builds it; not installed.
+EXTRA_PROGRAMS = bench/membw
+bench_membw_SOURCES = bench/membw.c
+bench_membw_CFLAGS = $(AM_CFLAGS) -O2 -march=native
+bench_membw_LDADD = -lpthread
+CLEANFILES += bench/membw

@@ -8,7 +8,7 @@
  *
  *   cc -O2 -march=native -pthread bench/membw.c -o membw && ./membw [T [MiB [R]]]
  *
- * (built by `make bench/membw`, not installed). The arrays are written
+ * (or `make bench/membw` in the build folder; not installed). The arrays are written
  * once first, so every page is mapped before timing.
  */
 #include <pthread.h>
