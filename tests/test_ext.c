@@ -388,7 +388,7 @@ static const ecase dcases[] = {
 
 /* The rows per kv head up to which the CPU backend picks the decode path
  * itself (DEC_ROWS_AUTO in lib/cpu_backend.c). */
-#define DEC_ROWS_AUTO 16
+#define DEC_ROWS_AUTO 64
 
 /* Every decode case three ways: DISTRATTN_CPU_DECODE unset (the backend's
  * choice, checked against the shape), 0 (the blocked path) and 1 (the
