@@ -332,8 +332,9 @@ static void run_ecase(da_backend be, const ecase *c, uint64_t salt) {
   }
   free(ref), free(rlse), free(lens_mem);
   da_plan_destroy(p);
-  tbufs_free(&t);
-  da_context_destroy(t.ctx);
+  da_context *ctx = t.ctx;
+  tbufs_free(&t); /* zeroes t, t.ctx included */
+  da_context_destroy(ctx);
 }
 
 static const ecase ecases[] = {
