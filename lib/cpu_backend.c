@@ -12,7 +12,10 @@
  * V packed once into f32 panels and the attention of every query block of
  * the heads that read them, head by head (FUSED: online softmax over key
  * blocks; GEMM: the logits of a query block against all keys
- * materialised).
+ * materialised). Decode (exact, fused, few query rows per kv head) takes
+ * a split-KV path instead: no packing, per (batch, kv head, chunk of keys)
+ * every query row of the kv head against K and V read in place, then the
+ * chunks merged by their log-sum-exp (dec_run).
  */
 #include <errno.h>
 #include <math.h>
@@ -480,9 +483,9 @@ static da_status dec_run(cpu_pool *pl, da_plan *p, cpu_attn_job *J) {
     if (lk > maxlk) maxlk = lk;
   }
   const long npairs = (long)d->batch * d->kv_heads;
-  long C = (maxlk * npairs + (long)DEC_ITEMS_PER_THREAD * pl->nthreads - 1) /
-           ((long)DEC_ITEMS_PER_THREAD * pl->nthreads);
-  C = (long)round_up((size_t)(C > 0 ? C : 1), 32);
+  long long C = ((long long)maxlk * npairs + (long long)DEC_ITEMS_PER_THREAD * pl->nthreads - 1) /
+                ((long long)DEC_ITEMS_PER_THREAD * pl->nthreads);
+  C = (long long)round_up((size_t)(C > 0 ? C : 1), 32);
   if (C < DEC_CHUNK_MIN) C = DEC_CHUNK_MIN;
   if (C > DEC_CHUNK_MAX) C = DEC_CHUNK_MAX;
   J->dec_C = (int)C;
