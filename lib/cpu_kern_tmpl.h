@@ -901,9 +901,6 @@ static void attn_item(void *arg, int tid, long item) {
  * goes to J->part. dec_combine merges a (batch, head)'s chunks by their
  * maxima (the log-sum-exp rule of SPEC 1) and writes O and LSE. */
 #define DKB 32 /* keys per sub-block: K and V of 32 keys of head_dim 128 stay in L1 */
-#ifndef DEC_PF
-#define DEC_PF 64 /* keys ahead that are prefetched */
-#endif
 
 /* S[0..w-1] = q . K[j] (q: Dq floats, K rows of Dq at stride ldk, w a
  * multiple of VL), VL keys at a time: one accumulator vector per key, then
@@ -980,37 +977,12 @@ static DEC_INLINE vf vld_t(const void *b, size_t i, da_dtype t) {
 #endif
 }
 
-/* Where the rows DEC_PF keys ahead of K and V lie, to be fetched into the
- * cache one row of each per row converted (spread out, so that the
- * prefetches never fill the miss buffers at once): the hardware's
- * prefetchers stop at page boundaries (a 4 KiB page holds 16 rows of 128
- * f16), and they alone left the loads waiting. */
-typedef struct dec_pf {
-  const char *k, *v; /* row 0 of the rows ahead, or NULL */
-  size_t ks, vs;     /* row strides, bytes */
-  int n;             /* rows ahead that exist */
-  size_t rowb;       /* bytes of a row */
-} dec_pf;
-
-static DEC_INLINE void dec_prefetch(const dec_pf *pf, int j) {
-#if defined(__GNUC__)
-  if (j < pf->n)
-    for (size_t at = 0; at < pf->rowb; at += 64) {
-      __builtin_prefetch(pf->k + (size_t)j * pf->ks + at, 0, 3);
-      __builtin_prefetch(pf->v + (size_t)j * pf->vs + at, 0, 3);
-    }
-#else
-  (void)pf, (void)j;
-#endif
-}
-
 /* n rows of hd elements (row stride rs from element base) as f32 rows of
  * ld floats, zero past hd up to ld. */
 static DEC_INLINE void dec_rows_t(const void *src, size_t base, size_t rs, int n, int hd, int ld,
-                                  float *restrict dst, da_dtype t, const dec_pf *pf) {
+                                  float *restrict dst, da_dtype t) {
   if (hd % VL == 0) {
     for (int j = 0; j < n; j++) {
-      dec_prefetch(pf, j);
       float *dr = dst + (size_t)j * ld;
       for (int c = 0; c < hd; c += VL) *(vf *)(dr + c) = vld_t(src, base + (size_t)j * rs + c, t);
       for (int c = hd; c < ld; c++) dr[c] = 0.0f;
@@ -1018,17 +990,16 @@ static DEC_INLINE void dec_rows_t(const void *src, size_t base, size_t rs, int n
     return;
   }
   for (int j = 0; j < n; j++) {
-    dec_prefetch(pf, j);
     float *dr = dst + (size_t)j * ld;
     cvt_in(src, t, base + (size_t)j * rs, hd, dr);
     for (int c = hd; c < ld; c++) dr[c] = 0.0f;
   }
 }
 static void dec_rows(const void *src, size_t base, size_t rs, int n, int hd, int ld,
-                     float *restrict dst, da_dtype t, const dec_pf *pf) {
-  if (t == DA_F16) dec_rows_t(src, base, rs, n, hd, ld, dst, DA_F16, pf);
-  else if (t == DA_BF16) dec_rows_t(src, base, rs, n, hd, ld, dst, DA_BF16, pf);
-  else dec_rows_t(src, base, rs, n, hd, ld, dst, DA_F32, pf);
+                     float *restrict dst, da_dtype t) {
+  if (t == DA_F16) dec_rows_t(src, base, rs, n, hd, ld, dst, DA_F16);
+  else if (t == DA_BF16) dec_rows_t(src, base, rs, n, hd, ld, dst, DA_BF16);
+  else dec_rows_t(src, base, rs, n, hd, ld, dst, DA_F32);
 }
 
 /* dec_dots for two rows at once (S0 and S1): each K vector loaded once for
@@ -1145,7 +1116,6 @@ static void dec_item(void *arg, int tid, long item) {
   /* f32 K with whole vectors is read in place; V whose rows are whole
    * P V tiles is converted as the tiles load it */
   const int kdirect = d->dtype == DA_F32 && hd == Dq, vdirect = hd == Dp;
-  const size_t es = d->dtype == DA_F32 ? 4 : 2, rowb = (size_t)hd * es;
   for (long ks = ks0; ks < ke0; ks += DKB) {
     const int kn = ke0 - ks < DKB ? (int)(ke0 - ks) : DKB, w = (int)round_up((size_t)kn, VL);
     const size_t kbase = k_at(J, J->kst, J->k_off, bi, kh, ks);
@@ -1154,21 +1124,16 @@ static void dec_item(void *arg, int tid, long item) {
     const void *vp = vb;
     size_t ldk = (size_t)Dq, ldv = (size_t)Dp, vb0 = 0;
     da_dtype vt = DA_F32;
-    dec_pf pf = {(const char *)J->k + (kbase + DEC_PF * krs) * es,
-                 (const char *)J->v + (vbase + DEC_PF * vrs) * es, krs * es, vrs * es,
-                 ke0 - ks - DEC_PF < 0 ? 0 : ke0 - ks - DEC_PF < kn ? (int)(ke0 - ks - DEC_PF) : kn,
-                 rowb};
     if (kdirect && kn == DKB) {
       kp = (const float *)J->k + kbase, ldk = krs;
-      for (int j = 0; j < kn; j++) dec_prefetch(&pf, j);
     } else {
-      dec_rows(J->k, kbase, krs, kn, hd, Dq, kb, d->dtype, &pf);
+      dec_rows(J->k, kbase, krs, kn, hd, Dq, kb, d->dtype);
       if (w > kn) memset(kb + (size_t)kn * Dq, 0, (size_t)(w - kn) * Dq * sizeof(float));
     }
     if (vdirect)
       vp = J->v, vb0 = vbase, ldv = vrs, vt = d->dtype;
     else
-      dec_rows(J->v, vbase, vrs, kn, hd, Dp, vb, d->dtype, &(dec_pf){0});
+      dec_rows(J->v, vbase, vrs, kn, hd, Dp, vb, d->dtype);
     int r2 = 0;
     for (; r2 + 2 <= R; r2 += 2)
       dec_dots2(qf + (size_t)r2 * Dq, qf + (size_t)(r2 + 1) * Dq, Dq, kp, ldk, w,
@@ -1269,7 +1234,6 @@ static void dec_setup(cpu_attn_job *J) {
   J->scratch_floats = off;
 }
 #undef DKB
-#undef DEC_PF
 #undef DEC_INLINE
 
 /* ---------------------------------------------------------------------- */
