@@ -56,7 +56,8 @@ static void bench_usage(FILE *f) {
           "elements / time); with --membw the ratio to that read bandwidth (what\n"
           "bench/membw.c measures). Defaults there: batch 8, heads 32, kv heads 8,\n"
           "dim 128, f16, --seqs 1024,2048,...,65536 (those whose K and V fit in half\n"
-          "of the device's memory).\n"
+          "of the device's memory). With --cpu-time the bandwidth is per CPU-second\n"
+          "(per core): compare it with one thread's read bandwidth (bench/membw 1).\n"
           "      --decode         the decode table instead\n"
           "      --seq-q N        decode: query rows per sequence (default 1)\n"
           "      --kv-heads N     decode: key/value heads, dividing --heads (default 8)\n"
@@ -140,7 +141,7 @@ static void fmt_ratio(char *b, size_t n, const cell *num, const cell *den) {
 
 /* The decode table (--decode): one row per dtype, key length and head dim. */
 typedef struct {
-  int batch, heads, kvh, seq_q, causal, repeat, warmup, best, csv, md;
+  int batch, heads, kvh, seq_q, causal, repeat, warmup, best, cputime, csv, md;
   double membw;
   unsigned long long data_seed;
 } dec_opts;
@@ -153,12 +154,13 @@ static int bench_decode(const char *cmd, da_context *ctx, const da_device_info *
   int rc = 0;
   if (o->csv) {
     printf("backend,device,device_name,batch,heads,kv_heads,seq_q,seq_k,head_dim,dtype,causal,"
-           "ms,kv_mib,kv_gbps,membw_gbps,ratio,stat\n");
+           "ms,kv_mib,kv_gbps,membw_gbps,ratio,stat,clock\n");
   } else {
     printf("%s%s device %d: %s (%s); decode: batch %d, heads %d, kv heads %d, seq_q %d%s; %s "
-           "of %d\n",
+           "of %d%s\n",
            o->md ? "" : "# ", backend_label(info->backend), info->index, info->name, info->vendor,
-           o->batch, o->heads, o->kvh, o->seq_q, o->causal ? ", causal" : "", stat, o->repeat);
+           o->batch, o->heads, o->kvh, o->seq_q, o->causal ? ", causal" : "", stat, o->repeat,
+           o->cputime ? "; process CPU time: ms are CPU ms, GB/s per CPU-second (per core)" : "");
     if (o->membw > 0)
       printf("%sread bandwidth given (--membw): %.1f GB/s\n", o->md ? "" : "# ", o->membw);
     if (o->md) printf("\n| ");
@@ -212,8 +214,8 @@ static int bench_decode(const char *cmd, da_context *ctx, const da_device_info *
             d.batch = o->batch, d.heads = o->heads, d.kv_heads = o->kvh, d.seq_q = o->seq_q;
             d.seq_k = seq, d.head_dim = dim, d.dtype = t, d.causal = o->causal;
             d.algo = DA_ALGO_FUSED;
-            if (time_cfg(cmd, ctx, &d, b[0], b[1], b[2], b[3], o->warmup, o->repeat, o->best, 0,
-                         times, &cl))
+            if (time_cfg(cmd, ctx, &d, b[0], b[1], b[2], b[3], o->warmup, o->repeat, o->best,
+                         o->cputime, times, &cl))
               rc = 1;
           }
           for (int i = 0; i < 4; i++)
@@ -234,7 +236,7 @@ static int bench_decode(const char *cmd, da_context *ctx, const da_device_info *
           if (o->membw > 0) printf("%.1f", o->membw);
           printf(",");
           if (gbps > 0 && o->membw > 0) printf("%.3f", gbps / o->membw);
-          printf(",%s\n", stat);
+          printf(",%s,%s\n", stat, o->cputime ? "cpu" : "wall");
         } else {
           if (o->md) printf("| ");
           printf("%5s%s%6d%s%4d%s%10s%s%10.1f%s%10s%s%9s%s\n", dtype_name(t), sep, seq, sep, dim,
@@ -347,8 +349,8 @@ int cmd_bench(int argc, char **argv) {
       for (nseq = 0; nseq < 7; nseq++) seqs[nseq] = 1024 << nseq;
     if (heads % kvh != 0)
       return tool_usage_error(cmd, "--kv-heads %d does not divide --heads %d", kvh, heads);
-    if (cputime || no_gemm || have_fusion)
-      return tool_usage_error(cmd, "--cpu-time, --no-gemm and --fusion do not apply to --decode");
+    if (no_gemm || have_fusion)
+      return tool_usage_error(cmd, "--no-gemm and --fusion do not apply to --decode");
   }
 
   da_context *ctx = NULL;
@@ -356,7 +358,8 @@ int cmd_bench(int argc, char **argv) {
   if (!tool_open_context(cmd, backend, device, &ctx, &info)) return 1;
   da_status s;
   if (decode) {
-    dec_opts o = {batch, heads, kvh, seq_q, mask_hi, repeat, warmup, best, csv, md, membw, data_seed};
+    dec_opts o = {batch, heads, kvh,  seq_q, mask_hi, repeat, warmup, best,
+                  cputime, csv, md, membw, data_seed};
     int rc = bench_decode(cmd, ctx, &info, &o, dtypes, ndt, seqs, nseq, dims, ndim);
     da_context_destroy(ctx);
     return rc;
