@@ -10,6 +10,13 @@ EXTRA_DIST += bench/plot.py bench/time-vs-seq.png bench/error-vs-g.png \
 
 # bench/bwd_time: the CPU backward pass against the forward (not installed;
 # `make bench/bwd_time`).
-EXTRA_PROGRAMS = bench/bwd_time
+EXTRA_PROGRAMS = bench/bwd_time bench/membw
 bench_bwd_time_SOURCES = bench/bwd_time.c
 bench_bwd_time_LDADD = lib/libdistrattn.la
+# bench/membw.c: the machine's read bandwidth (two threads summing separate
+# 512 MiB arrays), what `distrattn bench --decode --membw GBps` compares the
+# decode path's K/V reads with. `make bench/membw` builds it; not installed.
+bench_membw_SOURCES = bench/membw.c
+bench_membw_CFLAGS = $(AM_CFLAGS) -O2 -march=native
+bench_membw_LDADD = -lpthread
+CLEANFILES += bench/membw

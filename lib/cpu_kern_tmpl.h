@@ -969,6 +969,352 @@ static void attn_item(void *arg, int tid, long item) {
 }
 
 /* ---------------------------------------------------------------------- */
+/* Split-KV decode (few query rows per kv head)                           */
+
+/* Work item (batch b, kv head kh, chunk of dec_C keys): the R = hpk * lq
+ * query rows that read kv head kh (row r = head kh*hpk + r / lq, query
+ * r % lq), K and V read straight from the caller's layout DKB keys at a
+ * time (converted to f32 in L1 where needed), logits by dot products, an
+ * online softmax per row, P V; the chunk's partial (max, sum, acc) per row
+ * goes to J->part. dec_combine merges a (batch, head)'s chunks by their
+ * maxima (the log-sum-exp rule of SPEC 1) and writes O and LSE. */
+#define DKB 32 /* keys per sub-block: K and V of 32 keys of head_dim 128 stay in L1 */
+
+/* S[0..w-1] = q . K[j] (q: Dq floats, K rows of Dq at stride ldk, w a
+ * multiple of VL), VL keys at a time: one accumulator vector per key, then
+ * their VL horizontal sums at once by a transposing tree of adds. */
+static inline void dec_dots(const float *restrict q, int Dq, const float *restrict K, size_t ldk,
+                            int w, float *restrict S) {
+  for (int j0 = 0; j0 < w; j0 += VL) {
+    const float *kr = K + (size_t)j0 * ldk;
+    vf a[VL];
+    UNROLL for (int j = 0; j < VL; j++) a[j] = vsplat(0.0f);
+    for (int c = 0; c < Dq; c += VL) {
+      vf qv = *(const vf *)(q + c);
+      UNROLL for (int j = 0; j < VL; j++) a[j] = vfma(qv, vload(kr + (size_t)j * ldk + c), a[j]);
+    }
+#if KISA == 2
+    __m512 u[4];
+    UNROLL for (int g = 0; g < 4; g++) {
+      __m512 a0 = (__m512)a[4 * g], a1 = (__m512)a[4 * g + 1], a2 = (__m512)a[4 * g + 2],
+             a3 = (__m512)a[4 * g + 3];
+      __m512 t01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+      __m512 t23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+      u[g] = _mm512_add_ps(
+          _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t01), _mm512_castps_pd(t23))),
+          _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t01), _mm512_castps_pd(t23))));
+    }
+    /* u[g], 128-bit block k: keys 4g..4g+3 summed over block k's lanes */
+    __m512 v01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+    __m512 v23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
+    _mm512_storeu_ps(S + j0, _mm512_add_ps(_mm512_shuffle_f32x4(v01, v23, 0x88),
+                                           _mm512_shuffle_f32x4(v01, v23, 0xDD)));
+#elif KISA == 1
+    __m256 u[2];
+    UNROLL for (int g = 0; g < 2; g++) {
+      __m256 a0 = (__m256)a[4 * g], a1 = (__m256)a[4 * g + 1], a2 = (__m256)a[4 * g + 2],
+             a3 = (__m256)a[4 * g + 3];
+      __m256 t01 = _mm256_add_ps(_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+      __m256 t23 = _mm256_add_ps(_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+      u[g] = _mm256_add_ps(
+          _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t01), _mm256_castps_pd(t23))),
+          _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t01), _mm256_castps_pd(t23))));
+    }
+    _mm256_storeu_ps(S + j0, _mm256_add_ps(_mm256_permute2f128_ps(u[0], u[1], 0x20),
+                                           _mm256_permute2f128_ps(u[0], u[1], 0x31)));
+#else
+    UNROLL for (int j = 0; j < VL; j++) S[j0 + j] = hsum(a[j]);
+#endif
+  }
+}
+
+#if defined(__GNUC__)
+#  define DEC_INLINE __attribute__((always_inline)) inline
+#else
+#  define DEC_INLINE inline
+#endif
+
+/* VL elements of type t at element i of b, as f32 (the ISA's conversion). */
+static DEC_INLINE vf vld_t(const void *b, size_t i, da_dtype t) {
+  if (t == DA_F32) return vload((const float *)b + i);
+  const uint16_t *s = (const uint16_t *)b + i;
+#if KISA == 2
+  const __m256i h = _mm256_loadu_si256((const __m256i *)s);
+  if (t == DA_F16) return (vf)_mm512_cvtph_ps(h);
+  return (vf)_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#elif KISA == 1
+  const __m128i h = _mm_loadu_si128((const __m128i *)s);
+  if (t == DA_F16) return (vf)_mm256_cvtph_ps(h);
+  return (vf)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#else
+  float x[VL];
+  for (int l = 0; l < VL; l++) x[l] = t == DA_F16 ? da_half_to_float(s[l]) : da_bf16_to_float(s[l]);
+  vf r;
+  memcpy(&r, x, sizeof r);
+  return r;
+#endif
+}
+
+/* n rows of hd elements (row stride rs from element base) as f32 rows of
+ * ld floats, zero past hd up to ld. */
+static DEC_INLINE void dec_rows_t(const void *src, size_t base, size_t rs, int n, int hd, int ld,
+                                  float *restrict dst, da_dtype t) {
+  if (hd % VL == 0) {
+    for (int j = 0; j < n; j++) {
+      float *dr = dst + (size_t)j * ld;
+      for (int c = 0; c < hd; c += VL) *(vf *)(dr + c) = vld_t(src, base + (size_t)j * rs + c, t);
+      for (int c = hd; c < ld; c++) dr[c] = 0.0f;
+    }
+    return;
+  }
+  for (int j = 0; j < n; j++) {
+    float *dr = dst + (size_t)j * ld;
+    cvt_in(src, t, base + (size_t)j * rs, hd, dr);
+    for (int c = hd; c < ld; c++) dr[c] = 0.0f;
+  }
+}
+static void dec_rows(const void *src, size_t base, size_t rs, int n, int hd, int ld,
+                     float *restrict dst, da_dtype t) {
+  if (t == DA_F16) dec_rows_t(src, base, rs, n, hd, ld, dst, DA_F16);
+  else if (t == DA_BF16) dec_rows_t(src, base, rs, n, hd, ld, dst, DA_BF16);
+  else dec_rows_t(src, base, rs, n, hd, ld, dst, DA_F32);
+}
+
+/* dec_dots for two rows at once (S0 and S1): each K vector loaded once for
+ * both. AVX-512: 8 keys per pass (16 accumulators), their sums by the tree
+ * above cut to 8 lanes. */
+static inline void dec_dots2(const float *restrict q0, const float *restrict q1, int Dq,
+                             const float *restrict K, size_t ldk, int w, float *restrict S0,
+                             float *restrict S1) {
+#if KISA == 2
+  for (int j0 = 0; j0 < w; j0 += 8) {
+    const float *kr = K + (size_t)j0 * ldk;
+    __m512 a[2][8];
+    UNROLL for (int j = 0; j < 8; j++) a[0][j] = a[1][j] = _mm512_setzero_ps();
+    for (int c = 0; c < Dq; c += VL) {
+      __m512 x0 = _mm512_loadu_ps(q0 + c), x1 = _mm512_loadu_ps(q1 + c);
+      UNROLL for (int j = 0; j < 8; j++) {
+        __m512 k = _mm512_loadu_ps(kr + (size_t)j * ldk + c);
+        a[0][j] = _mm512_fmadd_ps(x0, k, a[0][j]);
+        a[1][j] = _mm512_fmadd_ps(x1, k, a[1][j]);
+      }
+    }
+    UNROLL for (int r = 0; r < 2; r++) {
+      __m512 u[2];
+      UNROLL for (int g = 0; g < 2; g++) {
+        __m512 b0 = a[r][4 * g], b1 = a[r][4 * g + 1], b2 = a[r][4 * g + 2], b3 = a[r][4 * g + 3];
+        __m512 t01 = _mm512_add_ps(_mm512_unpacklo_ps(b0, b1), _mm512_unpackhi_ps(b0, b1));
+        __m512 t23 = _mm512_add_ps(_mm512_unpacklo_ps(b2, b3), _mm512_unpackhi_ps(b2, b3));
+        u[g] = _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t01), _mm512_castps_pd(t23))),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t01), _mm512_castps_pd(t23))));
+      }
+      __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88),
+                               _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+      v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1)); /* blocks 0 and 2: the sums */
+      _mm256_storeu_ps((r ? S1 : S0) + j0,
+                       _mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, 0x08)));
+    }
+  }
+#else
+  dec_dots(q0, Dq, K, ldk, w, S0);
+  dec_dots(q1, Dq, K, ldk, w, S1);
+#endif
+}
+
+/* acc[Rp][Dp] += P[Rp][0..kn-1] (row stride ldp) * V[kn][Dp] (elements of
+ * type t from vbase, row stride ldv: converted as they are loaded), in
+ * tiles of NRV rows x NCV columns; Rp a multiple of NRV, Dp of NCV. */
+static DEC_INLINE void dec_pv_t(const float *restrict P, size_t ldp, const void *V, size_t vbase,
+                                size_t ldv, int kn, float *restrict acc, int Rp, int Dp,
+                                da_dtype t) {
+  for (int c0 = 0; c0 < Dp; c0 += NCV)
+    for (int r0 = 0; r0 < Rp; r0 += NRV) {
+      vf a[NRV][NVV];
+      UNROLL for (int r = 0; r < NRV; r++) UNROLL for (int v = 0; v < NVV; v++) a[r][v] = vsplat(0.0f);
+      size_t vv = vbase + (size_t)c0;
+      const float *pr = P + (size_t)r0 * ldp;
+      for (int j = 0; j < kn; j++, vv += ldv) {
+        vf x[NVV];
+        UNROLL for (int v = 0; v < NVV; v++) x[v] = vld_t(V, vv + v * VL, t);
+        UNROLL for (int r = 0; r < NRV; r++) {
+          vf p = vsplat(pr[(size_t)r * ldp + j]);
+          UNROLL for (int v = 0; v < NVV; v++) a[r][v] = vfma(x[v], p, a[r][v]);
+        }
+      }
+      UNROLL for (int r = 0; r < NRV; r++) UNROLL for (int v = 0; v < NVV; v++)
+        *(vf *)(acc + (size_t)(r0 + r) * Dp + c0 + v * VL) += a[r][v];
+    }
+}
+static void dec_pv(const float *restrict P, size_t ldp, const void *V, size_t vbase, size_t ldv,
+                   int kn, float *restrict acc, int Rp, int Dp, da_dtype t) {
+  if (t == DA_F16) dec_pv_t(P, ldp, V, vbase, ldv, kn, acc, Rp, Dp, DA_F16);
+  else if (t == DA_BF16) dec_pv_t(P, ldp, V, vbase, ldv, kn, acc, Rp, Dp, DA_BF16);
+  else dec_pv_t(P, ldp, V, vbase, ldv, kn, acc, Rp, Dp, DA_F32);
+}
+
+static inline int dec_rows_padded(int R) { return (int)round_up((size_t)(R > 0 ? R : 1), NRV); }
+
+static void dec_item(void *arg, int tid, long item) {
+  const cpu_attn_job *Jg = arg;
+  const da_attn_desc *d = &Jg->p->d;
+  cpu_attn_job Jl = *Jg; /* this sequence's diagonal offset */
+  const cpu_attn_job *J = &Jl;
+  const int ch = (int)(item % J->dec_nch);
+  const long pair = item / J->dec_nch;
+  const int bi = (int)(pair / d->kv_heads), kh = (int)(pair % d->kv_heads);
+  const int Rp = J->dec_Rp, Dp = J->Dp, Dq = J->dec_Dq, hd = J->d, hpk = J->hpk;
+  float *pm = J->part + (size_t)item * J->dec_part, *pl = pm + Rp, *pacc = pl + Rp;
+  const int lq = seq_lq(J, bi), lk = seq_lk(J, bi), R = hpk * lq;
+  Jl.off = (long)lk - (long)lq;
+  long ks0 = (long)ch * J->dec_C, ke0 = ks0 + J->dec_C < lk ? ks0 + J->dec_C : lk;
+  if (J->wl >= 0 && ks0 < Jl.off - J->wl) ks0 = Jl.off - J->wl; /* before every row's window */
+  if (R == 0 || ke0 <= ks0) { /* no key of this chunk is seen: the combine skips it */
+    for (int r = 0; r < Rp; r++) pm[r] = -INFINITY, pl[r] = -1.0f;
+    return;
+  }
+  float *sb = J->scratch[tid];
+  float *qf = sb + J->o_qf, *kb = sb + J->o_kf, *vb = sb + J->o_qt, *S = sb + J->o_s;
+  float *acc = sb + J->o_acc, *m = sb + J->o_m, *l = sb + J->o_l;
+  vf *lv = (vf *)(sb + J->o_lv);
+  for (int r = 0; r < R; r++) {
+    float *dst = qf + (size_t)r * Dq;
+    cvt_in(J->q, d->dtype, q_at(J, bi, kh * hpk + r / lq, r % lq), hd, dst);
+    for (int c = 0; c < hd; c++) dst[c] *= J->qmul;
+    for (int c = hd; c < Dq; c++) dst[c] = 0.0f;
+  }
+  for (int r = 0; r < Rp; r++) {
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+    lv[r] = vsplat(0.0f);
+  }
+  memset(acc, 0, (size_t)Rp * Dp * sizeof(float));
+  memset(S + (size_t)R * DKB, 0, (size_t)(Rp - R) * DKB * sizeof(float)); /* padding rows: P 0 */
+  const size_t krs = (size_t)J->kst[2], vrs = (size_t)J->vst[2];
+  /* f32 K with whole vectors is read in place; V whose rows are whole
+   * P V tiles is converted as the tiles load it */
+  const int kdirect = d->dtype == DA_F32 && hd == Dq, vdirect = hd == Dp;
+  for (long ks = ks0; ks < ke0; ks += DKB) {
+    const int kn = ke0 - ks < DKB ? (int)(ke0 - ks) : DKB, w = (int)round_up((size_t)kn, VL);
+    const size_t kbase = k_at(J, J->kst, J->k_off, bi, kh, ks);
+    const size_t vbase = k_at(J, J->vst, J->v_off, bi, kh, ks);
+    const float *kp = kb;
+    const void *vp = vb;
+    size_t ldk = (size_t)Dq, ldv = (size_t)Dp, vb0 = 0;
+    da_dtype vt = DA_F32;
+    if (kdirect && kn == DKB) {
+      kp = (const float *)J->k + kbase, ldk = krs;
+    } else {
+      dec_rows(J->k, kbase, krs, kn, hd, Dq, kb, d->dtype);
+      if (w > kn) memset(kb + (size_t)kn * Dq, 0, (size_t)(w - kn) * Dq * sizeof(float));
+    }
+    if (vdirect)
+      vp = J->v, vb0 = vbase, ldv = vrs, vt = d->dtype;
+    else
+      dec_rows(J->v, vbase, vrs, kn, hd, Dp, vb, d->dtype);
+    int r2 = 0;
+    for (; r2 + 2 <= R; r2 += 2)
+      dec_dots2(qf + (size_t)r2 * Dq, qf + (size_t)(r2 + 1) * Dq, Dq, kp, ldk, w,
+                S + (size_t)r2 * DKB, S + (size_t)(r2 + 1) * DKB);
+    if (r2 < R) dec_dots(qf + (size_t)r2 * Dq, Dq, kp, ldk, w, S + (size_t)r2 * DKB);
+    for (int r = 0; r < R; r++) {
+      float *s = S + (size_t)r * DKB;
+      const long i = r % lq;
+      const int lim = visible(J, i, (int)ks, kn), first = vfirst(J, i, (int)ks, kn);
+      if (lim <= first) { /* this row sees none of these keys */
+        memset(s, 0, (size_t)w * sizeof(float));
+        continue;
+      }
+      for (int j = 0; j < first; j++) s[j] = -INFINITY;
+      float alpha = softmax_row(s, lim, w, &m[r], &lv[r], &l[r]);
+      if (alpha != 1.0f) {
+        vf av = vsplat(alpha);
+        float *ar = acc + (size_t)r * Dp;
+        for (int c = 0; c < Dp; c += VL) *(vf *)(ar + c) *= av;
+      }
+    }
+    dec_pv(S, DKB, vp, vb0, ldv, kn, acc, Rp, Dp, vt);
+  }
+  finish_l(R, lv, l);
+  memcpy(pm, m, (size_t)R * sizeof(float));
+  memcpy(pl, l, (size_t)R * sizeof(float));
+  memcpy(pacc, acc, (size_t)R * Dp * sizeof(float));
+}
+
+/* Item (batch b, head h): its lq rows merged over the chunks. A chunk's
+ * weight is 2^(m_c - M), M the largest m of the chunks that have a
+ * positive sum; one whose sum is 0 (it saw only -inf logits) adds 0 x its
+ * acc, so that a NaN there stays, as in one pass; a NaN sum makes the row
+ * NaN. */
+static void dec_combine(void *arg, int tid, long item) {
+  const cpu_attn_job *Jg = arg;
+  const da_attn_desc *d = &Jg->p->d;
+  cpu_attn_job Jl = *Jg;
+  const cpu_attn_job *J = &Jl;
+  const int bi = (int)(item / d->heads), hi = (int)(item % d->heads);
+  const int kh = hi / J->hpk, hh = hi % J->hpk;
+  const int lq = seq_lq(J, bi), lk = seq_lk(J, bi);
+  if (lq <= 0) return;
+  Jl.off = (long)lk - (long)lq;
+  const int Rp = J->dec_Rp, Dp = J->Dp, nch = J->dec_nch;
+  float *sb = J->scratch[tid];
+  float *acc = sb + J->o_acc, *m = sb + J->o_m, *l = sb + J->o_l, *row = sb + J->o_row;
+  const float *part0 = J->part + ((size_t)bi * d->kv_heads + kh) * nch * J->dec_part;
+  for (int i = 0; i < lq; i++) {
+    const int r = hh * lq + i;
+    float M = -INFINITY;
+    int nan = 0;
+    for (int c = 0; c < nch; c++) {
+      const float *pt = part0 + (size_t)c * J->dec_part;
+      float lc = pt[Rp + r], mc = pt[r];
+      if (lc != lc) nan = 1;
+      else if (lc > 0.0f && mc > M) M = mc;
+    }
+    float *a = acc + (size_t)i * Dp;
+    memset(a, 0, (size_t)Dp * sizeof(float));
+    float L = 0.0f;
+    for (int c = 0; c < nch && !nan && M != -INFINITY; c++) {
+      const float *pt = part0 + (size_t)c * J->dec_part;
+      float lc = pt[Rp + r];
+      if (lc < 0.0f) continue; /* saw no key */
+      float wc = lc > 0.0f ? exp2f(pt[r] - M) : 0.0f;
+      L += lc * wc;
+      const float *pa = pt + 2 * (size_t)Rp + (size_t)r * Dp;
+      vf wv = vsplat(wc);
+      for (int cc = 0; cc < Dp; cc += VL) *(vf *)(a + cc) = vfma(vload(pa + cc), wv, *(vf *)(a + cc));
+    }
+    m[i] = M;
+    l[i] = nan ? NAN : L;
+  }
+  write_out(J, bi, hi, 0, lq, acc, m, l, row);
+}
+
+static void dec_setup(cpu_attn_job *J) {
+  const da_attn_desc *d = &J->p->d;
+  J->Dp = (int)round_up((size_t)J->d, NCV > NC ? NCV : NC);
+  J->dec_Dq = (int)round_up((size_t)J->d, VL);
+  J->dec_rows = J->hpk * d->seq_q;
+  J->dec_Rp = dec_rows_padded(J->dec_rows);
+  const size_t Rp = (size_t)J->dec_Rp, Dp = (size_t)J->Dp;
+  J->dec_part = round_up(Rp * (2 + Dp), 16);
+  size_t off = 0;
+#define PART(field, n) do { J->field = off; off += round_up((size_t)(n), 16); } while (0)
+  PART(o_qf, Rp * (size_t)J->dec_Dq);
+  PART(o_kf, (size_t)DKB * (size_t)J->dec_Dq);
+  PART(o_qt, (size_t)DKB * Dp); /* V of a sub-block */
+  PART(o_row, Dp + NC);
+  PART(o_s, Rp * DKB);
+  PART(o_acc, Rp * Dp);
+  PART(o_m, Rp);
+  PART(o_l, Rp);
+  PART(o_lv, Rp * VL);
+#undef PART
+  J->scratch_floats = off;
+}
+#undef DKB
+#undef DEC_INLINE
+
+/* ---------------------------------------------------------------------- */
 /* Layout                                                                 */
 
 static void setup(cpu_attn_job *J) {
@@ -1010,6 +1356,9 @@ const cpu_kernels KNAME = {
     .groups_item = groups_item,
     .pack_item = pack_item,
     .attn_item = attn_item,
+    .dec_setup = dec_setup,
+    .dec_item = dec_item,
+    .dec_combine = dec_combine,
 };
 
 #undef VL

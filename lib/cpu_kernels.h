@@ -18,6 +18,12 @@
  * The projection strategy (SPEC 1c) projects K in pass 2 (per kv head, one
  * R-row K^T per query head reading it) and Q in pass 3 (per row, in
  * build_q_proj): the logits have R columns, P V stays over head_dim.
+ * Decode (exact, few query rows per kv head: lib/cpu_backend.c decides)
+ * runs instead as split-KV (flash-decoding) passes with no packing:
+ *  1. per (batch, kv head, chunk of keys), every query row of the heads
+ *     that read the kv head against K and V read in place (converted in L1),
+ *     a partial (max, sum, acc) per row;
+ *  2. per (batch, head), the chunks' partials merged; O and LSE written.
  */
 #ifndef DA_CPU_KERNELS_H
 #define DA_CPU_KERNELS_H
@@ -73,6 +79,15 @@ typedef struct cpu_attn_job {
   int R;
   const float *pj;
   size_t o_kt;
+  /* split-KV decode (dec_setup; dec_C and dec_nch set by the caller):
+   * rows per (batch, kv head) hpk * seq_q, padded; head_dim rounded to the
+   * vector width; keys per chunk and chunks per (batch, kv head); the
+   * floats of one chunk's partial (max[Rp], sum[Rp], acc[Rp][Dp]) and the
+   * partials, [batch * kv_heads][dec_nch] */
+  int dec_rows, dec_Rp, dec_Dq;
+  int dec_C, dec_nch;
+  size_t dec_part;
+  float *part;
 } cpu_attn_job;
 
 typedef void (*cpu_item_fn)(void *job, int tid, long item);
@@ -83,6 +98,9 @@ typedef struct cpu_kernels {
   cpu_item_fn groups_item;          /* item = (bi*heads + hi)*n_tiles + tile */
   cpu_item_fn pack_item;            /* item = (pair - pair0)*nkb + kb */
   cpu_item_fn attn_item;            /* npairs*hpk*nqb items */
+  void (*dec_setup)(cpu_attn_job *J); /* the decode path's layout, instead of setup's */
+  cpu_item_fn dec_item;             /* item = (bi*kv_heads + kh)*dec_nch + chunk */
+  cpu_item_fn dec_combine;          /* item = bi*heads + hi */
 } cpu_kernels;
 
 DA_HIDDEN extern const cpu_kernels da_cpu_kernels_generic;

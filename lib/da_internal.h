@@ -16,6 +16,9 @@
 
 /* The built-in CPU backend (lib/cpu_backend.c). */
 DA_HIDDEN extern const da_backend_iface da_cpu_backend_iface;
+/* Calls of this CPU context that ran the split-KV decode path (-1: not a
+ * CPU context); for the tests, which check that the path they mean runs. */
+DA_HIDDEN long da_cpu_decode_calls(const da_context *ctx);
 
 /* ---- SPEC section 1 reference: projections, hashing, grouping, fusion ---- */
 

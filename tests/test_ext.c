@@ -218,6 +218,10 @@ static void make_view(int layout, int nb, int nh, int nr, int hd, tview *v, size
   }
 }
 
+/* >= 0: the number of split-KV decode calls the CPU context of run_ecase
+ * must have made (0 or 1); -1: not checked. */
+static long g_expect_decode = -1;
+
 /* Runs case c on backend be with inputs drawn from salt; checks it (see
  * above) and, with out, hands back what it wrote. */
 static void run_ecase(da_backend be, const ecase *c, uint64_t salt, eresult *out) {
@@ -329,6 +333,10 @@ static void run_ecase(da_backend be, const ecase *c, uint64_t salt, eresult *out
   }
   TU_CHECK(t.ctx, da_attention_ext(p, &a));
   TU_CHECK(t.ctx, da_context_synchronize(t.ctx));
+  if (be == DA_BACKEND_CPU && g_expect_decode >= 0 &&
+      da_cpu_decode_calls(t.ctx) != g_expect_decode)
+    fail_msg("%s: the CPU backend ran %s path, not the one meant", c->name,
+             da_cpu_decode_calls(t.ctx) ? "the split-KV decode" : "the blocked");
   hb_pull(t.ctx, &t.o);
   if (c->lse) hb_pull(t.ctx, &t.lse);
 
@@ -397,8 +405,9 @@ static void run_ecase(da_backend be, const ecase *c, uint64_t salt, eresult *out
   free(lmine);
   free(ref), free(rlse), free(lens_mem);
   da_plan_destroy(p);
-  tbufs_free(&t);
-  da_context_destroy(t.ctx);
+  da_context *ctx = t.ctx;
+  tbufs_free(&t); /* zeroes t, t.ctx included */
+  da_context_destroy(ctx);
 }
 
 static const ecase ecases[] = {
@@ -488,6 +497,88 @@ static void test_cross_backend(void **state) {
     if (ecases[i].t == DA_F32) cross_one(&ecases[i], 0x5eed0000u + i);
   for (size_t i = 0; i < sizeof gcases / sizeof gcases[0]; i++)
     cross_one(&gcases[i], 0x9eed0000u + i);
+}
+
+/* ------------------------------------------------------------- decode */
+
+/* Decode shapes (few query rows per kv head, long KV caches), which the CPU
+ * backend runs on its split-KV path: seq_q 1..16, GQA 32/8 and MQA 4/1,
+ * head_dim 64, 128 and 59, every dtype, causal or not, KV lengths (the
+ * full capacity, 0 and random ones), packed batches, windows, LSE, strided
+ * layouts; seq_k long enough for many chunks. */
+static const ecase dcases[] = {
+    /* name                     b  h kvh  sq   sk  hd  dtype  causal layout lens            wl  wr lse g */
+    {"dec-q1-32/8-f16", 2, 32, 8, 1, 1100, 128, DA_F16, 1, 0, DA_SEQLENS_KV, -1, -1, 1, 0},
+    {"dec-q2-32/8-bf16-bshd", 2, 32, 8, 2, 700, 128, DA_BF16, 1, 1, DA_SEQLENS_KV, -1, -1, 1, 0},
+    {"dec-q5-4/1-f32-padded", 3, 4, 1, 5, 900, 64, DA_F32, 1, 2, DA_SEQLENS_KV, -1, -1, 1, 0},
+    {"dec-q16-4/1-f16", 2, 4, 1, 16, 600, 64, DA_F16, 1, 0, DA_SEQLENS_KV, -1, -1, 1, 0},
+    {"dec-q1-hd59-f32", 3, 8, 2, 1, 3000, 59, DA_F32, 0, 0, DA_SEQLENS_NONE, -1, -1, 1, 0},
+    {"dec-q2-hd59-bf16", 2, 4, 1, 2, 333, 59, DA_BF16, 0, 2, DA_SEQLENS_KV, -1, -1, 0, 0},
+    {"dec-q1-f32-128", 1, 32, 8, 1, 2500, 128, DA_F32, 0, 0, DA_SEQLENS_NONE, -1, -1, 1, 0},
+    {"dec-q5-window", 2, 8, 2, 5, 800, 64, DA_F16, 1, 0, DA_SEQLENS_KV, 100, -1, 1, 0},
+    {"dec-q4-window-lr", 2, 4, 1, 4, 500, 128, DA_F32, 0, 1, DA_SEQLENS_NONE, 60, 2, 1, 0},
+    {"dec-q16-window-causal", 1, 4, 4, 16, 1000, 64, DA_BF16, 1, 2, DA_SEQLENS_KV, 33, -1, 1, 0},
+    {"dec-packed", 4, 8, 2, 3, 400, 64, DA_F16, 1, 0, DA_SEQLENS_PACKED, -1, -1, 1, 0},
+    {"dec-packed-bshd-hd59", 3, 4, 1, 2, 300, 59, DA_F32, 0, 1, DA_SEQLENS_PACKED, 50, -1, 1, 0},
+    {"dec-q2-mha", 2, 4, 4, 2, 256, 128, DA_F32, 1, 0, DA_SEQLENS_KV, -1, -1, 1, 0},
+    {"dec-few-keys", 2, 8, 2, 1, 7, 64, DA_F32, 1, 0, DA_SEQLENS_KV, -1, -1, 1, 0},
+    {"dec-q16-short-kv", 3, 4, 2, 16, 10, 64, DA_F32, 1, 0, DA_SEQLENS_KV, -1, -1, 1, 0},
+};
+
+/* The rows per kv head up to which the CPU backend picks the decode path
+ * itself (DEC_ROWS_AUTO in lib/cpu_backend.c). */
+#define DEC_ROWS_AUTO 64
+
+/* Every decode case three ways: DISTRATTN_CPU_DECODE unset (the backend's
+ * choice, checked against the shape), 0 (the blocked path) and 1 (the
+ * decode path): each against the float64 reference. */
+static void test_decode_cases(void **state) {
+  (void)state;
+  static const char *const modes[3] = {NULL, "0", "1"};
+  for (int m = 0; m < 3; m++) {
+    if (modes[m])
+      setenv("DISTRATTN_CPU_DECODE", modes[m], 1);
+    else
+      unsetenv("DISTRATTN_CPU_DECODE");
+    for (size_t i = 0; i < sizeof dcases / sizeof dcases[0]; i++) {
+      const ecase *c = &dcases[i];
+      int rows = c->h / c->kvh * c->sq;
+      g_expect_decode = m == 1 ? 0 : m == 2 ? 1 : rows <= DEC_ROWS_AUTO;
+      run_ecase(DA_BACKEND_CPU, c, 0xdec0000u + i, NULL);
+    }
+  }
+  g_expect_decode = -1;
+  unsetenv("DISTRATTN_CPU_DECODE");
+}
+
+/* DISTRATTN_CPU_DECODE: a bad value fails the context; 1 refuses, by name,
+ * a plan the decode path cannot run (DistrAttention, GEMM, too many rows)
+ * instead of running another path. */
+static void test_decode_env(void **state) {
+  (void)state;
+  da_context *ctx = NULL;
+  setenv("DISTRATTN_CPU_DECODE", "2", 1);
+  assert_int_equal(da_context_create(&ctx, DA_BACKEND_CPU, -1), DA_ERR_INVALID_ARG);
+  assert_non_null(strstr(da_context_last_error(NULL), "DISTRATTN_CPU_DECODE"));
+  setenv("DISTRATTN_CPU_DECODE", "1", 1);
+  TU_CHECK(ctx, da_context_create(&ctx, DA_BACKEND_CPU, -1));
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  d.batch = 1, d.heads = 8, d.kv_heads = 2, d.seq_q = 1, d.seq_k = 64, d.head_dim = 64;
+  da_plan *p = NULL;
+  d.group_size = 2;
+  assert_int_equal(da_plan_create(ctx, &d, &p), DA_ERR_UNSUPPORTED);
+  assert_non_null(strstr(da_context_last_error(ctx), "DISTRATTN_CPU_DECODE=1"));
+  d.group_size = 1, d.algo = DA_ALGO_GEMM;
+  assert_int_equal(da_plan_create(ctx, &d, &p), DA_ERR_UNSUPPORTED);
+  d.algo = DA_ALGO_AUTO, d.seq_q = 65; /* 4 x 65 rows per kv head */
+  assert_int_equal(da_plan_create(ctx, &d, &p), DA_ERR_UNSUPPORTED);
+  assert_non_null(strstr(da_context_last_error(ctx), "query rows per kv head"));
+  d.seq_q = 64;
+  TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
+  da_plan_destroy(p);
+  da_context_destroy(ctx);
+  unsetenv("DISTRATTN_CPU_DECODE");
 }
 
 /* -------------------------------------------------- LSE: merging halves */
@@ -806,6 +897,8 @@ int main(void) {
   void *const st_cpu = (void *)(intptr_t)cpu, *const st_cl = (void *)(intptr_t)cl;
   const struct CMUnitTest tests[] = {
       {"cpu: ext cases", test_ext_cases, NULL, NULL, st_cpu},
+      {"cpu: decode cases", test_decode_cases, NULL, NULL, NULL},
+      {"cpu: decode env", test_decode_env, NULL, NULL, NULL},
       {"cpu: G > 1 cases", test_g_cases, NULL, NULL, st_cpu},
       {"cpu: LSE merge", test_lse_merge, NULL, NULL, st_cpu},
       {"cpu: G > 1 equals dense", test_groups_equal_dense, NULL, NULL, st_cpu},

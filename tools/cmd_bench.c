@@ -48,11 +48,24 @@ static void bench_usage(FILE *f) {
           "      --data-seed N    seed of the random inputs (default 1)\n"
           "      --csv            machine-readable CSV (one line per row, with a header)\n"
           "      --markdown       a Markdown table\n"
-          "  -h, --help           show this help\n");
+          "  -h, --help           show this help\n"
+          "\n"
+          "Decode (--decode): exact attention of --seq-q query rows per sequence over\n"
+          "each --seqs key length, GQA (--kv-heads), the fused algorithm: time and the\n"
+          "bandwidth of the K and V bytes the call reads (2*batch*kv_heads*seq*dim\n"
+          "elements / time); with --membw the ratio to that read bandwidth (what\n"
+          "bench/membw.c measures). Defaults there: batch 8, heads 32, kv heads 8,\n"
+          "dim 128, f16, --seqs 1024,2048,...,65536 (those whose K and V fit in half\n"
+          "of the device's memory). With --cpu-time the bandwidth is per CPU-second\n"
+          "(per core): compare it with one thread's read bandwidth (bench/membw 1).\n"
+          "      --decode         the decode table instead\n"
+          "      --seq-q N        decode: query rows per sequence (default 1)\n"
+          "      --kv-heads N     decode: key/value heads, dividing --heads (default 8)\n"
+          "      --membw GBPS     decode: the machine's read bandwidth in GB/s (10^9 B/s)\n");
 }
 
 enum { O_SEQS = 1000, O_DIMS, O_BATCH, O_HEADS, O_DTYPE, O_CAUSAL, O_FUSION, O_DSEED, O_CSV, O_MD,
-       O_MASK, O_NOGEMM, O_BEST, O_CPUTIME };
+       O_MASK, O_NOGEMM, O_BEST, O_CPUTIME, O_DECODE, O_SEQQ, O_KVH, O_MEMBW };
 enum { CFG_FUSED, CFG_GEMM, CFG_G2, CFG_G4, NCFG };
 static const char *cfg_name[NCFG] = {"fused", "gemm", "G=2", "G=4"};
 
@@ -126,6 +139,119 @@ static void fmt_ratio(char *b, size_t n, const cell *num, const cell *den) {
   else snprintf(b, n, "%.2fx", num->ms / den->ms);
 }
 
+/* The decode table (--decode): one row per dtype, key length and head dim. */
+typedef struct {
+  int batch, heads, kvh, seq_q, causal, repeat, warmup, best, cputime, csv, md;
+  double membw;
+  unsigned long long data_seed;
+} dec_opts;
+
+static int bench_decode(const char *cmd, da_context *ctx, const da_device_info *info,
+                        const dec_opts *o, const da_dtype *dtypes, int ndt, const int *seqs,
+                        int nseq, const int *dims, int ndim) {
+  const char *sep = o->md ? " | " : "  ";
+  const char *stat = o->best ? "best" : "median";
+  int rc = 0;
+  if (o->csv) {
+    printf("backend,device,device_name,batch,heads,kv_heads,seq_q,seq_k,head_dim,dtype,causal,"
+           "ms,kv_mib,kv_gbps,membw_gbps,ratio,stat,clock\n");
+  } else {
+    printf("%s%s device %d: %s (%s); decode: batch %d, heads %d, kv heads %d, seq_q %d%s; %s "
+           "of %d%s\n",
+           o->md ? "" : "# ", backend_label(info->backend), info->index, info->name, info->vendor,
+           o->batch, o->heads, o->kvh, o->seq_q, o->causal ? ", causal" : "", stat, o->repeat,
+           o->cputime ? "; process CPU time: ms are CPU ms, GB/s per CPU-second (per core)" : "");
+    if (o->membw > 0)
+      printf("%sread bandwidth given (--membw): %.1f GB/s\n", o->md ? "" : "# ", o->membw);
+    if (o->md) printf("\n| ");
+    printf("%5s%s%6s%s%4s%s%10s%s%10s%s%10s%s%9s%s\n", "dtype", sep, "seq_k", sep, "dim", sep,
+           "ms", sep, "K+V MiB", sep, "K+V GB/s", sep, "of membw", o->md ? " |" : "");
+    if (o->md) printf("| ----- | -----: | ---: | ---------: | ---------: | ---------: | --------: |\n");
+  }
+  fflush(stdout);
+  double *times = malloc(sizeof(double) * (size_t)o->repeat);
+  tool_rng rng;
+  rng_init(&rng, o->data_seed);
+  for (int ti = 0; ti < ndt && times; ti++)
+    for (int si = 0; si < nseq; si++)
+      for (int di = 0; di < ndim; di++) {
+        da_dtype t = dtypes[ti];
+        int seq = seqs[si], dim = dims[di];
+        size_t es = dtype_size(t);
+        size_t nq = (size_t)o->batch * o->heads * o->seq_q * dim;
+        size_t nk = (size_t)o->batch * o->kvh * seq * dim;
+        double kv_bytes = 2.0 * (double)nk * (double)es;
+        cell cl = {-1.0, "oom"};
+        if (info->global_mem == 0 || kv_bytes <= 0.5 * (double)info->global_mem) {
+          da_buffer *b[4] = {NULL, NULL, NULL, NULL};
+          size_t sz[4] = {nq * es, nk * es, nk * es, nq * es};
+          size_t chunk = (size_t)1 << 22; /* fill in pieces: no second copy of K in host memory */
+          float *hf = malloc(chunk * sizeof(float));
+          void *hd = malloc(chunk * es);
+          int ok = hf && hd;
+          for (int i = 0; ok && i < 4; i++) {
+            da_status s = da_buffer_create(ctx, sz[i], &b[i]);
+            if (s != DA_SUCCESS) {
+              if (s != DA_ERR_DEVICE_MEMORY && s != DA_ERR_HOST_MEMORY) {
+                tool_api_error(cmd, "da_buffer_create", s, ctx);
+                snprintf(cl.why, sizeof cl.why, "error");
+                rc = 1;
+              }
+              ok = 0;
+              break;
+            }
+            for (size_t at = 0; i < 3 && at < sz[i] / es && ok; at += chunk) {
+              size_t m = sz[i] / es - at < chunk ? sz[i] / es - at : chunk;
+              fill_normal(&rng, hf, m, t);
+              to_dtype(hd, t, hf, m);
+              if (da_buffer_write(b[i], at * es, hd, m * es) != DA_SUCCESS) ok = 0;
+            }
+          }
+          free(hf), free(hd);
+          if (ok) {
+            da_attn_desc d;
+            da_attn_desc_init(&d);
+            d.batch = o->batch, d.heads = o->heads, d.kv_heads = o->kvh, d.seq_q = o->seq_q;
+            d.seq_k = seq, d.head_dim = dim, d.dtype = t, d.causal = o->causal;
+            d.algo = DA_ALGO_FUSED;
+            if (time_cfg(cmd, ctx, &d, b[0], b[1], b[2], b[3], o->warmup, o->repeat, o->best,
+                         o->cputime, times, &cl))
+              rc = 1;
+          }
+          for (int i = 0; i < 4; i++)
+            if (b[i]) da_buffer_destroy(b[i]);
+        }
+        char ms[24], gb[24], ratio[24];
+        fmt_ms(ms, sizeof ms, &cl);
+        double gbps = cl.ms > 0 ? kv_bytes / (cl.ms * 1e-3) * 1e-9 : -1.0;
+        if (gbps > 0) snprintf(gb, sizeof gb, "%.1f", gbps);
+        else snprintf(gb, sizeof gb, "%s", cl.why);
+        if (gbps > 0 && o->membw > 0) snprintf(ratio, sizeof ratio, "%.0f%%", 100.0 * gbps / o->membw);
+        else snprintf(ratio, sizeof ratio, "-");
+        if (o->csv) {
+          printf("%s,%d,", backend_label(info->backend), info->index);
+          csv_field(stdout, info->name);
+          printf(",%d,%d,%d,%d,%d,%d,%s,%d,%s,%.1f,%s,", o->batch, o->heads, o->kvh, o->seq_q, seq,
+                 dim, dtype_name(t), o->causal, ms, kv_bytes / (1 << 20), gbps > 0 ? gb : "");
+          if (o->membw > 0) printf("%.1f", o->membw);
+          printf(",");
+          if (gbps > 0 && o->membw > 0) printf("%.3f", gbps / o->membw);
+          printf(",%s,%s\n", stat, o->cputime ? "cpu" : "wall");
+        } else {
+          if (o->md) printf("| ");
+          printf("%5s%s%6d%s%4d%s%10s%s%10.1f%s%10s%s%9s%s\n", dtype_name(t), sep, seq, sep, dim,
+                 sep, ms, sep, kv_bytes / (1 << 20), sep, gb, sep, ratio, o->md ? " |" : "");
+        }
+        fflush(stdout);
+      }
+  if (!times) {
+    tool_msg(cmd, "out of host memory");
+    rc = 1;
+  }
+  free(times);
+  return rc;
+}
+
 /* A comma-separated list of dtypes. */
 static int parse_dtype_list(const char *cmd, const char *s, da_dtype *out, int max, int *n) {
   char buf[128];
@@ -153,6 +279,8 @@ int cmd_bench(int argc, char **argv) {
       {"fusion", required_argument, NULL, O_FUSION}, {"repeat", required_argument, NULL, 'r'},
       {"warmup", required_argument, NULL, 'w'}, {"data-seed", required_argument, NULL, O_DSEED},
       {"csv", no_argument, NULL, O_CSV}, {"markdown", no_argument, NULL, O_MD},
+      {"decode", no_argument, NULL, O_DECODE}, {"seq-q", required_argument, NULL, O_SEQQ},
+      {"kv-heads", required_argument, NULL, O_KVH}, {"membw", required_argument, NULL, O_MEMBW},
       {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
   da_backend backend = DA_BACKEND_AUTO;
   int device = -1, batch = 1, heads = 8, repeat = 3, warmup = 1, csv = 0, md = 0;
@@ -162,18 +290,31 @@ int cmd_bench(int argc, char **argv) {
   int ndt = 1;
   da_fusion fusion = DA_FUSE_MEAN;
   unsigned long long data_seed = 1;
-  int c;
+  int c, decode = 0, seq_q = 1, kvh = 8, have_seqs = 0, have_dims = 0, have_dt = 0;
+  int have_batch = 0, have_heads = 0, have_dec_opt = 0;
+  double membw = 0.0;
   optind = 1;
   while ((c = getopt_long(argc, argv, "b:d:r:w:h", lopts, NULL)) != -1) {
     int bad = 0;
     switch (c) {
     case 'b': bad = parse_backend(cmd, optarg, &backend); break;
     case 'd': bad = parse_int(cmd, "--device", optarg, -1, 1 << 20, &device); break;
-    case O_SEQS: bad = parse_int_list(cmd, "--seqs", optarg, seqs, 32, &nseq); break;
-    case O_DIMS: bad = parse_int_list(cmd, "--dims", optarg, dims, 32, &ndim); break;
-    case O_BATCH: bad = parse_int(cmd, "--batch", optarg, 1, 1 << 30, &batch); break;
-    case O_HEADS: bad = parse_int(cmd, "--heads", optarg, 1, 1 << 30, &heads); break;
-    case O_DTYPE: bad = parse_dtype_list(cmd, optarg, dtypes, 3, &ndt); break;
+    case O_SEQS: bad = parse_int_list(cmd, "--seqs", optarg, seqs, 32, &nseq), have_seqs = 1; break;
+    case O_DIMS: bad = parse_int_list(cmd, "--dims", optarg, dims, 32, &ndim), have_dims = 1; break;
+    case O_BATCH: bad = parse_int(cmd, "--batch", optarg, 1, 1 << 30, &batch), have_batch = 1; break;
+    case O_HEADS: bad = parse_int(cmd, "--heads", optarg, 1, 1 << 30, &heads), have_heads = 1; break;
+    case O_DTYPE: bad = parse_dtype_list(cmd, optarg, dtypes, 3, &ndt), have_dt = 1; break;
+    case O_DECODE: decode = 1; break;
+    case O_SEQQ: bad = parse_int(cmd, "--seq-q", optarg, 1, 1 << 20, &seq_q), have_dec_opt = 1; break;
+    case O_KVH: bad = parse_int(cmd, "--kv-heads", optarg, 1, 1 << 30, &kvh), have_dec_opt = 1; break;
+    case O_MEMBW: {
+      char *end = NULL;
+      membw = strtod(optarg, &end);
+      have_dec_opt = 1;
+      if (!end || end == optarg || *end || !(membw > 0 && membw < 1e6))
+        bad = tool_usage_error(cmd, "invalid --membw '%s' (GB/s, a positive number)", optarg);
+      break;
+    }
     case O_CAUSAL: mask_lo = mask_hi = 1; break;
     case O_MASK:
       if (strcmp(optarg, "none") == 0) mask_lo = mask_hi = 0;
@@ -197,11 +338,32 @@ int cmd_bench(int argc, char **argv) {
   }
   if (optind < argc) return tool_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
   if (csv && md) return tool_usage_error(cmd, "--csv and --markdown exclude each other");
+  if (have_dec_opt && !decode)
+    return tool_usage_error(cmd, "--seq-q, --kv-heads and --membw need --decode");
+  if (decode) {
+    if (!have_batch) batch = 8;
+    if (!have_heads) heads = 32;
+    if (!have_dims) dims[0] = 128, ndim = 1;
+    if (!have_dt) dtypes[0] = DA_F16, ndt = 1;
+    if (!have_seqs)
+      for (nseq = 0; nseq < 7; nseq++) seqs[nseq] = 1024 << nseq;
+    if (heads % kvh != 0)
+      return tool_usage_error(cmd, "--kv-heads %d does not divide --heads %d", kvh, heads);
+    if (no_gemm || have_fusion)
+      return tool_usage_error(cmd, "--no-gemm and --fusion do not apply to --decode");
+  }
 
   da_context *ctx = NULL;
   da_device_info info;
   if (!tool_open_context(cmd, backend, device, &ctx, &info)) return 1;
   da_status s;
+  if (decode) {
+    dec_opts o = {batch, heads, kvh,  seq_q, mask_hi, repeat, warmup, best,
+                  cputime, csv, md, membw, data_seed};
+    int rc = bench_decode(cmd, ctx, &info, &o, dtypes, ndt, seqs, nseq, dims, ndim);
+    da_context_destroy(ctx);
+    return rc;
+  }
 
   const char *sep = md ? " | " : "  ";
   const char *stat = best ? "best" : "median";

@@ -21,7 +21,10 @@ static void check_usage(FILE *f) {
           "    (DistrAttention with the CPU backend's own permutations).\n"
           "Bounds on the relative Frobenius error: f32 1e-5, f16 2e-3, bf16 1.6e-2; NaN\n"
           "fails. An algorithm a backend does not offer (DA_ERR_UNSUPPORTED) is shown\n"
-          "as 'unsupported' and is not a failure.\n"
+          "as 'unsupported' and is not a failure. Decode shapes (seq_q 1 and 4, GQA)\n"
+          "also run as a KV cache with per-sequence lengths (shape marked 'kv': the\n"
+          "lengths are the capacity, 0 and about half of it) through da_attention_ext;\n"
+          "a backend that refuses such plans is 'unsupported' there.\n"
           "\n"
           "  -b, --backend NAME   check only this backend: cpu, opencl or cuda\n"
           "                       (default: all available)\n"
@@ -41,9 +44,15 @@ typedef struct {
   da_fusion f;
   int hb, bits; /* 0: the library's default */
   int quick;    /* part of --quick */
+  int kv;       /* 1: DA_SEQLENS_KV, lengths from kv_len() (da_attention_ext) */
 } check_case;
 
-#define MAX_CASES 96
+#define MAX_CASES 112
+
+/* Sequence b's keys in a kv case: the capacity, none, about half. */
+static int kv_len(const check_case *c, int b) {
+  return b % 3 == 0 ? c->sk : b % 3 == 1 ? 0 : c->sk / 2 + 1;
+}
 
 static int add_case(check_case *cs, int n, check_case c) {
   if (n < MAX_CASES) cs[n++] = c;
@@ -62,13 +71,13 @@ static int build_cases(check_case *cs) {
       int d = dims[(si + 3 * j) % nd];
       n = add_case(cs, n, (check_case){1, 2, 2, shapes[si][0], shapes[si][1], d, DA_F32,
                                        (si + j) % 2, 1, DA_FUSE_MEAN, 0, 0,
-                                       j == 0 && (si % 2 == 1 || si == 6)});
+                                       j == 0 && (si % 2 == 1 || si == 6), 0});
     }
   /* exact, f16 and bf16 */
   for (int t = DA_F16; t <= DA_BF16; t++) {
-    n = add_case(cs, n, (check_case){1, 2, 2, 113, 203, 64, (da_dtype)t, 0, 1, DA_FUSE_MEAN, 0, 0, 1});
-    n = add_case(cs, n, (check_case){1, 2, 2, 256, 512, 128, (da_dtype)t, 1, 1, DA_FUSE_MEAN, 0, 0, 0});
-    n = add_case(cs, n, (check_case){2, 1, 1, 7, 3, 59, (da_dtype)t, 1, 1, DA_FUSE_MEAN, 0, 0, 0});
+    n = add_case(cs, n, (check_case){1, 2, 2, 113, 203, 64, (da_dtype)t, 0, 1, DA_FUSE_MEAN, 0, 0, 1, 0});
+    n = add_case(cs, n, (check_case){1, 2, 2, 256, 512, 128, (da_dtype)t, 1, 1, DA_FUSE_MEAN, 0, 0, 0, 0});
+    n = add_case(cs, n, (check_case){2, 1, 1, 7, 3, 59, (da_dtype)t, 1, 1, DA_FUSE_MEAN, 0, 0, 0, 0});
   }
   /* DistrAttention, f32: every G with both fusions */
   static const int gshape[][3] = {{256, 512, 64}, {113, 203, 59}, {512, 256, 128},
@@ -78,24 +87,31 @@ static int build_cases(check_case *cs) {
     int G = gs[i / 2];
     da_fusion f = i % 2 ? DA_FUSE_NORM : DA_FUSE_MEAN;
     n = add_case(cs, n, (check_case){1 + i % 2, 2, 2, gshape[i][0], gshape[i][1], gshape[i][2],
-                                     DA_F32, i % 3 == 1, G, f, 0, 0, i == 0 || i == 3 || i == 4});
+                                     DA_F32, i % 3 == 1, G, f, 0, 0, i == 0 || i == 3 || i == 4, 0});
   }
   /* hash parameters, tiny and ragged groups */
-  n = add_case(cs, n, (check_case){1, 2, 2, 512, 256, 64, DA_F32, 0, 2, DA_FUSE_NORM, 64, 8, 1});
-  n = add_case(cs, n, (check_case){1, 2, 2, 113, 203, 32, DA_F32, 1, 4, DA_FUSE_MEAN, 16, 0, 0});
-  n = add_case(cs, n, (check_case){1, 1, 1, 300, 300, 64, DA_F32, 0, 2, DA_FUSE_MEAN, 256, 32, 0});
-  n = add_case(cs, n, (check_case){1, 1, 1, 1, 1, 2, DA_F32, 0, 2, DA_FUSE_MEAN, 0, 0, 1});
-  n = add_case(cs, n, (check_case){1, 2, 2, 3, 7, 59, DA_F32, 1, 8, DA_FUSE_NORM, 0, 0, 0});
+  n = add_case(cs, n, (check_case){1, 2, 2, 512, 256, 64, DA_F32, 0, 2, DA_FUSE_NORM, 64, 8, 1, 0});
+  n = add_case(cs, n, (check_case){1, 2, 2, 113, 203, 32, DA_F32, 1, 4, DA_FUSE_MEAN, 16, 0, 0, 0});
+  n = add_case(cs, n, (check_case){1, 1, 1, 300, 300, 64, DA_F32, 0, 2, DA_FUSE_MEAN, 256, 32, 0, 0});
+  n = add_case(cs, n, (check_case){1, 1, 1, 1, 1, 2, DA_F32, 0, 2, DA_FUSE_MEAN, 0, 0, 1, 0});
+  n = add_case(cs, n, (check_case){1, 2, 2, 3, 7, 59, DA_F32, 1, 8, DA_FUSE_NORM, 0, 0, 0, 0});
   /* DistrAttention, f16 and bf16 */
   for (int t = DA_F16; t <= DA_BF16; t++) {
-    n = add_case(cs, n, (check_case){1, 2, 2, 256, 512, 64, (da_dtype)t, 0, 2, DA_FUSE_NORM, 0, 0, 1});
-    n = add_case(cs, n, (check_case){1, 2, 2, 113, 203, 128, (da_dtype)t, 1, 4, DA_FUSE_MEAN, 0, 0, 0});
+    n = add_case(cs, n, (check_case){1, 2, 2, 256, 512, 64, (da_dtype)t, 0, 2, DA_FUSE_NORM, 0, 0, 1, 0});
+    n = add_case(cs, n, (check_case){1, 2, 2, 113, 203, 128, (da_dtype)t, 1, 4, DA_FUSE_MEAN, 0, 0, 0, 0});
   }
   /* GQA / MQA */
-  n = add_case(cs, n, (check_case){1, 4, 2, 128, 217, 64, DA_F32, 1, 1, DA_FUSE_MEAN, 0, 0, 1});
-  n = add_case(cs, n, (check_case){1, 4, 1, 256, 512, 128, DA_F32, 0, 2, DA_FUSE_MEAN, 0, 0, 0});
-  n = add_case(cs, n, (check_case){2, 6, 3, 113, 203, 59, DA_F32, 1, 4, DA_FUSE_NORM, 0, 0, 1});
-  n = add_case(cs, n, (check_case){1, 8, 1, 108, 256, 32, DA_BF16, 0, 1, DA_FUSE_MEAN, 0, 0, 0});
+  n = add_case(cs, n, (check_case){1, 4, 2, 128, 217, 64, DA_F32, 1, 1, DA_FUSE_MEAN, 0, 0, 1, 0});
+  n = add_case(cs, n, (check_case){1, 4, 1, 256, 512, 128, DA_F32, 0, 2, DA_FUSE_MEAN, 0, 0, 0, 0});
+  n = add_case(cs, n, (check_case){2, 6, 3, 113, 203, 59, DA_F32, 1, 4, DA_FUSE_NORM, 0, 0, 1, 0});
+  n = add_case(cs, n, (check_case){1, 8, 1, 108, 256, 32, DA_BF16, 0, 1, DA_FUSE_MEAN, 0, 0, 0, 0});
+  /* decode: seq_q 1 and 4 with GQA/MQA, dense and as a KV cache with lengths */
+  n = add_case(cs, n, (check_case){2, 32, 8, 1, 1000, 128, DA_F16, 1, 1, DA_FUSE_MEAN, 0, 0, 1, 0});
+  n = add_case(cs, n, (check_case){3, 8, 2, 1, 700, 128, DA_F16, 1, 1, DA_FUSE_MEAN, 0, 0, 1, 1});
+  n = add_case(cs, n, (check_case){3, 32, 8, 4, 517, 64, DA_BF16, 1, 1, DA_FUSE_MEAN, 0, 0, 0, 1});
+  n = add_case(cs, n, (check_case){3, 4, 1, 4, 300, 59, DA_F32, 0, 1, DA_FUSE_MEAN, 0, 0, 1, 1});
+  n = add_case(cs, n, (check_case){3, 4, 1, 1, 2049, 64, DA_F32, 1, 1, DA_FUSE_MEAN, 0, 0, 0, 1});
+  n = add_case(cs, n, (check_case){2, 8, 2, 4, 400, 128, DA_F32, 1, 2, DA_FUSE_MEAN, 0, 0, 0, 0});
   return n;
 }
 
@@ -132,8 +148,81 @@ static da_status compute(da_context *ctx, const da_attn_desc *d, const void *q, 
   return s;
 }
 
+/* A kv case (DA_SEQLENS_KV, lengths kv_len) through the ext API on device
+ * buffers; o gets every row (a sequence with no keys: zeros). */
+static da_status compute_kv(da_context *ctx, const da_attn_desc *d, const check_case *c,
+                            const void *q, const void *k, const void *v, void *o,
+                            const char **what) {
+  da_attn_ext x;
+  da_attn_ext_init(&x);
+  x.seqlens = DA_SEQLENS_KV;
+  da_plan *p = NULL;
+  *what = "da_plan_create_ext";
+  da_status s = da_plan_create_ext(ctx, d, &x, &p);
+  if (s != DA_SUCCESS) return s;
+  const size_t es = dtype_size(d->dtype);
+  const size_t qb = (size_t)d->batch * d->heads * d->seq_q * d->head_dim * es;
+  const size_t kb = (size_t)d->batch * d->kv_heads * d->seq_k * d->head_dim * es;
+  int lens[64];
+  for (int b = 0; b < d->batch && b < 64; b++) lens[b] = kv_len(c, b);
+  da_buffer *bq = NULL, *bk = NULL, *bv = NULL, *bo = NULL, *bl = NULL;
+  *what = "da_buffer_create";
+  if ((s = da_buffer_create(ctx, qb, &bq)) == DA_SUCCESS &&
+      (s = da_buffer_create(ctx, kb, &bk)) == DA_SUCCESS &&
+      (s = da_buffer_create(ctx, kb, &bv)) == DA_SUCCESS &&
+      (s = da_buffer_create(ctx, qb, &bo)) == DA_SUCCESS &&
+      (s = da_buffer_create(ctx, sizeof(int) * (size_t)d->batch, &bl)) == DA_SUCCESS) {
+    *what = "da_buffer_write";
+    if ((s = da_buffer_write(bq, 0, q, qb)) == DA_SUCCESS &&
+        (s = da_buffer_write(bk, 0, k, kb)) == DA_SUCCESS &&
+        (s = da_buffer_write(bv, 0, v, kb)) == DA_SUCCESS &&
+        (s = da_buffer_write(bl, 0, lens, sizeof(int) * (size_t)d->batch)) == DA_SUCCESS) {
+      da_attn_args a;
+      da_attn_args_init(&a);
+      a.q = bq, a.k = bk, a.v = bv, a.o = bo, a.seqlens_k = bl;
+      *what = "da_attention_ext";
+      s = da_attention_ext(p, &a);
+      if (s == DA_SUCCESS) s = da_context_synchronize(ctx);
+      *what = "da_buffer_read";
+      if (s == DA_SUCCESS) s = da_buffer_read(bo, 0, o, qb);
+    }
+  }
+  da_buffer_destroy(bq), da_buffer_destroy(bk), da_buffer_destroy(bv);
+  da_buffer_destroy(bo), da_buffer_destroy(bl);
+  da_plan_destroy(p);
+  return s;
+}
+
+/* The float64 reference of a kv case: per sequence, its keys copied out of
+ * the cache and the dense reference over them. */
+static int reference_kv(const da_attn_desc *d, const check_case *c, const float *q,
+                        const float *k, const float *v, float *out) {
+  const size_t hd = (size_t)d->head_dim, qs = (size_t)d->heads * d->seq_q * hd;
+  float *kb = malloc((size_t)d->kv_heads * d->seq_k * hd * 4 + 4);
+  float *vb = malloc((size_t)d->kv_heads * d->seq_k * hd * 4 + 4);
+  int rc = kb && vb ? 0 : -1;
+  for (int b = 0; b < d->batch && rc == 0; b++) {
+    int lk = kv_len(c, b);
+    if (lk == 0) {
+      memset(out + b * qs, 0, qs * 4);
+      continue;
+    }
+    for (int h = 0; h < d->kv_heads; h++) {
+      size_t src = ((size_t)b * d->kv_heads + h) * d->seq_k * hd, dst = (size_t)h * lk * hd;
+      memcpy(kb + dst, k + src, (size_t)lk * hd * 4);
+      memcpy(vb + dst, v + src, (size_t)lk * hd * 4);
+    }
+    da_attn_desc db = *d;
+    db.batch = 1, db.seq_k = lk;
+    rc = reference_f64(&db, q + b * qs, kb, vb, NULL, out + b * qs);
+  }
+  free(kb), free(vb);
+  return rc;
+}
+
 static void describe(const check_case *c, char *shape, size_t ns, char *grp, size_t ng) {
-  snprintf(shape, ns, "%d,%d/%d,%dx%d,d%d", c->b, c->h, c->kvh, c->sq, c->sk, c->d);
+  snprintf(shape, ns, "%d,%d/%d,%dx%d%s,d%d", c->b, c->h, c->kvh, c->sq, c->sk, c->kv ? "kv" : "",
+           c->d);
   if (c->G == 1) {
     snprintf(grp, ng, "1");
   } else {
@@ -186,7 +275,8 @@ static void run_case(check_state *st, da_context *ctx, da_context *cpu, const ch
       da_attn_desc cd = d;
       cd.algo = DA_ALGO_FUSED;
       const char *what;
-      da_status s = compute(cpu, &cd, qd, kd, vd, rd, rperm, &what);
+      da_status s = c->kv ? compute_kv(cpu, &cd, c, qd, kd, vd, rd, &what)
+                          : compute(cpu, &cd, qd, kd, vd, rd, rperm, &what);
       if (s == DA_SUCCESS) {
         from_dtype(rf, c->t, rd, qn);
         ref_ok = 1;
@@ -210,7 +300,7 @@ static void run_case(check_state *st, da_context *ctx, da_context *cpu, const ch
       else
         ref_ok = 1;
     } else {
-      if (reference_f64(&d, qf, kf, vf, NULL, rf) != 0)
+      if ((c->kv ? reference_kv(&d, c, qf, kf, vf, rf) : reference_f64(&d, qf, kf, vf, NULL, rf)) != 0)
         snprintf(ref_err, sizeof ref_err, "out of host memory for the float64 reference");
       else
         ref_ok = 1;
@@ -232,7 +322,8 @@ static void run_case(check_state *st, da_context *ctx, da_context *cpu, const ch
       d.algo = algos[a];
       const char *what;
       double t0 = now_ms();
-      da_status s = compute(ctx, &d, qd, kd, vd, od, c->G > 1 ? perm : NULL, &what);
+      da_status s = c->kv ? compute_kv(ctx, &d, c, qd, kd, vd, od, &what)
+                          : compute(ctx, &d, qd, kd, vd, od, c->G > 1 ? perm : NULL, &what);
       secs = (now_ms() - t0) * 1e-3;
       if (s == DA_ERR_UNSUPPORTED) {
         snprintf(result, sizeof result, "unsupported");
