@@ -382,8 +382,21 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
   int wg_env;
   st = da_env_word(ctx, "DISTRATTN_CUDA_WGMMA", wg_words, 2, "\"0\" or \"1\"", &wg_env);
   if (st) return st;
-  const bool wg_ok = bp->use_mma && dac_wg_supported(bc->cc_major, bc->cc_minor, d->dtype,
-                                                    d->head_dim, G, d->hash_block);
+  /* The warpgroup-MMA kernel runs dense plans only (its TMA descriptors
+   * assume dense tensors): a plan with da_attn_ext options (strides,
+   * per-sequence lengths, LSE, windows) runs on the mma.sync kernel on
+   * Hopper too, or on the SIMT one where that cannot (SPEC 1, "Layouts and
+   * lengths"). Dense plans made through da_plan_create_ext (ext_used 0)
+   * keep it. */
+  if (wg_env == 1 && p->ext_used && d->algo != DA_ALGO_GEMM)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "DISTRATTN_CUDA_WGMMA=\"1\" asks for the warpgroup-MMA kernel, which runs "
+                        "dense plans only: this plan uses da_attn_ext options (strides, "
+                        "per-sequence lengths, LSE or a window), which the mma.sync kernel runs "
+                        "(unset DISTRATTN_CUDA_WGMMA or set it to \"0\")");
+  const bool wg_ok = !p->ext_used && bp->use_mma &&
+                     dac_wg_supported(bc->cc_major, bc->cc_minor, d->dtype, d->head_dim, G,
+                                      d->hash_block);
   if (wg_env == 1 && !wg_ok && d->algo != DA_ALGO_GEMM)
     return da_set_error(ctx, DA_ERR_INVALID_ARG,
                         "DISTRATTN_CUDA_WGMMA=\"1\" asks for the warpgroup-MMA kernel, which cannot "
@@ -488,6 +501,16 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
 
 static da_status dac_plan_prepare(da_plan *p) {
   da_context *ctx = p->ctx;
+  if (p->d.algo == DA_ALGO_GEMM && p->ext_used) {
+    /* DA_ALGO_AUTO comes here only when the fused kernels refused the plan:
+     * their reason is still in last_error (plan creation clears it first) */
+    char why[512];
+    snprintf(why, sizeof why, "%.500s", ctx->last_error);
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "CUDA: DA_ALGO_GEMM does not support the da_attn_ext options (strides, "
+                        "per-sequence lengths, LSE, windows); DA_ALGO_FUSED does%s%s",
+                        why[0] ? ", and refused this plan: " : "", why);
+  }
   if (p->d.head_dim > 256 && p->d.algo != DA_ALGO_GEMM)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                         "CUDA: head_dim %d: the fused kernels take 1..256 (use DA_ALGO_GEMM)",
@@ -625,6 +648,78 @@ static da_status dac_attention(da_plan *p, void *q, void *k, void *v, void *o) {
   return DA_SUCCESS;
 }
 
+/* Whether every stride of the four tensors, in bytes, is a multiple of 16
+ * (the mma.sync kernel moves 16-byte row pieces with cp.async). */
+static int dac_strides16(const da_attn_ext *x, size_t es) {
+  const long long *st[4] = {x->q_stride, x->k_stride, x->v_stride, x->o_stride};
+  for (int t = 0; t < 4; t++)
+    for (int i = 0; i < 3; i++)
+      if ((unsigned long long)st[t][i] * es % 16 != 0) return 0;
+  return 1;
+}
+
+/* attention_ext: a plan with da_attn_ext options runs the EXT
+ * instantiations of the fused kernels (mma.sync where its dtype, head_dim,
+ * G and the 16-byte alignment of every row allow, else SIMT), which read
+ * the lengths from device memory and clamp them (SPEC 1, "Layouts and
+ * lengths"); a plan without them, the dense path at the given offsets. */
+static da_status dac_attention_ext(da_plan *p, const da_call *c) {
+  da_context *ctx = p->ctx;
+  dac_ctx *bc = DAC_BC(ctx);
+  dac_plan *bp = (dac_plan *)p->bplan;
+  const da_attn_desc *d = &p->d;
+  const da_attn_ext *x = &p->x;
+  const size_t es = p->elem_size;
+  if (!bp) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: plan was not prepared");
+  char *q = (char *)c->q + c->q_off * es, *k = (char *)c->k + c->k_off * es;
+  char *v = (char *)c->v + c->v_off * es, *o = (char *)c->o + c->o_off * es;
+  if (!p->ext_used) return dac_attention(p, q, k, v, o);
+  if (d->algo == DA_ALGO_GEMM) /* plan_prepare refused these */
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED, "CUDA: DA_ALGO_GEMM has no da_attn_ext options");
+  DAC_SETDEV(ctx);
+  dac_args a;
+  dac_fill_args(p, &a, q, k, v, o);
+  memcpy(a.qst, x->q_stride, sizeof a.qst);
+  memcpy(a.kst, x->k_stride, sizeof a.kst);
+  memcpy(a.vst, x->v_stride, sizeof a.vst);
+  memcpy(a.ost, x->o_stride, sizeof a.ost);
+  a.lens = (int)x->seqlens;
+  a.seqlens_k = x->seqlens == DA_SEQLENS_KV ? (const int *)c->seqlens_k : NULL;
+  if (x->seqlens == DA_SEQLENS_PACKED) {
+    a.cu_q = (const int *)c->cu_q;
+    a.cu_k = (const int *)c->cu_k;
+    a.rows_q = c->rows_q > (size_t)INT64_MAX ? INT64_MAX : (long long)c->rows_q;
+    a.rows_k = c->rows_k > (size_t)INT64_MAX ? INT64_MAX : (long long)c->rows_k;
+  }
+  a.wl = x->window_left;
+  a.wr = x->window_right;
+  a.lse = x->lse && c->lse ? (float *)c->lse + c->lse_off : NULL;
+  const int G = d->group_size;
+  const int mma = bp->use_mma && dac_aligned16(q) && dac_aligned16(k) && dac_aligned16(v) &&
+                  dac_aligned16(o) && dac_strides16(x, es);
+  if (G > 1) {
+    /* the hash reads Q through its strides, tiles per sequence (packed:
+     * from each sequence's first row); the fused Q it writes is dense,
+     * [batch][heads][seq_q], each sequence's rows from 0 */
+    dac_qlayout ql;
+    ql.sb = x->q_stride[0];
+    ql.sh = x->q_stride[1];
+    ql.sr = x->q_stride[2];
+    ql.cu_q = a.cu_q;
+    ql.rows_q = a.rows_q;
+    a.qs_ld = mma ? bp->qs_ld : p->ng;
+    DAC_CHECK(ctx, dac_launch_hash_ext(q, &ql, d->dtype, d->batch, d->heads, d->seq_q,
+                                       d->head_dim, bp->proj, d->hash_bits, d->hash_block, G,
+                                       d->fusion, bp->perm, bp->wts, bp->qs,
+                                       mma ? bp->qs_dtype : DA_F32, a.qs_ld, p->ng, bc->stream));
+  }
+  if (mma)
+    DAC_CHECK(ctx, dac_launch_mma_ext(&a, bp->br, bc->stream));
+  else
+    DAC_CHECK(ctx, dac_launch_simt_ext(&a, bc->stream));
+  return DA_SUCCESS;
+}
+
 static da_status dac_groups(da_plan *p, void *q, void *perm) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
@@ -660,6 +755,8 @@ static const da_backend_iface dac_iface = {
     dac_plan_release,
     dac_attention,
     dac_groups,
+    dac_attention_ext,
+    NULL, /* attention_bwd: no backward pass on CUDA yet */
 };
 
 extern "C" __attribute__((visibility("default"))) const da_backend_iface *

@@ -41,6 +41,58 @@ __device__ __forceinline__ dac_block dac_block_of(const dac_args &a, int rows) {
   return k;
 }
 
+/* One sequence of an attention_ext call (SPEC 1, "Layouts and lengths"):
+ * its query and key counts and first rows, the lengths read from device
+ * memory and clamped as the SPEC says, so that no row outside
+ * 0..rows_q-1 (0..seq_q-1) of Q, O, LSE or 0..rows_k-1 (0..seq_k-1) of K,
+ * V is ever touched: seqlens_k[b] to 0..seq_k; cu[b] to 0..rows,
+ * cu[b+1] to cu[b]..rows, the length to at most seq_q (seq_k). */
+struct dac_seq {
+  int lq, lk;
+  long long q0, k0; /* first row of Q/O and of K/V */
+};
+__device__ __forceinline__ long long dac_clampll(long long x, long long lo, long long hi) {
+  return x < lo ? lo : x > hi ? hi : x;
+}
+__device__ __forceinline__ dac_seq dac_seq_of(const dac_args &a, int b) {
+  dac_seq s;
+  s.lq = a.seq_q;
+  s.lk = a.seq_k;
+  s.q0 = s.k0 = 0;
+  if (a.lens == DA_SEQLENS_KV) {
+    s.lk = (int)dac_clampll(a.seqlens_k[b], 0, a.seq_k);
+  } else if (a.lens == DA_SEQLENS_PACKED) {
+    const long long q0 = dac_clampll(a.cu_q[b], 0, a.rows_q);
+    const long long q1 = dac_clampll(a.cu_q[b + 1], q0, a.rows_q);
+    const long long k0 = dac_clampll(a.cu_k[b], 0, a.rows_k);
+    const long long k1 = dac_clampll(a.cu_k[b + 1], k0, a.rows_k);
+    s.q0 = q0;
+    s.k0 = k0;
+    s.lq = (int)(q1 - q0 < a.seq_q ? q1 - q0 : a.seq_q);
+    s.lk = (int)(k1 - k0 < a.seq_k ? k1 - k0 : a.seq_k);
+  }
+  return s;
+}
+/* The keys query row i of a sequence (lq, lk) sees: lo..hi (none when
+ * lo > hi), from its window (diagonal i + lk - lq; causal is wr = 0). */
+__device__ __forceinline__ void dac_win(const dac_args &a, int i, int lq, int lk, int &lo, int &hi) {
+  const long long diag = (long long)i + lk - lq;
+  long long l = 0, h = (long long)lk - 1;
+  if (a.wl >= 0 && diag - a.wl > l) l = diag - a.wl;
+  if (a.wr >= 0 && diag + a.wr < h) h = diag + a.wr;
+  if (l > lk) l = lk;   /* keep both in int: lo in 0..lk, hi in -1..lk-1 */
+  if (h < -1) h = -1;
+  lo = (int)l;
+  hi = (int)h;
+}
+/* Where row i of sequence b, head h of the LSE goes: [batch][heads][seq_q],
+ * or [heads][rows_q] for DA_SEQLENS_PACKED. */
+__device__ __forceinline__ size_t dac_lse_at(const dac_args &a, int b, int h, const dac_seq &s,
+                                             int i) {
+  return a.lens == DA_SEQLENS_PACKED ? (size_t)h * (size_t)a.rows_q + (size_t)(s.q0 + i)
+                                     : ((size_t)b * a.heads + h) * (size_t)a.seq_q + i;
+}
+
 static inline size_t dac_dtype_size(da_dtype t) { return t == DA_F32 ? 4 : 2; }
 
 /* two f32 values to/from a 32-bit pair of the 16-bit type T (round to nearest) */

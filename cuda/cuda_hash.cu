@@ -41,13 +41,12 @@ static int dac_hash_pick_tb(long long blocks, int sms, int hash_bits, int d) {
   return 4;
 }
 
-/* dac_launch_hash with TB given (2, 4 or 8; 0: dac_hash_pick_tb's), so
- * that bench/hash_bench.cu can time and check each. */
-extern "C" cudaError_t dac_launch_hash_tb(const void *q, da_dtype dt, int batch, int heads,
-                                          int seq_q, int d, const float *proj, int hash_bits,
-                                          int hash_block, int G, da_fusion fusion, int *perm,
-                                          float *wts, void *qs, da_dtype qs_dt, int qs_ld, int ng,
-                                          cudaStream_t s, int tb) {
+/* The launch, Q read through ql, TB given (2, 4 or 8; 0: dac_hash_pick_tb's). */
+static cudaError_t dac_launch_hash_l(const void *q, const dac_qlayout &ql, da_dtype dt, int batch,
+                                     int heads, int seq_q, int d, const float *proj, int hash_bits,
+                                     int hash_block, int G, da_fusion fusion, int *perm, float *wts,
+                                     void *qs, da_dtype qs_dt, int qs_ld, int ng, cudaStream_t s,
+                                     int tb) {
   if (d < 1 || d > 256 || hash_bits < 1 || hash_bits > 32 || hash_block < 1 ||
       (G != 1 && G != 2 && G != 4 && G != 8) || (tb != 0 && tb != 2 && tb != 4 && tb != 8))
     return cudaErrorInvalidValue;
@@ -56,10 +55,14 @@ extern "C" cudaError_t dac_launch_hash_tb(const void *q, da_dtype dt, int batch,
   const int n_tiles = (seq_q + hash_block - 1) / hash_block;
   const size_t es = dac_dtype_size(dt);
   /* cp.async pieces of Q rows: 16 bytes, else 8 (4 columns of f16/bf16),
-   * else element by element */
-  const int pb = (size_t)d * es % 16 == 0 && (uintptr_t)q % 16 == 0 ? 16
-                 : es == 2 && d % 4 == 0 && (uintptr_t)q % 8 == 0   ? 8
-                                                                    : 0;
+   * else element by element; every row's start must be aligned to the
+   * piece (the strides in bytes too) */
+  const unsigned long long sbits =
+      (unsigned long long)(ql.sb * (long long)es) | (unsigned long long)(ql.sh * (long long)es) |
+      (unsigned long long)(ql.sr * (long long)es) | (unsigned long long)(uintptr_t)q;
+  const int pb = (size_t)d * es % 16 == 0 && sbits % 16 == 0            ? 16
+                 : es == 2 && d % 4 == 0 && sbits % 8 == 0               ? 8
+                                                                         : 0;
   const int rvec = hash_block % 4 == 0 && (uintptr_t)proj % 16 == 0;
   const int nb = hash_bits <= 8 ? 8 : hash_bits <= 16 ? 16 : 32;
   const size_t units = ((size_t)d * es + 15) / 16; /* 16-byte units of a row */
@@ -96,7 +99,7 @@ extern "C" cudaError_t dac_launch_hash_tb(const void *q, da_dtype dt, int batch,
   const dim3 grid(n_tiles, heads, batch);
   const int norm = fusion == DA_FUSE_NORM;
 #define DAC_HASH_LAUNCH(NB, GS, TB)                                                                \
-  return dac_hash_launch<NB, GS, TB>(grid, threads, smem, s, q, dt, heads, seq_q, d, proj,         \
+  return dac_hash_launch<NB, GS, TB>(grid, threads, smem, s, q, ql, dt, heads, seq_q, d, proj,         \
                                      hash_bits, hash_block, norm, n_tiles, resident, rpad, pb,     \
                                      rvec, perm, wts, qs, qs_dt, qs_ld, ng, qs_vec)
   /* TB2: 2, or for NB = 32, which has no TB 2 (refused above), 4 */
@@ -119,6 +122,33 @@ extern "C" cudaError_t dac_launch_hash_tb(const void *q, da_dtype dt, int batch,
 #undef DAC_HASH_LAUNCH_G
 #undef DAC_HASH_LAUNCH_T
 #undef DAC_HASH_LAUNCH
+}
+
+/* dac_launch_hash with TB given (2, 4 or 8; 0: dac_hash_pick_tb's), so
+ * that bench/hash_bench.cu can time and check each. */
+extern "C" cudaError_t dac_launch_hash_tb(const void *q, da_dtype dt, int batch, int heads,
+                                          int seq_q, int d, const float *proj, int hash_bits,
+                                          int hash_block, int G, da_fusion fusion, int *perm,
+                                          float *wts, void *qs, da_dtype qs_dt, int qs_ld, int ng,
+                                          cudaStream_t s, int tb) {
+  /* dense: [batch][heads][seq_q][d] */
+  dac_qlayout ql;
+  ql.sr = d;
+  ql.sh = (long long)seq_q * d;
+  ql.sb = (long long)heads * ql.sh;
+  ql.cu_q = NULL;
+  ql.rows_q = 0;
+  return dac_launch_hash_l(q, ql, dt, batch, heads, seq_q, d, proj, hash_bits, hash_block, G,
+                           fusion, perm, wts, qs, qs_dt, qs_ld, ng, s, tb);
+}
+
+extern "C" cudaError_t dac_launch_hash_ext(const void *q, const dac_qlayout *ql, da_dtype dt,
+                                           int batch, int heads, int seq_q, int d,
+                                           const float *proj, int hash_bits, int hash_block, int G,
+                                           da_fusion fusion, int *perm, float *wts, void *qs,
+                                           da_dtype qs_dt, int qs_ld, int ng, cudaStream_t s) {
+  return dac_launch_hash_l(q, *ql, dt, batch, heads, seq_q, d, proj, hash_bits, hash_block, G,
+                           fusion, perm, wts, qs, qs_dt, qs_ld, ng, s, 0);
 }
 
 extern "C" cudaError_t dac_launch_hash(const void *q, da_dtype dt, int batch, int heads, int seq_q,

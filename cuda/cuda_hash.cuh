@@ -47,8 +47,8 @@ struct dac_hash_tb {
  * combinations DAC_HASH_TBS_<NB> list and dac_launch_hash_tb can pick. */
 template <int NB, int GS, int TB>
 cudaError_t
-dac_hash_launch(dim3 grid, int threads, size_t smem, cudaStream_t s, const void *q, da_dtype dt,
-                int heads, int seq_q, int d, const float *proj, int hash_bits, int hash_block,
+dac_hash_launch(dim3 grid, int threads, size_t smem, cudaStream_t s, const void *q,
+                const dac_qlayout &ql, da_dtype dt, int heads, int seq_q, int d, const float *proj, int hash_bits, int hash_block,
                 int norm, int n_tiles, int resident, int rpad, int pb, int rvec, int *perm,
                 float *wts, void *qs, da_dtype qs_dt, int qs_ld, int ng, int qs_vec);
 

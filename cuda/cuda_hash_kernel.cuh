@@ -181,6 +181,7 @@ struct dac_hash_geom {
   const void *q;
   int es, d;
   size_t qoff; /* the tile's first element in q */
+  long long rs; /* elements from one row to the next (d when dense) */
   int rpad;    /* rows of a Q slot (odd) */
   int pb;      /* bytes per cp.async of a Q row piece: 16 or 8; 0: element by element */
   /* this thread's share of a row: piece lp (pb bytes; 4 columns when pb = 0)
@@ -209,9 +210,9 @@ __device__ __forceinline__ void dac_hash_copy_q(const dac_hash_geom &g, char *sl
   const int cnt = (b - r0 + g.rstep - 1) / g.rstep;
   if (g.pb) {
     const int byte = g.lp * g.pb;
-    const char *src = static_cast<const char *>(g.q) + (g.qoff + (size_t)r0 * g.d) * g.es + byte;
+    const char *src = static_cast<const char *>(g.q) + (g.qoff + (size_t)r0 * g.rs) * g.es + byte;
     char *dst = slot + ((size_t)(byte / 16) * g.rpad + (r0 - base)) * 16 + byte % 16;
-    const size_t sstep = (size_t)g.rstep * g.d * g.es;
+    const size_t sstep = (size_t)g.rstep * g.rs * g.es;
     if (g.pb == 16)
       dac_hash_copy_rows<16>(src, sstep, dst, g.rstep * 16, cnt);
     else
@@ -222,7 +223,7 @@ __device__ __forceinline__ void dac_hash_copy_q(const dac_hash_geom &g, char *sl
   const int c0 = 4 * g.lp, byte = c0 * g.es;
   char *dst = slot + ((size_t)(byte / 16) * g.rpad + (r0 - base)) * 16 + byte % 16;
   for (int r = r0; r < b; r += g.rstep, dst += g.rstep * 16) {
-    const size_t e = g.qoff + (size_t)r * g.d + c0;
+    const size_t e = g.qoff + (size_t)r * g.rs + c0;
     uint32_t w[4];
     if (g.es == 4) {
 #pragma unroll
@@ -401,7 +402,7 @@ __device__ __forceinline__ void dac_hash_fuse_dt(da_dtype dt, const char *x, int
  * the tile, the last three shared by all the block's threads. */
 template <int NB, int GS, int TB>
 __global__ void __launch_bounds__(DAC_HASH_MAXT, dac_hash_tb<TB>::MINB)
-    dac_hash_kernel(const void *__restrict__ q, da_dtype dt, int heads, int seq_q, int d,
+    dac_hash_kernel(const void *__restrict__ q, const dac_qlayout ql, da_dtype dt, int heads, int seq_q, int d,
                     const float *__restrict__ proj, int hash_bits, int hash_block, int norm,
                     int n_tiles, int resident, int rpad, int pb, int rvec, int *__restrict__ perm,
                     float *__restrict__ wts, void *__restrict__ qs, da_dtype qs_dt, int qs_ld,
@@ -413,7 +414,18 @@ __global__ void __launch_bounds__(DAC_HASH_MAXT, dac_hash_tb<TB>::MINB)
   const int tid = threadIdx.x, nt = blockDim.x;
   const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int r0 = tile * hash_block;
-  const int rows = min(hash_block, seq_q - r0);
+  /* the sequence's rows (dense: seq_q from row 0); the tiles past its
+   * length have nothing to do (the whole block returns, before any barrier) */
+  int lq = seq_q;
+  long long qrow0 = 0;
+  if (ql.cu_q) {
+    const long long c0 = dac_clampll(ql.cu_q[b], 0, ql.rows_q);
+    const long long c1 = dac_clampll(ql.cu_q[b + 1], c0, ql.rows_q);
+    qrow0 = c0;
+    lq = (int)(c1 - c0 < seq_q ? c1 - c0 : seq_q);
+  }
+  if (r0 >= lq) return;
+  const int rows = min(hash_block, lq - r0);
   const size_t bh = (size_t)b * heads + h;
   const int es = dt == DA_F32 ? 4 : 2;
   const int ncg = (d + 3) / 4;
@@ -422,7 +434,8 @@ __global__ void __launch_bounds__(DAC_HASH_MAXT, dac_hash_tb<TB>::MINB)
   g.q = q;
   g.es = es;
   g.d = d;
-  g.qoff = (bh * (size_t)seq_q + (size_t)r0) * (size_t)d;
+  g.qoff = (size_t)((long long)b * ql.sb + (long long)h * ql.sh + (qrow0 + r0) * ql.sr);
+  g.rs = ql.sr;
   g.rpad = rpad;
   g.pb = pb;
   const int npr = pb ? d * es / pb : ncg; /* pieces of a row */
@@ -594,8 +607,8 @@ __global__ void __launch_bounds__(DAC_HASH_MAXT, dac_hash_tb<TB>::MINB)
 
 template <int NB, int GS, int TB>
 cudaError_t
-dac_hash_launch(dim3 grid, int threads, size_t smem, cudaStream_t s, const void *q, da_dtype dt,
-                int heads, int seq_q, int d, const float *proj, int hash_bits, int hash_block,
+dac_hash_launch(dim3 grid, int threads, size_t smem, cudaStream_t s, const void *q,
+                const dac_qlayout &ql, da_dtype dt, int heads, int seq_q, int d, const float *proj, int hash_bits, int hash_block,
                 int norm, int n_tiles, int resident, int rpad, int pb, int rvec, int *perm,
                 float *wts, void *qs, da_dtype qs_dt, int qs_ld, int ng, int qs_vec) {
   cudaError_t e;
@@ -609,14 +622,14 @@ dac_hash_launch(dim3 grid, int threads, size_t smem, cudaStream_t s, const void 
                                 cudaSharedmemCarveoutMaxShared)) != cudaSuccess)
     return e;
   dac_hash_kernel<NB, GS, TB><<<grid, threads, smem, s>>>(
-      q, dt, heads, seq_q, d, proj, hash_bits, hash_block, norm, n_tiles, resident, rpad, pb, rvec,
+      q, ql, dt, heads, seq_q, d, proj, hash_bits, hash_block, norm, n_tiles, resident, rpad, pb, rvec,
       perm, wts, qs, qs_dt, qs_ld, ng, qs_vec);
   return cudaGetLastError();
 }
 
 #define DAC_HASH_INST1(NB, GS, TB)                                                                 \
   template cudaError_t dac_hash_launch<NB, GS, TB>(                                                \
-      dim3, int, size_t, cudaStream_t, const void *, da_dtype, int, int, int, const float *, int,  \
+      dim3, int, size_t, cudaStream_t, const void *, const dac_qlayout &, da_dtype, int, int, int, const float *, int,  \
       int, int, int, int, int, int, int, int *, float *, void *, da_dtype, int, int, int);
 /* the launches (and so the kernels) of one (NB, G) at each of its TBs */
 #define DAC_HASH_INSTANTIATE(NB, GS) DAC_HASH_TBS_##NB(DAC_HASH_INST1, GS)

@@ -56,7 +56,27 @@ typedef struct dac_args {
   float scale;       /* da_scale_eff: natural-log domain (SIMT kernel, GEMM softmax) */
   float scale_log2;  /* da_log2_mul: the log2-domain multiplier (tensor-core kernels) */
   da_dtype dt;
+  /* da_attn_ext options (attention_ext; read only by the kernels'
+   * EXT instantiations, zero for dense calls). q, k, v, o then point at
+   * the caller's offsets already; element (b, h, r, c) of a tensor is at
+   * b * st[0] + h * st[1] + r * st[2] + c. */
+  long long qst[3], kst[3], vst[3], ost[3];
+  int lens;               /* DA_SEQLENS_* */
+  const int *seqlens_k;   /* DA_SEQLENS_KV: [batch], clamped to 0..seq_k in the kernels */
+  const int *cu_q, *cu_k; /* DA_SEQLENS_PACKED: [batch + 1], clamped to 0..rows_q/rows_k */
+  long long rows_q, rows_k;
+  int wl, wr;             /* window: -1 or >= 0 (causal: wr = 0) */
+  float *lse;             /* f32 log-sum-exp output (NULL: none), at its offset */
 } dac_args;
+
+/* Where the hash kernel reads Q: element strides (batch, head, row) and,
+ * for DA_SEQLENS_PACKED, cu_seqlens_q (tiles then start at each
+ * sequence's first row, its length clamped as the attention kernels do). */
+typedef struct dac_qlayout {
+  long long sb, sh, sr;
+  const int *cu_q;        /* NULL: every sequence has seq_q rows from row 0 */
+  long long rows_q;
+} dac_qlayout;
 
 #ifdef __cplusplus
 extern "C" {
@@ -77,8 +97,20 @@ DAC_HIDDEN cudaError_t dac_launch_hash_tb(const void *q, da_dtype dt, int batch,
                                           int hash_block, int G, da_fusion fusion, int *perm,
                                           float *wts, void *qs, da_dtype qs_dt, int qs_ld, int ng,
                                           cudaStream_t s, int tb);
+/* dac_launch_hash with Q read through ql (the da_attn_ext layouts). */
+DAC_HIDDEN cudaError_t dac_launch_hash_ext(const void *q, const dac_qlayout *ql, da_dtype dt,
+                                           int batch, int heads, int seq_q, int d,
+                                           const float *proj, int hash_bits, int hash_block, int G,
+                                           da_fusion fusion, int *perm, float *wts, void *qs,
+                                           da_dtype qs_dt, int qs_ld, int ng, cudaStream_t s);
 /* SIMT attention, every dtype and head_dim, 16-row tiles. */
 DAC_HIDDEN cudaError_t dac_launch_simt(const dac_args *a, cudaStream_t s);
+/* The same kernels' da_attn_ext instantiations (strides, lengths, windows,
+ * LSE from a's ext fields); dense calls never take them. */
+DAC_HIDDEN cudaError_t dac_launch_simt_ext(const dac_args *a, cudaStream_t s);
+DAC_HIDDEN cudaError_t dac_launch_mma_ext(const dac_args *a, int br, cudaStream_t s);
+DAC_HIDDEN cudaError_t dac_launch_mma_f16_ext(const dac_args *a, int br, cudaStream_t s);
+DAC_HIDDEN cudaError_t dac_launch_mma_bf16_ext(const dac_args *a, int br, cudaStream_t s);
 /* Tensor-core attention, f16/bf16, d in {64, 128}; returns
  * cudaErrorInvalidValue for a shape it lacks. */
 DAC_HIDDEN cudaError_t dac_launch_mma(const dac_args *a, int br, cudaStream_t s);

@@ -18,3 +18,10 @@ extern "C" cudaError_t dac_launch_mma(const dac_args *a, int br, cudaStream_t s)
   if (a->dt == DA_BF16) return dac_launch_mma_bf16(a, br, s);
   return cudaErrorInvalidValue;
 }
+
+/* The same for the da_attn_ext kernels (cuda_mma_f16_ext.cu, cuda_mma_bf16_ext.cu). */
+extern "C" cudaError_t dac_launch_mma_ext(const dac_args *a, int br, cudaStream_t s) {
+  if (a->dt == DA_F16) return dac_launch_mma_f16_ext(a, br, s);
+  if (a->dt == DA_BF16) return dac_launch_mma_bf16_ext(a, br, s);
+  return cudaErrorInvalidValue;
+}

@@ -64,9 +64,31 @@ __device__ __forceinline__ void load_tile(T *dst, const T *src, int row0, int nr
     dac_cp_async<16>(dst + r * LD + c, g, ok);
   }
 }
+/* load_tile for a strided tensor (da_attn_ext): row r at src + r * rs */
+template <typename T, int ROWS, int W, int LD, int NT>
+__device__ __forceinline__ void load_tile_s(T *dst, const T *src, int row0, int nrows, long long rs) {
+  constexpr int CPR = W / 8;
+#pragma unroll
+  for (int i = threadIdx.x; i < ROWS * CPR; i += NT) {
+    const int r = i / CPR, c = (i % CPR) * 8;
+    const bool ok = row0 + r < nrows;
+    const T *g = ok ? src + (long long)(row0 + r) * rs + c : src;
+    dac_cp_async<16>(dst + r * LD + c, g, ok);
+  }
+}
+/* The log-sum-exp of a row (SPEC 1): ms its maximum logit times the log2
+ * multiplier, l its sum of 2^(s sc - ms); -inf where it sees no key, NaN
+ * where l is 0 or NaN (O is NaN there). */
+__device__ __forceinline__ float dac_lse_val(bool seen, float ms, float l) {
+  if (!seen) return -INFINITY;
+  return l > 0.0f ? (ms + log2f(l)) * 0.69314718055994531f : __int_as_float(0x7fc00000);
+}
 
 
-/* WARPS warps of MT m-tiles (16 rows) each: BR = 16 * WARPS * MT query rows
+/* EXT: the da_attn_ext instantiation (strides, per-sequence lengths read
+ * and clamped on the device, windows, LSE; dac_args' ext fields). Dense
+ * calls take EXT = false, whose code is the dense kernel's alone.
+ * WARPS warps of MT m-tiles (16 rows) each: BR = 16 * WARPS * MT query rows
  * per block. With MT = 2 each K/V fragment feeds two mma and the Q
  * fragments are read from shared memory per k-step. */
 /* keys per step */
@@ -88,7 +110,7 @@ template <typename T, int DQK, int DV, int GS, int WARPS, int MT> struct dac_mma
       (GS > 1 ? sizeof(int2) * DQK * GS : 0);
 };
 
-template <typename T, int DQK, int DV, int GS, int WARPS, int MT>
+template <typename T, int DQK, int DV, int GS, int WARPS, int MT, bool EXT>
 __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::value))
     dac_mma_kernel(dac_args a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -114,17 +136,67 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   const dac_block blk = dac_block_of(a, BR);
   const int q0 = blk.q0;
   const size_t bh = blk.bh, bkv = blk.bkv;
-  const int off = a.seq_k - a.seq_q;
+  /* EXT: this sequence's lengths and first rows; a block past its
+   * queries has nothing to do (all its threads leave before any barrier) */
+  dac_seq sq{};
+  if constexpr (EXT) {
+    sq = dac_seq_of(a, blockIdx.z);
+    if (q0 >= sq.lq) return;
+  }
+  const int lq = EXT ? sq.lq : a.seq_q, lk = EXT ? sq.lk : a.seq_k;
+  const int off = EXT ? lk - lq : a.seq_k - a.seq_q;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g4 = lane / 4, t4 = lane % 4;
 
-  const T *qsrc = GROUPED ? (const T *)a.qs + bh * a.seq_q * DQK : (const T *)a.q + bh * a.seq_q * DV;
-  const T *ksrc = (const T *)a.k + bkv * a.seq_k * DV;
-  const T *vsrc = (const T *)a.v + bkv * a.seq_k * DV;
+  const T *qsrc, *ksrc, *vsrc;
+  long long qrs = 0, krs = 0, vrs = 0; /* EXT: row strides in elements */
+  if constexpr (EXT) {
+    const long long bb = blockIdx.z, hh = blockIdx.y, hk = hh / (a.heads / a.kv_heads);
+    if (GROUPED) { /* the fused Q: dense rows of DQK, the sequence's own from 0 */
+      qsrc = (const T *)a.qs + bh * a.seq_q * DQK;
+      qrs = DQK;
+    } else {
+      qsrc = (const T *)a.q + (bb * a.qst[0] + hh * a.qst[1] + sq.q0 * a.qst[2]);
+      qrs = a.qst[2];
+    }
+    ksrc = (const T *)a.k + (bb * a.kst[0] + hk * a.kst[1] + sq.k0 * a.kst[2]);
+    vsrc = (const T *)a.v + (bb * a.vst[0] + hk * a.vst[1] + sq.k0 * a.vst[2]);
+    krs = a.kst[2];
+    vrs = a.vst[2];
+  } else {
+    qsrc = GROUPED ? (const T *)a.qs + bh * a.seq_q * DQK : (const T *)a.q + bh * a.seq_q * DV;
+    ksrc = (const T *)a.k + bkv * a.seq_k * DV;
+    vsrc = (const T *)a.v + bkv * a.seq_k * DV;
+  }
 
-  int kend = a.seq_k;
-  if (a.causal) kend = max(0, min(a.seq_k, q0 + BR + off));
-  const int nk = (kend + BC - 1) / BC;
+  /* key tiles kbeg, kbeg + BC, ... below kend; EXT: a tile needs no mask
+   * when it lies in [mlo, mhi], inside every row's window */
+  int kend = a.seq_k, kbeg = 0, mlo = 0, mhi = 0;
+  if constexpr (EXT) {
+    const int qlast = min(q0 + BR, lq) - 1;
+    int lo0, hi0, lo1, hi1;
+    dac_win(a, q0, lq, lk, lo0, hi0);
+    dac_win(a, qlast, lq, lk, lo1, hi1);
+    kbeg = lo0 / BC * BC;
+    kend = hi1 + 1;
+    mlo = lo1;
+    mhi = hi0;
+  } else {
+    if (a.causal) kend = max(0, min(a.seq_k, q0 + BR + off));
+  }
+  const int nk = EXT ? (kend > kbeg ? (kend - kbeg + BC - 1) / BC : 0) : (kend + BC - 1) / BC;
+  auto load_k = [&](T *dst, int k0) {
+    if constexpr (EXT)
+      load_tile_s<T, BC, DV, LDQ, NT>(dst, ksrc, k0, lk, krs);
+    else
+      load_tile<T, BC, DV, LDQ, NT>(dst, ksrc, k0, a.seq_k);
+  };
+  auto load_v = [&](T *dst, int k0) {
+    if constexpr (EXT)
+      load_tile_s<T, BC, DV, LDV, NT>(dst, vsrc, k0, lk, vrs);
+    else
+      load_tile<T, BC, DV, LDV, NT>(dst, vsrc, k0, a.seq_k);
+  };
 
   /* this warp's raw K rows of the tile at key k0 */
   const int kb = warp * KW;
@@ -132,8 +204,15 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
 #pragma unroll
     for (int i = lane; i < KW * (DV / 8); i += 32) {
       const int r = i / (DV / 8), c = (i % (DV / 8)) * 8, key = k0 + kb + r;
-      const bool ok = key < a.seq_k;
-      dac_cp_async<16>(Kraw + (kb + r) * LDV + c, ok ? ksrc + (size_t)key * DV + c : ksrc, ok);
+      const bool ok = key < lk;
+      const T *src = ksrc;
+      if (ok) {
+        if constexpr (EXT)
+          src = ksrc + (long long)key * krs + c;
+        else
+          src = ksrc + (size_t)key * DV + c;
+      }
+      dac_cp_async<16>(Kraw + (kb + r) * LDV + c, src, ok);
     }
   };
   /* this warp's columns of Kf^T from its raw K rows:
@@ -184,13 +263,16 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   };
 
   /* prologue: Q, K_0, V_0 */
-  load_tile<T, BR, DQK, LDQ, NT>(Qsm, qsrc, q0, a.seq_q);
+  if constexpr (EXT)
+    load_tile_s<T, BR, DQK, LDQ, NT>(Qsm, qsrc, q0, lq, qrs);
+  else
+    load_tile<T, BR, DQK, LDQ, NT>(Qsm, qsrc, q0, a.seq_q);
   if (nk > 0) {
     if (GROUPED)
-      load_kraw(0);
+      load_kraw(kbeg);
     else
-      load_tile<T, BC, DV, LDQ, NT>(Ksm, ksrc, 0, a.seq_k);
-    load_tile<T, BC, DV, LDV, NT>(Vsm, vsrc, 0, a.seq_k);
+      load_k(Ksm, kbeg);
+    load_v(Vsm, kbeg);
   }
   dac_cp_commit();
   if (GROUPED) {
@@ -235,20 +317,28 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   }
   const float sc = a.scale_log2 /* SPEC 1, "Scale" */;
   const int rowb = q0 + warp * 16 * MT + g4;
+  /* EXT: the keys rows rowb + 16 mt (+ 8) see */
+  int wlo[MT][2], whi[MT][2];
+  if constexpr (EXT) {
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int hf = 0; hf < 2; hf++) dac_win(a, rowb + mt * 16 + hf * 8, lq, lk, wlo[mt][hf], whi[mt][hf]);
+  }
 
   /* One barrier per key tile. Tile j reads K/Kf and V from slot j & 1;
    * meanwhile K_{j+1} (exact) or raw K_{j+2} (grouped) and V_{j+1} come in,
    * and (grouped) Kf_{j+1} is built from raw K_{j+1} into the other slot. */
   for (int j = 0; j < nk; j++) {
-    const int k0 = j * BC, cur = j & 1, nxt = cur ^ 1;
+    const int k0 = kbeg + j * BC, cur = j & 1, nxt = cur ^ 1;
     if (j + 1 < nk) {
       if (GROUPED)
         load_kraw(k0 + BC);
       else
-        load_tile<T, BC, DV, LDQ, NT>(Ksm + nxt * KSLOT, ksrc, k0 + BC, a.seq_k);
+        load_k(Ksm + nxt * KSLOT, k0 + BC);
     }
     dac_cp_commit();
-    if (j + 1 < nk) load_tile<T, BC, DV, LDV, NT>(Vsm + nxt * BC * LDV, vsrc, k0 + BC, a.seq_k);
+    if (j + 1 < nk) load_v(Vsm + nxt * BC * LDV, k0 + BC);
     dac_cp_commit();
 
     const T *Kc = Ksm + cur * KSLOT;
@@ -283,7 +373,8 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
     }
 
     /* mask, online softmax (log2 domain: p = 2^(s*sc - m*sc)) */
-    const bool need_mask = (k0 + BC > a.seq_k) || (a.causal && k0 + BC - 1 > q0 + off);
+    const bool need_mask = EXT ? (k0 < mlo || k0 + BC - 1 > mhi)
+                               : (k0 + BC > a.seq_k) || (a.causal && k0 + BC - 1 > q0 + off);
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
       float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -293,8 +384,12 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
 #pragma unroll
           for (int e = 0; e < 4; e++) {
             const int key = k0 + nt * 8 + 2 * t4 + (e & 1);
-            const int row = rowb + mt * 16 + (e < 2 ? 0 : 8);
-            if (key >= a.seq_k || (a.causal && key > row + off)) s[mt][nt][e] = -INFINITY;
+            if constexpr (EXT) {
+              if (key < wlo[mt][e >> 1] || key > whi[mt][e >> 1]) s[mt][nt][e] = -INFINITY;
+            } else {
+              const int row = rowb + mt * 16 + (e < 2 ? 0 : 8);
+              if (key >= a.seq_k || (a.causal && key > row + off)) s[mt][nt][e] = -INFINITY;
+            }
           }
         }
         mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
@@ -362,7 +457,15 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
     __syncthreads(); /* next K/Kf and V visible; this tile's slots free */
   }
 
-  T *out = (T *)a.o + bh * a.seq_q * DV;
+  T *out;
+  long long ors = DV;
+  if constexpr (EXT) {
+    out = (T *)a.o + ((long long)blockIdx.z * a.ost[0] + (long long)blockIdx.y * a.ost[1] +
+                      sq.q0 * a.ost[2]);
+    ors = a.ost[2];
+  } else {
+    out = (T *)a.o + bh * a.seq_q * DV;
+  }
 #pragma unroll
   for (int mt = 0; mt < MT; mt++) {
     float l0 = lrow[mt][0], l1 = lrow[mt][1];
@@ -371,48 +474,73 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
     const int row0 = rowb + mt * 16, row1 = row0 + 8;
-    const float i0 = dac_inv_sum(l0, !a.causal || row0 + off >= 0),
-                i1 = dac_inv_sum(l1, !a.causal || row1 + off >= 0);
+    if constexpr (EXT) {
+      const bool seen0 = wlo[mt][0] <= whi[mt][0], seen1 = wlo[mt][1] <= whi[mt][1];
+      const float i0 = dac_inv_sum(l0, seen0), i1 = dac_inv_sum(l1, seen1);
 #pragma unroll
-    for (int i = 0; i < DV / 8; i++) {
-      const int c = i * 8 + 2 * t4;
-      if (row0 < a.seq_q)
-        *reinterpret_cast<uint32_t *>(out + (size_t)row0 * DV + c) =
-            op::pack(o[mt][i][0] * i0, o[mt][i][1] * i0);
-      if (row1 < a.seq_q)
-        *reinterpret_cast<uint32_t *>(out + (size_t)row1 * DV + c) =
-            op::pack(o[mt][i][2] * i1, o[mt][i][3] * i1);
+      for (int i = 0; i < DV / 8; i++) {
+        const int c = i * 8 + 2 * t4;
+        if (row0 < lq)
+          *reinterpret_cast<uint32_t *>(out + (long long)row0 * ors + c) =
+              op::pack(o[mt][i][0] * i0, o[mt][i][1] * i0);
+        if (row1 < lq)
+          *reinterpret_cast<uint32_t *>(out + (long long)row1 * ors + c) =
+              op::pack(o[mt][i][2] * i1, o[mt][i][3] * i1);
+      }
+      if (a.lse && t4 == 0) {
+        if (row0 < lq)
+          a.lse[dac_lse_at(a, blockIdx.z, blockIdx.y, sq, row0)] =
+              dac_lse_val(seen0, mrow[mt][0] * sc, l0);
+        if (row1 < lq)
+          a.lse[dac_lse_at(a, blockIdx.z, blockIdx.y, sq, row1)] =
+              dac_lse_val(seen1, mrow[mt][1] * sc, l1);
+      }
+    } else {
+      const float i0 = dac_inv_sum(l0, !a.causal || row0 + off >= 0),
+                  i1 = dac_inv_sum(l1, !a.causal || row1 + off >= 0);
+#pragma unroll
+      for (int i = 0; i < DV / 8; i++) {
+        const int c = i * 8 + 2 * t4;
+        if (row0 < a.seq_q)
+          *reinterpret_cast<uint32_t *>(out + (size_t)row0 * DV + c) =
+              op::pack(o[mt][i][0] * i0, o[mt][i][1] * i0);
+        if (row1 < a.seq_q)
+          *reinterpret_cast<uint32_t *>(out + (size_t)row1 * DV + c) =
+              op::pack(o[mt][i][2] * i1, o[mt][i][3] * i1);
+      }
     }
   }
 #endif
 }
 
-template <typename T, int DQK, int DV, int GS, int WARPS, int MT>
+template <typename T, int DQK, int DV, int GS, int WARPS, int MT, bool EXT>
 static cudaError_t launch_mma(const dac_args *a, cudaStream_t s) {
   typedef dac_mma_smem<T, DQK, DV, GS, WARPS, MT> sm;
-  cudaError_t e = cudaFuncSetAttribute(dac_mma_kernel<T, DQK, DV, GS, WARPS, MT>,
+  cudaError_t e = cudaFuncSetAttribute(dac_mma_kernel<T, DQK, DV, GS, WARPS, MT, EXT>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm::bytes);
   if (e != cudaSuccess) return e;
   dim3 grid((a->seq_q + sm::BR - 1) / sm::BR, a->heads, a->batch);
-  dac_mma_kernel<T, DQK, DV, GS, WARPS, MT><<<grid, WARPS * 32, sm::bytes, s>>>(*a);
+  dac_mma_kernel<T, DQK, DV, GS, WARPS, MT, EXT><<<grid, WARPS * 32, sm::bytes, s>>>(*a);
   return cudaGetLastError();
 }
 
-template <typename T, int DV, int WARPS, int MT>
+template <typename T, int DV, int WARPS, int MT, bool EXT>
 static cudaError_t launch_mma_g(const dac_args *a, cudaStream_t s) {
   switch (a->G) {
-  case 1: return launch_mma<T, DV, DV, 1, WARPS, MT>(a, s);
-  case 2: return launch_mma<T, DV / 2, DV, 2, WARPS, MT>(a, s);
-  case 4: return launch_mma<T, (DV / 4 < 16 ? 16 : DV / 4), DV, 4, WARPS, MT>(a, s);
-  case 8: return launch_mma<T, 16, DV, 8, WARPS, MT>(a, s);
+  case 1: return launch_mma<T, DV, DV, 1, WARPS, MT, EXT>(a, s);
+  case 2: return launch_mma<T, DV / 2, DV, 2, WARPS, MT, EXT>(a, s);
+  case 4: return launch_mma<T, (DV / 4 < 16 ? 16 : DV / 4), DV, 4, WARPS, MT, EXT>(a, s);
+  case 8: return launch_mma<T, 16, DV, 8, WARPS, MT, EXT>(a, s);
   default: return cudaErrorInvalidValue;
   }
 }
 
-template <typename T, int WARPS, int MT>
+/* EXT = false: the dense kernels (dac_launch_mma_<dtype>); true: the
+ * da_attn_ext ones (dac_launch_mma_<dtype>_ext, their own files) */
+template <typename T, int WARPS, int MT, bool EXT = false>
 static cudaError_t launch_mma_d(const dac_args *a, cudaStream_t s) {
-  if (a->d == 64) return launch_mma_g<T, 64, WARPS, MT>(a, s);
-  if (a->d == 128) return launch_mma_g<T, 128, WARPS, MT>(a, s);
+  if (a->d == 64) return launch_mma_g<T, 64, WARPS, MT, EXT>(a, s);
+  if (a->d == 128) return launch_mma_g<T, 128, WARPS, MT, EXT>(a, s);
   return cudaErrorInvalidValue;
 }
 

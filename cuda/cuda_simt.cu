@@ -10,7 +10,9 @@
 #define SIMT_BC 16
 #define SIMT_THREADS 128
 
-template <int DMAX>
+/* EXT: the da_attn_ext instantiation (strides, per-sequence lengths read
+ * and clamped on the device, windows, LSE); dense calls take EXT = false. */
+template <int DMAX, bool EXT>
 __global__ void __launch_bounds__(SIMT_THREADS)
     dac_simt_kernel(dac_args a) {
   extern __shared__ float sm[];
@@ -29,15 +31,34 @@ __global__ void __launch_bounds__(SIMT_THREADS)
   const dac_block blk = dac_block_of(a, SIMT_BR);
   const int q0 = blk.q0;
   const size_t bh = blk.bh, bkv = blk.bkv;
-  const int off = a.seq_k - a.seq_q;
   const int tid = threadIdx.x;
+  /* EXT: this sequence's lengths and first rows; a block past its queries
+   * has nothing to do (all its threads leave before any barrier) */
+  dac_seq sq{};
+  size_t qb = 0, kb = 0, vb = 0, ob = 0; /* EXT: element of row 0 of Q, K, V, O */
+  if constexpr (EXT) {
+    sq = dac_seq_of(a, blockIdx.z);
+    if (q0 >= sq.lq) return;
+    const long long bb = blockIdx.z, hh = blockIdx.y, hk = hh / (a.heads / a.kv_heads);
+    qb = (size_t)(bb * a.qst[0] + hh * a.qst[1] + sq.q0 * a.qst[2]);
+    kb = (size_t)(bb * a.kst[0] + hk * a.kst[1] + sq.k0 * a.kst[2]);
+    vb = (size_t)(bb * a.vst[0] + hk * a.vst[1] + sq.k0 * a.vst[2]);
+    ob = (size_t)(bb * a.ost[0] + hh * a.ost[1] + sq.q0 * a.ost[2]);
+  }
+  const int lq = EXT ? sq.lq : a.seq_q, lk = EXT ? sq.lk : a.seq_k;
+  const int off = EXT ? lk - lq : a.seq_k - a.seq_q;
 
   for (int i = tid; i < SIMT_BR * dq; i += SIMT_THREADS) {
     const int r = i / dq, c = i % dq;
     float x = 0.0f;
-    if (q0 + r < a.seq_q) {
+    if (q0 + r < lq) {
       const size_t row = bh * a.seq_q + q0 + r;
-      x = grouped ? ((const float *)a.qs)[row * a.qs_ld + c] : dac_ld(a.q, a.dt, row * d + c);
+      if (grouped)
+        x = ((const float *)a.qs)[row * a.qs_ld + c];
+      else if (EXT)
+        x = dac_ld(a.q, a.dt, qb + (size_t)((long long)(q0 + r) * a.qst[2]) + c);
+      else
+        x = dac_ld(a.q, a.dt, row * d + c);
     }
     Qsm[r * ldq + c] = x;
   }
@@ -56,17 +77,32 @@ __global__ void __launch_bounds__(SIMT_THREADS)
 #pragma unroll
   for (int k = 0; k < DMAX / 8; k++) oacc[k] = 0.0f;
 
-  int kend = a.seq_k;
-  if (a.causal) kend = max(0, min(a.seq_k, q0 + SIMT_BR + off));
-  for (int k0 = 0; k0 < kend; k0 += SIMT_BC) {
+  int kend = a.seq_k, kbeg = 0;
+  int wlo = 0, whi = 0; /* EXT: the keys this thread's row sees */
+  if constexpr (EXT) {
+    int lo0, hi0, lo1, hi1;
+    dac_win(a, q0, lq, lk, lo0, hi0);
+    dac_win(a, min(q0 + SIMT_BR, lq) - 1, lq, lk, lo1, hi1);
+    kbeg = lo0 / SIMT_BC * SIMT_BC;
+    kend = hi1 + 1;
+    dac_win(a, qrow, lq, lk, wlo, whi);
+  } else {
+    if (a.causal) kend = max(0, min(a.seq_k, q0 + SIMT_BR + off));
+  }
+  for (int k0 = kbeg; k0 < kend; k0 += SIMT_BC) {
     __syncthreads();
     for (int i = tid; i < SIMT_BC * d; i += SIMT_THREADS) {
       const int j = i / d, c = i % d;
       float kx = 0.0f, vx = 0.0f;
-      if (k0 + j < a.seq_k) {
-        const size_t e = (bkv * a.seq_k + k0 + j) * (size_t)d + c;
-        kx = dac_ld(a.k, a.dt, e);
-        vx = dac_ld(a.v, a.dt, e);
+      if (k0 + j < lk) {
+        if constexpr (EXT) {
+          kx = dac_ld(a.k, a.dt, kb + (size_t)((long long)(k0 + j) * a.kst[2]) + c);
+          vx = dac_ld(a.v, a.dt, vb + (size_t)((long long)(k0 + j) * a.vst[2]) + c);
+        } else {
+          const size_t e = (bkv * a.seq_k + k0 + j) * (size_t)d + c;
+          kx = dac_ld(a.k, a.dt, e);
+          vx = dac_ld(a.v, a.dt, e);
+        }
       }
       Kr[j * ldk + c] = kx;
       Vs[j * d + c] = vx;
@@ -95,8 +131,13 @@ __global__ void __launch_bounds__(SIMT_THREADS)
     s0 *= a.scale;
     s1 *= a.scale;
     const int j0 = k0 + l, j1 = k0 + l + 8;
-    if (j0 >= a.seq_k || (a.causal && j0 > qrow + off)) s0 = -INFINITY;
-    if (j1 >= a.seq_k || (a.causal && j1 > qrow + off)) s1 = -INFINITY;
+    if constexpr (EXT) {
+      if (j0 < wlo || j0 > whi) s0 = -INFINITY;
+      if (j1 < wlo || j1 > whi) s1 = -INFINITY;
+    } else {
+      if (j0 >= a.seq_k || (a.causal && j0 > qrow + off)) s0 = -INFINITY;
+      if (j1 >= a.seq_k || (a.causal && j1 > qrow + off)) s1 = -INFINITY;
+    }
     float mx = fmaxf(s0, s1);
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -125,7 +166,22 @@ __global__ void __launch_bounds__(SIMT_THREADS)
       }
     }
   }
-  if (qrow < a.seq_q) {
+  if constexpr (EXT) {
+    if (qrow < lq) {
+      const bool seen = wlo <= whi;
+      const float inv = dac_inv_sum(l_i, seen);
+      const size_t row = ob + (size_t)((long long)qrow * a.ost[2]);
+#pragma unroll
+      for (int k = 0; k < DMAX / 8; k++) {
+        const int c = l + 8 * k;
+        if (c < d) dac_st(a.o, a.dt, row + c, oacc[k] * inv);
+      }
+      /* the natural-log domain already: LSE = m + ln l (SPEC 1) */
+      if (a.lse && l == 0)
+        a.lse[dac_lse_at(a, blockIdx.z, blockIdx.y, sq, qrow)] =
+            !seen ? -INFINITY : l_i > 0.0f ? m_i + logf(l_i) : __int_as_float(0x7fc00000);
+    }
+  } else if (qrow < a.seq_q) {
     const float inv = dac_inv_sum(l_i, !a.causal || qrow + off >= 0);
     const size_t row = bh * a.seq_q + qrow;
 #pragma unroll
@@ -136,7 +192,7 @@ __global__ void __launch_bounds__(SIMT_THREADS)
   }
 }
 
-template <int DMAX>
+template <int DMAX, bool EXT>
 static cudaError_t launch_simt(const dac_args *a, cudaStream_t s) {
   const int dq = a->G > 1 ? a->ng : a->d;
   size_t fl = (size_t)SIMT_BR * (dq + 1) + (size_t)SIMT_BC * (a->d + 1) +
@@ -145,18 +201,25 @@ static cudaError_t launch_simt(const dac_args *a, cudaStream_t s) {
   const size_t bytes = fl * 4;
   cudaError_t e;
   if (bytes > 48 * 1024) {
-    e = cudaFuncSetAttribute(dac_simt_kernel<DMAX>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    e = cudaFuncSetAttribute(dac_simt_kernel<DMAX, EXT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              (int)bytes);
     if (e != cudaSuccess) return e;
   }
   dim3 grid((a->seq_q + SIMT_BR - 1) / SIMT_BR, a->heads, a->batch);
-  dac_simt_kernel<DMAX><<<grid, SIMT_THREADS, bytes, s>>>(*a);
+  dac_simt_kernel<DMAX, EXT><<<grid, SIMT_THREADS, bytes, s>>>(*a);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t dac_launch_simt(const dac_args *a, cudaStream_t s) {
-  if (a->d <= 32) return launch_simt<32>(a, s);
-  if (a->d <= 64) return launch_simt<64>(a, s);
-  if (a->d <= 128) return launch_simt<128>(a, s);
-  return launch_simt<256>(a, s);
+  if (a->d <= 32) return launch_simt<32, false>(a, s);
+  if (a->d <= 64) return launch_simt<64, false>(a, s);
+  if (a->d <= 128) return launch_simt<128, false>(a, s);
+  return launch_simt<256, false>(a, s);
+}
+
+extern "C" cudaError_t dac_launch_simt_ext(const dac_args *a, cudaStream_t s) {
+  if (a->d <= 32) return launch_simt<32, true>(a, s);
+  if (a->d <= 64) return launch_simt<64, true>(a, s);
+  if (a->d <= 128) return launch_simt<128, true>(a, s);
+  return launch_simt<256, true>(a, s);
 }

@@ -19,7 +19,7 @@
 # hash bits x G 1, 2, 4, 8 x the bits per thread TB) in the twelve
 # cuda_hash_b<NB>_g<G>.cu, which include cuda_hash_kernel.cuh and
 # instantiate one (NB, G) each, and the mma.sync kernel in one file per
-# dtype. The hash kernel's PTX is the same for every architecture, so those
+# dtype and kind (dense, da_attn_ext). The hash kernel's PTX is the same for every architecture, so those
 # files are translated to PTX once and assembled for each architecture
 # (configure's NVCC_GENCODE_ONEPTX); the other files' PTX differs between
 # sm_80 and sm_90 (bf16 conversions), and each architecture gets its own
@@ -102,6 +102,7 @@ cuda_distrattn_cuda_la_SOURCES = cuda/cuda_backend.cu cuda/cuda_hash.cu \
 	cuda/cuda_hash_b16_g1.cu cuda/cuda_hash_b16_g2.cu cuda/cuda_hash_b16_g4.cu cuda/cuda_hash_b16_g8.cu \
 	cuda/cuda_hash_b32_g1.cu cuda/cuda_hash_b32_g2.cu cuda/cuda_hash_b32_g4.cu cuda/cuda_hash_b32_g8.cu \
 	cuda/cuda_simt.cu cuda/cuda_mma.cu cuda/cuda_mma_f16.cu cuda/cuda_mma_bf16.cu \
+	cuda/cuda_mma_f16_ext.cu cuda/cuda_mma_bf16_ext.cu \
 	cuda/cuda_wgmma.cu
 # -z defs: every symbol resolved at link time, so that a launch the
 # dispatch names but no file instantiates (cuda_hash.cuh, cuda_internal.h)
@@ -113,5 +114,6 @@ $(cuda_distrattn_cuda_la_OBJECTS): $(top_srcdir)/cuda/cuda_internal.h \
 	$(top_srcdir)/cuda/cuda_dev.cuh $(top_srcdir)/lib/da_backend.h \
 	$(top_srcdir)/include/distrattn.h
 cuda/cuda_hash.lo: $(top_srcdir)/cuda/cuda_hash.cuh
-cuda/cuda_mma_f16.lo cuda/cuda_mma_bf16.lo: $(top_srcdir)/cuda/cuda_mma.cuh
+cuda/cuda_mma_f16.lo cuda/cuda_mma_bf16.lo cuda/cuda_mma_f16_ext.lo \
+	cuda/cuda_mma_bf16_ext.lo: $(top_srcdir)/cuda/cuda_mma.cuh
 endif

@@ -217,8 +217,8 @@ DA_API void da_attn_ext_init(da_attn_ext *x);
 DA_API void da_attn_args_init(da_attn_args *a);
 /* da_plan_create with the options of *x (NULL: as da_plan_create). A
  * backend that lacks an option asked for refuses the plan with
- * DA_ERR_UNSUPPORTED naming it (CUDA; OpenCL's DA_ALGO_GEMM, while
- * DA_ALGO_AUTO takes its fused kernel). */
+ * DA_ERR_UNSUPPORTED naming it (OpenCL's and CUDA's DA_ALGO_GEMM, while
+ * DA_ALGO_AUTO takes their fused kernels). */
 DA_API da_status da_plan_create_ext(da_context *ctx, const da_attn_desc *d, const da_attn_ext *x,
                                     da_plan **plan);
 /* The options as the plan resolved them (dense strides filled in). */
@@ -230,7 +230,7 @@ DA_API da_status da_plan_get_ext(const da_plan *plan, da_attn_ext *out);
  * bottom-right aligned per sequence, a sequence with no keys or no queries
  * gives zero rows (LSE -inf), and a length out of range is
  * DA_ERR_INVALID_ARG where the backend can see it (the CPU backend checks
- * every value). Device backends (OpenCL) read the lengths only in their
+ * every value). Device backends (OpenCL, CUDA) read the lengths only in their
  * kernels and clamp them there: seqlens_k[b] to 0..seq_k, cu_seqlens[b] to
  * 0..rows, cu_seqlens[b+1] to cu_seqlens[b]..rows, a length to at most
  * seq_q (seq_k); the result is then unspecified, but nothing outside the

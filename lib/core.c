@@ -594,7 +594,7 @@ da_status da_plan_create_ext(da_context *ctx, const da_attn_desc *in, const da_a
   if (s == DA_SUCCESS && p->ext_used && !ctx->iface->attention_ext)
     s = da_set_error(ctx, DA_ERR_UNSUPPORTED,
                      "the %s backend does not support the da_attn_ext options yet (strides, "
-                     "per-sequence lengths, LSE, windows); the cpu and opencl backends do",
+                     "per-sequence lengths, LSE, windows); the cpu, opencl and cuda backends do",
                      ctx->iface->name);
   if (s != DA_SUCCESS) {
     free(p);

@@ -9,11 +9,14 @@
  * buffers poisoned: an element the library must not write (padding, rows past
  * a sequence) must still hold the poison afterwards. DistrAttention (G > 1)
  * under strides and lengths must give exactly what the dense call on the same
- * rows gives. Every check runs on the CPU backend and on OpenCL (device
- * buffers, written and read back), and OpenCL's results are compared with
- * the CPU backend's on the same inputs (f32: 1e-5; G > 1 too, as both use
- * the same permutations). Backends still without the options (CUDA) must
- * refuse them by name. */
+ * rows gives. Every check runs on the CPU backend, on OpenCL and on CUDA
+ * (device buffers, written and read back; each device backend is skipped
+ * where absent, unless DISTRATTN_REQUIRE_BACKENDS names it), and the device
+ * backends' results are compared with the CPU backend's on the same inputs
+ * (f32: 1e-5; G > 1 too, as all use the same permutations). The "mma" cases
+ * (f16/bf16, head_dim 64 or 128, 16-byte aligned strides and offsets) are
+ * the ones CUDA runs on its tensor-core kernel, the others on its SIMT one.
+ * DA_ALGO_GEMM refuses the options by name (OpenCL, CUDA). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,7 +183,8 @@ typedef struct {
   int b, h, kvh, sq, sk, hd;
   da_dtype t;
   int causal;
-  int layout;      /* 0 B,H,S,D dense defaults; 1 B,S,H,D; 2 padded rows and heads */
+  int layout;      /* 0 B,H,S,D dense defaults; 1 B,S,H,D; 2 padded rows and heads;
+                      3 B,S,H,D with offsets that keep rows 16-byte aligned */
   da_seqlens lens; /* NONE, KV (random lengths 0..sk), PACKED */
   int wl, wr;
   int lse;
@@ -203,7 +207,7 @@ static void eresult_free(eresult *r) {
 
 static void make_view(int layout, int nb, int nh, int nr, int hd, tview *v, size_t off) {
   v->off = off;
-  if (layout == 1) { /* B,S,H,D */
+  if (layout == 1 || layout == 3) { /* B,S,H,D */
     v->st[2] = (long long)nh * hd;
     v->st[1] = hd;
     v->st[0] = (long long)nr * nh * hd;
@@ -235,7 +239,8 @@ static void run_ecase(da_backend be, const ecase *c, uint64_t salt, eresult *out
   d.batch = c->b, d.heads = c->h, d.kv_heads = c->kvh, d.seq_q = c->sq, d.seq_k = c->sk;
   d.head_dim = c->hd, d.dtype = c->t, d.causal = c->causal;
   d.group_size = c->g > 1 ? c->g : 1;
-  if (d.group_size > 1) d.hash_block = 32; /* several hash tiles per sequence */
+  if (d.group_size > 1) /* several hash tiles per sequence (64: CUDA's mma kernel's least) */
+    d.hash_block = c->t != DA_F32 && (c->hd == 64 || c->hd == 128) ? 64 : 32;
   const int KVH = c->kvh ? c->kvh : c->h, B = c->b;
   const int packed = c->lens == DA_SEQLENS_PACKED;
   da_attn_ext x;
@@ -270,6 +275,7 @@ static void run_ecase(da_backend be, const ecase *c, uint64_t salt, eresult *out
   make_view(c->layout, nbv, KVH, rk, c->hd, &vv, 11);
   make_view(c->layout == 0 ? 0 : 3 - c->layout, nbv, c->h, rq, c->hd, &ov, 2);
   if (packed) qv.st[0] = kv.st[0] = vv.st[0] = ov.st[0] = 0;
+  if (c->layout == 3) qv.off = 8, kv.off = 0, vv.off = 16, ov.off = 24;
   if (c->layout == 0) { /* the default strides, asked for with zeros */
     memset(x.q_stride, 0, sizeof x.q_stride);
     qv.off = kv.off = vv.off = ov.off = 0;
@@ -425,6 +431,10 @@ static const ecase ecases[] = {
     {"window-causal", 2, 2, 2, 300, 300, 32, DA_F32, 1, 1, DA_SEQLENS_NONE, 130, -1, 1, 1},
     {"window-kvcache", 3, 4, 2, 4, 400, 64, DA_BF16, 1, 2, DA_SEQLENS_KV, 150, -1, 1, 1},
     {"window-right-only", 1, 2, 2, 64, 64, 16, DA_F32, 0, 0, DA_SEQLENS_NONE, -1, 3, 0, 1},
+    {"mma-f16-bshd-causal", 2, 4, 2, 150, 200, 64, DA_F16, 1, 3, DA_SEQLENS_NONE, -1, -1, 1, 1},
+    {"mma-bf16-packed", 4, 4, 2, 150, 170, 128, DA_BF16, 1, 3, DA_SEQLENS_PACKED, -1, -1, 1, 1},
+    {"mma-f16-kvcache-window", 3, 8, 2, 70, 400, 128, DA_F16, 1, 3, DA_SEQLENS_KV, 100, -1, 1, 1},
+    {"mma-bf16-window-lr", 2, 2, 1, 200, 260, 64, DA_BF16, 0, 0, DA_SEQLENS_NONE, 37, 5, 1, 1},
 };
 
 static void test_ext_cases(void **state) {
@@ -443,6 +453,9 @@ static const ecase gcases[] = {
     {"g4-packed", 4, 4, 2, 150, 170, 64, DA_F32, 1, 0, DA_SEQLENS_PACKED, -1, -1, 1, 4},
     {"g8-packed-padded", 5, 2, 2, 90, 90, 40, DA_F32, 0, 2, DA_SEQLENS_PACKED, 20, 7, 1, 8},
     {"g4-window-right", 2, 2, 1, 70, 64, 32, DA_F32, 0, 0, DA_SEQLENS_NONE, -1, 3, 0, 4},
+    {"g2-mma-f16-bshd", 2, 4, 2, 150, 200, 64, DA_F16, 1, 3, DA_SEQLENS_NONE, -1, -1, 1, 2},
+    {"g4-mma-bf16-packed", 4, 4, 2, 150, 170, 128, DA_BF16, 1, 3, DA_SEQLENS_PACKED, 60, -1, 1, 4},
+    {"g8-mma-f16-kvcache", 3, 4, 2, 130, 300, 64, DA_F16, 0, 0, DA_SEQLENS_KV, -1, -1, 1, 8},
 };
 
 static void test_g_cases(void **state) {
@@ -452,16 +465,16 @@ static void test_g_cases(void **state) {
     run_ecase(be, &gcases[i], 0x9eed0000u + i, NULL);
 }
 
-/* ------------------------------------------ OpenCL against the CPU backend */
+/* ------------------------------- device backends against the CPU backend */
 
-/* Every f32 case (exact and G > 1) on OpenCL and on the CPU backend, same
- * inputs: O within 1e-5 (relative Frobenius over the rows written; G > 1
- * only gets this close with the same permutations), LSE within 1e-5
- * (relative, -inf and NaN alike), the same elements written. */
-static void cross_one(const ecase *c, uint64_t salt) {
+/* Every f32 case (exact and G > 1) on a device backend and on the CPU
+ * backend, same inputs: O within 1e-5 (relative Frobenius over the rows
+ * written; G > 1 only gets this close with the same permutations), LSE
+ * within 1e-5 (relative, -inf and NaN alike), the same elements written. */
+static void cross_one(da_backend be, const ecase *c, uint64_t salt) {
   eresult r[2];
   run_ecase(DA_BACKEND_CPU, c, salt, &r[0]);
-  run_ecase(DA_BACKEND_OPENCL, c, salt, &r[1]);
+  run_ecase(be, c, salt, &r[1]);
   assert_int_equal(r[0].no, r[1].no);
   double num = 0, den = 0;
   for (size_t e = 0; e < r[0].no; e++) {
@@ -485,18 +498,18 @@ static void cross_one(const ecase *c, uint64_t salt) {
     if (!(rel <= lworst)) lworst = rel;
   }
   if (!(err <= 1e-5) || lbad || !(lworst <= 1e-5))
-    fail_msg("%s: OpenCL vs cpu: O %.3e, LSE %.3e, %zu LSE values differ in kind [seed %llu]",
-             c->name, err, lworst, lbad, (unsigned long long)tu_seed());
+    fail_msg("%s: %s vs cpu: O %.3e, LSE %.3e, %zu LSE values differ in kind [seed %llu]",
+             c->name, da_backend_name(be), err, lworst, lbad, (unsigned long long)tu_seed());
   eresult_free(&r[0]), eresult_free(&r[1]);
 }
 
 static void test_cross_backend(void **state) {
-  (void)state;
-  TU_NEED_BACKEND(DA_BACKEND_OPENCL);
+  da_backend be = (da_backend)(intptr_t)*state;
+  TU_NEED_BACKEND(be);
   for (size_t i = 0; i < sizeof ecases / sizeof ecases[0]; i++)
-    if (ecases[i].t == DA_F32) cross_one(&ecases[i], 0x5eed0000u + i);
+    if (ecases[i].t == DA_F32) cross_one(be, &ecases[i], 0x5eed0000u + i);
   for (size_t i = 0; i < sizeof gcases / sizeof gcases[0]; i++)
-    cross_one(&gcases[i], 0x9eed0000u + i);
+    if (gcases[i].t == DA_F32) cross_one(be, &gcases[i], 0x9eed0000u + i);
 }
 
 /* ------------------------------------------------------------- decode */
@@ -839,30 +852,39 @@ static void test_refusals(void **state) {
   da_context_destroy(ctx);
 }
 
-/* A backend without the options (CUDA, for now) refuses them at plan time,
- * by name. */
-static void test_unsupported_backends(void **state) {
+/* CUDA: DA_ALGO_GEMM refuses the options by name, DA_ALGO_AUTO takes the
+ * fused kernels; the Hopper warpgroup-MMA kernel runs dense plans only, so
+ * DISTRATTN_CUDA_WGMMA=1 refuses an ext plan (whatever the GPU) and leaves
+ * a dense one made through da_plan_create_ext to its own checks. */
+static void test_refusals_cuda(void **state) {
   (void)state;
-  const da_backend bes[1] = {DA_BACKEND_CUDA};
-  int ran = 0;
-  for (int i = 0; i < 1; i++) {
-    if (!da_backend_available(bes[i], NULL)) continue;
-    da_context *ctx = NULL;
-    TU_CHECK(ctx, da_context_create(&ctx, bes[i], -1));
-    da_attn_desc d = tu_small_desc();
-    da_attn_ext x;
-    da_attn_ext_init(&x);
-    x.lse = 1;
-    da_plan *p = NULL;
-    EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_UNSUPPORTED, "da_attn_ext options");
-    assert_null(p);
-    da_attn_ext_init(&x); /* nothing asked for: an ordinary plan */
-    TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
-    da_plan_destroy(p);
-    da_context_destroy(ctx);
-    ran++;
-  }
-  if (!ran) skip();
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  da_context *ctx = NULL;
+  TU_CHECK(ctx, da_context_create(&ctx, DA_BACKEND_CUDA, -1));
+  da_attn_desc d = tu_small_desc();
+  da_attn_ext x;
+  da_attn_ext_init(&x);
+  x.lse = 1;
+  da_plan *p = NULL;
+  d.algo = DA_ALGO_GEMM;
+  EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_UNSUPPORTED, "DA_ALGO_GEMM does not support");
+  assert_null(p);
+  d.algo = DA_ALGO_AUTO; /* the fused kernel */
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
+  da_attn_desc got;
+  TU_CHECK(ctx, da_plan_get_desc(p, &got));
+  assert_int_equal(got.algo, DA_ALGO_FUSED);
+  da_plan_destroy(p);
+  p = NULL;
+  const char *old = getenv("DISTRATTN_CUDA_WGMMA");
+  char *saved = old ? strdup(old) : NULL;
+  setenv("DISTRATTN_CUDA_WGMMA", "1", 1);
+  EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_INVALID_ARG, "dense plans only");
+  assert_null(p);
+  if (saved) setenv("DISTRATTN_CUDA_WGMMA", saved, 1);
+  else unsetenv("DISTRATTN_CUDA_WGMMA");
+  free(saved);
+  da_context_destroy(ctx);
 }
 
 /* OpenCL: with DISTRATTN_CL_KERNEL=tiled (tests/cl-tiled-check.sh runs the
@@ -893,8 +915,9 @@ static void test_refusals_opencl(void **state) {
 
 int main(void) {
   tu_filter_from_env();
-  static const da_backend cpu = DA_BACKEND_CPU, cl = DA_BACKEND_OPENCL;
+  static const da_backend cpu = DA_BACKEND_CPU, cl = DA_BACKEND_OPENCL, cu = DA_BACKEND_CUDA;
   void *const st_cpu = (void *)(intptr_t)cpu, *const st_cl = (void *)(intptr_t)cl;
+  void *const st_cu = (void *)(intptr_t)cu;
   const struct CMUnitTest tests[] = {
       {"cpu: ext cases", test_ext_cases, NULL, NULL, st_cpu},
       {"cpu: decode cases", test_decode_cases, NULL, NULL, NULL},
@@ -906,10 +929,15 @@ int main(void) {
       {"opencl: G > 1 cases", test_g_cases, NULL, NULL, st_cl},
       {"opencl: LSE merge", test_lse_merge, NULL, NULL, st_cl},
       {"opencl: G > 1 equals dense", test_groups_equal_dense, NULL, NULL, st_cl},
-      {"opencl: ext vs cpu", test_cross_backend, NULL, NULL, NULL},
+      {"opencl: ext vs cpu", test_cross_backend, NULL, NULL, st_cl},
       {"opencl: refusals", test_refusals_opencl, NULL, NULL, NULL},
+      {"cuda: ext cases", test_ext_cases, NULL, NULL, st_cu},
+      {"cuda: G > 1 cases", test_g_cases, NULL, NULL, st_cu},
+      {"cuda: LSE merge", test_lse_merge, NULL, NULL, st_cu},
+      {"cuda: G > 1 equals dense", test_groups_equal_dense, NULL, NULL, st_cu},
+      {"cuda: ext vs cpu", test_cross_backend, NULL, NULL, st_cu},
+      {"cuda: refusals", test_refusals_cuda, NULL, NULL, NULL},
       cmocka_unit_test(test_refusals),
-      cmocka_unit_test(test_unsupported_backends),
   };
   return cmocka_run_group_tests_name("ext", tests, NULL, NULL);
 }
