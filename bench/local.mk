@@ -6,7 +6,8 @@ dist_noinst_SCRIPTS += bench/run-bench.sh
 # tools/e2e.py --csv).
 EXTRA_DIST += bench/plot.py bench/time-vs-seq.png bench/error-vs-g.png \
 	bench/data/bench-cpu.csv bench/data/bench-opencl-pocl.csv \
-	bench/data/eval-minilm.csv bench/data/e2e-minilm.csv
+	bench/data/eval-minilm.csv bench/data/e2e-minilm.csv \
+	bench/gpu-check-issue15.txt bench/gpu-sessions-2026-12-02.txt
 
 # bench/bwd_time: the CPU backward pass against the forward (not installed;
 # `make bench/bwd_time`).

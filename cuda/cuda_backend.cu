@@ -177,10 +177,21 @@ static da_status dac_ctx_wrap(da_context *ctx, void *native) {
   if (!bc) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "CUDA: out of host memory for a context");
   cudaStream_t s = (cudaStream_t)native;
   int dev = 0;
-  cudaError_t e = s ? cudaStreamGetDevice(s, &dev) : cudaGetDevice(&dev);
+  /* A stream being captured into a CUDA graph refuses cudaStreamGetDevice
+   * (and the refusal invalidates the capture): then the current device is
+   * the stream's, as with every framework that captures (PyTorch sets it
+   * around its capture). cudaStreamIsCapturing itself is allowed. */
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaError_t e = s ? cudaStreamIsCapturing(s, &cap) : cudaSuccess;
   if (e != cudaSuccess) {
     free(bc);
-    return dac_fail(ctx, e, s ? "cudaStreamGetDevice on the wrapped stream" : "cudaGetDevice");
+    return dac_fail(ctx, e, "cudaStreamIsCapturing on the wrapped stream");
+  }
+  const bool by_stream = s && cap == cudaStreamCaptureStatusNone;
+  e = by_stream ? cudaStreamGetDevice(s, &dev) : cudaGetDevice(&dev);
+  if (e != cudaSuccess) {
+    free(bc);
+    return dac_fail(ctx, e, by_stream ? "cudaStreamGetDevice on the wrapped stream" : "cudaGetDevice");
   }
   e = cudaSetDevice(dev);
   if (e != cudaSuccess) {
