@@ -852,6 +852,25 @@ static void test_refusals(void **state) {
   da_context_destroy(ctx);
 }
 
+/* A GPU backend's GEMM plans refuse the options by name and DA_ALGO_AUTO
+ * takes the fused kernel: the small descriptor with LSE asked for (*d, *x
+ * left so for further checks). */
+static void gemm_refuses_auto_fuses(da_context *ctx, da_attn_desc *d, da_attn_ext *x) {
+  *d = tu_small_desc();
+  da_attn_ext_init(x);
+  x->lse = 1;
+  da_plan *p = NULL;
+  d->algo = DA_ALGO_GEMM;
+  EXPECT(da_plan_create_ext(ctx, d, x, &p), DA_ERR_UNSUPPORTED, "DA_ALGO_GEMM does not support");
+  assert_null(p);
+  d->algo = DA_ALGO_AUTO; /* the fused kernel */
+  TU_CHECK(ctx, da_plan_create_ext(ctx, d, x, &p));
+  da_attn_desc got;
+  TU_CHECK(ctx, da_plan_get_desc(p, &got));
+  assert_int_equal(got.algo, DA_ALGO_FUSED);
+  da_plan_destroy(p);
+}
+
 /* CUDA: DA_ALGO_GEMM refuses the options by name, DA_ALGO_AUTO takes the
  * fused kernels; the Hopper warpgroup-MMA kernel runs dense plans only, so
  * DISTRATTN_CUDA_WGMMA=1 refuses an ext plan (whatever the GPU) and leaves
@@ -861,21 +880,10 @@ static void test_refusals_cuda(void **state) {
   TU_NEED_BACKEND(DA_BACKEND_CUDA);
   da_context *ctx = NULL;
   TU_CHECK(ctx, da_context_create(&ctx, DA_BACKEND_CUDA, -1));
-  da_attn_desc d = tu_small_desc();
+  da_attn_desc d;
   da_attn_ext x;
-  da_attn_ext_init(&x);
-  x.lse = 1;
+  gemm_refuses_auto_fuses(ctx, &d, &x);
   da_plan *p = NULL;
-  d.algo = DA_ALGO_GEMM;
-  EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_UNSUPPORTED, "DA_ALGO_GEMM does not support");
-  assert_null(p);
-  d.algo = DA_ALGO_AUTO; /* the fused kernel */
-  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
-  da_attn_desc got;
-  TU_CHECK(ctx, da_plan_get_desc(p, &got));
-  assert_int_equal(got.algo, DA_ALGO_FUSED);
-  da_plan_destroy(p);
-  p = NULL;
   const char *old = getenv("DISTRATTN_CUDA_WGMMA");
   char *saved = old ? strdup(old) : NULL;
   setenv("DISTRATTN_CUDA_WGMMA", "1", 1);
@@ -896,20 +904,9 @@ static void test_refusals_opencl(void **state) {
   TU_NEED_BACKEND(DA_BACKEND_OPENCL);
   da_context *ctx = NULL;
   TU_CHECK(ctx, da_context_create(&ctx, DA_BACKEND_OPENCL, -1));
-  da_attn_desc d = tu_small_desc();
+  da_attn_desc d;
   da_attn_ext x;
-  da_attn_ext_init(&x);
-  x.lse = 1;
-  da_plan *p = NULL;
-  d.algo = DA_ALGO_GEMM;
-  EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_UNSUPPORTED, "DA_ALGO_GEMM does not support");
-  assert_null(p);
-  d.algo = DA_ALGO_AUTO; /* the fused kernel */
-  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
-  da_attn_desc got;
-  TU_CHECK(ctx, da_plan_get_desc(p, &got));
-  assert_int_equal(got.algo, DA_ALGO_FUSED);
-  da_plan_destroy(p);
+  gemm_refuses_auto_fuses(ctx, &d, &x);
   da_context_destroy(ctx);
 }
 
