@@ -8,7 +8,7 @@
  * (seq 8192), the new kernel at each TB beside.
  *
  * nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 -Iinclude -Ilib -Icuda \
- *   bench/hash_bench.cu cuda/cuda_hash.cu cuda/cuda_hash_b*_g*.cu -o /tmp/hash_bench && /tmp/hash_bench
+ *   bench/hash_bench.cu cuda/cuda_hash.cu cuda/cuda_hash_g?.cu -o /tmp/hash_bench && /tmp/hash_bench
  */
 #include <math.h>
 #include <stdint.h>

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* SPEC steps 2-6 on the GPU: the choice and launch of the hash kernel
  * (cuda_hash.cuh; the kernel itself is in cuda_hash_kernel.cuh, built by
- * the cuda_hash_b*_g*.cu files), the fused Q, and the helpers of the GEMM
+ * the cuda_hash_g<G>.cu files), the fused Q, and the helpers of the GEMM
  * algorithm. */
 #include <math.h>
 #include <stdint.h>

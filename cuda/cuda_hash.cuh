@@ -2,8 +2,8 @@
 /* The hash kernel (SPEC steps 2-6 and the fused Q, cuda/cuda_hash_kernel.cuh)
  * as its dispatcher in cuda/cuda_hash.cu sees it: the tile geometry, the
  * bits-per-thread table and the launch of one instantiation, whose
- * definitions the files cuda/cuda_hash_b*_g*.cu compile, one per
- * (NB, G), so that make builds them in parallel. */
+ * definitions the files cuda/cuda_hash_g<G>.cu compile, one per G, so
+ * that make builds them in parallel. */
 #ifndef DA_CUDA_HASH_CUH
 #define DA_CUDA_HASH_CUH
 
@@ -43,7 +43,7 @@ struct dac_hash_tb {
 
 /* Launch dac_hash_kernel<NB, GS, TB>: NB hash bits rounded up to 8, 16 or
  * 32; GS = G; TB the bits per thread. Defined in cuda_hash_kernel.cuh and
- * instantiated only by the cuda_hash_b*_g*.cu files, for exactly the
+ * instantiated only by the cuda_hash_g<G>.cu files, for exactly the
  * combinations DAC_HASH_TBS_<NB> list and dac_launch_hash_tb can pick. */
 template <int NB, int GS, int TB>
 cudaError_t

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The hash kernel, SPEC steps 2-6 on the GPU (codes bit-identical to
  * lib/hash.c) and the fused Q, and its launch: a template that the
- * cuda_hash_b*_g*.cu files instantiate, each for one (NB, G) and its TBs
+ * cuda_hash_g<G>.cu files instantiate, each for one G at every NB and TB
  * (DAC_HASH_INSTANTIATE). Only those files include it. */
 #ifndef DA_CUDA_HASH_KERNEL_CUH
 #define DA_CUDA_HASH_KERNEL_CUH
@@ -631,7 +631,9 @@ dac_hash_launch(dim3 grid, int threads, size_t smem, cudaStream_t s, const void 
   template cudaError_t dac_hash_launch<NB, GS, TB>(                                                \
       dim3, int, size_t, cudaStream_t, const void *, const dac_qlayout &, da_dtype, int, int, int, const float *, int,  \
       int, int, int, int, int, int, int, int *, float *, void *, da_dtype, int, int, int);
-/* the launches (and so the kernels) of one (NB, G) at each of its TBs */
-#define DAC_HASH_INSTANTIATE(NB, GS) DAC_HASH_TBS_##NB(DAC_HASH_INST1, GS)
+/* the launches (and so the kernels) of one G: each NB at each of its TBs */
+#define DAC_HASH_INSTANTIATE(GS)                                                                   \
+  DAC_HASH_TBS_8(DAC_HASH_INST1, GS) DAC_HASH_TBS_16(DAC_HASH_INST1, GS)                           \
+  DAC_HASH_TBS_32(DAC_HASH_INST1, GS)
 
 #endif

@@ -16,14 +16,16 @@
 #
 # The kernels are spread over translation units so that make -j compiles
 # them in parallel: the hash kernel's 32 instantiations (NB 8, 16 or 32
-# hash bits x G 1, 2, 4, 8 x the bits per thread TB) in the twelve
-# cuda_hash_b<NB>_g<G>.cu, which include cuda_hash_kernel.cuh and
-# instantiate one (NB, G) each, and the mma.sync kernel in one file per
-# dtype and kind (dense, da_attn_ext). The hash kernel's PTX is the same for every architecture, so those
-# files are translated to PTX once and assembled for each architecture
-# (configure's NVCC_GENCODE_ONEPTX); the other files' PTX differs between
-# sm_80 and sm_90 (bf16 conversions), and each architecture gets its own
-# (NVCC_GENCODE).
+# hash bits x G 1, 2, 4, 8 x the bits per thread TB) in the four
+# cuda_hash_g<G>.cu, which include cuda_hash_kernel.cuh and instantiate one
+# G each, and the mma.sync kernel in one file per dtype and kind (dense,
+# da_attn_ext). (Each nvcc run
+# costs about 1.2 s of CPU besides its kernels, so a file per (NB, G),
+# twelve, was slower on two cores.) The hash kernel's PTX is the same for
+# every architecture, so those files are translated to PTX once and
+# assembled for each architecture (configure's NVCC_GENCODE_ONEPTX); the
+# other files' PTX differs between sm_80 and sm_90 (bf16 conversions), and
+# each architecture gets its own (NVCC_GENCODE).
 SUFFIXES = .cu
 
 DA_NVCCFLAGS = -O3 -std=c++17 \
@@ -41,53 +43,14 @@ cuda/cuda_wgmma.lo: $(top_srcdir)/cuda/cuda_wgmma.cu $(top_srcdir)/cuda/cuda_wgm
 
 # the hash kernel's instantiations: one PTX for all architectures
 DAC_HASH_DEPS = $(top_srcdir)/cuda/cuda_hash.cuh $(top_srcdir)/cuda/cuda_hash_kernel.cuh
-cuda/cuda_hash_b8_g1.lo: $(top_srcdir)/cuda/cuda_hash_b8_g1.cu $(DAC_HASH_DEPS)
-	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) \
-	  -c -o $@ $(top_srcdir)/cuda/cuda_hash_b8_g1.cu
-
-cuda/cuda_hash_b8_g2.lo: $(top_srcdir)/cuda/cuda_hash_b8_g2.cu $(DAC_HASH_DEPS)
-	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) \
-	  -c -o $@ $(top_srcdir)/cuda/cuda_hash_b8_g2.cu
-
-cuda/cuda_hash_b8_g4.lo: $(top_srcdir)/cuda/cuda_hash_b8_g4.cu $(DAC_HASH_DEPS)
-	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) \
-	  -c -o $@ $(top_srcdir)/cuda/cuda_hash_b8_g4.cu
-
-cuda/cuda_hash_b8_g8.lo: $(top_srcdir)/cuda/cuda_hash_b8_g8.cu $(DAC_HASH_DEPS)
-	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) \
-	  -c -o $@ $(top_srcdir)/cuda/cuda_hash_b8_g8.cu
-
-cuda/cuda_hash_b16_g1.lo: $(top_srcdir)/cuda/cuda_hash_b16_g1.cu $(DAC_HASH_DEPS)
-	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) \
-	  -c -o $@ $(top_srcdir)/cuda/cuda_hash_b16_g1.cu
-
-cuda/cuda_hash_b16_g2.lo: $(top_srcdir)/cuda/cuda_hash_b16_g2.cu $(DAC_HASH_DEPS)
-	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) \
-	  -c -o $@ $(top_srcdir)/cuda/cuda_hash_b16_g2.cu
-
-cuda/cuda_hash_b16_g4.lo: $(top_srcdir)/cuda/cuda_hash_b16_g4.cu $(DAC_HASH_DEPS)
-	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) \
-	  -c -o $@ $(top_srcdir)/cuda/cuda_hash_b16_g4.cu
-
-cuda/cuda_hash_b16_g8.lo: $(top_srcdir)/cuda/cuda_hash_b16_g8.cu $(DAC_HASH_DEPS)
-	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) \
-	  -c -o $@ $(top_srcdir)/cuda/cuda_hash_b16_g8.cu
-
-cuda/cuda_hash_b32_g1.lo: $(top_srcdir)/cuda/cuda_hash_b32_g1.cu $(DAC_HASH_DEPS)
-	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) \
-	  -c -o $@ $(top_srcdir)/cuda/cuda_hash_b32_g1.cu
-
-cuda/cuda_hash_b32_g2.lo: $(top_srcdir)/cuda/cuda_hash_b32_g2.cu $(DAC_HASH_DEPS)
-	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) \
-	  -c -o $@ $(top_srcdir)/cuda/cuda_hash_b32_g2.cu
-
-cuda/cuda_hash_b32_g4.lo: $(top_srcdir)/cuda/cuda_hash_b32_g4.cu $(DAC_HASH_DEPS)
-	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) \
-	  -c -o $@ $(top_srcdir)/cuda/cuda_hash_b32_g4.cu
-
-cuda/cuda_hash_b32_g8.lo: $(top_srcdir)/cuda/cuda_hash_b32_g8.cu $(DAC_HASH_DEPS)
-	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) \
-	  -c -o $@ $(top_srcdir)/cuda/cuda_hash_b32_g8.cu
+cuda/cuda_hash_g1.lo: $(top_srcdir)/cuda/cuda_hash_g1.cu $(DAC_HASH_DEPS)
+	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) -c -o $@ $(top_srcdir)/cuda/cuda_hash_g1.cu
+cuda/cuda_hash_g2.lo: $(top_srcdir)/cuda/cuda_hash_g2.cu $(DAC_HASH_DEPS)
+	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) -c -o $@ $(top_srcdir)/cuda/cuda_hash_g2.cu
+cuda/cuda_hash_g4.lo: $(top_srcdir)/cuda/cuda_hash_g4.cu $(DAC_HASH_DEPS)
+	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) -c -o $@ $(top_srcdir)/cuda/cuda_hash_g4.cu
+cuda/cuda_hash_g8.lo: $(top_srcdir)/cuda/cuda_hash_g8.cu $(DAC_HASH_DEPS)
+	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) -c -o $@ $(top_srcdir)/cuda/cuda_hash_g8.cu
 
 EXTRA_DIST += bench/cuda_check.c bench/cuda_gpu_run.sh \
 	bench/bench_cuda_vs_fa2.py bench/cuda-h100.txt bench/cuda-h200.txt \
@@ -97,13 +60,13 @@ noinst_HEADERS += cuda/cuda_internal.h cuda/cuda_dev.cuh cuda/cuda_wgmma_ops.cuh
 
 if HAVE_CUDA
 backend_LTLIBRARIES += cuda/distrattn_cuda.la
-cuda_distrattn_cuda_la_SOURCES = cuda/cuda_backend.cu cuda/cuda_hash.cu \
-	cuda/cuda_hash_b8_g1.cu cuda/cuda_hash_b8_g2.cu cuda/cuda_hash_b8_g4.cu cuda/cuda_hash_b8_g8.cu \
-	cuda/cuda_hash_b16_g1.cu cuda/cuda_hash_b16_g2.cu cuda/cuda_hash_b16_g4.cu cuda/cuda_hash_b16_g8.cu \
-	cuda/cuda_hash_b32_g1.cu cuda/cuda_hash_b32_g2.cu cuda/cuda_hash_b32_g4.cu cuda/cuda_hash_b32_g8.cu \
-	cuda/cuda_simt.cu cuda/cuda_mma.cu cuda/cuda_mma_f16.cu cuda/cuda_mma_bf16.cu \
-	cuda/cuda_mma_f16_ext.cu cuda/cuda_mma_bf16_ext.cu \
-	cuda/cuda_wgmma.cu
+# largest first, so that make -j's last jobs are short ones: the hash
+# kernel at G 2, 4, 8 and 1, the mma kernel's two dtypes, wgmma, simt, then
+# the files without kernels' instantiations
+cuda_distrattn_cuda_la_SOURCES = cuda/cuda_hash_g2.cu cuda/cuda_hash_g4.cu \
+	cuda/cuda_hash_g8.cu cuda/cuda_hash_g1.cu cuda/cuda_mma_f16.cu \
+	cuda/cuda_mma_bf16.cu cuda/cuda_mma_f16_ext.cu cuda/cuda_mma_bf16_ext.cu \
+	cuda/cuda_wgmma.cu cuda/cuda_simt.cu cuda/cuda_hash.cu cuda/cuda_backend.cu cuda/cuda_mma.cu
 # -z defs: every symbol resolved at link time, so that a launch the
 # dispatch names but no file instantiates (cuda_hash.cuh, cuda_internal.h)
 # fails the build here rather than dlopen on a GPU machine
