@@ -841,7 +841,12 @@ static void write_out(const cpu_attn_job *J, int bi, int hi, long i0, int nr, co
 static void attn_item(void *arg, int tid, long item) {
   const cpu_attn_job *Jg = arg;
   const da_attn_desc *d = &Jg->p->d;
-  cpu_attn_job Jl = *Jg; /* this sequence's diagonal offset */
+  /* this sequence's diagonal offset, in a per-thread copy of the job: not
+   * on the stack, where the AVX-512 copies of a large struct are 64-byte
+   * aligned moves and ASan's fake stack (detect_stack_use_after_return)
+   * does not keep that alignment */
+  static _Thread_local cpu_attn_job Jl;
+  Jl = *Jg;
   const cpu_attn_job *J = &Jl;
   /* head by head, so that the threads share one head's packed K and V in
    * the cache; within a head the heaviest (causal) query block first */
@@ -1158,7 +1163,12 @@ static inline int dec_rows_padded(int R) { return (int)round_up((size_t)(R > 0 ?
 static void dec_item(void *arg, int tid, long item) {
   const cpu_attn_job *Jg = arg;
   const da_attn_desc *d = &Jg->p->d;
-  cpu_attn_job Jl = *Jg; /* this sequence's diagonal offset */
+  /* this sequence's diagonal offset, in a per-thread copy of the job: not
+   * on the stack, where the AVX-512 copies of a large struct are 64-byte
+   * aligned moves and ASan's fake stack (detect_stack_use_after_return)
+   * does not keep that alignment */
+  static _Thread_local cpu_attn_job Jl;
+  Jl = *Jg;
   const cpu_attn_job *J = &Jl;
   const int ch = (int)(item % J->dec_nch);
   const long pair = item / J->dec_nch;
@@ -1249,7 +1259,12 @@ static void dec_item(void *arg, int tid, long item) {
 static void dec_combine(void *arg, int tid, long item) {
   const cpu_attn_job *Jg = arg;
   const da_attn_desc *d = &Jg->p->d;
-  cpu_attn_job Jl = *Jg;
+  /* this sequence's diagonal offset, in a per-thread copy of the job: not
+   * on the stack, where the AVX-512 copies of a large struct are 64-byte
+   * aligned moves and ASan's fake stack (detect_stack_use_after_return)
+   * does not keep that alignment */
+  static _Thread_local cpu_attn_job Jl;
+  Jl = *Jg;
   const cpu_attn_job *J = &Jl;
   const int bi = (int)(item / d->heads), hi = (int)(item % d->heads);
   const int kh = hi / J->hpk, hh = hi % J->hpk;
