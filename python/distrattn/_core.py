@@ -90,9 +90,7 @@ class Context:
         lib = _lib.load()
         p = C.c_void_p()
         if lse:
-            x = _lib.AttnExt()
-            lib.da_attn_ext_init(C.byref(x))
-            x.lse = 1
+            x = _lib.new_struct(_lib.AttnExt, lse=1, window_left=-1, window_right=-1)
             self.check(lib.da_plan_create_ext(self.handle, C.byref(desc), C.byref(x), C.byref(p)),
                        "da_plan_create_ext")
         else:

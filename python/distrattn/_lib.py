@@ -73,6 +73,18 @@ class BwdArgs(C.Structure):
                 ("dk_offset", C.c_size_t), ("dv_offset", C.c_size_t)]
 
 
+def new_struct(cls, **fields):
+    """A zeroed cls with struct_size set to ctypes' size of it and the given
+    fields. The C _init functions are not used: they clear the library's
+    sizeof, which is larger than these structs once the library has
+    appended fields (heap corruption in the caller's memory)."""
+    s = cls()
+    s.struct_size = C.sizeof(cls)
+    for name, value in fields.items():
+        setattr(s, name, value)
+    return s
+
+
 class DeviceInfo(C.Structure):
     """da_device_info."""
     _fields_ = [("backend", C.c_int), ("index", C.c_int), ("name", C.c_char * 128),

@@ -199,8 +199,7 @@ def _cpu_attention_lse(q, k, v, o, lse, d):
         plan = ctx.plan(d, lse=True)
 
         def run(b):
-            a = _lib.AttnArgs()
-            lib.da_attn_args_init(C.byref(a))
+            a = _lib.new_struct(_lib.AttnArgs)
             a.q, a.k, a.v, a.o, a.lse = b["q"], b["k"], b["v"], b["o"], b["lse"]
             ctx.check(lib.da_attention_ext(plan, C.byref(a)), "da_attention_ext")
 
@@ -213,8 +212,7 @@ def _cpu_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d):
         plan = ctx.plan(d, lse=True)
 
         def run(b):
-            a = _lib.BwdArgs()
-            lib.da_bwd_args_init(C.byref(a))
+            a = _lib.new_struct(_lib.BwdArgs)
             for name in ("dout", "q", "k", "v", "o", "lse", "dq", "dk", "dv"):
                 setattr(a, name, b[name])
             ctx.check(lib.da_attention_backward(plan, C.byref(a)), "da_attention_backward")
