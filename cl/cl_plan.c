@@ -341,19 +341,6 @@ static da_status prepare_fused(da_plan *p) {
   return DA_SUCCESS;
 }
 
-/* DA_ALGO_GEMM runs plans without da_attn_ext options only. */
-static da_status refuse_gemm_ext(da_plan *p) {
-  da_context *ctx = p->ctx;
-  /* DA_ALGO_AUTO comes here only when the fused kernel refused the plan:
-   * its reason is still in last_error (plan creation clears it first) */
-  char why[512];
-  snprintf(why, sizeof why, "%.500s", ctx->last_error);
-  return da_set_error(ctx, DA_ERR_UNSUPPORTED,
-                      "OpenCL: DA_ALGO_GEMM does not support the da_attn_ext options (strides, "
-                      "per-sequence lengths, LSE, windows); DA_ALGO_FUSED does%s%s",
-                      why[0] ? ", and refused this plan: " : "", why);
-}
-
 static da_status prepare_gemm(da_plan *p) {
   da_context *ctx = p->ctx;
 #ifdef DA_CL_NO_CLBLAST
@@ -432,7 +419,7 @@ static da_status prepare_gemm(da_plan *p) {
 
 da_status da_cl_plan_prepare(da_plan *p) {
   da_context *ctx = p->ctx;
-  if (p->d.algo == DA_ALGO_GEMM && p->ext_used) return refuse_gemm_ext(p);
+  if (p->d.algo == DA_ALGO_GEMM && p->ext_used) return da_refuse_gemm_ext(p, "OpenCL");
   da_cl_plan *bp = calloc(1, sizeof *bp);
   if (!bp) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "OpenCL: out of host memory");
   p->bplan = bp;

@@ -512,16 +512,7 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
 
 static da_status dac_plan_prepare(da_plan *p) {
   da_context *ctx = p->ctx;
-  if (p->d.algo == DA_ALGO_GEMM && p->ext_used) {
-    /* DA_ALGO_AUTO comes here only when the fused kernels refused the plan:
-     * their reason is still in last_error (plan creation clears it first) */
-    char why[512];
-    snprintf(why, sizeof why, "%.500s", ctx->last_error);
-    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
-                        "CUDA: DA_ALGO_GEMM does not support the da_attn_ext options (strides, "
-                        "per-sequence lengths, LSE, windows); DA_ALGO_FUSED does%s%s",
-                        why[0] ? ", and refused this plan: " : "", why);
-  }
+  if (p->d.algo == DA_ALGO_GEMM && p->ext_used) return da_refuse_gemm_ext(p, "CUDA");
   if (p->d.head_dim > 256 && p->d.algo != DA_ALGO_GEMM)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                         "CUDA: head_dim %d: the fused kernels take 1..256 (use DA_ALGO_GEMM)",

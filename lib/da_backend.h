@@ -192,6 +192,20 @@ static inline da_status da_set_error(da_context *ctx, da_status s, const char *f
   return s;
 }
 
+/* A backend whose GEMM algorithm lacks the da_attn_ext options refuses such
+ * a plan with this message (who: "OpenCL", "CUDA"). DA_ALGO_AUTO reaches
+ * GEMM only when the fused kernel refused the plan: that reason is still in
+ * last_error (plan creation clears it first) and is added. */
+static inline da_status da_refuse_gemm_ext(da_plan *p, const char *who) {
+  da_context *ctx = p->ctx;
+  char why[512];
+  snprintf(why, sizeof why, "%.500s", ctx->last_error);
+  return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                      "%s: DA_ALGO_GEMM does not support the da_attn_ext options (strides, "
+                      "per-sequence lengths, LSE, windows); DA_ALGO_FUSED does%s%s",
+                      who, why[0] ? ", and refused this plan: " : "", why);
+}
+
 /* ---- the library's environment variables: one strict parser ----
  * Every variable the library reads (DISTRATTN_*) goes through these, in the
  * core and in the modules alike. Unset or empty: not set. Any other value
