@@ -353,6 +353,7 @@ static void dac_plan_free(dac_plan *bp) {
   if (bp->gemm_s) (void)cudaFree(bp->gemm_s);
   if (bp->gemm_p) (void)cudaFree(bp->gemm_p);
   if (bp->gemm_q) (void)cudaFree(bp->gemm_q);
+  if (bp->dec_part) (void)cudaFree(bp->dec_part);
   (void)cudaGetLastError();
   free(bp);
 }
@@ -378,13 +379,130 @@ static da_status dac_alloc(da_context *ctx, void **ptr, size_t bytes, const char
 
 static int dac_round16(int x) { return (x + 15) / 16 * 16; }
 
+/* ---------------- split-KV decode (cuda_decode.cuh) ---------------- */
+
+/* The decode kernels run by default where a kv head has at most
+ * DEC_ROWS_AUTO query rows (heads / kv_heads x seq_q; DEC_ROWS_AUTO_SIMT
+ * where only the SIMT variant runs: f32, head_dim 256);
+ * DISTRATTN_CUDA_DECODE=1 takes them up to DEC_ROWS_MAX rows (and refuses a
+ * plan they cannot run), 0 never. */
+#define DEC_ROWS_AUTO 16
+#define DEC_ROWS_AUTO_SIMT 4
+#define DEC_ROWS_MAX 64
+
+/* Why the decode kernels cannot run a plan, or NULL. */
+static const char *dac_dec_refusal(const da_plan *p) {
+  const da_attn_desc *d = &p->d;
+  if (p->x.strategy == DA_STRATEGY_PROJECTION) return "the projection strategy";
+  if (d->group_size > 1) return "group_size > 1 (DistrAttention's hash tiles)";
+  if (d->algo == DA_ALGO_GEMM) return "algo GEMM";
+  if (d->head_dim != 64 && d->head_dim != 128 && d->head_dim != 256)
+    return "a head_dim other than 64, 128 or 256";
+  if ((long)(d->heads / d->kv_heads) * d->seq_q > DEC_ROWS_MAX)
+    return "more than 64 query rows per kv head (heads / kv_heads x seq_q)";
+  return NULL;
+}
+
+/* Chunking: enough blocks to fill the GPU several times over
+ * (DEC_BLOCKS_PER_SM per multiprocessor), chunks a multiple of what the
+ * block reads per round and at least DEC_CHUNK_MIN keys (the block's merge
+ * is paid once per chunk). DISTRATTN_CUDA_DECODE_CHUNK=N fixes the keys per
+ * chunk (a multiple of 64) for measurements. */
+#define DEC_BLOCKS_PER_SM 8
+#define DEC_CHUNK_MIN 256
+#define DEC_CHUNK_MAX 8192
+
+static da_status dac_dec_plan(da_plan *p, dac_plan *bp, const dac_ctx *bc) {
+  da_context *ctx = p->ctx;
+  const da_attn_desc *d = &p->d;
+  static const char *const words[] = {"0", "1"};
+  int env;
+  da_status st = da_env_word(ctx, "DISTRATTN_CUDA_DECODE", words, 2, "\"0\" or \"1\"", &env);
+  if (st) return st;
+  unsigned long fixed = 0;
+  int fixed_set;
+  st = da_env_uint(ctx, "DISTRATTN_CUDA_DECODE_CHUNK", 64, 1ul << 30, &fixed, &fixed_set);
+  if (st) return st;
+  if (fixed_set && fixed % 64)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "DISTRATTN_CUDA_DECODE_CHUNK=%lu is not a multiple of 64", fixed);
+  const char *why = dac_dec_refusal(p);
+  if (env == 1 && why)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "DISTRATTN_CUDA_DECODE=1: the split-KV decode kernels cannot run this "
+                        "plan: %s",
+                        why);
+  const long R = (long)(d->heads / d->kv_heads) * d->seq_q;
+  /* the tensor-core kernel (f16/bf16, head_dim 64 or 128) takes 16 rows a
+   * block, the SIMT one 1, 2 or 4 */
+  const int tc = d->dtype != DA_F32 && d->head_dim <= 128;
+  if (why || env == 0 || (env != 1 && R > (tc ? DEC_ROWS_AUTO : DEC_ROWS_AUTO_SIMT)))
+    return DA_SUCCESS;
+  bp->dec_rb = tc ? 16 : R <= 1 ? 1 : R <= 2 ? 2 : 4;
+  bp->dec_nrg = (int)((R + bp->dec_rb - 1) / bp->dec_rb);
+  /* keys a block reads per round: 4 warps x keys per warp and round */
+  const long step = tc ? 64 : 4L * (32 / (d->head_dim / 16)) * (d->dtype == DA_F32 || R > 2 ? 2 : 4);
+  const double units = (double)d->batch * d->kv_heads * bp->dec_nrg;
+  const double target = (double)DEC_BLOCKS_PER_SM * (bc->sm_count > 0 ? bc->sm_count : 1);
+  long C;
+  if (fixed_set)
+    C = (long)fixed;
+  else {
+    double c = (double)d->seq_k * units / target;
+    if (c < DEC_CHUNK_MIN) c = DEC_CHUNK_MIN;
+    if (c > DEC_CHUNK_MAX) c = DEC_CHUNK_MAX;
+    C = ((long)c + step - 1) / step * step;
+  }
+  const long nch = d->seq_k > 0 ? (d->seq_k + C - 1) / C : 1;
+  if (units / d->batch * nch > 2147483647.0) /* grid.x: row groups x chunks */
+    return env == 1 ? da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                                   "DISTRATTN_CUDA_DECODE=1: %ld chunks of %ld keys are too many "
+                                   "for the decode grid",
+                                   nch, C)
+                    : DA_SUCCESS;
+  bp->dec_C = (int)C;
+  bp->dec_nch = (int)nch;
+  size_t bytes;
+  {
+    const size_t f[] = {(size_t)d->batch, (size_t)d->heads, (size_t)d->seq_q, (size_t)nch,
+                        (size_t)d->head_dim + 2, sizeof(float)};
+    if ((st = dac_size(ctx, "the decode partial results", &bytes, 6, f))) return st;
+  }
+  st = dac_alloc(ctx, (void **)&bp->dec_part, bytes, "the decode partial results");
+  if (st) return st;
+  bp->dec = 1;
+  return DA_SUCCESS;
+}
+
+/* Whether the decode kernels can take this call's K and V: every row a
+ * 16-byte aligned address (their vector loads). */
+static int dac_dec_aligned(const da_plan *p, const void *k, const void *v) {
+  const da_attn_ext *x = &p->x;
+  const size_t es = p->elem_size;
+  if (((uintptr_t)k | (uintptr_t)v) & 15u) return 0;
+  for (int i = 0; i < 3; i++)
+    if ((unsigned long long)x->k_stride[i] * es % 16 || (unsigned long long)x->v_stride[i] * es % 16)
+      return 0;
+  return 1;
+}
+
+static cudaError_t dac_dec_launch(const da_plan *p, const dac_plan *bp, const dac_args *a,
+                                  cudaStream_t s) {
+  switch (p->d.dtype) {
+  case DA_F16: return dac_launch_decode_f16(a, bp->dec_part, bp->dec_nch, bp->dec_C, bp->dec_rb, bp->dec_nrg, s);
+  case DA_BF16: return dac_launch_decode_bf16(a, bp->dec_part, bp->dec_nch, bp->dec_C, bp->dec_rb, bp->dec_nrg, s);
+  default: return dac_launch_decode_f32(a, bp->dec_part, bp->dec_nch, bp->dec_C, bp->dec_rb, bp->dec_nrg, s);
+  }
+}
+
 static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   const da_attn_desc *d = &p->d;
   const int G = d->group_size;
   const size_t bh = (size_t)d->batch * d->heads;
-  da_status st;
+  da_status st = dac_dec_plan(p, bp, bc);
+  if (st) return st;
   bp->use_mma = bc->cc_major >= 8 && dac_mma_supported(d->dtype, d->head_dim, G, d->hash_block);
   bp->br = (G == 1 || d->hash_block >= 128) ? 128 : 64;
   /* DISTRATTN_CUDA_WGMMA: "0" keeps Hopper on the mma.sync kernel (for
@@ -625,6 +743,18 @@ static da_status dac_attention(da_plan *p, void *q, void *k, void *v, void *o) {
   DAC_SETDEV(ctx);
   dac_args a;
   dac_fill_args(p, &a, q, k, v, o);
+  if (bp->dec && dac_dec_aligned(p, k, v)) {
+    /* the decode kernels read through strides: the plan's dense ones */
+    const da_attn_ext *x = &p->x;
+    memcpy(a.qst, x->q_stride, sizeof a.qst);
+    memcpy(a.kst, x->k_stride, sizeof a.kst);
+    memcpy(a.vst, x->v_stride, sizeof a.vst);
+    memcpy(a.ost, x->o_stride, sizeof a.ost);
+    a.wl = x->window_left;
+    a.wr = x->window_right;
+    DAC_CHECK(ctx, dac_dec_launch(p, bp, &a, bc->stream));
+    return DA_SUCCESS;
+  }
   const int G = d->group_size;
   const int mma = bp->use_mma && dac_aligned16(q) && dac_aligned16(k) && dac_aligned16(v) &&
                   dac_aligned16(o);
@@ -696,6 +826,10 @@ static da_status dac_attention_ext(da_plan *p, const da_call *c) {
   a.wl = x->window_left;
   a.wr = x->window_right;
   a.lse = x->lse && c->lse ? (float *)c->lse + c->lse_off : NULL;
+  if (bp->dec && dac_dec_aligned(p, k, v)) {
+    DAC_CHECK(ctx, dac_dec_launch(p, bp, &a, bc->stream));
+    return DA_SUCCESS;
+  }
   const int G = d->group_size;
   const int mma = bp->use_mma && dac_aligned16(q) && dac_aligned16(k) && dac_aligned16(v) &&
                   dac_aligned16(o) && dac_strides16(x, es);

@@ -39,6 +39,12 @@ typedef struct dac_plan {
   void *gemm_p;           /* probabilities, in the compute dtype */
   void *gemm_q;           /* expanded Q for G > 1 */
   size_t gemm_chunk;      /* (batch, kv head) pairs per GEMM round */
+  /* split-KV decode (cuda_decode.cuh): used where dec is set and the
+   * call's K and V rows are 16-byte aligned */
+  int dec;                /* the plan runs on the decode kernels */
+  int dec_rb, dec_nrg;    /* query rows per block, row groups per kv head */
+  int dec_nch, dec_C;     /* chunks of keys and keys per chunk */
+  float *dec_part;        /* partial results [rows][nch][d] f32, then (max, sum) [rows][nch] */
 } dac_plan;
 
 /* Kernel launch parameters, filled from a plan. */
@@ -111,6 +117,16 @@ DAC_HIDDEN cudaError_t dac_launch_simt_ext(const dac_args *a, cudaStream_t s);
 DAC_HIDDEN cudaError_t dac_launch_mma_ext(const dac_args *a, int br, cudaStream_t s);
 DAC_HIDDEN cudaError_t dac_launch_mma_f16_ext(const dac_args *a, int br, cudaStream_t s);
 DAC_HIDDEN cudaError_t dac_launch_mma_bf16_ext(const dac_args *a, int br, cudaStream_t s);
+/* Split-KV decode of exact attention (cuda_decode.cuh), one launcher per
+ * dtype: a's strides, lengths, window and LSE are used for dense calls too
+ * (filled from the plan); part as dac_plan.dec_part. cudaErrorInvalidValue
+ * for a head_dim or RB the kernels lack (64, 128, 256; 1, 2, 4). */
+DAC_HIDDEN cudaError_t dac_launch_decode_f16(const dac_args *a, float *part, int nch, int C,
+                                             int RB, int nrg, cudaStream_t s);
+DAC_HIDDEN cudaError_t dac_launch_decode_bf16(const dac_args *a, float *part, int nch, int C,
+                                              int RB, int nrg, cudaStream_t s);
+DAC_HIDDEN cudaError_t dac_launch_decode_f32(const dac_args *a, float *part, int nch, int C,
+                                             int RB, int nrg, cudaStream_t s);
 /* Tensor-core attention, f16/bf16, d in {64, 128}; returns
  * cudaErrorInvalidValue for a shape it lacks. */
 DAC_HIDDEN cudaError_t dac_launch_mma(const dac_args *a, int br, cudaStream_t s);

@@ -871,6 +871,55 @@ static void gemm_refuses_auto_fuses(da_context *ctx, da_attn_desc *d, da_attn_ex
   da_plan_destroy(p);
 }
 
+/* The decode cases on the CUDA backend with DISTRATTN_CUDA_DECODE unset
+ * (its own choice: the split-KV kernels up to 16 rows per kv head, 4 for f32 and head_dim 256), 0 (the
+ * attention kernels) and 1 (the split-KV kernels for every case they take:
+ * head_dim 64, 128 or 256; K and V rows 16-byte aligned, else the
+ * attention kernels), each against the float64 reference; plus a long KV
+ * cache of mixed lengths. With 1 a plan they cannot run is refused. */
+static void test_decode_cuda(void **state) {
+  (void)state;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  static const char *const modes[3] = {NULL, "0", "1"};
+  static const ecase longc[] = {
+      {"dec-long-q1-32/8-f16", 2, 32, 8, 1, 9000, 128, DA_F16, 1, 0, DA_SEQLENS_KV, -1, -1, 1, 0},
+      {"dec-long-q3-16/2-bf16-bshd", 2, 16, 2, 3, 5000, 256, DA_BF16, 1, 3, DA_SEQLENS_NONE, -1, -1, 1, 0},
+      {"dec-long-q1-8/8-f32", 1, 8, 8, 1, 4099, 64, DA_F32, 0, 0, DA_SEQLENS_NONE, 700, -1, 1, 0},
+  };
+  for (int m = 0; m < 3; m++) {
+    if (modes[m])
+      setenv("DISTRATTN_CUDA_DECODE", modes[m], 1);
+    else
+      unsetenv("DISTRATTN_CUDA_DECODE");
+    for (size_t i = 0; i < sizeof dcases / sizeof dcases[0]; i++) {
+      const ecase *c = &dcases[i];
+      if (m == 2 && c->hd != 64 && c->hd != 128 && c->hd != 256) continue;
+      run_ecase(DA_BACKEND_CUDA, c, 0xdec0000u + i, NULL);
+    }
+    for (size_t i = 0; i < sizeof longc / sizeof longc[0]; i++)
+      run_ecase(DA_BACKEND_CUDA, &longc[i], 0xdec1000u + i, NULL);
+  }
+  setenv("DISTRATTN_CUDA_DECODE", "1", 1);
+  da_context *ctx = NULL;
+  TU_CHECK(ctx, da_context_create(&ctx, DA_BACKEND_CUDA, -1));
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  d.batch = 1, d.heads = 8, d.kv_heads = 2, d.seq_q = 1, d.seq_k = 64, d.head_dim = 59;
+  da_plan *p = NULL;
+  EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_UNSUPPORTED, "DISTRATTN_CUDA_DECODE=1");
+  d.head_dim = 64, d.group_size = 2;
+  EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_UNSUPPORTED, "group_size");
+  d.group_size = 1, d.seq_q = 17, d.algo = DA_ALGO_FUSED; /* 4 x 17 rows per kv head */
+  EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_UNSUPPORTED, "query rows per kv head");
+  d.seq_q = 16;
+  TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
+  da_plan_destroy(p);
+  setenv("DISTRATTN_CUDA_DECODE", "2", 1);
+  EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_DECODE");
+  unsetenv("DISTRATTN_CUDA_DECODE");
+  da_context_destroy(ctx);
+}
+
 /* CUDA: DA_ALGO_GEMM refuses the options by name, DA_ALGO_AUTO takes the
  * fused kernels; the Hopper warpgroup-MMA kernel runs dense plans only, so
  * DISTRATTN_CUDA_WGMMA=1 refuses an ext plan (whatever the GPU) and leaves
@@ -934,6 +983,7 @@ int main(void) {
       {"cuda: G > 1 equals dense", test_groups_equal_dense, NULL, NULL, st_cu},
       {"cuda: ext vs cpu", test_cross_backend, NULL, NULL, st_cu},
       {"cuda: refusals", test_refusals_cuda, NULL, NULL, NULL},
+      {"cuda: decode cases", test_decode_cuda, NULL, NULL, NULL},
       cmocka_unit_test(test_refusals),
   };
   return cmocka_run_group_tests_name("ext", tests, NULL, NULL);

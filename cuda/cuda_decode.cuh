@@ -1,0 +1,602 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Split-KV decode (flash-decoding) for exact attention with few query rows
+ * per kv head (README, "Decode"; SPEC 1, "Layouts and lengths").
+ *
+ * Pass 1, dac_dec_kernel: grid (row groups x chunks, kv heads, batch). A
+ * block takes one (batch, kv head), RB of the R = heads/kv_heads x seq_q
+ * query rows that share it (head-major: row rr is query head rr / seq_q of
+ * the kv head's group, query i = rr % seq_q) and one chunk of C keys, and
+ * reads that chunk of K and V once for all RB rows. Each key is handled by
+ * LPK = D/16 lanes, each holding 16 of its elements (32 bytes of f16/bf16,
+ * 64 of f32) loaded with 16-byte vector loads, so a warp reads 32/LPK whole
+ * consecutive rows per instruction; the dot product is finished with
+ * log2(LPK) shuffles. Every group of LPK lanes keeps its own online-softmax
+ * state (max, sum, 16 output elements per row) over the keys it saw,
+ * rescaled once per KB keys; at the end the block merges its groups in
+ * shared memory and writes the chunk's partial result: the unnormalised
+ * output row, its max and its sum (log2 domain, f32).
+ *
+ * Pass 2, dac_dec_combine: one block per output row merges the chunks by
+ * their maxima and sums, writes O (in the dtype, at the caller's strides)
+ * and, where asked, the log-sum-exp.
+ *
+ * Both passes read lengths from device memory and clamp them as the other
+ * kernels do (cuda_dev.cuh: dac_seq_of, dac_win), so no row outside the
+ * sequence is read or written.
+ */
+#ifndef DA_CUDA_DECODE_CUH
+#define DA_CUDA_DECODE_CUH
+
+#include <limits.h>
+#include <math.h>
+
+#include "cuda_dev.cuh"
+#include "cuda_mma.cuh"
+
+#define DEC_THREADS 128
+#define DEC_WARPS (DEC_THREADS / 32)
+
+/* elements per lane and loads */
+template <typename T> struct dec_io;
+template <> struct dec_io<float> {
+  static constexpr int U4 = 4; /* 16 floats = 4 x 16 bytes */
+  static __device__ __forceinline__ void to_f32(const uint4 *u, float *f) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      f[4 * i + 0] = __uint_as_float(u[i].x);
+      f[4 * i + 1] = __uint_as_float(u[i].y);
+      f[4 * i + 2] = __uint_as_float(u[i].z);
+      f[4 * i + 3] = __uint_as_float(u[i].w);
+    }
+  }
+  static __device__ __forceinline__ float ld1(const float *p) { return *p; }
+  static __device__ __forceinline__ void st1(float *p, float v) { *p = v; }
+};
+template <typename H> struct dec_io16 {
+  static constexpr int U4 = 2; /* 16 halves = 2 x 16 bytes */
+  static __device__ __forceinline__ void to_f32(const uint4 *u, float *f) {
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      const uint32_t w[4] = {u[i].x, u[i].y, u[i].z, u[i].w};
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const float2 t = dac_cvt<H>::unpack(w[j]);
+        f[8 * i + 2 * j] = t.x;
+        f[8 * i + 2 * j + 1] = t.y;
+      }
+    }
+  }
+};
+template <> struct dec_io<__half> : dec_io16<__half> {
+  static __device__ __forceinline__ float ld1(const __half *p) { return __half2float(*p); }
+  static __device__ __forceinline__ void st1(__half *p, float v) { *p = __float2half_rn(v); }
+};
+template <> struct dec_io<__nv_bfloat16> : dec_io16<__nv_bfloat16> {
+  static __device__ __forceinline__ float ld1(const __nv_bfloat16 *p) {
+    return __bfloat162float(*p);
+  }
+  static __device__ __forceinline__ void st1(__nv_bfloat16 *p, float v) {
+    *p = __float2bfloat16_rn(v);
+  }
+};
+
+/* what the host worked out for a call: the partial results and the chunking */
+struct dac_dec_part {
+  float *acc;   /* [row][nch][D]: row = (b * heads + h) * seq_q + i */
+  float2 *ml;   /* [row][nch]: (max, sum), log2 domain */
+  int nch, C, RB, nrg;
+};
+
+template <typename T, int D, int RB>
+__global__ void __launch_bounds__(DEC_THREADS, 3)
+    dac_dec_kernel(dac_args a, dac_dec_part P) {
+  constexpr int LPK = D / 16;          /* lanes per key */
+  constexpr int KPW = 32 / LPK;        /* keys a warp reads per load */
+  /* keys per lane and round (their K and V loads are in flight together) */
+  constexpr int KB = (sizeof(T) == 4 || RB == 4) ? 2 : 4;
+  constexpr int NG = DEC_WARPS * KPW;  /* lane groups per block */
+  constexpr int U4 = dec_io<T>::U4;
+  extern __shared__ float dsm[];
+  float *q_s = dsm;                    /* [RB][D], times scale_log2 */
+  float *g_m = q_s + RB * D;           /* [NG][RB] */
+  float *g_l = g_m + NG * RB;          /* [NG][RB] */
+  float *g_acc = g_l + NG * RB;        /* [NG][RB][D] */
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gi = lane / LPK, li = lane % LPK, grp = warp * KPW + gi;
+  const int rg = blockIdx.x % P.nrg, chunk = blockIdx.x / P.nrg;
+  const int hk = blockIdx.y, b = blockIdx.z;
+  const int hpk = a.heads / a.kv_heads;
+  const int R = hpk * a.seq_q;
+  const dac_seq sq = dac_seq_of(a, b);
+  const int lq = sq.lq, lk = sq.lk;
+
+  /* this block's rows: their heads, query indices and windows */
+  int lo[RB], hi[RB];
+  int klo = INT_MAX, khi = -1;
+#pragma unroll
+  for (int r = 0; r < RB; r++) {
+    const int rr = rg * RB + r, i = rr % a.seq_q;
+    lo[r] = 1;
+    hi[r] = 0;
+    if (rr < R && i < lq) dac_win(a, i, lq, lk, lo[r], hi[r]);
+    if (lo[r] <= hi[r]) {
+      klo = min(klo, lo[r]);
+      khi = max(khi, hi[r]);
+    }
+  }
+  const int c0 = chunk * P.C;
+  const int kbeg = max(c0, klo), kend = min(c0 + P.C, khi + 1);
+  const size_t prow0 = ((size_t)b * a.heads + (size_t)hk * hpk) * a.seq_q;
+  if (kbeg >= kend) {
+    /* nothing visible in this chunk: an empty partial (the combine skips it) */
+    if (tid < RB) {
+      const int rr = rg * RB + tid;
+      if (rr < R && rr % a.seq_q < lq)
+        P.ml[(prow0 + rr) * P.nch + chunk] = make_float2(-INFINITY, 0.0f);
+    }
+    return;
+  }
+
+  for (int x = tid; x < RB * D; x += DEC_THREADS) {
+    const int r = x / D, e = x % D, rr = rg * RB + r;
+    float v = 0.0f;
+    if (rr < R && rr % a.seq_q < lq) {
+      const long long h = (long long)hk * hpk + rr / a.seq_q, i = rr % a.seq_q;
+      const size_t qi = (size_t)(b * a.qst[0] + h * a.qst[1] + (sq.q0 + i) * a.qst[2]) + e;
+      v = dec_io<T>::ld1((const T *)a.q + qi) * a.scale_log2;
+    }
+    q_s[x] = v;
+  }
+  __syncthreads();
+
+  const T *kp = (const T *)a.k + (size_t)(b * a.kst[0] + hk * a.kst[1] + sq.k0 * a.kst[2]) + li * 16;
+  const T *vp = (const T *)a.v + (size_t)(b * a.vst[0] + hk * a.vst[1] + sq.k0 * a.vst[2]) + li * 16;
+  float m[RB], l[RB], acc[RB][16];
+#pragma unroll
+  for (int r = 0; r < RB; r++) {
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 16; e++) acc[r][e] = 0.0f;
+  }
+
+  constexpr int STEP = KPW * KB;       /* keys of one round of a warp */
+  for (int base = kbeg + warp * STEP; base < kend; base += DEC_WARPS * STEP) {
+    uint4 ku[KB][U4], vu[KB][U4];
+#pragma unroll
+    for (int t = 0; t < KB; t++) {
+      const int j = base + t * KPW + gi;
+      if (j < kend) {
+        const uint4 *ks = (const uint4 *)(kp + (long long)j * a.kst[2]);
+        const uint4 *vs = (const uint4 *)(vp + (long long)j * a.vst[2]);
+#pragma unroll
+        for (int u = 0; u < U4; u++) ku[t][u] = __ldg(ks + u);
+#pragma unroll
+        for (int u = 0; u < U4; u++) vu[t][u] = __ldg(vs + u);
+      } else {
+#pragma unroll
+        for (int u = 0; u < U4; u++) ku[t][u] = vu[t][u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    float s[KB][RB];
+#pragma unroll
+    for (int t = 0; t < KB; t++) {
+      float kf[16];
+      dec_io<T>::to_f32(ku[t], kf);
+#pragma unroll
+      for (int r = 0; r < RB; r++) {
+        const float4 *qv = (const float4 *)(q_s + r * D + li * 16);
+        float x = 0.0f;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+          const float4 q4 = qv[u];
+          x = fmaf(q4.x, kf[4 * u], x);
+          x = fmaf(q4.y, kf[4 * u + 1], x);
+          x = fmaf(q4.z, kf[4 * u + 2], x);
+          x = fmaf(q4.w, kf[4 * u + 3], x);
+        }
+        s[t][r] = x;
+      }
+    }
+#pragma unroll
+    for (int o = LPK / 2; o >= 1; o >>= 1)
+#pragma unroll
+      for (int t = 0; t < KB; t++)
+#pragma unroll
+        for (int r = 0; r < RB; r++) s[t][r] += __shfl_xor_sync(0xffffffffu, s[t][r], o);
+#pragma unroll
+    for (int r = 0; r < RB; r++) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int t = 0; t < KB; t++) {
+        const int j = base + t * KPW + gi;
+        if (j < lo[r] || j > hi[r] || j >= kend) s[t][r] = -INFINITY;
+        mx = fmaxf(mx, s[t][r]);
+      }
+      const float mn = fmaxf(m[r], mx);
+      const float mu = mn == -INFINITY ? 0.0f : mn;
+      const float alpha = dac_ex2(m[r] - mu);
+      float ps = 0.0f;
+#pragma unroll
+      for (int t = 0; t < KB; t++) {
+        s[t][r] = dac_ex2(s[t][r] - mu);
+        ps += s[t][r];
+      }
+      l[r] = l[r] * alpha + ps;
+      m[r] = mn;
+#pragma unroll
+      for (int e = 0; e < 16; e++) acc[r][e] *= alpha;
+    }
+#pragma unroll
+    for (int t = 0; t < KB; t++) {
+      float vf[16];
+      dec_io<T>::to_f32(vu[t], vf);
+#pragma unroll
+      for (int r = 0; r < RB; r++)
+#pragma unroll
+        for (int e = 0; e < 16; e++) acc[r][e] = fmaf(s[t][r], vf[e], acc[r][e]);
+    }
+  }
+
+  /* merge the block's lane groups */
+#pragma unroll
+  for (int r = 0; r < RB; r++) {
+    if (li == 0) {
+      g_m[grp * RB + r] = m[r];
+      g_l[grp * RB + r] = l[r];
+    }
+    float4 *dst = (float4 *)(g_acc + ((size_t)grp * RB + r) * D + li * 16);
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+      dst[u] = make_float4(acc[r][4 * u], acc[r][4 * u + 1], acc[r][4 * u + 2], acc[r][4 * u + 3]);
+  }
+  __syncthreads();
+  for (int x = tid; x < RB * D; x += DEC_THREADS) {
+    const int r = x / D, e = x % D, rr = rg * RB + r;
+    if (rr >= R || rr % a.seq_q >= lq) continue;
+    float M = -INFINITY;
+    for (int g = 0; g < NG; g++) M = fmaxf(M, g_m[g * RB + r]);
+    const float Mu = M == -INFINITY ? 0.0f : M;
+    float o = 0.0f, L = 0.0f;
+    for (int g = 0; g < NG; g++) {
+      const float w = dac_ex2(g_m[g * RB + r] - Mu);
+      o = fmaf(w, g_acc[((size_t)g * RB + r) * D + e], o);
+      L = fmaf(w, g_l[g * RB + r], L);
+    }
+    const size_t pr = (prow0 + rr) * P.nch + chunk;
+    P.acc[pr * D + e] = o;
+    if (e == 0) P.ml[pr] = make_float2(M, L);
+  }
+}
+
+
+/* The tensor-core variant (f16/bf16, D 64 or 128): 16 query rows per
+ * block (MMA_ROWS; a kv head's R rows in groups of 16, padded with zeros),
+ * each of its 4 warps takes 16 keys a step (steps interleaved over the
+ * warps) and keeps its own online softmax of all 16 rows; m16n8k16 MMAs for
+ * Q K^T and P V. K and V go from global memory straight into the MMAs'
+ * fragments: Q K^T sums over the head dimension, so any order of it works
+ * when Q's fragments use the same one, and the thread with lane (g, c)
+ * (g = lane / 4, c = lane % 4) loads, for key g of each 8-key tile, the
+ * 16-byte pieces c, c + 4, ... of the row (the 4 threads of a key read a
+ * contiguous 64 bytes per load); for P V, thread (g, c) loads the rows
+ * 2c, 2c + 1, 2c + 8, 2c + 9 of the step at elements D/8 g ... D/8 g +
+ * D/8 - 1, so that output column n of n-tile j is element D/8 n + j, and
+ * byte permutes pair two rows' halves into a B fragment. */
+#define DECM_ROWS 16
+
+template <typename T, int D>
+__global__ void __launch_bounds__(DEC_THREADS, 2)
+    dac_decm_kernel(dac_args a, dac_dec_part P) {
+  using op = dac_mma_op<T>;
+  constexpr int KS = D / 16;  /* k-steps of Q K^T */
+  constexpr int PC = D / 32;  /* 16-byte pieces of a K row per thread */
+  constexpr int NT = D / 8;   /* n-tiles of P V; also elements per thread of a V row */
+  constexpr int VU = NT / 8;  /* 16-byte pieces of those */
+  __shared__ float g_m[DEC_WARPS][DECM_ROWS], g_l[DEC_WARPS][DECM_ROWS];
+  extern __shared__ float g_acc[]; /* [DEC_WARPS][DECM_ROWS][D] */
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int rg = blockIdx.x % P.nrg, chunk = blockIdx.x / P.nrg;
+  const int hk = blockIdx.y, b = blockIdx.z;
+  const int hpk = a.heads / a.kv_heads;
+  const int R = hpk * a.seq_q;
+  const dac_seq sq = dac_seq_of(a, b);
+  const int lq = sq.lq, lk = sq.lk;
+
+  /* the block's window of keys (every row's), and this thread's two rows */
+  int klo = INT_MAX, khi = -1;
+  for (int r = 0; r < DECM_ROWS; r++) {
+    const int rr = rg * DECM_ROWS + r, i = rr % a.seq_q;
+    if (rr >= R || i >= lq) continue;
+    int lo, hi;
+    dac_win(a, i, lq, lk, lo, hi);
+    if (lo <= hi) {
+      klo = min(klo, lo);
+      khi = max(khi, hi);
+    }
+  }
+  int lo[2], hi[2];
+  bool rv[2];
+#pragma unroll
+  for (int h2 = 0; h2 < 2; h2++) {
+    const int rr = rg * DECM_ROWS + g + 8 * h2, i = rr % a.seq_q;
+    rv[h2] = rr < R && i < lq;
+    lo[h2] = 1, hi[h2] = 0;
+    if (rv[h2]) dac_win(a, i, lq, lk, lo[h2], hi[h2]);
+  }
+  const int c0 = chunk * P.C;
+  const int kbeg = max(c0, klo), kend = min(c0 + P.C, khi + 1);
+  const size_t prow0 = ((size_t)b * a.heads + (size_t)hk * hpk) * a.seq_q;
+  if (kbeg >= kend) {
+    if (tid < DECM_ROWS) {
+      const int rr = rg * DECM_ROWS + tid;
+      if (rr < R && rr % a.seq_q < lq)
+        P.ml[(prow0 + rr) * P.nch + chunk] = make_float2(-INFINITY, 0.0f);
+    }
+    return;
+  }
+
+  /* Q's A fragments, in the K pieces' order (see above) */
+  uint32_t qa[KS][4];
+  {
+    const T *qr[2];
+#pragma unroll
+    for (int h2 = 0; h2 < 2; h2++) {
+      const int rr = rg * DECM_ROWS + g + 8 * h2;
+      const long long h = (long long)hk * hpk + rr / a.seq_q, i = rr % a.seq_q;
+      qr[h2] = rv[h2] ? (const T *)a.q + (b * a.qst[0] + h * a.qst[1] + (sq.q0 + i) * a.qst[2])
+                      : NULL;
+    }
+#pragma unroll
+    for (int u = 0; u < PC; u++)
+#pragma unroll
+      for (int w = 0; w < 2; w++) {
+        const int e = 8 * (c + 4 * u) + 4 * w;
+        float x[2][4];
+#pragma unroll
+        for (int h2 = 0; h2 < 2; h2++)
+#pragma unroll
+          for (int t = 0; t < 4; t++) x[h2][t] = qr[h2] ? dec_io<T>::ld1(qr[h2] + e + t) : 0.0f;
+        uint32_t *f = qa[2 * u + w];
+        f[0] = op::pack(x[0][0], x[0][1]);
+        f[1] = op::pack(x[1][0], x[1][1]);
+        f[2] = op::pack(x[0][2], x[0][3]);
+        f[3] = op::pack(x[1][2], x[1][3]);
+      }
+  }
+
+  const T *kbase = (const T *)a.k + (size_t)(b * a.kst[0] + hk * a.kst[1] + sq.k0 * a.kst[2]);
+  const T *vbase = (const T *)a.v + (size_t)(b * a.vst[0] + hk * a.vst[1] + sq.k0 * a.vst[2]);
+  float acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  const float sl2 = a.scale_log2;
+
+  for (int base = kbeg + warp * 16; base < kend; base += DEC_WARPS * 16) {
+    /* K: key g of tiles 0 and 1; V: rows 2c, 2c+1, 2c+8, 2c+9 */
+    uint4 kr[2][PC], vr[4][VU];
+#pragma unroll
+    for (int t = 0; t < 2; t++) {
+      const int j = base + 8 * t + g;
+      if (j < kend) {
+        const uint4 *src = (const uint4 *)(kbase + (long long)j * a.kst[2]);
+#pragma unroll
+        for (int u = 0; u < PC; u++) kr[t][u] = __ldg(src + c + 4 * u);
+      } else {
+#pragma unroll
+        for (int u = 0; u < PC; u++) kr[t][u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int q4 = 0; q4 < 4; q4++) {
+      const int j = base + 2 * c + (q4 & 1) + 8 * (q4 >> 1);
+      if (j < kend) {
+        const uint4 *src = (const uint4 *)(vbase + (long long)j * a.vst[2] + NT * g);
+#pragma unroll
+        for (int u = 0; u < VU; u++) vr[q4][u] = __ldg(src + u);
+      } else {
+#pragma unroll
+        for (int u = 0; u < VU; u++) vr[q4][u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    /* S = Q K^T for the two 8-key tiles */
+    float sc[2][4];
+#pragma unroll
+    for (int t = 0; t < 2; t++) {
+      sc[t][0] = sc[t][1] = sc[t][2] = sc[t][3] = 0.0f;
+#pragma unroll
+      for (int u = 0; u < PC; u++) {
+        op::mma(sc[t], qa[2 * u], kr[t][u].x, kr[t][u].y);
+        op::mma(sc[t], qa[2 * u + 1], kr[t][u].z, kr[t][u].w);
+      }
+    }
+    /* online softmax of rows g (h2 0) and g + 8 (h2 1), log2 domain */
+    float alpha[2];
+#pragma unroll
+    for (int h2 = 0; h2 < 2; h2++) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int t = 0; t < 2; t++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const int j = base + 8 * t + 2 * c + e;
+          float x = sc[t][2 * h2 + e] * sl2;
+          if (j < lo[h2] || j > hi[h2] || j >= kend) x = -INFINITY;
+          sc[t][2 * h2 + e] = x;
+          mx = fmaxf(mx, x);
+        }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mn = fmaxf(m[h2], mx);
+      const float mu = mn == -INFINITY ? 0.0f : mn;
+      alpha[h2] = dac_ex2(m[h2] - mu);
+      float ps = 0.0f;
+#pragma unroll
+      for (int t = 0; t < 2; t++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const float p = dac_ex2(sc[t][2 * h2 + e] - mu);
+          sc[t][2 * h2 + e] = p;
+          ps += p;
+        }
+      l[h2] = l[h2] * alpha[h2] + ps; /* this thread's keys; summed at the end */
+      m[h2] = mn;
+    }
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+      acc[j][0] *= alpha[0];
+      acc[j][1] *= alpha[0];
+      acc[j][2] *= alpha[1];
+      acc[j][3] *= alpha[1];
+    }
+    /* O += P V: P's A fragment from the two tiles' C fragments */
+    uint32_t pa[4];
+    pa[0] = op::pack(sc[0][0], sc[0][1]);
+    pa[1] = op::pack(sc[0][2], sc[0][3]);
+    pa[2] = op::pack(sc[1][0], sc[1][1]);
+    pa[3] = op::pack(sc[1][2], sc[1][3]);
+    const uint32_t *w0 = (const uint32_t *)vr[0], *w1 = (const uint32_t *)vr[1];
+    const uint32_t *w2 = (const uint32_t *)vr[2], *w3 = (const uint32_t *)vr[3];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+      const unsigned sel = (j & 1) ? 0x7632u : 0x5410u;
+      const uint32_t b0 = __byte_perm(w0[j >> 1], w1[j >> 1], sel);
+      const uint32_t b1 = __byte_perm(w2[j >> 1], w3[j >> 1], sel);
+      op::mma(acc[j], pa, b0, b1);
+    }
+  }
+
+  /* row sums over the 4 threads of a row; then merge the warps */
+#pragma unroll
+  for (int h2 = 0; h2 < 2; h2++) {
+    l[h2] += __shfl_xor_sync(0xffffffffu, l[h2], 1);
+    l[h2] += __shfl_xor_sync(0xffffffffu, l[h2], 2);
+  }
+  if (c == 0) {
+    g_m[warp][g] = m[0], g_m[warp][g + 8] = m[1];
+    g_l[warp][g] = l[0], g_l[warp][g + 8] = l[1];
+  }
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+      const int col = NT * (2 * c + e) + j;
+      g_acc[((size_t)warp * DECM_ROWS + g) * D + col] = acc[j][e];
+      g_acc[((size_t)warp * DECM_ROWS + g + 8) * D + col] = acc[j][2 + e];
+    }
+  __syncthreads();
+  for (int x = tid; x < DECM_ROWS * D; x += DEC_THREADS) {
+    const int r = x / D, e = x % D, rr = rg * DECM_ROWS + r;
+    if (rr >= R || rr % a.seq_q >= lq) continue;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, g_m[w][r]);
+    const float Mu = M == -INFINITY ? 0.0f : M;
+    float o = 0.0f, L = 0.0f;
+#pragma unroll
+    for (int w = 0; w < DEC_WARPS; w++) {
+      const float wt = dac_ex2(g_m[w][r] - Mu);
+      o = fmaf(wt, g_acc[((size_t)w * DECM_ROWS + r) * D + e], o);
+      L = fmaf(wt, g_l[w][r], L);
+    }
+    const size_t pr = (prow0 + rr) * P.nch + chunk;
+    P.acc[pr * D + e] = o;
+    if (e == 0) P.ml[pr] = make_float2(M, L);
+  }
+}
+
+/* Pass 2: block (row i, head h, batch b) of D threads */
+template <typename T, int D>
+__global__ void __launch_bounds__(D) dac_dec_combine(dac_args a, dac_dec_part P) {
+  const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z, e = threadIdx.x;
+  const dac_seq sq = dac_seq_of(a, b);
+  if (i >= sq.lq) return;
+  const size_t pr = (((size_t)b * a.heads + h) * a.seq_q + i) * P.nch;
+  float M = -INFINITY;
+  for (int c = 0; c < P.nch; c++) M = fmaxf(M, P.ml[pr + c].x);
+  const float Mu = M == -INFINITY ? 0.0f : M;
+  float o = 0.0f, L = 0.0f;
+  for (int c = 0; c < P.nch; c++) {
+    const float2 ml = P.ml[pr + c];
+    if (ml.x == -INFINITY) continue; /* empty chunk: its acc was not written */
+    const float w = dac_ex2(ml.x - Mu);
+    o = fmaf(w, P.acc[(pr + c) * D + e], o);
+    L = fmaf(w, ml.y, L);
+  }
+  int lo, hi;
+  dac_win(a, i, sq.lq, sq.lk, lo, hi);
+  const bool seen = lo <= hi;
+  const size_t oi = (size_t)(b * a.ost[0] + h * a.ost[1] + (sq.q0 + i) * a.ost[2]) + e;
+  dec_io<T>::st1((T *)a.o + oi, o * dac_inv_sum(L, seen));
+  if (a.lse && e == 0) /* natural log: (M + log2 L) ln 2 (SPEC 1) */
+    a.lse[dac_lse_at(a, b, h, sq, i)] =
+        !seen ? -INFINITY
+              : L > 0.0f ? (M + log2f(L)) * 0.69314718055994531f : __int_as_float(0x7fc00000);
+}
+
+template <typename T, int D, int RB>
+static cudaError_t dac_dec_launch_rb(const dac_args *a, const dac_dec_part *P, cudaStream_t s) {
+  constexpr int NG = DEC_WARPS * (32 / (D / 16));
+  const size_t bytes = ((size_t)RB * D + 2 * (size_t)NG * RB + (size_t)NG * RB * D) * sizeof(float);
+  cudaError_t e;
+  if (bytes > 48 * 1024) {
+    e = cudaFuncSetAttribute(dac_dec_kernel<T, D, RB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)bytes);
+    if (e != cudaSuccess) return e;
+  }
+  dim3 grid((unsigned)(P->nrg * P->nch), (unsigned)a->kv_heads, (unsigned)a->batch);
+  dac_dec_kernel<T, D, RB><<<grid, DEC_THREADS, bytes, s>>>(*a, *P);
+  if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  dim3 g2((unsigned)a->seq_q, (unsigned)a->heads, (unsigned)a->batch);
+  dac_dec_combine<T, D><<<g2, D, 0, s>>>(*a, *P);
+  return cudaGetLastError();
+}
+
+template <typename T, int D>
+static cudaError_t dac_decm_launch(const dac_args *a, const dac_dec_part *P, cudaStream_t s) {
+  const size_t bytes = (size_t)DEC_WARPS * DECM_ROWS * D * sizeof(float);
+  cudaError_t e;
+  if (bytes > 48 * 1024) {
+    e = cudaFuncSetAttribute(dac_decm_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)bytes);
+    if (e != cudaSuccess) return e;
+  }
+  dim3 grid((unsigned)(P->nrg * P->nch), (unsigned)a->kv_heads, (unsigned)a->batch);
+  dac_decm_kernel<T, D><<<grid, DEC_THREADS, bytes, s>>>(*a, *P);
+  if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  dim3 g2((unsigned)a->seq_q, (unsigned)a->heads, (unsigned)a->batch);
+  dac_dec_combine<T, D><<<g2, D, 0, s>>>(*a, *P);
+  return cudaGetLastError();
+}
+
+/* RB: rows per block, as the host picked (DECM_ROWS: the tensor-core
+ * kernel, f16/bf16 and D 64 or 128 only) */
+template <typename T, int D>
+static cudaError_t dac_dec_launch_d(const dac_args *a, const dac_dec_part *P, cudaStream_t s) {
+  switch (P->RB) {
+  case 1: return dac_dec_launch_rb<T, D, 1>(a, P, s);
+  case 2: return dac_dec_launch_rb<T, D, 2>(a, P, s);
+  case 4: return dac_dec_launch_rb<T, D, 4>(a, P, s);
+  case DECM_ROWS:
+    if constexpr (sizeof(T) == 2 && D <= 128) return dac_decm_launch<T, D>(a, P, s);
+    return cudaErrorInvalidValue;
+  default: return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T>
+static cudaError_t dac_dec_launch_t(const dac_args *a, const dac_dec_part *P, cudaStream_t s) {
+  switch (a->d) {
+  case 64: return dac_dec_launch_d<T, 64>(a, P, s);
+  case 128: return dac_dec_launch_d<T, 128>(a, P, s);
+  case 256: return dac_dec_launch_d<T, 256>(a, P, s);
+  default: return cudaErrorInvalidValue;
+  }
+}
+
+#endif /* DA_CUDA_DECODE_CUH */
