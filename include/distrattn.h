@@ -212,9 +212,21 @@ typedef struct da_attn_args {
 } da_attn_args;
 
 /* Zero *x or *a, then set struct_size and the defaults (dense strides, no
- * per-sequence lengths, no LSE, window -1/-1). */
+ * per-sequence lengths, no LSE, window -1/-1).
+ *
+ * These are macros that pass the size of the struct the caller was
+ * compiled with (the _size functions write at most that many bytes and set
+ * struct_size to it), so a program built against this header keeps working,
+ * unrecompiled, with a later library whose structs have grown. The plain
+ * functions of the same names stay exported for callers that cannot use
+ * macros (foreign-function interfaces): they write this version's sizeof.
+ * Sizes below a struct's first field's end set nothing. */
+DA_API void da_attn_ext_init_size(da_attn_ext *x, size_t size);
+DA_API void da_attn_args_init_size(da_attn_args *a, size_t size);
 DA_API void da_attn_ext_init(da_attn_ext *x);
 DA_API void da_attn_args_init(da_attn_args *a);
+#define da_attn_ext_init(x) da_attn_ext_init_size((x), sizeof(da_attn_ext))
+#define da_attn_args_init(a) da_attn_args_init_size((a), sizeof(da_attn_args))
 /* da_plan_create with the options of *x (NULL: as da_plan_create). A
  * backend that lacks an option asked for refuses the plan with
  * DA_ERR_UNSUPPORTED naming it (OpenCL's and CUDA's DA_ALGO_GEMM, while
@@ -285,8 +297,11 @@ typedef struct da_bwd_args {
   size_t dq_offset, dk_offset, dv_offset; /* in elements of the dtype */
 } da_bwd_args;
 
-/* Zero *a, then set struct_size. */
+/* Zero *a, then set struct_size (a macro passing the caller's sizeof, as
+ * da_attn_ext_init). */
+DA_API void da_bwd_args_init_size(da_bwd_args *a, size_t size);
 DA_API void da_bwd_args_init(da_bwd_args *a);
+#define da_bwd_args_init(a) da_bwd_args_init_size((a), sizeof(da_bwd_args))
 /* Enqueues the backward pass of plan's attention (synchronous on the CPU
  * backend). */
 DA_API da_status da_attention_backward(da_plan *plan, const da_bwd_args *args);

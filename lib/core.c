@@ -22,26 +22,36 @@ void da_attn_desc_init(da_attn_desc *d) {
   d->algo = DA_ALGO_AUTO;
 }
 
-void da_attn_ext_init(da_attn_ext *x) {
-  if (!x) return;
-  memset(x, 0, sizeof *x);
-  x->struct_size = sizeof *x;
-  x->seqlens = DA_SEQLENS_NONE;
-  x->window_left = -1;
-  x->window_right = -1;
+/* The _init functions write min(size, sizeof) bytes: a caller compiled
+ * with an older, smaller struct gets only the fields it has (SET sets a
+ * default only where the field lies inside size). */
+#define DA_INIT_PREFIX(p, size)                                                                   \
+  do {                                                                                             \
+    if (!(p) || (size) < sizeof(size_t)) return;                                                   \
+    memset((p), 0, (size) < sizeof *(p) ? (size) : sizeof *(p));                                   \
+    (p)->struct_size = (size);                                                                     \
+  } while (0)
+#define DA_INIT_SET(p, size, type, field, value)                                                   \
+  do {                                                                                             \
+    if (offsetof(type, field) + sizeof((p)->field) <= (size)) (p)->field = (value);                \
+  } while (0)
+
+void da_attn_ext_init_size(da_attn_ext *x, size_t size) {
+  DA_INIT_PREFIX(x, size);
+  DA_INIT_SET(x, size, da_attn_ext, seqlens, DA_SEQLENS_NONE);
+  DA_INIT_SET(x, size, da_attn_ext, window_left, -1);
+  DA_INIT_SET(x, size, da_attn_ext, window_right, -1);
 }
 
-void da_attn_args_init(da_attn_args *a) {
-  if (!a) return;
-  memset(a, 0, sizeof *a);
-  a->struct_size = sizeof *a;
-}
+void da_attn_args_init_size(da_attn_args *a, size_t size) { DA_INIT_PREFIX(a, size); }
 
-void da_bwd_args_init(da_bwd_args *a) {
-  if (!a) return;
-  memset(a, 0, sizeof *a);
-  a->struct_size = sizeof *a;
-}
+void da_bwd_args_init_size(da_bwd_args *a, size_t size) { DA_INIT_PREFIX(a, size); }
+
+/* The exported functions behind the header's macros, for callers without
+ * them (parenthesised names: not the macros). */
+void(da_attn_ext_init)(da_attn_ext *x) { da_attn_ext_init_size(x, sizeof *x); }
+void(da_attn_args_init)(da_attn_args *a) { da_attn_args_init_size(a, sizeof *a); }
+void(da_bwd_args_init)(da_bwd_args *a) { da_bwd_args_init_size(a, sizeof *a); }
 
 /* ------------------------------------------------------------- contexts */
 

@@ -5,6 +5,7 @@
 #define _GNU_SOURCE /* strcasestr */
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,6 +218,56 @@ static void test_desc_init_defaults(void **state) {
   assert_int_equal(d.dtype, DA_F32);
 }
 
+/* The _init macros pass the caller's sizeof: an older caller's smaller
+ * struct (here: da_attn_ext up to its window fields, before strategy) gets
+ * only those bytes written, and a plan accepts it with the defaults for
+ * the rest; the exported plain functions still work. */
+static void test_init_caller_size(void **state) {
+  (void)state;
+  unsigned char buf[sizeof(da_attn_ext) + 64];
+  const size_t old = offsetof(da_attn_ext, strategy);
+  memset(buf, 0xab, sizeof buf);
+  da_attn_ext *x = (da_attn_ext *)(void *)buf;
+  da_attn_ext_init_size(x, old);
+  assert_int_equal(x->struct_size, old);
+  assert_int_equal(x->window_left, -1);
+  assert_int_equal(x->window_right, -1);
+  assert_int_equal(x->seqlens, DA_SEQLENS_NONE);
+  for (size_t i = old; i < sizeof buf; i++) assert_int_equal(buf[i], 0xab);
+  da_context *ctx = NULL;
+  assert_int_equal(da_context_create(&ctx, DA_BACKEND_CPU, 0), DA_SUCCESS);
+  da_attn_desc d = tu_small_desc();
+  da_plan *p = NULL;
+  assert_int_equal(da_plan_create_ext(ctx, &d, x, &p), DA_SUCCESS);
+  da_plan_destroy(p);
+  /* too small for struct_size itself: nothing written */
+  memset(buf, 0xab, sizeof buf);
+  da_attn_ext_init_size(x, 4);
+  for (size_t i = 0; i < sizeof buf; i++) assert_int_equal(buf[i], 0xab);
+  /* the macros and the exported functions */
+  da_attn_ext e;
+  memset(&e, 0x5a, sizeof e);
+  da_attn_ext_init(&e);
+  assert_int_equal(e.struct_size, sizeof e);
+  assert_int_equal(e.strategy, 0);
+  memset(&e, 0x5a, sizeof e);
+  (da_attn_ext_init)(&e);
+  assert_int_equal(e.struct_size, sizeof e);
+  assert_null(e.proj);
+  da_attn_args a;
+  memset(&a, 0x5a, sizeof a);
+  (da_attn_args_init)(&a);
+  assert_int_equal(a.struct_size, sizeof a);
+  assert_null(a.lse);
+  da_bwd_args ba;
+  memset(&ba, 0x5a, sizeof ba);
+  da_bwd_args_init(&ba);
+  assert_int_equal(ba.struct_size, sizeof ba);
+  da_bwd_args_init_size(&ba, offsetof(da_bwd_args, struct_size) + sizeof(size_t));
+  assert_int_equal(ba.struct_size, sizeof(size_t));
+  da_context_destroy(ctx);
+}
+
 static void test_null_context_calls(void **state) {
   (void)state;
   da_attn_desc d = tu_small_desc();
@@ -390,6 +441,7 @@ static void test_context_lifetime(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_desc_init_defaults),
+      cmocka_unit_test(test_init_caller_size),
       cmocka_unit_test_setup_teardown(test_valid_desc_accepted, setup_ctx, teardown_ctx),
       cmocka_unit_test_setup_teardown(test_bad_descriptors, setup_ctx, teardown_ctx),
       cmocka_unit_test_setup_teardown(test_defaults_resolved, setup_ctx, teardown_ctx),
