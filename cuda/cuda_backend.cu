@@ -403,14 +403,13 @@ static const char *dac_dec_refusal(const da_plan *p) {
   return NULL;
 }
 
-/* Chunking: enough blocks to fill the GPU several times over
- * (DEC_BLOCKS_PER_SM per multiprocessor), chunks a multiple of what the
- * block reads per round and at least DEC_CHUNK_MIN keys (the block's merge
- * is paid once per chunk). DISTRATTN_CUDA_DECODE_CHUNK=N fixes the keys per
- * chunk (a multiple of 64) for measurements. */
-#define DEC_BLOCKS_PER_SM 8
-#define DEC_CHUNK_MIN 256
-#define DEC_CHUNK_MAX 8192
+/* Chunking: one wave. The pass-1 blocks that fit on the GPU at once
+ * (occupancy x multiprocessors) are shared among the units (batch x kv heads
+ * x row groups): each unit's keys are cut into as many chunks as it gets
+ * blocks (at least 1), a multiple of what a block reads per round. More
+ * chunks than that only add merges and a second, partial wave (measured on
+ * an H200: bench/cuda-notes.md, decode). DISTRATTN_CUDA_DECODE_CHUNK=N fixes
+ * the keys per chunk (a multiple of 64) for measurements. */
 
 static da_status dac_dec_plan(da_plan *p, dac_plan *bp, const dac_ctx *bc) {
   da_context *ctx = p->ctx;
@@ -433,25 +432,32 @@ static da_status dac_dec_plan(da_plan *p, dac_plan *bp, const dac_ctx *bc) {
                         "plan: %s",
                         why);
   const long R = (long)(d->heads / d->kv_heads) * d->seq_q;
-  /* the tensor-core kernel (f16/bf16, head_dim 64 or 128) takes 16 rows a
-   * block, the SIMT one 1, 2 or 4 */
+  /* the tensor-core kernels (f16/bf16, head_dim 64 or 128) take 8 rows a
+   * block (the transposed one, up to 8 rows per kv head) or 16, the SIMT
+   * one 1, 2 or 4 */
   const int tc = d->dtype != DA_F32 && d->head_dim <= 128;
   if (why || env == 0 || (env != 1 && R > (tc ? DEC_ROWS_AUTO : DEC_ROWS_AUTO_SIMT)))
     return DA_SUCCESS;
-  bp->dec_rb = tc ? 16 : R <= 1 ? 1 : R <= 2 ? 2 : 4;
+  bp->dec_rb = tc ? (R <= 8 ? 8 : 16) : R <= 1 ? 1 : R <= 2 ? 2 : 4;
   bp->dec_nrg = (int)((R + bp->dec_rb - 1) / bp->dec_rb);
   /* keys a block reads per round: 4 warps x keys per warp and round */
   const long step = tc ? 64 : 4L * (32 / (d->head_dim / 16)) * (d->dtype == DA_F32 || R > 2 ? 2 : 4);
   const double units = (double)d->batch * d->kv_heads * bp->dec_nrg;
-  const double target = (double)DEC_BLOCKS_PER_SM * (bc->sm_count > 0 ? bc->sm_count : 1);
   long C;
   if (fixed_set)
     C = (long)fixed;
   else {
-    double c = (double)d->seq_k * units / target;
-    if (c < DEC_CHUNK_MIN) c = DEC_CHUNK_MIN;
-    if (c > DEC_CHUNK_MAX) c = DEC_CHUNK_MAX;
-    C = ((long)c + step - 1) / step * step;
+    int per_sm = 0;
+    const cudaError_t oe =
+        d->dtype == DA_F16    ? dac_occupancy_decode_f16(d->head_dim, bp->dec_rb, &per_sm)
+        : d->dtype == DA_BF16 ? dac_occupancy_decode_bf16(d->head_dim, bp->dec_rb, &per_sm)
+                              : dac_occupancy_decode_f32(d->head_dim, bp->dec_rb, &per_sm);
+    if (oe != cudaSuccess) return dac_fail(ctx, oe, "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    const double slots = (double)(per_sm > 0 ? per_sm : 1) * (bc->sm_count > 0 ? bc->sm_count : 1);
+    const double per_unit = slots / units >= 1.0 ? slots / units : 1.0;
+    const long n = per_unit < (double)d->seq_k ? (long)per_unit : (d->seq_k > 0 ? d->seq_k : 1);
+    const long c = (d->seq_k + n - 1) / n;
+    C = c > 0 ? (c + step - 1) / step * step : step;
   }
   const long nch = d->seq_k > 0 ? (d->seq_k + C - 1) / C : 1;
   if (units / d->batch * nch > 2147483647.0) /* grid.x: row groups x chunks */

@@ -17,6 +17,10 @@
  * shared memory and writes the chunk's partial result: the unnormalised
  * output row, its max and its sum (log2 domain, f32).
  *
+ * The tensor-core variants (f16/bf16, D 64 or 128) take the rows in
+ * groups of 8 (dac_decn_kernel, transposed MMAs: up to 8 rows per kv head)
+ * or 16 (dac_decm_kernel) instead; both are below.
+ *
  * Pass 2, dac_dec_combine: one block per output row merges the chunks by
  * their maxima and sums, writes O (in the dtype, at the caller's strides)
  * and, where asked, the log-sum-exp.
@@ -87,6 +91,34 @@ struct dac_dec_part {
   float2 *ml;   /* [row][nch]: (max, sum), log2 domain */
   int nch, C, RB, nrg;
 };
+
+/* Merge the chunks of one output row (b, h, i) for element e: O (in the
+ * dtype, at the caller's strides) and, for e == 0, the log-sum-exp. */
+template <typename T, int D>
+__device__ __forceinline__ void dac_dec_merge_row(const dac_args &a, const dac_dec_part &P,
+                                                  const dac_seq &sq, int b, int h, int i, int e) {
+  const size_t pr = (((size_t)b * a.heads + h) * a.seq_q + i) * P.nch;
+  float M = -INFINITY;
+  for (int c = 0; c < P.nch; c++) M = fmaxf(M, P.ml[pr + c].x);
+  const float Mu = M == -INFINITY ? 0.0f : M;
+  float o = 0.0f, L = 0.0f;
+  for (int c = 0; c < P.nch; c++) {
+    const float2 ml = P.ml[pr + c];
+    if (ml.x == -INFINITY) continue; /* empty chunk: its acc was not written */
+    const float w = dac_ex2(ml.x - Mu);
+    o = fmaf(w, P.acc[(pr + c) * D + e], o);
+    L = fmaf(w, ml.y, L);
+  }
+  int lo, hi;
+  dac_win(a, i, sq.lq, sq.lk, lo, hi);
+  const bool seen = lo <= hi;
+  const size_t oi = (size_t)(b * a.ost[0] + h * a.ost[1] + (sq.q0 + i) * a.ost[2]) + e;
+  dec_io<T>::st1((T *)a.o + oi, o * dac_inv_sum(L, seen));
+  if (a.lse && e == 0) /* natural log: (M + log2 L) ln 2 (SPEC 1) */
+    a.lse[dac_lse_at(a, b, h, sq, i)] =
+        !seen ? -INFINITY
+              : L > 0.0f ? (M + log2f(L)) * 0.69314718055994531f : __int_as_float(0x7fc00000);
+}
 
 template <typename T, int D, int RB>
 __global__ void __launch_bounds__(DEC_THREADS, 3)
@@ -377,9 +409,12 @@ __global__ void __launch_bounds__(DEC_THREADS, 2)
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   const float sl2 = a.scale_log2;
 
-  for (int base = kbeg + warp * 16; base < kend; base += DEC_WARPS * 16) {
-    /* K: key g of tiles 0 and 1; V: rows 2c, 2c+1, 2c+8, 2c+9 */
-    uint4 kr[2][PC], vr[4][VU];
+  /* K: key g of tiles 0 and 1; V: rows 2c, 2c+1, 2c+8, 2c+9 of a step.
+   * Software pipelined: the next step's K is loaded as soon as this step's
+   * S is computed, its V as soon as this step's P V is, so the loads are in
+   * flight during the softmax and the MMAs. */
+  uint4 kr[2][PC], vr[4][VU];
+  auto load_k = [&](int base) {
 #pragma unroll
     for (int t = 0; t < 2; t++) {
       const int j = base + 8 * t + g;
@@ -392,6 +427,8 @@ __global__ void __launch_bounds__(DEC_THREADS, 2)
         for (int u = 0; u < PC; u++) kr[t][u] = make_uint4(0, 0, 0, 0);
       }
     }
+  };
+  auto load_v = [&](int base) {
 #pragma unroll
     for (int q4 = 0; q4 < 4; q4++) {
       const int j = base + 2 * c + (q4 & 1) + 8 * (q4 >> 1);
@@ -404,6 +441,13 @@ __global__ void __launch_bounds__(DEC_THREADS, 2)
         for (int u = 0; u < VU; u++) vr[q4][u] = make_uint4(0, 0, 0, 0);
       }
     }
+  };
+  if (kbeg + warp * 16 < kend) {
+    load_k(kbeg + warp * 16);
+    load_v(kbeg + warp * 16);
+  }
+  for (int base = kbeg + warp * 16; base < kend; base += DEC_WARPS * 16) {
+    const int next = base + DEC_WARPS * 16;
     /* S = Q K^T for the two 8-key tiles */
     float sc[2][4];
 #pragma unroll
@@ -415,6 +459,7 @@ __global__ void __launch_bounds__(DEC_THREADS, 2)
         op::mma(sc[t], qa[2 * u + 1], kr[t][u].z, kr[t][u].w);
       }
     }
+    if (next < kend) load_k(next);
     /* online softmax of rows g (h2 0) and g + 8 (h2 1), log2 domain */
     float alpha[2];
 #pragma unroll
@@ -469,6 +514,7 @@ __global__ void __launch_bounds__(DEC_THREADS, 2)
       const uint32_t b1 = __byte_perm(w2[j >> 1], w3[j >> 1], sel);
       op::mma(acc[j], pa, b0, b1);
     }
+    if (next < kend) load_v(next);
   }
 
   /* row sums over the 4 threads of a row; then merge the warps */
@@ -510,33 +556,250 @@ __global__ void __launch_bounds__(DEC_THREADS, 2)
   }
 }
 
+/* The narrow tensor-core variant (f16/bf16, D 64 or 128) for at most 8
+ * query rows per kv head (GQA decode: 4 or 8 rows), transposed: S^T = K Q^T
+ * with 16 keys as the MMA's rows and the 8 query rows as its columns, and
+ * O^T += V^T P^T with 16 head dimensions as rows, so no MMA row is padding
+ * and each warp holds half the accumulators of the 16-row kernel (more
+ * blocks fit, more loads are in flight). K and V are loaded exactly as
+ * there (thread (g, c): keys g and g + 8 of the step, pieces c, c + 4, ... of
+ * K; keys 2c, 2c + 1, 2c + 8, 2c + 9 of V at elements E g ... E g + E - 1,
+ * E = D/8). K's pieces are the A fragments as loaded (Q's B fragments use
+ * the same order of the head dimension); V's are paired by byte permutes
+ * into A fragments where row g / g + 8 of m-tile j is element E g + 2j /
+ * E g + 2j + 1; P^T's B fragments come from S^T's C fragments by two 8x8
+ * transposes in registers (movmatrix). */
+#define DECN_ROWS 8
+
+__device__ __forceinline__ uint32_t dac_movmatrix_t(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(DEC_THREADS, 3)
+    dac_decn_kernel(dac_args a, dac_dec_part P) {
+  using op = dac_mma_op<T>;
+  constexpr int PC = D / 32;  /* 16-byte pieces of a K row per thread */
+  constexpr int KS = D / 16;  /* k-steps of S^T */
+  constexpr int E = D / 8;    /* elements of a V row per thread */
+  constexpr int VU = E / 8;   /* 16-byte pieces of those */
+  constexpr int MT = D / 16;  /* m-tiles of O^T */
+  __shared__ float g_m[DEC_WARPS][DECN_ROWS], g_l[DEC_WARPS][DECN_ROWS];
+  extern __shared__ float g_acc[]; /* [DEC_WARPS][DECN_ROWS][D] */
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int rg = blockIdx.x % P.nrg, chunk = blockIdx.x / P.nrg;
+  const int hk = blockIdx.y, b = blockIdx.z;
+  const int hpk = a.heads / a.kv_heads;
+  const int R = hpk * a.seq_q;
+  const dac_seq sq = dac_seq_of(a, b);
+  const int lq = sq.lq, lk = sq.lk;
+
+  int klo = INT_MAX, khi = -1;
+  for (int r = 0; r < DECN_ROWS; r++) {
+    const int rr = rg * DECN_ROWS + r, i = rr % a.seq_q;
+    if (rr >= R || i >= lq) continue;
+    int lo, hi;
+    dac_win(a, i, lq, lk, lo, hi);
+    if (lo <= hi) {
+      klo = min(klo, lo);
+      khi = max(khi, hi);
+    }
+  }
+  /* this thread's two rows of S^T's columns: 2c and 2c + 1 */
+  int lo[2], hi[2];
+#pragma unroll
+  for (int e = 0; e < 2; e++) {
+    const int rr = rg * DECN_ROWS + 2 * c + e, i = rr % a.seq_q;
+    lo[e] = 1, hi[e] = 0;
+    if (rr < R && i < lq) dac_win(a, i, lq, lk, lo[e], hi[e]);
+  }
+  const int c0 = chunk * P.C;
+  const int kbeg = max(c0, klo), kend = min(c0 + P.C, khi + 1);
+  const size_t prow0 = ((size_t)b * a.heads + (size_t)hk * hpk) * a.seq_q;
+  if (kbeg >= kend) {
+    if (tid < DECN_ROWS) {
+      const int rr = rg * DECN_ROWS + tid;
+      if (rr < R && rr % a.seq_q < lq)
+        P.ml[(prow0 + rr) * P.nch + chunk] = make_float2(-INFINITY, 0.0f);
+    }
+    return;
+  }
+
+  /* Q's B fragments (row g), in the K pieces' order */
+  uint32_t qb[KS][2];
+  {
+    const int rr = rg * DECN_ROWS + g, i = rr % a.seq_q;
+    const long long h = (long long)hk * hpk + rr / a.seq_q;
+    const T *qr = rr < R && i < lq ? (const T *)a.q + (b * a.qst[0] + h * a.qst[1] + (sq.q0 + i) * a.qst[2])
+                                   : NULL;
+#pragma unroll
+    for (int u = 0; u < PC; u++)
+#pragma unroll
+      for (int w = 0; w < 2; w++) {
+        const int e0 = 8 * (c + 4 * u) + 4 * w;
+        float x[4];
+#pragma unroll
+        for (int t = 0; t < 4; t++) x[t] = qr ? dec_io<T>::ld1(qr + e0 + t) : 0.0f;
+        qb[2 * u + w][0] = op::pack(x[0], x[1]);
+        qb[2 * u + w][1] = op::pack(x[2], x[3]);
+      }
+  }
+
+  const T *kbase = (const T *)a.k + (size_t)(b * a.kst[0] + hk * a.kst[1] + sq.k0 * a.kst[2]);
+  const T *vbase = (const T *)a.v + (size_t)(b * a.vst[0] + hk * a.vst[1] + sq.k0 * a.vst[2]);
+  float acc[MT][4];
+#pragma unroll
+  for (int j = 0; j < MT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  const float sl2 = a.scale_log2;
+
+  uint4 kr[2][PC], vr[4][VU];
+  auto load_k = [&](int base) {
+#pragma unroll
+    for (int t = 0; t < 2; t++) {
+      const int j = base + 8 * t + g;
+      if (j < kend) {
+        const uint4 *src = (const uint4 *)(kbase + (long long)j * a.kst[2]);
+#pragma unroll
+        for (int u = 0; u < PC; u++) kr[t][u] = __ldg(src + c + 4 * u);
+      } else {
+#pragma unroll
+        for (int u = 0; u < PC; u++) kr[t][u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  auto load_v = [&](int base) {
+#pragma unroll
+    for (int q4 = 0; q4 < 4; q4++) {
+      const int j = base + 2 * c + (q4 & 1) + 8 * (q4 >> 1);
+      if (j < kend) {
+        const uint4 *src = (const uint4 *)(vbase + (long long)j * a.vst[2] + E * g);
+#pragma unroll
+        for (int u = 0; u < VU; u++) vr[q4][u] = __ldg(src + u);
+      } else {
+#pragma unroll
+        for (int u = 0; u < VU; u++) vr[q4][u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  if (kbeg + warp * 16 < kend) {
+    load_k(kbeg + warp * 16);
+    load_v(kbeg + warp * 16);
+  }
+  for (int base = kbeg + warp * 16; base < kend; base += DEC_WARPS * 16) {
+    const int next = base + DEC_WARPS * 16;
+    /* S^T: keys g (sc 0, 1) and g + 8 (sc 2, 3) x rows 2c, 2c + 1 */
+    float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int u = 0; u < PC; u++) {
+      const uint32_t a0[4] = {kr[0][u].x, kr[1][u].x, kr[0][u].y, kr[1][u].y};
+      const uint32_t a1[4] = {kr[0][u].z, kr[1][u].z, kr[0][u].w, kr[1][u].w};
+      op::mma(sc, a0, qb[2 * u][0], qb[2 * u][1]);
+      op::mma(sc, a1, qb[2 * u + 1][0], qb[2 * u + 1][1]);
+    }
+    if (next < kend) load_k(next);
+    /* online softmax of rows 2c (e 0) and 2c + 1 (e 1), log2 domain; the
+     * keys of a row are spread over g: lanes xor 4, 8, 16 */
+    float alpha[2];
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int t = 0; t < 2; t++) {
+        const int j = base + g + 8 * t;
+        float x = sc[2 * t + e] * sl2;
+        if (j < lo[e] || j > hi[e] || j >= kend) x = -INFINITY;
+        sc[2 * t + e] = x;
+        mx = fmaxf(mx, x);
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+      const float mn = fmaxf(m[e], mx);
+      const float mu = mn == -INFINITY ? 0.0f : mn;
+      alpha[e] = dac_ex2(m[e] - mu);
+      float ps = 0.0f;
+#pragma unroll
+      for (int t = 0; t < 2; t++) {
+        const float pv = dac_ex2(sc[2 * t + e] - mu);
+        sc[2 * t + e] = pv;
+        ps += pv;
+      }
+      l[e] = l[e] * alpha[e] + ps; /* this thread's keys; summed at the end */
+      m[e] = mn;
+    }
+#pragma unroll
+    for (int j = 0; j < MT; j++) {
+      acc[j][0] *= alpha[0];
+      acc[j][1] *= alpha[1];
+      acc[j][2] *= alpha[0];
+      acc[j][3] *= alpha[1];
+    }
+    /* P^T's B fragment: the 8x8 blocks (keys 0-7, 8-15) x rows, transposed */
+    const uint32_t pb0 = dac_movmatrix_t(op::pack(sc[0], sc[1]));
+    const uint32_t pb1 = dac_movmatrix_t(op::pack(sc[2], sc[3]));
+    const uint32_t *w0 = (const uint32_t *)vr[0], *w1 = (const uint32_t *)vr[1];
+    const uint32_t *w2 = (const uint32_t *)vr[2], *w3 = (const uint32_t *)vr[3];
+#pragma unroll
+    for (int j = 0; j < MT; j++) {
+      const uint32_t av[4] = {__byte_perm(w0[j], w1[j], 0x5410), __byte_perm(w0[j], w1[j], 0x7632),
+                              __byte_perm(w2[j], w3[j], 0x5410), __byte_perm(w2[j], w3[j], 0x7632)};
+      op::mma(acc[j], av, pb0, pb1);
+    }
+    if (next < kend) load_v(next);
+  }
+
+  /* row sums over the 8 threads of a row (lanes xor 4, 8, 16); merge warps */
+#pragma unroll
+  for (int e = 0; e < 2; e++) {
+    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 4);
+    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 8);
+    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 16);
+  }
+  if (g == 0) {
+    g_m[warp][2 * c] = m[0], g_m[warp][2 * c + 1] = m[1];
+    g_l[warp][2 * c] = l[0], g_l[warp][2 * c + 1] = l[1];
+  }
+#pragma unroll
+  for (int j = 0; j < MT; j++) {
+    float *w0r = g_acc + ((size_t)warp * DECN_ROWS + 2 * c) * D + E * g + 2 * j;
+    float *w1r = w0r + D;
+    w0r[0] = acc[j][0];
+    w1r[0] = acc[j][1];
+    w0r[1] = acc[j][2];
+    w1r[1] = acc[j][3];
+  }
+  __syncthreads();
+  for (int x = tid; x < DECN_ROWS * D; x += DEC_THREADS) {
+    const int r = x / D, e = x % D, rr = rg * DECN_ROWS + r;
+    if (rr >= R || rr % a.seq_q >= lq) continue;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, g_m[w][r]);
+    const float Mu = M == -INFINITY ? 0.0f : M;
+    float o = 0.0f, L = 0.0f;
+#pragma unroll
+    for (int w = 0; w < DEC_WARPS; w++) {
+      const float wt = dac_ex2(g_m[w][r] - Mu);
+      o = fmaf(wt, g_acc[((size_t)w * DECN_ROWS + r) * D + e], o);
+      L = fmaf(wt, g_l[w][r], L);
+    }
+    const size_t pr = (prow0 + rr) * P.nch + chunk;
+    P.acc[pr * D + e] = o;
+    if (e == 0) P.ml[pr] = make_float2(M, L);
+  }
+}
+
 /* Pass 2: block (row i, head h, batch b) of D threads */
 template <typename T, int D>
 __global__ void __launch_bounds__(D) dac_dec_combine(dac_args a, dac_dec_part P) {
-  const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z, e = threadIdx.x;
+  const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const dac_seq sq = dac_seq_of(a, b);
-  if (i >= sq.lq) return;
-  const size_t pr = (((size_t)b * a.heads + h) * a.seq_q + i) * P.nch;
-  float M = -INFINITY;
-  for (int c = 0; c < P.nch; c++) M = fmaxf(M, P.ml[pr + c].x);
-  const float Mu = M == -INFINITY ? 0.0f : M;
-  float o = 0.0f, L = 0.0f;
-  for (int c = 0; c < P.nch; c++) {
-    const float2 ml = P.ml[pr + c];
-    if (ml.x == -INFINITY) continue; /* empty chunk: its acc was not written */
-    const float w = dac_ex2(ml.x - Mu);
-    o = fmaf(w, P.acc[(pr + c) * D + e], o);
-    L = fmaf(w, ml.y, L);
-  }
-  int lo, hi;
-  dac_win(a, i, sq.lq, sq.lk, lo, hi);
-  const bool seen = lo <= hi;
-  const size_t oi = (size_t)(b * a.ost[0] + h * a.ost[1] + (sq.q0 + i) * a.ost[2]) + e;
-  dec_io<T>::st1((T *)a.o + oi, o * dac_inv_sum(L, seen));
-  if (a.lse && e == 0) /* natural log: (M + log2 L) ln 2 (SPEC 1) */
-    a.lse[dac_lse_at(a, b, h, sq, i)] =
-        !seen ? -INFINITY
-              : L > 0.0f ? (M + log2f(L)) * 0.69314718055994531f : __int_as_float(0x7fc00000);
+  if (i < sq.lq) dac_dec_merge_row<T, D>(a, P, sq, b, h, i, threadIdx.x);
 }
 
 template <typename T, int D, int RB>
@@ -574,6 +837,18 @@ static cudaError_t dac_decm_launch(const dac_args *a, const dac_dec_part *P, cud
   return cudaGetLastError();
 }
 
+template <typename T, int D>
+static cudaError_t dac_decn_launch(const dac_args *a, const dac_dec_part *P, cudaStream_t s) {
+  const size_t bytes = (size_t)DEC_WARPS * DECN_ROWS * D * sizeof(float);
+  dim3 grid((unsigned)(P->nrg * P->nch), (unsigned)a->kv_heads, (unsigned)a->batch);
+  dac_decn_kernel<T, D><<<grid, DEC_THREADS, bytes, s>>>(*a, *P);
+  cudaError_t e;
+  if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  dim3 g2((unsigned)a->seq_q, (unsigned)a->heads, (unsigned)a->batch);
+  dac_dec_combine<T, D><<<g2, D, 0, s>>>(*a, *P);
+  return cudaGetLastError();
+}
+
 /* RB: rows per block, as the host picked (DECM_ROWS: the tensor-core
  * kernel, f16/bf16 and D 64 or 128 only) */
 template <typename T, int D>
@@ -582,8 +857,12 @@ static cudaError_t dac_dec_launch_d(const dac_args *a, const dac_dec_part *P, cu
   case 1: return dac_dec_launch_rb<T, D, 1>(a, P, s);
   case 2: return dac_dec_launch_rb<T, D, 2>(a, P, s);
   case 4: return dac_dec_launch_rb<T, D, 4>(a, P, s);
+  case DECN_ROWS:
+    if constexpr (sizeof(T) == 2 && D <= 128) return dac_decn_launch<T, D>(a, P, s);
+    return cudaErrorInvalidValue;
   case DECM_ROWS:
-    if constexpr (sizeof(T) == 2 && D <= 128) return dac_decm_launch<T, D>(a, P, s);
+    if constexpr (sizeof(T) == 2 && D <= 128)
+      return dac_decm_launch<T, D>(a, P, s);
     return cudaErrorInvalidValue;
   default: return cudaErrorInvalidValue;
   }
@@ -597,6 +876,65 @@ static cudaError_t dac_dec_launch_t(const dac_args *a, const dac_dec_part *P, cu
   case 256: return dac_dec_launch_d<T, 256>(a, P, s);
   default: return cudaErrorInvalidValue;
   }
+}
+
+/* Blocks of the pass-1 kernel the launcher picks for (D, RB) that fit
+ * on one multiprocessor at once (the host sizes the chunks from it). */
+template <typename K>
+static cudaError_t dac_occ_of(K kernel, size_t bytes, int *blocks) {
+  if (bytes > 48 * 1024) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (e != cudaSuccess) return e;
+  }
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, kernel, DEC_THREADS, bytes);
+}
+
+template <typename T, int D>
+static cudaError_t dac_dec_occupancy_d(int RB, int *blocks) {
+  constexpr int NG = DEC_WARPS * (32 / (D / 16));
+  const size_t rb_bytes = ((size_t)RB * D + 2 * (size_t)NG * RB + (size_t)NG * RB * D) * 4;
+  switch (RB) {
+  case 1: return dac_occ_of(dac_dec_kernel<T, D, 1>, rb_bytes, blocks);
+  case 2: return dac_occ_of(dac_dec_kernel<T, D, 2>, rb_bytes, blocks);
+  case 4: return dac_occ_of(dac_dec_kernel<T, D, 4>, rb_bytes, blocks);
+  default: break;
+  }
+  if constexpr (sizeof(T) == 2 && D <= 128)
+    if (RB == DECN_ROWS)
+      return dac_occ_of(dac_decn_kernel<T, D>, (size_t)DEC_WARPS * DECN_ROWS * D * 4, blocks);
+  if constexpr (sizeof(T) == 2 && D <= 128)
+    if (RB == DECM_ROWS) {
+      const size_t mbytes = (size_t)DEC_WARPS * DECM_ROWS * D * 4;
+      return dac_occ_of(dac_decm_kernel<T, D>, mbytes, blocks);
+    }
+  return cudaErrorInvalidValue;
+}
+
+template <typename T>
+static cudaError_t dac_dec_occupancy(int D, int RB, int *blocks) {
+  *blocks = 0;
+  switch (D) {
+  case 64: return dac_dec_occupancy_d<T, 64>(RB, blocks);
+  case 128: return dac_dec_occupancy_d<T, 128>(RB, blocks);
+  case 256: return dac_dec_occupancy_d<T, 256>(RB, blocks);
+  default: return cudaErrorInvalidValue;
+  }
+}
+
+/* The launchers' body (cuda_decode_<dtype>.cu): part as dac_plan.dec_part,
+ * [rows][nch][D] partial outputs then [rows][nch] (max, sum). */
+template <typename T>
+static cudaError_t dac_dec_run(const dac_args *a, float *part, int nch, int C, int RB, int nrg,
+                               cudaStream_t s) {
+  dac_dec_part P;
+  P.acc = part;
+  P.ml = (float2 *)(part + (size_t)a->batch * a->heads * a->seq_q * nch * a->d);
+  P.nch = nch;
+  P.C = C;
+  P.RB = RB;
+  P.nrg = nrg;
+  return dac_dec_launch_t<T>(a, &P, s);
 }
 
 #endif /* DA_CUDA_DECODE_CUH */

@@ -119,14 +119,19 @@ DAC_HIDDEN cudaError_t dac_launch_mma_f16_ext(const dac_args *a, int br, cudaStr
 DAC_HIDDEN cudaError_t dac_launch_mma_bf16_ext(const dac_args *a, int br, cudaStream_t s);
 /* Split-KV decode of exact attention (cuda_decode.cuh), one launcher per
  * dtype: a's strides, lengths, window and LSE are used for dense calls too
- * (filled from the plan); part as dac_plan.dec_part. cudaErrorInvalidValue
+ * (filled from the plan); part as dac_plan.dec_part. The occupancy
+ * function gives the pass-1 blocks of (d, RB) one multiprocessor holds.
+ * cudaErrorInvalidValue
  * for a head_dim or RB the kernels lack (64, 128, 256; 1, 2, 4). */
 DAC_HIDDEN cudaError_t dac_launch_decode_f16(const dac_args *a, float *part, int nch, int C,
                                              int RB, int nrg, cudaStream_t s);
+DAC_HIDDEN cudaError_t dac_occupancy_decode_f16(int d, int RB, int *blocks);
 DAC_HIDDEN cudaError_t dac_launch_decode_bf16(const dac_args *a, float *part, int nch, int C,
-                                              int RB, int nrg, cudaStream_t s);
+                                             int RB, int nrg, cudaStream_t s);
+DAC_HIDDEN cudaError_t dac_occupancy_decode_bf16(int d, int RB, int *blocks);
 DAC_HIDDEN cudaError_t dac_launch_decode_f32(const dac_args *a, float *part, int nch, int C,
                                              int RB, int nrg, cudaStream_t s);
+DAC_HIDDEN cudaError_t dac_occupancy_decode_f32(int d, int RB, int *blocks);
 /* Tensor-core attention, f16/bf16, d in {64, 128}; returns
  * cudaErrorInvalidValue for a shape it lacks. */
 DAC_HIDDEN cudaError_t dac_launch_mma(const dac_args *a, int br, cudaStream_t s);
