@@ -55,7 +55,7 @@ cuda/cuda_hash_g8.lo: $(top_srcdir)/cuda/cuda_hash_g8.cu $(DAC_HASH_DEPS)
 EXTRA_DIST += bench/cuda_check.c bench/cuda_gpu_run.sh \
 	bench/bench_cuda_vs_fa2.py bench/cuda-h100.txt bench/cuda-h200.txt \
 	bench/hash_bench.cu bench/gpu_check.sh bench/cuda-notes.md scripts/gen_wgmma.py \
-	bench/decode_race.py
+	bench/decode_race.py bench/bwd_race.py
 noinst_HEADERS += cuda/cuda_internal.h cuda/cuda_dev.cuh cuda/cuda_wgmma_ops.cuh \
 	cuda/cuda_hash.cuh cuda/cuda_hash_kernel.cuh cuda/cuda_mma.cuh cuda/cuda_decode.cuh \
 	cuda/cuda_bwd.cuh cuda/cuda_bwd_mma.cuh
