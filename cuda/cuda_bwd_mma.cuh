@@ -244,6 +244,7 @@ __global__ void __launch_bounds__(128) dac_bwd_mma_kernel(dac_bwd_args a) {
 #endif
 }
 
+#ifdef __CUDACC__ /* the launches (tools/cuda_emu runs the kernel on the host) */
 template <typename T, int D> static cudaError_t launch_bwd_mma_d(const dac_bwd_args *a, cudaStream_t s) {
   typedef dac_bwd_mma_cfg<D> cfg;
   const size_t smem = cfg::template smem<T>();
@@ -260,5 +261,6 @@ template <typename T> static cudaError_t launch_bwd_mma(const dac_bwd_args *a, c
   if (a->d == 128) return launch_bwd_mma_d<T, 128>(a, s);
   return cudaErrorInvalidValue;
 }
+#endif
 
 #endif /* DA_CUDA_BWD_MMA_CUH */

@@ -58,7 +58,7 @@ EXTRA_DIST += bench/cuda_check.c bench/cuda_gpu_run.sh \
 	bench/decode_race.py bench/bwd_race.py
 noinst_HEADERS += cuda/cuda_internal.h cuda/cuda_dev.cuh cuda/cuda_wgmma_ops.cuh \
 	cuda/cuda_hash.cuh cuda/cuda_hash_kernel.cuh cuda/cuda_mma.cuh cuda/cuda_decode.cuh \
-	cuda/cuda_bwd.cuh cuda/cuda_bwd_mma.cuh
+	cuda/cuda_bwd.cuh cuda/cuda_bwd_kern.cuh cuda/cuda_bwd_mma.cuh
 
 if HAVE_CUDA
 backend_LTLIBRARIES += cuda/distrattn_cuda.la
@@ -86,6 +86,7 @@ cuda/cuda_mma_f16.lo cuda/cuda_mma_bf16.lo cuda/cuda_mma_f16_ext.lo \
 cuda/cuda_decode_f16.lo cuda/cuda_decode_bf16.lo \
 	cuda/cuda_decode_f32.lo: $(top_srcdir)/cuda/cuda_decode.cuh
 cuda/cuda_bwd.lo cuda/cuda_backend.lo: $(top_srcdir)/cuda/cuda_bwd.cuh
+cuda/cuda_bwd.lo: $(top_srcdir)/cuda/cuda_bwd_kern.cuh
 cuda/cuda_bwd_mma_f16.lo cuda/cuda_bwd_mma_bf16.lo: $(top_srcdir)/cuda/cuda_bwd.cuh \
 	$(top_srcdir)/cuda/cuda_bwd_mma.cuh $(top_srcdir)/cuda/cuda_mma.cuh
 endif
