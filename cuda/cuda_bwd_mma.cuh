@@ -215,8 +215,13 @@ __global__ void __launch_bounds__(128) dac_bwd_mma_kernel(dac_bwd_args a) {
           float *er = a.dacc + (bh * a.seq_q + i) * D + n0 + 2 * t4;
 #pragma unroll
           for (int nt = 0; nt < NQ / 8; nt++) {
+#if __CUDA_ARCH__ >= 900 /* one 8-byte atomic for the pair (the column is even) */
+            atomicAdd(reinterpret_cast<float2 *>(er + nt * 8),
+                      make_float2(eq[nt][2 * hf], eq[nt][2 * hf + 1]));
+#else
             atomicAdd(er + nt * 8, eq[nt][2 * hf]);
             atomicAdd(er + nt * 8 + 1, eq[nt][2 * hf + 1]);
+#endif
           }
         }
       }

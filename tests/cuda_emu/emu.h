@@ -169,6 +169,12 @@ inline float atomicAdd(float *p, float v) {
   *p = o + v;
   return o;
 }
+inline float2 atomicAdd(float2 *p, float2 v) {
+  const float2 o = *p;
+  p->x = o.x + v.x;
+  p->y = o.y + v.y;
+  return o;
+}
 
 /* ---- cuda/cuda_dev.cuh's helpers ---- */
 template <typename T> struct dac_cvt;
