@@ -38,16 +38,17 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
-def graph_time(fn, iters, reps):
-    """Milliseconds per call of fn, iters calls in one CUDA graph, best of reps replays."""
-    s = torch.cuda.Stream()
+def graph_time(fn, iters, reps, stream):
+    """Milliseconds per call of fn, iters calls in one CUDA graph captured
+    on stream, best of reps replays."""
+    s = stream
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        fn()  # warm-up outside the capture: contexts, plans, cuDNN's plans
+        fn()  # warm-up on the capture's stream: our context and plan, cuDNN's plans
     torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    with torch.cuda.graph(g, stream=s):
         for _ in range(iters):
             fn()
     torch.cuda.synchronize()
@@ -85,16 +86,20 @@ def ours_fns(q, k, v, dout, causal, G, fusion):
     return fwd, bwd, bwd()
 
 
-def sdpa_fns(backend, q, k, v, dout, causal):
+def sdpa_fns(backend, q, k, v, dout, causal, stream):
     """Closures for SDPA's forward and backward on one backend, and its
-    gradients; None when the backend refuses the shape."""
+    gradients; None when the backend refuses the shape. The forward whose
+    backward is timed runs on stream, the stream the backward is captured
+    on (autograd runs a backward op on its forward op's stream)."""
     qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    stream.wait_stream(torch.cuda.current_stream())
     try:
-        with sdpa_kernel(backend):
+        with torch.cuda.stream(stream), sdpa_kernel(backend):
             o = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
-        grads = torch.autograd.grad(o, (qg, kg, vg), dout, retain_graph=True)
+            grads = torch.autograd.grad(o, (qg, kg, vg), dout, retain_graph=True)
         torch.cuda.synchronize()
     except Exception:  # noqa: BLE001 (a backend that refuses the shape)
+        torch.cuda.synchronize()
         return None
 
     def fwd():
@@ -127,6 +132,7 @@ def main():
     fus = 0 if args.fusion == "mean" else 1
     b, h = args.batch, args.heads
     groups = [int(x) for x in args.groups.split(",")]
+    cs = torch.cuda.Stream()  # every capture's stream (and the timed SDPA forwards')
     print("GPU: %s; torch %s; batch %d x heads %d, %s, fusion %s (G > 1)"
           % (torch.cuda.get_device_name(), torch.__version__, b, h, args.dtype, args.fusion))
     cols = ["d", "seq", "causal", "impl", "fwd ms", "bwd ms", "fwd TF/s", "bwd TF/s",
@@ -145,12 +151,12 @@ def main():
                 sd = {}
                 for name, be in (("flash", SDPBackend.FLASH_ATTENTION),
                                  ("cuDNN", SDPBackend.CUDNN_ATTENTION)):
-                    fns = sdpa_fns(be, q, k, v, dout, causal)
+                    fns = sdpa_fns(be, q, k, v, dout, causal, cs)
                     if fns is None:
                         sd[name] = None
                         continue
-                    tf = graph_time(fns[0], args.iters, args.reps)
-                    tb = graph_time(fns[1], args.iters, args.reps)
+                    tf = graph_time(fns[0], args.iters, args.reps, cs)
+                    tb = graph_time(fns[1], args.iters, args.reps, cs)
                     sd[name] = (tf, tb, fns[2])
                     del fns
                 ref = next((x[2] for x in sd.values() if x is not None), None)
@@ -163,13 +169,12 @@ def main():
                     note = ""
                     if G == 1:
                         if ref is None:
-                            with sdpa_kernel(SDPBackend.MATH):
-                                _, _, ref = sdpa_fns(SDPBackend.MATH, q, k, v, dout, causal)
+                            _, _, ref = sdpa_fns(SDPBackend.MATH, q, k, v, dout, causal, cs)
                         err = max(rel(a, r) for a, r in zip(grads, ref))
                         worst = max(worst, err)
                         note = " (grad err %.1e)" % err
-                    tf = graph_time(fwd, args.iters, args.reps)
-                    tb = graph_time(bwd, args.iters, args.reps)
+                    tf = graph_time(fwd, args.iters, args.reps, cs)
+                    tb = graph_time(bwd, args.iters, args.reps, cs)
                     rows.append(("ours " + ("exact" if G == 1 else "G=%d" % G) + note, tf, tb))
                     del fwd, bwd, grads
                 for impl, tf, tb in rows:
