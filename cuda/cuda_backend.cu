@@ -863,7 +863,9 @@ static da_status dac_attention_ext(da_plan *p, const da_call *c) {
  * head_dim (64, 128), the GPU (sm_80 on) and the alignment of every row
  * (16 bytes: the call's pointers at their offsets and the strides) allow,
  * else SIMT. DISTRATTN_CUDA_BWD="simt" forces the SIMT kernel, "mma"
- * demands the tensor-core one (a call it cannot run is refused). */
+ * demands the tensor-core one (a call it cannot run is refused);
+ * DISTRATTN_CUDA_BWD_KEYS="64" gives the tensor-core kernel blocks of 64
+ * keys (4 warps) instead of 128 (8 warps), for measurements. */
 static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
@@ -889,6 +891,10 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   int env;
   da_status st = da_env_word(ctx, "DISTRATTN_CUDA_BWD", words, 2, "\"simt\" or \"mma\"", &env);
   if (st) return st;
+  static const char *const keys[] = {"64", "128"};
+  int env_keys;
+  st = da_env_word(ctx, "DISTRATTN_CUDA_BWD_KEYS", keys, 2, "\"64\" or \"128\"", &env_keys);
+  if (st) return st;
   DAC_SETDEV(ctx);
   const int G = d->group_size > 1 ? d->group_size : 1;
   dac_bwd_args a;
@@ -913,6 +919,7 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   a.sc_log2 = da_log2_mul(d->scale); /* SPEC 1, "Scale"; as lib/cpu_bwd.c */
   a.sc = (float)((double)a.sc_log2 / DA_LOG2E);
   a.dt = d->dtype;
+  a.bc = env_keys == 0 ? 64 : 128; /* the tensor-core kernel: 8 warps of 16 keys unless asked */
   if (d->batch <= 0 || d->heads <= 0 || d->seq_q <= 0 || d->seq_k <= 0) return DA_SUCCESS;
 
   /* 16-byte rows: the tensor-core kernel moves 16-byte pieces (cp.async)

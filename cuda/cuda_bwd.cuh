@@ -47,6 +47,7 @@ typedef struct dac_bwd_args {
   float sc_log2;          /* da_log2_mul(scale): P = 2^(l sc_log2 - LSE log2 e) */
   float sc;               /* sc_log2 / log2 e: the gradients' scale */
   da_dtype dt;
+  int bc;                 /* the tensor-core kernel's keys per block: 64 or 128 */
 } dac_bwd_args;
 
 #ifdef __cplusplus

@@ -3,9 +3,9 @@
  * bf16, head_dim D = 64 or 128, mma.sync m16n8k16 with f32 accumulation,
  * fed by ldmatrix with the forward's fragment patterns (cuda_mma.cuh).
  *
- * Block (key block of BC = 64 keys, kv head, batch), 4 warps; warp w owns
- * keys 16w..16w+15 of the block and their dK, dV accumulators (registers,
- * [D/8][4] each). K and V stay in shared memory; the query heads of the kv
+ * Block (key block of BC = 16 WARPS keys, kv head, batch), WARPS warps (4
+ * or 8: dac_bwd_args.bc 64 or 128 keys); warp w owns keys 16w..16w+15 of
+ * the block and their dK, dV accumulators (registers, [D/8][4] each). K and V stay in shared memory; the query heads of the kv
  * head and their blocks of BR query rows (64 at D = 64, 32 at D = 128, for
  * the registers) stream through two slots of Q and dO, brought in with
  * cp.async one step ahead. Per step, in each warp:
@@ -14,7 +14,7 @@
  *   dS^T = P^T o (dP^T - D);
  *   dV += P^T dO, dK += dS^T Q (A: P^T, dS^T from the accumulators as the
  *   forward turns P into A fragments; B: dO, Q through ldmatrix .trans);
- * dS^T goes to shared memory as dS [BR][BC]; after a barrier the 4 warps
+ * dS^T goes to shared memory as dS [BR][BC]; after a barrier the warps
  * compute E = dS K (A: dS rows, B: K through .trans) over [BR][D], split
  * into m-tiles and column halves, and add it to the f32 accumulator with
  * atomics. The logits' Q is Q itself or the expanded Q of G > 1 (dense, in
@@ -31,8 +31,8 @@ template <> __device__ __forceinline__ __nv_bfloat16 bwd_to<__nv_bfloat16>(float
   return __float2bfloat16_rn(x);
 }
 
-template <int D> struct dac_bwd_mma_cfg {
-  static constexpr int BC = 64, BR = D == 64 ? 64 : 32, NT = 128;
+template <int D, int WARPS> struct dac_bwd_mma_cfg {
+  static constexpr int BC = 16 * WARPS, BR = D == 64 ? 64 : 32, NT = 32 * WARPS;
   static constexpr int LD = D + 8, LDS = BC + 8;
   template <typename T> static constexpr size_t smem() {
     return sizeof(T) * (2 * (size_t)BC * LD + 4 * (size_t)BR * LD + (size_t)BR * LDS) +
@@ -40,11 +40,11 @@ template <int D> struct dac_bwd_mma_cfg {
   }
 };
 
-template <typename T, int D>
-__global__ void __launch_bounds__(128) dac_bwd_mma_kernel(dac_bwd_args a) {
+template <typename T, int D, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   typedef dac_mma_op<T> op;
-  typedef dac_bwd_mma_cfg<D> cfg;
+  typedef dac_bwd_mma_cfg<D, WARPS> cfg;
   constexpr int BC = cfg::BC, BR = cfg::BR, NT = cfg::NT, LD = cfg::LD, LDS = cfg::LDS;
   extern __shared__ __align__(16) unsigned char smraw[];
   T *Ks = (T *)smraw;               /* [BC][LD] */
@@ -114,7 +114,8 @@ __global__ void __launch_bounds__(128) dac_bwd_mma_kernel(dac_bwd_args a) {
     for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.0f;
 
   /* E = dS K: warp w takes m-tile w % MQ and columns [n0, n0 + NQ) */
-  constexpr int MQ = BR / 16, NQ = D * MQ / 4;
+  constexpr int MQ = BR / 16, NQ = D * MQ / WARPS;
+  static_assert(WARPS % MQ == 0 && NQ % 16 == 0, "dQ split");
   const int mq = warp % MQ, n0 = (warp / MQ) * NQ;
 
   for (int it = 0; it < nit; it++) {
@@ -250,20 +251,25 @@ __global__ void __launch_bounds__(128) dac_bwd_mma_kernel(dac_bwd_args a) {
 }
 
 #ifdef __CUDACC__ /* the launches (tools/cuda_emu runs the kernel on the host) */
-template <typename T, int D> static cudaError_t launch_bwd_mma_d(const dac_bwd_args *a, cudaStream_t s) {
-  typedef dac_bwd_mma_cfg<D> cfg;
+template <typename T, int D, int WARPS>
+static cudaError_t launch_bwd_mma_d(const dac_bwd_args *a, cudaStream_t s) {
+  typedef dac_bwd_mma_cfg<D, WARPS> cfg;
   const size_t smem = cfg::template smem<T>();
-  cudaError_t e = cudaFuncSetAttribute(dac_bwd_mma_kernel<T, D>,
+  cudaError_t e = cudaFuncSetAttribute(dac_bwd_mma_kernel<T, D, WARPS>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (e != cudaSuccess) return e;
   const dim3 grid((a->seq_k + cfg::BC - 1) / cfg::BC, a->kv_heads, a->batch);
-  dac_bwd_mma_kernel<T, D><<<grid, cfg::NT, smem, s>>>(*a);
+  dac_bwd_mma_kernel<T, D, WARPS><<<grid, cfg::NT, smem, s>>>(*a);
   return cudaGetLastError();
 }
 
+/* a->bc keys per block: 64 (4 warps) or 128 (8 warps) */
 template <typename T> static cudaError_t launch_bwd_mma(const dac_bwd_args *a, cudaStream_t s) {
-  if (a->d == 64) return launch_bwd_mma_d<T, 64>(a, s);
-  if (a->d == 128) return launch_bwd_mma_d<T, 128>(a, s);
+  if (a->bc != 64 && a->bc != 128) return cudaErrorInvalidValue;
+  if (a->d == 64)
+    return a->bc == 128 ? launch_bwd_mma_d<T, 64, 8>(a, s) : launch_bwd_mma_d<T, 64, 4>(a, s);
+  if (a->d == 128)
+    return a->bc == 128 ? launch_bwd_mma_d<T, 128, 8>(a, s) : launch_bwd_mma_d<T, 128, 4>(a, s);
   return cudaErrorInvalidValue;
 }
 #endif

@@ -722,13 +722,15 @@ static void test_cuda_window_strided(void **st) {
 }
 
 /* DISTRATTN_CUDA_BWD=simt runs the tensor-core shapes on the SIMT kernel;
- * =mma demands the tensor-core one. */
+ * =mma demands the tensor-core one, with blocks of 128 keys (the default)
+ * and of 64 (DISTRATTN_CUDA_BWD_KEYS=64). */
 static void test_cuda_forced(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_CUDA);
-  static const char *const modes[] = {"simt", "mma"};
-  for (int m = 0; m < 2; m++) {
+  static const char *const modes[] = {"simt", "mma", "mma"};
+  for (int m = 0; m < 3; m++) {
     setenv("DISTRATTN_CUDA_BWD", modes[m], 1);
+    if (m == 2) setenv("DISTRATTN_CUDA_BWD_KEYS", "64", 1);
     for (int t = 1; t < 3; t++)
       for (size_t i = 0; i < 6; i++) {
         bcase k = cu_exact[i];
@@ -739,6 +741,7 @@ static void test_cuda_forced(void **st) {
       }
   }
   unsetenv("DISTRATTN_CUDA_BWD");
+  unsetenv("DISTRATTN_CUDA_BWD_KEYS");
 }
 
 /* CUDA's gradients against the cpu backend's on the same inputs. */
@@ -809,6 +812,9 @@ static void test_cuda_refusals(void **st) {
   setenv("DISTRATTN_CUDA_BWD", "simt", 1);
   TU_CHECK(ctx, da_attention_backward(p, &a));
   unsetenv("DISTRATTN_CUDA_BWD");
+  setenv("DISTRATTN_CUDA_BWD_KEYS", "32", 1);
+  expect(ctx, da_attention_backward(p, &a), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD_KEYS");
+  unsetenv("DISTRATTN_CUDA_BWD_KEYS");
   da_attn_ext e;
   da_attn_ext_init(&e);
   e.seqlens = DA_SEQLENS_KV;
@@ -831,7 +837,7 @@ int main(void) {
       {"cuda: exact vs float64", test_cuda_exact, NULL, NULL, NULL},
       {"cuda: DistrAttention vs float64", test_cuda_distr, NULL, NULL, NULL},
       {"cuda: windows and strides", test_cuda_window_strided, NULL, NULL, NULL},
-      {"cuda: DISTRATTN_CUDA_BWD simt and mma", test_cuda_forced, NULL, NULL, NULL},
+      {"cuda: DISTRATTN_CUDA_BWD simt and mma, 64 and 128 keys", test_cuda_forced, NULL, NULL, NULL},
       {"cuda: vs cpu backward", test_cuda_vs_cpu, NULL, NULL, NULL},
       {"cuda: refusals", test_cuda_refusals, NULL, NULL, NULL},
   };

@@ -35,7 +35,7 @@ struct kcase {
   int G;
   da_fusion f;
   int hb, wl, wr, bshd;
-  int kern; /* 0 SIMT, 1 tensor cores */
+  int kern; /* 0 SIMT, 1 tensor cores with 64 keys a block, 2 with 128 */
 };
 
 static uint64_t rng = 88172645463325252ull;
@@ -59,18 +59,17 @@ static double rel_err(const void *a, const void *b, da_dtype t, size_t n) {
   return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
+template <typename T, int D, int W> static void run_mma_w(const dac_bwd_args &a) {
+  typedef dac_bwd_mma_cfg<D, W> cfg;
+  if (cfg::template smem<T>() > sizeof smraw) abort();
+  emu::launch(dim3((a.seq_k + cfg::BC - 1) / cfg::BC, a.kv_heads, a.batch), cfg::NT,
+              [&] { dac_bwd_mma_kernel<T, D, W>(a); });
+}
 template <typename T> static void run_mma(const dac_bwd_args &a) {
-  typedef dac_bwd_mma_cfg<64> c64;
-  typedef dac_bwd_mma_cfg<128> c128;
-  if (a.d == 64) {
-    if (c64::smem<T>() > sizeof smraw) abort();
-    emu::launch(dim3((a.seq_k + 63) / 64, a.kv_heads, a.batch), c64::NT,
-                [&] { dac_bwd_mma_kernel<T, 64>(a); });
-  } else {
-    if (c128::smem<T>() > sizeof smraw) abort();
-    emu::launch(dim3((a.seq_k + 63) / 64, a.kv_heads, a.batch), c128::NT,
-                [&] { dac_bwd_mma_kernel<T, 128>(a); });
-  }
+  if (a.d == 64)
+    a.bc == 128 ? run_mma_w<T, 64, 8>(a) : run_mma_w<T, 64, 4>(a);
+  else
+    a.bc == 128 ? run_mma_w<T, 128, 8>(a) : run_mma_w<T, 128, 4>(a);
 }
 
 /* One case: returns the worst relative error of dQ, dK, dV against the cpu
@@ -148,6 +147,7 @@ static double run(const kcase &k, double *errs) {
   a.sc_log2 = da_log2_mul(d.scale);
   a.sc = (float)((double)a.sc_log2 / DA_LOG2E);
   a.dt = d.dtype;
+  a.bc = k.kern == 2 ? 128 : 64;
   std::vector<float> dacc(nq), dsum(nl);
   std::vector<int> perm;
   std::vector<float> wts;
@@ -250,12 +250,20 @@ int main() {
       {1, 2, 1, 40, 50, 128, 1, DA_BF16, 4, DA_FUSE_NORM, 16, NW, NW, 1, 0},
   };
   int bad = 0;
-  for (const kcase &k : cs) {
+  std::vector<kcase> all;
+  for (const kcase &k : cs) { /* the tensor-core cases with both block sizes */
+    all.push_back(k);
+    if (k.kern) {
+      all.push_back(k);
+      all.back().kern = 2;
+    }
+  }
+  for (const kcase &k : all) {
     double e[3];
     const double worst = run(k, e);
     const double bound = k.t == DA_F32 ? 1e-5 : k.t == DA_F16 ? 4e-3 : 3e-2;
     printf("%s %s B%d H%d/%d %dx%d d%d causal %d G%d hb %d win %d/%d%s: dQ %.2e dK %.2e dV %.2e%s\n",
-           k.kern ? "mma " : "simt", k.t == DA_F32 ? "f32 " : k.t == DA_F16 ? "f16 " : "bf16", k.B,
+           k.kern == 2 ? "mma128" : k.kern ? "mma64 " : "simt  ", k.t == DA_F32 ? "f32 " : k.t == DA_F16 ? "f16 " : "bf16", k.B,
            k.H, k.KH, k.Sq, k.Sk, k.d, k.causal, k.G, k.hb, k.wl, k.wr, k.bshd ? " bshd" : "",
            e[0], e[1], e[2], worst <= bound ? "" : "  FAIL");
     fflush(stdout);
