@@ -5,10 +5,12 @@
  * tests/cuda_emu/emu.h, against the cpu backend's backward on the same
  * inputs (its forward gives O and the LSE): a check of the kernels' logic
  * (fragment layouts, masks, row ranges, GQA, strides, G > 1 through the
- * expanded Q, the dQ fold) on a machine without a GPU. The launch
+ * expanded Q, the dQ fold, the cp.async double buffering as far as
+ * emu.h's late landing shows it) on a machine without a GPU. The launch
  * sequence is cuda/cuda_backend.cu's dac_attention_bwd's. Not a check of
- * timing-dependent things (cp.async pipelining, races between blocks,
- * atomics): those need the GPU (tests/test_backward.c's 'cuda: ...' cases).
+ * what depends on the hardware's timing (races between blocks, atomics,
+ * memory ordering): that needs the GPU (tests/test_backward.c's 'cuda: ...'
+ * cases, compute-sanitizer's racecheck).
  *
  *   tests/cuda_emu/run.sh BUILD_DIR      (compiles this with g++ and runs it)
  */

@@ -8,8 +8,9 @@
  * instructions (ldmatrix, mma.sync m16n8k16, shuffles) are emulated from
  * their PTX definitions: every lane deposits its operands, a warp barrier,
  * every lane computes its own result from all 32 deposits, a warp barrier.
- * cp.async is a synchronous copy (so its pipelining is not checked here),
- * atomics are plain adds (one fiber runs at a time), ex2.approx is exp2f.
+ * cp.async lands only at the cp.async.wait_group that needs it (so a read
+ * of shared memory before its wait sees stale data here too), atomics are
+ * plain adds (one fiber runs at a time), ex2.approx is exp2f.
  *
  * Include this before any cuda/ header: it includes the CUDA runtime and
  * fp16/bf16 headers, then redefines the CUDA keywords for the host and
@@ -57,12 +58,20 @@ using std::min;
 
 /* ---- the block's threads as fibers ---- */
 namespace emu {
+struct copy { /* a cp.async not yet landed */
+  void *dst;
+  unsigned char data[16];
+  int bytes;
+  int group; /* its commit group, or -1 while uncommitted */
+};
 struct fiber {
   ucontext_t uc;
   std::vector<char> stack;
   int wait_bar; /* -1: runnable */
   unsigned wait_gen;
   bool done;
+  std::vector<copy> pending;
+  int groups; /* commit groups made */
 };
 struct barrier {
   int size, count;
@@ -98,8 +107,28 @@ inline void arrive(int id) {
   f.wait_gen = g;
   swapcontext(&f.uc, &sched());
 }
+/* cp.async lands as late as the PTX rules allow: at the wait_group that
+ * needs it (or when the thread ends), so that a read of shared memory
+ * before its wait, or a slot refilled while still read, gives wrong
+ * numbers here rather than only on a GPU */
+inline void land(fiber &f, int upto) { /* every copy of a group below upto */
+  size_t k = 0;
+  for (size_t i = 0; i < f.pending.size(); i++) {
+    copy &c = f.pending[i];
+    if (c.group >= 0 && c.group < upto)
+      memcpy(c.dst, c.data, c.bytes);
+    else
+      f.pending[k++] = c;
+  }
+  f.pending.resize(k);
+}
 inline void trampoline() {
   entry()();
+  {
+    fiber &f = fibers()[cur()];
+    for (copy &c : f.pending) c.group = c.group < 0 ? f.groups : c.group;
+    land(f, f.groups + 1);
+  }
   fibers()[cur()].done = true;
   swapcontext(&fibers()[cur()].uc, &sched());
 }
@@ -124,6 +153,8 @@ inline void launch(dim3 grid, int nt, std::function<void()> fn) {
           f.stack.resize(128 * 1024); /* kept from block to block */
           f.wait_bar = -1;
           f.done = false;
+          f.pending.clear();
+          f.groups = 0;
           getcontext(&f.uc);
           f.uc.uc_stack.ss_sp = f.stack.data();
           f.uc.uc_stack.ss_size = f.stack.size();
@@ -197,13 +228,27 @@ template <> struct dac_cvt<__nv_bfloat16> {
   static float f(uint16_t x) { return da_bf16_to_float(x); }
 };
 template <int BYTES> inline void dac_cp_async(void *dst, const void *src, bool fill) {
+  emu::copy c;
+  c.dst = dst;
+  c.bytes = BYTES;
+  c.group = -1;
   if (fill)
-    memcpy(dst, src, BYTES);
+    memcpy(c.data, src, BYTES);
   else
-    memset(dst, 0, BYTES);
+    memset(c.data, 0, BYTES);
+  emu::fibers()[emu::cur()].pending.push_back(c);
 }
-inline void dac_cp_commit() {}
-template <int N> inline void dac_cp_wait() {}
+inline void dac_cp_commit() {
+  emu::fiber &f = emu::fibers()[emu::cur()];
+  for (emu::copy &c : f.pending)
+    if (c.group < 0) c.group = f.groups;
+  f.groups++;
+}
+/* all but the newest N committed groups have landed */
+template <int N> inline void dac_cp_wait() {
+  emu::fiber &f = emu::fibers()[emu::cur()];
+  emu::land(f, f.groups - N);
+}
 inline float dac_ex2(float x) { return exp2f(x); }
 static inline size_t dac_dtype_size(da_dtype t) { return t == DA_F32 ? 4 : 2; }
 
