@@ -31,6 +31,7 @@ error ||ours - sdpa|| / ||sdpa|| of dq, dk, dv is printed per shape.
       DISTRATTN_BACKEND_PATH=build/cuda/.libs python3 bench/bwd_race.py
 """
 import argparse
+import os
 import sys
 
 import torch
@@ -121,6 +122,9 @@ def main():
     ap.add_argument("--causal", default="0,1", help="which of 0 (no mask) and 1 (causal)")
     ap.add_argument("--groups", default="1,2,4", help="our group sizes (1 = exact)")
     ap.add_argument("--fusion", choices=("mean", "norm"), default="mean")
+    ap.add_argument("--bwd-keys", default="128",
+                    help="keys per block of our tensor-core backward (DISTRATTN_CUDA_BWD_KEYS), "
+                    "e.g. 64,128 for a row each")
     ap.add_argument("--dtype", choices=("f16", "bf16"), default="f16")
     ap.add_argument("--iters", type=int, default=5, help="calls per graph")
     ap.add_argument("--reps", type=int, default=5, help="graph replays; the best is kept")
@@ -164,15 +168,16 @@ def main():
                 for name in ("flash", "cuDNN"):
                     if sd[name] is not None:
                         rows.append(("SDPA " + name, sd[name][0], sd[name][1]))
-                for G in groups:
+                for G, keys in [(G, kb) for G in groups for kb in args.bwd_keys.split(",")]:
+                    os.environ["DISTRATTN_CUDA_BWD_KEYS"] = keys
                     fwd, bwd, grads = ours_fns(q, k, v, dout, causal, G, fus)
-                    note = ""
+                    note = "" if "," not in args.bwd_keys else " k%s" % keys
                     if G == 1:
                         if ref is None:
                             _, _, ref = sdpa_fns(SDPBackend.MATH, q, k, v, dout, causal, cs)
                         err = max(rel(a, r) for a, r in zip(grads, ref))
                         worst = max(worst, err)
-                        note = " (grad err %.1e)" % err
+                        note += " (grad err %.1e)" % err
                     tf = graph_time(fwd, args.iters, args.reps, cs)
                     tb = graph_time(bwd, args.iters, args.reps, cs)
                     rows.append(("ours " + ("exact" if G == 1 else "G=%d" % G) + note, tf, tb))
