@@ -19,7 +19,8 @@
  *     dQ[i][c] = s / A_g(c) sum_{c' in g(c)} a_c' E[i][c'] (G > 1).
  * The main kernel is the tensor-core one (cuda_bwd_mma.cuh: mma.sync
  * m16n8k16, f16/bf16, head_dim 64 and 128, 16-byte aligned rows) or the
- * SIMT one (cuda_bwd.cu: every dtype, head_dim 1..256, any layout).
+ * SIMT one (cuda_bwd_kern.cuh: every dtype, head_dim 1..256, any layout);
+ * tests/cuda_emu runs both on the host.
  * Internal, not installed.
  */
 #ifndef DA_CUDA_BWD_CUH
