@@ -19,7 +19,8 @@
 # `make check` with DISTRATTN_REQUIRE_BACKENDS=cpu,cuda (plus opencl when the
 # NVIDIA OpenCL driver is there), and compute-sanitizer memcheck and
 # racecheck over the CUDA consistency tests (racecheck gates on hazards in
-# our kernels; those inside cuBLAS's are listed). Logs go to OUT_DIR
+# our kernels; those inside cuBLAS's are listed) and over the backward
+# pass's CUDA tests. Logs go to OUT_DIR
 # (default $OUT, else /tmp/gpu_check). Exit status: non-zero when any step failed.
 # DA_GPU_CHECK_REQUIRE replaces cpu,cuda (a dry run on a machine without a
 # GPU: DA_GPU_CHECK_REQUIRE=cpu). DA_GPU_CHECK_PHASE=build stops after
@@ -113,6 +114,31 @@ if [ -n "$cs" ]; then
     echo "gpu_check: compute-sanitizer memcheck on tests/test_wrap FAILED"
     tail -n 20 "$out/memcheck-wrap.log"
   fi
+  # The backward pass (tests/test_backward's CUDA tests): memcheck over all
+  # of them, racecheck over the windows-and-strides ones (both kernels,
+  # several blocks; racecheck is slow)
+  DA_TEST_FILTER='cuda:*'
+  export DA_TEST_FILTER
+  if SAN_PROG=tests/test_backward san memcheck memcheck-bwd.log --error-exitcode 3 &&
+     grep -q 'PASSED.*6 test' "$out/memcheck-bwd.log"; then
+    echo "gpu_check: compute-sanitizer memcheck on tests/test_backward (cuda): $(summary memcheck-bwd.log)"
+  else
+    fail=1
+    echo "gpu_check: compute-sanitizer memcheck on tests/test_backward (cuda) FAILED"
+    tail -n 20 "$out/memcheck-bwd.log"
+  fi
+  DA_TEST_FILTER='cuda: windows and strides'
+  SAN_PROG=tests/test_backward san racecheck racecheck-bwd.log
+  rc=$?
+  ours=$(grep -A1 -E 'Race reported' "$out/racecheck-bwd.log" | grep -cE 'dac_|access at 0x')
+  if [ $rc = 0 ] && [ "$ours" = 0 ] && grep -q 'RACECHECK SUMMARY' "$out/racecheck-bwd.log"; then
+    echo "gpu_check: compute-sanitizer racecheck on tests/test_backward (cuda windows and strides): $(summary racecheck-bwd.log)"
+  else
+    fail=1
+    echo "gpu_check: compute-sanitizer racecheck on tests/test_backward FAILED (exit $rc, $ours report lines on our kernels)"
+    tail -n 20 "$out/racecheck-bwd.log"
+  fi
+  unset DA_TEST_FILTER
   # PyTorch as the client, where it is installed: plain, then under memcheck
   if python3 -c 'import torch' 2>/dev/null; then
     tw() {

@@ -12,6 +12,7 @@
 
 #include <cublas_api.h>
 
+#include "cuda_bwd.cuh"
 #include "cuda_dev.cuh"
 
 /* ---------------- errors ---------------- */
@@ -862,6 +863,156 @@ static da_status dac_attention_ext(da_plan *p, const da_call *c) {
   return DA_SUCCESS;
 }
 
+/* ---------------- backward (SPEC 1b; cuda_bwd.cuh) ---------------- */
+
+/* The main kernel: the tensor-core one where the dtype (f16/bf16), the
+ * head_dim (64, 128), the GPU (sm_80 on) and the alignment of every row
+ * (16 bytes: the call's pointers at their offsets and the strides) allow,
+ * else SIMT. DISTRATTN_CUDA_BWD="simt" forces the SIMT kernel, "mma"
+ * demands the tensor-core one (a call it cannot run is refused);
+ * DISTRATTN_CUDA_BWD_KEYS="64" gives the tensor-core kernel blocks of 64
+ * keys (4 warps) instead of 128 (8 warps), for measurements. */
+static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
+  da_context *ctx = p->ctx;
+  dac_ctx *bc = DAC_BC(ctx);
+  dac_plan *bp = (dac_plan *)p->bplan;
+  const da_attn_desc *d = &p->d;
+  const da_attn_ext *x = &p->x;
+  const size_t es = p->elem_size;
+  if (!bp) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: plan was not prepared");
+  if (x->strategy == DA_STRATEGY_PROJECTION) /* the core refuses such plans on CUDA already */
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "CUDA: the backward pass of ext.strategy = DA_STRATEGY_PROJECTION is not "
+                        "implemented (the cpu backend has it)");
+  if (x->seqlens != DA_SEQLENS_NONE) /* the core refuses these before */
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "CUDA: the backward pass does not support ext.seqlens (per-sequence "
+                        "lengths)");
+  if (d->head_dim > 256)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "CUDA: the backward pass takes head_dim 1..256, not %d (the cpu backend "
+                        "takes any)",
+                        d->head_dim);
+  static const char *const words[] = {"simt", "mma"};
+  int env;
+  da_status st = da_env_word(ctx, "DISTRATTN_CUDA_BWD", words, 2, "\"simt\" or \"mma\"", &env);
+  if (st) return st;
+  static const char *const keys[] = {"64", "128"};
+  int env_keys;
+  st = da_env_word(ctx, "DISTRATTN_CUDA_BWD_KEYS", keys, 2, "\"64\" or \"128\"", &env_keys);
+  if (st) return st;
+  DAC_SETDEV(ctx);
+  const int G = d->group_size > 1 ? d->group_size : 1;
+  dac_bwd_args a;
+  memset(&a, 0, sizeof a);
+  a.q = (const char *)c->q + c->q_off * es;
+  a.k = (const char *)c->k + c->k_off * es;
+  a.v = (const char *)c->v + c->v_off * es;
+  a.o = (const char *)c->o + c->o_off * es;
+  a.dout = (const char *)c->dout + c->dout_off * es;
+  a.lse = (const float *)c->lse + c->lse_off;
+  a.dq = (char *)c->dq + c->dq_off * es;
+  a.dk = (char *)c->dk + c->dk_off * es;
+  a.dv = (char *)c->dv + c->dv_off * es;
+  memcpy(a.qst, x->q_stride, sizeof a.qst);
+  memcpy(a.kst, x->k_stride, sizeof a.kst);
+  memcpy(a.vst, x->v_stride, sizeof a.vst);
+  memcpy(a.ost, x->o_stride, sizeof a.ost);
+  a.batch = d->batch, a.heads = d->heads, a.kv_heads = d->kv_heads;
+  a.seq_q = d->seq_q, a.seq_k = d->seq_k, a.d = d->head_dim;
+  a.G = G, a.hash_block = d->hash_block, a.n_tiles = p->n_tiles;
+  a.wl = x->window_left, a.wr = x->window_right;
+  a.sc_log2 = da_log2_mul(d->scale); /* SPEC 1, "Scale"; as lib/cpu_bwd.c */
+  a.sc = (float)((double)a.sc_log2 / DA_LOG2E);
+  a.dt = d->dtype;
+  a.bc = env_keys == 0 ? 64 : 128; /* the tensor-core kernel: 8 warps of 16 keys unless asked */
+  if (d->batch <= 0 || d->heads <= 0 || d->seq_q <= 0 || d->seq_k <= 0) return DA_SUCCESS;
+
+  /* 16-byte rows: the tensor-core kernel moves 16-byte pieces (cp.async)
+   * and writes dK, dV in 4-byte pairs */
+  const void *ptrs[6] = {a.q, a.k, a.v, a.dout, a.dk, a.dv};
+  int aligned = dac_strides16(x, es);
+  for (int i = 0; i < 6; i++) aligned = aligned && dac_aligned16(ptrs[i]);
+  const int mma_ok = bc->cc_major >= 8 && dac_bwd_mma_supported(d->dtype, d->head_dim);
+  if (env == 1 && !(mma_ok && aligned))
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "DISTRATTN_CUDA_BWD=\"mma\": the tensor-core backward kernel cannot run "
+                        "this call (it needs sm_80 or later, f16 or bf16, head_dim 64 or 128 and "
+                        "16-byte aligned rows; this is sm_%d%d, dtype %d, head_dim %d, rows %s)",
+                        bc->cc_major, bc->cc_minor, (int)d->dtype, d->head_dim,
+                        aligned ? "aligned" : "not aligned");
+  const int mma = mma_ok && aligned && env != 0;
+
+  /* the call's workspace, stream-ordered: E [bh][seq_q][d] f32, D
+   * [bh][seq_q] f32 and, for G > 1, the expanded Q [bh][seq_q][d] (the
+   * dtype on the tensor-core path, else f32) */
+  size_t n_rows, n_e, e_bytes, d_bytes, x_bytes = 0, total;
+  {
+    const size_t f[] = {(size_t)d->batch, (size_t)d->heads, (size_t)d->seq_q};
+    if ((st = dac_size(ctx, "the backward pass's row sums", &n_rows, 3, f))) return st;
+    const size_t f2[] = {n_rows, (size_t)d->head_dim};
+    if ((st = dac_size(ctx, "the backward pass's dQ accumulator", &n_e, 2, f2))) return st;
+  }
+  if (!da_mul_size(n_e, sizeof(float), &e_bytes) || !da_mul_size(n_rows, sizeof(float), &d_bytes) ||
+      (G > 1 && !da_mul_size(n_e, mma ? es : sizeof(float), &x_bytes)) ||
+      !da_add_size(e_bytes, (d_bytes + 255) / 256 * 256, &total) || !da_add_size(total, x_bytes, &total))
+    return da_set_error(ctx, DA_ERR_DEVICE_MEMORY,
+                        "CUDA: the size of the backward pass's workspace overflows size_t");
+  cudaStream_t s = bc->stream;
+  char *ws = NULL;
+  cudaError_t e = cudaMallocAsync((void **)&ws, total, s);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return da_set_error(ctx, dac_status_of(e),
+                        "CUDA: cudaMallocAsync of %zu bytes for the backward pass's workspace "
+                        "failed: %s",
+                        total, cudaGetErrorString(e));
+  }
+  a.dacc = (float *)ws;
+  a.dsum = (float *)(ws + e_bytes);
+  void *qx = G > 1 ? ws + e_bytes + (d_bytes + 255) / 256 * 256 : NULL;
+  const char *what = "";
+#define DAC_BWD_STEP(call, name)                                                                   \
+  do {                                                                                             \
+    if (e == cudaSuccess) {                                                                        \
+      e = (call);                                                                                  \
+      what = (name);                                                                               \
+    }                                                                                              \
+  } while (0)
+  if (G > 1) {
+    /* the forward's groupings (its hash kernel, Q read through its
+     * strides), then the expanded Q */
+    dac_qlayout ql;
+    memset(&ql, 0, sizeof ql);
+    ql.sb = x->q_stride[0];
+    ql.sh = x->q_stride[1];
+    ql.sr = x->q_stride[2];
+    DAC_BWD_STEP(dac_launch_hash_ext(a.q, &ql, d->dtype, d->batch, d->heads, d->seq_q,
+                                     d->head_dim, bp->proj, d->hash_bits, d->hash_block, G,
+                                     d->fusion, bp->perm, bp->wts, NULL, DA_F32, 0, p->ng, s),
+                 "the hash kernel (the forward's groupings)");
+    a.perm = bp->perm;
+    a.wts = bp->wts;
+    const da_dtype qx_dt = mma ? d->dtype : DA_F32;
+    DAC_BWD_STEP(dac_launch_bwd_qx(&a, qx, qx_dt, s), "the expanded Q kernel");
+    a.qx = qx;
+    a.qx_dt = qx_dt;
+  }
+  DAC_BWD_STEP(cudaMemsetAsync(a.dacc, 0, e_bytes, s), "cudaMemsetAsync of the dQ accumulator");
+  DAC_BWD_STEP(dac_launch_bwd_dsum(&a, s), "the row-sum kernel (D = rowsum(dO o O))");
+  if (mma)
+    DAC_BWD_STEP(d->dtype == DA_F16 ? dac_launch_bwd_mma_f16(&a, s) : dac_launch_bwd_mma_bf16(&a, s),
+                 "the tensor-core backward kernel");
+  else
+    DAC_BWD_STEP(dac_launch_bwd_simt(&a, s), "the SIMT backward kernel");
+  DAC_BWD_STEP(dac_launch_bwd_dq(&a, s), "the dQ kernel");
+#undef DAC_BWD_STEP
+  const cudaError_t ef = cudaFreeAsync(ws, s);
+  if (e != cudaSuccess) return dac_fail(ctx, e, what);
+  if (ef != cudaSuccess) return dac_fail(ctx, ef, "cudaFreeAsync of the backward pass's workspace");
+  return DA_SUCCESS;
+}
+
 static da_status dac_groups(da_plan *p, void *q, void *perm) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
@@ -898,7 +1049,7 @@ static const da_backend_iface dac_iface = {
     dac_attention,
     dac_groups,
     dac_attention_ext,
-    NULL, /* attention_bwd: no backward pass on CUDA yet */
+    dac_attention_bwd,
 };
 
 extern "C" __attribute__((visibility("default"))) const da_backend_iface *

@@ -27,7 +27,8 @@ TESTS += $(da_test_programs)
 
 AM_TESTS_ENVIRONMENT = \
 	DISTRATTN_BACKEND_PATH='$(abs_top_builddir)/cl/.libs:$(abs_top_builddir)/cuda/.libs'; \
-	export DISTRATTN_BACKEND_PATH;
+	export DISTRATTN_BACKEND_PATH; \
+	DA_SRCDIR='$(abs_top_srcdir)'; DA_CUDA_HOME='$(CUDA_HOME)'; export DA_SRCDIR DA_CUDA_HOME;
 
 da_test_cflags = $(AM_CFLAGS) $(CMOCKA_CFLAGS)
 da_test_ldadd = lib/libdacore.la $(CMOCKA_LIBS)
@@ -137,6 +138,16 @@ EXTRA_DIST += tests/cl-tiled-check.sh
 if HAVE_CMOCKA
 TESTS += tests/cl-tiled-check.sh
 endif
+
+# The CUDA backward's kernels on the host (tests/cuda_emu/emu.h emulates
+# the CUDA they use): tests/cuda-emu-check.sh builds tests/cuda_emu/bwd_emu.cc
+# with the host C++ compiler and runs it against the cpu backend's backward;
+# a SKIP without the CUDA headers or a C++ compiler.
+EXTRA_DIST += tests/cuda-emu-check.sh tests/cuda_emu/emu.h tests/cuda_emu/bwd_emu.cc
+if HAVE_CUDA
+TESTS += tests/cuda-emu-check.sh
+endif
+CLEANFILES += tests/cuda_emu_bwd
 
 # Oclgrind (issue 8): tests/test_oclgrind runs the OpenCL kernels, at small
 # shapes covering every kernel path, on the Oclgrind simulator;

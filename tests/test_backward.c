@@ -9,8 +9,10 @@
  * 64, 128, causal or not, GQA and MQA, f32/f16/bf16, exact and G = 2, 4
  * under both fusions; windows, a strided (B,S,H,D) layout, and the
  * refusals (per-sequence lengths, backends without a backward pass,
- * overlapping and short buffers). DA_TEST_VERBOSE=1 prints every measured
- * error. */
+ * overlapping and short buffers). The 'cuda: ...' tests run the same
+ * checks on the CUDA backend (device buffers; both of its kernels) and
+ * against the cpu backend's backward. DA_TEST_VERBOSE=1 prints every
+ * measured error. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -191,6 +193,7 @@ typedef struct {
   int hb;            /* 0: default */
   int wl, wr;        /* window (0, 0 here means none: set both -1 for none) */
   int bshd;          /* 1: (B,S,H,D) strides for every tensor */
+  da_backend be;     /* 0 (DA_BACKEND_AUTO here): the cpu backend */
 } bcase;
 
 typedef struct {
@@ -207,6 +210,26 @@ static da_buffer *wrap(da_context *ctx, void *p, size_t bytes) {
   da_buffer *b = NULL;
   TU_CHECK(ctx, da_buffer_wrap(ctx, p, bytes, &b));
   return b;
+}
+
+static da_context *be_ctx(da_backend be) {
+  if (be == DA_BACKEND_AUTO || be == DA_BACKEND_CPU) return cpu_ctx();
+  da_context *ctx = NULL;
+  TU_CHECK(NULL, da_context_create(&ctx, be, -1));
+  return ctx;
+}
+
+/* The host array p as a buffer of ctx: wrapped on the cpu backend, else a
+ * device buffer holding a copy (read back with buf_back). */
+static da_buffer *mkbuf(da_context *ctx, void *p, size_t bytes) {
+  if (da_context_backend(ctx) == DA_BACKEND_CPU) return wrap(ctx, p, bytes);
+  da_buffer *b = NULL;
+  TU_CHECK(ctx, da_buffer_create(ctx, bytes, &b));
+  TU_CHECK(ctx, da_buffer_write(b, 0, p, bytes));
+  return b;
+}
+static void buf_back(da_context *ctx, da_buffer *b, void *p, size_t bytes) {
+  if (da_context_backend(ctx) != DA_BACKEND_CPU) TU_CHECK(ctx, da_buffer_read(b, 0, p, bytes));
 }
 
 /* Strides of a (B,S,H,D) tensor with nh heads and S rows. */
@@ -226,7 +249,7 @@ static size_t lidx(const bcase *k, int nh, int S, int b, int h, int r, int c) {
 /* Runs forward (LSE) and backward of case k on fresh inputs; fills the
  * errors; the raw gradients go to out[3] when given (dtype arrays, malloc). */
 static void run_case(const bcase *k, bresult *res, void **out, uint64_t seed) {
-  da_context *ctx = cpu_ctx();
+  da_context *ctx = be_ctx(k->be);
   da_attn_desc d;
   da_attn_desc_init(&d);
   d.batch = k->B, d.heads = k->H, d.kv_heads = k->KVH, d.seq_q = k->Sq, d.seq_k = k->Sk;
@@ -273,10 +296,11 @@ static void run_case(const bcase *k, bresult *res, void **out, uint64_t seed) {
   tu_poison(dq, nq * es);
   tu_poison(dk, nk * es);
   tu_poison(dv, nk * es);
-  da_buffer *bq = wrap(ctx, q, nq * es), *bk = wrap(ctx, kk, nk * es), *bv = wrap(ctx, v, nk * es);
-  da_buffer *bo = wrap(ctx, o, nq * es), *bl = wrap(ctx, lse, nl * sizeof(float));
-  da_buffer *bdo = wrap(ctx, dout, nq * es), *bdq = wrap(ctx, dq, nq * es);
-  da_buffer *bdk = wrap(ctx, dk, nk * es), *bdv = wrap(ctx, dv, nk * es);
+  tu_poison(lse, nl * sizeof(float));
+  da_buffer *bq = mkbuf(ctx, q, nq * es), *bk = mkbuf(ctx, kk, nk * es), *bv = mkbuf(ctx, v, nk * es);
+  da_buffer *bo = mkbuf(ctx, o, nq * es), *bl = mkbuf(ctx, lse, nl * sizeof(float));
+  da_buffer *bdo = mkbuf(ctx, dout, nq * es), *bdq = mkbuf(ctx, dq, nq * es);
+  da_buffer *bdk = mkbuf(ctx, dk, nk * es), *bdv = mkbuf(ctx, dv, nk * es);
   da_attn_args fa;
   da_attn_args_init(&fa);
   fa.q = bq, fa.k = bk, fa.v = bv, fa.o = bo, fa.lse = bl;
@@ -286,6 +310,10 @@ static void run_case(const bcase *k, bresult *res, void **out, uint64_t seed) {
   ba.dout = bdo, ba.q = bq, ba.k = bk, ba.v = bv, ba.o = bo, ba.lse = bl;
   ba.dq = bdq, ba.dk = bdk, ba.dv = bdv;
   TU_CHECK(ctx, da_attention_backward(p, &ba));
+  TU_CHECK(ctx, da_context_synchronize(ctx));
+  buf_back(ctx, bdq, dq, nq * es);
+  buf_back(ctx, bdk, dk, nk * es);
+  buf_back(ctx, bdv, dv, nk * es);
   size_t first;
   if (tu_count_nonfinite(dq, k->t, nq, &first) || tu_count_nonfinite(dk, k->t, nk, &first) ||
       tu_count_nonfinite(dv, k->t, nk, &first))
@@ -401,13 +429,13 @@ static void check_case(const bcase *k) {
   for (int i = 0; i < 3; i++) {
     if (getenv("DA_TEST_VERBOSE"))
       fprintf(stderr,
-              "  %s B%d H%d/%d %dx%d d%d causal %d G%d %s hb %d win %d/%d%s: d%c err %.3g (bound %.3g)\n",
-              tu_dtype_name(k->t), k->B, k->H, k->KVH, k->Sq, k->Sk, k->hd, k->causal, k->G,
+              "  %s%s B%d H%d/%d %dx%d d%d causal %d G%d %s hb %d win %d/%d%s: d%c err %.3g (bound %.3g)\n",
+              k->be == DA_BACKEND_CUDA ? "cuda " : "", tu_dtype_name(k->t), k->B, k->H, k->KVH, k->Sq, k->Sk, k->hd, k->causal, k->G,
               k->G > 1 ? tu_fusion_name(k->f) : "-", k->hb, k->wl, k->wr, k->bshd ? " bshd" : "",
               "QKV"[i], res.err[i], bound);
     if (!(res.err[i] <= bound))
-      fail_msg("%s B%d H%d/%d %dx%d d%d causal %d G%d: d%c relative error %g > %g [seed %llu]",
-               tu_dtype_name(k->t), k->B, k->H, k->KVH, k->Sq, k->Sk, k->hd, k->causal, k->G,
+      fail_msg("%s%s B%d H%d/%d %dx%d d%d causal %d G%d: d%c relative error %g > %g [seed %llu]",
+               k->be == DA_BACKEND_CUDA ? "cuda " : "", tu_dtype_name(k->t), k->B, k->H, k->KVH, k->Sq, k->Sk, k->hd, k->causal, k->G,
                "QKV"[i], res.err[i], bound, (unsigned long long)seed);
   }
 }
@@ -415,12 +443,12 @@ static void check_case(const bcase *k) {
 #define NOWIN -1, -1
 
 static const bcase exact_cases[] = {
-    {2, 4, 2, 100, 130, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0},
-    {1, 3, 1, 77, 77, 59, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0},   /* MQA, causal */
-    {1, 2, 2, 128, 300, 32, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0},
-    {1, 4, 2, 150, 70, 128, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0}, /* rows with no key */
-    {1, 2, 1, 1, 257, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0},   /* one query row */
-    {1, 2, 2, 256, 3, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0},   /* three keys */
+    {2, 4, 2, 100, 130, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},
+    {1, 3, 1, 77, 77, 59, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},   /* MQA, causal */
+    {1, 2, 2, 128, 300, 32, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},
+    {1, 4, 2, 150, 70, 128, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU}, /* rows with no key */
+    {1, 2, 1, 1, 257, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},   /* one query row */
+    {1, 2, 2, 256, 3, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},   /* three keys */
 };
 
 static const da_dtype half_types[] = {DA_F16, DA_BF16};
@@ -443,10 +471,10 @@ static void test_exact_half(void **st) {
 static void test_distr(void **st) {
   (void)st;
   static const bcase base[] = {
-      {1, 4, 2, 200, 150, 64, 1, DA_F32, 2, DA_FUSE_NORM, 64, NOWIN, 0},
-      {2, 2, 1, 130, 190, 59, 0, DA_F32, 2, DA_FUSE_NORM, 0, NOWIN, 0},
-      {1, 2, 2, 96, 96, 32, 1, DA_F32, 2, DA_FUSE_NORM, 16, NOWIN, 0},
-      {1, 2, 1, 140, 100, 128, 0, DA_F32, 2, DA_FUSE_NORM, 128, NOWIN, 0},
+      {1, 4, 2, 200, 150, 64, 1, DA_F32, 2, DA_FUSE_NORM, 64, NOWIN, 0, DA_BACKEND_CPU},
+      {2, 2, 1, 130, 190, 59, 0, DA_F32, 2, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},
+      {1, 2, 2, 96, 96, 32, 1, DA_F32, 2, DA_FUSE_NORM, 16, NOWIN, 0, DA_BACKEND_CPU},
+      {1, 2, 1, 140, 100, 128, 0, DA_F32, 2, DA_FUSE_NORM, 128, NOWIN, 0, DA_BACKEND_CPU},
   };
   static const int gs[] = {2, 4};
   static const da_fusion fs[] = {DA_FUSE_MEAN, DA_FUSE_NORM};
@@ -469,11 +497,11 @@ static void test_distr(void **st) {
 
 static void test_window(void **st) {
   (void)st;
-  bcase k = {1, 4, 2, 120, 160, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, 20, 5, 0};
+  bcase k = {1, 4, 2, 120, 160, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CPU};
   check_case(&k);
   k.wr = -1, k.wl = 0; /* only keys up to the diagonal's left, none after */
   check_case(&k);
-  k = (bcase){1, 2, 1, 100, 80, 64, 1, DA_F32, 2, DA_FUSE_NORM, 32, 17, -1, 0};
+  k = (bcase){1, 2, 1, 100, 80, 64, 1, DA_F32, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_CPU};
   check_case(&k);
 }
 
@@ -481,8 +509,8 @@ static void test_window(void **st) {
 static void test_strided(void **st) {
   (void)st;
   static const bcase cs[] = {
-      {2, 4, 2, 70, 90, 48, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0},
-      {2, 4, 2, 70, 90, 48, 0, DA_BF16, 2, DA_FUSE_NORM, 32, NOWIN, 0},
+      {2, 4, 2, 70, 90, 48, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},
+      {2, 4, 2, 70, 90, 48, 0, DA_BF16, 2, DA_FUSE_NORM, 32, NOWIN, 0, DA_BACKEND_CPU},
   };
   for (int i = 0; i < 2; i++) {
     bcase k = cs[i];
@@ -596,7 +624,7 @@ static void test_refusals(void **st) {
   da_context_destroy(ctx);
 }
 
-/* A backend without a backward pass refuses it (OpenCL today). */
+/* A backend without a backward pass refuses it (OpenCL). */
 static void test_opencl_refuses(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_OPENCL);
@@ -619,6 +647,186 @@ static void test_opencl_refuses(void **st) {
   da_context_destroy(ctx);
 }
 
+/* ------------------------------------------------------------ CUDA */
+/* The CUDA backward (cuda/cuda_bwd.cuh): the tensor-core kernel (f16/bf16,
+ * head_dim 64 and 128, aligned rows) and the SIMT one (f32, other
+ * head_dims, DISTRATTN_CUDA_BWD=simt) against the float64 reference on
+ * fresh inputs with poisoned outputs, as the cpu cases; and against the
+ * cpu backend's backward. Skipped without a CUDA device, failed then under
+ * DISTRATTN_REQUIRE_BACKENDS=...,cuda. */
+
+static const bcase cu_exact[] = {
+    {2, 4, 2, 100, 130, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+    {1, 6, 2, 77, 77, 128, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+    {1, 4, 4, 1, 257, 64, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+    {1, 2, 1, 300, 64, 128, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+    {2, 4, 2, 256, 256, 64, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+    {1, 4, 2, 150, 70, 128, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+    {1, 2, 2, 3, 1, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+    {1, 4, 1, 239, 17, 128, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+    {1, 6, 2, 190, 310, 64, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+    {1, 4, 2, 113, 203, 40, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+    {1, 6, 2, 65, 129, 96, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+};
+#define N_CU_EXACT (sizeof cu_exact / sizeof *cu_exact)
+
+static const da_dtype all_types[] = {DA_F32, DA_F16, DA_BF16};
+
+static void test_cuda_exact(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  for (int t = 0; t < 3; t++)
+    for (size_t i = 0; i < N_CU_EXACT; i++) {
+      bcase k = cu_exact[i];
+      k.t = all_types[t];
+      check_case(&k);
+    }
+}
+
+static void test_cuda_distr(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  static const bcase base[] = {
+      {1, 4, 2, 200, 150, 64, 1, DA_F32, 2, DA_FUSE_NORM, 64, NOWIN, 0, DA_BACKEND_CUDA},
+      {2, 2, 1, 130, 190, 128, 0, DA_F32, 2, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+      {1, 6, 2, 96, 96, 59, 1, DA_F32, 2, DA_FUSE_NORM, 16, NOWIN, 0, DA_BACKEND_CUDA},
+      {1, 2, 1, 140, 100, 128, 1, DA_F32, 2, DA_FUSE_NORM, 128, NOWIN, 0, DA_BACKEND_CUDA},
+  };
+  static const int gs[] = {2, 4};
+  static const da_fusion fs[] = {DA_FUSE_MEAN, DA_FUSE_NORM};
+  for (size_t i = 0; i < sizeof base / sizeof *base; i++)
+    for (int t = 0; t < 3; t++)
+      for (int g = 0; g < 2; g++)
+        for (int f = 0; f < 2; f++) {
+          bcase k = base[i];
+          k.t = all_types[t], k.G = gs[g], k.f = fs[f];
+          check_case(&k);
+        }
+}
+
+static void test_cuda_window_strided(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  static const bcase cs[] = {
+      {1, 4, 2, 120, 160, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CUDA},
+      {1, 4, 2, 120, 160, 128, 0, DA_BF16, 1, DA_FUSE_NORM, 0, 0, -1, 0, DA_BACKEND_CUDA},
+      {1, 4, 2, 120, 160, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CUDA},
+      {1, 2, 1, 100, 80, 64, 1, DA_F16, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_CUDA},
+      {1, 2, 1, 100, 80, 48, 1, DA_F32, 4, DA_FUSE_MEAN, 32, 17, -1, 0, DA_BACKEND_CUDA},
+      {2, 4, 2, 70, 90, 64, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_CUDA},
+      {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_CUDA},
+      {2, 4, 2, 70, 90, 48, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_CUDA},
+      {2, 6, 2, 70, 90, 40, 0, DA_BF16, 2, DA_FUSE_MEAN, 16, 9, 30, 1, DA_BACKEND_CUDA},
+  };
+  for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) check_case(&cs[i]);
+}
+
+/* DISTRATTN_CUDA_BWD=simt runs the tensor-core shapes on the SIMT kernel;
+ * =mma demands the tensor-core one, with blocks of 128 keys (the default)
+ * and of 64 (DISTRATTN_CUDA_BWD_KEYS=64). */
+static void test_cuda_forced(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  static const char *const modes[] = {"simt", "mma", "mma"};
+  for (int m = 0; m < 3; m++) {
+    setenv("DISTRATTN_CUDA_BWD", modes[m], 1);
+    if (m == 2) setenv("DISTRATTN_CUDA_BWD_KEYS", "64", 1);
+    for (int t = 1; t < 3; t++)
+      for (size_t i = 0; i < 6; i++) {
+        bcase k = cu_exact[i];
+        k.t = all_types[t];
+        check_case(&k);
+        k.G = 2, k.f = DA_FUSE_MEAN;
+        check_case(&k);
+      }
+  }
+  unsetenv("DISTRATTN_CUDA_BWD");
+  unsetenv("DISTRATTN_CUDA_BWD_KEYS");
+}
+
+/* CUDA's gradients against the cpu backend's on the same inputs. */
+static void test_cuda_vs_cpu(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  static const bcase cs[] = {
+      {2, 4, 2, 130, 100, 64, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+      {1, 6, 2, 150, 150, 59, 0, DA_F32, 2, DA_FUSE_NORM, 32, NOWIN, 0, DA_BACKEND_CUDA},
+      {1, 4, 2, 200, 180, 128, 1, DA_F32, 4, DA_FUSE_MEAN, 64, NOWIN, 0, DA_BACKEND_CUDA},
+      {1, 4, 2, 200, 180, 128, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+      {1, 4, 2, 200, 180, 64, 0, DA_F16, 2, DA_FUSE_NORM, 64, NOWIN, 0, DA_BACKEND_CUDA},
+  };
+  for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+    bcase k = cs[i];
+    uint64_t seed = tu_seed() ^ 0xc0da ^ i;
+    void *a[3], *b[3];
+    bresult ra, rb;
+    run_case(&k, &ra, a, seed);
+    k.be = DA_BACKEND_CPU;
+    run_case(&k, &rb, b, seed);
+    const size_t n[3] = {(size_t)k.B * k.H * k.Sq * k.hd, (size_t)k.B * k.KVH * k.Sk * k.hd,
+                         (size_t)k.B * k.KVH * k.Sk * k.hd};
+    /* f32: both within 2e-5 of the reference, 1e-5 of each other; f16 and
+     * bf16: the dtype's bound (the two round differently) */
+    const double bound = k.t == DA_F32 ? 1e-5 : bwd_bound(k.t);
+    for (int t = 0; t < 3; t++) {
+      const double e = tu_rel_err_arrays(a[t], b[t], k.t, n[t]);
+      if (getenv("DA_TEST_VERBOSE"))
+        fprintf(stderr, "  cuda vs cpu case %zu d%c: %.3g (bound %.3g)\n", i, "QKV"[t], e, bound);
+      if (!(ra.err[t] <= bwd_bound(k.t) && rb.err[t] <= bwd_bound(k.t) && e <= bound))
+        fail_msg("case %zu: d%c cuda %g, cpu %g against the reference, %g between them", i,
+                 "QKV"[t], ra.err[t], rb.err[t], e);
+      free(a[t]), free(b[t]);
+    }
+  }
+}
+
+/* What the CUDA backward refuses: what the cpu one refuses (per-sequence
+ * lengths, through the core), a DISTRATTN_CUDA_BWD it cannot honour or
+ * parse. */
+static void test_cuda_refusals(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  da_context *ctx = be_ctx(DA_BACKEND_CUDA);
+  da_attn_desc d = tu_small_desc(); /* f32, d 16 */
+  da_plan *p = NULL;
+  TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
+  const size_t qb = tu_q_elems(&d) * 4, kb = tu_kv_elems(&d) * 4, lb = 4 * 8 * 4;
+  da_buffer *b[9];
+  const size_t sizes[9] = {qb, qb, kb, kb, qb, lb, qb, kb, kb};
+  for (int i = 0; i < 9; i++) {
+    TU_CHECK(ctx, da_buffer_create(ctx, sizes[i], &b[i]));
+    float *z = calloc(sizes[i], 1);
+    TU_CHECK(ctx, da_buffer_write(b[i], 0, z, sizes[i]));
+    free(z);
+  }
+  da_bwd_args a;
+  da_bwd_args_init(&a);
+  a.dout = b[0], a.q = b[1], a.k = b[2], a.v = b[3], a.o = b[4], a.lse = b[5];
+  a.dq = b[6], a.dk = b[7], a.dv = b[8];
+  TU_CHECK(ctx, da_attention_backward(p, &a));
+  assert_string_equal(da_context_last_error(ctx), "");
+  setenv("DISTRATTN_CUDA_BWD", "mma", 1); /* f32, head_dim 16: no tensor-core kernel */
+  expect(ctx, da_attention_backward(p, &a), DA_ERR_UNSUPPORTED, "DISTRATTN_CUDA_BWD");
+  setenv("DISTRATTN_CUDA_BWD", "tensor", 1);
+  expect(ctx, da_attention_backward(p, &a), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD");
+  setenv("DISTRATTN_CUDA_BWD", "simt", 1);
+  TU_CHECK(ctx, da_attention_backward(p, &a));
+  unsetenv("DISTRATTN_CUDA_BWD");
+  setenv("DISTRATTN_CUDA_BWD_KEYS", "32", 1);
+  expect(ctx, da_attention_backward(p, &a), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD_KEYS");
+  unsetenv("DISTRATTN_CUDA_BWD_KEYS");
+  da_attn_ext e;
+  da_attn_ext_init(&e);
+  e.seqlens = DA_SEQLENS_KV;
+  da_plan *pk = NULL;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
+  expect(ctx, da_attention_backward(pk, &a), DA_ERR_UNSUPPORTED, "seqlens");
+  da_plan_destroy(pk);
+  for (int i = 0; i < 9; i++) da_buffer_destroy(b[i]);
+  da_plan_destroy(p);
+  da_context_destroy(ctx);
+}
+
 int main(void) {
   tu_filter_from_env();
   const struct CMUnitTest tests[] = {
@@ -626,6 +834,12 @@ int main(void) {
       cmocka_unit_test(test_exact_half),    cmocka_unit_test(test_distr),
       cmocka_unit_test(test_window),        cmocka_unit_test(test_strided),
       cmocka_unit_test(test_refusals),      cmocka_unit_test(test_opencl_refuses),
+      {"cuda: exact vs float64", test_cuda_exact, NULL, NULL, NULL},
+      {"cuda: DistrAttention vs float64", test_cuda_distr, NULL, NULL, NULL},
+      {"cuda: windows and strides", test_cuda_window_strided, NULL, NULL, NULL},
+      {"cuda: DISTRATTN_CUDA_BWD simt and mma, 64 and 128 keys", test_cuda_forced, NULL, NULL, NULL},
+      {"cuda: vs cpu backward", test_cuda_vs_cpu, NULL, NULL, NULL},
+      {"cuda: refusals", test_cuda_refusals, NULL, NULL, NULL},
   };
   return cmocka_run_group_tests_name("backward", tests, NULL, NULL);
 }

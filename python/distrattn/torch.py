@@ -26,9 +26,10 @@ ext.lse = 1) and has an autograd formula: its backward is the op
 distrattn::attention_backward (da_attention_backward), which gives dq, dk
 and dv from (dout, q, k, v, o, lse), for exact attention and for
 DistrAttention (the forward's groupings and fusion weights are constants,
-recomputed from q). CPU tensors only, for now: on CUDA tensors the forward
-runs, and the backward raises distrattn.Unsupported (a NotImplementedError)
-as the CUDA backend has no backward pass yet. Both ops have fake
+recomputed from q), on CPU tensors (the CPU backend) and CUDA tensors (the
+CUDA backend, on torch's current stream like the forward: both enqueue
+only, so a training step can be captured in a CUDA graph; the backward's
+workspace is stream-ordered, cudaMallocAsync). Both ops have fake
 implementations, so torch.compile traces forward and backward.
 """
 import contextlib
@@ -146,7 +147,10 @@ def _wrap(lib, ctx, t, name):
     return b
 
 
-def _cuda_attention(q, k, v, o, d):
+def _cuda_call(q, d, lse, tensors, fn):
+    """fn(lib, ctx, plan, buffers) on the CUDA context of q's device and
+    torch's current stream, with the plan of d (ext.lse = 1 when lse) and
+    tensors (name -> tensor) wrapped as da_buffers for the call."""
     lib = _lib.load()
     dev = q.device.index if q.device.index is not None else torch.cuda.current_device()
     with torch.cuda.device(dev):
@@ -158,16 +162,44 @@ def _cuda_attention(q, k, v, o, d):
                 return _stream_context(dev, stream.cuda_stream)
 
         with _core.locked(get) as ctx:
-            bufs = []
+            bufs = {}
             try:
                 with _relaxed_capture(capturing):
-                    plan = ctx.plan(d, pin=capturing)
-                    for name, t in (("q", q), ("k", k), ("v", v), ("o", o)):
-                        bufs.append(_wrap(lib, ctx, t, name))
-                ctx.check(lib.da_attention(plan, *bufs), "da_attention")
+                    plan = ctx.plan(d, pin=capturing, lse=lse)
+                    for name, t in tensors.items():
+                        bufs[name] = _wrap(lib, ctx, t, name)
+                fn(lib, ctx, plan, bufs)
             finally:
-                for b in bufs:
+                for b in bufs.values():
                     lib.da_buffer_destroy(b)
+
+
+def _cuda_attention(q, k, v, o, d):
+    def run(lib, ctx, plan, b):
+        ctx.check(lib.da_attention(plan, b["q"], b["k"], b["v"], b["o"]), "da_attention")
+
+    _cuda_call(q, d, False, {"q": q, "k": k, "v": v, "o": o}, run)
+
+
+def _cuda_attention_lse(q, k, v, o, lse, d):
+    def run(lib, ctx, plan, b):
+        a = _lib.new_struct(_lib.AttnArgs)
+        a.q, a.k, a.v, a.o, a.lse = (b[n].value for n in ("q", "k", "v", "o", "lse"))
+        ctx.check(lib.da_attention_ext(plan, C.byref(a)), "da_attention_ext")
+
+    _cuda_call(q, d, True, {"q": q, "k": k, "v": v, "o": o, "lse": lse}, run)
+
+
+def _cuda_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d):
+    names = ("dout", "q", "k", "v", "o", "lse", "dq", "dk", "dv")
+
+    def run(lib, ctx, plan, b):
+        a = _lib.new_struct(_lib.BwdArgs)
+        for name in names:
+            setattr(a, name, b[name].value)
+        ctx.check(lib.da_attention_backward(plan, C.byref(a)), "da_attention_backward")
+
+    _cuda_call(q, d, True, dict(zip(names, (dout, q, k, v, o, lse, dq, dk, dv))), run)
 
 
 def _cpu_attention(q, k, v, o, d):
@@ -221,13 +253,6 @@ def _cpu_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d):
                         "dk": dk, "dv": dv}, run)
 
 
-def _no_cuda_backward():
-    return Unsupported("no backward pass for CUDA tensors yet: the CUDA backend has no "
-                       "da_attention_backward (SPEC.md 1b runs on the CPU backend); call the "
-                       "forward under torch.no_grad(), or use CPU tensors for training",
-                       "distrattn.torch.attention (backward)")
-
-
 # ---- the op
 
 @torch.library.custom_op("distrattn::attention", mutates_args=())
@@ -275,9 +300,7 @@ def _attention_lse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     if q.device.type == "cpu":
         _cpu_attention_lse(q, k, v, o, lse, d)
     elif q.device.type == "cuda":
-        # the forward runs; its backward is refused (_no_cuda_backward)
-        _cuda_attention(q, k, v, o, d)
-        lse.fill_(float("nan"))
+        _cuda_attention_lse(q, k, v, o, lse, d)
     else:
         raise Unsupported(f"tensors on {q.device}: distrattn.torch runs CPU and CUDA tensors",
                           _WHAT)
@@ -305,17 +328,21 @@ def _attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     if dout.dtype != q.dtype or o.dtype != q.dtype or lse.dtype != torch.float32:
         raise InvalidArgument(f"dtypes disagree: dout {dout.dtype}, o {o.dtype}, lse {lse.dtype} "
                               f"(q {q.dtype}; lse float32)", _WHAT)
-    if q.device.type == "cuda":
-        raise _no_cuda_backward()
-    if q.device.type != "cpu":
+    if q.device.type not in ("cpu", "cuda"):
         raise Unsupported(f"tensors on {q.device}: distrattn.torch runs CPU and CUDA tensors",
                           _WHAT)
+    if not (dout.device == o.device == lse.device == q.device):
+        raise InvalidArgument(f"dout, o and lse must be on q's device ({q.device}), not "
+                              f"{dout.device}, {o.device}, {lse.device}", _WHAT)
     d = _desc(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed, algo)
     dout, q, k, v, o, lse = (t.contiguous() for t in (dout, q, k, v, o, lse))
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    _cpu_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d)
+    if q.device.type == "cuda":
+        _cuda_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d)
+    else:
+        _cpu_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d)
     return dq, dk, dv
 
 
@@ -362,8 +389,8 @@ def attention(q, k, v, *, causal=False, scale=None, group_size=1, fusion=None, h
     Differentiable: with grad enabled and q, k or v requiring grad it runs
     torch.ops.distrattn.attention_lse (the same arguments; returns o and
     the float32 log-sum-exp, shape (batch, heads, seq_q)), whose backward
-    (distrattn::attention_backward) gives dq, dk, dv on the CPU backend
-    (SPEC.md 1b); CUDA tensors' backward raises distrattn.Unsupported."""
+    (distrattn::attention_backward) gives dq, dk, dv on the tensors'
+    backend, CPU or CUDA (SPEC.md 1b)."""
     if fusion is None:
         fus = -1
     elif isinstance(fusion, str) and fusion.lower() in _lib.FUSIONS:

@@ -1,0 +1,277 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The backward pass's tensor-core main kernel (cuda_bwd.cuh step 3): f16 or
+ * bf16, head_dim D = 64 or 128, mma.sync m16n8k16 with f32 accumulation,
+ * fed by ldmatrix with the forward's fragment patterns (cuda_mma.cuh).
+ *
+ * Block (key block of BC = 16 WARPS keys, kv head, batch), WARPS warps (4
+ * or 8: dac_bwd_args.bc 64 or 128 keys); warp w owns keys 16w..16w+15 of
+ * the block and their dK, dV accumulators (registers, [D/8][4] each). K and V stay in shared memory; the query heads of the kv
+ * head and their blocks of BR query rows (64 at D = 64, 32 at D = 128, for
+ * the registers) stream through two slots of Q and dO, brought in with
+ * cp.async one step ahead. Per step, in each warp:
+ *   S^T = K Q^T (A: K rows, B: Q as [n][k]), dP^T = V dO^T likewise;
+ *   P^T = 2^(S^T sc - LSE log2 e) on visible (row, key) pairs, else 0;
+ *   dS^T = P^T o (dP^T - D);
+ *   dV += P^T dO, dK += dS^T Q (A: P^T, dS^T from the accumulators as the
+ *   forward turns P into A fragments; B: dO, Q through ldmatrix .trans);
+ * dS^T goes to shared memory as dS [BR][BC]; after a barrier the warps
+ * compute E = dS K (A: dS rows, B: K through .trans) over [BR][D], split
+ * into m-tiles and column halves, and add it to the f32 accumulator with
+ * atomics. The logits' Q is Q itself or the expanded Q of G > 1 (dense, in
+ * the same dtype); dK then is dS^T Qx, as cuda_bwd.cuh says. */
+#ifndef DA_CUDA_BWD_MMA_CUH
+#define DA_CUDA_BWD_MMA_CUH
+
+#include "cuda_bwd.cuh"
+#include "cuda_mma.cuh"
+
+template <typename T> __device__ __forceinline__ T bwd_to(float x);
+template <> __device__ __forceinline__ __half bwd_to<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 bwd_to<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+template <int D, int WARPS> struct dac_bwd_mma_cfg {
+  static constexpr int BC = 16 * WARPS, BR = D == 64 ? 64 : 32, NT = 32 * WARPS;
+  static constexpr int LD = D + 8, LDS = BC + 8;
+  template <typename T> static constexpr size_t smem() {
+    return sizeof(T) * (2 * (size_t)BC * LD + 4 * (size_t)BR * LD + (size_t)BR * LDS) +
+           sizeof(float) * 4 * BR;
+  }
+};
+
+template <typename T, int D, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  typedef dac_mma_op<T> op;
+  typedef dac_bwd_mma_cfg<D, WARPS> cfg;
+  constexpr int BC = cfg::BC, BR = cfg::BR, NT = cfg::NT, LD = cfg::LD, LDS = cfg::LDS;
+  extern __shared__ __align__(16) unsigned char smraw[];
+  T *Ks = (T *)smraw;               /* [BC][LD] */
+  T *Vs = Ks + BC * LD;             /* [BC][LD] */
+  T *Qs = Vs + BC * LD;             /* [2][BR][LD] */
+  T *Gs = Qs + 2 * BR * LD;         /* [2][BR][LD]: dO */
+  T *dSs = Gs + 2 * BR * LD;        /* [BR][LDS]: dS, rows = query rows */
+  float *l2s = (float *)(dSs + BR * LDS); /* [2][BR]: LSE log2 e (-inf: no key) */
+  float *Ds = l2s + 2 * BR;               /* [2][BR] */
+
+  const int j0 = blockIdx.x * BC, kh = blockIdx.y, b = blockIdx.z;
+  const int hpk = a.heads / a.kv_heads;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
+  const int kw0 = warp * 16; /* this warp's keys in the block */
+  const long long off = (long long)a.seq_k - a.seq_q;
+
+  /* the query rows that see a key of the block */
+  const int jl = min(j0 + BC, a.seq_k) - 1;
+  long long lo = 0, hi = (long long)a.seq_q - 1;
+  if (a.wr >= 0 && (long long)j0 - off - a.wr > lo) lo = (long long)j0 - off - a.wr;
+  if (a.wl >= 0 && (long long)jl - off + a.wl < hi) hi = (long long)jl - off + a.wl;
+  const int imin = (int)min(lo, (long long)a.seq_q), imax = (int)max(hi, -1LL);
+  const int nsteps = imin <= imax ? (imax - imin) / BR + 1 : 0;
+  const int nit = nsteps * hpk;
+
+  const T *ksrc = (const T *)a.k + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
+  const T *vsrc = (const T *)a.v + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
+  /* Q (or Qx), dO, LSE and D of step it into slot sl */
+  auto load_step = [&](int it, int sl) {
+    const int h = kh * hpk + it / nsteps, i0 = imin + (it % nsteps) * BR;
+    const long long bh = (long long)b * a.heads + h;
+    const T *qsrc;
+    long long qrs;
+    if (a.qx) {
+      qsrc = (const T *)a.qx + bh * a.seq_q * D;
+      qrs = D;
+    } else {
+      qsrc = (const T *)a.q + ((long long)b * a.qst[0] + (long long)h * a.qst[1]);
+      qrs = a.qst[2];
+    }
+    const T *gsrc = (const T *)a.dout + ((long long)b * a.ost[0] + (long long)h * a.ost[1]);
+    load_tile_s<T, BR, D, LD, NT>(Qs + sl * BR * LD, qsrc, i0, a.seq_q, qrs);
+    load_tile_s<T, BR, D, LD, NT>(Gs + sl * BR * LD, gsrc, i0, a.seq_q, a.ost[2]);
+    for (int r = threadIdx.x; r < BR; r += NT) {
+      const int i = i0 + r;
+      float L = -INFINITY, Dv = 0.0f;
+      if (i < a.seq_q) {
+        L = a.lse[bh * a.seq_q + i];
+        Dv = a.dsum[bh * a.seq_q + i];
+      }
+      l2s[sl * BR + r] = L == -INFINITY ? -INFINITY : L * 1.4426950408889634f;
+      Ds[sl * BR + r] = Dv;
+    }
+  };
+
+  load_tile_s<T, BC, D, LD, NT>(Ks, ksrc, j0, a.seq_k, a.kst[2]);
+  load_tile_s<T, BC, D, LD, NT>(Vs, vsrc, j0, a.seq_k, a.vst[2]);
+  if (nit > 0) load_step(0, 0);
+  dac_cp_commit();
+  dac_cp_wait<0>();
+  __syncthreads();
+
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.0f;
+
+  /* E = dS K: warp w takes m-tile w % MQ and columns [n0, n0 + NQ) */
+  constexpr int MQ = BR / 16, NQ = D * MQ / WARPS;
+  static_assert(WARPS % MQ == 0 && NQ % 16 == 0, "dQ split");
+  const int mq = warp % MQ, n0 = (warp / MQ) * NQ;
+
+  for (int it = 0; it < nit; it++) {
+    const int cur = it & 1;
+    if (it + 1 < nit) load_step(it + 1, cur ^ 1);
+    dac_cp_commit();
+    const int h = kh * hpk + it / nsteps, i0 = imin + (it % nsteps) * BR;
+    const long long bh = (long long)b * a.heads + h;
+    const T *Qc = Qs + cur * BR * LD, *Gc = Gs + cur * BR * LD;
+    const float *l2 = l2s + cur * BR, *Dc = Ds + cur * BR;
+
+    /* S^T = K Q^T and dP^T = V dO^T: [16 keys][BR rows] per warp */
+    float st[BR / 8][4], pt[BR / 8][4];
+#pragma unroll
+    for (int i = 0; i < BR / 8; i++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) st[i][e] = pt[i][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+      uint32_t ka[4], va[4];
+      ldsm_x4(ka, Ks + (kw0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+      ldsm_x4(va, Vs + (kw0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+      for (int np = 0; np < BR / 16; np++) {
+        const int boff = (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8;
+        uint32_t qb[4], gb[4];
+        ldsm_x4(qb, Qc + boff);
+        ldsm_x4(gb, Gc + boff);
+        op::mma(st[2 * np], ka, qb[0], qb[1]);
+        op::mma(st[2 * np + 1], ka, qb[2], qb[3]);
+        op::mma(pt[2 * np], va, gb[0], gb[1]);
+        op::mma(pt[2 * np + 1], va, gb[2], gb[3]);
+      }
+    }
+    /* P^T into st, dS^T into pt; dS also to shared memory as [row][key] */
+#pragma unroll
+    for (int nt = 0; nt < BR / 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int kl = kw0 + g4 + 8 * (e >> 1), rl = nt * 8 + 2 * t4 + (e & 1);
+        const long long key = j0 + kl, i = (long long)i0 + rl;
+        const long long diag = i + off;
+        const bool vis = key < a.seq_k && i < a.seq_q && (a.wl < 0 || key >= diag - a.wl) &&
+                         (a.wr < 0 || key <= diag + a.wr) && l2[rl] != -INFINITY;
+        const float p = vis ? dac_ex2(fmaf(st[nt][e], a.sc_log2, -l2[rl])) : 0.0f;
+        const float ds = vis ? p * (pt[nt][e] - Dc[rl]) : 0.0f;
+        st[nt][e] = p;
+        pt[nt][e] = ds;
+        dSs[rl * LDS + kl] = bwd_to<T>(ds);
+      }
+    /* dV += P^T dO, dK += dS^T Q: k over the BR rows, n over D */
+#pragma unroll
+    for (int kk = 0; kk < BR / 16; kk++) {
+      uint32_t pa[4], sa[4];
+      pa[0] = op::pack(st[2 * kk][0], st[2 * kk][1]);
+      pa[1] = op::pack(st[2 * kk][2], st[2 * kk][3]);
+      pa[2] = op::pack(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+      pa[3] = op::pack(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+      sa[0] = op::pack(pt[2 * kk][0], pt[2 * kk][1]);
+      sa[1] = op::pack(pt[2 * kk][2], pt[2 * kk][3]);
+      sa[2] = op::pack(pt[2 * kk + 1][0], pt[2 * kk + 1][1]);
+      sa[3] = op::pack(pt[2 * kk + 1][2], pt[2 * kk + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < D / 16; dp++) {
+        const int boff = (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dp * 16 + (lane / 16) * 8;
+        uint32_t gb[4], qb[4];
+        ldsm_x4_t(gb, Gc + boff);
+        ldsm_x4_t(qb, Qc + boff);
+        op::mma(dv[2 * dp], pa, gb[0], gb[1]);
+        op::mma(dv[2 * dp + 1], pa, gb[2], gb[3]);
+        op::mma(dk[2 * dp], sa, qb[0], qb[1]);
+        op::mma(dk[2 * dp + 1], sa, qb[2], qb[3]);
+      }
+    }
+    __syncthreads(); /* dS complete */
+    {
+      float eq[NQ / 8][4];
+#pragma unroll
+      for (int i = 0; i < NQ / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) eq[i][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < BC / 16; kk++) {
+        uint32_t af[4];
+        ldsm_x4(af, dSs + (mq * 16 + lane % 16) * LDS + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+        for (int dp = 0; dp < NQ / 16; dp++) {
+          uint32_t kb[4];
+          ldsm_x4_t(kb, Ks + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + n0 + dp * 16 + (lane / 16) * 8);
+          op::mma(eq[2 * dp], af, kb[0], kb[1]);
+          op::mma(eq[2 * dp + 1], af, kb[2], kb[3]);
+        }
+      }
+#pragma unroll
+      for (int hf = 0; hf < 2; hf++) {
+        const int i = i0 + mq * 16 + g4 + 8 * hf;
+        if (i >= imin && i <= imax) {
+          float *er = a.dacc + (bh * a.seq_q + i) * D + n0 + 2 * t4;
+#pragma unroll
+          for (int nt = 0; nt < NQ / 8; nt++) {
+#if __CUDA_ARCH__ >= 900 /* one 8-byte atomic for the pair (the column is even) */
+            atomicAdd(reinterpret_cast<float2 *>(er + nt * 8),
+                      make_float2(eq[nt][2 * hf], eq[nt][2 * hf + 1]));
+#else
+            atomicAdd(er + nt * 8, eq[nt][2 * hf]);
+            atomicAdd(er + nt * 8 + 1, eq[nt][2 * hf + 1]);
+#endif
+          }
+        }
+      }
+    }
+    dac_cp_wait<0>();
+    __syncthreads(); /* the next step's slot is in; dS and this slot free */
+  }
+
+  /* dK (scaled) and dV of this warp's keys */
+  T *dkd = (T *)a.dk + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
+  T *dvd = (T *)a.dv + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    const int key = j0 + kw0 + g4 + 8 * hf;
+    if (key >= a.seq_k) continue;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) {
+      const int c = nt * 8 + 2 * t4;
+      *reinterpret_cast<uint32_t *>(dkd + (long long)key * a.kst[2] + c) =
+          op::pack(a.sc * dk[nt][2 * hf], a.sc * dk[nt][2 * hf + 1]);
+      *reinterpret_cast<uint32_t *>(dvd + (long long)key * a.vst[2] + c) =
+          op::pack(dv[nt][2 * hf], dv[nt][2 * hf + 1]);
+    }
+  }
+#endif
+}
+
+#ifdef __CUDACC__ /* the launches (tools/cuda_emu runs the kernel on the host) */
+template <typename T, int D, int WARPS>
+static cudaError_t launch_bwd_mma_d(const dac_bwd_args *a, cudaStream_t s) {
+  typedef dac_bwd_mma_cfg<D, WARPS> cfg;
+  const size_t smem = cfg::template smem<T>();
+  cudaError_t e = cudaFuncSetAttribute(dac_bwd_mma_kernel<T, D, WARPS>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (e != cudaSuccess) return e;
+  const dim3 grid((a->seq_k + cfg::BC - 1) / cfg::BC, a->kv_heads, a->batch);
+  dac_bwd_mma_kernel<T, D, WARPS><<<grid, cfg::NT, smem, s>>>(*a);
+  return cudaGetLastError();
+}
+
+/* a->bc keys per block: 64 (4 warps) or 128 (8 warps) */
+template <typename T> static cudaError_t launch_bwd_mma(const dac_bwd_args *a, cudaStream_t s) {
+  if (a->bc != 64 && a->bc != 128) return cudaErrorInvalidValue;
+  if (a->d == 64)
+    return a->bc == 128 ? launch_bwd_mma_d<T, 64, 8>(a, s) : launch_bwd_mma_d<T, 64, 4>(a, s);
+  if (a->d == 128)
+    return a->bc == 128 ? launch_bwd_mma_d<T, 128, 8>(a, s) : launch_bwd_mma_d<T, 128, 4>(a, s);
+  return cudaErrorInvalidValue;
+}
+#endif
+
+#endif /* DA_CUDA_BWD_MMA_CUH */
