@@ -20,23 +20,33 @@
  * chunk whose sum is 0 (it saw only -inf logits) adds 0 x its output, so a
  * NaN there stays, as in one pass; a NaN sum makes the row NaN.
  *
- * Two shapes of pass 1 (the arithmetic is the same):
+ * Pass 1 comes in three forms (the arithmetic is the same; results differ
+ * only in the order of additions):
  *  - DEC_TILED 0, for CPU devices (PoCL): one work-item per work-group
- *    holding every row's accumulator; head_dim in vectors of VW floats, KB
- *    = VW keys at a time (converted to f32 into private memory), their VW
- *    dot products per row summed at once by a transposing tree of adds, so
- *    the scores of a row are one vector of VW keys; P V in register tiles
- *    of RT rows x UT vectors.
+ *    holding every row's accumulator, head_dim in vectors of VW floats, K
+ *    (and V) of KB keys at a time converted to f32 into private memory.
+ *    DEC_LANES 0 (up to 8 rows): lanes are keys. KB = VW; a row's VW dot
+ *    products are summed at once by a transposing tree of adds, so its
+ *    scores are one vector of VW keys; P V in register tiles of RT rows x
+ *    UT vectors (VDIRECT: V converted as the tiles load it, where one tile
+ *    holds every row and D is a multiple of VW).
+ *    DEC_LANES 1 (9 to VW rows): lanes are rows. Q and the accumulators are
+ *    kept transposed, a key's scores for every row are one vector (D
+ *    multiply-adds with the key's elements broadcast) and the online
+ *    softmax runs on whole vectors.
+ *    Measured on PoCL (AVX-512, 2 cores, f16, head_dim 64/128): the tree is
+ *    the faster at 4 and 8 rows, lanes at 16 (1.3-1.5x).
  *  - DEC_TILED 1, for GPUs: NT work-items share Q (local memory), each
  *    block of KB keys of K and then V is loaded into local memory by all of
  *    them (consecutive work-items, consecutive elements), the RB x KB scores
  *    are one dot product per work-item, one work-item per row runs the
  *    online softmax, and every work-item keeps RB * D / NT elements of the
- *    accumulators.
+ *    accumulators. (Checked on PoCL with DISTRATTN_CL_KERNEL=tiled; not
+ *    measured on a GPU yet.)
  * Lengths are read from device memory and clamped as in the other kernels
  * (common.cl, da_seq_q), so no row outside the tensors is read or written.
  * Defines: D, DP (D rounded up to VW), VW, RB, KB, DEC_TILED, NT (tiled),
- * RT, UT (rows), WL, WR, LENS, LSE, DTYPE. */
+ * DEC_LANES, RT, UT, VDIRECT (rows), WL, WR, LENS, LSE, DTYPE. */
 
 #define DA_DEC_ARGS                                                                              \
   __global float *Pacc, __global float2 *Pml, __global const int *lens_q,                        \
@@ -82,9 +92,158 @@ inline void da_dec_load_row(__global const elem_t *p, ulong base, float *dst) {
 #endif
 }
 
-/* The pairwise sums of x's lanes, then y's: one level of the tree. */
-#define DA_PAIR(x, y) ((floatV)((x).even, (y).even) + (floatV)((x).odd, (y).odd))
+/* a[0..VW-1] -> lane j of the result = the sum of a[j]'s lanes, by a tree
+ * of adds whose shuffles move whole halves first, then 128-bit blocks,
+ * then pairs within them (cheap on x86); a is overwritten. */
+#if VW == 16
+inline float16 da_tree(float16 *a) {
+#pragma unroll
+  for (int i = 0; i < 8; i++)
+    a[i] = (float16)(a[i].lo, a[i + 8].lo) + (float16)(a[i].hi, a[i + 8].hi);
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+    a[i] = (float16)(a[i].s0123, a[i + 4].s0123, a[i].s89ab, a[i + 4].s89ab) +
+           (float16)(a[i].s4567, a[i + 4].s4567, a[i].scdef, a[i + 4].scdef);
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+    a[i] = (float16)(a[i].s01, a[i + 2].s01, a[i].s45, a[i + 2].s45, a[i].s89, a[i + 2].s89,
+                     a[i].scd, a[i + 2].scd) +
+           (float16)(a[i].s23, a[i + 2].s23, a[i].s67, a[i + 2].s67, a[i].sab, a[i + 2].sab,
+                     a[i].sef, a[i + 2].sef);
+  return (float16)(a[0].s0, a[1].s0, a[0].s2, a[1].s2, a[0].s4, a[1].s4, a[0].s6, a[1].s6,
+                   a[0].s8, a[1].s8, a[0].sa, a[1].sa, a[0].sc, a[1].sc, a[0].se, a[1].se) +
+         (float16)(a[0].s1, a[1].s1, a[0].s3, a[1].s3, a[0].s5, a[1].s5, a[0].s7, a[1].s7,
+                   a[0].s9, a[1].s9, a[0].sb, a[1].sb, a[0].sd, a[1].sd, a[0].sf, a[1].sf);
+}
+#elif VW == 8
+inline float8 da_tree(float8 *a) {
+#pragma unroll
+  for (int i = 0; i < 4; i++) a[i] = (float8)(a[i].lo, a[i + 4].lo) + (float8)(a[i].hi, a[i + 4].hi);
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+    a[i] = (float8)(a[i].s01, a[i + 2].s01, a[i].s45, a[i + 2].s45) +
+           (float8)(a[i].s23, a[i + 2].s23, a[i].s67, a[i + 2].s67);
+  return (float8)(a[0].s0, a[1].s0, a[0].s2, a[1].s2, a[0].s4, a[1].s4, a[0].s6, a[1].s6) +
+         (float8)(a[0].s1, a[1].s1, a[0].s3, a[1].s3, a[0].s5, a[1].s5, a[0].s7, a[1].s7);
+}
+#else
+inline float4 da_tree(float4 *a) {
+#pragma unroll
+  for (int i = 0; i < 2; i++) a[i] = (float4)(a[i].lo, a[i + 2].lo) + (float4)(a[i].hi, a[i + 2].hi);
+  return (float4)(a[0].s0, a[1].s0, a[0].s2, a[1].s2) + (float4)(a[0].s1, a[1].s1, a[0].s3, a[1].s3);
+}
+#endif
 
+#if DEC_LANES
+/* Lanes are rows (RB <= VW): lane r of every vector is row r, so the
+ * scores of a key for all rows are one vector, D multiply-adds with the
+ * key's elements broadcast, and the online softmax runs on whole vectors;
+ * no sums across lanes. K and V of a block of KB keys are converted into
+ * private memory; Q and the accumulators are kept transposed ([c][r]). */
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const elem_t *V,
+            DA_DEC_ARGS) {
+  const int grp = get_group_id(0), rg = grp % nrg, chunk = grp / nrg;
+  const int kh = get_group_id(1), b = get_group_id(2);
+  const int hpk = heads / kv_heads, R = hpk * seq_q;
+  long q0, k0;
+  int lq, lk;
+  da_seq_q(LENS, b, lens_q, seq_q, rows_q, &q0, &lq);
+  da_seq_k(LENS, b, lens_k, seq_k, rows_k, &k0, &lk);
+  const long c0 = (long)chunk * C, c1 = min(c0 + C, (long)lk);
+
+  float qt[DP * VW];  /* qt[c][r]: the rows' queries times qscale */
+  float kf[KB * DP];  /* the block's keys and values in f32 */
+  float vf[KB * DP];
+  float acc[DP * VW]; /* acc[c][r] */
+  float row[DP];
+  int loa[VW], hia[VW];
+  int kbeg = INT_MAX, kend = 0;
+  for (int r = 0; r < VW; r++) {
+    int h, i, lo = 0, hi = 0;
+    const int live = r < RB && da_dec_row(rg, r, R, seq_q, lq, lk, hpk, kh, c0, c1, &h, &i, &lo, &hi);
+    if (live) {
+      da_dec_load_row(Q, qoff + (ulong)(b * qs0 + h * qs1 + (q0 + i) * qs2), row);
+      if (lo < hi) {
+        kbeg = min(kbeg, lo);
+        kend = max(kend, hi);
+      }
+    }
+    for (int c = 0; c < DP; c++) qt[c * VW + r] = live ? row[c] * qscale : 0.0f;
+    loa[r] = lo;
+    hia[r] = hi;
+  }
+  const intV lo = vloadV(0, loa), hi = vloadV(0, hia);
+  for (int c = 0; c < DP; c++) vstoreV((floatV)(0.0f), c, acc);
+  floatV m = (floatV)(-INFINITY), l = (floatV)(0.0f);
+  const ulong kbase = koff + (ulong)(b * ks0 + kh * ks1 + k0 * ks2);
+  const ulong vbase = voff + (ulong)(b * vs0 + kh * vs1 + k0 * vs2);
+
+  for (int j0 = kbeg; j0 < kend; j0 += KB) {
+    const int nj = min(KB, kend - j0);
+    for (int jj = 0; jj < KB; jj++) {
+      if (jj < nj) {
+        da_dec_load_row(K, kbase + (ulong)((j0 + jj) * ks2), kf + jj * DP);
+        da_dec_load_row(V, vbase + (ulong)((j0 + jj) * vs2), vf + jj * DP);
+      } else {
+        for (int u = 0; u < NV; u++) {
+          vstoreV((floatV)(0.0f), u, kf + jj * DP);
+          vstoreV((floatV)(0.0f), u, vf + jj * DP);
+        }
+      }
+    }
+    floatV s[KB];
+#pragma unroll
+    for (int jj = 0; jj < KB; jj++) s[jj] = (floatV)(0.0f);
+    for (int c = 0; c < D; c++) {
+      const floatV qv = vloadV(c, qt);
+#pragma unroll
+      for (int jj = 0; jj < KB; jj++) s[jj] = fma(qv, (floatV)(kf[jj * DP + c]), s[jj]);
+    }
+    floatV mx = (floatV)(-INFINITY);
+#pragma unroll
+    for (int jj = 0; jj < KB; jj++) {
+      const intV j = (intV)(j0 + jj);
+      s[jj] = select(s[jj], (floatV)(-INFINITY), (j < lo) | (j >= hi));
+      mx = fmax(mx, s[jj]);
+    }
+    /* the online softmax of every row at once (see the other kernel) */
+    const floatV mn = fmax(m, mx);
+    const floatV mu = select(mn, (floatV)(0.0f), mn == (floatV)(-INFINITY));
+    const intV same = mn == m;
+    floatV corr = (floatV)(1.0f);
+    if (!all(same)) corr = select(exp2(m - mu), (floatV)(1.0f), same);
+    floatV ps = (floatV)(0.0f);
+#pragma unroll
+    for (int jj = 0; jj < KB; jj++) {
+      s[jj] = exp2(s[jj] - mu);
+      ps += s[jj];
+    }
+    l = l * corr + ps;
+    m = mn;
+    for (int c = 0; c < D; c++) {
+      floatV a = vloadV(c, acc) * corr;
+#pragma unroll
+      for (int jj = 0; jj < KB; jj++) a = fma(s[jj], (floatV)(vf[jj * DP + c]), a);
+      vstoreV(a, c, acc);
+    }
+  }
+
+  float ma[VW], la[VW];
+  vstoreV(m, 0, ma);
+  vstoreV(l, 0, la);
+  for (int r = 0; r < RB; r++) {
+    int h, i, lo1, hi1;
+    if (!da_dec_row(rg, r, R, seq_q, lq, lk, hpk, kh, c0, c1, &h, &i, &lo1, &hi1)) continue;
+    const size_t slot = (((size_t)b * heads + h) * seq_q + i) * nch + chunk;
+    const int seen = lo1 < hi1;
+    Pml[slot] = (float2)(ma[r], seen ? la[r] : -1.0f);
+    if (seen)
+      for (int c = 0; c < DP; c++) Pacc[slot * DP + c] = acc[c * VW + r];
+  }
+}
+
+#else /* !DEC_LANES */
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const elem_t *V,
             DA_DEC_ARGS) {
@@ -99,7 +258,9 @@ void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const e
 
   float qb[RB * DP];    /* the rows' queries times qscale */
   float kf[KB * DP];    /* the block's keys and values in f32 */
+#if !VDIRECT
   float vf[KB * DP];
+#endif
   float acc[RB * DP];
   float pb[RB * KB];    /* the block's probabilities */
   float m[RB], l[RB], cr[RB];
@@ -130,11 +291,15 @@ void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const e
     for (int jj = 0; jj < KB; jj++) {
       if (jj < nj) {
         da_dec_load_row(K, kbase + (ulong)((j0 + jj) * ks2), kf + jj * DP);
+#if !VDIRECT
         da_dec_load_row(V, vbase + (ulong)((j0 + jj) * vs2), vf + jj * DP);
+#endif
       } else {
         for (int u = 0; u < NV; u++) {
           vstoreV((floatV)(0.0f), u, kf + jj * DP);
+#if !VDIRECT
           vstoreV((floatV)(0.0f), u, vf + jj * DP);
+#endif
         }
       }
     }
@@ -150,12 +315,7 @@ void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const e
 #pragma unroll
         for (int jj = 0; jj < KB; jj++) a[jj] = fma(qv, vloadV(u, kf + jj * DP), a[jj]);
       }
-#pragma unroll
-      for (int n = KB / 2; n >= 1; n /= 2) {
-#pragma unroll
-        for (int t = 0; t < n; t++) a[t] = DA_PAIR(a[2 * t], a[2 * t + 1]);
-      }
-      floatV s = select(a[0], (floatV)(-INFINITY), (jv < (intV)(lo[r])) | (jv >= (intV)(hi[r])));
+      floatV s = select(da_tree(a), (floatV)(-INFINITY), (jv < (intV)(lo[r])) | (jv >= (intV)(hi[r])));
       /* online softmax, log2 domain; mu keeps exp2's argument finite when
        * every logit so far is -inf (a NaN logit still makes the sum NaN) */
       const float mn = fmax(m[r], hmaxV(s));
@@ -176,10 +336,18 @@ void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const e
 #pragma unroll
           for (int t = 0; t < UT; t++)
             o[r][t] = vloadV(u0 + t, acc + (r0 + r) * DP) * (floatV)(cr[r0 + r]);
+#if VDIRECT
+        for (int jj = 0; jj < nj; jj++) { /* the rest have P 0 */
+          const ulong vr = vbase + (ulong)((j0 + jj) * vs2) + (ulong)(u0 * VW);
+          floatV vv[UT];
+#pragma unroll
+          for (int t = 0; t < UT; t++) vv[t] = DEC_LOADV(V, vr + (ulong)(t * VW));
+#else
         for (int jj = 0; jj < KB; jj++) {
           floatV vv[UT];
 #pragma unroll
           for (int t = 0; t < UT; t++) vv[t] = vloadV(u0 + t, vf + jj * DP);
+#endif
 #pragma unroll
           for (int r = 0; r < RT; r++) {
             const floatV pj = (floatV)(pb[(r0 + r) * KB + jj]);
@@ -205,6 +373,8 @@ void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const e
       for (int u = 0; u < NV; u++) vstoreV(vloadV(u, acc + r * DP), u, Pacc + slot * DP);
   }
 }
+
+#endif /* DEC_LANES */
 
 #else /* DEC_TILED */
 #define DS (D + 1) /* local row stride of K and V: odd, so a column read spreads over banks */

@@ -986,9 +986,9 @@ static void test_decode_opencl(void **state) {
   d.group_size = 2;
   EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_UNSUPPORTED, "DISTRATTN_CL_DECODE=1");
   EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_UNSUPPORTED, "group_size");
-  d.group_size = 1, d.seq_q = 17; /* 4 x 17 rows per kv head */
+  d.group_size = 1, d.seq_q = 65; /* 4 x 65 rows per kv head */
   EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_UNSUPPORTED, "query rows per kv head");
-  d.seq_q = 16;
+  d.seq_q = 64;
   TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
   da_plan_destroy(p);
   p = NULL;
