@@ -437,7 +437,7 @@ static da_status prepare_decode(da_plan *p) {
   if (tiled) {
     nt = DEC_NT < bc->max_wg ? DEC_NT : bc->max_wg;
     kb = 0;
-    for (size_t t = 32; t >= 8 && !kb; t /= 2)
+    for (size_t t = 32; t >= 8 && !kb && nt >= (size_t)rb; t /= 2) /* a work-item per row */
       if (4 * ((size_t)rb * D + t * (D + 1) + (size_t)rb * t + 6 * (size_t)rb) + 256 <=
           bc->local_mem)
         kb = t;
@@ -445,8 +445,9 @@ static da_status prepare_decode(da_plan *p) {
       if (env != 1) return DA_SUCCESS;
       return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                           "DISTRATTN_CL_DECODE=1: the split-KV decode kernel (tiled shape) needs "
-                          "more than the device's %llu bytes of local memory for head_dim %d",
-                          (unsigned long long)bc->local_mem, d->head_dim);
+                          "more than the device's %llu bytes of local memory for head_dim %d, or "
+                          "more than its %zu work-items per work-group",
+                          (unsigned long long)bc->local_mem, d->head_dim, bc->max_wg);
     }
   }
   /* chunks */
