@@ -9,6 +9,7 @@
 #include "hash_cl.h"
 #include "attn_cl.h"
 #include "aux_cl.h"
+#include "decode_cl.h"
 
 typedef struct {
   cl_platform_id plat;
@@ -151,6 +152,9 @@ static da_status query_caps(da_context *ctx, da_cl_ctx *bc) {
   e = clGetDeviceInfo(bc->dev, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof bc->max_wg, &bc->max_wg,
                       NULL);
   if (e != CL_SUCCESS) return da_cl_fail(ctx, e, "clGetDeviceInfo(CL_DEVICE_MAX_WORK_GROUP_SIZE)");
+  e = clGetDeviceInfo(bc->dev, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof bc->cus, &bc->cus, NULL);
+  if (e != CL_SUCCESS) return da_cl_fail(ctx, e, "clGetDeviceInfo(CL_DEVICE_MAX_COMPUTE_UNITS)");
+  if (bc->cus < 1) bc->cus = 1;
   cl_device_type type = 0;
   e = clGetDeviceInfo(bc->dev, CL_DEVICE_TYPE, sizeof type, &type, NULL);
   if (e != CL_SUCCESS) return da_cl_fail(ctx, e, "clGetDeviceInfo(CL_DEVICE_TYPE)");
@@ -388,7 +392,7 @@ static void cl_buf_unwrap(da_context *ctx, void *handle) {
   if (handle) clReleaseMemObject((cl_mem)handle); /* the reference cl_buf_wrap took */
 }
 
-static const char *const src_names[] = {"hash.cl", "attn.cl", "aux.cl"};
+static const char *const src_names[] = {"hash.cl", "attn.cl", "aux.cl", "decode.cl"};
 
 /* DISTRATTN_CL_EXTRA_BUILD_OPTIONS: compiler options (-cl-*, -w, ...) for
  * one device. Options that change the kernels' source are refused: -D and
@@ -431,8 +435,9 @@ da_status da_cl_program(da_context *ctx, int src, const char *base_opts, cl_prog
       *out = p->prog;
       return DA_SUCCESS;
     }
-  const char *body = src == DA_CL_SRC_HASH ? da_cl_hash_src
+  const char *body = src == DA_CL_SRC_HASH   ? da_cl_hash_src
                      : src == DA_CL_SRC_ATTN ? da_cl_attn_src
+                     : src == DA_CL_SRC_DEC  ? da_cl_decode_src
                                              : da_cl_aux_src;
   const char *srcs[2] = {da_cl_common_src, body};
   da_cl_prog *entry = calloc(1, sizeof *entry);

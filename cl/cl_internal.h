@@ -40,7 +40,7 @@ typedef int (*da_blast_sgemm_sb_fn)(int layout, int a_trans, int b_trans, size_t
 DA_CL_HIDDEN da_blast_sgemm_sb_fn da_cl_blast(da_context *ctx);
 
 /* Programs built for a context, keyed by source and build options. */
-enum { DA_CL_SRC_HASH = 0, DA_CL_SRC_ATTN = 1, DA_CL_SRC_AUX = 2 };
+enum { DA_CL_SRC_HASH = 0, DA_CL_SRC_ATTN = 1, DA_CL_SRC_AUX = 2, DA_CL_SRC_DEC = 3 };
 
 typedef struct da_cl_prog {
   struct da_cl_prog *next;
@@ -57,6 +57,7 @@ typedef struct da_cl_ctx {
   cl_ulong max_alloc;
   cl_ulong local_mem;
   size_t max_wg;
+  cl_uint cus;            /* CL_DEVICE_MAX_COMPUTE_UNITS (at least 1) */
   int is_cpu;            /* CL_DEVICE_TYPE_CPU: larger tiles */
   int vw;                /* vector width of the fused kernel: 4, 8 or 16 */
   int crsqrt;            /* -cl-fp32-correctly-rounded-divide-sqrt is accepted */

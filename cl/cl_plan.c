@@ -18,6 +18,14 @@ typedef struct {
   size_t hash_ls, bm, sl, upc; /* upc: (batch, kv head) units per GEMM chunk */
   int rp;                      /* logits rows per head (padded to whole hash tiles for G > 1) */
   int tiled;                   /* the fused kernel's GPU shape (TILED=1, bm rows, 2*bm items) */
+  /* split-KV decode (decode.cl), when dec is set: the partial results of
+   * nch chunks of C keys per row, RB rows per work-group (nrg row groups
+   * per kv head), dec_wg work-items per work-group, dec_nv column vectors
+   * per row in the combine */
+  cl_kernel k_dec, k_comb;
+  cl_mem pacc, pml;
+  int dec, dec_nrg, dec_nch, dec_c;
+  size_t dec_wg, dec_nv;
 } da_cl_plan;
 
 #define CK(call, what)                                                                            \
@@ -36,10 +44,12 @@ static size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
                   (int)(sizeof((size_t[]){__VA_ARGS__}) / sizeof(size_t)), (size_t[]){__VA_ARGS__})
 
 static void release_plan(da_cl_plan *bp) {
-  cl_kernel ks[] = {bp->k_hash, bp->k_attn, bp->k_prep, bp->k_to32, bp->k_fq, bp->k_fk, bp->k_soft, bp->k_store};
+  cl_kernel ks[] = {bp->k_hash, bp->k_attn, bp->k_prep, bp->k_to32, bp->k_fq,
+                    bp->k_fk,   bp->k_soft, bp->k_store, bp->k_dec, bp->k_comb};
   for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++)
     if (ks[i]) clReleaseKernel(ks[i]);
-  cl_mem ms[] = {bp->proj, bp->perm, bp->wts, bp->kb, bp->vb, bp->q32, bp->k32, bp->v32, bp->qs, bp->kfz, bp->s, bp->of};
+  cl_mem ms[] = {bp->proj, bp->perm, bp->wts, bp->kb, bp->vb,   bp->q32, bp->k32,
+                 bp->v32,  bp->qs,   bp->kfz, bp->s,  bp->of, bp->pacc, bp->pml};
   for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
     if (ms[i]) clReleaseMemObject(ms[i]);
   free(bp);
@@ -341,6 +351,152 @@ static da_status prepare_fused(da_plan *p) {
   return DA_SUCCESS;
 }
 
+/* ---------------- split-KV decode (decode.cl) ---------------- */
+
+/* The decode kernels run by default where a kv head has at most
+ * DEC_ROWS_AUTO query rows (heads / kv_heads x seq_q), as on CUDA;
+ * DISTRATTN_CL_DECODE=1 takes them up to DEC_ROWS_MAX rows (as the CPU
+ * backend; and refuses a plan they cannot run), 0 never. A work-group takes
+ * at most DEC_RB_MAX of a kv head's rows. On PoCL (2 cores, batch 8, 32/8
+ * heads, seq_k 4096, head_dim 128, f16, CPU time) they beat the fused rows
+ * kernel, which lays all of K and V out again per call, at every row count
+ * measured: 32x at 16 rows, 7x at 64, 1.75x at 512. */
+#define DEC_ROWS_AUTO 16
+#define DEC_ROWS_MAX 256
+#define DEC_RB_MAX 16
+/* Chunking: about DEC_WG_PER_CU work-groups per compute unit (CPU devices:
+ * each work-group is one task of a thread; GPUs: several resident blocks
+ * per multiprocessor), chunks of DEC_CHUNK_MIN..DEC_CHUNK_MAX keys, a
+ * multiple of 64. DISTRATTN_CL_DECODE_CHUNK=N fixes the keys per chunk (a
+ * multiple of 64) for measurements. */
+#define DEC_WG_PER_CU_CPU 4
+#define DEC_WG_PER_CU_GPU 8
+#define DEC_CHUNK_MIN 256
+#define DEC_CHUNK_MAX 8192
+/* The tiled (GPU) shape's work-items per work-group. */
+#define DEC_NT 128
+
+/* Why the decode kernels cannot run a plan, or NULL. */
+static const char *dec_refusal(const da_plan *p) {
+  const da_attn_desc *d = &p->d;
+  if (p->x.strategy == DA_STRATEGY_PROJECTION) return "the projection strategy";
+  if (d->group_size > 1) return "group_size > 1 (DistrAttention's hash tiles)";
+  if (d->head_dim > 256) return "head_dim > 256";
+  if ((long)(d->heads / d->kv_heads) * d->seq_q > DEC_ROWS_MAX)
+    return "more than 256 query rows per kv head (heads / kv_heads x seq_q)";
+  if (d->algo == DA_ALGO_GEMM) return "algo GEMM";
+  return NULL;
+}
+
+/* DISTRATTN_CL_DECODE ("0" never, "1" always, unset: by shape) and
+ * DISTRATTN_CL_DECODE_CHUNK; where the decode kernels take the plan, they
+ * are built, the partial results allocated and bp->dec set. The shape
+ * follows DISTRATTN_CL_KERNEL (tiled: the GPU shape, rows: the CPU one),
+ * else the device's kind. */
+static da_status prepare_decode(da_plan *p) {
+  da_context *ctx = p->ctx;
+  da_cl_ctx *bc = ctx->bctx;
+  da_cl_plan *bp = p->bplan;
+  const da_attn_desc *d = &p->d;
+  static const char *const words[] = {"0", "1"};
+  int env, fixed_set;
+  unsigned long fixed = 0;
+  da_status s = da_env_word(ctx, "DISTRATTN_CL_DECODE", words, 2, "\"0\" or \"1\"", &env);
+  if (s != DA_SUCCESS) return s;
+  if ((s = da_env_uint(ctx, "DISTRATTN_CL_DECODE_CHUNK", 64, 1ul << 30, &fixed, &fixed_set)) !=
+      DA_SUCCESS)
+    return s;
+  if (fixed_set && fixed % 64)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "DISTRATTN_CL_DECODE_CHUNK=%lu is not a multiple of 64", fixed);
+  const char *why = dec_refusal(p);
+  if (env == 1 && why)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "DISTRATTN_CL_DECODE=1: the split-KV decode kernels cannot run this plan: "
+                        "%s",
+                        why);
+  const long R = (long)(d->heads / d->kv_heads) * d->seq_q;
+  if (why || env == 0 || (env != 1 && R > DEC_ROWS_AUTO)) return DA_SUCCESS;
+  cl_choice kc;
+  if ((s = kernel_choice(ctx, &kc)) != DA_SUCCESS) return s;
+  const int tiled = kc.kind >= 0 ? kc.kind : !bc->is_cpu;
+  const size_t D = (size_t)d->head_dim, vw = (size_t)bc->vw, dp = round_up(D, vw);
+  /* rows per work-group: R in as few groups of at most DEC_RB_MAX as
+   * possible, padded to whole register tiles of RT rows (rows shape) */
+  const long nrg = (R + DEC_RB_MAX - 1) / DEC_RB_MAX;
+  long rb = (R + nrg - 1) / nrg;
+  const long rt = rb < 4 ? rb : 4;
+  rb = (rb + rt - 1) / rt * rt;
+  const size_t nv = dp / vw;
+  const size_t ut = nv % 4 == 0 ? 4 : nv % 3 == 0 ? 3 : nv % 2 == 0 ? 2 : 1;
+  size_t kb = vw, nt = 1;
+  /* rows shape: lanes are keys (a tree of adds sums each row's products)
+   * up to 8 rows, rows beyond (when they fit a vector) */
+  const int lanes = !tiled && rb > 8 && (size_t)rb <= vw;
+  if (lanes) kb = 16;
+  if (tiled) {
+    nt = DEC_NT < bc->max_wg ? DEC_NT : bc->max_wg;
+    kb = 0;
+    for (size_t t = 32; t >= 8 && !kb && nt >= (size_t)rb; t /= 2) /* a work-item per row */
+      if (4 * ((size_t)rb * D + t * (D + 1) + (size_t)rb * t + 6 * (size_t)rb) + 256 <=
+          bc->local_mem)
+        kb = t;
+    if (!kb) {
+      if (env != 1) return DA_SUCCESS;
+      return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                          "DISTRATTN_CL_DECODE=1: the split-KV decode kernel (tiled shape) needs "
+                          "more than the device's %llu bytes of local memory for head_dim %d, or "
+                          "more than its %zu work-items per work-group",
+                          (unsigned long long)bc->local_mem, d->head_dim, bc->max_wg);
+    }
+  }
+  /* chunks */
+  const double units = (double)d->batch * d->kv_heads * nrg;
+  const double target =
+      (double)bc->cus * (bc->is_cpu && !tiled ? DEC_WG_PER_CU_CPU : DEC_WG_PER_CU_GPU);
+  long C;
+  if (fixed_set) {
+    C = (long)fixed;
+  } else {
+    double c = (double)d->seq_k * units / target;
+    if (c < DEC_CHUNK_MIN) c = DEC_CHUNK_MIN;
+    if (c > DEC_CHUNK_MAX) c = DEC_CHUNK_MAX;
+    C = ((long)c + 63) / 64 * 64;
+  }
+  const long nch = d->seq_k > 0 ? (d->seq_k + C - 1) / C : 1;
+  if ((double)nrg * nch * nt > 2147483647.0) {
+    if (env != 1) return DA_SUCCESS;
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "DISTRATTN_CL_DECODE=1: %ld chunks of %ld keys are too many for the "
+                        "decode kernel's work-groups",
+                        nch, C);
+  }
+  size_t acc_bytes = 0, ml_bytes = 0;
+  if ((s = SIZE_OF("decode partial results", &acc_bytes, (size_t)d->batch, (size_t)d->heads,
+                   (size_t)d->seq_q, (size_t)nch, dp, 4)) ||
+      (s = SIZE_OF("decode partial sums", &ml_bytes, (size_t)d->batch, (size_t)d->heads,
+                   (size_t)d->seq_q, (size_t)nch, 8)))
+    return s;
+  char opts[512];
+  snprintf(opts, sizeof opts,
+           "-DDEC_TILED=%d -DDTYPE=%d -DD=%zu -DDP=%zu -DVW=%zu -DRB=%ld -DRT=%ld -DUT=%zu "
+           "-DVDIRECT=%d -DDEC_LANES=%d -DKB=%zu -DNT=%zu %s%s",
+           tiled, (int)d->dtype, D, dp, vw, rb, rt, ut, rb == rt && dp == D, lanes, kb, nt,
+           ext_opts(p).s, fp_opts(bc));
+  if ((s = make_kernel(ctx, DA_CL_SRC_DEC, opts, "da_dec", &bp->k_dec)) != DA_SUCCESS ||
+      (s = make_kernel(ctx, DA_CL_SRC_DEC, opts, "da_dec_combine", &bp->k_comb)) != DA_SUCCESS ||
+      (s = new_buffer(ctx, acc_bytes, &bp->pacc, "decode partial results")) != DA_SUCCESS ||
+      (s = new_buffer(ctx, ml_bytes, &bp->pml, "decode partial sums")) != DA_SUCCESS)
+    return s;
+  bp->dec = 1;
+  bp->dec_nrg = (int)nrg;
+  bp->dec_nch = (int)nch;
+  bp->dec_c = (int)C;
+  bp->dec_wg = nt;
+  bp->dec_nv = nv;
+  return DA_SUCCESS;
+}
+
 static da_status prepare_gemm(da_plan *p) {
   da_context *ctx = p->ctx;
 #ifdef DA_CL_NO_CLBLAST
@@ -425,7 +581,9 @@ da_status da_cl_plan_prepare(da_plan *p) {
   p->bplan = bp;
   da_status s = DA_SUCCESS;
   if (p->d.group_size > 1) s = ensure_hash(p);
-  if (s == DA_SUCCESS) s = p->d.algo == DA_ALGO_GEMM ? prepare_gemm(p) : prepare_fused(p);
+  if (s == DA_SUCCESS) s = prepare_decode(p);
+  if (s == DA_SUCCESS && !bp->dec)
+    s = p->d.algo == DA_ALGO_GEMM ? prepare_gemm(p) : prepare_fused(p);
   if (s != DA_SUCCESS) {
     release_plan(bp);
     p->bplan = NULL;
@@ -543,6 +701,91 @@ static da_status attention_fused(da_plan *p, const da_call *c) {
   size_t lws[3] = {items, 1, 1};
   CK(clEnqueueNDRangeKernel(bc->q, kr, 3, NULL, gws, lws, 0, NULL, NULL),
      "clEnqueueNDRangeKernel(da_attn)");
+  return da_cl_order(ctx);
+}
+
+/* The split-KV decode of one call (prepare_decode): the chunks' partial
+ * results, then their merge into O and LSE. */
+static da_status attention_decode(da_plan *p, const da_call *c) {
+  da_context *ctx = p->ctx;
+  da_cl_ctx *bc = ctx->bctx;
+  da_cl_plan *bp = p->bplan;
+  const da_attn_desc *d = &p->d;
+  const da_attn_ext *x = &p->x;
+  cl_mem q = c->q, k = c->k, v = c->v, o = c->o;
+  /* buffers a kernel is given but does not read (no lengths, no LSE) */
+  cl_mem lens_q = x->seqlens == DA_SEQLENS_PACKED ? (cl_mem)c->cu_q : o;
+  cl_mem lens_k = x->seqlens == DA_SEQLENS_PACKED ? (cl_mem)c->cu_k
+                  : x->seqlens == DA_SEQLENS_KV   ? (cl_mem)c->seqlens_k
+                                                  : o;
+  cl_mem lse = x->lse ? (cl_mem)c->lse : o;
+  const cl_long rows_q = (cl_long)c->rows_q, rows_k = (cl_long)c->rows_k;
+  const cl_long qs0 = x->q_stride[0], qs1 = x->q_stride[1], qs2 = x->q_stride[2];
+  const cl_long ks0 = x->k_stride[0], ks1 = x->k_stride[1], ks2 = x->k_stride[2];
+  const cl_long vs0 = x->v_stride[0], vs1 = x->v_stride[1], vs2 = x->v_stride[2];
+  const cl_long os0 = x->o_stride[0], os1 = x->o_stride[1], os2 = x->o_stride[2];
+  const cl_ulong qoff = c->q_off, koff = c->k_off, voff = c->v_off, ooff = c->o_off,
+                 loff = c->lse_off;
+  const cl_int seq_q = d->seq_q, seq_k = d->seq_k, heads = d->heads, kvh = d->kv_heads,
+               nrg = bp->dec_nrg, nch = bp->dec_nch, C = bp->dec_c;
+  const cl_float qscale = da_log2_mul(d->scale); /* capped: SPEC 1, "Scale" */
+  cl_kernel kd = bp->k_dec;
+  ARG(kd, 0, q);
+  ARG(kd, 1, k);
+  ARG(kd, 2, v);
+  ARG(kd, 3, bp->pacc);
+  ARG(kd, 4, bp->pml);
+  ARG(kd, 5, lens_q);
+  ARG(kd, 6, lens_k);
+  ARG(kd, 7, seq_q);
+  ARG(kd, 8, seq_k);
+  ARG(kd, 9, heads);
+  ARG(kd, 10, kvh);
+  ARG(kd, 11, nrg);
+  ARG(kd, 12, nch);
+  ARG(kd, 13, C);
+  ARG(kd, 14, qscale);
+  ARG(kd, 15, qs0);
+  ARG(kd, 16, qs1);
+  ARG(kd, 17, qs2);
+  ARG(kd, 18, qoff);
+  ARG(kd, 19, ks0);
+  ARG(kd, 20, ks1);
+  ARG(kd, 21, ks2);
+  ARG(kd, 22, koff);
+  ARG(kd, 23, vs0);
+  ARG(kd, 24, vs1);
+  ARG(kd, 25, vs2);
+  ARG(kd, 26, voff);
+  ARG(kd, 27, rows_q);
+  ARG(kd, 28, rows_k);
+  size_t gws[3] = {(size_t)nrg * (size_t)nch * bp->dec_wg, (size_t)kvh, (size_t)d->batch};
+  size_t lws[3] = {bp->dec_wg, 1, 1};
+  CK(clEnqueueNDRangeKernel(bc->q, kd, 3, NULL, gws, lws, 0, NULL, NULL),
+     "clEnqueueNDRangeKernel(da_dec)");
+  da_status s = da_cl_order(ctx);
+  if (s != DA_SUCCESS) return s;
+  cl_kernel kc = bp->k_comb;
+  ARG(kc, 0, bp->pacc);
+  ARG(kc, 1, bp->pml);
+  ARG(kc, 2, o);
+  ARG(kc, 3, lse);
+  ARG(kc, 4, lens_q);
+  ARG(kc, 5, lens_k);
+  ARG(kc, 6, seq_q);
+  ARG(kc, 7, seq_k);
+  ARG(kc, 8, heads);
+  ARG(kc, 9, nch);
+  ARG(kc, 10, os0);
+  ARG(kc, 11, os1);
+  ARG(kc, 12, os2);
+  ARG(kc, 13, ooff);
+  ARG(kc, 14, loff);
+  ARG(kc, 15, rows_q);
+  ARG(kc, 16, rows_k);
+  size_t gws2[3] = {bp->dec_nv, (size_t)d->seq_q, (size_t)d->batch * (size_t)d->heads};
+  CK(clEnqueueNDRangeKernel(bc->q, kc, 3, NULL, gws2, NULL, 0, NULL, NULL),
+     "clEnqueueNDRangeKernel(da_dec_combine)");
   return da_cl_order(ctx);
 }
 
@@ -706,5 +949,6 @@ da_status da_cl_attention_ext(da_plan *p, const da_call *c) {
     return da_set_error(p->ctx, DA_ERR_UNSUPPORTED, "OpenCL: DA_ALGO_GEMM needs CLBlast");
 #endif
   }
+  if (((da_cl_plan *)p->bplan)->dec) return attention_decode(p, c);
   return attention_fused(p, c);
 }

@@ -55,3 +55,102 @@ inline void da_seq_k(int lens, int b, __global const int *lens_k, int seq_k, lon
     *lk = lens == 1 ? clamp(lens_k[b], 0, seq_k) : seq_k;
   }
 }
+
+#ifdef LENS
+/* Windows and the log-sum-exp of the programs that take the da_attn_ext
+ * options (WL, WR, LENS, LSE: attn.cl, decode.cl). */
+/* The window (WL, WR: keys before / after the diagonal a query sees, -1
+ * unbounded; causal is WR 0) of query i of a sequence whose diagonal is
+ * off = lk - lq: it sees the keys [da_win_lo, da_win_hi). */
+inline int da_win_hi(int i, int off, int lk) {
+#if WR >= 0
+  return (int)clamp((long)i + off + WR + 1, 0L, (long)lk);
+#else
+  (void)i;
+  (void)off;
+  return lk;
+#endif
+}
+inline int da_win_lo(int i, int off, int lk) {
+#if WL >= 0
+  return (int)clamp((long)i + off - WL, 0L, (long)lk);
+#else
+  (void)i;
+  (void)off;
+  (void)lk;
+  return 0;
+#endif
+}
+/* The log-sum-exp of a row (m, l: its running max in the log2 domain and its
+ * sum): -inf where it sees no key, NaN where its sum is NaN or 0 (all logits
+ * -inf or NaN: O is NaN there). */
+inline float da_lse(int seen, float m, float l) {
+  if (!seen) return -INFINITY;
+  return l > 0.0f ? (m + log2(l)) * M_LN2_F : NAN;
+}
+inline ulong da_lse_at(int b, int h, int i, long q0, int seq_q, int heads, long rows_q) {
+#if LENS == 2
+  (void)b;
+  (void)seq_q;
+  (void)heads;
+  return (ulong)(h * rows_q + q0 + i);
+#else
+  (void)q0;
+  (void)rows_q;
+  return ((ulong)b * heads + h) * (ulong)seq_q + i;
+#endif
+}
+#endif /* LENS */
+
+#ifdef VW
+/* Vectors of VW floats (the CPU-shaped kernels: attn.cl's rows kernel,
+ * decode.cl's). */
+#define DA_CAT_(a, b) a##b
+#define DA_CAT(a, b) DA_CAT_(a, b)
+#define floatV DA_CAT(float, VW)
+#define intV DA_CAT(int, VW)
+#define vloadV DA_CAT(vload, VW)
+#define vstoreV DA_CAT(vstore, VW)
+#define ushortV DA_CAT(ushort, VW)
+#define uintV DA_CAT(uint, VW)
+#define as_floatV DA_CAT(as_float, VW)
+#define convert_uintV DA_CAT(convert_uint, VW)
+#define vload_halfV DA_CAT(vload_half, VW)
+#if VW == 16
+#define IOTA ((intV)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
+inline float hmaxV(float16 v) {
+  float8 a = fmax(v.lo, v.hi);
+  float4 b = fmax(a.lo, a.hi);
+  float2 c = fmax(b.lo, b.hi);
+  return fmax(c.x, c.y);
+}
+inline float hsumV(float16 v) {
+  float8 a = v.lo + v.hi;
+  float4 b = a.lo + a.hi;
+  float2 c = b.lo + b.hi;
+  return c.x + c.y;
+}
+#elif VW == 8
+#define IOTA ((intV)(0, 1, 2, 3, 4, 5, 6, 7))
+inline float hmaxV(float8 v) {
+  float4 b = fmax(v.lo, v.hi);
+  float2 c = fmax(b.lo, b.hi);
+  return fmax(c.x, c.y);
+}
+inline float hsumV(float8 v) {
+  float4 b = v.lo + v.hi;
+  float2 c = b.lo + b.hi;
+  return c.x + c.y;
+}
+#else
+#define IOTA ((intV)(0, 1, 2, 3))
+inline float hmaxV(float4 v) {
+  float2 c = fmax(v.lo, v.hi);
+  return fmax(c.x, c.y);
+}
+inline float hsumV(float4 v) {
+  float2 c = v.lo + v.hi;
+  return c.x + c.y;
+}
+#endif
+#endif /* VW */

@@ -2,11 +2,11 @@
 # cl/: the OpenCL backend, a module loaded at run time (distrattn_opencl.so).
 # The kernels in cl/*.cl are embedded as C strings into generated headers in
 # the build tree (only $(SED) is needed).
-DA_CL_KERNELS = cl/common.cl cl/hash.cl cl/attn.cl cl/aux.cl
+DA_CL_KERNELS = cl/common.cl cl/hash.cl cl/attn.cl cl/aux.cl cl/decode.cl
 EXTRA_DIST += $(DA_CL_KERNELS)
 
 if HAVE_OPENCL
-DA_CL_GENERATED = cl/common_cl.h cl/hash_cl.h cl/attn_cl.h cl/aux_cl.h
+DA_CL_GENERATED = cl/common_cl.h cl/hash_cl.h cl/attn_cl.h cl/aux_cl.h cl/decode_cl.h
 BUILT_SOURCES += $(DA_CL_GENERATED)
 CLEANFILES += $(DA_CL_GENERATED)
 
@@ -37,4 +37,6 @@ cl/attn_cl.h: $(srcdir)/cl/attn.cl
 	$(AM_V_GEN)src=$(srcdir)/cl/attn.cl; var=da_cl_attn_src; $(DA_CL_EMBED)
 cl/aux_cl.h: $(srcdir)/cl/aux.cl
 	$(AM_V_GEN)src=$(srcdir)/cl/aux.cl; var=da_cl_aux_src; $(DA_CL_EMBED)
+cl/decode_cl.h: $(srcdir)/cl/decode.cl
+	$(AM_V_GEN)src=$(srcdir)/cl/decode.cl; var=da_cl_decode_src; $(DA_CL_EMBED)
 endif

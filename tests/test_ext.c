@@ -920,6 +920,94 @@ static void test_decode_cuda(void **state) {
   da_context_destroy(ctx);
 }
 
+/* The rows per kv head up to which the OpenCL backend picks its split-KV
+ * decode kernels itself (DEC_ROWS_AUTO in cl/cl_plan.c). */
+#define CL_DEC_ROWS_AUTO 16
+
+/* The decode cases on the OpenCL backend with DISTRATTN_CL_DECODE unset
+ * (its own choice: the split-KV kernels up to 16 rows per kv head), 0 (the
+ * fused kernel: only a few cases, that kernel has its own tests) and 1 (the
+ * split-KV kernels for the cases unset leaves to the fused kernel), each
+ * against the float64 reference,
+ * plus a KV cache cut into many chunks (DISTRATTN_CL_DECODE_CHUNK). Which
+ * kernels ran is seen in the results: the same inputs give bit for bit the
+ * same O and LSE under unset and 1, and another O under 0. With 1 a plan the
+ * decode kernels cannot run is refused by name, and bad values of both
+ * variables fail the plan. Under tests/cl-tiled-check.sh
+ * (DISTRATTN_CL_KERNEL=tiled) this runs the decode kernel's GPU shape. */
+static void test_decode_opencl(void **state) {
+  (void)state;
+  TU_NEED_BACKEND(DA_BACKEND_OPENCL);
+  static const char *const modes[3] = {NULL, "0", "1"};
+  static const ecase chunked[] = {
+      {"dec-chunks-q1-32/8-f16", 2, 32, 8, 1, 1500, 128, DA_F16, 1, 0, DA_SEQLENS_KV, -1, -1, 1, 0},
+      {"dec-chunks-q3-4/2-bf16-window", 3, 4, 2, 3, 1000, 64, DA_BF16, 1, 1, DA_SEQLENS_KV, 300, -1, 1, 0},
+      {"dec-chunks-q2-8/2-f32-packed-hd59", 3, 8, 2, 2, 700, 59, DA_F32, 0, 2, DA_SEQLENS_PACKED, -1, -1, 1, 0},
+      {"dec-chunks-q4-8/1-f32-lr", 2, 8, 1, 4, 800, 128, DA_F32, 0, 0, DA_SEQLENS_NONE, 200, 3, 1, 0},
+  };
+  /* which kernels ran: unset and 1 agree bit for bit, 0 does not (on
+   * dec-q1-f32-128: f32, 4 rows per kv head) */
+  const size_t cmp = 6;
+  assert_int_equal(dcases[cmp].t, DA_F32);
+  eresult r[3];
+  for (int m = 0; m < 3; m++) {
+    if (modes[m])
+      setenv("DISTRATTN_CL_DECODE", modes[m], 1);
+    else
+      unsetenv("DISTRATTN_CL_DECODE");
+    for (size_t i = 0; i < sizeof dcases / sizeof dcases[0]; i++) {
+      const ecase *c = &dcases[i];
+      const int mine = c->h / c->kvh * c->sq <= CL_DEC_ROWS_AUTO;
+      /* 0: a few cases; unset: those it takes (the rest as 0); 1: the
+       * rest (those it shares with unset run the same kernels) */
+      if (i != cmp && (m == 1 ? i % 4 != 0 : m == 0 ? !mine : mine)) continue;
+      run_ecase(DA_BACKEND_OPENCL, c, 0xdec0000u + i, i == cmp ? &r[m] : NULL);
+    }
+  }
+  assert_int_equal(r[0].no, r[2].no);
+  assert_int_equal(memcmp(r[0].o, r[2].o, r[0].no * 4), 0);
+  assert_int_equal(memcmp(r[0].lse, r[2].lse, r[0].nlse * 4), 0);
+  assert_int_not_equal(memcmp(r[1].o, r[2].o, r[0].no * 4), 0);
+  for (int m = 0; m < 3; m++) eresult_free(&r[m]);
+  setenv("DISTRATTN_CL_DECODE", "1", 1);
+  setenv("DISTRATTN_CL_DECODE_CHUNK", "128", 1);
+  for (size_t i = 0; i < sizeof chunked / sizeof chunked[0]; i++)
+    run_ecase(DA_BACKEND_OPENCL, &chunked[i], 0xdec2000u + i, NULL);
+  unsetenv("DISTRATTN_CL_DECODE_CHUNK");
+
+  /* refusals and bad values */
+  setenv("DISTRATTN_CL_DECODE", "1", 1);
+  da_context *ctx = NULL;
+  TU_CHECK(ctx, da_context_create(&ctx, DA_BACKEND_OPENCL, -1));
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  d.batch = 1, d.heads = 8, d.kv_heads = 2, d.seq_q = 1, d.seq_k = 64, d.head_dim = 64;
+  da_plan *p = NULL;
+  d.group_size = 2;
+  EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_UNSUPPORTED, "DISTRATTN_CL_DECODE=1");
+  EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_UNSUPPORTED, "group_size");
+  d.group_size = 1, d.seq_q = 65; /* 4 x 65 rows per kv head */
+  EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_UNSUPPORTED, "query rows per kv head");
+  d.seq_q = 64;
+  TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
+  da_plan_destroy(p);
+  p = NULL;
+  d.algo = DA_ALGO_GEMM, d.seq_q = 1;
+  EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_UNSUPPORTED, "algo GEMM");
+  d.algo = DA_ALGO_AUTO;
+  setenv("DISTRATTN_CL_DECODE", "2", 1);
+  EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_INVALID_ARG, "DISTRATTN_CL_DECODE");
+  setenv("DISTRATTN_CL_DECODE", "1", 1);
+  setenv("DISTRATTN_CL_DECODE_CHUNK", "100", 1);
+  EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_INVALID_ARG, "DISTRATTN_CL_DECODE_CHUNK");
+  setenv("DISTRATTN_CL_DECODE_CHUNK", "64x", 1);
+  EXPECT(da_plan_create(ctx, &d, &p), DA_ERR_INVALID_ARG, "DISTRATTN_CL_DECODE_CHUNK");
+  unsetenv("DISTRATTN_CL_DECODE_CHUNK");
+  unsetenv("DISTRATTN_CL_DECODE");
+  assert_null(p);
+  da_context_destroy(ctx);
+}
+
 /* CUDA: DA_ALGO_GEMM refuses the options by name, DA_ALGO_AUTO takes the
  * fused kernels; the Hopper warpgroup-MMA kernel runs dense plans only, so
  * DISTRATTN_CUDA_WGMMA=1 refuses an ext plan (whatever the GPU) and leaves
@@ -977,6 +1065,7 @@ int main(void) {
       {"opencl: G > 1 equals dense", test_groups_equal_dense, NULL, NULL, st_cl},
       {"opencl: ext vs cpu", test_cross_backend, NULL, NULL, st_cl},
       {"opencl: refusals", test_refusals_opencl, NULL, NULL, NULL},
+      {"opencl: decode cases", test_decode_opencl, NULL, NULL, NULL},
       {"cuda: ext cases", test_ext_cases, NULL, NULL, st_cu},
       {"cuda: G > 1 cases", test_g_cases, NULL, NULL, st_cu},
       {"cuda: LSE merge", test_lse_merge, NULL, NULL, st_cu},
