@@ -10,6 +10,7 @@
 #include "attn_cl.h"
 #include "aux_cl.h"
 #include "decode_cl.h"
+#include "bwd_cl.h"
 
 typedef struct {
   cl_platform_id plat;
@@ -392,7 +393,7 @@ static void cl_buf_unwrap(da_context *ctx, void *handle) {
   if (handle) clReleaseMemObject((cl_mem)handle); /* the reference cl_buf_wrap took */
 }
 
-static const char *const src_names[] = {"hash.cl", "attn.cl", "aux.cl", "decode.cl"};
+static const char *const src_names[] = {"hash.cl", "attn.cl", "aux.cl", "decode.cl", "bwd.cl"};
 
 /* DISTRATTN_CL_EXTRA_BUILD_OPTIONS: compiler options (-cl-*, -w, ...) for
  * one device. Options that change the kernels' source are refused: -D and
@@ -438,6 +439,7 @@ da_status da_cl_program(da_context *ctx, int src, const char *base_opts, cl_prog
   const char *body = src == DA_CL_SRC_HASH   ? da_cl_hash_src
                      : src == DA_CL_SRC_ATTN ? da_cl_attn_src
                      : src == DA_CL_SRC_DEC  ? da_cl_decode_src
+                     : src == DA_CL_SRC_BWD  ? da_cl_bwd_src
                                              : da_cl_aux_src;
   const char *srcs[2] = {da_cl_common_src, body};
   da_cl_prog *entry = calloc(1, sizeof *entry);
@@ -509,6 +511,7 @@ static const da_backend_iface cl_iface = {
     .attention = da_cl_attention,
     .attention_ext = da_cl_attention_ext,
     .groups = da_cl_groups,
+    .attention_bwd = da_cl_attention_bwd,
 };
 
 __attribute__((visibility("default"))) const da_backend_iface *distrattn_backend_entry(void);

@@ -40,7 +40,8 @@ typedef int (*da_blast_sgemm_sb_fn)(int layout, int a_trans, int b_trans, size_t
 DA_CL_HIDDEN da_blast_sgemm_sb_fn da_cl_blast(da_context *ctx);
 
 /* Programs built for a context, keyed by source and build options. */
-enum { DA_CL_SRC_HASH = 0, DA_CL_SRC_ATTN = 1, DA_CL_SRC_AUX = 2, DA_CL_SRC_DEC = 3 };
+enum { DA_CL_SRC_HASH = 0, DA_CL_SRC_ATTN = 1, DA_CL_SRC_AUX = 2, DA_CL_SRC_DEC = 3,
+       DA_CL_SRC_BWD = 4 };
 
 typedef struct da_cl_prog {
   struct da_cl_prog *next;
@@ -77,5 +78,12 @@ DA_CL_HIDDEN void da_cl_plan_release(da_plan *p);
 DA_CL_HIDDEN da_status da_cl_attention(da_plan *p, void *q, void *k, void *v, void *o);
 DA_CL_HIDDEN da_status da_cl_attention_ext(da_plan *p, const da_call *c);
 DA_CL_HIDDEN da_status da_cl_groups(da_plan *p, void *q, void *perm);
+/* The backward pass (cl_bwd.c, bwd.cl; SPEC 1b). */
+DA_CL_HIDDEN da_status da_cl_attention_bwd(da_plan *p, const da_bwd_call *c);
+/* The forward's groupings of Q (the call's layout: the plan's strides,
+ * element offset qoff) into the plan's buffers, returned in perm and wts
+ * (D entries per (batch, head, hash tile), weights by position). */
+DA_CL_HIDDEN da_status da_cl_bwd_groups(da_plan *p, cl_mem q, size_t qoff, cl_mem *perm,
+                                        cl_mem *wts);
 
 #endif /* DA_CL_INTERNAL_H */

@@ -162,6 +162,18 @@ static da_status enqueue_hash(da_plan *p, cl_mem q, cl_mem perm_out, const long 
   return da_cl_order(ctx);
 }
 
+/* The backward pass's groupings (cl_bwd.c): the forward's hash kernel over
+ * Q at the call's layout into the plan's permutation and weight buffers. */
+da_status da_cl_bwd_groups(da_plan *p, cl_mem q, size_t qoff, cl_mem *perm, cl_mem *wts) {
+  da_status s = ensure_hash(p);
+  if (s != DA_SUCCESS) return s;
+  da_cl_plan *bp = p->bplan;
+  if ((s = enqueue_hash(p, q, bp->perm, p->x.q_stride, qoff, NULL, 0)) != DA_SUCCESS) return s;
+  *perm = bp->perm;
+  *wts = bp->wts;
+  return DA_SUCCESS;
+}
+
 /* The fused kernels' options of the plan's da_attn_ext: the window (causal
  * is WR 0), the lengths' kind and the LSE output. */
 typedef struct {

@@ -8,10 +8,10 @@
  * Shapes as flash-attn's tests use them: seq_q != seq_k, head_dim 32, 59,
  * 64, 128, causal or not, GQA and MQA, f32/f16/bf16, exact and G = 2, 4
  * under both fusions; windows, a strided (B,S,H,D) layout, and the
- * refusals (per-sequence lengths, backends without a backward pass,
- * overlapping and short buffers). The 'cuda: ...' tests run the same
- * checks on the CUDA backend (device buffers; both of its kernels) and
- * against the cpu backend's backward. DA_TEST_VERBOSE=1 prints every
+ * refusals (per-sequence lengths, overlapping and short buffers). The
+ * 'cuda: ...' and 'opencl: ...' tests run the same checks on those
+ * backends (device buffers; CUDA's both kernels) and against the cpu
+ * backend's backward. DA_TEST_VERBOSE=1 prints every
  * measured error. */
 #include <math.h>
 #include <stdio.h>
@@ -421,6 +421,10 @@ static double bwd_bound(da_dtype t) {
   return t == DA_F32 ? 2e-5 : t == DA_F16 ? 4e-3 : 3e-2;
 }
 
+static const char *be_prefix(da_backend be) {
+  return be == DA_BACKEND_CUDA ? "cuda " : be == DA_BACKEND_OPENCL ? "opencl " : "";
+}
+
 static void check_case(const bcase *k) {
   uint64_t seed = tu_seed() ^ (uint64_t)(k->Sq * 131 + k->Sk * 7 + k->hd + k->G * 1000);
   bresult res;
@@ -430,12 +434,12 @@ static void check_case(const bcase *k) {
     if (getenv("DA_TEST_VERBOSE"))
       fprintf(stderr,
               "  %s%s B%d H%d/%d %dx%d d%d causal %d G%d %s hb %d win %d/%d%s: d%c err %.3g (bound %.3g)\n",
-              k->be == DA_BACKEND_CUDA ? "cuda " : "", tu_dtype_name(k->t), k->B, k->H, k->KVH, k->Sq, k->Sk, k->hd, k->causal, k->G,
+              be_prefix(k->be), tu_dtype_name(k->t), k->B, k->H, k->KVH, k->Sq, k->Sk, k->hd, k->causal, k->G,
               k->G > 1 ? tu_fusion_name(k->f) : "-", k->hb, k->wl, k->wr, k->bshd ? " bshd" : "",
               "QKV"[i], res.err[i], bound);
     if (!(res.err[i] <= bound))
       fail_msg("%s%s B%d H%d/%d %dx%d d%d causal %d G%d: d%c relative error %g > %g [seed %llu]",
-               k->be == DA_BACKEND_CUDA ? "cuda " : "", tu_dtype_name(k->t), k->B, k->H, k->KVH, k->Sq, k->Sk, k->hd, k->causal, k->G,
+               be_prefix(k->be), tu_dtype_name(k->t), k->B, k->H, k->KVH, k->Sq, k->Sk, k->hd, k->causal, k->G,
                "QKV"[i], res.err[i], bound, (unsigned long long)seed);
   }
 }
@@ -624,24 +628,153 @@ static void test_refusals(void **st) {
   da_context_destroy(ctx);
 }
 
-/* A backend without a backward pass refuses it (OpenCL). */
-static void test_opencl_refuses(void **st) {
+/* ------------------------------------------------------------ OpenCL */
+/* The OpenCL backward (cl/cl_bwd.c, cl/bwd.cl: plain kernels, two passes,
+ * no atomics) against the float64 reference on fresh inputs with poisoned
+ * outputs, as the cpu and cuda cases, and against the cpu backend's
+ * backward; shapes small enough for PoCL. Skipped without an OpenCL
+ * device, failed then under DISTRATTN_REQUIRE_BACKENDS=...,opencl. */
+
+static const bcase cl_exact[] = {
+    {2, 4, 2, 100, 130, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
+    {1, 6, 2, 77, 77, 128, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
+    {1, 4, 4, 1, 257, 64, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
+    {1, 4, 2, 150, 70, 128, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL}, /* rows with no key */
+    {1, 2, 2, 3, 1, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
+    {1, 4, 1, 139, 17, 128, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
+    {1, 6, 2, 90, 150, 59, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
+    {1, 4, 2, 113, 203, 40, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
+};
+#define N_CL_EXACT (sizeof cl_exact / sizeof *cl_exact)
+
+static const da_dtype cl_types[] = {DA_F32, DA_F16, DA_BF16};
+
+static void test_opencl_exact(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_OPENCL);
-  da_context *ctx = NULL;
-  TU_CHECK(NULL, da_context_create(&ctx, DA_BACKEND_OPENCL, -1));
-  da_attn_desc d = tu_small_desc();
+  for (int t = 0; t < 3; t++)
+    for (size_t i = 0; i < N_CL_EXACT; i++) {
+      bcase k = cl_exact[i];
+      k.t = cl_types[t];
+      check_case(&k);
+    }
+}
+
+/* G = 2 and 4 under both fusions (the forward's hash kernel gives the
+ * groupings), hash tiles of 16..128 rows, GQA 4/2 and 6/2, causal or not,
+ * the odd head_dim 59; every dtype on two of the shapes. */
+static void test_opencl_distr(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_OPENCL);
+  static const bcase base[] = {
+      {1, 4, 2, 200, 150, 64, 1, DA_F32, 2, DA_FUSE_NORM, 64, NOWIN, 0, DA_BACKEND_OPENCL},
+      {2, 2, 1, 130, 190, 128, 0, DA_F32, 2, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
+      {1, 6, 2, 96, 96, 59, 1, DA_F32, 2, DA_FUSE_NORM, 16, NOWIN, 0, DA_BACKEND_OPENCL},
+      {1, 2, 1, 140, 100, 128, 1, DA_F32, 2, DA_FUSE_NORM, 128, NOWIN, 0, DA_BACKEND_OPENCL},
+  };
+  static const int gs[] = {2, 4};
+  static const da_fusion fs[] = {DA_FUSE_MEAN, DA_FUSE_NORM};
+  for (size_t i = 0; i < sizeof base / sizeof *base; i++)
+    for (int t = 0; t < 3; t++)
+      for (int g = 0; g < 2; g++)
+        for (int f = 0; f < 2; f++) {
+          if (t > 0 && i > 1) continue;
+          bcase k = base[i];
+          k.t = cl_types[t], k.G = gs[g], k.f = fs[f];
+          check_case(&k);
+        }
+}
+
+static void test_opencl_window_strided(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_OPENCL);
+  static const bcase cs[] = {
+      {1, 4, 2, 120, 160, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_OPENCL},
+      {1, 4, 2, 120, 160, 128, 0, DA_BF16, 1, DA_FUSE_NORM, 0, 0, -1, 0, DA_BACKEND_OPENCL},
+      {1, 4, 2, 120, 160, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_OPENCL},
+      {1, 2, 1, 100, 80, 64, 1, DA_F16, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_OPENCL},
+      {1, 2, 1, 100, 80, 48, 1, DA_F32, 4, DA_FUSE_MEAN, 32, 17, -1, 0, DA_BACKEND_OPENCL},
+      {2, 4, 2, 70, 90, 64, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_OPENCL},
+      {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_OPENCL},
+      {2, 4, 2, 70, 90, 48, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_OPENCL},
+      {2, 6, 2, 70, 90, 40, 0, DA_BF16, 2, DA_FUSE_MEAN, 16, 9, 30, 1, DA_BACKEND_OPENCL},
+  };
+  for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) check_case(&cs[i]);
+}
+
+/* OpenCL's gradients against the cpu backend's on the same inputs: f32
+ * within 1e-5 of each other, f16/bf16 within the dtype's bound. */
+static void test_opencl_vs_cpu(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_OPENCL);
+  static const bcase cs[] = {
+      {2, 4, 2, 130, 100, 64, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
+      {1, 6, 2, 150, 150, 59, 0, DA_F32, 2, DA_FUSE_NORM, 32, NOWIN, 0, DA_BACKEND_OPENCL},
+      {1, 4, 2, 200, 180, 128, 1, DA_F32, 4, DA_FUSE_MEAN, 64, NOWIN, 0, DA_BACKEND_OPENCL},
+      {1, 4, 2, 200, 180, 128, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
+      {1, 4, 2, 200, 180, 64, 0, DA_F16, 2, DA_FUSE_NORM, 64, 40, 3, 1, DA_BACKEND_OPENCL},
+  };
+  for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+    bcase k = cs[i];
+    uint64_t seed = tu_seed() ^ 0x0c1 ^ i;
+    void *a[3], *b[3];
+    bresult ra, rb;
+    run_case(&k, &ra, a, seed);
+    k.be = DA_BACKEND_CPU;
+    run_case(&k, &rb, b, seed);
+    const size_t n[3] = {(size_t)k.B * k.H * k.Sq * k.hd, (size_t)k.B * k.KVH * k.Sk * k.hd,
+                         (size_t)k.B * k.KVH * k.Sk * k.hd};
+    const double bound = k.t == DA_F32 ? 1e-5 : bwd_bound(k.t);
+    for (int t = 0; t < 3; t++) {
+      const double e = tu_rel_err_arrays(a[t], b[t], k.t, n[t]);
+      if (getenv("DA_TEST_VERBOSE"))
+        fprintf(stderr, "  opencl vs cpu case %zu d%c: %.3g (bound %.3g)\n", i, "QKV"[t], e, bound);
+      if (!(ra.err[t] <= bwd_bound(k.t) && rb.err[t] <= bwd_bound(k.t) && e <= bound))
+        fail_msg("case %zu: d%c opencl %g, cpu %g against the reference, %g between them", i,
+                 "QKV"[t], ra.err[t], rb.err[t], e);
+      free(a[t]), free(b[t]);
+    }
+  }
+}
+
+/* What the OpenCL backward refuses (per-sequence lengths, through the
+ * core), and a failure of its own program's build reported, not printed:
+ * DA_ERR_BUILD naming bwd.cl; the next call without it succeeds. */
+static void test_opencl_refusals(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_OPENCL);
+  da_context *ctx = be_ctx(DA_BACKEND_OPENCL);
+  da_attn_desc d = tu_small_desc(); /* f32, d 16 */
   da_plan *p = NULL;
   TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
   const size_t qb = tu_q_elems(&d) * 4, kb = tu_kv_elems(&d) * 4, lb = 4 * 8 * 4;
   da_buffer *b[9];
   const size_t sizes[9] = {qb, qb, kb, kb, qb, lb, qb, kb, kb};
-  for (int i = 0; i < 9; i++) TU_CHECK(ctx, da_buffer_create(ctx, sizes[i], &b[i]));
+  for (int i = 0; i < 9; i++) {
+    TU_CHECK(ctx, da_buffer_create(ctx, sizes[i], &b[i]));
+    float *z = calloc(sizes[i], 1);
+    TU_CHECK(ctx, da_buffer_write(b[i], 0, z, sizes[i]));
+    free(z);
+  }
   da_bwd_args a;
   da_bwd_args_init(&a);
   a.dout = b[0], a.q = b[1], a.k = b[2], a.v = b[3], a.o = b[4], a.lse = b[5];
   a.dq = b[6], a.dk = b[7], a.dv = b[8];
-  expect(ctx, da_attention_backward(p, &a), DA_ERR_UNSUPPORTED, "backward");
+  setenv("DISTRATTN_CL_EXTRA_BUILD_OPTIONS", "-cl-no-such-option", 1);
+  expect(ctx, da_attention_backward(p, &a), DA_ERR_BUILD, "bwd.cl");
+  unsetenv("DISTRATTN_CL_EXTRA_BUILD_OPTIONS");
+  TU_CHECK(ctx, da_attention_backward(p, &a));
+  assert_string_equal(da_context_last_error(ctx), "");
+  da_bwd_args x = a;
+  x.dk = b[2]; /* dk = k */
+  expect(ctx, da_attention_backward(p, &x), DA_ERR_INVALID_ARG, "dk overlaps k");
+  da_attn_ext e;
+  da_attn_ext_init(&e);
+  e.seqlens = DA_SEQLENS_KV;
+  da_plan *pk = NULL;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
+  expect(ctx, da_attention_backward(pk, &a), DA_ERR_UNSUPPORTED, "seqlens");
+  da_plan_destroy(pk);
   for (int i = 0; i < 9; i++) da_buffer_destroy(b[i]);
   da_plan_destroy(p);
   da_context_destroy(ctx);
@@ -833,7 +966,12 @@ int main(void) {
       cmocka_unit_test(test_reference_fd),  cmocka_unit_test(test_exact_f32),
       cmocka_unit_test(test_exact_half),    cmocka_unit_test(test_distr),
       cmocka_unit_test(test_window),        cmocka_unit_test(test_strided),
-      cmocka_unit_test(test_refusals),      cmocka_unit_test(test_opencl_refuses),
+      cmocka_unit_test(test_refusals),
+      {"opencl: exact vs float64", test_opencl_exact, NULL, NULL, NULL},
+      {"opencl: DistrAttention vs float64", test_opencl_distr, NULL, NULL, NULL},
+      {"opencl: windows and strides", test_opencl_window_strided, NULL, NULL, NULL},
+      {"opencl: vs cpu backward", test_opencl_vs_cpu, NULL, NULL, NULL},
+      {"opencl: refusals", test_opencl_refusals, NULL, NULL, NULL},
       {"cuda: exact vs float64", test_cuda_exact, NULL, NULL, NULL},
       {"cuda: DistrAttention vs float64", test_cuda_distr, NULL, NULL, NULL},
       {"cuda: windows and strides", test_cuda_window_strided, NULL, NULL, NULL},

@@ -1,0 +1,182 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The backward pass (SPEC 1b), plain kernels: correct, not tuned. No
+ * seq_q x seq_k matrix is kept; P and dS are recomputed from Q (or the
+ * expanded Qx of G > 1), K and the forward's LSE in each of two passes, so
+ * that every work-item owns the rows it writes (no atomics):
+ *  - da_bwd_dsum: D[i] = sum_c dO[i][c] O[i][c], a work-item per row;
+ *  - da_bwd_qx (G > 1): Qx[i][c] = a_c Qs[i][g(c)] (f32, dense), from the
+ *    forward's permutation and weights (hash.cl, stored by position), so
+ *    that the logits are Qx K^T;
+ *  - da_bwd_dkv: a work-item per (key, kv head, batch), over the query
+ *    heads of the kv head and the rows that see the key:
+ *    dV += P dO, dK += dS Qx (times the scale at the end);
+ *  - da_bwd_dq: a work-item per (row, head, batch) over the keys it sees:
+ *    E = s sum_j dS K_j, then dQ = E (G = 1), or E folded back through the
+ *    row's hash tile: dQ[c] = (1/A_g(c)) sum_{c' in g(c)} a_c' E[c'].
+ * Defines: DTYPE, D (head_dim, 1..256), G (group size). f32 arithmetic.
+ * Element (b, h, r, c) of a tensor: off + b*s0 + h*s1 + r*s2 + c. */
+
+inline ulong bwd_at(ulong off, long s0, long s1, long s2, int b, int h, long r) {
+  return off + (ulong)((long)b * s0 + (long)h * s1 + r * s2);
+}
+
+/* global size (rows rounded up, batch * heads); D = rowsum(dO o O) */
+__kernel void da_bwd_dsum(__global const elem_t *dO, __global const elem_t *O,
+                          __global float *Dv, int seq_q, int heads, long os0, long os1, long os2,
+                          ulong dooff, ulong ooff) {
+  const int i = get_global_id(0);
+  if (i >= seq_q) return;
+  const int bh = get_global_id(1), b = bh / heads, h = bh - b * heads;
+  const ulong g = bwd_at(dooff, os0, os1, os2, b, h, i), o = bwd_at(ooff, os0, os1, os2, b, h, i);
+  float s = 0.0f;
+  for (int c = 0; c < D; c++) s = fma(LOAD_ELEM(dO, g + c), LOAD_ELEM(O, o + c), s);
+  Dv[(ulong)bh * seq_q + i] = s;
+}
+
+#if G > 1
+/* global size (rows rounded up, batch * heads). Row i's hash tile is
+ * i / hb; perm and wts hold D entries per (b, h, tile), by position. */
+__kernel void da_bwd_qx(__global const elem_t *Q, __global const int *perm,
+                        __global const float *wts, __global float *Qx, int seq_q, int heads,
+                        int n_tiles, int hb, long qs0, long qs1, long qs2, ulong qoff) {
+  const int i = get_global_id(0);
+  if (i >= seq_q) return;
+  const int bh = get_global_id(1), b = bh / heads, h = bh - b * heads;
+  const ulong q = bwd_at(qoff, qs0, qs1, qs2, b, h, i);
+  const ulong pb = ((ulong)bh * n_tiles + (ulong)(i / hb)) * D;
+  __global float *x = Qx + ((ulong)bh * seq_q + i) * D;
+  for (int g0 = 0; g0 < D; g0 += G) {
+    const int g1 = min(g0 + G, D);
+    float a = 0.0f, s = 0.0f;
+    for (int t = g0; t < g1; t++) {
+      a += wts[pb + t];
+      s += LOAD_ELEM(Q, q + perm[pb + t]);
+    }
+    const float qs = s * (1.0f / a);
+    for (int t = g0; t < g1; t++) x[perm[pb + t]] = qs * wts[pb + t];
+  }
+}
+#define LOAD_Q(i, c) Qx[((ulong)bh * seq_q + (i)) * D + (c)]
+#else
+#define LOAD_Q(i, c) LOAD_ELEM(Q, bwd_at(qoff, qs0, qs1, qs2, b, h, (i)) + (c))
+#endif
+
+/* global size (keys rounded up, kv heads, batch). The rows that see key j
+ * (visible keys of row i: [i + off - wl, i + off + wr], -1 unbounded). */
+__kernel void da_bwd_dkv(__global const elem_t *Q, __global const float *Qx,
+                         __global const elem_t *K, __global const elem_t *V,
+                         __global const elem_t *dO, __global const float *lse,
+                         __global const float *Dv, __global elem_t *dK, __global elem_t *dV,
+                         int seq_q, int seq_k, int heads, int kvh, int wl, int wr, float c2,
+                         float sc, long qs0, long qs1, long qs2, ulong qoff, long ks0, long ks1,
+                         long ks2, ulong koff, long vs0, long vs1, long vs2, ulong voff, long os0,
+                         long os1, long os2, ulong dooff, ulong lseoff, ulong dkoff,
+                         ulong dvoff) {
+  const int j = get_global_id(0);
+  if (j >= seq_k) return;
+  const int kh = get_global_id(1), b = get_global_id(2);
+  float kr[D], vr[D], qr[D], gr[D], dk[D], dv[D];
+  const ulong ka = bwd_at(koff, ks0, ks1, ks2, b, kh, j), va = bwd_at(voff, vs0, vs1, vs2, b, kh, j);
+  for (int c = 0; c < D; c++) {
+    kr[c] = LOAD_ELEM(K, ka + c);
+    vr[c] = LOAD_ELEM(V, va + c);
+    dk[c] = 0.0f;
+    dv[c] = 0.0f;
+  }
+  const long off = (long)seq_k - seq_q;
+  long ilo = 0, ihi = (long)seq_q - 1;
+  if (wr >= 0) ilo = max(ilo, (long)j - off - wr);
+  if (wl >= 0) ihi = min(ihi, (long)j - off + wl);
+  const int hpk = heads / kvh;
+  for (int hh = 0; hh < hpk; hh++) {
+    const int h = kh * hpk + hh, bh = b * heads + h;
+    for (long i = ilo; i <= ihi; i++) {
+      const float L = lse[lseoff + (ulong)bh * seq_q + i];
+      if (L == -INFINITY) continue; /* a row that sees no key */
+      const ulong ga = bwd_at(dooff, os0, os1, os2, b, h, i);
+      float s = 0.0f, dp = 0.0f;
+      for (int c = 0; c < D; c++) {
+        qr[c] = LOAD_Q(i, c);
+        gr[c] = LOAD_ELEM(dO, ga + c);
+        s = fma(qr[c], kr[c], s);
+        dp = fma(gr[c], vr[c], dp);
+      }
+      const float p = exp2(fma(s, c2, -L * M_LOG2E_F));
+      const float ds = p * (dp - Dv[(ulong)bh * seq_q + i]);
+      for (int c = 0; c < D; c++) {
+        dv[c] = fma(p, gr[c], dv[c]);
+        dk[c] = fma(ds, qr[c], dk[c]);
+      }
+    }
+  }
+  const ulong dka = bwd_at(dkoff, ks0, ks1, ks2, b, kh, j);
+  const ulong dva = bwd_at(dvoff, vs0, vs1, vs2, b, kh, j);
+  for (int c = 0; c < D; c++) {
+    STORE_ELEM(dK, dka + c, sc * dk[c]);
+    STORE_ELEM(dV, dva + c, dv[c]);
+  }
+}
+
+/* global size (rows rounded up, heads, batch) */
+__kernel void da_bwd_dq(__global const elem_t *Q, __global const float *Qx,
+                        __global const elem_t *K, __global const elem_t *V,
+                        __global const elem_t *dO, __global const float *lse,
+                        __global const float *Dv, __global elem_t *dQ,
+                        __global const int *perm, __global const float *wts, int seq_q,
+                        int seq_k, int heads, int kvh, int wl, int wr, float c2, float sc,
+                        int n_tiles, int hb, long qs0, long qs1, long qs2, ulong qoff, long ks0,
+                        long ks1, long ks2, ulong koff, long vs0, long vs1, long vs2, ulong voff,
+                        long os0, long os1, long os2, ulong dooff, ulong lseoff, ulong dqoff) {
+  const int i = get_global_id(0);
+  if (i >= seq_q) return;
+  const int h = get_global_id(1), b = get_global_id(2), bh = b * heads + h;
+  const int kh = h / (heads / kvh);
+  float qr[D], gr[D], e[D];
+  for (int c = 0; c < D; c++) e[c] = 0.0f;
+  const float L = lse[lseoff + (ulong)bh * seq_q + i];
+  if (L != -INFINITY) { /* else a row that sees no key: a zero row */
+    const ulong ga = bwd_at(dooff, os0, os1, os2, b, h, i);
+    for (int c = 0; c < D; c++) {
+      qr[c] = LOAD_Q(i, c);
+      gr[c] = LOAD_ELEM(dO, ga + c);
+    }
+    const float Dr = Dv[(ulong)bh * seq_q + i], l2 = L * M_LOG2E_F;
+    const long diag = (long)i + seq_k - seq_q;
+    long lo = 0, hi = (long)seq_k - 1;
+    if (wl >= 0) lo = max(lo, diag - wl);
+    if (wr >= 0) hi = min(hi, diag + wr);
+    for (long j = lo; j <= hi; j++) {
+      const ulong ka = bwd_at(koff, ks0, ks1, ks2, b, kh, j);
+      const ulong va = bwd_at(voff, vs0, vs1, vs2, b, kh, j);
+      float s = 0.0f, dp = 0.0f;
+      for (int c = 0; c < D; c++) {
+        s = fma(qr[c], LOAD_ELEM(K, ka + c), s);
+        dp = fma(gr[c], LOAD_ELEM(V, va + c), dp);
+      }
+      const float ds = exp2(fma(s, c2, -l2)) * (dp - Dr);
+      for (int c = 0; c < D; c++) e[c] = fma(ds, LOAD_ELEM(K, ka + c), e[c]);
+    }
+  }
+  const ulong qa = bwd_at(dqoff, qs0, qs1, qs2, b, h, i);
+#if G > 1
+  const ulong pb = ((ulong)bh * n_tiles + (ulong)(i / hb)) * D;
+  for (int g0 = 0; g0 < D; g0 += G) {
+    const int g1 = min(g0 + G, D);
+    float a = 0.0f, t = 0.0f;
+    for (int x = g0; x < g1; x++) {
+      const float w = wts[pb + x];
+      a += w;
+      t = fma(w, e[perm[pb + x]], t);
+    }
+    const float v = sc * (t * (1.0f / a));
+    for (int x = g0; x < g1; x++) STORE_ELEM(dQ, qa + perm[pb + x], v);
+  }
+#else
+  (void)perm;
+  (void)wts;
+  (void)n_tiles;
+  (void)hb;
+  (void)Qx;
+  for (int c = 0; c < D; c++) STORE_ELEM(dQ, qa + c, sc * e[c]);
+#endif
+}
