@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Times the CPU backend's backward pass against its forward (with LSE):
- *   bench/bwd_time [seq [head_dim [heads [batch [reps]]]]]
- * (defaults 2048 64 8 1 5), f32, non-causal and causal, exact and G = 2
- * (NORM); prints the median of reps calls of each after one warm-up call.
- * DISTRATTN_CPU_THREADS sets the threads as for every call.
+ * Times a backend's backward pass against its forward (with LSE):
+ *   bench/bwd_time [seq [head_dim [heads [batch [reps [cpu|opencl]]]]]]
+ * (defaults 2048 64 8 1 5 cpu), f32, non-causal and causal, exact and G = 2
+ * (NORM); prints the median of reps calls of each after one warm-up call
+ * (each call followed by da_context_synchronize). DISTRATTN_CPU_THREADS
+ * sets the threads as for every call.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,12 +38,15 @@ int main(int argc, char **argv) {
   int seq = argc > 1 ? atoi(argv[1]) : 2048, hd = argc > 2 ? atoi(argv[2]) : 64;
   int heads = argc > 3 ? atoi(argv[3]) : 8, batch = argc > 4 ? atoi(argv[4]) : 1;
   int reps = argc > 5 ? atoi(argv[5]) : 5;
-  if (seq < 1 || hd < 1 || heads < 1 || batch < 1 || reps < 1 || reps > 100) {
-    fprintf(stderr, "usage: bwd_time [seq [head_dim [heads [batch [reps]]]]]\n");
+  const char *bname = argc > 6 ? argv[6] : "cpu";
+  const int ocl = strcmp(bname, "opencl") == 0;
+  if (seq < 1 || hd < 1 || heads < 1 || batch < 1 || reps < 1 || reps > 100 ||
+      (!ocl && strcmp(bname, "cpu") != 0)) {
+    fprintf(stderr, "usage: bwd_time [seq [head_dim [heads [batch [reps [cpu|opencl]]]]]]\n");
     return 2;
   }
   da_context *ctx = NULL;
-  CHECK(da_context_create(&ctx, DA_BACKEND_CPU, 0));
+  CHECK(da_context_create(&ctx, ocl ? DA_BACKEND_OPENCL : DA_BACKEND_CPU, ocl ? -1 : 0));
   da_device_info info;
   da_context_get_device_info(ctx, &info);
   size_t n = (size_t)batch * heads * seq * hd, nl = (size_t)batch * heads * seq;
@@ -66,8 +70,8 @@ int main(int argc, char **argv) {
     }
     CHECK(da_buffer_write(in[t], 0, host, n * 4));
   }
-  printf("CPU backend: %s; batch %d, heads %d, seq %d, head_dim %d, f32; median of %d\n",
-         info.name, batch, heads, seq, hd, reps);
+  printf("%s backend: %s; batch %d, heads %d, seq %d, head_dim %d, f32; median of %d\n",
+         ocl ? "OpenCL" : "CPU", info.name, batch, heads, seq, hd, reps);
   printf("%-8s %-6s %12s %12s %8s\n", "G", "causal", "forward ms", "backward ms", "bwd/fwd");
   for (int causal = 0; causal < 2; causal++)
     for (int g = 1; g <= 2; g++) {
@@ -89,11 +93,14 @@ int main(int argc, char **argv) {
       double tf[100], tb[100];
       CHECK(da_attention_ext(p, &a));
       CHECK(da_attention_backward(p, &b));
+      CHECK(da_context_synchronize(ctx));
       for (int r = 0; r < reps; r++) {
         double t0 = now();
         CHECK(da_attention_ext(p, &a));
+        CHECK(da_context_synchronize(ctx));
         double t1 = now();
         CHECK(da_attention_backward(p, &b));
+        CHECK(da_context_synchronize(ctx));
         double t2 = now();
         tf[r] = t1 - t0, tb[r] = t2 - t1;
       }

@@ -9,7 +9,7 @@ EXTRA_DIST += bench/plot.py bench/time-vs-seq.png bench/error-vs-g.png \
 	bench/data/eval-minilm.csv bench/data/e2e-minilm.csv \
 	bench/gpu-check-issue15.txt bench/gpu-sessions-2026-12-02.txt
 
-# bench/bwd_time: the CPU backward pass against the forward (not installed;
+# bench/bwd_time: a backward pass (cpu or opencl) against the forward (not installed;
 # `make bench/bwd_time`).
 EXTRA_PROGRAMS = bench/bwd_time bench/membw
 bench_bwd_time_SOURCES = bench/bwd_time.c

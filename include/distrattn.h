@@ -280,10 +280,10 @@ DA_API void da_projections_free(float *proj);
  * query heads that read it. Every gradient element is written.
  *
  * ABI: struct_size first, set by da_bwd_args_init; later versions only
- * append fields. Supported today: the CPU backend, dense or strided
- * layouts, causal and windows; a plan with per-sequence lengths
+ * append fields. Supported today: the CPU, CUDA and OpenCL backends, dense
+ * or strided layouts, causal and windows; a plan with per-sequence lengths
  * (ext.seqlens) is refused with DA_ERR_UNSUPPORTED, as is a backend without
- * a backward pass (OpenCL, CUDA, for now). dq, dk and dv may not share a
+ * a backward pass (a loadable module that leaves it out). dq, dk and dv may not share a
  * byte with each other or with any input (DA_ERR_INVALID_ARG). */
 typedef struct da_bwd_args {
   size_t struct_size;          /* sizeof(da_bwd_args): da_bwd_args_init sets it */

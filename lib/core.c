@@ -909,7 +909,7 @@ da_status da_attention_backward(da_plan *p, const da_bwd_args *ain) {
   if (!ctx->iface->attention_bwd)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                         "the %s backend has no backward pass yet (da_attention_backward runs on "
-                        "the cpu and cuda backends)",
+                        "the cpu, cuda and opencl backends)",
                         ctx->iface->name);
   da_bwd_call c;
   memset(&c, 0, sizeof c);
