@@ -13,7 +13,8 @@
  *  - da_bwd_dq: a work-item per (row, head, batch) over the keys it sees:
  *    E = s sum_j dS K_j, then dQ = E (G = 1), or E folded back through the
  *    row's hash tile: dQ[c] = (1/A_g(c)) sum_{c' in g(c)} a_c' E[c'].
- * Defines: DTYPE, D (head_dim, 1..256), G (group size). f32 arithmetic.
+ * Defines: DTYPE, D (head_dim, 1..256), G (group size), VW (vector width
+ * of the rows: 4, 8 or 16). f32 arithmetic.
  * Element (b, h, r, c) of a tensor: off + b*s0 + h*s1 + r*s2 + c. */
 
 inline ulong bwd_at(ulong off, long s0, long s1, long s2, int b, int h, long r) {
@@ -56,9 +57,51 @@ __kernel void da_bwd_qx(__global const elem_t *Q, __global const int *perm,
     for (int t = g0; t < g1; t++) x[perm[pb + t]] = qs * wts[pb + t];
   }
 }
-#define LOAD_Q(i, c) Qx[((ulong)bh * seq_q + (i)) * D + (c)]
+#endif
+
+/* Rows as NV vectors of VW floats (VW: the device's vector width, as the
+ * rows kernel's), zero past D. */
+#define NV ((D + VW - 1) / VW)
+#if DTYPE == 0
+#define LOADV(p, i) vloadV(0, (p) + (i))
+#elif DTYPE == 1
+#define LOADV(p, i) vload_halfV(0, (__global const half *)(p) + (i))
 #else
-#define LOAD_Q(i, c) LOAD_ELEM(Q, bwd_at(qoff, qs0, qs1, qs2, b, h, (i)) + (c))
+#define LOADV(p, i) as_floatV(convert_uintV(vloadV(0, (p) + (i))) << 16)
+#endif
+inline void bwd_row(__global const elem_t *p, ulong at, floatV *r) {
+  for (int v = 0; v < NV; v++) {
+    if (v * VW + VW <= D) {
+      r[v] = LOADV(p, at + v * VW);
+    } else {
+      float t[VW];
+      for (int x = 0; x < VW; x++) t[x] = v * VW + x < D ? LOAD_ELEM(p, at + v * VW + x) : 0.0f;
+      r[v] = vloadV(0, t);
+    }
+  }
+}
+inline void bwd_row32(__global const float *p, ulong at, floatV *r) {
+  for (int v = 0; v < NV; v++) {
+    if (v * VW + VW <= D) {
+      r[v] = vloadV(0, p + at + v * VW);
+    } else {
+      float t[VW];
+      for (int x = 0; x < VW; x++) t[x] = v * VW + x < D ? p[at + v * VW + x] : 0.0f;
+      r[v] = vloadV(0, t);
+    }
+  }
+}
+inline void bwd_store(__global elem_t *p, ulong at, const floatV *r, float mul) {
+  for (int v = 0; v < NV; v++) {
+    float t[VW];
+    vstoreV(mul * r[v], 0, t);
+    for (int x = 0; x < VW && v * VW + x < D; x++) STORE_ELEM(p, at + v * VW + x, t[x]);
+  }
+}
+#if G > 1
+#define LOAD_QROW(i, r) bwd_row32(Qx, ((ulong)bh * seq_q + (i)) * D, r)
+#else
+#define LOAD_QROW(i, r) bwd_row(Q, bwd_at(qoff, qs0, qs1, qs2, b, h, (i)), r)
 #endif
 
 /* global size (keys rounded up, kv heads, batch). The rows that see key j
@@ -75,14 +118,10 @@ __kernel void da_bwd_dkv(__global const elem_t *Q, __global const float *Qx,
   const int j = get_global_id(0);
   if (j >= seq_k) return;
   const int kh = get_global_id(1), b = get_global_id(2);
-  float kr[D], vr[D], qr[D], gr[D], dk[D], dv[D];
-  const ulong ka = bwd_at(koff, ks0, ks1, ks2, b, kh, j), va = bwd_at(voff, vs0, vs1, vs2, b, kh, j);
-  for (int c = 0; c < D; c++) {
-    kr[c] = LOAD_ELEM(K, ka + c);
-    vr[c] = LOAD_ELEM(V, va + c);
-    dk[c] = 0.0f;
-    dv[c] = 0.0f;
-  }
+  floatV kr[NV], vr[NV], qr[NV], gr[NV], dk[NV], dv[NV];
+  bwd_row(K, bwd_at(koff, ks0, ks1, ks2, b, kh, j), kr);
+  bwd_row(V, bwd_at(voff, vs0, vs1, vs2, b, kh, j), vr);
+  for (int v = 0; v < NV; v++) dk[v] = dv[v] = (floatV)(0.0f);
   const long off = (long)seq_k - seq_q;
   long ilo = 0, ihi = (long)seq_q - 1;
   if (wr >= 0) ilo = max(ilo, (long)j - off - wr);
@@ -93,28 +132,23 @@ __kernel void da_bwd_dkv(__global const elem_t *Q, __global const float *Qx,
     for (long i = ilo; i <= ihi; i++) {
       const float L = lse[lseoff + (ulong)bh * seq_q + i];
       if (L == -INFINITY) continue; /* a row that sees no key */
-      const ulong ga = bwd_at(dooff, os0, os1, os2, b, h, i);
-      float s = 0.0f, dp = 0.0f;
-      for (int c = 0; c < D; c++) {
-        qr[c] = LOAD_Q(i, c);
-        gr[c] = LOAD_ELEM(dO, ga + c);
-        s = fma(qr[c], kr[c], s);
-        dp = fma(gr[c], vr[c], dp);
+      LOAD_QROW(i, qr);
+      bwd_row(dO, bwd_at(dooff, os0, os1, os2, b, h, i), gr);
+      floatV sv = (floatV)(0.0f), pv = (floatV)(0.0f);
+      for (int v = 0; v < NV; v++) {
+        sv = fma(qr[v], kr[v], sv);
+        pv = fma(gr[v], vr[v], pv);
       }
-      const float p = exp2(fma(s, c2, -L * M_LOG2E_F));
-      const float ds = p * (dp - Dv[(ulong)bh * seq_q + i]);
-      for (int c = 0; c < D; c++) {
-        dv[c] = fma(p, gr[c], dv[c]);
-        dk[c] = fma(ds, qr[c], dk[c]);
+      const float p = exp2(fma(hsumV(sv), c2, -L * M_LOG2E_F));
+      const float ds = p * (hsumV(pv) - Dv[(ulong)bh * seq_q + i]);
+      for (int v = 0; v < NV; v++) {
+        dv[v] = fma((floatV)(p), gr[v], dv[v]);
+        dk[v] = fma((floatV)(ds), qr[v], dk[v]);
       }
     }
   }
-  const ulong dka = bwd_at(dkoff, ks0, ks1, ks2, b, kh, j);
-  const ulong dva = bwd_at(dvoff, vs0, vs1, vs2, b, kh, j);
-  for (int c = 0; c < D; c++) {
-    STORE_ELEM(dK, dka + c, sc * dk[c]);
-    STORE_ELEM(dV, dva + c, dv[c]);
-  }
+  bwd_store(dK, bwd_at(dkoff, ks0, ks1, ks2, b, kh, j), dk, sc);
+  bwd_store(dV, bwd_at(dvoff, vs0, vs1, vs2, b, kh, j), dv, 1.0f);
 }
 
 /* global size (rows rounded up, heads, batch) */
@@ -131,34 +165,32 @@ __kernel void da_bwd_dq(__global const elem_t *Q, __global const float *Qx,
   if (i >= seq_q) return;
   const int h = get_global_id(1), b = get_global_id(2), bh = b * heads + h;
   const int kh = h / (heads / kvh);
-  float qr[D], gr[D], e[D];
-  for (int c = 0; c < D; c++) e[c] = 0.0f;
+  floatV qr[NV], gr[NV], kr[NV], vr[NV], e[NV];
+  for (int v = 0; v < NV; v++) e[v] = (floatV)(0.0f);
   const float L = lse[lseoff + (ulong)bh * seq_q + i];
   if (L != -INFINITY) { /* else a row that sees no key: a zero row */
-    const ulong ga = bwd_at(dooff, os0, os1, os2, b, h, i);
-    for (int c = 0; c < D; c++) {
-      qr[c] = LOAD_Q(i, c);
-      gr[c] = LOAD_ELEM(dO, ga + c);
-    }
+    LOAD_QROW(i, qr);
+    bwd_row(dO, bwd_at(dooff, os0, os1, os2, b, h, i), gr);
     const float Dr = Dv[(ulong)bh * seq_q + i], l2 = L * M_LOG2E_F;
     const long diag = (long)i + seq_k - seq_q;
     long lo = 0, hi = (long)seq_k - 1;
     if (wl >= 0) lo = max(lo, diag - wl);
     if (wr >= 0) hi = min(hi, diag + wr);
     for (long j = lo; j <= hi; j++) {
-      const ulong ka = bwd_at(koff, ks0, ks1, ks2, b, kh, j);
-      const ulong va = bwd_at(voff, vs0, vs1, vs2, b, kh, j);
-      float s = 0.0f, dp = 0.0f;
-      for (int c = 0; c < D; c++) {
-        s = fma(qr[c], LOAD_ELEM(K, ka + c), s);
-        dp = fma(gr[c], LOAD_ELEM(V, va + c), dp);
+      bwd_row(K, bwd_at(koff, ks0, ks1, ks2, b, kh, j), kr);
+      bwd_row(V, bwd_at(voff, vs0, vs1, vs2, b, kh, j), vr);
+      floatV sv = (floatV)(0.0f), pv = (floatV)(0.0f);
+      for (int v = 0; v < NV; v++) {
+        sv = fma(qr[v], kr[v], sv);
+        pv = fma(gr[v], vr[v], pv);
       }
-      const float ds = exp2(fma(s, c2, -l2)) * (dp - Dr);
-      for (int c = 0; c < D; c++) e[c] = fma(ds, LOAD_ELEM(K, ka + c), e[c]);
+      const float ds = exp2(fma(hsumV(sv), c2, -l2)) * (hsumV(pv) - Dr);
+      for (int v = 0; v < NV; v++) e[v] = fma((floatV)(ds), kr[v], e[v]);
     }
   }
   const ulong qa = bwd_at(dqoff, qs0, qs1, qs2, b, h, i);
 #if G > 1
+  __private const float *ef = (__private const float *)e;
   const ulong pb = ((ulong)bh * n_tiles + (ulong)(i / hb)) * D;
   for (int g0 = 0; g0 < D; g0 += G) {
     const int g1 = min(g0 + G, D);
@@ -166,17 +198,12 @@ __kernel void da_bwd_dq(__global const elem_t *Q, __global const float *Qx,
     for (int x = g0; x < g1; x++) {
       const float w = wts[pb + x];
       a += w;
-      t = fma(w, e[perm[pb + x]], t);
+      t = fma(w, ef[perm[pb + x]], t);
     }
     const float v = sc * (t * (1.0f / a));
     for (int x = g0; x < g1; x++) STORE_ELEM(dQ, qa + perm[pb + x], v);
   }
 #else
-  (void)perm;
-  (void)wts;
-  (void)n_tiles;
-  (void)hb;
-  (void)Qx;
-  for (int c = 0; c < D; c++) STORE_ELEM(dQ, qa + c, sc * e[c]);
+  bwd_store(dQ, qa, e, sc);
 #endif
 }

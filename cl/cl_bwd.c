@@ -115,8 +115,8 @@ static da_status bwd_enqueue(da_plan *p, const da_bwd_call *c, bwd_res *r) {
   const int G = d->group_size > 1 ? d->group_size : 1;
   da_status s;
   char opts[256];
-  snprintf(opts, sizeof opts, "-DDTYPE=%d -DD=%d -DG=%d%s", (int)d->dtype, d->head_dim, G,
-           bc->crsqrt ? " -cl-fp32-correctly-rounded-divide-sqrt" : "");
+  snprintf(opts, sizeof opts, "-DDTYPE=%d -DD=%d -DG=%d -DVW=%d%s", (int)d->dtype, d->head_dim,
+           G, bc->vw, bc->crsqrt ? " -cl-fp32-correctly-rounded-divide-sqrt" : "");
   cl_program prog;
   if ((s = da_cl_program(ctx, DA_CL_SRC_BWD, opts, &prog)) != DA_SUCCESS) return s;
   if ((s = bwd_kernel(ctx, prog, "da_bwd_dsum", &r->k[0])) != DA_SUCCESS ||
