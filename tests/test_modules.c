@@ -104,6 +104,34 @@ static int wrap_run(char *why, size_t len) {
   da_buffer *own = NULL; /* and a buffer of its own is freed */
   if (s == DA_SUCCESS) s = da_buffer_create(ctx, 4096, &own);
   da_buffer_destroy(own);
+  if (s == DA_SUCCESS) { /* a module without attention_bwd: the core refuses, naming it */
+    da_attn_desc d = tu_small_desc(); /* f32: Q 2048 bytes, K 1024, LSE 128 */
+    da_plan *p = NULL;
+    s = da_plan_create(ctx, &d, &p);
+    const size_t at[9] = {0, 2048, 4096, 5120, 6144, 8192, 8320, 10368, 11392};
+    const size_t sz[9] = {2048, 2048, 1024, 1024, 2048, 128, 2048, 1024, 1024};
+    da_buffer *b[9] = {NULL};
+    for (int i = 0; i < 9 && s == DA_SUCCESS; i++) s = da_buffer_wrap(ctx, mem + at[i], sz[i], &b[i]);
+    if (s == DA_SUCCESS) {
+      da_bwd_args a;
+      da_bwd_args_init(&a);
+      a.dout = b[0], a.q = b[1], a.k = b[2], a.v = b[3], a.o = b[4], a.lse = b[5];
+      a.dq = b[6], a.dk = b[7], a.dv = b[8];
+      const da_status bs = da_attention_backward(p, &a);
+      if (bs != DA_ERR_UNSUPPORTED || !strstr(da_context_last_error(ctx), "no backward pass")) {
+        snprintf(why, len, "da_attention_backward on a module without one: %s: %s",
+                 da_status_string(bs), da_context_last_error(ctx));
+        s = DA_ERR_BACKEND;
+      }
+    }
+    for (int i = 0; i < 9; i++) da_buffer_destroy(b[i]);
+    da_plan_destroy(p);
+    if (s != DA_SUCCESS) {
+      da_context_destroy(ctx);
+      free(mem);
+      return s;
+    }
+  }
   snprintf(why, len, "%s", da_context_last_error(ctx));
   da_context_destroy(ctx);
   for (size_t i = 0; i < N && s == DA_SUCCESS; i++)
@@ -305,7 +333,8 @@ static void test_fake(const char *mode, const char *expect) {
 
 /* The core never frees what a caller wrapped (da_backend.h, "Buffers and
  * who owns them"): checked against any backend, through a fake one that
- * aborts when handed memory it does not own. */
+ * aborts when handed memory it does not own. The same module has no
+ * backward pass: da_attention_backward is refused, naming that. */
 static void test_wrap_ownership(void **state) {
   if (!have_fake()) fail_msg("the fake module %s/distrattn_opencl.so was not built", fakedir);
   if (installed_module()) skip();
