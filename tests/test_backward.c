@@ -644,6 +644,8 @@ static const bcase cl_exact[] = {
     {1, 4, 1, 139, 17, 128, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
     {1, 6, 2, 90, 150, 59, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
     {1, 4, 2, 113, 203, 40, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
+    {1, 2, 1, 33, 47, 256, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},  /* the largest */
+    {1, 2, 2, 40, 29, 3, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},    /* under a vector */
 };
 #define N_CL_EXACT (sizeof cl_exact / sizeof *cl_exact)
 
@@ -832,8 +834,9 @@ static void test_opencl_offsets(void **st) {
 }
 
 /* What the OpenCL backward refuses (per-sequence lengths, through the
- * core), and a failure of its own program's build reported, not printed:
- * DA_ERR_BUILD naming bwd.cl; the next call without it succeeds. */
+ * core; the projection strategy, whose plans OpenCL refuses), and a
+ * failure of its own program's build reported, not printed: DA_ERR_BUILD
+ * naming bwd.cl; the next call without it succeeds. */
 static void test_opencl_refusals(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_OPENCL);
@@ -869,6 +872,14 @@ static void test_opencl_refusals(void **st) {
   TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
   expect(ctx, da_attention_backward(pk, &a), DA_ERR_UNSUPPORTED, "seqlens");
   da_plan_destroy(pk);
+  pk = NULL;
+  /* the projection strategy: no such plan on OpenCL (so no backward) */
+  float proj[4 * 2 * 16 * 4];
+  for (size_t i = 0; i < sizeof proj / sizeof *proj; i++) proj[i] = (float)(i % 7) * 0.1f;
+  da_attn_ext_init(&e);
+  e.strategy = DA_STRATEGY_PROJECTION, e.rank = 4, e.proj = proj;
+  expect(ctx, da_plan_create_ext(ctx, &d, &e, &pk), DA_ERR_UNSUPPORTED, "DA_STRATEGY_PROJECTION");
+  assert_null(pk);
   for (int i = 0; i < 9; i++) da_buffer_destroy(b[i]);
   da_plan_destroy(p);
   da_context_destroy(ctx);
