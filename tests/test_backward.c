@@ -833,6 +833,88 @@ static void test_opencl_offsets(void **st) {
   }
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
+
+/* Under AddressSanitizer (freed memory kept in quarantine) or valgrind,
+ * resident memory says nothing about what the library keeps. */
+static int under_tool(void) {
+  const char *pre = getenv("LD_PRELOAD");
+  return UNDER_ASAN || (pre && strstr(pre, "vgpreload"));
+}
+
+/* Resident memory in KiB (/proc/self/statm), or -1 where unreadable. */
+static long rss_kib(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  long pages = -1, rss = -1;
+  if (!f) return -1;
+  if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = -1;
+  fclose(f);
+  return rss < 0 ? -1 : rss * 4; /* 4 KiB pages */
+}
+
+/* The per-call workspace (D, the expanded Q of G > 1) and kernels are
+ * released: 300 calls with 1 MiB of workspace each leave resident memory
+ * within 24 MiB of where 20 calls left it (keeping them grew it by 280
+ * MiB). Skipped under AddressSanitizer and valgrind. */
+static void test_opencl_repeated(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_OPENCL);
+  if (rss_kib() < 0 || under_tool()) skip();
+  da_context *ctx = be_ctx(DA_BACKEND_OPENCL);
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  d.batch = 1, d.heads = 4, d.kv_heads = 2, d.seq_q = 1024, d.seq_k = 8, d.head_dim = 64;
+  d.group_size = 2, d.hash_block = 128;
+  da_attn_ext x;
+  da_attn_ext_init(&x);
+  x.lse = 1;
+  da_plan *p = NULL;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
+  const size_t nq = tu_q_elems(&d), nk = tu_kv_elems(&d), nl = 4 * 1024;
+  const size_t n[9] = {nq, nq, nk, nk, nq, nl, nq, nk, nk};
+  da_buffer *b[9];
+  tu_rng r;
+  tu_rng_init(&r, tu_seed() ^ 0x4e);
+  for (int i = 0; i < 9; i++) {
+    float *h = malloc(n[i] * 4);
+    assert_non_null(h);
+    tu_fill(h, DA_F32, n[i], &r, 1.0);
+    TU_CHECK(ctx, da_buffer_create(ctx, n[i] * 4, &b[i]));
+    TU_CHECK(ctx, da_buffer_write(b[i], 0, h, n[i] * 4));
+    free(h);
+  }
+  da_attn_args fa;
+  da_attn_args_init(&fa);
+  fa.q = b[1], fa.k = b[2], fa.v = b[3], fa.o = b[4], fa.lse = b[5];
+  TU_CHECK(ctx, da_attention_ext(p, &fa));
+  da_bwd_args a;
+  da_bwd_args_init(&a);
+  a.dout = b[0], a.q = b[1], a.k = b[2], a.v = b[3], a.o = b[4], a.lse = b[5];
+  a.dq = b[6], a.dk = b[7], a.dv = b[8];
+  long base = 0;
+  for (int it = 0; it < 300; it++) {
+    TU_CHECK(ctx, da_attention_backward(p, &a));
+    if (it % 20 == 19) TU_CHECK(ctx, da_context_synchronize(ctx));
+    if (it == 19) base = rss_kib();
+  }
+  const long grew = rss_kib() - base;
+  if (getenv("DA_TEST_VERBOSE")) fprintf(stderr, "  opencl: 280 backward calls: +%ld KiB\n", grew);
+  if (grew > 24 * 1024)
+    fail_msg("280 backward calls grew resident memory by %ld KiB (a workspace kept?)", grew);
+  for (int i = 0; i < 9; i++) da_buffer_destroy(b[i]);
+  da_plan_destroy(p);
+  da_context_destroy(ctx);
+}
+
 /* What the OpenCL backward refuses (per-sequence lengths, through the
  * core; the projection strategy, whose plans OpenCL refuses), and a
  * failure of its own program's build reported, not printed: DA_ERR_BUILD
@@ -1077,6 +1159,7 @@ int main(void) {
       {"opencl: windows and strides", test_opencl_window_strided, NULL, NULL, NULL},
       {"opencl: vs cpu backward", test_opencl_vs_cpu, NULL, NULL, NULL},
       {"opencl: element offsets", test_opencl_offsets, NULL, NULL, NULL},
+      {"opencl: workspace released", test_opencl_repeated, NULL, NULL, NULL},
       {"opencl: refusals", test_opencl_refusals, NULL, NULL, NULL},
       {"cuda: exact vs float64", test_cuda_exact, NULL, NULL, NULL},
       {"cuda: DistrAttention vs float64", test_cuda_distr, NULL, NULL, NULL},
