@@ -6,7 +6,8 @@
  * row and key tiles, more than one key tile (the online softmax rescale),
  * the fused and the GEMM (CLBlast) algorithms, the device-buffer path,
  * da_attention_ext (strides, offsets, packed and KV lengths, out-of-range
- * lengths the kernels clamp, LSE, windows, G > 1).
+ * lengths the kernels clamp, LSE, windows, G > 1), and the backward pass
+ * (cl/bwd.cl) against the CPU backend's.
  * Outputs are compared with the float64 reference (SPEC bounds), f32 outputs
  * with the CPU backend (1e-5) and the permutations with the CPU backend and
  * the reference (exactly).
@@ -402,6 +403,100 @@ static void test_ext(void **state) {
   da_context_destroy(cpu);
 }
 
+/* The backward pass (cl/bwd.cl, SPEC 1b) of case i: forward with LSE, then
+ * dQ, dK, dV on ctx, the gradient buffers poisoned first; read back into
+ * g[3] (dtype arrays, malloc). Inputs from seed, the same on every ctx. */
+typedef struct bwd_tc {
+  const char *name;
+  int B, H, KVH, Sq, Sk, hd, causal, G, wl, wr;
+  da_dtype t;
+} bwd_tc;
+
+static void bwd_run(da_context *ctx, const bwd_tc *c, uint64_t seed, void *g[3]) {
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  d.batch = c->B, d.heads = c->H, d.kv_heads = c->KVH, d.seq_q = c->Sq, d.seq_k = c->Sk;
+  d.head_dim = c->hd, d.dtype = c->t, d.causal = c->causal, d.group_size = c->G;
+  d.hash_block = 16, d.seed = seed;
+  da_attn_ext x;
+  da_attn_ext_init(&x);
+  x.lse = 1, x.window_left = c->wl, x.window_right = c->wr;
+  da_plan *p = NULL;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
+  const size_t es = da_dtype_size(c->t);
+  const size_t nq = (size_t)c->B * c->H * c->Sq * c->hd, nk = (size_t)c->B * c->KVH * c->Sk * c->hd;
+  /* 0 q, 1 k, 2 v, 3 o, 4 lse, 5 dout, 6 dq, 7 dk, 8 dv */
+  const size_t bytes[9] = {nq * es, nk * es, nk * es, nq * es, (size_t)c->B * c->H * c->Sq * 4,
+                           nq * es, nq * es, nk * es, nk * es};
+  da_buffer *b[9];
+  tu_rng r;
+  tu_rng_init(&r, seed);
+  for (int i = 0; i < 9; i++) {
+    void *h = malloc(bytes[i]);
+    assert_non_null(h);
+    tu_poison(h, bytes[i]);
+    if (i == 0 || i == 1 || i == 2 || i == 5) tu_fill(h, c->t, bytes[i] / es, &r, 1.0);
+    TU_CHECK(ctx, da_buffer_create(ctx, bytes[i], &b[i]));
+    TU_CHECK(ctx, da_buffer_write(b[i], 0, h, bytes[i]));
+    free(h);
+  }
+  da_attn_args fa;
+  da_attn_args_init(&fa);
+  fa.q = b[0], fa.k = b[1], fa.v = b[2], fa.o = b[3], fa.lse = b[4];
+  TU_CHECK(ctx, da_attention_ext(p, &fa));
+  da_bwd_args ba;
+  da_bwd_args_init(&ba);
+  ba.q = b[0], ba.k = b[1], ba.v = b[2], ba.o = b[3], ba.lse = b[4], ba.dout = b[5];
+  ba.dq = b[6], ba.dk = b[7], ba.dv = b[8];
+  TU_CHECK(ctx, da_attention_backward(p, &ba));
+  for (int i = 0; i < 3; i++) {
+    g[i] = malloc(bytes[6 + i]);
+    assert_non_null(g[i]);
+    TU_CHECK(ctx, da_buffer_read(b[6 + i], 0, g[i], bytes[6 + i]));
+  }
+  for (int i = 0; i < 9; i++) da_buffer_destroy(b[i]);
+  da_plan_destroy(p);
+}
+
+/* The backward kernels against the CPU backend's backward: exact with a
+ * window, causal GQA 6/2 with seq_q > seq_k (rows that see no key), G = 2
+ * and 4 (the hash kernel, the expanded Q, dQ folded back), head_dim 59
+ * and 1 (the vector tails), f32 within 1e-5, f16/bf16 within 4e-3/3e-2. */
+static void test_backward(void **state) {
+  (void)state;
+  static const bwd_tc cs[] = {
+      {"exact window", 1, 4, 2, 21, 19, 24, 0, 1, 5, 3, DA_F32},
+      {"causal GQA 6/2", 1, 6, 2, 23, 9, 16, 1, 1, -1, -1, DA_F32},
+      {"G=2 d59 bf16", 1, 2, 1, 21, 19, 59, 1, 2, -1, -1, DA_BF16},
+      {"G=4 f16", 2, 2, 2, 18, 25, 32, 0, 4, -1, -1, DA_F16},
+      {"d1", 1, 2, 1, 17, 13, 1, 0, 1, -1, -1, DA_F32},
+  };
+  da_context *ctx = open_oclgrind(), *cpu = open_cpu();
+  for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+    const bwd_tc *c = &cs[i];
+    const uint64_t seed = tu_seed() ^ 0xB4D ^ i;
+    void *a[3], *r[3];
+    bwd_run(ctx, c, seed, a);
+    bwd_run(cpu, c, seed, r);
+    const size_t n[3] = {(size_t)c->B * c->H * c->Sq * c->hd,
+                         (size_t)c->B * c->KVH * c->Sk * c->hd,
+                         (size_t)c->B * c->KVH * c->Sk * c->hd};
+    const double bound = c->t == DA_F32 ? 1e-5 : c->t == DA_F16 ? 4e-3 : 3e-2;
+    for (int t = 0; t < 3; t++) {
+      size_t first;
+      if (tu_count_nonfinite(a[t], c->t, n[t], &first))
+        fail_msg("oclgrind backward %s: d%c holds a NaN or Inf at %zu (poison left?)", c->name,
+                 "QKV"[t], first);
+      const double e = tu_rel_err_arrays(a[t], r[t], c->t, n[t]);
+      if (!(e <= bound))
+        fail_msg("oclgrind backward %s: d%c vs cpu %.3g > %.3g", c->name, "QKV"[t], e, bound);
+      free(a[t]), free(r[t]);
+    }
+  }
+  da_context_destroy(ctx);
+  da_context_destroy(cpu);
+}
+
 int main(void) {
   tu_filter_from_env();
   const struct CMUnitTest tests[] = {
@@ -411,6 +506,7 @@ int main(void) {
       cmocka_unit_test(test_default_block),
       cmocka_unit_test(test_buffers),
       cmocka_unit_test(test_ext),
+      cmocka_unit_test(test_backward),
   };
   return cmocka_run_group_tests_name("oclgrind", tests, NULL, NULL);
 }
