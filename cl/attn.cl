@@ -16,7 +16,31 @@
  *
  * With TILED=1 the program holds da_attn in its GPU shape instead (below):
  * micro-tiles of S and O per work-item, Q and K/V tiles in local memory,
- * read straight from Q, K and V (no da_kv_prep). */
+ * read straight from Q, K and V (no da_kv_prep).
+ *
+ * PROJ=1 (DA_STRATEGY_PROJECTION, SPEC 1c; G is then 1): both shapes run
+ * the logits over RK (the rank) columns of pre-projected f32 inputs that
+ * da_proj (below) writes per call: Q is Qp [batch][heads][seq_q][RK] (Q_h
+ * A_h, rows counted from each sequence's first, so no q0 in its address)
+ * and K is Kp, per QUERY head (B_h differs per query head even under GQA):
+ * [batch][heads][seq_k][RK] for the tiled shape, for the rows shape the
+ * key tiles Kb [batch*heads][nkt][RK][BN] da_kv_prep otherwise writes (it
+ * then lays out V only). V, O and the LSE are as in exact attention. */
+
+#ifndef PROJ
+#define PROJ 0
+#endif
+#ifndef RK
+#define RK D
+#endif
+#if PROJ
+/* the pre-projected Q and K are f32 */
+typedef float qk_t;
+#define LOAD_QK(p, i) ((p)[i])
+#else
+typedef elem_t qk_t;
+#define LOAD_QK(p, i) LOAD_ELEM(p, i)
+#endif
 
 
 /* The call's layout (da_attn_ext), the same arguments for both shapes:
@@ -59,6 +83,45 @@ inline void da_load_groups(__global const int *perm, __global const float *wts, 
 }
 #endif
 
+#if PROJ
+/* Xp = X_h A_h (is_k 0: X = Q, head h) or X_kv(h) B_h (is_k 1: X = K), f32
+ * accumulated over the D columns in order, one work-item per output element:
+ * global size (RK, n, batch*heads). Rows are counted from each sequence's
+ * first (da_seq_q / da_seq_k through lens and rows); rows j >= the
+ * sequence's length (up to n: seq_q, seq_k, or whole key tiles) are 0.
+ * bnt 0: Xp[bh][j][k] (n rows per (batch, head)); bnt = BN: the rows
+ * kernel's key tiles Xp[bh][j / BN][k][j % BN] (n a multiple of BN). */
+__kernel void da_proj(__global const elem_t *X, __global float *Xp, __global const float *Pj,
+                      int is_k, int n, int seq, int heads, int kv_heads,
+                      __global const int *lens, long rows, long s0, long s1, long s2, ulong off,
+                      int bnt) {
+  const int k = get_global_id(0), j = get_global_id(1), bh = get_global_id(2);
+  if (k >= RK || j >= n) return;
+  const int b = bh / heads, h = bh - b * heads;
+  const int xh = is_k ? h / (heads / kv_heads) : h;
+  long x0;
+  int lx;
+  if (is_k)
+    da_seq_k(LENS, b, lens, seq, rows, &x0, &lx);
+  else
+    da_seq_q(LENS, b, lens, seq, rows, &x0, &lx);
+  float a = 0.0f;
+  if (j < lx) {
+    const ulong row = off + (ulong)(b * s0 + xh * s1 + (x0 + j) * s2);
+    __global const float *P = Pj + ((size_t)h * 2 + is_k) * (size_t)(D * RK) + k;
+    for (int c = 0; c < D; c++) a = fma(LOAD_ELEM(X, row + c), P[(size_t)c * RK], a);
+  }
+  size_t at;
+  if (bnt) {
+    const int jt = j / bnt;
+    at = (((size_t)bh * (size_t)(n / bnt) + jt) * RK + k) * (size_t)bnt + (j - jt * bnt);
+  } else {
+    at = ((size_t)bh * n + j) * RK + k;
+  }
+  Xp[at] = a;
+}
+#endif
+
 #if TILED
 /* The fused attention for GPUs. A work-group of NT = (BM/4)*8 work-items
  * owns BM query rows of one (batch, head); work-item (ty, tx) = (lid / 8,
@@ -79,7 +142,9 @@ inline void da_load_groups(__global const int *perm, __global const float *wts, 
 #define TY (BM / 4)
 #define KN (BN / 8)
 #define NU (DV / 32)
-#if G == 1
+#if PROJ
+#define DQ RK
+#elif G == 1
 #define DQ D
 #else
 #define DQ NG
@@ -89,7 +154,7 @@ inline void da_load_groups(__global const int *perm, __global const float *wts, 
 #define KVN (SQ > DV ? BN * SQ : BN * DV)
 
 __kernel __attribute__((reqd_work_group_size(NT, 1, 1)))
-void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const elem_t *V,
+void da_attn(__global const qk_t *Q, __global const qk_t *K, __global const elem_t *V,
              __global elem_t *O, DA_ATTN_ARGS) {
   __local float4 Qs4[BM * SQ / 4];
   __local float4 KV4[KVN / 4];
@@ -113,16 +178,22 @@ void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const 
   da_seq_q(LENS, b, lens_q, seq_q, rows_q, &q0, &lq);
   da_seq_k(LENS, b, lens_k, seq_k, rows_k, &k0, &lk);
   const int off = lk - lq;
-  /* row r of the sequence: Q at qbase + r * qs2, K and V at kbase, vbase */
+  /* row r of the sequence: Q at qbase + r * qs2, K and V at kbase, vbase
+   * (PROJ: Qp and Kp, per query head, rows from the sequence's first) */
+#if PROJ
+  const ulong qbase = qoff + (ulong)(b * qs0 + h * qs1);
+  const ulong kbase = koff + (ulong)(b * ks0 + h * ks1);
+#else
   const ulong qbase = qoff + (ulong)(b * qs0 + h * qs1 + q0 * qs2);
   const ulong kbase = koff + (ulong)(b * ks0 + kvh * ks1 + k0 * ks2);
+#endif
   const ulong vbase = voff + (ulong)(b * vs0 + kvh * vs1 + k0 * vs2);
 
 #if G == 1
   for (int e = lid; e < BM * DQ4; e += NT) {
     const int r = e / DQ4, k = e - r * DQ4;
-    Qs[r * SQ + k] = r0 + r < lq && k < D
-                         ? LOAD_ELEM(Q, qbase + (ulong)((r0 + r) * qs2) + k) * qscale
+    Qs[r * SQ + k] = r0 + r < lq && k < DQ
+                         ? LOAD_QK(Q, qbase + (ulong)((r0 + r) * qs2) + k) * qscale
                          : 0.0f;
   }
 #else
@@ -164,7 +235,7 @@ void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const 
       if (jj < nj && k < DQ) {
         const ulong row = kbase + (ulong)((j0 + jj) * ks2);
 #if G == 1
-        x = LOAD_ELEM(K, row + k);
+        x = LOAD_QK(K, row + k);
 #else
         for (int t = k * G; t < min(k * G + G, D); t++)
           x = fma(lw[t], LOAD_ELEM(K, row + lp[t]), x);
@@ -282,11 +353,14 @@ void da_attn(__global const elem_t *Q, __global const elem_t *K, __global const 
 #else /* !TILED */
 #define NV (DP / VW)
 #define NB (BN / VW)
-#if G == 1
+#if PROJ
+#define DQ RK
+#elif G == 1
 #define DQ D
 #else
 #define DQ NG
 #endif
+#define KW (PROJ ? RK : D) /* rows of a key tile of Kb */
 
 /* Kb[bk][jt][c][jj] = K[b][kh][jt*BN+jj][c], Vb[bk][jt][jj][c] = V[b][kh][jt*BN+jj][c]
  * (bk = b * kv_heads + kh; key j of sequence b's own keys, through K's and
@@ -306,15 +380,23 @@ __kernel void da_kv_prep(__global const elem_t *K, __global const elem_t *V,
   const int jt = j / BN, jj = j - jt * BN;
   const int in = c < D && j < lk;
   const size_t tile = (size_t)bk * nkt + jt;
+#if PROJ
+  (void)Kb;
+  (void)ks0;
+  (void)ks1;
+  (void)ks2;
+  (void)koff;
+#else
   if (c < D)
     Kb[(tile * D + c) * BN + jj] =
         in ? LOAD_ELEM(K, koff + (ulong)(b * ks0 + kh * ks1 + (k0 + j) * ks2) + c) : 0.0f;
+#endif
   Vb[(tile * BN + jj) * DP + c] =
       in ? LOAD_ELEM(V, voff + (ulong)(b * vs0 + kh * vs1 + (k0 + j) * vs2) + c) : 0.0f;
 }
 
 __kernel __attribute__((reqd_work_group_size(BM, 1, 1)))
-void da_attn(__global const elem_t *Q, __global const float *Kb, __global const float *Vb,
+void da_attn(__global const qk_t *Q, __global const float *Kb, __global const float *Vb,
              __global elem_t *O, DA_ATTN_ARGS) {
 #if G > 1
   __local float Kf[NG * BN]; /* the key tile fused with this hash tile's groups */
@@ -333,16 +415,22 @@ void da_attn(__global const elem_t *Q, __global const float *Kb, __global const 
   da_seq_q(LENS, b, lens_q, seq_q, rows_q, &q0, &lq);
   da_seq_k(LENS, b, lens_k, seq_k, rows_k, &k0, &lk); /* k0: da_kv_prep used it */
   const int off = lk - lq;
+#if PROJ /* Qp rows and Kp tiles per query head (the header) */
+  const ulong qrow = qoff + (ulong)(b * qs0 + h * qs1 + i * qs2); /* when live */
+  const size_t ktile0 = ((size_t)b * heads + h) * (size_t)nkt;
+#else
   const ulong qrow = qoff + (ulong)(b * qs0 + h * qs1 + (q0 + i) * qs2); /* when live */
   const size_t ktile0 = ((size_t)b * kv_heads + kvh) * (size_t)nkt;
+#endif
+  const size_t vtile0 = ((size_t)b * kv_heads + kvh) * (size_t)nkt;
   const int live = i < lq;
   /* the keys this row sees: [lo, hi) */
   const int hi = da_win_hi(i, off, lk), lo = da_win_lo(i, off, lk);
 
   float q[DQ];
 #if G == 1
-  for (int k = 0; k < D; k++)
-    q[k] = live ? LOAD_ELEM(Q, qrow + k) * qscale : 0.0f;
+  for (int k = 0; k < DQ; k++)
+    q[k] = live ? LOAD_QK(Q, qrow + k) * qscale : 0.0f;
 #else
   {
     da_load_groups(perm, wts, (((size_t)b * heads + h) * n_tiles + r0 / HB) * D, lid, BM, lp,
@@ -380,8 +468,8 @@ void da_attn(__global const elem_t *Q, __global const float *Kb, __global const 
   for (int j0 = da_grp_lo(r0, off, lk); j0 < kend; j0 += BN) {
     const int nj = min(BN, lk - j0);
     barrier(CLK_LOCAL_MEM_FENCE);
-    __global const float *Kt = Kb + (ktile0 + j0 / BN) * (size_t)(D * BN);
-    __global const float *Vs = Vb + (ktile0 + j0 / BN) * (size_t)(BN * DP);
+    __global const float *Kt = Kb + (ktile0 + j0 / BN) * (size_t)(KW * BN);
+    __global const float *Vs = Vb + (vtile0 + j0 / BN) * (size_t)(BN * DP);
 #if G > 1
     for (int g = lid; g < NG; g += BM) {
       floatV f[NB];

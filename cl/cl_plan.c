@@ -26,6 +26,12 @@ typedef struct {
   cl_mem pacc, pml;
   int dec, dec_nrg, dec_nch, dec_c;
   size_t dec_wg, dec_nv;
+  /* DA_STRATEGY_PROJECTION (SPEC 1c): da_proj, the plan's projections
+   * [heads][2][head_dim][rank] on the device, Qp [batch][heads][seq_q][rank]
+   * and (tiled shape) Kp [batch][heads][seq_k][rank], f32; the rows shape
+   * writes the projected key tiles into kb. */
+  cl_kernel k_proj;
+  cl_mem pj, pq, pk;
 } da_cl_plan;
 
 #define CK(call, what)                                                                            \
@@ -45,11 +51,12 @@ static size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 
 static void release_plan(da_cl_plan *bp) {
   cl_kernel ks[] = {bp->k_hash, bp->k_attn, bp->k_prep, bp->k_to32, bp->k_fq,
-                    bp->k_fk,   bp->k_soft, bp->k_store, bp->k_dec, bp->k_comb};
+                    bp->k_fk,   bp->k_soft, bp->k_store, bp->k_dec, bp->k_comb, bp->k_proj};
   for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++)
     if (ks[i]) clReleaseKernel(ks[i]);
   cl_mem ms[] = {bp->proj, bp->perm, bp->wts, bp->kb, bp->vb,   bp->q32, bp->k32,
-                 bp->v32,  bp->qs,   bp->kfz, bp->s,  bp->of, bp->pacc, bp->pml};
+                 bp->v32,  bp->qs,   bp->kfz, bp->s,  bp->of, bp->pacc, bp->pml,
+                 bp->pj,   bp->pq,   bp->pk};
   for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
     if (ms[i]) clReleaseMemObject(ms[i]);
   free(bp);
@@ -177,13 +184,76 @@ da_status da_cl_bwd_groups(da_plan *p, cl_mem q, size_t qoff, cl_mem *perm, cl_m
 /* The fused kernels' options of the plan's da_attn_ext: the window (causal
  * is WR 0), the lengths' kind and the LSE output. */
 typedef struct {
-  char s[96];
+  char s[128];
 } ext_opt_str;
 static ext_opt_str ext_opts(const da_plan *p) {
   ext_opt_str o;
-  snprintf(o.s, sizeof o.s, "-DWL=%d -DWR=%d -DLENS=%d -DLSE=%d", p->x.window_left,
-           p->x.window_right, (int)p->x.seqlens, p->x.lse ? 1 : 0);
+  int n = snprintf(o.s, sizeof o.s, "-DWL=%d -DWR=%d -DLENS=%d -DLSE=%d", p->x.window_left,
+                   p->x.window_right, (int)p->x.seqlens, p->x.lse ? 1 : 0);
+  if (p->x.strategy == DA_STRATEGY_PROJECTION && n > 0 && (size_t)n < sizeof o.s)
+    snprintf(o.s + n, sizeof o.s - (size_t)n, " -DPROJ=1 -DRK=%d", p->x.rank);
   return o;
+}
+
+/* DA_STRATEGY_PROJECTION (SPEC 1c), once the fused kernel of either shape
+ * is chosen (opts: its build options): da_proj, the projections on the
+ * device and the f32 workspace of the projected Q (and, tiled shape, K;
+ * the rows shape projects K into its key tiles, kb). */
+static da_status prepare_proj(da_plan *p, const char *opts) {
+  da_context *ctx = p->ctx;
+  da_cl_ctx *bc = ctx->bctx;
+  da_cl_plan *bp = p->bplan;
+  const da_attn_desc *d = &p->d;
+  const size_t R = (size_t)p->x.rank;
+  size_t pjb = 0, qb = 0, kb = 0;
+  da_status s;
+  if ((s = SIZE_OF("projections", &pjb, (size_t)d->heads, 2, (size_t)d->head_dim, R, 4)) ||
+      (s = SIZE_OF("projected Q", &qb, (size_t)d->batch, (size_t)d->heads, (size_t)d->seq_q, R,
+                   4)) ||
+      (bp->tiled && (s = SIZE_OF("projected K", &kb, (size_t)d->batch, (size_t)d->heads,
+                                 (size_t)d->seq_k, R, 4))))
+    return s;
+  if ((s = make_kernel(ctx, DA_CL_SRC_ATTN, opts, "da_proj", &bp->k_proj)) != DA_SUCCESS ||
+      (s = new_buffer(ctx, pjb, &bp->pj, "projections")) != DA_SUCCESS ||
+      (s = new_buffer(ctx, qb, &bp->pq, "projected Q")) != DA_SUCCESS ||
+      (bp->tiled && (s = new_buffer(ctx, kb, &bp->pk, "projected K")) != DA_SUCCESS))
+    return s;
+  CK(clEnqueueWriteBuffer(bc->q, bp->pj, CL_TRUE, 0, pjb, p->sproj, 0, NULL, NULL),
+     "clEnqueueWriteBuffer(projections)");
+  return DA_SUCCESS;
+}
+
+/* da_proj over one tensor: x (Q, is_k 0, or K) into xp, n rows per (batch,
+ * head), bnt: key tiles of bnt (the rows shape's kb) or 0 ([rows][rank]). */
+static da_status enqueue_proj(da_plan *p, cl_mem x, cl_mem xp, cl_int is_k, cl_int n, cl_mem lens,
+                              size_t rows, const long long st[3], size_t off, cl_int bnt) {
+  da_context *ctx = p->ctx;
+  da_cl_ctx *bc = ctx->bctx;
+  da_cl_plan *bp = p->bplan;
+  const da_attn_desc *d = &p->d;
+  cl_kernel kk = bp->k_proj;
+  const cl_int seq = is_k ? d->seq_k : d->seq_q, heads = d->heads, kvh = d->kv_heads;
+  const cl_long r = (cl_long)rows, s0 = st[0], s1 = st[1], s2 = st[2];
+  const cl_ulong o = off;
+  ARG(kk, 0, x);
+  ARG(kk, 1, xp);
+  ARG(kk, 2, bp->pj);
+  ARG(kk, 3, is_k);
+  ARG(kk, 4, n);
+  ARG(kk, 5, seq);
+  ARG(kk, 6, heads);
+  ARG(kk, 7, kvh);
+  ARG(kk, 8, lens);
+  ARG(kk, 9, r);
+  ARG(kk, 10, s0);
+  ARG(kk, 11, s1);
+  ARG(kk, 12, s2);
+  ARG(kk, 13, o);
+  ARG(kk, 14, bnt);
+  size_t gws[3] = {(size_t)p->x.rank, (size_t)n, (size_t)d->batch * (size_t)d->heads};
+  CK(clEnqueueNDRangeKernel(bc->q, kk, 3, NULL, gws, NULL, 0, NULL, NULL),
+     "clEnqueueNDRangeKernel(da_proj)");
+  return da_cl_order(ctx);
 }
 
 /* The tiles of the tiled kernel, in order of speed on an H200 (f16, seq
@@ -250,7 +320,8 @@ static da_status prepare_tiled(da_plan *p, int forced, const cl_choice *c) {
   da_cl_plan *bp = p->bplan;
   const da_attn_desc *d = &p->d;
   const size_t D = (size_t)d->head_dim, G = (size_t)d->group_size, ng = (size_t)p->ng;
-  const size_t dq = G > 1 ? ng : D, sq = round_up(dq, 8) + 4, dv = round_up(D, 32);
+  const size_t dq = p->x.strategy == DA_STRATEGY_PROJECTION ? (size_t)p->x.rank : G > 1 ? ng : D;
+  const size_t sq = round_up(dq, 8) + 4, dv = round_up(D, 32);
   size_t bmax = 64;
   while (bmax > 16 && bmax / 2 >= (size_t)d->seq_q) bmax /= 2;
   size_t bm = 0, bn = 0;
@@ -297,7 +368,9 @@ static da_status prepare_tiled(da_plan *p, int forced, const cl_choice *c) {
   bp->tiled = 1;
   bp->bm = bm;
   bp->bn = bn;
-  return make_kernel(ctx, DA_CL_SRC_ATTN, opts, "da_attn", &bp->k_attn);
+  da_status s = make_kernel(ctx, DA_CL_SRC_ATTN, opts, "da_attn", &bp->k_attn);
+  if (s == DA_SUCCESS && p->x.strategy == DA_STRATEGY_PROJECTION) s = prepare_proj(p, opts);
+  return s;
 }
 
 static da_status prepare_fused(da_plan *p) {
@@ -351,8 +424,12 @@ static da_status prepare_fused(da_plan *p) {
   bp->bn = bn;
   bp->dp = dp;
   const size_t nkt = ((size_t)d->seq_k + bn - 1) / bn;
+  const int proj = p->x.strategy == DA_STRATEGY_PROJECTION;
+  /* the projection strategy: key tiles of rank rows per query head */
+  const size_t kh = proj ? (size_t)d->heads : (size_t)d->kv_heads,
+               kw = proj ? (size_t)p->x.rank : D;
   size_t kbytes = 0, vbytes = 0;
-  if ((s = SIZE_OF("key tiles", &kbytes, (size_t)d->batch, (size_t)d->kv_heads, nkt, bn, D, 4)) ||
+  if ((s = SIZE_OF("key tiles", &kbytes, (size_t)d->batch, kh, nkt, bn, kw, 4)) ||
       (s = SIZE_OF("value tiles", &vbytes, (size_t)d->batch, (size_t)d->kv_heads, nkt, bn, dp, 4)))
     return s;
   if ((s = make_kernel(ctx, DA_CL_SRC_ATTN, opts, "da_attn", &bp->k_attn)) != DA_SUCCESS ||
@@ -360,7 +437,7 @@ static da_status prepare_fused(da_plan *p) {
       (s = new_buffer(ctx, kbytes, &bp->kb, "key tiles")) != DA_SUCCESS ||
       (s = new_buffer(ctx, vbytes, &bp->vb, "value tiles")) != DA_SUCCESS)
     return s;
-  return DA_SUCCESS;
+  return proj ? prepare_proj(p, opts) : DA_SUCCESS;
 }
 
 /* ---------------- split-KV decode (decode.cl) ---------------- */
@@ -587,6 +664,10 @@ static da_status prepare_gemm(da_plan *p) {
 
 da_status da_cl_plan_prepare(da_plan *p) {
   da_context *ctx = p->ctx;
+  if (p->d.algo == DA_ALGO_GEMM && p->x.strategy == DA_STRATEGY_PROJECTION)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "OpenCL: ext.strategy = DA_STRATEGY_PROJECTION runs on the fused kernels "
+                        "(DA_ALGO_FUSED), not DA_ALGO_GEMM");
   if (p->d.algo == DA_ALGO_GEMM && p->ext_used) return da_refuse_gemm_ext(p, "OpenCL");
   da_cl_plan *bp = calloc(1, sizeof *bp);
   if (!bp) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "OpenCL: out of host memory");
@@ -645,6 +726,27 @@ static da_status attention_fused(da_plan *p, const da_call *c) {
   cl_int nkt = (cl_int)(((size_t)d->seq_k + bp->bn - 1) / bp->bn);
   cl_int seq_q = d->seq_q, seq_k = d->seq_k, heads = d->heads, kvh = d->kv_heads,
          nt = p->n_tiles;
+  /* The projection strategy: Q A_h into Qp and K B_h into Kp (tiled) or
+   * the key tiles (rows); the attention kernel reads those (f32, dense,
+   * rows from each sequence's first, per query head) in place of Q and K. */
+  cl_mem qin = q, kpin = k;
+  cl_long aqs0 = qs0, aqs1 = qs1, aqs2 = qs2, aks0 = ks0, aks1 = ks1, aks2 = ks2;
+  cl_ulong aqoff = qoff, akoff = koff;
+  if (x->strategy == DA_STRATEGY_PROJECTION) {
+    const cl_long R = x->rank;
+    if ((s = enqueue_proj(p, q, bp->pq, 0, seq_q, lens_q, c->rows_q, x->q_stride, c->q_off, 0)) !=
+        DA_SUCCESS)
+      return s;
+    if (bp->tiled)
+      s = enqueue_proj(p, k, bp->pk, 1, seq_k, lens_k, c->rows_k, x->k_stride, c->k_off, 0);
+    else
+      s = enqueue_proj(p, k, bp->kb, 1, nkt * (cl_int)bp->bn, lens_k, c->rows_k, x->k_stride,
+                       c->k_off, (cl_int)bp->bn);
+    if (s != DA_SUCCESS) return s;
+    qin = bp->pq, kpin = bp->pk;
+    aqs2 = R, aqs1 = (cl_long)seq_q * R, aqs0 = (cl_long)heads * aqs1, aqoff = 0;
+    aks2 = R, aks1 = (cl_long)seq_k * R, aks0 = (cl_long)heads * aks1, akoff = 0;
+  }
   if (!bp->tiled) {
     cl_kernel kp = bp->k_prep;
     ARG(kp, 0, k);
@@ -671,8 +773,8 @@ static da_status attention_fused(da_plan *p, const da_call *c) {
   }
   cl_float qscale = da_log2_mul(d->scale); /* capped: SPEC 1, "Scale" */
   cl_kernel kr = bp->k_attn;
-  ARG(kr, 0, q);
-  cl_mem kin = bp->tiled ? k : bp->kb, vin = bp->tiled ? v : bp->vb;
+  ARG(kr, 0, qin);
+  cl_mem kin = bp->tiled ? kpin : bp->kb, vin = bp->tiled ? v : bp->vb;
   ARG(kr, 1, kin);
   ARG(kr, 2, vin);
   ARG(kr, 3, o);
@@ -688,14 +790,14 @@ static da_status attention_fused(da_plan *p, const da_call *c) {
   ARG(kr, 13, nt);
   ARG(kr, 14, nkt);
   ARG(kr, 15, qscale);
-  ARG(kr, 16, qs0);
-  ARG(kr, 17, qs1);
-  ARG(kr, 18, qs2);
-  ARG(kr, 19, qoff);
-  ARG(kr, 20, ks0);
-  ARG(kr, 21, ks1);
-  ARG(kr, 22, ks2);
-  ARG(kr, 23, koff);
+  ARG(kr, 16, aqs0);
+  ARG(kr, 17, aqs1);
+  ARG(kr, 18, aqs2);
+  ARG(kr, 19, aqoff);
+  ARG(kr, 20, aks0);
+  ARG(kr, 21, aks1);
+  ARG(kr, 22, aks2);
+  ARG(kr, 23, akoff);
   ARG(kr, 24, vs0);
   ARG(kr, 25, vs1);
   ARG(kr, 26, vs2);

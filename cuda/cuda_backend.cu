@@ -637,6 +637,10 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
 
 static da_status dac_plan_prepare(da_plan *p) {
   da_context *ctx = p->ctx;
+  if (p->x.strategy == DA_STRATEGY_PROJECTION)
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "CUDA: ext.strategy = DA_STRATEGY_PROJECTION is not implemented yet "
+                        "(the cpu and opencl backends run it)");
   if (p->d.algo == DA_ALGO_GEMM && p->ext_used) return da_refuse_gemm_ext(p, "CUDA");
   if (p->d.head_dim > 256 && p->d.algo != DA_ALGO_GEMM)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
@@ -880,7 +884,7 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   const da_attn_ext *x = &p->x;
   const size_t es = p->elem_size;
   if (!bp) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: plan was not prepared");
-  if (x->strategy == DA_STRATEGY_PROJECTION) /* the core refuses such plans on CUDA already */
+  if (x->strategy == DA_STRATEGY_PROJECTION) /* plan_prepare refuses such plans on CUDA */
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                         "CUDA: the backward pass of ext.strategy = DA_STRATEGY_PROJECTION is not "
                         "implemented (the cpu backend has it)");

@@ -1,8 +1,9 @@
 #!/bin/sh
 # SPDX-License-Identifier: Apache-2.0
 # The OpenCL tests of test_attention, test_consistency, test_invariants,
-# test_ext (strides, lengths, LSE, windows) and test_faults (its non-finite
-# inputs) again with DISTRATTN_CL_KERNEL=tiled: the fused kernel in the shape GPUs
+# test_ext (strides, lengths, LSE, windows), test_faults (its non-finite
+# inputs) and test_proj (the projection strategy, SPEC 1c) again with
+# DISTRATTN_CL_KERNEL=tiled: the fused kernel in the shape GPUs
 # run by default, checked on whatever OpenCL device is here (PoCL in CI,
 # where the rows kernel is the default and the plain runs check that one).
 #
@@ -22,7 +23,7 @@ status=0
 ran=0
 # program:filter (DA_TEST_FILTER, a cmocka pattern naming its OpenCL tests)
 for tf in 'test_attention:opencl:*' 'test_consistency:opencl:*' 'test_invariants:opencl:*' \
-  'test_ext:opencl:*' 'test_faults:test_*_opencl'; do
+  'test_ext:opencl:*' 'test_faults:test_*_opencl' 'test_proj:opencl:*'; do
   t=${tf%%:*}
   [ -x "$dir/$t" ] || { echo "cl-tiled-check: FAIL: $dir/$t not built" >&2; exit 1; }
   out=$(DA_TEST_FILTER=${tf#*:} "$dir/$t" 2>&1)

@@ -132,7 +132,8 @@ endif
 
 # The tiled (GPU-shaped) fused OpenCL kernel: tests/cl-tiled-check.sh runs
 # the OpenCL tests of test_attention, test_consistency, test_invariants,
-# test_ext and test_faults (non-finite inputs) again with DISTRATTN_CL_KERNEL=tiled,
+# test_ext, test_faults (non-finite inputs) and test_proj (the projection
+# strategy) again with DISTRATTN_CL_KERNEL=tiled,
 # picked by DA_TEST_FILTER, so CPU OpenCL devices such as PoCL check it too.
 EXTRA_DIST += tests/cl-tiled-check.sh
 if HAVE_CMOCKA

@@ -6,9 +6,14 @@
  * identity projections = exact attention, the backward pass (an orthogonal
  * full-rank projection gives exact attention's gradients; a random
  * low-rank one against central differences of the float64 reference), the
- * plan's refusals, and da_projections_load on crafted files.
+ * plan's refusals, and da_projections_load on crafted files. The forward
+ * on OpenCL and CUDA ("opencl: ...", "cuda: ...": skipped without the
+ * backend, failed when DISTRATTN_REQUIRE_BACKENDS names it) against the
+ * same float64 reference and against the CPU backend with every
+ * da_attn_ext option, and their refusals (GEMM, the backward).
  * DA_TEST_VERBOSE=1 prints every measured error. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -367,31 +372,232 @@ static void test_refusals(void **state) {
   free(proj);
 }
 
-/* OpenCL (and CUDA) refuse the strategy by name, for now. */
-static void test_refused_on_device_backends(void **state) {
-  (void)state;
-  static const da_backend bs[2] = {DA_BACKEND_OPENCL, DA_BACKEND_CUDA};
-  int ran = 0;
-  for (int i = 0; i < 2; i++) {
-    const char *why = NULL;
-    if (!da_backend_available(bs[i], &why)) {
-      if (tu_backend_required(bs[i]))
-        fail_msg("backend %s is required but absent: %s", da_backend_name(bs[i]), why);
-      continue;
+/* ------------------------------------------------ OpenCL and CUDA */
+
+/* The device backends (OpenCL, CUDA; forward only): the float64 reference
+ * on dense plans, and the CPU backend's result on plans with every
+ * da_attn_ext option (strides (B,S,H,D) with element offsets, per-sequence
+ * KV lengths, packed sequences, LSE, windows), over ranks 1, 8, 16, 32 and
+ * head_dim, f32/f16/bf16, GQA, causal, rows not a multiple of any tile.
+ * OpenCL runs the fused kernel of its device's shape (the rows kernel on
+ * PoCL); tests/cl-tiled-check.sh reruns the "opencl:" tests with
+ * DISTRATTN_CL_KERNEL=tiled. */
+
+static da_context *backend_ctx(void **state) {
+  const da_backend b = (da_backend)(intptr_t)*state;
+  TU_NEED_BACKEND(b);
+  da_context *ctx = NULL;
+  TU_CHECK(NULL, da_context_create(&ctx, b, -1));
+  return ctx;
+}
+
+static void test_dev_forward(void **state) {
+  da_context *ctx = backend_ctx(state);
+  tu_rng r;
+  tu_rng_init(&r, tu_seed() ^ 0xdef);
+  static const da_dtype ts[] = {DA_F32, DA_F16, DA_BF16};
+  static const int ranks[] = {1, 8, 16, 32, 64};
+  for (int ti = 0; ti < 3; ti++)
+    for (int ri = 0; ri < 5; ri++) {
+      const int causal = (ti + ri) & 1;
+      /* GQA 6/2, seq_q != seq_k (bottom-right causal), 77 rows */
+      check_forward(ctx, &r, ts[ti], causal, 6, 2, 77, 203, 64, ranks[ri], DA_ALGO_FUSED);
     }
-    da_context *ctx = NULL;
-    TU_CHECK(NULL, da_context_create(&ctx, bs[i], -1));
-    da_attn_desc d = tu_small_desc();
-    float *proj = calloc((size_t)d.heads * 2 * d.head_dim * 4, sizeof *proj);
-    da_attn_ext x;
-    da_attn_ext_init(&x);
-    x.strategy = DA_STRATEGY_PROJECTION, x.rank = 4, x.proj = proj;
-    expect_refusal(ctx, &d, &x, DA_ERR_UNSUPPORTED, "DA_STRATEGY_PROJECTION");
-    free(proj);
-    da_context_destroy(ctx);
-    ran = 1;
+  /* MHA, equal lengths, the other mask; odd head_dim and rank; decode-like
+   * (one row: the decode kernels never take a projection plan); head_dim 128 */
+  check_forward(ctx, &r, DA_F32, 1, 3, 3, 130, 130, 64, 16, DA_ALGO_FUSED);
+  check_forward(ctx, &r, DA_F16, 1, 4, 2, 40, 70, 59, 7, DA_ALGO_FUSED);
+  check_forward(ctx, &r, DA_F32, 1, 8, 2, 1, 300, 128, 32, DA_ALGO_FUSED);
+  check_forward(ctx, &r, DA_BF16, 0, 4, 1, 65, 129, 128, 128, DA_ALGO_FUSED);
+  check_forward(ctx, &r, DA_F16, 1, 4, 2, 200, 333, 128, 64, DA_ALGO_FUSED);
+  check_forward(ctx, &r, DA_F16, 0, 4, 4, 150, 150, 128, 32, DA_ALGO_FUSED);
+  da_context_destroy(ctx);
+}
+
+/* One projection call through buffers on ctx: the plan of (d, x), the
+ * tensors at element offset off of buffers of qn (Q and O) and kn (K and V)
+ * elements, O zeroed first and read back whole (on elements), the LSE (nl
+ * floats) when x->lse. lens: DA_SEQLENS_KV's [batch]; cuq, cuk:
+ * DA_SEQLENS_PACKED's [batch + 1] over rows_q, rows_k. */
+static void run_ext(da_context *ctx, const da_attn_desc *d, const da_attn_ext *x, const void *q,
+                    const void *k, const void *v, size_t qn, size_t kn, size_t off,
+                    const int *lens, const int *cuq, const int *cuk, size_t rows_q,
+                    size_t rows_k, void *o, float *lse, size_t nl) {
+  const size_t es = da_dtype_size(d->dtype);
+  da_plan *p = NULL;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, d, x, &p));
+  da_buffer *bq, *bk, *bv, *bo, *bl = NULL, *bs = NULL, *bcq = NULL, *bck = NULL;
+  TU_CHECK(ctx, da_buffer_create(ctx, qn * es, &bq));
+  TU_CHECK(ctx, da_buffer_create(ctx, kn * es, &bk));
+  TU_CHECK(ctx, da_buffer_create(ctx, kn * es, &bv));
+  TU_CHECK(ctx, da_buffer_create(ctx, qn * es, &bo));
+  TU_CHECK(ctx, da_buffer_write(bq, 0, q, qn * es));
+  TU_CHECK(ctx, da_buffer_write(bk, 0, k, kn * es));
+  TU_CHECK(ctx, da_buffer_write(bv, 0, v, kn * es));
+  memset(o, 0, qn * es);
+  TU_CHECK(ctx, da_buffer_write(bo, 0, o, qn * es));
+  da_attn_args a;
+  da_attn_args_init(&a);
+  a.q = bq, a.k = bk, a.v = bv, a.o = bo;
+  a.q_offset = a.k_offset = a.v_offset = a.o_offset = off;
+  if (x->lse) {
+    TU_CHECK(ctx, da_buffer_create(ctx, nl * 4, &bl));
+    memset(lse, 0, nl * 4); /* packed: rows past the last sequence stay 0 */
+    TU_CHECK(ctx, da_buffer_write(bl, 0, lse, nl * 4));
+    a.lse = bl;
   }
-  if (!ran) skip();
+  if (x->seqlens == DA_SEQLENS_KV) {
+    TU_CHECK(ctx, da_buffer_create(ctx, (size_t)d->batch * 4, &bs));
+    TU_CHECK(ctx, da_buffer_write(bs, 0, lens, (size_t)d->batch * 4));
+    a.seqlens_k = bs;
+  } else if (x->seqlens == DA_SEQLENS_PACKED) {
+    TU_CHECK(ctx, da_buffer_create(ctx, ((size_t)d->batch + 1) * 4, &bcq));
+    TU_CHECK(ctx, da_buffer_create(ctx, ((size_t)d->batch + 1) * 4, &bck));
+    TU_CHECK(ctx, da_buffer_write(bcq, 0, cuq, ((size_t)d->batch + 1) * 4));
+    TU_CHECK(ctx, da_buffer_write(bck, 0, cuk, ((size_t)d->batch + 1) * 4));
+    a.cu_seqlens_q = bcq, a.cu_seqlens_k = bck, a.rows_q = rows_q, a.rows_k = rows_k;
+  }
+  TU_CHECK(ctx, da_attention_ext(p, &a));
+  TU_CHECK(ctx, da_buffer_read(bo, 0, o, qn * es));
+  if (x->lse) TU_CHECK(ctx, da_buffer_read(bl, 0, lse, nl * 4));
+  da_buffer *all[] = {bq, bk, bv, bo, bl, bs, bcq, bck};
+  for (int i = 0; i < 8; i++)
+    if (all[i]) da_buffer_destroy(all[i]);
+  da_plan_destroy(p);
+}
+
+/* kind 0: (B,S,H,D) strides, element offset 5, LSE, window (20, 5) or
+ * causal; 1: DA_SEQLENS_KV (lengths 0..seq_k, one 0); 2: DA_SEQLENS_PACKED
+ * in (S,H,D) rows with LSE. Against the CPU backend with the same plan. */
+static void check_vs_cpu(da_context *ctx, da_context *cpu, tu_rng *r, da_dtype t, int kind,
+                         int causal, int rank) {
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  d.batch = 3, d.heads = 6, d.kv_heads = 2, d.seq_q = 45, d.seq_k = 97, d.head_dim = 64;
+  d.dtype = t, d.causal = causal;
+  const long long H = d.heads, KH = d.kv_heads, D = d.head_dim;
+  float *proj = random_proj(r, d.heads, d.head_dim, rank);
+  da_attn_ext x;
+  da_attn_ext_init(&x);
+  x.strategy = DA_STRATEGY_PROJECTION, x.rank = rank, x.proj = proj;
+  size_t qn = tu_q_elems(&d), kn = tu_kv_elems(&d), off = 0, nl = 0, rows_q = 0, rows_k = 0;
+  int lens[3] = {97, 0, 60}, cuq[4] = {0, 45, 45, 62}, cuk[4] = {0, 97, 130, 150};
+  if (kind == 0) {
+    off = 5;
+    x.q_stride[0] = d.seq_q * H * D, x.q_stride[1] = D, x.q_stride[2] = H * D;
+    x.o_stride[0] = x.q_stride[0], x.o_stride[1] = D, x.o_stride[2] = H * D;
+    x.k_stride[0] = d.seq_k * KH * D, x.k_stride[1] = D, x.k_stride[2] = KH * D;
+    memcpy(x.v_stride, x.k_stride, sizeof x.v_stride);
+    x.lse = 1;
+    if (!causal) x.window_left = 20, x.window_right = 5;
+    qn += off, kn += off;
+    nl = (size_t)d.batch * d.heads * d.seq_q;
+  } else if (kind == 1) {
+    x.seqlens = DA_SEQLENS_KV;
+    if (!causal) x.window_left = 30;
+  } else {
+    x.seqlens = DA_SEQLENS_PACKED;
+    x.lse = 1;
+    rows_q = 64, rows_k = 160; /* beyond the last sequence's end */
+    x.q_stride[1] = D, x.q_stride[2] = H * D;
+    x.o_stride[1] = D, x.o_stride[2] = H * D;
+    x.k_stride[1] = D, x.k_stride[2] = KH * D;
+    memcpy(x.v_stride, x.k_stride, sizeof x.v_stride);
+    qn = rows_q * H * D, kn = rows_k * KH * D;
+    nl = (size_t)H * rows_q;
+  }
+  const size_t es = da_dtype_size(t);
+  void *q = malloc(qn * es), *k = malloc(kn * es), *v = malloc(kn * es);
+  void *o1 = malloc(qn * es), *o2 = malloc(qn * es);
+  float *l1 = malloc((nl + 1) * 4), *l2 = malloc((nl + 1) * 4);
+  assert_true(q && k && v && o1 && o2 && l1 && l2);
+  tu_fill(q, t, qn, r, 1.0);
+  tu_fill(k, t, kn, r, 1.0);
+  tu_fill(v, t, kn, r, 1.0);
+  run_ext(cpu, &d, &x, q, k, v, qn, kn, off, lens, cuq, cuk, rows_q, rows_k, o1, l1, nl);
+  run_ext(ctx, &d, &x, q, k, v, qn, kn, off, lens, cuq, cuk, rows_q, rows_k, o2, l2, nl);
+  const double err = tu_rel_err_arrays(o2, o1, t, qn), bound = tu_bound(t);
+  char buf[256], name[64];
+  snprintf(name, sizeof name, "vs cpu kind %d r=%d", kind, rank);
+  tu_note(name, &d, err, bound);
+  if (!(err <= bound))
+    fail_msg("projection vs cpu, kind %d, rank %d: error %.3g > %.3g: %s [seed %llu]", kind, rank,
+             err, bound, tu_desc_str(&d, buf, sizeof buf), (unsigned long long)tu_seed());
+  /* the LSE: f32 rounding apart, more where a tensor-core kernel (CUDA)
+   * stores the projected Q and K in the dtype */
+  const float ltol = t == DA_F32 ? 1e-4f : t == DA_F16 ? 4e-3f : 3e-2f;
+  for (size_t i = 0; i < nl; i++) {
+    const float a = l1[i], b = l2[i];
+    const int same = isinf(a) ? a == b : fabsf(a - b) <= ltol * (1.0f + fabsf(a));
+    if (!same)
+      fail_msg("projection vs cpu, kind %d, rank %d: LSE[%zu] %.8g, cpu %.8g [seed %llu]", kind,
+               rank, i, (double)b, (double)a, (unsigned long long)tu_seed());
+  }
+  free(q), free(k), free(v), free(o1), free(o2), free(l1), free(l2), free(proj);
+}
+
+static void test_dev_vs_cpu(void **state) {
+  da_context *ctx = backend_ctx(state);
+  da_context *cpu = cpu_ctx();
+  tu_rng r;
+  tu_rng_init(&r, tu_seed() ^ 0xc9c);
+  static const int ranks[] = {1, 8, 16, 32, 64};
+  for (int kind = 0; kind < 3; kind++)
+    for (int ri = 0; ri < 5; ri++)
+      check_vs_cpu(ctx, cpu, &r, DA_F32, kind, (kind + ri) & 1, ranks[ri]);
+  static const da_dtype ts[] = {DA_F16, DA_BF16};
+  for (int ti = 0; ti < 2; ti++)
+    for (int kind = 0; kind < 3; kind++)
+      check_vs_cpu(ctx, cpu, &r, ts[ti], kind, (kind + ti) & 1, ranks[(kind + 2 * ti) % 5]);
+  da_context_destroy(cpu);
+  da_context_destroy(ctx);
+}
+
+/* What the device backends refuse: DA_ALGO_GEMM (OpenCL and CUDA run the
+ * strategy on their fused kernels) and the backward pass (OpenCL has none;
+ * CUDA's refuses the strategy by name). */
+static void test_dev_refusals(void **state) {
+  da_context *ctx = backend_ctx(state);
+  const da_backend b = (da_backend)(intptr_t)*state;
+  da_attn_desc d = tu_small_desc();
+  d.dtype = DA_F32;
+  float *proj = calloc((size_t)d.heads * 2 * d.head_dim * 4, sizeof *proj);
+  assert_non_null(proj);
+  da_attn_ext x;
+  da_attn_ext_init(&x);
+  x.strategy = DA_STRATEGY_PROJECTION, x.rank = 4, x.proj = proj;
+  d.algo = DA_ALGO_GEMM;
+  expect_refusal(ctx, &d, &x, DA_ERR_UNSUPPORTED, "DA_STRATEGY_PROJECTION");
+  d.algo = DA_ALGO_AUTO; /* the fused kernel */
+  x.lse = 1;
+  da_plan *p = NULL;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
+  const size_t nq = tu_q_elems(&d), nkv = tu_kv_elems(&d);
+  const size_t nl = (size_t)d.batch * d.heads * d.seq_q;
+  da_buffer *bq, *bk, *bv, *bo, *bl, *bdo, *bdq, *bdk, *bdv;
+  TU_CHECK(ctx, da_buffer_create(ctx, nq * 4, &bq));
+  TU_CHECK(ctx, da_buffer_create(ctx, nkv * 4, &bk));
+  TU_CHECK(ctx, da_buffer_create(ctx, nkv * 4, &bv));
+  TU_CHECK(ctx, da_buffer_create(ctx, nq * 4, &bo));
+  TU_CHECK(ctx, da_buffer_create(ctx, nl * 4, &bl));
+  TU_CHECK(ctx, da_buffer_create(ctx, nq * 4, &bdo));
+  TU_CHECK(ctx, da_buffer_create(ctx, nq * 4, &bdq));
+  TU_CHECK(ctx, da_buffer_create(ctx, nkv * 4, &bdk));
+  TU_CHECK(ctx, da_buffer_create(ctx, nkv * 4, &bdv));
+  da_bwd_args a;
+  da_bwd_args_init(&a);
+  a.dout = bdo, a.q = bq, a.k = bk, a.v = bv, a.o = bo, a.lse = bl;
+  a.dq = bdq, a.dk = bdk, a.dv = bdv;
+  const da_status s = da_attention_backward(p, &a);
+  if (s != DA_ERR_UNSUPPORTED ||
+      (b == DA_BACKEND_CUDA && !strstr(da_context_last_error(ctx), "DA_STRATEGY_PROJECTION")))
+    fail_msg("the backward of a projection plan: expected DA_ERR_UNSUPPORTED, got %s: \"%s\"",
+             da_status_string(s), da_context_last_error(ctx));
+  da_buffer *all[] = {bq, bk, bv, bo, bl, bdo, bdq, bdk, bdv};
+  for (int i = 0; i < 9; i++) da_buffer_destroy(all[i]);
+  da_plan_destroy(p);
+  free(proj);
+  da_context_destroy(ctx);
 }
 
 /* ---------------------------------------------------------- the loader */
@@ -528,13 +734,16 @@ static void test_loader(void **state) {
 
 int main(void) {
   tu_filter_from_env();
+  void *const st_cl = (void *)(intptr_t)DA_BACKEND_OPENCL;
   const struct CMUnitTest tests[] = {
+      {"opencl: projection forward", test_dev_forward, NULL, NULL, st_cl},
+      {"opencl: projection vs cpu", test_dev_vs_cpu, NULL, NULL, st_cl},
+      {"opencl: projection refusals", test_dev_refusals, NULL, NULL, st_cl},
       cmocka_unit_test(test_forward),
       cmocka_unit_test(test_identity),
       cmocka_unit_test(test_backward_orthogonal),
       cmocka_unit_test(test_backward_fd),
       cmocka_unit_test(test_refusals),
-      cmocka_unit_test(test_refused_on_device_backends),
       cmocka_unit_test(test_loader),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
