@@ -84,9 +84,14 @@ inline void da_load_groups(__global const int *perm, __global const float *wts, 
 #endif
 
 #if PROJ
+/* Columns per work-item of da_proj; the device copy of the projections
+ * has rows of RKP (RK rounded up to PKC, zero padded) */
+#define PKC 16
+#define RKP ((RK + PKC - 1) / PKC * PKC)
 /* Xp = X_h A_h (is_k 0: X = Q, head h) or X_kv(h) B_h (is_k 1: X = K), f32
- * accumulated over the D columns in order, one work-item per output element:
- * global size (RK, n, batch*heads). Rows are counted from each sequence's
+ * accumulated over the D columns in order, one work-item per PKC output
+ * columns of a row (X's element read once for all of them): global size
+ * (RKP / PKC, n, batch*heads). Rows are counted from each sequence's
  * first (da_seq_q / da_seq_k through lens and rows); rows j >= the
  * sequence's length (up to n: seq_q, seq_k, or whole key tiles) are 0.
  * bnt 0: Xp[bh][j][k] (n rows per (batch, head)); bnt = BN: the rows
@@ -95,8 +100,8 @@ __kernel void da_proj(__global const elem_t *X, __global float *Xp, __global con
                       int is_k, int n, int seq, int heads, int kv_heads,
                       __global const int *lens, long rows, long s0, long s1, long s2, ulong off,
                       int bnt) {
-  const int k = get_global_id(0), j = get_global_id(1), bh = get_global_id(2);
-  if (k >= RK || j >= n) return;
+  const int k0 = get_global_id(0) * PKC, j = get_global_id(1), bh = get_global_id(2);
+  if (k0 >= RK || j >= n) return;
   const int b = bh / heads, h = bh - b * heads;
   const int xh = is_k ? h / (heads / kv_heads) : h;
   long x0;
@@ -105,20 +110,29 @@ __kernel void da_proj(__global const elem_t *X, __global float *Xp, __global con
     da_seq_k(LENS, b, lens, seq, rows, &x0, &lx);
   else
     da_seq_q(LENS, b, lens, seq, rows, &x0, &lx);
-  float a = 0.0f;
+  float4 a[PKC / 4];
+#pragma unroll
+  for (int u = 0; u < PKC / 4; u++) a[u] = (float4)(0.0f);
   if (j < lx) {
     const ulong row = off + (ulong)(b * s0 + xh * s1 + (x0 + j) * s2);
-    __global const float *P = Pj + ((size_t)h * 2 + is_k) * (size_t)(D * RK) + k;
-    for (int c = 0; c < D; c++) a = fma(LOAD_ELEM(X, row + c), P[(size_t)c * RK], a);
+    __global const float *P = Pj + ((size_t)h * 2 + is_k) * (size_t)(D * RKP) + k0;
+    for (int c = 0; c < D; c++) {
+      const float4 x = (float4)(LOAD_ELEM(X, row + c));
+#pragma unroll
+      for (int u = 0; u < PKC / 4; u++) a[u] = fma(x, vload4(u, P + (size_t)c * RKP), a[u]);
+    }
   }
-  size_t at;
-  if (bnt) {
-    const int jt = j / bnt;
-    at = (((size_t)bh * (size_t)(n / bnt) + jt) * RK + k) * (size_t)bnt + (j - jt * bnt);
-  } else {
-    at = ((size_t)bh * n + j) * RK + k;
+  float o[PKC];
+#pragma unroll
+  for (int u = 0; u < PKC / 4; u++) vstore4(a[u], u, o);
+  const int jt = bnt ? j / bnt : 0;
+  for (int kk = 0; kk < PKC && k0 + kk < RK; kk++) {
+    const int k = k0 + kk;
+    const size_t at =
+        bnt ? (((size_t)bh * (size_t)(n / bnt) + jt) * RK + k) * (size_t)bnt + (j - jt * bnt)
+            : ((size_t)bh * n + j) * RK + k;
+    Xp[at] = o[kk];
   }
-  Xp[at] = a;
 }
 #endif
 

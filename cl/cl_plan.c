@@ -204,10 +204,10 @@ static da_status prepare_proj(da_plan *p, const char *opts) {
   da_cl_ctx *bc = ctx->bctx;
   da_cl_plan *bp = p->bplan;
   const da_attn_desc *d = &p->d;
-  const size_t R = (size_t)p->x.rank;
+  const size_t R = (size_t)p->x.rank, RP = round_up(R, 16); /* attn.cl's RKP */
   size_t pjb = 0, qb = 0, kb = 0;
   da_status s;
-  if ((s = SIZE_OF("projections", &pjb, (size_t)d->heads, 2, (size_t)d->head_dim, R, 4)) ||
+  if ((s = SIZE_OF("projections", &pjb, (size_t)d->heads, 2, (size_t)d->head_dim, RP, 4)) ||
       (s = SIZE_OF("projected Q", &qb, (size_t)d->batch, (size_t)d->heads, (size_t)d->seq_q, R,
                    4)) ||
       (bp->tiled && (s = SIZE_OF("projected K", &kb, (size_t)d->batch, (size_t)d->heads,
@@ -218,8 +218,16 @@ static da_status prepare_proj(da_plan *p, const char *opts) {
       (s = new_buffer(ctx, qb, &bp->pq, "projected Q")) != DA_SUCCESS ||
       (bp->tiled && (s = new_buffer(ctx, kb, &bp->pk, "projected K")) != DA_SUCCESS))
     return s;
-  CK(clEnqueueWriteBuffer(bc->q, bp->pj, CL_TRUE, 0, pjb, p->sproj, 0, NULL, NULL),
-     "clEnqueueWriteBuffer(projections)");
+  /* rows of RP columns, zero past the rank (da_proj reads whole groups of 16) */
+  float *pad = calloc(pjb / 4, sizeof *pad);
+  if (!pad)
+    return da_set_error(ctx, DA_ERR_HOST_MEMORY, "OpenCL: no host memory for %zu bytes of "
+                        "padded projections", pjb);
+  const size_t rows = (size_t)d->heads * 2 * (size_t)d->head_dim;
+  for (size_t i = 0; i < rows; i++) memcpy(pad + i * RP, p->sproj + i * R, R * sizeof *pad);
+  cl_int e = clEnqueueWriteBuffer(bc->q, bp->pj, CL_TRUE, 0, pjb, pad, 0, NULL, NULL);
+  free(pad);
+  CK(e, "clEnqueueWriteBuffer(projections)");
   return DA_SUCCESS;
 }
 
@@ -250,7 +258,7 @@ static da_status enqueue_proj(da_plan *p, cl_mem x, cl_mem xp, cl_int is_k, cl_i
   ARG(kk, 12, s2);
   ARG(kk, 13, o);
   ARG(kk, 14, bnt);
-  size_t gws[3] = {(size_t)p->x.rank, (size_t)n, (size_t)d->batch * (size_t)d->heads};
+  size_t gws[3] = {((size_t)p->x.rank + 15) / 16, (size_t)n, (size_t)d->batch * (size_t)d->heads};
   CK(clEnqueueNDRangeKernel(bc->q, kk, 3, NULL, gws, NULL, 0, NULL, NULL),
      "clEnqueueNDRangeKernel(da_proj)");
   return da_cl_order(ctx);
