@@ -188,8 +188,8 @@ static da_status bwd_enqueue(da_plan *p, const da_bwd_call *c, bwd_res *r) {
 }
 #undef A
 
-/* The options the cpu backward takes, except the projection strategy (the
- * core gives OpenCL no such plan) and head_dim above 256 (the kernels keep
+/* The options the cpu backward takes, except the projection strategy
+ * (OpenCL runs its forward only) and head_dim above 256 (the kernels keep
  * rows in private arrays; the fused forward takes no more either). */
 da_status da_cl_attention_bwd(da_plan *p, const da_bwd_call *c) {
   da_context *ctx = p->ctx;

@@ -183,9 +183,11 @@ typedef struct da_attn_ext {
    * is the G equivalent). proj: [heads][2][head_dim][rank] (A_h then B_h,
    * row-major), host memory, every element finite; copied into the plan
    * at creation (da_plan_get_ext then points at the plan's copy, valid
-   * while the plan lives). CPU backend only, for now: OpenCL and CUDA
-   * refuse it with DA_ERR_UNSUPPORTED. da_projections_load reads them
-   * from a calibration file (`distrattn calibrate`). */
+   * while the plan lives). The CPU backend runs it forward and backward,
+   * OpenCL forward (its fused kernel; DA_ALGO_GEMM and the backward refuse
+   * it with DA_ERR_UNSUPPORTED); CUDA refuses it with DA_ERR_UNSUPPORTED.
+   * da_projections_load reads them from a calibration file (`distrattn
+   * calibrate`). */
   int strategy;               /* da_strategy */
   int rank;                   /* DA_STRATEGY_PROJECTION: 1..head_dim; else 0 */
   const float *proj;          /* DA_STRATEGY_PROJECTION: the projections; else NULL */
