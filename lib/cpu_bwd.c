@@ -50,6 +50,12 @@ typedef struct bwd_job {
   float *const *scratch;
   int R;                 /* DA_STRATEGY_PROJECTION: the rank (ng = R), else 0 */
   const float *pj;       /* its [H][2][d][R] projections (SPEC 1c) */
+  /* the projections' products, of the ISA the items run (BW(proj_fwd) and
+   * BW(proj_bwd) in lib/cpu_bwd_tmpl.h: hardware FMA, independent sums) */
+  void (*proj_fwd)(const float *x, size_t xs, int n, const float *M, int d, int R, float *out,
+                   size_t os, size_t ogs);
+  void (*proj_bwd)(const float *a, int n, size_t as, const float *M, int d, int R, float s,
+                   int add, float *out, size_t os);
   size_t o_kx, o_kft, o_kf, o_vt, o_qs, o_do, o_s, o_dp, o_acc, o_dva, o_dkf, o_row, o_lse,
       o_dd, scratch_floats;
 } bwd_job;
@@ -146,15 +152,11 @@ static void bwd_proj_k(const bwd_job *J, int h, const float *kx, float *kft, flo
   const int dp = J->dp, np = J->np, d = J->d, R = J->R;
   const float *Bm = J->pj + ((size_t)h * 2 + 1) * (size_t)d * R;
   memset(kft, 0, (size_t)np * BKB * sizeof(float));
-  if (kf) memset(kf, 0, (size_t)BKB * np * sizeof(float));
-  for (int j = 0; j < BKB; j++) {
-    const float *k = kx + (size_t)j * dp;
-    for (int g = 0; g < R; g++) {
-      float x = 0.0f;
-      for (int c = 0; c < d; c++) x = fmaf(k[c], Bm[(size_t)c * R + g], x);
-      kft[(size_t)g * BKB + j] = x;
-      if (kf) kf[(size_t)j * np + g] = x;
-    }
+  J->proj_fwd(kx, (size_t)dp, BKB, Bm, d, R, kft, 1, BKB);
+  if (kf) {
+    memset(kf, 0, (size_t)BKB * np * sizeof(float));
+    for (int j = 0; j < BKB; j++)
+      for (int g = 0; g < R; g++) kf[(size_t)j * np + g] = kft[(size_t)g * BKB + j];
   }
 }
 
@@ -179,11 +181,7 @@ static void bwd_load_rows(const bwd_job *J, int b, int h, long i0, int nr, const
     if (J->R) { /* Q A_h */
       const float *A = J->pj + (size_t)h * 2 * (size_t)d * J->R;
       load_row(J->c->q, J->t, at(J->qst, J->c->q_off, b, h, i), d, row);
-      for (int g = 0; g < J->R; g++) {
-        float x = 0.0f;
-        for (int c = 0; c < d; c++) x = fmaf(row[c], A[(size_t)c * J->R + g], x);
-        q[g] = x;
-      }
+      J->proj_fwd(row, 0, 1, A, d, J->R, q, 0, 1);
     } else if (!gi) {
       load_row(J->c->q, J->t, at(J->qst, J->c->q_off, b, h, i), d, q);
     } else {
@@ -214,11 +212,7 @@ static void bwd_store_q(const bwd_job *J, int b, int h, long i0, int nr, const i
     const float *a = dqs + (size_t)r * np;
     if (J->R) { /* dQ = s dQ' A_h^T */
       const float *A = J->pj + (size_t)h * 2 * (size_t)d * J->R;
-      for (int c = 0; c < d; c++) {
-        float x = 0.0f;
-        for (int g = 0; g < J->R; g++) x = fmaf(a[g], A[(size_t)c * J->R + g], x);
-        row[c] = J->sc * x;
-      }
+      J->proj_bwd(a, 1, 0, A, d, J->R, J->sc, 0, row, 0);
     } else if (!gi)
       for (int c = 0; c < d; c++) row[c] = J->sc * a[c];
     else
@@ -408,9 +402,16 @@ da_status da_cpu_backward(da_plan *p, const da_bwd_call *c, const cpu_bwd_pool *
                      "cpu backend: cannot allocate the backward pass's row sums and groupings");
   } else {
     cpu_item_fn dkv = dkv_item_generic, dq = dq_item_generic;
+    J.proj_fwd = proj_fwd_generic, J.proj_bwd = proj_bwd_generic;
 #ifdef DA_CPU_X86
-    if (pool->vector == 1) dkv = dkv_item_avx2, dq = dq_item_avx2;
-    if (pool->vector == 2) dkv = dkv_item_avx512, dq = dq_item_avx512;
+    if (pool->vector == 1) {
+      dkv = dkv_item_avx2, dq = dq_item_avx2;
+      J.proj_fwd = proj_fwd_avx2, J.proj_bwd = proj_bwd_avx2;
+    }
+    if (pool->vector == 2) {
+      dkv = dkv_item_avx512, dq = dq_item_avx512;
+      J.proj_fwd = proj_fwd_avx512, J.proj_bwd = proj_bwd_avx512;
+    }
 #endif
     if (n_groups) pool->run(pool->pool, groups_item, &J, n_groups);
     pool->run(pool->pool, dsum_item, &J, (long)BH);

@@ -177,6 +177,57 @@ static int BW(block_grads)(const bwd_job *J, long i0, int nr, long j0, int nk, c
   return any;
 }
 
+/* The projection strategy's products (SPEC 1c), each output an f32 sum of
+ * fused multiply-adds in a fixed order (the order of the scalar loops they
+ * replace: the same bits on every ISA), kept as independent sums so that
+ * they pipeline (and vectorize) instead of waiting on one chain.
+ * proj_fwd: out[j*os + g*ogs] = sum_{c < d} x[j*xs + c] M[c][g] (c in
+ * order), j < n, g < R: Q A_h, K B_h. GCC's -O2 does not vectorize a loop
+ * whose count is unknown (R, d): these two ask for it (fmaf vectorizes to
+ * vector FMAs where the ISA has them: the same values). */
+#if defined(__GNUC__) && !defined(__clang__)
+#  define BW_VECTORIZE __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#else
+#  define BW_VECTORIZE
+#endif
+static BW_VECTORIZE void BW(proj_fwd)(const float *x, size_t xs, int n, const float *M, int d, int R,
+                         float *out, size_t os, size_t ogs) {
+  float acc[256]; /* R <= head_dim <= 256 */
+  for (int j = 0; j < n; j++) {
+    const float *xr = x + (size_t)j * xs;
+    for (int g = 0; g < R; g++) acc[g] = 0.0f;
+    for (int c = 0; c < d; c++) {
+      const float xc = xr[c];
+      const float *m = M + (size_t)c * R;
+      for (int g = 0; g < R; g++) acc[g] = fmaf(xc, m[g], acc[g]);
+    }
+    for (int g = 0; g < R; g++) out[(size_t)j * os + (size_t)g * ogs] = acc[g];
+  }
+}
+
+/* proj_bwd: y_c = sum_{g < R} a[j*as + g] M[c][g] (g in order), c < d, for
+ * rows j < n: out[j*os + c] = s y_c, or += y_c (add): dQ = s dQ' A_h^T,
+ * dK += dK'_h B_h^T. */
+static BW_VECTORIZE void BW(proj_bwd)(const float *a, int n, size_t as, const float *M, int d, int R, float s,
+                         int add, float *out, size_t os) {
+  float acc[256]; /* d <= 256 */
+  for (int j = 0; j < n; j++) {
+    const float *ar = a + (size_t)j * as;
+    float *o = out + (size_t)j * os;
+    for (int c = 0; c < d; c++) acc[c] = 0.0f;
+    for (int g = 0; g < R; g++) {
+      const float ag = ar[g];
+      for (int c = 0; c < d; c++) acc[c] = fmaf(ag, M[(size_t)c * R + g], acc[c]);
+    }
+    if (add)
+      for (int c = 0; c < d; c++) o[c] += acc[c];
+    else
+      for (int c = 0; c < d; c++) o[c] = s * acc[c];
+  }
+}
+
+#undef BW_VECTORIZE
+
 /* dK and dV of key block kb of (batch, kv head): item = (b*KH + kh)*nkb + kb.
  * Over the hpk query heads of the kv head and every query block that sees a
  * key of the block: dV += P^T dO, dKf += dS^T Qs (scattered back to K's
@@ -242,16 +293,7 @@ static void BW(dkv_item)(void *arg, int tid, long item) {
       }
     }
     if (J->R) /* dK += dK'_h B_h^T */
-      for (int j = 0; j < nk; j++) {
-        const float *f = dkf + (size_t)j * np;
-        float *a = dka + (size_t)j * dp;
-        for (int c = 0; c < d; c++) {
-          const float *bc = Bm + (size_t)c * J->R;
-          float x = 0.0f;
-          for (int g = 0; g < J->R; g++) x = fmaf(f[g], bc[g], x);
-          a[c] += x;
-        }
-      }
+      BW(proj_bwd)(dkf, nk, (size_t)np, Bm, d, J->R, 1.0f, 1, dka, (size_t)dp);
   }
   (void)kf;
   bwd_store_kv(J, b, kh, j0, nk, dka, dva, row);

@@ -12,6 +12,7 @@ calls on different contexts run in parallel (ctypes releases the GIL).
 import collections
 import contextlib
 import ctypes as C
+import hashlib
 import math
 import operator
 import threading
@@ -68,14 +69,17 @@ class Context:
     def check(self, status, what):
         check(status, self.handle, what)
 
-    def plan(self, desc, pin=False, lse=False):
+    def plan(self, desc, pin=False, lse=False, proj=None):
         """The plan for desc (created and cached on first use). Call with
         self.lock held. pin: keep it for the life of the context (never
         evicted: a CUDA graph captured with it points at its memory).
         lse: a plan made with da_plan_create_ext and ext.lse = 1 (its
         da_attention_ext calls write the log-sum-exp; the backward pass
-        takes any plan of the desc)."""
-        key = desc.key() + (bool(lse),)
+        takes any plan of the desc). proj: None, or a Projections
+        (ext.strategy = DA_STRATEGY_PROJECTION, SPEC 1c; a plan made with
+        da_plan_create_ext, run with da_attention_ext): plans are cached by
+        the projections' contents, which the plan copies at creation."""
+        key = desc.key() + (bool(lse), None if proj is None else proj.key)
         p = self.pinned.get(key)
         if p is not None:
             return p
@@ -89,8 +93,13 @@ class Context:
             return p
         lib = _lib.load()
         p = C.c_void_p()
-        if lse:
-            x = _lib.new_struct(_lib.AttnExt, lse=1, window_left=-1, window_right=-1)
+        if lse or proj is not None:
+            x = _lib.new_struct(_lib.AttnExt, lse=1 if lse else 0, window_left=-1,
+                                window_right=-1)
+            if proj is not None:
+                x.strategy = _lib.DA_STRATEGY_PROJECTION
+                x.rank = proj.rank
+                x.proj = proj.address
             self.check(lib.da_plan_create_ext(self.handle, C.byref(desc), C.byref(x), C.byref(p)),
                        "da_plan_create_ext")
         else:
@@ -115,6 +124,21 @@ class Context:
             if self.handle:
                 lib.da_context_destroy(self.handle)
                 self.handle = None
+
+
+class Projections:
+    """Per-head projections for a plan (ext.strategy = DA_STRATEGY_PROJECTION):
+    address of a C-contiguous f32 [heads][2][head_dim][rank] host array
+    (kept alive by the caller while plans are made from it; a plan copies
+    it), rank, and key, a digest of its shape and bytes (plans of equal
+    projections are shared)."""
+
+    __slots__ = ("address", "rank", "key")
+
+    def __init__(self, address, rank, data):
+        self.address = address
+        self.rank = int(rank)
+        self.key = (self.rank, hashlib.blake2b(data, digest_size=20).digest())
 
 
 @contextlib.contextmanager

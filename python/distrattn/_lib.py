@@ -22,6 +22,7 @@ DA_BACKEND_AUTO, DA_BACKEND_CPU, DA_BACKEND_OPENCL, DA_BACKEND_CUDA = 0, 1, 2, 3
 DA_F32, DA_F16, DA_BF16 = 0, 1, 2
 DA_FUSE_MEAN, DA_FUSE_NORM = 0, 1
 DA_ALGO_AUTO, DA_ALGO_FUSED, DA_ALGO_GEMM = 0, 1, 2
+DA_STRATEGY_TILE_LSH, DA_STRATEGY_PROJECTION = 0, 1
 
 BACKENDS = {"auto": DA_BACKEND_AUTO, "cpu": DA_BACKEND_CPU, "opencl": DA_BACKEND_OPENCL,
             "cuda": DA_BACKEND_CUDA}
@@ -49,7 +50,9 @@ class AttnExt(C.Structure):
     _fields_ = [("struct_size", C.c_size_t), ("q_stride", C.c_longlong * 3),
                 ("k_stride", C.c_longlong * 3), ("v_stride", C.c_longlong * 3),
                 ("o_stride", C.c_longlong * 3), ("seqlens", C.c_int), ("lse", C.c_int),
-                ("window_left", C.c_int), ("window_right", C.c_int)]
+                ("window_left", C.c_int), ("window_right", C.c_int),
+                # appended (SPEC 1c): grouping strategy, rank, [heads][2][head_dim][rank] f32
+                ("strategy", C.c_int), ("rank", C.c_int), ("proj", C.c_void_p)]
 
 
 class AttnArgs(C.Structure):

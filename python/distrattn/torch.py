@@ -26,10 +26,12 @@ ext.lse = 1) and has an autograd formula: its backward is the op
 distrattn::attention_backward (da_attention_backward), which gives dq, dk
 and dv from (dout, q, k, v, o, lse), for exact attention and for
 DistrAttention (the forward's groupings and fusion weights are constants,
-recomputed from q), on CPU tensors (the CPU backend) and CUDA tensors (the
+recomputed from q; with proj=, per-head projections of SPEC.md 1c, held
+constant), on CPU tensors (the CPU backend) and CUDA tensors (the
 CUDA backend, on torch's current stream like the forward: both enqueue
 only, so a training step can be captured in a CUDA graph; the backward's
-workspace is stream-ordered, cudaMallocAsync). Both ops have fake
+workspace is stream-ordered, cudaMallocAsync; proj= runs on CPU tensors
+only). Both ops have fake
 implementations, so torch.compile traces forward and backward.
 """
 import contextlib
@@ -77,6 +79,40 @@ def _desc(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, see
                            causal=causal, scale=scale, group_size=group_size, fusion=fus,
                            hash_bits=hash_bits or None, hash_block=hash_block or None,
                            seed=seed & (2**64 - 1), algo=alg, what="distrattn.torch.attention")
+
+
+def _proj(proj, q, k, group_size, what=_WHAT, make=True):
+    """proj (None or a tensor) checked against q's shape: (the tensor as a
+    contiguous float32 CPU tensor, its _core.Projections) or (None, None);
+    make False: only the checks."""
+    if proj is None:
+        return None, None
+    if not isinstance(proj, torch.Tensor):
+        raise InvalidArgument(f"proj must be a torch.Tensor or None, not {type(proj).__name__}",
+                              what)
+    H, D = q.shape[1], q.shape[3]
+    if proj.dim() != 4 or proj.shape[0] != H or proj.shape[1] != 2 or proj.shape[2] != D \
+            or not 1 <= proj.shape[3] <= D:
+        raise InvalidArgument(f"proj has shape {tuple(proj.shape)}: expected (heads, 2, "
+                              f"head_dim, rank) = ({H}, 2, {D}, r) with r in 1..{D} "
+                              f"(A_h then B_h of every query head, SPEC.md 1c)", what)
+    if proj.dtype != torch.float32:
+        raise InvalidArgument(f"proj must be float32, not {proj.dtype}", what)
+    if proj.device.type != "cpu":
+        raise InvalidArgument(f"proj must be a CPU tensor (the library copies it from host "
+                              f"memory), not on {proj.device}", what)
+    if q.device.type != "cpu":
+        raise Unsupported(f"proj (ext.strategy = DA_STRATEGY_PROJECTION) runs on the CPU "
+                          f"backend only: the {q.device.type} backend does not implement it "
+                          f"yet (SPEC.md 1c)", what)
+    if group_size != 1:
+        raise InvalidArgument(f"group_size = {group_size} with proj: it must be 1 (the rank "
+                              f"takes its place, SPEC.md 1c)", what)
+    if not make:
+        return None, None
+    p = proj.detach().contiguous()
+    return p, _core.Projections(p.data_ptr(), p.shape[3],
+                                C.string_at(p.data_ptr(), p.numel() * 4))
 
 
 # ---- CUDA: wrapped streams and memory
@@ -225,23 +261,30 @@ def _cpu_call(ctx, tensors, fn):
             lib.da_buffer_destroy(C.c_void_p(b))
 
 
-def _cpu_attention_lse(q, k, v, o, lse, d):
+def _cpu_attention_ext(q, k, v, o, lse, d, pj=None):
+    """da_attention_ext on the CPU backend: with the log-sum-exp when lse
+    is a tensor, with the projections pj (a _core.Projections) if given."""
     lib = _lib.load()
     with _core.locked(lambda: _core.host_context("cpu")) as ctx:
-        plan = ctx.plan(d, lse=True)
+        plan = ctx.plan(d, lse=lse is not None, proj=pj)
 
         def run(b):
             a = _lib.new_struct(_lib.AttnArgs)
-            a.q, a.k, a.v, a.o, a.lse = b["q"], b["k"], b["v"], b["o"], b["lse"]
+            a.q, a.k, a.v, a.o = b["q"], b["k"], b["v"], b["o"]
+            if lse is not None:
+                a.lse = b["lse"]
             ctx.check(lib.da_attention_ext(plan, C.byref(a)), "da_attention_ext")
 
-        _cpu_call(ctx, {"q": q, "k": k, "v": v, "o": o, "lse": lse}, run)
+        ts = {"q": q, "k": k, "v": v, "o": o}
+        if lse is not None:
+            ts["lse"] = lse
+        _cpu_call(ctx, ts, run)
 
 
-def _cpu_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d):
+def _cpu_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d, pj=None):
     lib = _lib.load()
     with _core.locked(lambda: _core.host_context("cpu")) as ctx:
-        plan = ctx.plan(d, lse=True)
+        plan = ctx.plan(d, lse=True, proj=pj)
 
         def run(b):
             a = _lib.new_struct(_lib.BwdArgs)
@@ -258,12 +301,16 @@ def _cpu_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d):
 @torch.library.custom_op("distrattn::attention", mutates_args=())
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                   scale: Optional[float], group_size: int, fusion: int, hash_bits: int,
-                  hash_block: int, seed: int, algo: int) -> torch.Tensor:
+                  hash_block: int, seed: int, algo: int,
+                  proj: Optional[torch.Tensor] = None) -> torch.Tensor:
     _check_tensors(q, k, v)
     d = _desc(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed, algo)
+    proj, pj = _proj(proj, q, k, group_size)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
-    if q.device.type == "cpu":
+    if q.device.type == "cpu" and pj is not None:
+        _cpu_attention_ext(q, k, v, o, None, d, pj)
+    elif q.device.type == "cpu":
         _cpu_attention(q, k, v, o, d)
     elif q.device.type == "cuda":
         _cuda_attention(q, k, v, o, d)
@@ -275,7 +322,7 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
 
 @_attention_op.register_fake
 def _attention_fake(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed,
-                    algo):
+                    algo, proj=None):
     _check_tensors(q, k, v)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise InvalidArgument("q, k and v must have 4 dimensions (batch, heads, seq, head_dim)",
@@ -283,6 +330,10 @@ def _attention_fake(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_
     if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
         raise InvalidArgument(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, "
                               f"v {tuple(v.shape)}", "distrattn.torch.attention")
+    if proj is not None and (proj.dim() != 4 or proj.shape[0] != q.shape[1]
+                             or proj.shape[1] != 2 or proj.shape[2] != q.shape[3]):
+        raise InvalidArgument(f"proj has shape {tuple(proj.shape)}: expected (heads, 2, "
+                              f"head_dim, rank)", "distrattn.torch.attention")
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
@@ -291,14 +342,16 @@ def _attention_fake(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_
 @torch.library.custom_op("distrattn::attention_lse", mutates_args=())
 def _attention_lse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                       scale: Optional[float], group_size: int, fusion: int, hash_bits: int,
-                      hash_block: int, seed: int, algo: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                      hash_block: int, seed: int, algo: int,
+                      proj: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     _check_tensors(q, k, v)
     d = _desc(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed, algo)
+    proj, pj = _proj(proj, q, k, group_size)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     if q.device.type == "cpu":
-        _cpu_attention_lse(q, k, v, o, lse, d)
+        _cpu_attention_ext(q, k, v, o, lse, d, pj)
     elif q.device.type == "cuda":
         _cuda_attention_lse(q, k, v, o, lse, d)
     else:
@@ -309,9 +362,9 @@ def _attention_lse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
 
 @_attention_lse_op.register_fake
 def _attention_lse_fake(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed,
-                        algo):
+                        algo, proj=None):
     o = _attention_fake(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed,
-                        algo)
+                        algo, proj)
     return o, q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -319,8 +372,9 @@ def _attention_lse_fake(q, k, v, causal, scale, group_size, fusion, hash_bits, h
 def _attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            o: torch.Tensor, lse: torch.Tensor, causal: bool,
                            scale: Optional[float], group_size: int, fusion: int, hash_bits: int,
-                           hash_block: int, seed: int,
-                           algo: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           hash_block: int, seed: int, algo: int,
+                           proj: Optional[torch.Tensor] = None
+                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_tensors(q, k, v)
     if dout.shape != q.shape or o.shape != q.shape or tuple(lse.shape) != tuple(q.shape[:3]):
         raise InvalidArgument(f"shapes disagree: dout {tuple(dout.shape)}, o {tuple(o.shape)}, "
@@ -335,6 +389,7 @@ def _attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
         raise InvalidArgument(f"dout, o and lse must be on q's device ({q.device}), not "
                               f"{dout.device}, {o.device}, {lse.device}", _WHAT)
     d = _desc(q, k, v, causal, scale, group_size, fusion, hash_bits, hash_block, seed, algo)
+    proj, pj = _proj(proj, q, k, group_size, _WHAT + " (backward)")
     dout, q, k, v, o, lse = (t.contiguous() for t in (dout, q, k, v, o, lse))
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
@@ -342,13 +397,13 @@ def _attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     if q.device.type == "cuda":
         _cuda_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d)
     else:
-        _cpu_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d)
+        _cpu_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d, pj)
     return dq, dk, dv
 
 
 @_attention_backward_op.register_fake
 def _attention_backward_fake(dout, q, k, v, o, lse, causal, scale, group_size, fusion, hash_bits,
-                             hash_block, seed, algo):
+                             hash_block, seed, algo, proj=None):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(v, memory_format=torch.contiguous_format))
@@ -372,7 +427,7 @@ _attention_lse_op.register_autograd(_lse_backward, setup_context=_lse_setup_cont
 
 
 def attention(q, k, v, *, causal=False, scale=None, group_size=1, fusion=None, hash_bits=None,
-              hash_block=None, seed=0, algo=None):
+              hash_block=None, seed=0, algo=None, proj=None):
     """Attention over tensors in scaled_dot_product_attention's layout.
 
     q: (batch, heads, seq_q, head_dim); k, v: (batch, kv_heads, seq_k,
@@ -390,7 +445,17 @@ def attention(q, k, v, *, causal=False, scale=None, group_size=1, fusion=None, h
     torch.ops.distrattn.attention_lse (the same arguments; returns o and
     the float32 log-sum-exp, shape (batch, heads, seq_q)), whose backward
     (distrattn::attention_backward) gives dq, dk, dv on the tensors'
-    backend, CPU or CUDA (SPEC.md 1b)."""
+    backend, CPU or CUDA (SPEC.md 1b).
+
+    proj: None (the default: exact attention, or the per-tile LSH grouping
+    for group_size > 1), or per-head projections (SPEC.md 1c,
+    ext.strategy = DA_STRATEGY_PROJECTION): a float32 CPU tensor
+    (heads, 2, head_dim, r), A_h = proj[h, 0] and B_h = proj[h, 1] for query
+    head h, logits scale * (q_h A_h) . (k_kv(h) B_h); group_size must then
+    be 1. CPU tensors only. The projections are constants: the backward
+    gives dq, dk, dv and no gradient for proj (calibrated projections,
+    `distrattn calibrate`, are held fixed). Plans are cached by the
+    projections' contents (one per distinct proj, e.g. one per layer)."""
     if fusion is None:
         fus = -1
     elif isinstance(fusion, str) and fusion.lower() in _lib.FUSIONS:
@@ -410,8 +475,10 @@ def attention(q, k, v, *, causal=False, scale=None, group_size=1, fusion=None, h
         seed -= 2**64
     hb = 0 if hash_bits is None else _core._int_arg("hash_bits", hash_bits, 1, 32)
     hk = 0 if hash_block is None else _core._int_arg("hash_block", hash_block, 1, 2**31 - 1)
+    if proj is not None:
+        _proj(proj, q, k, group_size, make=False)   # the checks, before the op
     args = (bool(causal), None if scale is None else float(scale), int(group_size), fus, hb, hk,
-            seed, alg)
+            seed, alg, proj)
     if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
                                        for t in (q, k, v)):
         return torch.ops.distrattn.attention_lse(q, k, v, *args)[0]

@@ -2,7 +2,8 @@
 """Autograd of distrattn.torch.attention (SPEC.md 1b) on CPU tensors: the
 gradients against torch autograd of a float64 reference of the same
 strategy (exact attention; DistrAttention G = 2, 4 with the groupings of
-distrattn.groups and the fusion weights as constants), float16/bfloat16
+distrattn.groups and the fusion weights as constants; per-head projections,
+SPEC.md 1c, with the projections as constants), float16/bfloat16
 within their bounds, torch.library.opcheck of the two new ops, a
 forward-backward step under torch.compile; on CUDA tensors (when torch sees
 a GPU and the CUDA backend is there) the same gradient checks, the CUDA
@@ -77,6 +78,24 @@ def ref64(q, k, v, causal=False, scale=None, perm=None, group_size=1, fusion="no
     return torch.cat(rows, dim=2)
 
 
+def ref64_proj(q, k, v, proj, causal=False, scale=None):
+    """Float64 attention of SPEC.md 1c (per-head projections A_h = proj[h, 0],
+    B_h = proj[h, 1], constants) in torch ops."""
+    B, H, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    rep = H // Hkv
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    p = proj.detach().double()
+    qa = torch.einsum("bhsd,hdr->bhsr", q, p[:, 0])
+    kb = torch.einsum("bhsd,hdr->bhsr", k, p[:, 1])
+    s = (qa @ kb.transpose(-1, -2)) * (D ** -0.5 if scale is None else scale)
+    if causal:
+        i = torch.arange(Sq)[:, None]
+        j = torch.arange(Sk)[None, :]
+        s = s.masked_fill(j > i + (Sk - Sq), float("-inf"))
+    return torch.softmax(s, -1).nan_to_num(0.0) @ v
+
+
 def rel(a, ref):
     return ((a.double() - ref).norm() / ref.norm()).item()
 
@@ -140,6 +159,98 @@ def test_cpu_grad_distr(G, fusion, causal, seed):
     for name, got, ref in (("o", o, ro), ("dq", dq, rq), ("dk", dk, rk), ("dv", dv, rv)):
         err = rel(got, ref)
         assert err <= 2e-5, f"G={G} {fusion}: {name}: {err:.3e} (seed {seed})"
+
+
+def make_proj(seed, H, D, r):
+    """Projections near a rank-r slice of the identity, plus noise (what a
+    calibration gives looks like this: A_h B_h^T close to I on the top
+    directions)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    basis = torch.linalg.qr(torch.randn(D, D, generator=g))[0][:, :r]
+    a = basis + 0.1 * torch.randn(H, D, r, generator=g)
+    b = basis + 0.1 * torch.randn(H, D, r, generator=g)
+    return torch.stack((a, b), dim=1).contiguous()          # (H, 2, D, r)
+
+
+PROJ_CASES = [  # B, H, Hkv, Sq, Sk, D, r, causal
+    (1, 9, 3, 48, 48, 64, 32, True),    # SmolLM2's GQA, r = head_dim / 2
+    (1, 9, 3, 40, 40, 64, 16, True),    # r = head_dim / 4
+    (2, 4, 2, 40, 56, 32, 8, False),
+    (1, 2, 2, 70, 30, 16, 16, True),    # rows that see no key, full rank
+]
+
+
+@pytest.mark.parametrize("case", PROJ_CASES,
+                         ids=lambda c: "x".join(map(str, c[:7])) + ("c" if c[7] else ""))
+def test_cpu_grad_proj(case, seed):
+    """The projection strategy's forward and dq, dk, dv against torch
+    autograd of its float64 definition (the projections constants)."""
+    need_backend("cpu")
+    B, H, Hkv, Sq, Sk, D, r, causal = case
+    (q, k, v), w = make(seed, B, H, Hkv, Sq, Sk, D, torch.float32)
+    proj = make_proj(seed, H, D, r)
+    o, dq, dk, dv = grads_of(q, k, v, w, causal=causal, proj=proj)
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    ro = ref64_proj(qd, kd, vd, proj, causal=causal)
+    (ro * w.double()).sum().backward()
+    for name, got, ref in (("o", o, ro.detach()), ("dq", dq, qd.grad), ("dk", dk, kd.grad),
+                           ("dv", dv, vd.grad)):
+        err = rel(got, ref)
+        assert err <= 2e-5, f"r={r}: {name}: {err:.3e} (seed {seed})"
+    # without grad: the same forward (da_attention_ext without the LSE)
+    with torch.no_grad():
+        o2 = dt.attention(q, k, v, causal=causal, proj=proj)
+    assert rel(o2, ro.detach()) <= 2e-5
+
+
+def test_cpu_proj_plans_by_content(seed):
+    """Plans are cached by the projections' contents: a changed proj (same
+    tensor, changed in place) gives the new result, equal ones share."""
+    need_backend("cpu")
+    (q, k, v), _ = make(seed, 1, 4, 2, 24, 24, 16, torch.float32)
+    p = make_proj(seed, 4, 16, 8)
+    o1 = dt.attention(q, k, v, proj=p)
+    p2 = p.clone()
+    p2.mul_(0.5)
+    o2 = dt.attention(q, k, v, proj=p2)
+    assert rel(o1, ref64_proj(q.double(), k.double(), v.double(), p)) <= 2e-5
+    assert rel(o2, ref64_proj(q.double(), k.double(), v.double(), p2)) <= 2e-5
+    p.mul_(0.5)                                     # now equal to p2, changed in place
+    assert torch.equal(dt.attention(q, k, v, proj=p), o2)
+    # identity projections at full rank are exact attention
+    eye = torch.eye(16).expand(4, 2, 16, 16).contiguous()
+    assert rel(dt.attention(q, k, v, proj=eye), ref64(q.double(), k.double(), v.double())) <= 2e-5
+
+
+def test_cpu_proj_refusals():
+    need_backend("cpu")
+    q, k, v = torch.randn(1, 4, 8, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16)
+    good = torch.randn(4, 2, 16, 4)
+    with pytest.raises(distrattn.InvalidArgument, match="proj has shape"):
+        dt.attention(q, k, v, proj=torch.randn(2, 2, 16, 4))          # per kv head: no
+    with pytest.raises(distrattn.InvalidArgument, match="proj has shape"):
+        dt.attention(q, k, v, proj=torch.randn(4, 2, 16, 17))         # rank > head_dim
+    with pytest.raises(distrattn.InvalidArgument, match="float32"):
+        dt.attention(q, k, v, proj=good.double())
+    with pytest.raises(distrattn.InvalidArgument, match="group_size = 2 with proj"):
+        dt.attention(q, k, v, group_size=2, proj=good)
+    bad = good.clone()
+    bad[1, 1, 3, 2] = float("nan")
+    with pytest.raises(distrattn.InvalidArgument, match="head 1, B, row 3, col 2 is NaN"):
+        dt.attention(q, k, v, proj=bad)
+    qg = q.clone().requires_grad_(True)
+    with pytest.raises(distrattn.InvalidArgument, match="proj has shape"):
+        dt.attention(qg, k, v, proj=good[:, :1])
+
+
+def test_opcheck_proj():
+    need_backend("cpu")
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn((1, 4, 24, 16), generator=g).requires_grad_(True)
+    k, v = (torch.randn((1, 2, 24, 16), generator=g).requires_grad_(True) for _ in range(2))
+    proj = make_proj(5, 4, 16, 8)
+    torch.library.opcheck(torch.ops.distrattn.attention_lse.default,
+                          (q, k, v, True, None, 1, -1, 0, 0, 0, 0, proj))
 
 
 def test_cpu_no_grad_paths(seed):
