@@ -54,6 +54,11 @@ say "$("$vpy" -c 'import numpy, sys; print("python", sys.version.split()[0], "nu
 
 export DISTRATTN_LIB=$lib
 export DISTRATTN_BACKEND_PATH=$build/cl/.libs:$build/cuda/.libs
+# torch.compile's caches in a fresh folder of the build, not the user's
+# /tmp/torchinductor_$USER: code compiled there by another checkout calls
+# our ops with that checkout's schema
+export TORCHINDUCTOR_CACHE_DIR=$build/python-check-inductor
+rm -rf "$TORCHINDUCTOR_CACHE_DIR"
 cd "$build"
 "$vpy" -c 'import distrattn, sys; sys.exit(0 if "site-packages" in distrattn.__file__ else "python-check: not the installed package: " + distrattn.__file__)'
 set +e
