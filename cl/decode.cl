@@ -94,43 +94,45 @@ inline void da_dec_load_row(__global const elem_t *p, ulong base, float *dst) {
 
 /* a[0..VW-1] -> lane j of the result = the sum of a[j]'s lanes, by a tree
  * of adds whose shuffles move whole halves first, then 128-bit blocks,
- * then pairs within them (cheap on x86); a is overwritten. */
+ * then pairs within them (cheap on x86); a is overwritten. shuffle2, not
+ * swizzles that build a vector of two halves: Oclgrind 21.10's
+ * --uninitialized checker crashes on those. */
+#define DA_SH(x, y, ...) shuffle2((x), (y), (uintV)(__VA_ARGS__))
 #if VW == 16
 inline float16 da_tree(float16 *a) {
 #pragma unroll
   for (int i = 0; i < 8; i++)
-    a[i] = (float16)(a[i].lo, a[i + 8].lo) + (float16)(a[i].hi, a[i + 8].hi);
+    a[i] = DA_SH(a[i], a[i + 8], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           DA_SH(a[i], a[i + 8], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
 #pragma unroll
   for (int i = 0; i < 4; i++)
-    a[i] = (float16)(a[i].s0123, a[i + 4].s0123, a[i].s89ab, a[i + 4].s89ab) +
-           (float16)(a[i].s4567, a[i + 4].s4567, a[i].scdef, a[i + 4].scdef);
+    a[i] = DA_SH(a[i], a[i + 4], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
+           DA_SH(a[i], a[i + 4], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
 #pragma unroll
   for (int i = 0; i < 2; i++)
-    a[i] = (float16)(a[i].s01, a[i + 2].s01, a[i].s45, a[i + 2].s45, a[i].s89, a[i + 2].s89,
-                     a[i].scd, a[i + 2].scd) +
-           (float16)(a[i].s23, a[i + 2].s23, a[i].s67, a[i + 2].s67, a[i].sab, a[i + 2].sab,
-                     a[i].sef, a[i + 2].sef);
-  return (float16)(a[0].s0, a[1].s0, a[0].s2, a[1].s2, a[0].s4, a[1].s4, a[0].s6, a[1].s6,
-                   a[0].s8, a[1].s8, a[0].sa, a[1].sa, a[0].sc, a[1].sc, a[0].se, a[1].se) +
-         (float16)(a[0].s1, a[1].s1, a[0].s3, a[1].s3, a[0].s5, a[1].s5, a[0].s7, a[1].s7,
-                   a[0].s9, a[1].s9, a[0].sb, a[1].sb, a[0].sd, a[1].sd, a[0].sf, a[1].sf);
+    a[i] = DA_SH(a[i], a[i + 2], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+           DA_SH(a[i], a[i + 2], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  return DA_SH(a[0], a[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+         DA_SH(a[0], a[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
 }
 #elif VW == 8
 inline float8 da_tree(float8 *a) {
 #pragma unroll
-  for (int i = 0; i < 4; i++) a[i] = (float8)(a[i].lo, a[i + 4].lo) + (float8)(a[i].hi, a[i + 4].hi);
+  for (int i = 0; i < 4; i++)
+    a[i] = DA_SH(a[i], a[i + 4], 0, 1, 2, 3, 8, 9, 10, 11) +
+           DA_SH(a[i], a[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
 #pragma unroll
   for (int i = 0; i < 2; i++)
-    a[i] = (float8)(a[i].s01, a[i + 2].s01, a[i].s45, a[i + 2].s45) +
-           (float8)(a[i].s23, a[i + 2].s23, a[i].s67, a[i + 2].s67);
-  return (float8)(a[0].s0, a[1].s0, a[0].s2, a[1].s2, a[0].s4, a[1].s4, a[0].s6, a[1].s6) +
-         (float8)(a[0].s1, a[1].s1, a[0].s3, a[1].s3, a[0].s5, a[1].s5, a[0].s7, a[1].s7);
+    a[i] = DA_SH(a[i], a[i + 2], 0, 1, 8, 9, 4, 5, 12, 13) +
+           DA_SH(a[i], a[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+  return DA_SH(a[0], a[1], 0, 8, 2, 10, 4, 12, 6, 14) + DA_SH(a[0], a[1], 1, 9, 3, 11, 5, 13, 7, 15);
 }
 #else
 inline float4 da_tree(float4 *a) {
 #pragma unroll
-  for (int i = 0; i < 2; i++) a[i] = (float4)(a[i].lo, a[i + 2].lo) + (float4)(a[i].hi, a[i + 2].hi);
-  return (float4)(a[0].s0, a[1].s0, a[0].s2, a[1].s2) + (float4)(a[0].s1, a[1].s1, a[0].s3, a[1].s3);
+  for (int i = 0; i < 2; i++)
+    a[i] = DA_SH(a[i], a[i + 2], 0, 1, 4, 5) + DA_SH(a[i], a[i + 2], 2, 3, 6, 7);
+  return DA_SH(a[0], a[1], 0, 4, 2, 6) + DA_SH(a[0], a[1], 1, 5, 3, 7);
 }
 #endif
 
@@ -483,6 +485,14 @@ void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const e
     const size_t slot = (((size_t)b * heads + h) * seq_q + i) * nch + chunk;
     Pacc[slot * DP + c] = acc[k];
   }
+#if DP > D
+  for (int e = tid; e < RB * (DP - D); e += NT) { /* the combine reads whole vectors */
+    const int r = e / (DP - D), c = D + e - r * (DP - D), rr = rg * RB + r;
+    if (!llive[r] || llo[r] >= lhi[r]) continue;
+    const int h = kh * hpk + rr / seq_q, i = rr % seq_q;
+    Pacc[((((size_t)b * heads + h) * seq_q + i) * nch + chunk) * DP + c] = 0.0f;
+  }
+#endif
   if (tid < RB && llive[tid]) {
     const int rr = rg * RB + tid;
     const int h = kh * hpk + rr / seq_q, i = rr % seq_q;

@@ -6,8 +6,9 @@
  * row and key tiles, more than one key tile (the online softmax rescale),
  * the fused and the GEMM (CLBlast) algorithms, the device-buffer path,
  * da_attention_ext (strides, offsets, packed and KV lengths, out-of-range
- * lengths the kernels clamp, LSE, windows, G > 1), and the backward pass
- * (cl/bwd.cl) against the CPU backend's.
+ * lengths the kernels clamp, LSE, windows, G > 1; its cases with few query
+ * rows per kv head run the split-KV decode kernels, cl/decode.cl), and the
+ * backward pass (cl/bwd.cl) against the CPU backend's.
  * Outputs are compared with the float64 reference (SPEC bounds), f32 outputs
  * with the CPU backend (1e-5) and the permutations with the CPU backend and
  * the reference (exactly).
@@ -345,9 +346,9 @@ static void xrun(da_context *ctx, const xcase *c, xout *out) {
   free(q), free(k), free(v);
 }
 
-/* Both fused kernels (the script runs this program with each) under
- * strides, offsets, packed and KV lengths, LSE, windows and G > 1 against
- * the CPU backend: O within 1e-5, LSE within 1e-5, the same elements
+/* Both shapes of the fused and of the decode kernels (the script runs this
+ * program with each) under strides, offsets, packed and KV lengths, LSE,
+ * windows and G > 1 against the CPU backend: O within 1e-5, LSE within 1e-5, the same elements
  * written (the rest keeps its poison); and lengths out of range, which
  * the kernels clamp, without an access outside the buffers. */
 static void test_ext(void **state) {
@@ -357,6 +358,9 @@ static void test_ext(void **state) {
       {"kv exact window", 2, 2, 2, 3, 40, 16, 1, 0, DA_SEQLENS_KV, 9, 2, {0}, {40, 17}, 0},
       {"packed clamped", 3, 2, 1, 20, 24, 24, 2, 1, DA_SEQLENS_PACKED, -1, -1, {20, 4, 9}, {24, 5, 3}, 1},
       {"kv clamped", 2, 2, 2, 3, 40, 16, 1, 0, DA_SEQLENS_KV, -1, -1, {0}, {40, 17}, 1},
+      /* 6 query rows per kv head: the split-KV decode kernels (as the two
+       * "kv" cases), with packed lengths and a head_dim of 4k + 2 */
+      {"packed exact decode", 3, 4, 2, 3, 24, 18, 1, 1, DA_SEQLENS_PACKED, 5, -1, {3, 0, 2}, {24, 5, 0}, 0},
   };
   da_context *cpu = open_cpu();
   for (size_t i = 0; i < sizeof xs / sizeof xs[0]; i++) {
