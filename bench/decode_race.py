@@ -28,26 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gputime  # noqa: E402
+
 
 def graph_time(fn, iters, reps):
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(iters):
-            fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(reps):
-        a = torch.cuda.Event(enable_timing=True)
-        b = torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        best = min(best, a.elapsed_time(b) * 1e3 / iters)
-    del g
-    return best
+    """Microseconds per call (bench/gputime.py's graph timing)."""
+    return gputime.graph_time(fn, iters, reps) * 1e3
 
 
 def sdpa_fn(backend, q, k, v, rep):

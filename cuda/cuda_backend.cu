@@ -355,6 +355,9 @@ static void dac_plan_free(dac_plan *bp) {
   if (bp->gemm_p) (void)cudaFree(bp->gemm_p);
   if (bp->gemm_q) (void)cudaFree(bp->gemm_q);
   if (bp->dec_part) (void)cudaFree(bp->dec_part);
+  if (bp->pj) (void)cudaFree(bp->pj);
+  if (bp->pq) (void)cudaFree(bp->pq);
+  if (bp->pk) (void)cudaFree(bp->pk);
   (void)cudaGetLastError();
   free(bp);
 }
@@ -502,14 +505,68 @@ static cudaError_t dac_dec_launch(const da_plan *p, const dac_plan *bp, const da
   }
 }
 
+/* Host memory to a new device allocation, on a private non-blocking stream
+ * (see the projections' upload in dac_plan_prepare_inner). */
+static da_status dac_upload(da_context *ctx, void **dst, const void *src, size_t bytes,
+                            const char *what) {
+  da_status st = dac_alloc(ctx, dst, bytes, what);
+  if (st) return st;
+  cudaStream_t up;
+  DAC_CHECK(ctx, cudaStreamCreateWithFlags(&up, cudaStreamNonBlocking));
+  cudaError_t e = cudaMemcpyAsync(*dst, src, bytes, cudaMemcpyHostToDevice, up);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(up);
+  cudaError_t e2 = cudaStreamDestroy(up);
+  if (e != cudaSuccess) return dac_fail(ctx, e, "cudaMemcpyAsync of the plan's projections");
+  if (e2 != cudaSuccess) return dac_fail(ctx, e2, "cudaStreamDestroy");
+  return DA_SUCCESS;
+}
+
+/* DA_STRATEGY_PROJECTION (SPEC 1c): the projections on the device and the
+ * projected Q and K, sized for f32 (the SIMT kernel's; the tensor-core
+ * kernel stores them in the dtype, half that). The tensor-core kernel
+ * takes f16/bf16 with (head_dim, rank) in dac_mma_proj_supported on sm_80
+ * and later; every other plan runs on the SIMT kernel. The warpgroup-MMA
+ * and decode kernels never take these plans. */
+static da_status dac_proj_plan(da_plan *p, dac_plan *bp, const dac_ctx *bc) {
+  da_context *ctx = p->ctx;
+  const da_attn_desc *d = &p->d;
+  const size_t r = (size_t)p->x.rank;
+  static const char *const wg_words[] = {"0", "1"};
+  int wg_env;
+  da_status st = da_env_word(ctx, "DISTRATTN_CUDA_WGMMA", wg_words, 2, "\"0\" or \"1\"", &wg_env);
+  if (st) return st;
+  if (wg_env == 1)
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "DISTRATTN_CUDA_WGMMA=\"1\" asks for the warpgroup-MMA kernel, which does "
+                        "not run ext.strategy = DA_STRATEGY_PROJECTION (the mma.sync and SIMT "
+                        "kernels do; unset DISTRATTN_CUDA_WGMMA or set it to \"0\")");
+  bp->proj_mma = bc->cc_major >= 8 && dac_mma_proj_supported(d->dtype, d->head_dim, (int)r);
+  size_t pj_bytes, q_bytes, k_bytes;
+  {
+    const size_t fj[] = {(size_t)d->heads, 2, (size_t)d->head_dim, r, 4};
+    const size_t fq[] = {(size_t)d->batch, (size_t)d->heads, (size_t)d->seq_q, r, 4};
+    const size_t fk[] = {(size_t)d->batch, (size_t)d->heads, (size_t)d->seq_k, r, 4};
+    if ((st = dac_size(ctx, "the projections", &pj_bytes, 5, fj)) ||
+        (st = dac_size(ctx, "the projected Q", &q_bytes, 5, fq)) ||
+        (st = dac_size(ctx, "the projected K", &k_bytes, 5, fk)))
+      return st;
+  }
+  if ((st = dac_upload(ctx, (void **)&bp->pj, p->sproj, pj_bytes, "the plan's projections")) ||
+      (st = dac_alloc(ctx, &bp->pq, q_bytes, "the projected Q")) ||
+      (st = dac_alloc(ctx, &bp->pk, k_bytes, "the projected K")))
+    return st;
+  return DA_SUCCESS;
+}
+
 static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   const da_attn_desc *d = &p->d;
   const int G = d->group_size;
   const size_t bh = (size_t)d->batch * d->heads;
-  da_status st = dac_dec_plan(p, bp, bc);
+  da_status st = dac_dec_plan(p, bp, bc); /* refuses the projection strategy */
   if (st) return st;
+  if (p->x.strategy == DA_STRATEGY_PROJECTION) return dac_proj_plan(p, bp, bc);
   bp->use_mma = bc->cc_major >= 8 && dac_mma_supported(d->dtype, d->head_dim, G, d->hash_block);
   bp->br = (G == 1 || d->hash_block >= 128) ? 128 : 64;
   /* DISTRATTN_CUDA_WGMMA: "0" keeps Hopper on the mma.sync kernel (for
@@ -637,10 +694,10 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
 
 static da_status dac_plan_prepare(da_plan *p) {
   da_context *ctx = p->ctx;
-  if (p->x.strategy == DA_STRATEGY_PROJECTION)
+  if (p->x.strategy == DA_STRATEGY_PROJECTION && p->d.algo == DA_ALGO_GEMM)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
-                        "CUDA: ext.strategy = DA_STRATEGY_PROJECTION is not implemented yet "
-                        "(the cpu and opencl backends run it)");
+                        "CUDA: ext.strategy = DA_STRATEGY_PROJECTION runs on the fused kernels "
+                        "(DA_ALGO_FUSED), not DA_ALGO_GEMM");
   if (p->d.algo == DA_ALGO_GEMM && p->ext_used) return da_refuse_gemm_ext(p, "CUDA");
   if (p->d.head_dim > 256 && p->d.algo != DA_ALGO_GEMM)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
@@ -745,12 +802,53 @@ static da_status dac_gemm(da_plan *p, dac_args *a) {
 
 static int dac_aligned16(const void *x) { return ((uintptr_t)x & 15u) == 0; }
 
+static void dac_ext_args(const da_plan *p, const da_call *c, dac_args *a);
+
+/* DA_STRATEGY_PROJECTION (SPEC 1c), forward: Q and K projected into the
+ * plan's pq and pk (dac_launch_proj), then the EXT attention kernel with
+ * the logits over the rank: the tensor-core one where the plan allows it
+ * (proj_mma) and V's and O's rows are 16-byte aligned (pointers and
+ * strides), the projections then stored in the dtype; else SIMT, f32. */
+static da_status dac_attention_proj(da_plan *p, const da_call *c) {
+  da_context *ctx = p->ctx;
+  dac_ctx *bc = DAC_BC(ctx);
+  dac_plan *bp = (dac_plan *)p->bplan;
+  const da_attn_desc *d = &p->d;
+  const da_attn_ext *x = &p->x;
+  const size_t es = p->elem_size;
+  DAC_SETDEV(ctx);
+  dac_args a;
+  dac_ext_args(p, c, &a);
+  int mma = bp->proj_mma && dac_aligned16(a.v) && dac_aligned16(a.o);
+  for (int i = 0; i < 3 && mma; i++)
+    mma = (unsigned long long)x->v_stride[i] * es % 16 == 0 &&
+          (unsigned long long)x->o_stride[i] * es % 16 == 0;
+  const da_dtype pdt = mma ? d->dtype : DA_F32;
+  a.pr = x->rank;
+  a.qs = bp->pq;
+  a.qs_ld = x->rank;
+  a.kp = bp->pk;
+  DAC_CHECK(ctx, dac_launch_proj(&a, bp->pj, 0, bp->pq, pdt, bc->stream));
+  DAC_CHECK(ctx, dac_launch_proj(&a, bp->pj, 1, bp->pk, pdt, bc->stream));
+  if (mma)
+    DAC_CHECK(ctx, dac_launch_mma_proj(&a, bc->stream));
+  else
+    DAC_CHECK(ctx, dac_launch_simt_ext(&a, bc->stream));
+  return DA_SUCCESS;
+}
+
 static da_status dac_attention(da_plan *p, void *q, void *k, void *v, void *o) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
   const da_attn_desc *d = &p->d;
   if (!bp) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: plan was not prepared");
+  if (p->x.strategy == DA_STRATEGY_PROJECTION) {
+    da_call c;
+    memset(&c, 0, sizeof c);
+    c.q = q, c.k = k, c.v = v, c.o = o;
+    return dac_attention_proj(p, &c);
+  }
   DAC_SETDEV(ctx);
   dac_args a;
   dac_fill_args(p, &a, q, k, v, o);
@@ -814,6 +912,7 @@ static da_status dac_attention_ext(da_plan *p, const da_call *c) {
   const da_attn_ext *x = &p->x;
   const size_t es = p->elem_size;
   if (!bp) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: plan was not prepared");
+  if (x->strategy == DA_STRATEGY_PROJECTION) return dac_attention_proj(p, c);
   char *q = (char *)c->q + c->q_off * es, *k = (char *)c->k + c->k_off * es;
   char *v = (char *)c->v + c->v_off * es, *o = (char *)c->o + c->o_off * es;
   if (!p->ext_used) return dac_attention(p, q, k, v, o);
@@ -821,22 +920,7 @@ static da_status dac_attention_ext(da_plan *p, const da_call *c) {
     return da_set_error(ctx, DA_ERR_UNSUPPORTED, "CUDA: DA_ALGO_GEMM has no da_attn_ext options");
   DAC_SETDEV(ctx);
   dac_args a;
-  dac_fill_args(p, &a, q, k, v, o);
-  memcpy(a.qst, x->q_stride, sizeof a.qst);
-  memcpy(a.kst, x->k_stride, sizeof a.kst);
-  memcpy(a.vst, x->v_stride, sizeof a.vst);
-  memcpy(a.ost, x->o_stride, sizeof a.ost);
-  a.lens = (int)x->seqlens;
-  a.seqlens_k = x->seqlens == DA_SEQLENS_KV ? (const int *)c->seqlens_k : NULL;
-  if (x->seqlens == DA_SEQLENS_PACKED) {
-    a.cu_q = (const int *)c->cu_q;
-    a.cu_k = (const int *)c->cu_k;
-    a.rows_q = c->rows_q > (size_t)INT64_MAX ? INT64_MAX : (long long)c->rows_q;
-    a.rows_k = c->rows_k > (size_t)INT64_MAX ? INT64_MAX : (long long)c->rows_k;
-  }
-  a.wl = x->window_left;
-  a.wr = x->window_right;
-  a.lse = x->lse && c->lse ? (float *)c->lse + c->lse_off : NULL;
+  dac_ext_args(p, c, &a);
   if (bp->dec && dac_dec_aligned(p, k, v)) {
     DAC_CHECK(ctx, dac_dec_launch(p, bp, &a, bc->stream));
     return DA_SUCCESS;
@@ -867,6 +951,33 @@ static da_status dac_attention_ext(da_plan *p, const da_call *c) {
   return DA_SUCCESS;
 }
 
+/* The kernel arguments of an attention_ext call: the call's pointers at
+ * their offsets, the plan's strides and window, the call's lengths and
+ * LSE. */
+static void dac_ext_args(const da_plan *p, const da_call *c, dac_args *ap) {
+  const da_attn_ext *x = &p->x;
+  const size_t es = p->elem_size;
+  char *q = (char *)c->q + c->q_off * es, *k = (char *)c->k + c->k_off * es;
+  char *v = (char *)c->v + c->v_off * es, *o = (char *)c->o + c->o_off * es;
+  dac_args &a = *ap;
+  dac_fill_args(p, &a, q, k, v, o);
+  memcpy(a.qst, x->q_stride, sizeof a.qst);
+  memcpy(a.kst, x->k_stride, sizeof a.kst);
+  memcpy(a.vst, x->v_stride, sizeof a.vst);
+  memcpy(a.ost, x->o_stride, sizeof a.ost);
+  a.lens = (int)x->seqlens;
+  a.seqlens_k = x->seqlens == DA_SEQLENS_KV ? (const int *)c->seqlens_k : NULL;
+  if (x->seqlens == DA_SEQLENS_PACKED) {
+    a.cu_q = (const int *)c->cu_q;
+    a.cu_k = (const int *)c->cu_k;
+    a.rows_q = c->rows_q > (size_t)INT64_MAX ? INT64_MAX : (long long)c->rows_q;
+    a.rows_k = c->rows_k > (size_t)INT64_MAX ? INT64_MAX : (long long)c->rows_k;
+  }
+  a.wl = x->window_left;
+  a.wr = x->window_right;
+  a.lse = x->lse && c->lse ? (float *)c->lse + c->lse_off : NULL;
+}
+
 /* ---------------- backward (SPEC 1b; cuda_bwd.cuh) ---------------- */
 
 /* The main kernel: the tensor-core one where the dtype (f16/bf16), the
@@ -884,10 +995,10 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   const da_attn_ext *x = &p->x;
   const size_t es = p->elem_size;
   if (!bp) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: plan was not prepared");
-  if (x->strategy == DA_STRATEGY_PROJECTION) /* plan_prepare refuses such plans on CUDA */
+  if (x->strategy == DA_STRATEGY_PROJECTION) /* CUDA runs its forward only */
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                         "CUDA: the backward pass of ext.strategy = DA_STRATEGY_PROJECTION is not "
-                        "implemented (the cpu backend has it)");
+                        "implemented (CUDA runs its forward; the cpu backend has both)");
   if (x->seqlens != DA_SEQLENS_NONE) /* the core refuses these before */
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                         "CUDA: the backward pass does not support ext.seqlens (per-sequence "

@@ -45,6 +45,15 @@ typedef struct dac_plan {
   int dec_rb, dec_nrg;    /* query rows per block, row groups per kv head */
   int dec_nch, dec_C;     /* chunks of keys and keys per chunk */
   float *dec_part;        /* partial results [rows][nch][d] f32, then (max, sum) [rows][nch] */
+  /* DA_STRATEGY_PROJECTION (SPEC 1c): the plan's projections
+   * [heads][2][head_dim][rank] f32 on the device; the projected Q
+   * [batch][heads][seq_q][rank] and K (per query head)
+   * [batch][heads][seq_k][rank], sized for f32 (the SIMT kernel's; the
+   * tensor-core kernel's are in the dtype); proj_mma: the tensor-core
+   * kernel has this (dtype, head_dim, rank) */
+  float *pj;
+  void *pq, *pk;
+  int proj_mma;
 } dac_plan;
 
 /* Kernel launch parameters, filled from a plan. */
@@ -73,6 +82,14 @@ typedef struct dac_args {
   long long rows_q, rows_k;
   int wl, wr;             /* window: -1 or >= 0 (causal: wr = 0) */
   float *lse;             /* f32 log-sum-exp output (NULL: none), at its offset */
+  /* DA_STRATEGY_PROJECTION (SPEC 1c), pr > 0: the rank; qs holds the
+   * projected Q [batch][heads][seq_q][pr] (qs_ld = pr) and kp the
+   * projected K per query head [batch][heads][seq_k][pr], each sequence's
+   * rows from 0 (dac_launch_proj writes them): f32 for the SIMT kernel,
+   * the dtype for the tensor-core one. Only the EXT instantiations read
+   * them (the plan's strides are filled in for dense calls). */
+  int pr;
+  const void *kp;
 } dac_args;
 
 /* Where the hash kernel reads Q: element strides (batch, head, row) and,
@@ -117,6 +134,21 @@ DAC_HIDDEN cudaError_t dac_launch_simt_ext(const dac_args *a, cudaStream_t s);
 DAC_HIDDEN cudaError_t dac_launch_mma_ext(const dac_args *a, int br, cudaStream_t s);
 DAC_HIDDEN cudaError_t dac_launch_mma_f16_ext(const dac_args *a, int br, cudaStream_t s);
 DAC_HIDDEN cudaError_t dac_launch_mma_bf16_ext(const dac_args *a, int br, cudaStream_t s);
+/* DA_STRATEGY_PROJECTION (cuda_proj.cu): out = Q_h A_h (is_k 0) or
+ * K_kv(h) B_h (is_k 1), f32 accumulated over a->d columns in order, stored
+ * in odt, [batch][heads][rows][a->pr] with each sequence's rows from 0 (Q
+ * and K read through a's strides, lengths clamped as the attention
+ * kernels do; rows past a sequence's length are 0). pj: the plan's
+ * [heads][2][d][pr]. */
+DAC_HIDDEN cudaError_t dac_launch_proj(const dac_args *a, const float *pj, int is_k, void *out,
+                                       da_dtype odt, cudaStream_t s);
+/* The tensor-core kernel over pre-projected Q and K (cuda_mma.cuh with
+ * GS = 0): f16/bf16, head_dim 64 with rank 16, 32, 64, head_dim 128 with
+ * rank 16, 32, 64, 128; cudaErrorInvalidValue otherwise. */
+DAC_HIDDEN int dac_mma_proj_supported(da_dtype dt, int d, int r);
+DAC_HIDDEN cudaError_t dac_launch_mma_proj(const dac_args *a, cudaStream_t s);
+DAC_HIDDEN cudaError_t dac_launch_mma_f16_proj(const dac_args *a, cudaStream_t s);
+DAC_HIDDEN cudaError_t dac_launch_mma_bf16_proj(const dac_args *a, cudaStream_t s);
 /* Split-KV decode of exact attention (cuda_decode.cuh), one launcher per
  * dtype: a's strides, lengths, window and LSE are used for dense calls too
  * (filled from the plan); part as dac_plan.dec_part. The occupancy

@@ -116,6 +116,13 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   typedef dac_mma_op<T> op;
   constexpr bool GROUPED = GS > 1;
+  /* GS = 0: DA_STRATEGY_PROJECTION (SPEC 1c), EXT only: Q and K come
+   * pre-projected (a.qs, a.kp: dense rows of DQK = the rank, per query
+   * head, each sequence's rows from 0), the logits over DQK columns, P V
+   * over DV; otherwise as exact attention (DQK = DV) */
+  constexpr bool PROJ = GS == 0;
+  constexpr int GSN = GS > 0 ? GS : 1; /* array extents and divisors */
+  static_assert(!PROJ || EXT, "the projection strategy runs the EXT kernel");
   constexpr int NT = WARPS * 32, BR = WARPS * 16 * MT, BC = dac_mma_bc<DV, MT>::value;
   constexpr int LDQ = DQK + 8, LDV = DV + 8, LDT = BC + 8;
   /* Kf build, warp-local: warp w owns keys [KW*w, KW*w + KW) of each tile.
@@ -152,16 +159,21 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   long long qrs = 0, krs = 0, vrs = 0; /* EXT: row strides in elements */
   if constexpr (EXT) {
     const long long bb = blockIdx.z, hh = blockIdx.y, hk = hh / (a.heads / a.kv_heads);
-    if (GROUPED) { /* the fused Q: dense rows of DQK, the sequence's own from 0 */
+    if (GROUPED || PROJ) { /* the fused (projected) Q: dense rows of DQK, the sequence's own from 0 */
       qsrc = (const T *)a.qs + bh * a.seq_q * DQK;
       qrs = DQK;
     } else {
       qsrc = (const T *)a.q + (bb * a.qst[0] + hh * a.qst[1] + sq.q0 * a.qst[2]);
       qrs = a.qst[2];
     }
-    ksrc = (const T *)a.k + (bb * a.kst[0] + hk * a.kst[1] + sq.k0 * a.kst[2]);
+    if (PROJ) { /* the projected K of this query head, rows from 0 */
+      ksrc = (const T *)a.kp + bh * a.seq_k * DQK;
+      krs = DQK;
+    } else {
+      ksrc = (const T *)a.k + (bb * a.kst[0] + hk * a.kst[1] + sq.k0 * a.kst[2]);
+      krs = a.kst[2];
+    }
     vsrc = (const T *)a.v + (bb * a.vst[0] + hk * a.vst[1] + sq.k0 * a.vst[2]);
-    krs = a.kst[2];
     vrs = a.vst[2];
   } else {
     qsrc = GROUPED ? (const T *)a.qs + bh * a.seq_q * DQK : (const T *)a.q + bh * a.seq_q * DV;
@@ -185,11 +197,11 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
     if (a.causal) kend = max(0, min(a.seq_k, q0 + BR + off));
   }
   const int nk = EXT ? (kend > kbeg ? (kend - kbeg + BC - 1) / BC : 0) : (kend + BC - 1) / BC;
-  auto load_k = [&](T *dst, int k0) {
+  auto load_k = [&](T *dst, int k0) { /* DQK = DV unless PROJ */
     if constexpr (EXT)
-      load_tile_s<T, BC, DV, LDQ, NT>(dst, ksrc, k0, lk, krs);
+      load_tile_s<T, BC, DQK, LDQ, NT>(dst, ksrc, k0, lk, krs);
     else
-      load_tile<T, BC, DV, LDQ, NT>(dst, ksrc, k0, a.seq_k);
+      load_tile<T, BC, DQK, LDQ, NT>(dst, ksrc, k0, a.seq_k);
   };
   auto load_v = [&](T *dst, int k0) {
     if constexpr (EXT)
@@ -218,7 +230,7 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   /* this warp's columns of Kf^T from its raw K rows:
    * Kf^T[g][key] = sum_i w * K[key][pi[g*GS+i]] (f32, rounded once); rows past ng are zero */
   auto build = [&](T *kf) {
-    int2 tv[NCH > 0 ? NCH : 1][GS]; /* the gather's rows and weights, read ahead of the transpose */
+    int2 tv[NCH > 0 ? NCH : 1][GSN]; /* the gather's rows and weights, read ahead of the transpose */
 #pragma unroll
     for (int n = 0; n < NCH; n++)
 #pragma unroll
@@ -278,7 +290,7 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   if (GROUPED) {
     const size_t poff = (bh * a.n_tiles + q0 / a.hash_block) * (size_t)a.d;
     for (int e = threadIdx.x; e < DQK * GS; e += NT) {
-      const int g = e / GS, p = e;
+      const int g = e / GSN, p = e;
       int col = 0;
       float w = 0.0f;
       if (g < a.ng && p < DV) {
@@ -533,6 +545,31 @@ static cudaError_t launch_mma_g(const dac_args *a, cudaStream_t s) {
   case 8: return launch_mma<T, 16, DV, 8, WARPS, MT, EXT>(a, s);
   default: return cudaErrorInvalidValue;
   }
+}
+
+/* DA_STRATEGY_PROJECTION (dac_launch_mma_<dtype>_proj, their own files):
+ * the EXT kernel with GS = 0 over the pre-projected a->qs and a->kp, rank
+ * DQK = a->pr, 128 query rows per block */
+template <typename T>
+static cudaError_t launch_mma_proj(const dac_args *a, cudaStream_t s) {
+  if (a->d == 64) {
+    switch (a->pr) {
+    case 16: return launch_mma<T, 16, 64, 0, 4, 2, true>(a, s);
+    case 32: return launch_mma<T, 32, 64, 0, 4, 2, true>(a, s);
+    case 64: return launch_mma<T, 64, 64, 0, 4, 2, true>(a, s);
+    default: return cudaErrorInvalidValue;
+    }
+  }
+  if (a->d == 128) {
+    switch (a->pr) {
+    case 16: return launch_mma<T, 16, 128, 0, 4, 2, true>(a, s);
+    case 32: return launch_mma<T, 32, 128, 0, 4, 2, true>(a, s);
+    case 64: return launch_mma<T, 64, 128, 0, 4, 2, true>(a, s);
+    case 128: return launch_mma<T, 128, 128, 0, 4, 2, true>(a, s);
+    default: return cudaErrorInvalidValue;
+    }
+  }
+  return cudaErrorInvalidValue;
 }
 
 /* EXT = false: the dense kernels (dac_launch_mma_<dtype>); true: the

@@ -18,7 +18,11 @@ __global__ void __launch_bounds__(SIMT_THREADS)
   extern __shared__ float sm[];
   const int d = a.d;
   const bool grouped = a.G > 1;
-  const int dq = grouped ? a.ng : d;
+  /* DA_STRATEGY_PROJECTION (a.pr > 0, EXT only): Q and K pre-projected to
+   * pr columns (f32: a.qs, a.kp, rows of pr per query head, each
+   * sequence's from 0); the logits over pr columns, P V over d */
+  const bool proj = EXT && a.pr > 0;
+  const int dq = grouped ? a.ng : proj ? a.pr : d;
   const int ldq = dq + 1, ldk = d + 1, ldf = grouped ? a.ng + 1 : ldk;
   float *Qsm = sm;                         /* [16][ldq] */
   float *Kr = Qsm + SIMT_BR * ldq;         /* [16][ldk] */
@@ -53,7 +57,7 @@ __global__ void __launch_bounds__(SIMT_THREADS)
     float x = 0.0f;
     if (q0 + r < lq) {
       const size_t row = bh * a.seq_q + q0 + r;
-      if (grouped)
+      if (grouped || proj)
         x = ((const float *)a.qs)[row * a.qs_ld + c];
       else if (EXT)
         x = dac_ld(a.q, a.dt, qb + (size_t)((long long)(q0 + r) * a.qst[2]) + c);
@@ -103,6 +107,8 @@ __global__ void __launch_bounds__(SIMT_THREADS)
           kx = dac_ld(a.k, a.dt, e);
           vx = dac_ld(a.v, a.dt, e);
         }
+        if (proj) /* K's first pr columns: the projected K of this query head */
+          kx = c < a.pr ? ((const float *)a.kp)[(bh * a.seq_k + k0 + j) * a.pr + c] : 0.0f;
       }
       Kr[j * ldk + c] = kx;
       Vs[j * d + c] = vx;
@@ -194,7 +200,7 @@ __global__ void __launch_bounds__(SIMT_THREADS)
 
 template <int DMAX, bool EXT>
 static cudaError_t launch_simt(const dac_args *a, cudaStream_t s) {
-  const int dq = a->G > 1 ? a->ng : a->d;
+  const int dq = a->G > 1 ? a->ng : EXT && a->pr > 0 ? a->pr : a->d;
   size_t fl = (size_t)SIMT_BR * (dq + 1) + (size_t)SIMT_BC * (a->d + 1) +
               (a->G > 1 ? (size_t)SIMT_BC * (a->ng + 1) : 0) + (size_t)SIMT_BC * a->d +
               SIMT_BR * SIMT_BC + 2 * (size_t)a->d;

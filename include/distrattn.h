@@ -185,7 +185,8 @@ typedef struct da_attn_ext {
    * at creation (da_plan_get_ext then points at the plan's copy, valid
    * while the plan lives). The CPU backend runs it forward and backward,
    * OpenCL forward (its fused kernel; DA_ALGO_GEMM and the backward refuse
-   * it with DA_ERR_UNSUPPORTED); CUDA refuses it with DA_ERR_UNSUPPORTED.
+   * it with DA_ERR_UNSUPPORTED), CUDA forward (its fused kernels;
+   * DA_ALGO_GEMM and the backward refuse it with DA_ERR_UNSUPPORTED).
    * da_projections_load reads them from a calibration file (`distrattn
    * calibrate`). */
   int strategy;               /* da_strategy */

@@ -735,10 +735,14 @@ static void test_loader(void **state) {
 int main(void) {
   tu_filter_from_env();
   void *const st_cl = (void *)(intptr_t)DA_BACKEND_OPENCL;
+  void *const st_cu = (void *)(intptr_t)DA_BACKEND_CUDA;
   const struct CMUnitTest tests[] = {
       {"opencl: projection forward", test_dev_forward, NULL, NULL, st_cl},
       {"opencl: projection vs cpu", test_dev_vs_cpu, NULL, NULL, st_cl},
       {"opencl: projection refusals", test_dev_refusals, NULL, NULL, st_cl},
+      {"cuda: projection forward", test_dev_forward, NULL, NULL, st_cu},
+      {"cuda: projection vs cpu", test_dev_vs_cpu, NULL, NULL, st_cu},
+      {"cuda: projection refusals", test_dev_refusals, NULL, NULL, st_cu},
       cmocka_unit_test(test_forward),
       cmocka_unit_test(test_identity),
       cmocka_unit_test(test_backward_orthogonal),

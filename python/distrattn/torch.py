@@ -30,8 +30,9 @@ recomputed from q; with proj=, per-head projections of SPEC.md 1c, held
 constant), on CPU tensors (the CPU backend) and CUDA tensors (the
 CUDA backend, on torch's current stream like the forward: both enqueue
 only, so a training step can be captured in a CUDA graph; the backward's
-workspace is stream-ordered, cudaMallocAsync; proj= runs on CPU tensors
-only). Both ops have fake
+workspace is stream-ordered, cudaMallocAsync; proj= runs wherever the
+backend implements the projection strategy, SPEC.md 1c, and raises
+Unsupported where it does not). Both ops have fake
 implementations, so torch.compile traces forward and backward.
 """
 import contextlib
@@ -101,10 +102,6 @@ def _proj(proj, q, k, group_size, what=_WHAT, make=True):
     if proj.device.type != "cpu":
         raise InvalidArgument(f"proj must be a CPU tensor (the library copies it from host "
                               f"memory), not on {proj.device}", what)
-    if q.device.type != "cpu":
-        raise Unsupported(f"proj (ext.strategy = DA_STRATEGY_PROJECTION) runs on the CPU "
-                          f"backend only: the {q.device.type} backend does not implement it "
-                          f"yet (SPEC.md 1c)", what)
     if group_size != 1:
         raise InvalidArgument(f"group_size = {group_size} with proj: it must be 1 (the rank "
                               f"takes its place, SPEC.md 1c)", what)
@@ -183,10 +180,11 @@ def _wrap(lib, ctx, t, name):
     return b
 
 
-def _cuda_call(q, d, lse, tensors, fn):
+def _cuda_call(q, d, lse, tensors, fn, pj=None):
     """fn(lib, ctx, plan, buffers) on the CUDA context of q's device and
-    torch's current stream, with the plan of d (ext.lse = 1 when lse) and
-    tensors (name -> tensor) wrapped as da_buffers for the call."""
+    torch's current stream, with the plan of d (ext.lse = 1 when lse; the
+    projection strategy with pj, a _core.Projections) and tensors (name ->
+    tensor) wrapped as da_buffers for the call."""
     lib = _lib.load()
     dev = q.device.index if q.device.index is not None else torch.cuda.current_device()
     with torch.cuda.device(dev):
@@ -201,7 +199,7 @@ def _cuda_call(q, d, lse, tensors, fn):
             bufs = {}
             try:
                 with _relaxed_capture(capturing):
-                    plan = ctx.plan(d, pin=capturing, lse=lse)
+                    plan = ctx.plan(d, pin=capturing, lse=lse, proj=pj)
                     for name, t in tensors.items():
                         bufs[name] = _wrap(lib, ctx, t, name)
                 fn(lib, ctx, plan, bufs)
@@ -210,23 +208,31 @@ def _cuda_call(q, d, lse, tensors, fn):
                     lib.da_buffer_destroy(b)
 
 
-def _cuda_attention(q, k, v, o, d):
+def _cuda_attention(q, k, v, o, d, pj=None):
+    if pj is not None:  # a projection plan runs only through da_attention_ext
+        _cuda_attention_lse(q, k, v, o, None, d, pj)
+        return
+
     def run(lib, ctx, plan, b):
         ctx.check(lib.da_attention(plan, b["q"], b["k"], b["v"], b["o"]), "da_attention")
 
     _cuda_call(q, d, False, {"q": q, "k": k, "v": v, "o": o}, run)
 
 
-def _cuda_attention_lse(q, k, v, o, lse, d):
+def _cuda_attention_lse(q, k, v, o, lse, d, pj=None):
+    """da_attention_ext: the log-sum-exp into lse unless it is None."""
+    names = ("q", "k", "v", "o") + (() if lse is None else ("lse",))
+
     def run(lib, ctx, plan, b):
         a = _lib.new_struct(_lib.AttnArgs)
-        a.q, a.k, a.v, a.o, a.lse = (b[n].value for n in ("q", "k", "v", "o", "lse"))
+        for n in names:
+            setattr(a, n, b[n].value)
         ctx.check(lib.da_attention_ext(plan, C.byref(a)), "da_attention_ext")
 
-    _cuda_call(q, d, True, {"q": q, "k": k, "v": v, "o": o, "lse": lse}, run)
+    _cuda_call(q, d, lse is not None, dict(zip(names, (q, k, v, o, lse))), run, pj)
 
 
-def _cuda_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d):
+def _cuda_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d, pj=None):
     names = ("dout", "q", "k", "v", "o", "lse", "dq", "dk", "dv")
 
     def run(lib, ctx, plan, b):
@@ -235,7 +241,7 @@ def _cuda_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d):
             setattr(a, name, b[name].value)
         ctx.check(lib.da_attention_backward(plan, C.byref(a)), "da_attention_backward")
 
-    _cuda_call(q, d, True, dict(zip(names, (dout, q, k, v, o, lse, dq, dk, dv))), run)
+    _cuda_call(q, d, True, dict(zip(names, (dout, q, k, v, o, lse, dq, dk, dv))), run, pj)
 
 
 def _cpu_attention(q, k, v, o, d):
@@ -313,7 +319,7 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     elif q.device.type == "cpu":
         _cpu_attention(q, k, v, o, d)
     elif q.device.type == "cuda":
-        _cuda_attention(q, k, v, o, d)
+        _cuda_attention(q, k, v, o, d, pj)
     else:
         raise Unsupported(f"tensors on {q.device}: distrattn.torch runs CPU and CUDA tensors",
                           "distrattn.torch.attention")
@@ -353,7 +359,7 @@ def _attention_lse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     if q.device.type == "cpu":
         _cpu_attention_ext(q, k, v, o, lse, d, pj)
     elif q.device.type == "cuda":
-        _cuda_attention_lse(q, k, v, o, lse, d)
+        _cuda_attention_lse(q, k, v, o, lse, d, pj)
     else:
         raise Unsupported(f"tensors on {q.device}: distrattn.torch runs CPU and CUDA tensors",
                           _WHAT)
@@ -395,7 +401,7 @@ def _attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     if q.device.type == "cuda":
-        _cuda_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d)
+        _cuda_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d, pj)
     else:
         _cpu_attention_backward(dout, q, k, v, o, lse, dq, dk, dv, d, pj)
     return dq, dk, dv
@@ -452,7 +458,9 @@ def attention(q, k, v, *, causal=False, scale=None, group_size=1, fusion=None, h
     ext.strategy = DA_STRATEGY_PROJECTION): a float32 CPU tensor
     (heads, 2, head_dim, r), A_h = proj[h, 0] and B_h = proj[h, 1] for query
     head h, logits scale * (q_h A_h) . (k_kv(h) B_h); group_size must then
-    be 1. CPU tensors only. The projections are constants: the backward
+    be 1. The proj tensor stays on the CPU (the plan copies it) whatever
+    device q is on; a backend that does not implement the strategy (or its
+    backward) raises Unsupported. The projections are constants: the backward
     gives dq, dk, dv and no gradient for proj (calibrated projections,
     `distrattn calibrate`, are held fixed). Plans are cached by the
     projections' contents (one per distinct proj, e.g. one per layer)."""
