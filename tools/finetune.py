@@ -146,7 +146,8 @@ def chunks_of(ids, seq, n):
 
 # ---------------------------------------------------------- the attention
 
-MODE = {"strategy": "exact", "G": 1, "impl": "lib", "proj": None, "record": None}
+MODE = {"strategy": "exact", "G": 1, "impl": "lib", "proj": None, "record": None,
+        "fusion": "norm"}
 
 
 def lsh_reference(q, k, v, scale, G, hash_block=128, seed=0):
@@ -227,7 +228,7 @@ def attention_fn(module, query, key, value, attention_mask, scaling=None, dropou
         o = dt.attention(query, key, value, causal=True, scale=scale)
     elif st == "lsh":
         o = dt.attention(query, key, value, causal=True, scale=scale, group_size=G,
-                         fusion="norm")
+                         fusion=MODE.get("fusion", "norm"))
     else:
         o = dt.attention(query, key, value, causal=True, scale=scale, proj=proj)
     return o.transpose(1, 2).contiguous(), None
@@ -251,43 +252,77 @@ def load_model():
 # ------------------------------------------------------------- calibration
 
 
-def calibrate(model, calib, ranks, work, tool, log):
-    """Capture every layer's q, k, v on the calibration chunks (exact
-    attention, the un-fine-tuned model), write a DATTNCAP, run `distrattn
-    calibrate --rank r` for each rank; returns {r: [proj per layer]}."""
-    import numpy as np
+def record_qkv(model, chunks, layers=None):
+    """Every layer's (or `layers`') q, k, v on each chunk, exact attention
+    (the library), the model as it is: DATTNCAP entries [(seq, seq,
+    [(q, k, v) per layer])], numpy [heads][seq][head_dim]."""
     import torch
 
     L = model.config.num_hidden_layers
+    layers = list(range(L)) if layers is None else list(layers)
     entries = []
-    MODE.update(strategy="exact", G=1, impl="lib", record={i: None for i in range(L)})
+    saved = dict(MODE)
+    MODE.update(strategy="exact", G=1, impl="lib", record={i: None for i in layers})
     try:
         with torch.no_grad():
-            for c in calib:
+            for c in chunks:
                 model(input_ids=c[None])
                 per_layer = []
-                for i in range(L):
+                for i in layers:
                     q, k, v, scale = MODE["record"][i]
                     per_layer.append(tuple(t[0].numpy() for t in (q, k, v)))
                 entries.append((c.numel(), c.numel(), per_layer))
     finally:
-        MODE["record"] = None
+        MODE.clear()
+        MODE.update(saved)
+    return entries
+
+
+def write_qkv_capture(model, entries, path, layers=None):
+    """Writes record_qkv's entries as a DATTNCAP (version 2, f16)."""
+    L = model.config.num_hidden_layers
+    layers = list(range(L)) if layers is None else list(layers)
     H, KV, D = model.config.num_attention_heads, model.config.num_key_value_heads, \
         model.config.hidden_size // model.config.num_attention_heads
-    meta = dict(layers=L, heads=H, kv_heads=KV, head_dim=D, causal=True,
-                scale=float(D ** -0.5), layer_ids=list(range(L)))
-    cap = os.path.join(work, "calib.dattncap")
-    capture.write_capture(cap, meta, entries, "f16", 2,
-                          capture.model_label(capture.MODEL_NAMES["smollm2"], range(L), L))
+    meta = dict(layers=len(layers), heads=H, kv_heads=KV, head_dim=D, causal=True,
+                scale=float(D ** -0.5), layer_ids=layers)
+    capture.write_capture(path, meta, entries, "f16", 2,
+                          capture.model_label(capture.MODEL_NAMES["smollm2"], layers, L))
+
+
+def calibrate_capture(tool, cap, specs, work, log, L, H, D, prefix="calib"):
+    """`distrattn calibrate --rank r --method m` on the DATTNCAP `cap` for
+    each (m, r) of specs (files WORK/PREFIX-m-rR.prj, kept); returns
+    {(m, r): [proj per layer]}, each a torch tensor [H, 2, D, r]."""
     out = {}
-    for r in ranks:
-        prj = os.path.join(work, "calib-r%d.prj" % r)
-        cmd = [tool, "calibrate", cap, "-o", prj, "--rank", str(r), "--method", "optimal"]
+    for m, r in specs:
+        prj = os.path.join(work, "%s-%s-r%d.prj" % (prefix, m, r))
+        cmd = [tool, "calibrate", cap, "-o", prj, "--rank", str(r), "--method", m]
         log("  $ " + " ".join(cmd))
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        out[r] = read_proj(prj, L, H, D, r)
+        out[(m, r)] = read_proj(prj, L, H, D, r)
+    return out
+
+
+def calibrate_specs(model, calib, specs, work, tool, log):
+    """Capture every layer's q, k, v on the calibration chunks (exact
+    attention, the model as it is), write a DATTNCAP, run `distrattn
+    calibrate` for each (method, rank) of specs (calibrate_capture);
+    returns {(m, r): [proj per layer]}."""
+    L = model.config.num_hidden_layers
+    H = model.config.num_attention_heads
+    D = model.config.hidden_size // H
+    cap = os.path.join(work, "calib.dattncap")
+    write_qkv_capture(model, record_qkv(model, calib), cap)
+    out = calibrate_capture(tool, cap, specs, work, log, L, H, D)
     os.remove(cap)
     return out
+
+
+def calibrate(model, calib, ranks, work, tool, log):
+    """calibrate_specs with the optimal method: {r: [proj per layer]}."""
+    p = calibrate_specs(model, calib, [("optimal", r) for r in ranks], work, tool, log)
+    return {r: p[("optimal", r)] for r in ranks}
 
 
 def read_proj(path, L, H, D, r):
