@@ -265,8 +265,7 @@ def main():
     # the per-layer errors: a capture of the exact model on held-out text
     cap = os.path.join(args.work, "heldout.dattncap")
     finetune.write_qkv_capture(model, finetune.record_qkv(model, held[: args.err_chunks]), cap)
-    L, H = model.config.num_hidden_layers, model.config.num_attention_heads
-    D = model.config.hidden_size // H
+    L = model.config.num_hidden_layers
     prj_files = []
     for n in names:
         st, G, m, r = SETTINGS[n]
