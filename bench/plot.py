@@ -12,9 +12,18 @@
                     fusion (from `distrattn eval --csv`), and, with --e2e, the
                     sentence-embedding cosine similarity and nearest-neighbour
                     agreement of the whole model (from tools/e2e.py --csv).
+  zeroshot.png      zero-shot accuracy of every grouping strategy (per-tile LSH
+                    MEAN/NORM, projections pca/optimal) at G = 2 and 4 (rank
+                    head_dim/G): the decoder's held-out perplexity over exact
+                    and top-1 agreement (tools/zeroshot.py's JSON), the
+                    encoders' sentence-embedding cosine and nearest-neighbour
+                    agreement (tools/e2e.py --zeroshot's JSON), and every
+                    model's mean per-layer attention error.
 
     python3 bench/plot.py --bench cpu.csv opencl.csv --cuda-table bench/cuda-h200.txt \\
         --eval eval.csv --e2e e2e.csv --out bench/
+    python3 bench/plot.py --zeroshot bench/zeroshot-smollm2.json bench/zeroshot-minilm.json \\
+        --out bench/
 """
 import argparse
 import csv
@@ -157,12 +166,99 @@ def plot_error(eval_path, e2e_path, out):
     plt.close(fig)
 
 
+ZS_KINDS = [("lsh-mean", "per-tile LSH, MEAN", "C0", None),
+            ("lsh-norm", "per-tile LSH, NORM", "C1", None),
+            ("proj-pca", "projection, pca", "C2", "//"),
+            ("proj-optimal", "projection, optimal", "C3", "//")]
+
+
+def zs_value(runs, kind, G, head_dim, key):
+    """The run of kind (e.g. "proj-pca") at G (rank head_dim/G) in a
+    zero-shot JSON's runs, its value `key` (a function of the run)."""
+    name = "%s-%d" % (kind, G if kind.startswith("lsh") else head_dim // G)
+    return key(runs[name]) if name in runs else None
+
+
+def plot_zeroshot(paths, out):
+    import json
+
+    data = []
+    for p in paths:
+        with open(p) as f:
+            d = json.load(f)
+        dec = "ppl" in d["runs"]["exact"]
+        name = ("SmolLM2-135M" if dec else d["model"].split(" (")[0])
+        hd = 64 if dec else d["head_dim"]
+        data.append((name, dec, hd, d["runs"]))
+    panels = []
+    for name, dec, hd, runs in data:
+        if dec:
+            panels.append(("%s: held-out perplexity / exact\n(log scale; lower is better)" % name,
+                           runs, hd, lambda r, ex=runs["exact"]["ppl"]: r["ppl"] / ex, True))
+            panels.append(("%s: top-1 next token = exact model's" % name, runs, hd,
+                           lambda r: r["top1"], False))
+        else:
+            panels.append(("%s (d=%d): embedding cosine with exact (mean)" % (name, hd), runs, hd,
+                           lambda r: r["cos_mean"], False))
+            panels.append(("%s (d=%d): same nearest neighbour as exact" % (name, hd), runs, hd,
+                           lambda r: r["nn_agree"], False))
+    panels.append(("attention output error per layer\n(mean over layers, exact inputs)", None,
+                   None, None, False))
+    n = len(panels)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
+    width = 0.2
+    for i, (title, runs, hd, key, logy) in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        if runs is None:   # the error panel: one group per model and G
+            labels = []
+            for j, (name, dec, mhd, mruns) in enumerate(data):
+                for gi, G in enumerate((2, 4)):
+                    x = j * 2 + gi
+                    labels.append("%s\nG=%d" % (name.replace("all-", "").split("-")[0], G))
+                    for k, (kind, lab, color, hatch) in enumerate(ZS_KINDS):
+                        v = zs_value(mruns, kind, G, mhd,
+                                     lambda r: sum(r["layer_err"]) / len(r["layer_err"]))
+                        if v is not None:
+                            ax.bar(x + (k - 1.5) * width, v, width, color=color, hatch=hatch,
+                                   label=lab if x == 0 else None)
+            ax.set_xticks(range(len(labels)))
+            ax.set_xticklabels(labels, fontsize=7)
+            ax.set_ylabel("||O - exact|| / ||exact||")
+        else:
+            for k, (kind, lab, color, hatch) in enumerate(ZS_KINDS):
+                for gi, G in enumerate((2, 4)):
+                    v = zs_value(runs, kind, G, hd, key)
+                    if v is not None:
+                        ax.bar(gi + (k - 1.5) * width, v, width, color=color, hatch=hatch,
+                               label=lab if gi == 0 else None)
+            ax.set_xticks([0, 1])
+            ax.set_xticklabels(["G=2 (r=%d)" % (hd // 2), "G=4 (r=%d)" % (hd // 4)])
+            ax.axhline(1.0, color="k", lw=0.8, ls=":")
+            if logy:
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(0, 1.05)
+        ax.set_title(title, fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7)
+    for j in range(n, rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench", nargs="*", default=[], help="`distrattn bench --csv` files")
     ap.add_argument("--cuda-table", help="the Markdown table of bench/bench_cuda_vs_fa2.py")
     ap.add_argument("--eval", help="`distrattn eval --csv` output")
     ap.add_argument("--e2e", help="tools/e2e.py --csv output")
+    ap.add_argument("--zeroshot", nargs="*", default=[],
+                    help="tools/zeroshot.py and tools/e2e.py --zeroshot JSON files")
     ap.add_argument("--out", default="bench")
     args = ap.parse_args()
     if args.bench or args.cuda_table:
@@ -174,6 +270,8 @@ def main():
         plot_time(panels, os.path.join(args.out, "time-vs-seq.png"))
     if args.eval:
         plot_error(args.eval, args.e2e, os.path.join(args.out, "error-vs-g.png"))
+    if args.zeroshot:
+        plot_zeroshot(args.zeroshot, os.path.join(args.out, "zeroshot.png"))
 
 
 if __name__ == "__main__":

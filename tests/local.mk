@@ -174,7 +174,9 @@ check-oclgrind:
 # all-MiniLM-L6-v2 (tools/capture.py --small), and a GQA causal decoder,
 # SmolLM2-135M (tools/capture.py --model smollm2 --small); format in
 # tools/CAPTURE_FORMAT.md.
-EXTRA_DIST += tests/data/minilm-l6-small.dattncap tests/data/smollm2-small.dattncap
+EXTRA_DIST += tests/data/minilm-l6-small.dattncap tests/data/smollm2-small.dattncap \
+	tests/data/minilm-optimal-r16.prj tests/data/minilm-optimal-r8.prj \
+	tests/data/smollm2-optimal-r32.prj tests/data/smollm2-optimal-r16.prj
 if HAVE_CMOCKA
 check_PROGRAMS += tests/test_realdata
 TESTS += tests/test_realdata
@@ -183,7 +185,8 @@ tests_test_realdata_SOURCES = tests/test_realdata.c $(da_test_common) $(da_test_
 tests_test_realdata_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools \
 	-DDA_REALDATA_FILE='"$(abs_top_srcdir)/tests/data/minilm-l6-small.dattncap"' \
 	-DDA_REALDATA_SMOLLM2_FILE='"$(abs_top_srcdir)/tests/data/smollm2-small.dattncap"' \
-	-DDA_REALDATA_DEMO_FILE='"$(abs_top_srcdir)/data/smollm2-demo.dattncap"'
+	-DDA_REALDATA_DEMO_FILE='"$(abs_top_srcdir)/data/smollm2-demo.dattncap"' \
+	-DDA_REALDATA_PRJ_DIR='"$(abs_top_srcdir)/tests/data"'
 tests_test_realdata_CFLAGS = $(da_test_cflags)
 tests_test_realdata_LDADD = $(da_test_ldadd)
 endif

@@ -146,20 +146,21 @@ def chunks_of(ids, seq, n):
 
 # ---------------------------------------------------------- the attention
 
-MODE = {"strategy": "exact", "G": 1, "impl": "lib", "proj": None, "record": None}
+MODE = {"strategy": "exact", "G": 1, "impl": "lib", "proj": None, "record": None,
+        "fusion": "norm"}
 
 
-def lsh_reference(q, k, v, scale, G, hash_block=128, seed=0):
-    """Float64 DistrAttention (SPEC 1 steps 5-7, causal) with the library's
-    groupings (distrattn.groups on the f32 q) and NORM weights computed from
-    q and detached (constants, SPEC 1b). q [B,H,S,D] (f64, grad), k, v
-    [B,H,S,D] (GQA already repeated)."""
+def lsh_reference(q, k, v, scale, G, hash_block=128, seed=0, fusion="norm"):
+    """Float64 DistrAttention logits (SPEC 1 steps 5-7; the caller masks)
+    with the library's groupings (distrattn.groups on the f32 q) and NORM
+    weights computed from q and detached (constants, SPEC 1b), or MEAN's
+    1s. q [B,H,S,D] (f64, grad), k, v [B,H,S,D] (GQA already repeated)."""
     import distrattn
     import torch
 
     B, H, S, D = q.shape
     perm = distrattn.groups(q.detach().float().contiguous().numpy(), group_size=G,
-                            fusion="norm", hash_block=hash_block, seed=seed)
+                            fusion=fusion, hash_block=hash_block, seed=seed)
     perm = torch.from_numpy(perm).long()                       # [B,H,T,D]
     T = perm.shape[2]
     ng = -(-D // G)
@@ -170,6 +171,8 @@ def lsh_reference(q, k, v, scale, G, hash_block=128, seed=0):
     slot.scatter_(3, perm, torch.arange(D).expand_as(perm).contiguous())
     M = torch.nn.functional.one_hot(slot // G, ng).double()     # [B,H,T,D,ng]
     a = qp.detach().norm(dim=3)                                 # [B,H,T,D] column norms per tile
+    if fusion == "mean":
+        a = torch.ones_like(a)
     A = torch.einsum("bhtc,bhtcg->bhtg", a, M)
     bad = ~((A > 0) & torch.isfinite(A))                        # such a group uses 1s
     a = torch.where(torch.einsum("bhtcg,bhtg->bhtc", M, bad.double()) > 0, 1.0, a)
@@ -227,7 +230,7 @@ def attention_fn(module, query, key, value, attention_mask, scaling=None, dropou
         o = dt.attention(query, key, value, causal=True, scale=scale)
     elif st == "lsh":
         o = dt.attention(query, key, value, causal=True, scale=scale, group_size=G,
-                         fusion="norm")
+                         fusion=MODE.get("fusion", "norm"))
     else:
         o = dt.attention(query, key, value, causal=True, scale=scale, proj=proj)
     return o.transpose(1, 2).contiguous(), None
@@ -251,43 +254,77 @@ def load_model():
 # ------------------------------------------------------------- calibration
 
 
-def calibrate(model, calib, ranks, work, tool, log):
-    """Capture every layer's q, k, v on the calibration chunks (exact
-    attention, the un-fine-tuned model), write a DATTNCAP, run `distrattn
-    calibrate --rank r` for each rank; returns {r: [proj per layer]}."""
-    import numpy as np
+def record_qkv(model, chunks, layers=None):
+    """Every layer's (or `layers`') q, k, v on each chunk, exact attention
+    (the library), the model as it is: DATTNCAP entries [(seq, seq,
+    [(q, k, v) per layer])], numpy [heads][seq][head_dim]."""
     import torch
 
     L = model.config.num_hidden_layers
+    layers = list(range(L)) if layers is None else list(layers)
     entries = []
-    MODE.update(strategy="exact", G=1, impl="lib", record={i: None for i in range(L)})
+    saved = dict(MODE)
+    MODE.update(strategy="exact", G=1, impl="lib", record={i: None for i in layers})
     try:
         with torch.no_grad():
-            for c in calib:
+            for c in chunks:
                 model(input_ids=c[None])
                 per_layer = []
-                for i in range(L):
+                for i in layers:
                     q, k, v, scale = MODE["record"][i]
                     per_layer.append(tuple(t[0].numpy() for t in (q, k, v)))
                 entries.append((c.numel(), c.numel(), per_layer))
     finally:
-        MODE["record"] = None
+        MODE.clear()
+        MODE.update(saved)
+    return entries
+
+
+def write_qkv_capture(model, entries, path, layers=None):
+    """Writes record_qkv's entries as a DATTNCAP (version 2, f16)."""
+    L = model.config.num_hidden_layers
+    layers = list(range(L)) if layers is None else list(layers)
     H, KV, D = model.config.num_attention_heads, model.config.num_key_value_heads, \
         model.config.hidden_size // model.config.num_attention_heads
-    meta = dict(layers=L, heads=H, kv_heads=KV, head_dim=D, causal=True,
-                scale=float(D ** -0.5), layer_ids=list(range(L)))
-    cap = os.path.join(work, "calib.dattncap")
-    capture.write_capture(cap, meta, entries, "f16", 2,
-                          capture.model_label(capture.MODEL_NAMES["smollm2"], range(L), L))
+    meta = dict(layers=len(layers), heads=H, kv_heads=KV, head_dim=D, causal=True,
+                scale=float(D ** -0.5), layer_ids=layers)
+    capture.write_capture(path, meta, entries, "f16", 2,
+                          capture.model_label(capture.MODEL_NAMES["smollm2"], layers, L))
+
+
+def calibrate_capture(tool, cap, specs, work, log, L, H, D, prefix="calib"):
+    """`distrattn calibrate --rank r --method m` on the DATTNCAP `cap` for
+    each (m, r) of specs (files WORK/PREFIX-m-rR.prj, kept); returns
+    {(m, r): [proj per layer]}, each a torch tensor [H, 2, D, r]."""
     out = {}
-    for r in ranks:
-        prj = os.path.join(work, "calib-r%d.prj" % r)
-        cmd = [tool, "calibrate", cap, "-o", prj, "--rank", str(r), "--method", "optimal"]
+    for m, r in specs:
+        prj = os.path.join(work, "%s-%s-r%d.prj" % (prefix, m, r))
+        cmd = [tool, "calibrate", cap, "-o", prj, "--rank", str(r), "--method", m]
         log("  $ " + " ".join(cmd))
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        out[r] = read_proj(prj, L, H, D, r)
+        out[(m, r)] = read_proj(prj, L, H, D, r)
+    return out
+
+
+def calibrate_specs(model, calib, specs, work, tool, log):
+    """Capture every layer's q, k, v on the calibration chunks (exact
+    attention, the model as it is), write a DATTNCAP, run `distrattn
+    calibrate` for each (method, rank) of specs (calibrate_capture);
+    returns {(m, r): [proj per layer]}."""
+    L = model.config.num_hidden_layers
+    H = model.config.num_attention_heads
+    D = model.config.hidden_size // H
+    cap = os.path.join(work, "calib.dattncap")
+    write_qkv_capture(model, record_qkv(model, calib), cap)
+    out = calibrate_capture(tool, cap, specs, work, log, L, H, D)
     os.remove(cap)
     return out
+
+
+def calibrate(model, calib, ranks, work, tool, log):
+    """calibrate_specs with the optimal method: {r: [proj per layer]}."""
+    p = calibrate_specs(model, calib, [("optimal", r) for r in ranks], work, tool, log)
+    return {r: p[("optimal", r)] for r in ranks}
 
 
 def read_proj(path, L, H, D, r):
