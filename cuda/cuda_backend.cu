@@ -138,7 +138,7 @@ static da_status dac_device_info(int index, da_device_info *out, int *rank) {
   return dac_fill_info(NULL, index, out, rank);
 }
 
-static da_status dac_ctx_setup(da_context *ctx, dac_ctx *bc, int dev) {
+static da_status dac_ctx_setup(da_context *ctx, dac_ctx *bc, int dev, da_device_info *info) {
   cudaDeviceProp p;
   DAC_CHECK(ctx, cudaGetDeviceProperties(&p, dev));
   bc->dev = dev;
@@ -146,11 +146,12 @@ static da_status dac_ctx_setup(da_context *ctx, dac_ctx *bc, int dev) {
   bc->cc_minor = p.minor;
   bc->sm_count = p.multiProcessorCount;
   bc->smem_optin = p.sharedMemPerBlockOptin;
-  ctx->device_index = dev;
-  return dac_fill_info(ctx, dev, &ctx->info, NULL);
+  return dac_fill_info(ctx, dev, info, NULL);
 }
 
-static da_status dac_ctx_create(da_context *ctx, int index) {
+static da_status dac_ctx_create(da_context *ctx, int index, const da_overrides *ov, void **bctx,
+                                da_device_info *info) {
+  (void)ov; /* CUDA's overrides are the plans' */
   dac_ctx *bc = (dac_ctx *)calloc(1, sizeof *bc);
   if (!bc) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "CUDA: out of host memory for a context");
   cudaError_t e = cudaSetDevice(index);
@@ -158,7 +159,7 @@ static da_status dac_ctx_create(da_context *ctx, int index) {
     free(bc);
     return dac_fail(ctx, e, "cudaSetDevice");
   }
-  da_status st = dac_ctx_setup(ctx, bc, index);
+  da_status st = dac_ctx_setup(ctx, bc, index, info);
   if (st != DA_SUCCESS) {
     free(bc);
     return st;
@@ -169,11 +170,13 @@ static da_status dac_ctx_create(da_context *ctx, int index) {
     return dac_fail(ctx, e, "cudaStreamCreateWithFlags");
   }
   bc->own_stream = 1;
-  ctx->bctx = bc;
+  *bctx = bc;
   return DA_SUCCESS;
 }
 
-static da_status dac_ctx_wrap(da_context *ctx, void *native) {
+static da_status dac_ctx_wrap(da_context *ctx, void *native, const da_overrides *ov, void **bctx,
+                              int *index, da_device_info *info) {
+  (void)ov;
   dac_ctx *bc = (dac_ctx *)calloc(1, sizeof *bc);
   if (!bc) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "CUDA: out of host memory for a context");
   cudaStream_t s = (cudaStream_t)native;
@@ -199,19 +202,20 @@ static da_status dac_ctx_wrap(da_context *ctx, void *native) {
     free(bc);
     return dac_fail(ctx, e, "cudaSetDevice");
   }
-  da_status st = dac_ctx_setup(ctx, bc, dev);
+  da_status st = dac_ctx_setup(ctx, bc, dev, info);
   if (st != DA_SUCCESS) {
     free(bc);
     return st;
   }
   bc->stream = s;
   bc->own_stream = 0;
-  ctx->bctx = bc;
+  *bctx = bc;
+  *index = dev;
   return DA_SUCCESS;
 }
 
-static void dac_ctx_destroy(da_context *ctx) {
-  dac_ctx *bc = (dac_ctx *)ctx->bctx;
+static void dac_ctx_destroy(void *bctx) {
+  dac_ctx *bc = (dac_ctx *)bctx;
   if (!bc) return;
   if (cudaSetDevice(bc->dev) == cudaSuccess) {
     (void)cudaStreamSynchronize(bc->stream);
@@ -220,7 +224,6 @@ static void dac_ctx_destroy(da_context *ctx) {
   }
   (void)cudaGetLastError();
   free(bc);
-  ctx->bctx = NULL;
 }
 
 #define DAC_BC(ctx) ((dac_ctx *)(ctx)->bctx)
@@ -359,12 +362,11 @@ static void dac_plan_free(dac_plan *bp) {
   free(bp);
 }
 
-static void dac_plan_release(da_plan *p) {
+static void dac_plan_release(const da_plan *p) {
   if (!p->bplan) return;
   dac_ctx *bc = DAC_BC(p->ctx);
   if (cudaSetDevice(bc->dev) == cudaSuccess) (void)cudaStreamSynchronize(bc->stream);
   dac_plan_free((dac_plan *)p->bplan);
-  p->bplan = NULL;
 }
 
 static da_status dac_alloc(da_context *ctx, void **ptr, size_t bytes, const char *what) {
@@ -412,20 +414,13 @@ static const char *dac_dec_refusal(const da_plan *p) {
  * an H200: bench/cuda-notes.md, decode). DISTRATTN_CUDA_DECODE_CHUNK=N fixes
  * the keys per chunk (a multiple of 64) for measurements. */
 
-static da_status dac_dec_plan(da_plan *p, dac_plan *bp, const dac_ctx *bc) {
+static da_status dac_dec_plan(const da_plan *p, dac_plan *bp, const dac_ctx *bc) {
   da_context *ctx = p->ctx;
   const da_attn_desc *d = &p->d;
-  static const char *const words[] = {"0", "1"};
-  int env;
-  da_status st = da_env_word(ctx, "DISTRATTN_CUDA_DECODE", words, 2, "\"0\" or \"1\"", &env);
-  if (st) return st;
-  unsigned long fixed = 0;
-  int fixed_set;
-  st = da_env_uint(ctx, "DISTRATTN_CUDA_DECODE_CHUNK", 64, 1ul << 30, &fixed, &fixed_set);
-  if (st) return st;
-  if (fixed_set && fixed % 64)
-    return da_set_error(ctx, DA_ERR_INVALID_ARG,
-                        "DISTRATTN_CUDA_DECODE_CHUNK=%lu is not a multiple of 64", fixed);
+  /* the plan's overrides (the core checked the chunk: a multiple of 64) */
+  const int env = p->ov.cuda_decode, fixed_set = p->ov.cuda_decode_chunk > 0;
+  const unsigned long fixed = (unsigned long)p->ov.cuda_decode_chunk;
+  da_status st;
   const char *why = dac_dec_refusal(p);
   if (env == 1 && why)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
@@ -502,7 +497,7 @@ static cudaError_t dac_dec_launch(const da_plan *p, const dac_plan *bp, const da
   }
 }
 
-static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
+static da_status dac_plan_prepare_inner(const da_plan *p, dac_plan *bp) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   const da_attn_desc *d = &p->d;
@@ -514,10 +509,7 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
   bp->br = (G == 1 || d->hash_block >= 128) ? 128 : 64;
   /* DISTRATTN_CUDA_WGMMA: "0" keeps Hopper on the mma.sync kernel (for
    * comparisons), "1" demands the warpgroup-MMA one; unset: it where it runs */
-  static const char *const wg_words[] = {"0", "1"};
-  int wg_env;
-  st = da_env_word(ctx, "DISTRATTN_CUDA_WGMMA", wg_words, 2, "\"0\" or \"1\"", &wg_env);
-  if (st) return st;
+  const int wg_env = p->ov.cuda_wgmma; /* the plan's overrides, parsed by the core */
   /* The warpgroup-MMA kernel runs dense plans only (its TMA descriptors
    * assume dense tensors): a plan with da_attn_ext options (strides,
    * per-sequence lengths, LSE, windows) runs on the mma.sync kernel on
@@ -635,7 +627,7 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
   return DA_SUCCESS;
 }
 
-static da_status dac_plan_prepare(da_plan *p) {
+static da_status dac_plan_prepare(const da_plan *p, void **bplan) {
   da_context *ctx = p->ctx;
   if (p->x.strategy == DA_STRATEGY_PROJECTION)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
@@ -654,9 +646,10 @@ static da_status dac_plan_prepare(da_plan *p) {
     dac_plan_free(bp);
     return st;
   }
-  p->bplan = bp;
+  *bplan = bp;
   return DA_SUCCESS;
 }
+
 
 /* ---------------- attention ---------------- */
 
@@ -689,7 +682,7 @@ static void dac_fill_args(const da_plan *p, dac_args *a, const void *q, const vo
   a->dt = d->dtype;
 }
 
-static da_status dac_gemm(da_plan *p, dac_args *a) {
+static da_status dac_gemm(const da_plan *p, dac_args *a) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
@@ -745,7 +738,7 @@ static da_status dac_gemm(da_plan *p, dac_args *a) {
 
 static int dac_aligned16(const void *x) { return ((uintptr_t)x & 15u) == 0; }
 
-static da_status dac_attention(da_plan *p, void *q, void *k, void *v, void *o) {
+static da_status dac_attention(const da_plan *p, void *q, void *k, void *v, void *o) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
@@ -806,7 +799,7 @@ static int dac_strides16(const da_attn_ext *x, size_t es) {
  * G and the 16-byte alignment of every row allow, else SIMT), which read
  * the lengths from device memory and clamp them (SPEC 1, "Layouts and
  * lengths"); a plan without them, the dense path at the given offsets. */
-static da_status dac_attention_ext(da_plan *p, const da_call *c) {
+static da_status dac_attention_ext(const da_plan *p, const da_call *c) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
@@ -876,7 +869,7 @@ static da_status dac_attention_ext(da_plan *p, const da_call *c) {
  * demands the tensor-core one (a call it cannot run is refused);
  * DISTRATTN_CUDA_BWD_KEYS="64" gives the tensor-core kernel blocks of 64
  * keys (4 warps) instead of 128 (8 warps), for measurements. */
-static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
+static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
@@ -897,14 +890,10 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
                         "CUDA: the backward pass takes head_dim 1..256, not %d (the cpu backend "
                         "takes any)",
                         d->head_dim);
-  static const char *const words[] = {"simt", "mma"};
-  int env;
-  da_status st = da_env_word(ctx, "DISTRATTN_CUDA_BWD", words, 2, "\"simt\" or \"mma\"", &env);
-  if (st) return st;
-  static const char *const keys[] = {"64", "128"};
-  int env_keys;
-  st = da_env_word(ctx, "DISTRATTN_CUDA_BWD_KEYS", keys, 2, "\"64\" or \"128\"", &env_keys);
-  if (st) return st;
+  /* the plan's overrides, parsed by the core: -1 unset, 0 simt, 1 mma; keys 0, 64, 128 */
+  const int env = p->ov.cuda_bwd;
+  const int env_keys = p->ov.cuda_bwd_keys == 64 ? 0 : p->ov.cuda_bwd_keys == 128 ? 1 : -1;
+  da_status st;
   DAC_SETDEV(ctx);
   const int G = d->group_size > 1 ? d->group_size : 1;
   dac_bwd_args a;
@@ -1017,7 +1006,7 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   return DA_SUCCESS;
 }
 
-static da_status dac_groups(da_plan *p, void *q, void *perm) {
+static da_status dac_groups(const da_plan *p, void *q, void *perm) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
