@@ -508,6 +508,7 @@ static const da_backend_iface cl_iface = {
     .buf_unwrap = cl_buf_unwrap,
     .plan_prepare = da_cl_plan_prepare,
     .plan_release = da_cl_plan_release,
+    .plan_kernel = da_cl_plan_kernel,
     .attention = da_cl_attention,
     .attention_ext = da_cl_attention_ext,
     .groups = da_cl_groups,

@@ -75,6 +75,7 @@ DA_CL_HIDDEN da_status da_cl_order(da_context *ctx);
 
 DA_CL_HIDDEN da_status da_cl_plan_prepare(const da_plan *p, void **bplan);
 DA_CL_HIDDEN void da_cl_plan_release(const da_plan *p);
+DA_CL_HIDDEN void da_cl_plan_kernel(const da_plan *p, da_kernel_info *out);
 DA_CL_HIDDEN da_status da_cl_attention(const da_plan *p, void *q, void *k, void *v, void *o);
 DA_CL_HIDDEN da_status da_cl_attention_ext(const da_plan *p, const da_call *c);
 DA_CL_HIDDEN da_status da_cl_groups(const da_plan *p, void *q, void *perm);

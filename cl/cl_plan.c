@@ -26,6 +26,7 @@ typedef struct {
   cl_mem pacc, pml;
   int dec, dec_nrg, dec_nch, dec_c;
   size_t dec_wg, dec_nv;
+  int dec_tiled, dec_rb, dec_kb; /* for da_plan_get_kernel: shape, rows and keys of a tile */
   /* DA_STRATEGY_PROJECTION (SPEC 1c): da_proj, the plan's projections
    * [heads][2][head_dim][rank] on the device, Qp [batch][heads][seq_q][rank]
    * and (tiled shape) Kp [batch][heads][seq_k][rank], f32; the rows shape
@@ -567,6 +568,9 @@ static da_status prepare_decode(const da_plan *p, da_cl_plan *bp) {
   bp->dec_c = (int)C;
   bp->dec_wg = nt;
   bp->dec_nv = nv;
+  bp->dec_tiled = tiled;
+  bp->dec_rb = (int)rb;
+  bp->dec_kb = (int)kb;
   return DA_SUCCESS;
 }
 
@@ -667,6 +671,29 @@ da_status da_cl_plan_prepare(const da_plan *p, void **bplan) {
   return DA_SUCCESS;
 }
 
+/* What a plan runs (da_plan_get_kernel): the decode kernels, GEMM, or the
+ * fused kernel of either shape, as plan_prepare chose them. */
+void da_cl_plan_kernel(const da_plan *p, da_kernel_info *out) {
+  const da_cl_plan *bp = p->bplan;
+  if (!bp) return;
+  if (bp->dec) {
+    snprintf(out->name, sizeof out->name, "split-kv decode");
+    snprintf(out->variant, sizeof out->variant, "%s", bp->dec_tiled ? "tiled" : "rows");
+    out->tile_rows = bp->dec_rb;
+    out->tile_cols = bp->dec_kb;
+    out->threads = (int)bp->dec_wg;
+    out->chunk = bp->dec_c;
+    return;
+  }
+  if (p->d.algo == DA_ALGO_GEMM) {
+    snprintf(out->name, sizeof out->name, "gemm");
+    return;
+  }
+  snprintf(out->name, sizeof out->name, "%s", bp->tiled ? "tiled" : "rows");
+  out->tile_rows = (int)bp->bm;
+  out->tile_cols = (int)bp->bn;
+  out->threads = (int)(bp->tiled ? 2 * bp->bm : bp->bm); /* as attention_fused's work-groups */
+}
 
 /* The groups of a dense Q (da_plan_groups_host's layout, whatever the
  * plan's strides). */

@@ -650,6 +650,27 @@ static da_status dac_plan_prepare(const da_plan *p, void **bplan) {
   return DA_SUCCESS;
 }
 
+/* What a plan runs (da_plan_get_kernel), for calls whose tensors are
+ * 16-byte aligned (the others take the SIMT kernel). */
+static void dac_plan_kernel(const da_plan *p, da_kernel_info *out) {
+  const dac_plan *bp = (const dac_plan *)p->bplan;
+  if (!bp) return;
+  if (bp->dec) {
+    const int tc = p->d.dtype != DA_F32 && p->d.head_dim <= 128;
+    snprintf(out->name, sizeof out->name, "split-kv decode");
+    snprintf(out->variant, sizeof out->variant, "%s", tc ? "mma" : "simt");
+    out->tile_rows = bp->dec_rb;
+    out->chunk = bp->dec_C;
+    return;
+  }
+  if (p->d.algo == DA_ALGO_GEMM) {
+    snprintf(out->name, sizeof out->name, "gemm");
+    return;
+  }
+  snprintf(out->name, sizeof out->name, "%s",
+           bp->use_wg ? "wgmma" : bp->use_mma ? "mma" : "simt");
+  if (bp->use_wg || bp->use_mma) out->tile_rows = bp->br;
+}
 
 /* ---------------- attention ---------------- */
 
@@ -1043,6 +1064,7 @@ static const da_backend_iface dac_iface = {
     dac_groups,
     dac_attention_ext,
     dac_attention_bwd,
+    dac_plan_kernel,
 };
 
 extern "C" __attribute__((visibility("default"))) const da_backend_iface *

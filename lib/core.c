@@ -765,6 +765,35 @@ da_status da_plan_get_ext(const da_plan *p, da_attn_ext *out) {
   return DA_SUCCESS;
 }
 
+void da_kernel_info_init_size(da_kernel_info *k, size_t size) {
+  DA_INIT_PREFIX(k, size);
+  DA_INIT_SET(k, size, da_kernel_info, backend, DA_BACKEND_AUTO);
+}
+void(da_kernel_info_init)(da_kernel_info *k) { da_kernel_info_init_size(k, sizeof *k); }
+
+da_status da_plan_get_kernel(const da_plan *p, da_kernel_info *out) {
+  if (!p || !out) return DA_ERR_INVALID_ARG;
+  da_context *ctx = p->ctx;
+  if (out->struct_size < offsetof(da_kernel_info, name) + sizeof out->name ||
+      out->struct_size > (1u << 16))
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "out->struct_size = %zu: call da_kernel_info_init first (sizeof is %zu)",
+                        out->struct_size, sizeof *out);
+  da_kernel_info k;
+  da_kernel_info_init(&k);
+  k.backend = ctx->iface->id;
+  snprintf(k.name, sizeof k.name, "default");
+  if (ctx->iface->plan_kernel) ctx->iface->plan_kernel(p, &k);
+  k.struct_size = sizeof k;
+  k.backend = ctx->iface->id;
+  k.name[sizeof k.name - 1] = '\0';
+  k.variant[sizeof k.variant - 1] = '\0';
+  size_t n = out->struct_size < sizeof k ? out->struct_size : sizeof k;
+  memcpy(out, &k, n);
+  out->struct_size = n;
+  return DA_SUCCESS;
+}
+
 /* ------------------------------------------------------------ attention */
 
 static da_status check_buf(da_plan *p, const da_buffer *b, const char *name, size_t need) {

@@ -832,6 +832,16 @@ static da_status cpu_plan_prepare(const da_plan *p, void **bplan) {
   return DA_SUCCESS;
 }
 
+/* What a plan runs: the decode path, or the blocked one (FUSED: online
+ * softmax over key blocks, GEMM: the logits materialised), on the context's
+ * pool and kernels. */
+static void cpu_plan_kernel(const da_plan *p, da_kernel_info *out) {
+  const cpu_pool *pl = p->ctx->bctx;
+  snprintf(out->name, sizeof out->name, "%s",
+           dec_use(p) ? "split-kv decode" : p->d.algo == DA_ALGO_GEMM ? "gemm" : "fused");
+  snprintf(out->variant, sizeof out->variant, "%s", pl->kern->isa);
+  out->threads = pl->nthreads;
+}
 
 const da_backend_iface da_cpu_backend_iface = {
     .iface_version = DA_BACKEND_IFACE_VERSION,
@@ -857,4 +867,5 @@ const da_backend_iface da_cpu_backend_iface = {
     .groups = cpu_groups,
     .attention_ext = cpu_attention_ext,
     .attention_bwd = cpu_attention_bwd,
+    .plan_kernel = cpu_plan_kernel,
 };

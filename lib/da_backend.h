@@ -233,6 +233,11 @@ struct da_backend_iface {
    * (da_attention_backward, SPEC 1b). NULL: the core refuses with
    * DA_ERR_UNSUPPORTED. */
   da_status (*attention_bwd)(const da_plan *p, const da_bwd_call *c);
+  /* optional (interface version 6), appended last: what the plan's forward
+   * calls run (da_plan_get_kernel). *out arrives initialised by the core
+   * (da_kernel_info_init, backend set, name "default"); the backend fills
+   * what it knows. NULL: the plan reports "default". */
+  void (*plan_kernel)(const da_plan *p, da_kernel_info *out);
 };
 
 /* ---- helpers shared by the core and all backends (inline: modules too) ---- */
