@@ -189,7 +189,9 @@ static void bctx_free(da_cl_ctx *bc) {
   free(bc);
 }
 
-static da_status cl_ctx_create(da_context *ctx, int index) {
+static da_status cl_ctx_create(da_context *ctx, int index, const da_overrides *ov, void **bctx,
+                               da_device_info *info) {
+  (void)ov; /* OpenCL's overrides are the plans' */
   if (index < 0 || index >= g_ndev)
     return da_set_error(ctx, DA_ERR_INVALID_ARG, "OpenCL: no device %d (%d devices)", index,
                         g_ndev);
@@ -216,13 +218,14 @@ static da_status cl_ctx_create(da_context *ctx, int index) {
     bctx_free(bc);
     return s;
   }
-  ctx->bctx = bc;
-  ctx->device_index = index;
-  ctx->info = g_devs[index].info;
+  *bctx = bc;
+  *info = g_devs[index].info;
   return DA_SUCCESS;
 }
 
-static da_status cl_ctx_wrap(da_context *ctx, void *native_queue) {
+static da_status cl_ctx_wrap(da_context *ctx, void *native_queue, const da_overrides *ov,
+                             void **bctx, int *index_out, da_device_info *info) {
+  (void)ov;
   cl_command_queue q = (cl_command_queue)native_queue;
   if (!q) return da_set_error(ctx, DA_ERR_INVALID_ARG, "OpenCL: the queue to wrap is NULL");
   da_cl_ctx *bc = calloc(1, sizeof *bc);
@@ -265,19 +268,16 @@ static da_status cl_ctx_wrap(da_context *ctx, void *native_queue) {
   for (int i = 0; i < g_ndev; i++)
     if (g_devs[i].dev == bc->dev) index = i;
   if (index >= 0) {
-    ctx->info = g_devs[index].info;
+    *info = g_devs[index].info;
   } else {
-    fill_info(bc->dev, index, &ctx->info, NULL);
+    fill_info(bc->dev, index, info, NULL);
   }
-  ctx->bctx = bc;
-  ctx->device_index = index;
+  *bctx = bc;
+  *index_out = index;
   return DA_SUCCESS;
 }
 
-static void cl_ctx_destroy(da_context *ctx) {
-  bctx_free(ctx->bctx);
-  ctx->bctx = NULL;
-}
+static void cl_ctx_destroy(void *bctx) { bctx_free(bctx); }
 
 static da_status cl_synchronize(da_context *ctx) {
   da_cl_ctx *bc = ctx->bctx;
@@ -508,6 +508,7 @@ static const da_backend_iface cl_iface = {
     .buf_unwrap = cl_buf_unwrap,
     .plan_prepare = da_cl_plan_prepare,
     .plan_release = da_cl_plan_release,
+    .plan_kernel = da_cl_plan_kernel,
     .attention = da_cl_attention,
     .attention_ext = da_cl_attention_ext,
     .groups = da_cl_groups,

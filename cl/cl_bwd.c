@@ -107,7 +107,7 @@ static da_status bwd_run(da_context *ctx, cl_kernel k, const char *name, cl_uint
 
 static size_t rup(size_t x, size_t m) { return (x + m - 1) / m * m; }
 
-static da_status bwd_enqueue(da_plan *p, const da_bwd_call *c, bwd_res *r) {
+static da_status bwd_enqueue(const da_plan *p, const da_bwd_call *c, bwd_res *r) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
   const da_attn_desc *d = &p->d;
@@ -191,7 +191,7 @@ static da_status bwd_enqueue(da_plan *p, const da_bwd_call *c, bwd_res *r) {
 /* The options the cpu backward takes, except the projection strategy
  * (OpenCL runs its forward only) and head_dim above 256 (the kernels keep
  * rows in private arrays; the fused forward takes no more either). */
-da_status da_cl_attention_bwd(da_plan *p, const da_bwd_call *c) {
+da_status da_cl_attention_bwd(const da_plan *p, const da_bwd_call *c) {
   da_context *ctx = p->ctx;
   const da_attn_desc *d = &p->d;
   if (!p->bplan) return da_set_error(ctx, DA_ERR_INVALID_ARG, "OpenCL: the plan was not prepared");

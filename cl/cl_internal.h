@@ -73,17 +73,18 @@ DA_CL_HIDDEN da_status da_cl_program(da_context *ctx, int src, const char *opts,
 /* A barrier after an enqueue when the queue is out of order. */
 DA_CL_HIDDEN da_status da_cl_order(da_context *ctx);
 
-DA_CL_HIDDEN da_status da_cl_plan_prepare(da_plan *p);
-DA_CL_HIDDEN void da_cl_plan_release(da_plan *p);
-DA_CL_HIDDEN da_status da_cl_attention(da_plan *p, void *q, void *k, void *v, void *o);
-DA_CL_HIDDEN da_status da_cl_attention_ext(da_plan *p, const da_call *c);
-DA_CL_HIDDEN da_status da_cl_groups(da_plan *p, void *q, void *perm);
+DA_CL_HIDDEN da_status da_cl_plan_prepare(const da_plan *p, void **bplan);
+DA_CL_HIDDEN void da_cl_plan_release(const da_plan *p);
+DA_CL_HIDDEN void da_cl_plan_kernel(const da_plan *p, da_kernel_info *out);
+DA_CL_HIDDEN da_status da_cl_attention(const da_plan *p, void *q, void *k, void *v, void *o);
+DA_CL_HIDDEN da_status da_cl_attention_ext(const da_plan *p, const da_call *c);
+DA_CL_HIDDEN da_status da_cl_groups(const da_plan *p, void *q, void *perm);
 /* The backward pass (cl_bwd.c, bwd.cl; SPEC 1b). */
-DA_CL_HIDDEN da_status da_cl_attention_bwd(da_plan *p, const da_bwd_call *c);
+DA_CL_HIDDEN da_status da_cl_attention_bwd(const da_plan *p, const da_bwd_call *c);
 /* The forward's groupings of Q (the call's layout: the plan's strides,
  * element offset qoff) into the plan's buffers, returned in perm and wts
  * (D entries per (batch, head, hash tile), weights by position). */
-DA_CL_HIDDEN da_status da_cl_bwd_groups(da_plan *p, cl_mem q, size_t qoff, cl_mem *perm,
+DA_CL_HIDDEN da_status da_cl_bwd_groups(const da_plan *p, cl_mem q, size_t qoff, cl_mem *perm,
                                         cl_mem *wts);
 
 #endif /* DA_CL_INTERNAL_H */

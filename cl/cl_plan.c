@@ -26,6 +26,7 @@ typedef struct {
   cl_mem pacc, pml;
   int dec, dec_nrg, dec_nch, dec_c;
   size_t dec_wg, dec_nv;
+  int dec_tiled, dec_rb, dec_kb; /* for da_plan_get_kernel: shape, rows and keys of a tile */
   /* DA_STRATEGY_PROJECTION (SPEC 1c): da_proj, the plan's projections
    * [heads][2][head_dim][rank] on the device, Qp [batch][heads][seq_q][rank]
    * and (tiled shape) Kp [batch][heads][seq_k][rank], f32; the rows shape
@@ -62,9 +63,8 @@ static void release_plan(da_cl_plan *bp) {
   free(bp);
 }
 
-void da_cl_plan_release(da_plan *p) {
+void da_cl_plan_release(const da_plan *p) {
   if (p->bplan) release_plan(p->bplan);
-  p->bplan = NULL;
 }
 
 static da_status new_buffer(da_context *ctx, size_t bytes, cl_mem *out, const char *what) {
@@ -106,10 +106,9 @@ static const char *fp_opts(const da_cl_ctx *bc) {
 }
 
 /* The hash kernel and the per-plan perm/weights it writes. */
-static da_status ensure_hash(da_plan *p) {
+static da_status ensure_hash(const da_plan *p, da_cl_plan *bp) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
-  da_cl_plan *bp = p->bplan;
   const da_attn_desc *d = &p->d;
   da_status s;
   if (bp->k_hash) return DA_SUCCESS;
@@ -138,7 +137,7 @@ static da_status ensure_hash(da_plan *p) {
 /* The groups of Q (element (b, h, r, c) at qoff + b*st[0] + h*st[1] +
  * r*st[2] + c, rows from each sequence's first: cu_q with DA_SEQLENS_PACKED,
  * NULL otherwise) into perm_out and bp->wts. */
-static da_status enqueue_hash(da_plan *p, cl_mem q, cl_mem perm_out, const long long st[3],
+static da_status enqueue_hash(const da_plan *p, cl_mem q, cl_mem perm_out, const long long st[3],
                               size_t qoff, cl_mem cu_q, size_t rows_q) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
@@ -171,8 +170,8 @@ static da_status enqueue_hash(da_plan *p, cl_mem q, cl_mem perm_out, const long 
 
 /* The backward pass's groupings (cl_bwd.c): the forward's hash kernel over
  * Q at the call's layout into the plan's permutation and weight buffers. */
-da_status da_cl_bwd_groups(da_plan *p, cl_mem q, size_t qoff, cl_mem *perm, cl_mem *wts) {
-  da_status s = ensure_hash(p);
+da_status da_cl_bwd_groups(const da_plan *p, cl_mem q, size_t qoff, cl_mem *perm, cl_mem *wts) {
+  da_status s = ensure_hash(p, p->bplan);
   if (s != DA_SUCCESS) return s;
   da_cl_plan *bp = p->bplan;
   if ((s = enqueue_hash(p, q, bp->perm, p->x.q_stride, qoff, NULL, 0)) != DA_SUCCESS) return s;
@@ -199,10 +198,9 @@ static ext_opt_str ext_opts(const da_plan *p) {
  * is chosen (opts: its build options): da_proj, the projections on the
  * device and the f32 workspace of the projected Q (and, tiled shape, K;
  * the rows shape projects K into its key tiles, kb). */
-static da_status prepare_proj(da_plan *p, const char *opts) {
+static da_status prepare_proj(const da_plan *p, da_cl_plan *bp, const char *opts) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
-  da_cl_plan *bp = p->bplan;
   const da_attn_desc *d = &p->d;
   const size_t R = (size_t)p->x.rank, RP = round_up(R, 16); /* attn.cl's RKP */
   size_t pjb = 0, qb = 0, kb = 0;
@@ -233,7 +231,7 @@ static da_status prepare_proj(da_plan *p, const char *opts) {
 
 /* da_proj over one tensor: x (Q, is_k 0, or K) into xp, n rows per (batch,
  * head), bnt: key tiles of bnt (the rows shape's kb) or 0 ([rows][rank]). */
-static da_status enqueue_proj(da_plan *p, cl_mem x, cl_mem xp, cl_int is_k, cl_int n, cl_mem lens,
+static da_status enqueue_proj(const da_plan *p, cl_mem x, cl_mem xp, cl_int is_k, cl_int n, cl_mem lens,
                               size_t rows, const long long st[3], size_t off, cl_int bnt) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
@@ -273,8 +271,8 @@ static da_status enqueue_proj(da_plan *p, cl_mem x, cl_mem xp, cl_int is_k, cl_i
 static const size_t cl_tiles[][2] = {{64, 32}, {64, 16}, {32, 32}, {32, 16}, {16, 32},
                                      {16, 16}, {16, 8},  {64, 8},  {32, 8}};
 
-/* What the environment asks of the fused kernel, parsed once per plan
- * (strictly: da_env_word, da_env_uint_pair).
+/* What the environment asks of the fused kernel (the plan's overrides,
+ * p->ov, parsed by the core when the plan was made).
  * DISTRATTN_CL_KERNEL: "tiled" (the GPU-shaped fused kernel), "rows" (one
  * work-item per query row, the CPU shape) or unset (tiled on GPUs and
  * accelerators, rows on CPU devices; tiled when DISTRATTN_CL_TILE is set).
@@ -282,37 +280,26 @@ static const size_t cl_tiles[][2] = {{64, 32}, {64, 16}, {32, 32}, {32, 16}, {16
 typedef struct cl_choice {
   int kind;              /* 1 tiled, 0 rows, -1 unset */
   size_t tile_m, tile_n; /* the tile asked for; 0 when none */
-  const char *tile_env;  /* its text, for messages; NULL when none */
 } cl_choice;
 
-static da_status kernel_choice(da_context *ctx, cl_choice *c) {
-  static const char *const kinds[] = {"rows", "tiled"};
-  int w, tile_set;
-  unsigned long a, b;
+static da_status kernel_choice(const da_plan *p, cl_choice *c) {
+  const da_overrides *ov = &p->ov;
   memset(c, 0, sizeof *c);
-  da_status s = da_env_word(ctx, "DISTRATTN_CL_KERNEL", kinds, 2, "\"tiled\" or \"rows\"", &w);
-  if (s != DA_SUCCESS) return s;
-  if ((s = da_env_uint_pair(ctx, "DISTRATTN_CL_TILE", 1, 4096, &a, &b, &tile_set)) != DA_SUCCESS)
-    return s;
-  if (tile_set) {
-    c->tile_env = getenv("DISTRATTN_CL_TILE");
-    if (w == 0)
-      return da_set_error(ctx, DA_ERR_INVALID_ARG,
-                          "DISTRATTN_CL_TILE=\"%s\" is a tile of the tiled kernel, and "
-                          "DISTRATTN_CL_KERNEL=\"rows\" asks for the other one",
-                          c->tile_env);
+  if (ov->cl_tile_rows) {
+    const size_t a = (size_t)ov->cl_tile_rows, b = (size_t)ov->cl_tile_cols;
     int known = 0;
     for (size_t t = 0; t < sizeof cl_tiles / sizeof cl_tiles[0]; t++)
       known |= cl_tiles[t][0] == a && cl_tiles[t][1] == b;
     if (!known)
-      return da_set_error(ctx, DA_ERR_INVALID_ARG,
-                          "DISTRATTN_CL_TILE=\"%s\" is not a tile of the tiled kernel: ROWSxKEYS "
-                          "with ROWS 16, 32 or 64 and KEYS 8, 16 or 32",
-                          c->tile_env);
+      return da_set_error(p->ctx, DA_ERR_INVALID_ARG,
+                          "DISTRATTN_CL_TILE=\"%zux%zu\" is not a tile of the tiled kernel: "
+                          "ROWSxKEYS with ROWS 16, 32 or 64 and KEYS 8, 16 or 32",
+                          a, b);
     c->tile_m = a;
     c->tile_n = b;
   }
-  c->kind = w >= 0 ? w : tile_set ? 1 : -1; /* a tile asked for is the tiled kernel's */
+  /* a tile asked for is the tiled kernel's (the core refuses it with "rows") */
+  c->kind = ov->cl_kernel >= 0 ? ov->cl_kernel : ov->cl_tile_rows ? 1 : -1;
   return DA_SUCCESS;
 }
 
@@ -322,10 +309,9 @@ static da_status kernel_choice(da_context *ctx, cl_choice *c) {
  * error if the kernel or tile was asked for (forced; DA_ERR_INVALID_ARG, so
  * DA_ALGO_AUTO does not fall back to GEMM), else success with bp->tiled
  * still 0, and the caller takes the rows kernel. */
-static da_status prepare_tiled(da_plan *p, int forced, const cl_choice *c) {
+static da_status prepare_tiled(const da_plan *p, da_cl_plan *bp, int forced, const cl_choice *c) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
-  da_cl_plan *bp = p->bplan;
   const da_attn_desc *d = &p->d;
   const size_t D = (size_t)d->head_dim, G = (size_t)d->group_size, ng = (size_t)p->ng;
   const size_t dq = p->x.strategy == DA_STRATEGY_PROJECTION ? (size_t)p->x.rank : G > 1 ? ng : D;
@@ -335,7 +321,6 @@ static da_status prepare_tiled(da_plan *p, int forced, const cl_choice *c) {
   size_t bm = 0, bn = 0;
   const size_t want_m = c->tile_m, want_n = c->tile_n;
   const int want = want_m != 0;
-  const char *te = c->tile_env;
   for (size_t t = 0; t < sizeof cl_tiles / sizeof cl_tiles[0] && !bm; t++) {
     const size_t m = cl_tiles[t][0], n = cl_tiles[t][1];
     if (want_m ? m != want_m || n != want_n : m > bmax) continue;
@@ -353,10 +338,10 @@ static da_status prepare_tiled(da_plan *p, int forced, const cl_choice *c) {
    * algorithm (so not DA_ERR_UNSUPPORTED, which DA_ALGO_AUTO falls back on) */
   if (!bm && want)
     return da_set_error(ctx, DA_ERR_INVALID_ARG,
-                        "DISTRATTN_CL_TILE=\"%s\" cannot run this plan: the tile needs more than "
+                        "DISTRATTN_CL_TILE=\"%zux%zu\" cannot run this plan: the tile needs more than "
                         "the device's %llu bytes of local memory or %zu work-items per "
                         "work-group%s (head_dim %d, G %d, hash_block %d)",
-                        te, (unsigned long long)bc->local_mem, bc->max_wg,
+                        want_m, want_n, (unsigned long long)bc->local_mem, bc->max_wg,
                         d->group_size > 1 && want_m > (size_t)d->hash_block
                             ? ", or has more rows than hash_block"
                             : "",
@@ -377,14 +362,13 @@ static da_status prepare_tiled(da_plan *p, int forced, const cl_choice *c) {
   bp->bm = bm;
   bp->bn = bn;
   da_status s = make_kernel(ctx, DA_CL_SRC_ATTN, opts, "da_attn", &bp->k_attn);
-  if (s == DA_SUCCESS && p->x.strategy == DA_STRATEGY_PROJECTION) s = prepare_proj(p, opts);
+  if (s == DA_SUCCESS && p->x.strategy == DA_STRATEGY_PROJECTION) s = prepare_proj(p, bp, opts);
   return s;
 }
 
-static da_status prepare_fused(da_plan *p) {
+static da_status prepare_fused(const da_plan *p, da_cl_plan *bp) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
-  da_cl_plan *bp = p->bplan;
   const da_attn_desc *d = &p->d;
   const size_t D = (size_t)d->head_dim, G = (size_t)d->group_size, ng = (size_t)p->ng;
   if (d->head_dim > 256)
@@ -393,11 +377,11 @@ static da_status prepare_fused(da_plan *p) {
                         d->head_dim);
   da_status s;
   cl_choice choice;
-  if ((s = kernel_choice(ctx, &choice)) != DA_SUCCESS) return s;
+  if ((s = kernel_choice(p, &choice)) != DA_SUCCESS) return s;
   int tiled = choice.kind;
   const int rows_forced = tiled == 0;
   if (tiled < 0) tiled = bc->is_cpu ? 0 : -1; /* -1: tiled where it fits, else rows */
-  if (tiled && ((s = prepare_tiled(p, tiled > 0, &choice)) != DA_SUCCESS || bp->tiled)) return s;
+  if (tiled && ((s = prepare_tiled(p, bp, tiled > 0, &choice)) != DA_SUCCESS || bp->tiled)) return s;
   const size_t vw = (size_t)bc->vw, dp = round_up(D, vw);
   /* Rows per work-group: as many as a hash tile allows (they share each K/V
    * tile), at most 128 (CPU) or 64. */
@@ -445,7 +429,7 @@ static da_status prepare_fused(da_plan *p) {
       (s = new_buffer(ctx, kbytes, &bp->kb, "key tiles")) != DA_SUCCESS ||
       (s = new_buffer(ctx, vbytes, &bp->vb, "value tiles")) != DA_SUCCESS)
     return s;
-  return proj ? prepare_proj(p, opts) : DA_SUCCESS;
+  return proj ? prepare_proj(p, bp, opts) : DA_SUCCESS;
 }
 
 /* ---------------- split-KV decode (decode.cl) ---------------- */
@@ -490,22 +474,15 @@ static const char *dec_refusal(const da_plan *p) {
  * are built, the partial results allocated and bp->dec set. The shape
  * follows DISTRATTN_CL_KERNEL (tiled: the GPU shape, rows: the CPU one),
  * else the device's kind. */
-static da_status prepare_decode(da_plan *p) {
+static da_status prepare_decode(const da_plan *p, da_cl_plan *bp) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
-  da_cl_plan *bp = p->bplan;
   const da_attn_desc *d = &p->d;
-  static const char *const words[] = {"0", "1"};
-  int env, fixed_set;
-  unsigned long fixed = 0;
-  da_status s = da_env_word(ctx, "DISTRATTN_CL_DECODE", words, 2, "\"0\" or \"1\"", &env);
-  if (s != DA_SUCCESS) return s;
-  if ((s = da_env_uint(ctx, "DISTRATTN_CL_DECODE_CHUNK", 64, 1ul << 30, &fixed, &fixed_set)) !=
-      DA_SUCCESS)
-    return s;
-  if (fixed_set && fixed % 64)
-    return da_set_error(ctx, DA_ERR_INVALID_ARG,
-                        "DISTRATTN_CL_DECODE_CHUNK=%lu is not a multiple of 64", fixed);
+  /* the plan's overrides (the core checked the chunk's range and that it
+   * is a multiple of 64) */
+  const int env = p->ov.cl_decode, fixed_set = p->ov.cl_decode_chunk > 0;
+  const unsigned long fixed = (unsigned long)p->ov.cl_decode_chunk;
+  da_status s;
   const char *why = dec_refusal(p);
   if (env == 1 && why)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
@@ -515,7 +492,7 @@ static da_status prepare_decode(da_plan *p) {
   const long R = (long)(d->heads / d->kv_heads) * d->seq_q;
   if (why || env == 0 || (env != 1 && R > DEC_ROWS_AUTO)) return DA_SUCCESS;
   cl_choice kc;
-  if ((s = kernel_choice(ctx, &kc)) != DA_SUCCESS) return s;
+  if ((s = kernel_choice(p, &kc)) != DA_SUCCESS) return s;
   const int tiled = kc.kind >= 0 ? kc.kind : !bc->is_cpu;
   const size_t D = (size_t)d->head_dim, vw = (size_t)bc->vw, dp = round_up(D, vw);
   /* rows per work-group: R in as few groups of at most DEC_RB_MAX as
@@ -591,10 +568,13 @@ static da_status prepare_decode(da_plan *p) {
   bp->dec_c = (int)C;
   bp->dec_wg = nt;
   bp->dec_nv = nv;
+  bp->dec_tiled = tiled;
+  bp->dec_rb = (int)rb;
+  bp->dec_kb = (int)kb;
   return DA_SUCCESS;
 }
 
-static da_status prepare_gemm(da_plan *p) {
+static da_status prepare_gemm(const da_plan *p, da_cl_plan *bp) {
   da_context *ctx = p->ctx;
 #ifdef DA_CL_NO_CLBLAST
   (void)p;
@@ -603,7 +583,6 @@ static da_status prepare_gemm(da_plan *p) {
 #else
   if (!da_cl_blast(ctx)) return DA_ERR_UNSUPPORTED; /* loads CLBlast; the reason is set */
   da_cl_ctx *bc = ctx->bctx;
-  da_cl_plan *bp = p->bplan;
   const da_attn_desc *d = &p->d;
   const size_t D = (size_t)d->head_dim, G = (size_t)d->group_size, ng = (size_t)p->ng;
   const size_t rep = (size_t)(d->heads / d->kv_heads), units = (size_t)d->batch * d->kv_heads;
@@ -670,7 +649,7 @@ static da_status prepare_gemm(da_plan *p) {
 #endif
 }
 
-da_status da_cl_plan_prepare(da_plan *p) {
+da_status da_cl_plan_prepare(const da_plan *p, void **bplan) {
   da_context *ctx = p->ctx;
   if (p->d.algo == DA_ALGO_GEMM && p->x.strategy == DA_STRATEGY_PROJECTION)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
@@ -679,23 +658,47 @@ da_status da_cl_plan_prepare(da_plan *p) {
   if (p->d.algo == DA_ALGO_GEMM && p->ext_used) return da_refuse_gemm_ext(p, "OpenCL");
   da_cl_plan *bp = calloc(1, sizeof *bp);
   if (!bp) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "OpenCL: out of host memory");
-  p->bplan = bp;
   da_status s = DA_SUCCESS;
-  if (p->d.group_size > 1) s = ensure_hash(p);
-  if (s == DA_SUCCESS) s = prepare_decode(p);
+  if (p->d.group_size > 1) s = ensure_hash(p, bp);
+  if (s == DA_SUCCESS) s = prepare_decode(p, bp);
   if (s == DA_SUCCESS && !bp->dec)
-    s = p->d.algo == DA_ALGO_GEMM ? prepare_gemm(p) : prepare_fused(p);
+    s = p->d.algo == DA_ALGO_GEMM ? prepare_gemm(p, bp) : prepare_fused(p, bp);
   if (s != DA_SUCCESS) {
     release_plan(bp);
-    p->bplan = NULL;
+    return s;
   }
-  return s;
+  *bplan = bp;
+  return DA_SUCCESS;
+}
+
+/* What a plan runs (da_plan_get_kernel): the decode kernels, GEMM, or the
+ * fused kernel of either shape, as plan_prepare chose them. */
+void da_cl_plan_kernel(const da_plan *p, da_kernel_info *out) {
+  const da_cl_plan *bp = p->bplan;
+  if (!bp) return;
+  if (bp->dec) {
+    snprintf(out->name, sizeof out->name, "split-kv decode");
+    snprintf(out->variant, sizeof out->variant, "%s", bp->dec_tiled ? "tiled" : "rows");
+    out->tile_rows = bp->dec_rb;
+    out->tile_cols = bp->dec_kb;
+    out->threads = (int)bp->dec_wg;
+    out->chunk = bp->dec_c;
+    return;
+  }
+  if (p->d.algo == DA_ALGO_GEMM) {
+    snprintf(out->name, sizeof out->name, "gemm");
+    return;
+  }
+  snprintf(out->name, sizeof out->name, "%s", bp->tiled ? "tiled" : "rows");
+  out->tile_rows = (int)bp->bm;
+  out->tile_cols = (int)bp->bn;
+  out->threads = (int)(bp->tiled ? 2 * bp->bm : bp->bm); /* as attention_fused's work-groups */
 }
 
 /* The groups of a dense Q (da_plan_groups_host's layout, whatever the
  * plan's strides). */
-da_status da_cl_groups(da_plan *p, void *q, void *perm) {
-  da_status s = ensure_hash(p);
+da_status da_cl_groups(const da_plan *p, void *q, void *perm) {
+  da_status s = ensure_hash(p, p->bplan);
   if (s != DA_SUCCESS) return s;
   const da_attn_desc *d = &p->d;
   const long long st[3] = {(long long)d->heads * d->seq_q * d->head_dim,
@@ -705,7 +708,7 @@ da_status da_cl_groups(da_plan *p, void *q, void *perm) {
 
 /* The fused attention of one call: the plan's layout (dense strides for a
  * plain plan) and the call's offsets, lengths and LSE buffer. */
-static da_status attention_fused(da_plan *p, const da_call *c) {
+static da_status attention_fused(const da_plan *p, const da_call *c) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
   da_cl_plan *bp = p->bplan;
@@ -828,7 +831,7 @@ static da_status attention_fused(da_plan *p, const da_call *c) {
 
 /* The split-KV decode of one call (prepare_decode): the chunks' partial
  * results, then their merge into O and LSE. */
-static da_status attention_decode(da_plan *p, const da_call *c) {
+static da_status attention_decode(const da_plan *p, const da_call *c) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
   da_cl_plan *bp = p->bplan;
@@ -941,7 +944,7 @@ static da_status sgemm(da_context *ctx, int tb, size_t m, size_t n, size_t kk, c
   return da_cl_order(ctx);
 }
 
-static da_status to_f32(da_plan *p, cl_mem src, cl_mem dst, size_t n) {
+static da_status to_f32(const da_plan *p, cl_mem src, cl_mem dst, size_t n) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
   da_cl_plan *bp = p->bplan;
@@ -955,7 +958,7 @@ static da_status to_f32(da_plan *p, cl_mem src, cl_mem dst, size_t n) {
   return da_cl_order(ctx);
 }
 
-static da_status attention_gemm(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_mem o) {
+static da_status attention_gemm(const da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_mem o) {
   da_context *ctx = p->ctx;
   da_cl_ctx *bc = ctx->bctx;
   da_cl_plan *bp = p->bplan;
@@ -1045,7 +1048,7 @@ static da_status attention_gemm(da_plan *p, cl_mem q, cl_mem k, cl_mem v, cl_mem
 }
 #endif
 
-da_status da_cl_attention(da_plan *p, void *q, void *k, void *v, void *o) {
+da_status da_cl_attention(const da_plan *p, void *q, void *k, void *v, void *o) {
   da_call c;
   memset(&c, 0, sizeof c);
   c.q = q, c.k = k, c.v = v, c.o = o;
@@ -1056,7 +1059,7 @@ da_status da_cl_attention(da_plan *p, void *q, void *k, void *v, void *o) {
  * algorithm (plans without options only: prepare_gemm refuses the rest)
  * takes no offsets. Lengths in device buffers are never read here: the
  * kernels clamp them (common.cl, da_seq_q). */
-da_status da_cl_attention_ext(da_plan *p, const da_call *c) {
+da_status da_cl_attention_ext(const da_plan *p, const da_call *c) {
   if (!p->bplan)
     return da_set_error(p->ctx, DA_ERR_INVALID_ARG, "OpenCL: the plan was not prepared");
   if (p->d.algo == DA_ALGO_GEMM) {

@@ -138,7 +138,7 @@ static da_status dac_device_info(int index, da_device_info *out, int *rank) {
   return dac_fill_info(NULL, index, out, rank);
 }
 
-static da_status dac_ctx_setup(da_context *ctx, dac_ctx *bc, int dev) {
+static da_status dac_ctx_setup(da_context *ctx, dac_ctx *bc, int dev, da_device_info *info) {
   cudaDeviceProp p;
   DAC_CHECK(ctx, cudaGetDeviceProperties(&p, dev));
   bc->dev = dev;
@@ -146,11 +146,12 @@ static da_status dac_ctx_setup(da_context *ctx, dac_ctx *bc, int dev) {
   bc->cc_minor = p.minor;
   bc->sm_count = p.multiProcessorCount;
   bc->smem_optin = p.sharedMemPerBlockOptin;
-  ctx->device_index = dev;
-  return dac_fill_info(ctx, dev, &ctx->info, NULL);
+  return dac_fill_info(ctx, dev, info, NULL);
 }
 
-static da_status dac_ctx_create(da_context *ctx, int index) {
+static da_status dac_ctx_create(da_context *ctx, int index, const da_overrides *ov, void **bctx,
+                                da_device_info *info) {
+  (void)ov; /* CUDA's overrides are the plans' */
   dac_ctx *bc = (dac_ctx *)calloc(1, sizeof *bc);
   if (!bc) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "CUDA: out of host memory for a context");
   cudaError_t e = cudaSetDevice(index);
@@ -158,7 +159,7 @@ static da_status dac_ctx_create(da_context *ctx, int index) {
     free(bc);
     return dac_fail(ctx, e, "cudaSetDevice");
   }
-  da_status st = dac_ctx_setup(ctx, bc, index);
+  da_status st = dac_ctx_setup(ctx, bc, index, info);
   if (st != DA_SUCCESS) {
     free(bc);
     return st;
@@ -169,11 +170,13 @@ static da_status dac_ctx_create(da_context *ctx, int index) {
     return dac_fail(ctx, e, "cudaStreamCreateWithFlags");
   }
   bc->own_stream = 1;
-  ctx->bctx = bc;
+  *bctx = bc;
   return DA_SUCCESS;
 }
 
-static da_status dac_ctx_wrap(da_context *ctx, void *native) {
+static da_status dac_ctx_wrap(da_context *ctx, void *native, const da_overrides *ov, void **bctx,
+                              int *index, da_device_info *info) {
+  (void)ov;
   dac_ctx *bc = (dac_ctx *)calloc(1, sizeof *bc);
   if (!bc) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "CUDA: out of host memory for a context");
   cudaStream_t s = (cudaStream_t)native;
@@ -199,19 +202,20 @@ static da_status dac_ctx_wrap(da_context *ctx, void *native) {
     free(bc);
     return dac_fail(ctx, e, "cudaSetDevice");
   }
-  da_status st = dac_ctx_setup(ctx, bc, dev);
+  da_status st = dac_ctx_setup(ctx, bc, dev, info);
   if (st != DA_SUCCESS) {
     free(bc);
     return st;
   }
   bc->stream = s;
   bc->own_stream = 0;
-  ctx->bctx = bc;
+  *bctx = bc;
+  *index = dev;
   return DA_SUCCESS;
 }
 
-static void dac_ctx_destroy(da_context *ctx) {
-  dac_ctx *bc = (dac_ctx *)ctx->bctx;
+static void dac_ctx_destroy(void *bctx) {
+  dac_ctx *bc = (dac_ctx *)bctx;
   if (!bc) return;
   if (cudaSetDevice(bc->dev) == cudaSuccess) {
     (void)cudaStreamSynchronize(bc->stream);
@@ -220,7 +224,6 @@ static void dac_ctx_destroy(da_context *ctx) {
   }
   (void)cudaGetLastError();
   free(bc);
-  ctx->bctx = NULL;
 }
 
 #define DAC_BC(ctx) ((dac_ctx *)(ctx)->bctx)
@@ -362,12 +365,11 @@ static void dac_plan_free(dac_plan *bp) {
   free(bp);
 }
 
-static void dac_plan_release(da_plan *p) {
+static void dac_plan_release(const da_plan *p) {
   if (!p->bplan) return;
   dac_ctx *bc = DAC_BC(p->ctx);
   if (cudaSetDevice(bc->dev) == cudaSuccess) (void)cudaStreamSynchronize(bc->stream);
   dac_plan_free((dac_plan *)p->bplan);
-  p->bplan = NULL;
 }
 
 static da_status dac_alloc(da_context *ctx, void **ptr, size_t bytes, const char *what) {
@@ -415,20 +417,13 @@ static const char *dac_dec_refusal(const da_plan *p) {
  * an H200: bench/cuda-notes.md, decode). DISTRATTN_CUDA_DECODE_CHUNK=N fixes
  * the keys per chunk (a multiple of 64) for measurements. */
 
-static da_status dac_dec_plan(da_plan *p, dac_plan *bp, const dac_ctx *bc) {
+static da_status dac_dec_plan(const da_plan *p, dac_plan *bp, const dac_ctx *bc) {
   da_context *ctx = p->ctx;
   const da_attn_desc *d = &p->d;
-  static const char *const words[] = {"0", "1"};
-  int env;
-  da_status st = da_env_word(ctx, "DISTRATTN_CUDA_DECODE", words, 2, "\"0\" or \"1\"", &env);
-  if (st) return st;
-  unsigned long fixed = 0;
-  int fixed_set;
-  st = da_env_uint(ctx, "DISTRATTN_CUDA_DECODE_CHUNK", 64, 1ul << 30, &fixed, &fixed_set);
-  if (st) return st;
-  if (fixed_set && fixed % 64)
-    return da_set_error(ctx, DA_ERR_INVALID_ARG,
-                        "DISTRATTN_CUDA_DECODE_CHUNK=%lu is not a multiple of 64", fixed);
+  /* the plan's overrides (the core checked the chunk: a multiple of 64) */
+  const int env = p->ov.cuda_decode, fixed_set = p->ov.cuda_decode_chunk > 0;
+  const unsigned long fixed = (unsigned long)p->ov.cuda_decode_chunk;
+  da_status st;
   const char *why = dac_dec_refusal(p);
   if (env == 1 && why)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
@@ -527,15 +522,12 @@ static da_status dac_upload(da_context *ctx, void **dst, const void *src, size_t
  * takes f16/bf16 with (head_dim, rank) in dac_mma_proj_supported on sm_80
  * and later; every other plan runs on the SIMT kernel. The warpgroup-MMA
  * and decode kernels never take these plans. */
-static da_status dac_proj_plan(da_plan *p, dac_plan *bp, const dac_ctx *bc) {
+static da_status dac_proj_plan(const da_plan *p, dac_plan *bp, const dac_ctx *bc) {
   da_context *ctx = p->ctx;
   const da_attn_desc *d = &p->d;
   const size_t r = (size_t)p->x.rank;
-  static const char *const wg_words[] = {"0", "1"};
-  int wg_env;
-  da_status st = da_env_word(ctx, "DISTRATTN_CUDA_WGMMA", wg_words, 2, "\"0\" or \"1\"", &wg_env);
-  if (st) return st;
-  if (wg_env == 1)
+  da_status st;
+  if (p->ov.cuda_wgmma == 1) /* the plan's overrides, parsed by the core */
     return da_set_error(ctx, DA_ERR_INVALID_ARG,
                         "DISTRATTN_CUDA_WGMMA=\"1\" asks for the warpgroup-MMA kernel, which does "
                         "not run ext.strategy = DA_STRATEGY_PROJECTION (the mma.sync and SIMT "
@@ -558,7 +550,7 @@ static da_status dac_proj_plan(da_plan *p, dac_plan *bp, const dac_ctx *bc) {
   return DA_SUCCESS;
 }
 
-static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
+static da_status dac_plan_prepare_inner(const da_plan *p, dac_plan *bp) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   const da_attn_desc *d = &p->d;
@@ -571,10 +563,7 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
   bp->br = (G == 1 || d->hash_block >= 128) ? 128 : 64;
   /* DISTRATTN_CUDA_WGMMA: "0" keeps Hopper on the mma.sync kernel (for
    * comparisons), "1" demands the warpgroup-MMA one; unset: it where it runs */
-  static const char *const wg_words[] = {"0", "1"};
-  int wg_env;
-  st = da_env_word(ctx, "DISTRATTN_CUDA_WGMMA", wg_words, 2, "\"0\" or \"1\"", &wg_env);
-  if (st) return st;
+  const int wg_env = p->ov.cuda_wgmma; /* the plan's overrides, parsed by the core */
   /* The warpgroup-MMA kernel runs dense plans only (its TMA descriptors
    * assume dense tensors): a plan with da_attn_ext options (strides,
    * per-sequence lengths, LSE, windows) runs on the mma.sync kernel on
@@ -692,7 +681,7 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
   return DA_SUCCESS;
 }
 
-static da_status dac_plan_prepare(da_plan *p) {
+static da_status dac_plan_prepare(const da_plan *p, void **bplan) {
   da_context *ctx = p->ctx;
   if (p->x.strategy == DA_STRATEGY_PROJECTION && p->d.algo == DA_ALGO_GEMM)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
@@ -711,8 +700,30 @@ static da_status dac_plan_prepare(da_plan *p) {
     dac_plan_free(bp);
     return st;
   }
-  p->bplan = bp;
+  *bplan = bp;
   return DA_SUCCESS;
+}
+
+/* What a plan runs (da_plan_get_kernel), for calls whose tensors are
+ * 16-byte aligned (the others take the SIMT kernel). */
+static void dac_plan_kernel(const da_plan *p, da_kernel_info *out) {
+  const dac_plan *bp = (const dac_plan *)p->bplan;
+  if (!bp) return;
+  if (bp->dec) {
+    const int tc = p->d.dtype != DA_F32 && p->d.head_dim <= 128;
+    snprintf(out->name, sizeof out->name, "split-kv decode");
+    snprintf(out->variant, sizeof out->variant, "%s", tc ? "mma" : "simt");
+    out->tile_rows = bp->dec_rb;
+    out->chunk = bp->dec_C;
+    return;
+  }
+  if (p->d.algo == DA_ALGO_GEMM) {
+    snprintf(out->name, sizeof out->name, "gemm");
+    return;
+  }
+  snprintf(out->name, sizeof out->name, "%s",
+           bp->use_wg ? "wgmma" : bp->use_mma ? "mma" : "simt");
+  if (bp->use_wg || bp->use_mma) out->tile_rows = bp->br;
 }
 
 /* ---------------- attention ---------------- */
@@ -746,7 +757,7 @@ static void dac_fill_args(const da_plan *p, dac_args *a, const void *q, const vo
   a->dt = d->dtype;
 }
 
-static da_status dac_gemm(da_plan *p, dac_args *a) {
+static da_status dac_gemm(const da_plan *p, dac_args *a) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
@@ -809,7 +820,7 @@ static void dac_ext_args(const da_plan *p, const da_call *c, dac_args *a);
  * the logits over the rank: the tensor-core one where the plan allows it
  * (proj_mma) and V's and O's rows are 16-byte aligned (pointers and
  * strides), the projections then stored in the dtype; else SIMT, f32. */
-static da_status dac_attention_proj(da_plan *p, const da_call *c) {
+static da_status dac_attention_proj(const da_plan *p, const da_call *c) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
@@ -837,7 +848,7 @@ static da_status dac_attention_proj(da_plan *p, const da_call *c) {
   return DA_SUCCESS;
 }
 
-static da_status dac_attention(da_plan *p, void *q, void *k, void *v, void *o) {
+static da_status dac_attention(const da_plan *p, void *q, void *k, void *v, void *o) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
@@ -904,7 +915,7 @@ static int dac_strides16(const da_attn_ext *x, size_t es) {
  * G and the 16-byte alignment of every row allow, else SIMT), which read
  * the lengths from device memory and clamp them (SPEC 1, "Layouts and
  * lengths"); a plan without them, the dense path at the given offsets. */
-static da_status dac_attention_ext(da_plan *p, const da_call *c) {
+static da_status dac_attention_ext(const da_plan *p, const da_call *c) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
@@ -987,7 +998,7 @@ static void dac_ext_args(const da_plan *p, const da_call *c, dac_args *ap) {
  * demands the tensor-core one (a call it cannot run is refused);
  * DISTRATTN_CUDA_BWD_KEYS="64" gives the tensor-core kernel blocks of 64
  * keys (4 warps) instead of 128 (8 warps), for measurements. */
-static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
+static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
@@ -1008,14 +1019,10 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
                         "CUDA: the backward pass takes head_dim 1..256, not %d (the cpu backend "
                         "takes any)",
                         d->head_dim);
-  static const char *const words[] = {"simt", "mma"};
-  int env;
-  da_status st = da_env_word(ctx, "DISTRATTN_CUDA_BWD", words, 2, "\"simt\" or \"mma\"", &env);
-  if (st) return st;
-  static const char *const keys[] = {"64", "128"};
-  int env_keys;
-  st = da_env_word(ctx, "DISTRATTN_CUDA_BWD_KEYS", keys, 2, "\"64\" or \"128\"", &env_keys);
-  if (st) return st;
+  /* the plan's overrides, parsed by the core: -1 unset, 0 simt, 1 mma; keys 0, 64, 128 */
+  const int env = p->ov.cuda_bwd;
+  const int env_keys = p->ov.cuda_bwd_keys == 64 ? 0 : p->ov.cuda_bwd_keys == 128 ? 1 : -1;
+  da_status st;
   DAC_SETDEV(ctx);
   const int G = d->group_size > 1 ? d->group_size : 1;
   dac_bwd_args a;
@@ -1128,7 +1135,7 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   return DA_SUCCESS;
 }
 
-static da_status dac_groups(da_plan *p, void *q, void *perm) {
+static da_status dac_groups(const da_plan *p, void *q, void *perm) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
@@ -1165,6 +1172,7 @@ static const da_backend_iface dac_iface = {
     dac_groups,
     dac_attention_ext,
     dac_attention_bwd,
+    dac_plan_kernel,
 };
 
 extern "C" __attribute__((visibility("default"))) const da_backend_iface *

@@ -238,6 +238,50 @@ DA_API da_status da_plan_create_ext(da_context *ctx, const da_attn_desc *d, cons
                                     da_plan **plan);
 /* The options as the plan resolved them (dense strides filled in). */
 DA_API da_status da_plan_get_ext(const da_plan *plan, da_attn_ext *out);
+/* ---- What a plan runs ----
+ * da_plan_get_kernel fills *out with the kernel the plan's forward calls
+ * (da_attention, da_attention_ext, da_attention_host) run, as the backend
+ * chose it when the plan was made, after the environment's overrides
+ * (README "Environment": the core parses them once per plan, at
+ * da_plan_create). For logs and benchmarks: the names below are stable,
+ * which kernel a shape gets may change between versions.
+ *
+ * ABI: struct_size first, set by da_kernel_info_init (a macro passing the
+ * caller's sizeof, as da_attn_ext_init); later versions only append
+ * fields, and a call fills at most struct_size bytes. Zero means "none" or
+ * "not reported" in every number. */
+typedef struct da_kernel_info {
+  size_t struct_size;   /* sizeof(da_kernel_info): da_kernel_info_init sets it */
+  da_backend backend;   /* the plan's context's backend */
+  /* NUL-terminated, one of:
+   *  cpu:    "fused" (blocked online softmax), "gemm", "split-kv decode"
+   *  opencl: "tiled" (the GPU-shaped fused kernel), "rows" (one work-item
+   *          per query row, the CPU shape), "gemm", "split-kv decode"
+   *  cuda:   "wgmma" (Hopper's warpgroup MMA), "mma" (mma.sync tensor
+   *          cores), "simt", "gemm" (cuBLAS), "split-kv decode"
+   *  any:    "default" where the backend does not say (a module without
+   *          the query). */
+  char name[32];
+  /* NUL-terminated detail, "" when none: cpu: the ISA of its kernels
+   * ("generic", "avx2", "avx512"); opencl "split-kv decode": its shape
+   * ("tiled" or "rows"); cuda "split-kv decode": "mma" or "simt". */
+  char variant[32];
+  int tile_rows;        /* query rows of a tile (work-group, block); 0 none */
+  int tile_cols;        /* keys of a tile; 0 none */
+  int threads;          /* cpu: threads of the context's pool; opencl: work-items of a
+                           work-group; cuda: threads of a block; 0 not reported */
+  long long chunk;      /* "split-kv decode": keys per chunk; 0 otherwise */
+} da_kernel_info;
+
+DA_API void da_kernel_info_init_size(da_kernel_info *k, size_t size);
+DA_API void da_kernel_info_init(da_kernel_info *k);
+#define da_kernel_info_init(k) da_kernel_info_init_size((k), sizeof(da_kernel_info))
+/* DA_ERR_INVALID_ARG for a NULL plan or out, or an out whose struct_size
+ * is not that of an initialised da_kernel_info. CUDA reports the kernel of
+ * calls whose tensors are 16-byte aligned (device pointers and strides);
+ * a call whose are not runs "simt". */
+DA_API da_status da_plan_get_kernel(const da_plan *plan, da_kernel_info *out);
+
 /* Enqueues attention with the plan's layout. Every tensor's elements (by
  * its strides, offset and the plan's shape; with DA_SEQLENS_PACKED by
  * rows_q, rows_k) must lie inside its buffer; O must share no byte with Q,

@@ -53,6 +53,77 @@ void(da_attn_ext_init)(da_attn_ext *x) { da_attn_ext_init_size(x, sizeof *x); }
 void(da_attn_args_init)(da_attn_args *a) { da_attn_args_init_size(a, sizeof *a); }
 void(da_bwd_args_init)(da_bwd_args *a) { da_bwd_args_init_size(a, sizeof *a); }
 
+/* ------------------------------------------------------------ overrides */
+
+/* The environment's overrides of backend b's choices (da_backend.h,
+ * da_overrides), parsed strictly with da_env_*: a bad value fails with
+ * DA_ERR_INVALID_ARG and a message in ctx naming the variable. Only b's own
+ * variables are read (a stray CUDA variable does not fail a CPU plan). */
+da_status da_overrides_parse(da_context *ctx, da_backend b, da_overrides *ov) {
+  static const char *const bits[] = {"0", "1"};
+  unsigned long n = 0, m = 0;
+  int set = 0;
+  da_status s;
+  memset(ov, 0, sizeof *ov);
+  ov->cpu_isa = ov->cpu_decode = ov->cl_kernel = ov->cl_decode = -1;
+  ov->cuda_wgmma = ov->cuda_decode = ov->cuda_bwd = -1;
+  if (b == DA_BACKEND_CPU) {
+    static const char *const isas[] = {"generic", "avx2", "avx512"};
+    if ((s = da_env_word(ctx, "DISTRATTN_CPU_DECODE", bits, 2, "\"0\" or \"1\"",
+                         &ov->cpu_decode)) ||
+        (s = da_env_uint(ctx, "DISTRATTN_CPU_THREADS", 1, DA_CPU_MAX_THREADS, &n, &set)))
+      return s;
+    if (set) ov->cpu_threads = (int)n;
+    return da_env_word(ctx, "DISTRATTN_CPU_ISA", isas, 3,
+                       "\"generic\", \"avx2\" or \"avx512\"", &ov->cpu_isa);
+  }
+  if (b == DA_BACKEND_OPENCL) {
+    static const char *const kinds[] = {"rows", "tiled"};
+    if ((s = da_env_word(ctx, "DISTRATTN_CL_KERNEL", kinds, 2, "\"tiled\" or \"rows\"",
+                         &ov->cl_kernel)) ||
+        (s = da_env_uint_pair(ctx, "DISTRATTN_CL_TILE", 1, 4096, &n, &m, &set)))
+      return s;
+    if (set) {
+      if (ov->cl_kernel == 0)
+        return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                            "DISTRATTN_CL_TILE=\"%lux%lu\" is a tile of the tiled kernel, and "
+                            "DISTRATTN_CL_KERNEL=\"rows\" asks for the other one",
+                            n, m);
+      ov->cl_tile_rows = (int)n;
+      ov->cl_tile_cols = (int)m;
+    }
+    if ((s = da_env_word(ctx, "DISTRATTN_CL_DECODE", bits, 2, "\"0\" or \"1\"", &ov->cl_decode)) ||
+        (s = da_env_uint(ctx, "DISTRATTN_CL_DECODE_CHUNK", 64, 1ul << 30, &n, &set)))
+      return s;
+    if (set && n % 64)
+      return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                          "DISTRATTN_CL_DECODE_CHUNK=%lu is not a multiple of 64", n);
+    if (set) ov->cl_decode_chunk = (long)n;
+    return DA_SUCCESS;
+  }
+  if (b == DA_BACKEND_CUDA) {
+    static const char *const bwd[] = {"simt", "mma"};
+    static const char *const keys[] = {"64", "128"};
+    int k = -1;
+    if ((s = da_env_word(ctx, "DISTRATTN_CUDA_WGMMA", bits, 2, "\"0\" or \"1\"",
+                         &ov->cuda_wgmma)) ||
+        (s = da_env_word(ctx, "DISTRATTN_CUDA_DECODE", bits, 2, "\"0\" or \"1\"",
+                         &ov->cuda_decode)) ||
+        (s = da_env_uint(ctx, "DISTRATTN_CUDA_DECODE_CHUNK", 64, 1ul << 30, &n, &set)))
+      return s;
+    if (set && n % 64)
+      return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                          "DISTRATTN_CUDA_DECODE_CHUNK=%lu is not a multiple of 64", n);
+    if (set) ov->cuda_decode_chunk = (long)n;
+    if ((s = da_env_word(ctx, "DISTRATTN_CUDA_BWD", bwd, 2, "\"simt\" or \"mma\"",
+                         &ov->cuda_bwd)) ||
+        (s = da_env_word(ctx, "DISTRATTN_CUDA_BWD_KEYS", keys, 2, "\"64\" or \"128\"", &k)))
+      return s;
+    ov->cuda_bwd_keys = k == 0 ? 64 : k == 1 ? 128 : 0;
+  }
+  return DA_SUCCESS;
+}
+
 /* ------------------------------------------------------------- contexts */
 
 /* The reason of this thread's last failed call that had no context to keep
@@ -120,7 +191,7 @@ static da_context *context_new(const da_backend_iface *iface) {
 
 static void context_unref(da_context *ctx) {
   if (--ctx->refs > 0) return;
-  ctx->iface->ctx_destroy(ctx);
+  ctx->iface->ctx_destroy(ctx->bctx);
   free(ctx);
 }
 
@@ -180,14 +251,18 @@ da_status da_context_create(da_context **out, da_backend b, int index) {
   da_context *ctx = context_new(r->iface);
   if (!ctx) return fail_no_ctx(DA_ERR_HOST_MEMORY, "out of host memory for a context");
   int rank;
-  da_status s = r->iface->device_info(index, &ctx->info, &rank);
-  if (s == DA_SUCCESS) {
-    ctx->info.backend = b;
-    ctx->info.index = index;
-    ctx->device_index = index;
-    s = r->iface->ctx_create(ctx, index);
-  }
+  da_device_info info;
+  void *bctx = NULL;
+  memset(&info, 0, sizeof info);
+  da_status s = da_overrides_parse(ctx, b, &ctx->ov);
+  if (s == DA_SUCCESS) s = r->iface->device_info(index, &info, &rank);
+  if (s == DA_SUCCESS) s = r->iface->ctx_create(ctx, index, &ctx->ov, &bctx, &info);
   if (s != DA_SUCCESS) return drop_new_context(ctx, s);
+  ctx->bctx = bctx;
+  ctx->info = info;
+  ctx->info.backend = b;
+  ctx->info.index = index;
+  ctx->device_index = index;
   ctx->last_error[0] = '\0';
   *out = ctx;
   return DA_SUCCESS;
@@ -210,9 +285,17 @@ da_status da_context_wrap(da_context **out, da_backend b, void *native_queue) {
     return fail_no_ctx(DA_ERR_INVALID_ARG, "the cl_command_queue to wrap is NULL");
   da_context *ctx = context_new(r->iface);
   if (!ctx) return fail_no_ctx(DA_ERR_HOST_MEMORY, "out of host memory for a context");
-  da_status s = r->iface->ctx_wrap(ctx, native_queue);
+  da_device_info info;
+  void *bctx = NULL;
+  int index = -1;
+  memset(&info, 0, sizeof info);
+  da_status s = da_overrides_parse(ctx, b, &ctx->ov);
+  if (s == DA_SUCCESS) s = r->iface->ctx_wrap(ctx, native_queue, &ctx->ov, &bctx, &index, &info);
   if (s != DA_SUCCESS) return drop_new_context(ctx, s);
+  ctx->bctx = bctx;
+  ctx->info = info;
   ctx->info.backend = b;
+  ctx->device_index = index;
   ctx->last_error[0] = '\0';
   *out = ctx;
   return DA_SUCCESS;
@@ -630,13 +713,18 @@ da_status da_plan_create_ext(da_context *ctx, const da_attn_desc *in, const da_a
   }
   da_make_projections(d->seed, d->hash_bits, d->hash_block, p->proj);
 
+  /* the environment's overrides, parsed once for the plan's life */
+  s = da_overrides_parse(ctx, ctx->iface->id, &p->ov);
   int auto_algo = d->algo == DA_ALGO_AUTO;
   if (auto_algo) p->d.algo = DA_ALGO_FUSED;
-  s = ctx->iface->plan_prepare ? ctx->iface->plan_prepare(p) : DA_SUCCESS;
+  void *bplan = NULL;
+  if (s == DA_SUCCESS && ctx->iface->plan_prepare) s = ctx->iface->plan_prepare(p, &bplan);
   if (s == DA_ERR_UNSUPPORTED && auto_algo) { /* the fused kernel cannot run: fall back */
     p->d.algo = DA_ALGO_GEMM;
-    s = ctx->iface->plan_prepare(p);
+    bplan = NULL;
+    s = ctx->iface->plan_prepare(p, &bplan);
   }
+  p->bplan = bplan;
   if (s != DA_SUCCESS) {
     free(p->proj);
     free(p->sproj);
@@ -653,6 +741,7 @@ void da_plan_destroy(da_plan *p) {
   if (!p) return;
   da_context *ctx = p->ctx;
   if (ctx->iface->plan_release) ctx->iface->plan_release(p);
+  p->bplan = NULL;
   free(p->proj);
   free(p->sproj);
   free(p);
@@ -672,6 +761,35 @@ da_status da_plan_get_ext(const da_plan *p, da_attn_ext *out) {
                         "out->struct_size = %zu: call da_attn_ext_init first", out->struct_size);
   size_t n = out->struct_size < sizeof p->x ? out->struct_size : sizeof p->x;
   memcpy(out, &p->x, n);
+  out->struct_size = n;
+  return DA_SUCCESS;
+}
+
+void da_kernel_info_init_size(da_kernel_info *k, size_t size) {
+  DA_INIT_PREFIX(k, size);
+  DA_INIT_SET(k, size, da_kernel_info, backend, DA_BACKEND_AUTO);
+}
+void(da_kernel_info_init)(da_kernel_info *k) { da_kernel_info_init_size(k, sizeof *k); }
+
+da_status da_plan_get_kernel(const da_plan *p, da_kernel_info *out) {
+  if (!p || !out) return DA_ERR_INVALID_ARG;
+  da_context *ctx = p->ctx;
+  if (out->struct_size < offsetof(da_kernel_info, name) + sizeof out->name ||
+      out->struct_size > (1u << 16))
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "out->struct_size = %zu: call da_kernel_info_init first (sizeof is %zu)",
+                        out->struct_size, sizeof *out);
+  da_kernel_info k;
+  da_kernel_info_init(&k);
+  k.backend = ctx->iface->id;
+  snprintf(k.name, sizeof k.name, "default");
+  if (ctx->iface->plan_kernel) ctx->iface->plan_kernel(p, &k);
+  k.struct_size = sizeof k;
+  k.backend = ctx->iface->id;
+  k.name[sizeof k.name - 1] = '\0';
+  k.variant[sizeof k.variant - 1] = '\0';
+  size_t n = out->struct_size < sizeof k ? out->struct_size : sizeof k;
+  memcpy(out, &k, n);
   out->struct_size = n;
   return DA_SUCCESS;
 }

@@ -33,7 +33,7 @@
 #endif
 
 #define CACHE_ALIGN 64
-#define CPU_MAX_THREADS 1024
+#define CPU_MAX_THREADS DA_CPU_MAX_THREADS
 
 
 static inline size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
@@ -75,29 +75,19 @@ static int default_threads(void) {
   return n > CPU_MAX_THREADS ? CPU_MAX_THREADS : (int)n;
 }
 
-/* DISTRATTN_CPU_THREADS (1..CPU_MAX_THREADS), DISTRATTN_CPU_ISA
- * (generic|avx2|avx512: exactly those kernels, refused where this CPU
- * lacks them) and DISTRATTN_CPU_DECODE (0|1: never or always the split-KV
- * decode path; *decode -1 when unset: by shape), parsed strictly
- * (da_env_*): a bad value fails the call. */
-static da_status cpu_settings(da_context *ctx, int *threads, const cpu_kernels **kern, int *decode) {
+/* The threads and kernels of a context: DISTRATTN_CPU_THREADS and
+ * DISTRATTN_CPU_ISA as the core parsed them (ov, da_overrides: the context's,
+ * at da_context_create); an ISA this CPU lacks is refused by name. */
+static da_status cpu_settings(da_context *ctx, const da_overrides *ov, int *threads,
+                              const cpu_kernels **kern) {
   static const char *const isas[] = {"generic", "avx2", "avx512"};
-  static const char *const bits[] = {"0", "1"};
-  unsigned long n;
-  int set, isa;
-  da_status s0 = da_env_word(ctx, "DISTRATTN_CPU_DECODE", bits, 2, "\"0\" or \"1\"", decode);
-  if (s0 != DA_SUCCESS) return s0;
-  da_status s = da_env_uint(ctx, "DISTRATTN_CPU_THREADS", 1, CPU_MAX_THREADS, &n, &set);
-  if (s != DA_SUCCESS) return s;
-  *threads = set ? (int)n : default_threads();
-  s = da_env_word(ctx, "DISTRATTN_CPU_ISA", isas, 3, "\"generic\", \"avx2\" or \"avx512\"", &isa);
-  if (s != DA_SUCCESS) return s;
-  *kern = isa < 0 ? best_kernels() : kernels_for(isa);
+  *threads = ov->cpu_threads > 0 ? ov->cpu_threads : default_threads();
+  *kern = ov->cpu_isa < 0 ? best_kernels() : kernels_for(ov->cpu_isa);
   if (!*kern)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                         "DISTRATTN_CPU_ISA=\"%s\": this CPU cannot run those kernels (it runs "
                         "\"%s\")",
-                        isas[isa], best_kernels()->isa);
+                        isas[ov->cpu_isa], best_kernels()->isa);
   return DA_SUCCESS;
 }
 
@@ -131,7 +121,6 @@ typedef struct cpu_pool {
   int *perm;       /* G > 1: the permutations and fusion weights of a call, kept */
   float *wts;
   size_t perm_cap; /* elements of each */
-  int decode;      /* DISTRATTN_CPU_DECODE: -1 by shape, 0 never, 1 always */
   long dec_calls;  /* calls that ran the split-KV decode path (tests) */
 } cpu_pool;
 
@@ -260,11 +249,11 @@ static void pool_destroy(cpu_pool *pl) {
   free(pl);
 }
 
-static da_status pool_create(da_context *ctx, cpu_pool **out) {
+static da_status pool_create(da_context *ctx, const da_overrides *ov, cpu_pool **out) {
   *out = NULL;
-  int nthreads, decode;
+  int nthreads;
   const cpu_kernels *kern;
-  da_status s = cpu_settings(ctx, &nthreads, &kern, &decode);
+  da_status s = cpu_settings(ctx, ov, &nthreads, &kern);
   if (s != DA_SUCCESS) return s;
   cpu_pool *pl = calloc(1, sizeof *pl);
   if (!pl) return da_set_error(ctx, DA_ERR_HOST_MEMORY, "cpu backend: cannot allocate the thread pool");
@@ -293,7 +282,6 @@ static da_status pool_create(da_context *ctx, cpu_pool **out) {
   }
   pl->nthreads = nthreads;
   pl->kern = kern;
-  pl->decode = decode;
   atomic_init(&pl->next, 0);
   pl->scratch = calloc((size_t)pl->nthreads, sizeof *pl->scratch);
   pl->cap = calloc((size_t)pl->nthreads, sizeof *pl->cap);
@@ -347,7 +335,7 @@ static da_status pool_pack(cpu_pool *pl, da_context *ctx, size_t floats) {
   return DA_SUCCESS;
 }
 
-static void job_init(cpu_attn_job *J, da_plan *p, void *q, void *k, void *v, void *o,
+static void job_init(cpu_attn_job *J, const da_plan *p, void *q, void *k, void *v, void *o,
                      cpu_pool *pl) {
   const da_attn_desc *d = &p->d;
   memset(J, 0, sizeof *J);
@@ -380,7 +368,7 @@ static void job_init(cpu_attn_job *J, da_plan *p, void *q, void *k, void *v, voi
 /* The per-sequence rows and lengths of a call (da_attn_ext), checked:
  * *seq holds q0, lq, k0, lk ([4][batch]); NULL when every sequence is
  * seq_q x seq_k at rows 0. */
-static da_status call_lengths(da_plan *p, const da_call *c, int **seq) {
+static da_status call_lengths(const da_plan *p, const da_call *c, int **seq) {
   da_context *ctx = p->ctx;
   const da_attn_desc *d = &p->d;
   *seq = NULL;
@@ -470,11 +458,13 @@ static const char *dec_refusal(const da_plan *p) {
   return NULL;
 }
 
-static int dec_use(const cpu_pool *pl, const da_plan *p) {
+/* Whether a plan runs the decode path: DISTRATTN_CPU_DECODE (the plan's
+ * p->ov.cpu_decode: -1 by shape, 0 never, 1 always), where it can. */
+static int dec_use(const da_plan *p) {
   const da_attn_desc *d = &p->d;
-  if (pl->decode == 0 || dec_refusal(p)) return 0;
+  if (p->ov.cpu_decode == 0 || dec_refusal(p)) return 0;
   long hpk = d->kv_heads > 0 ? d->heads / d->kv_heads : 1;
-  return pl->decode == 1 || hpk * d->seq_q <= DEC_ROWS_AUTO;
+  return p->ov.cpu_decode == 1 || hpk * d->seq_q <= DEC_ROWS_AUTO;
 }
 
 DA_HIDDEN long da_cpu_decode_calls(const da_context *ctx) {
@@ -483,7 +473,7 @@ DA_HIDDEN long da_cpu_decode_calls(const da_context *ctx) {
 }
 
 /* The decode passes of a call (pool's submit held, J set up by job_init). */
-static da_status dec_run(cpu_pool *pl, da_plan *p, cpu_attn_job *J) {
+static da_status dec_run(cpu_pool *pl, const da_plan *p, cpu_attn_job *J) {
   da_context *ctx = p->ctx;
   const da_attn_desc *d = &p->d;
   const cpu_kernels *K = pl->kern;
@@ -518,18 +508,18 @@ static da_status dec_run(cpu_pool *pl, da_plan *p, cpu_attn_job *J) {
   return DA_SUCCESS;
 }
 
-static da_status cpu_run(da_plan *p, const da_call *c);
+static da_status cpu_run(const da_plan *p, const da_call *c);
 
-static da_status cpu_attention(da_plan *p, void *q, void *k, void *v, void *o) {
+static da_status cpu_attention(const da_plan *p, void *q, void *k, void *v, void *o) {
   da_call c;
   memset(&c, 0, sizeof c);
   c.q = q, c.k = k, c.v = v, c.o = o;
   return cpu_run(p, &c);
 }
 
-static da_status cpu_attention_ext(da_plan *p, const da_call *c) { return cpu_run(p, c); }
+static da_status cpu_attention_ext(const da_plan *p, const da_call *c) { return cpu_run(p, c); }
 
-static da_status cpu_run(da_plan *p, const da_call *c) {
+static da_status cpu_run(const da_plan *p, const da_call *c) {
   void *q = c->q, *k = c->k, *v = c->v, *o = c->o;
   da_context *ctx = p->ctx;
   cpu_pool *pl = ctx->bctx;
@@ -568,7 +558,7 @@ static da_status cpu_run(da_plan *p, const da_call *c) {
     J.lse_packed = p->x.seqlens == DA_SEQLENS_PACKED;
     J.lse_rows = c->rows_q;
   }
-  if (dec_use(pl, p)) {
+  if (dec_use(p)) {
     da_status ds = dec_run(pl, p, &J);
     pthread_mutex_unlock(&pl->submit);
     free(seq);
@@ -631,7 +621,7 @@ static da_status cpu_run(da_plan *p, const da_call *c) {
   return s;
 }
 
-static da_status cpu_groups(da_plan *p, void *q, void *perm) {
+static da_status cpu_groups(const da_plan *p, void *q, void *perm) {
   da_context *ctx = p->ctx;
   cpu_pool *pl = ctx->bctx;
   const da_attn_desc *d = &p->d;
@@ -671,7 +661,7 @@ static da_status bwd_scratch(void *pool, da_context *ctx, size_t bytes, long nth
   return s;
 }
 
-static da_status cpu_attention_bwd(da_plan *p, const da_bwd_call *c) {
+static da_status cpu_attention_bwd(const da_plan *p, const da_bwd_call *c) {
   da_context *ctx = p->ctx;
   cpu_pool *pl = ctx->bctx;
   if (!pl) return da_set_error(ctx, DA_ERR_BACKEND, "cpu backend: context has no thread pool");
@@ -721,8 +711,9 @@ static void read_cpu_model(char *out, size_t len) {
 static int cpu_init(char *why, size_t why_len) {
   /* the device as a context made now would be; where a setting is bad,
    * context creation reports it and the defaults describe the device */
-  int decode;
-  if (cpu_settings(NULL, &g_threads, &g_kern, &decode) != DA_SUCCESS || !g_kern) {
+  da_overrides ov;
+  if (da_overrides_parse(NULL, DA_BACKEND_CPU, &ov) != DA_SUCCESS ||
+      cpu_settings(NULL, &ov, &g_threads, &g_kern) != DA_SUCCESS || !g_kern) {
     g_threads = default_threads();
     g_kern = best_kernels();
   }
@@ -754,20 +745,19 @@ static da_status cpu_device_info(int index, da_device_info *out, int *rank) {
   return DA_SUCCESS;
 }
 
-static da_status cpu_ctx_create(da_context *ctx, int index) {
+static da_status cpu_ctx_create(da_context *ctx, int index, const da_overrides *ov, void **bctx,
+                                da_device_info *info) {
+  (void)info; /* device_info's answer stands */
   if (index != 0)
     return da_set_error(ctx, DA_ERR_NO_DEVICE, "cpu backend: no device %d (only 0)", index);
   cpu_pool *pl = NULL;
-  da_status s = pool_create(ctx, &pl);
+  da_status s = pool_create(ctx, ov, &pl);
   if (s != DA_SUCCESS) return s;
-  ctx->bctx = pl;
+  *bctx = pl;
   return DA_SUCCESS;
 }
 
-static void cpu_ctx_destroy(da_context *ctx) {
-  pool_destroy(ctx->bctx);
-  ctx->bctx = NULL;
-}
+static void cpu_ctx_destroy(void *bctx) { pool_destroy(bctx); }
 
 /* A buffer is host memory preceded by a 64-byte header holding its size. */
 #define BUF_HDR 64
@@ -826,21 +816,31 @@ static void cpu_buf_range(da_context *ctx, void *handle, da_mem_range *range) {
 
 static da_status cpu_synchronize(da_context *ctx) { return DA_SUCCESS; }
 
-static da_status cpu_plan_prepare(da_plan *p) {
+static da_status cpu_plan_prepare(const da_plan *p, void **bplan) {
+  (void)bplan; /* no per-plan state */
   if (p->d.group_size > 1 && p->d.head_dim > 256)
     return da_set_error(p->ctx, DA_ERR_UNSUPPORTED,
                         "cpu backend: group_size %d needs head_dim <= 256, got %d", p->d.group_size,
                         p->d.head_dim);
   if (p->d.algo != DA_ALGO_FUSED && p->d.algo != DA_ALGO_GEMM)
     return da_set_error(p->ctx, DA_ERR_UNSUPPORTED, "cpu backend: unknown algo %d", (int)p->d.algo);
-  const cpu_pool *pl = p->ctx->bctx;
-  const char *why = pl && pl->decode == 1 ? dec_refusal(p) : NULL;
+  const char *why = p->ov.cpu_decode == 1 ? dec_refusal(p) : NULL;
   if (why)
     return da_set_error(p->ctx, DA_ERR_UNSUPPORTED,
                         "DISTRATTN_CPU_DECODE=1: the split-KV decode path cannot run this plan: %s",
                         why);
-  p->bplan = NULL;
   return DA_SUCCESS;
+}
+
+/* What a plan runs: the decode path, or the blocked one (FUSED: online
+ * softmax over key blocks, GEMM: the logits materialised), on the context's
+ * pool and kernels. */
+static void cpu_plan_kernel(const da_plan *p, da_kernel_info *out) {
+  const cpu_pool *pl = p->ctx->bctx;
+  snprintf(out->name, sizeof out->name, "%s",
+           dec_use(p) ? "split-kv decode" : p->d.algo == DA_ALGO_GEMM ? "gemm" : "fused");
+  snprintf(out->variant, sizeof out->variant, "%s", pl->kern->isa);
+  out->threads = pl->nthreads;
 }
 
 const da_backend_iface da_cpu_backend_iface = {
@@ -867,4 +867,5 @@ const da_backend_iface da_cpu_backend_iface = {
     .groups = cpu_groups,
     .attention_ext = cpu_attention_ext,
     .attention_bwd = cpu_attention_bwd,
+    .plan_kernel = cpu_plan_kernel,
 };

@@ -322,7 +322,7 @@ static void dsum_item(void *arg, int tid, long item) {
   }
 }
 
-da_status da_cpu_backward(da_plan *p, const da_bwd_call *c, const cpu_bwd_pool *pool) {
+da_status da_cpu_backward(const da_plan *p, const da_bwd_call *c, const cpu_bwd_pool *pool) {
   da_context *ctx = p->ctx;
   const da_attn_desc *d = &p->d;
   bwd_job J;

@@ -21,6 +21,6 @@ typedef struct cpu_bwd_pool {
 
 /* dQ, dK, dV of one da_attention_backward call; the caller holds the
  * pool's submit lock. */
-DA_HIDDEN da_status da_cpu_backward(da_plan *p, const da_bwd_call *c, const cpu_bwd_pool *pool);
+DA_HIDDEN da_status da_cpu_backward(const da_plan *p, const da_bwd_call *c, const cpu_bwd_pool *pool);
 
 #endif /* DA_CPU_BWD_H */

@@ -9,6 +9,17 @@
  * DA_BACKEND_IFACE_VERSION (the struct layouts below are part of that
  * version). A module must not link against libdistrattn: everything it needs
  * from the core is in this header (static inline).
+ *
+ * The seam (interface version 6): a backend fills one da_backend_iface and
+ * owns only its own objects, the context state it returns through ctx_create
+ * or ctx_wrap (*bctx) and the plan state it returns through plan_prepare
+ * (*bplan). It never writes da_context, da_plan or da_buffer: the core
+ * (lib/core.c, lib/registry.c) stores what the backend returns, and hands
+ * plans over as const. The one thing a backend writes through a core object
+ * is its failure's message, with da_set_error (below), which keeps it in the
+ * context's last_error. Nor does a backend read the environment: the core
+ * parses every DISTRATTN_* variable (da_overrides) and hands the result over
+ * read-only.
  */
 #ifndef DA_BACKEND_H
 #define DA_BACKEND_H
@@ -22,7 +33,7 @@
 
 #include "distrattn.h"
 
-#define DA_BACKEND_IFACE_VERSION 5
+#define DA_BACKEND_IFACE_VERSION 6
 #define DA_BACKEND_ENTRY "distrattn_backend_entry"
 #define DA_ERRMSG_LEN 16384
 
@@ -37,11 +48,46 @@ enum {
 
 typedef struct da_backend_iface da_backend_iface;
 
+/* The environment's overrides of a backend's choices (interface version 6),
+ * parsed by the core (lib/core.c, da_overrides_parse), strictly (the
+ * da_env_* rules below: a bad value fails the call with DA_ERR_INVALID_ARG
+ * naming the variable). Only the variables of the object's own backend are
+ * read. -1 (choices) or 0 (numbers) mean automatic: the backend decides.
+ * The core checks each value's form and range; a backend still refuses a
+ * value it cannot honour for a plan (a tile that does not fit, "1" for a
+ * kernel that cannot run the shape), naming the variable.
+ * A context's are parsed once, at da_context_create / da_context_wrap
+ * (ctx->ov, handed to ctx_create / ctx_wrap: the CPU backend's thread pool
+ * and kernels are made then); a plan's once, at plan creation (p->ov, read
+ * by plan_prepare and by every later call of the plan). */
+typedef struct da_overrides {
+  /* cpu */
+  int cpu_threads;        /* DISTRATTN_CPU_THREADS 1..DA_CPU_MAX_THREADS; 0 one per processor */
+  int cpu_isa;            /* DISTRATTN_CPU_ISA: 0 generic, 1 avx2, 2 avx512; -1 the best */
+  int cpu_decode;         /* DISTRATTN_CPU_DECODE: 0 never, 1 always the split-KV path; -1 by shape */
+  /* opencl */
+  int cl_kernel;          /* DISTRATTN_CL_KERNEL: 0 rows, 1 tiled; -1 by device (tiled when
+                             cl_tile_rows is set) */
+  int cl_tile_rows, cl_tile_cols; /* DISTRATTN_CL_TILE=ROWSxKEYS, each 1..4096; 0 the backend's */
+  int cl_decode;          /* DISTRATTN_CL_DECODE: 0 never, 1 always; -1 by shape */
+  long cl_decode_chunk;   /* DISTRATTN_CL_DECODE_CHUNK: keys per chunk, a multiple of 64 in
+                             64..2^30; 0 the backend's */
+  /* cuda */
+  int cuda_wgmma;         /* DISTRATTN_CUDA_WGMMA: 0 never, 1 demanded; -1 where it runs */
+  int cuda_decode;        /* DISTRATTN_CUDA_DECODE: as cl_decode */
+  long cuda_decode_chunk; /* DISTRATTN_CUDA_DECODE_CHUNK: as cl_decode_chunk */
+  int cuda_bwd;           /* DISTRATTN_CUDA_BWD: 0 simt, 1 mma (demanded); -1 the best */
+  int cuda_bwd_keys;      /* DISTRATTN_CUDA_BWD_KEYS: 64 or 128; 0 the backend's (128) */
+} da_overrides;
+
+#define DA_CPU_MAX_THREADS 1024
+
 struct da_context {
   const da_backend_iface *iface;
-  void *bctx;             /* the backend's own context */
+  void *bctx;             /* the backend's own context (ctx_create's *bctx) */
   int device_index;       /* within the backend */
   da_device_info info;
+  da_overrides ov;        /* the environment at creation (interface version 6) */
   int refs;               /* the caller's handle + each live plan and buffer */
   int destroyed;          /* da_context_destroy was called */
   char last_error[DA_ERRMSG_LEN];
@@ -86,6 +132,8 @@ struct da_plan {
    * 1c); with DA_STRATEGY_PROJECTION x.proj points at sproj, the plan's own
    * copy of [heads][2][head_dim][rank] f32 (A_h then B_h). */
   float *sproj;
+  /* interface version 6: the environment's overrides, parsed at creation */
+  da_overrides ov;
 };
 
 /* One call of attention_ext: buffer handles of this backend, element
@@ -128,11 +176,20 @@ struct da_backend_iface {
   void (*shutdown)(void);                               /* optional */
   da_status (*device_info)(int index, da_device_info *out, int *rank);
 
-  da_status (*ctx_create)(da_context *ctx, int index);  /* sets ctx->bctx */
-  void (*ctx_destroy)(da_context *ctx);
+  /* Contexts (interface version 6): the backend returns what it makes and
+   * writes nothing of *ctx (ctx is there for da_set_error's message only).
+   * ctx_create: *bctx its context of device index; *info arrives filled by
+   * device_info(index) and the backend may refine it (the core sets its
+   * backend and index). ov: the context's overrides (ctx->ov). */
+  da_status (*ctx_create)(da_context *ctx, int index, const da_overrides *ov, void **bctx,
+                          da_device_info *info);
+  void (*ctx_destroy)(void *bctx);
   da_status (*synchronize)(da_context *ctx);            /* optional */
-  /* optional: wrap a caller's queue/stream; sets bctx, device_index, info */
-  da_status (*ctx_wrap)(da_context *ctx, void *native_queue);
+  /* optional: wrap a caller's queue/stream: *bctx, *index (the device's
+   * index within the backend, -1 when it is none of init's devices) and
+   * *info (zeroed by the core; the core sets its backend) */
+  da_status (*ctx_wrap)(da_context *ctx, void *native_queue, const da_overrides *ov, void **bctx,
+                        int *index, da_device_info *info);
 
   /* Buffers and who owns them (interface version 2):
    *  - buf_alloc makes memory the library owns; the core hands that handle,
@@ -156,23 +213,31 @@ struct da_backend_iface {
   /* optional: the range of a buf_alloc handle; without it {handle, 0} */
   void (*buf_range)(da_context *ctx, void *handle, da_mem_range *range);
 
-  /* Plans: called after the core validated the descriptor and made proj.
-   * plan_prepare may refuse (DA_ERR_UNSUPPORTED for an algo it lacks). */
-  da_status (*plan_prepare)(da_plan *p);                /* optional */
-  void (*plan_release)(da_plan *p);                     /* optional */
+  /* Plans: called after the core validated the descriptor, made proj and
+   * parsed p->ov. plan_prepare returns its state through *bplan (the core
+   * stores it in p->bplan; NULL on entry) and may refuse (DA_ERR_UNSUPPORTED
+   * for an algo it lacks), then holding nothing. plan_release frees
+   * p->bplan. Every plan entry gets the plan read-only. */
+  da_status (*plan_prepare)(const da_plan *p, void **bplan); /* optional */
+  void (*plan_release)(const da_plan *p);               /* optional */
   /* Enqueue attention over buffer handles of this backend. */
-  da_status (*attention)(da_plan *p, void *q, void *k, void *v, void *o);
+  da_status (*attention)(const da_plan *p, void *q, void *k, void *v, void *o);
   /* Column permutations into a buffer handle of perm_count int32. */
-  da_status (*groups)(da_plan *p, void *q, void *perm);
+  da_status (*groups)(const da_plan *p, void *q, void *perm);
   /* optional (interface version 3): attention with the plan's da_attn_ext
    * options. A backend without it gets no plan that uses them (the core
    * refuses with DA_ERR_UNSUPPORTED); one with it may still refuse an option
    * in plan_prepare. */
-  da_status (*attention_ext)(da_plan *p, const da_call *c);
+  da_status (*attention_ext)(const da_plan *p, const da_call *c);
   /* optional (interface version 4), appended last: the backward pass
    * (da_attention_backward, SPEC 1b). NULL: the core refuses with
    * DA_ERR_UNSUPPORTED. */
-  da_status (*attention_bwd)(da_plan *p, const da_bwd_call *c);
+  da_status (*attention_bwd)(const da_plan *p, const da_bwd_call *c);
+  /* optional (interface version 6), appended last: what the plan's forward
+   * calls run (da_plan_get_kernel). *out arrives initialised by the core
+   * (da_kernel_info_init, backend set, name "default"); the backend fills
+   * what it knows. NULL: the plan reports "default". */
+  void (*plan_kernel)(const da_plan *p, da_kernel_info *out);
 };
 
 /* ---- helpers shared by the core and all backends (inline: modules too) ---- */
@@ -196,7 +261,7 @@ static inline da_status da_set_error(da_context *ctx, da_status s, const char *f
  * a plan with this message (who: "OpenCL", "CUDA"). DA_ALGO_AUTO reaches
  * GEMM only when the fused kernel refused the plan: that reason is still in
  * last_error (plan creation clears it first) and is added. */
-static inline da_status da_refuse_gemm_ext(da_plan *p, const char *who) {
+static inline da_status da_refuse_gemm_ext(const da_plan *p, const char *who) {
   da_context *ctx = p->ctx;
   char why[512];
   snprintf(why, sizeof why, "%.500s", ctx->last_error);
@@ -208,7 +273,7 @@ static inline da_status da_refuse_gemm_ext(da_plan *p, const char *who) {
 
 /* ---- the library's environment variables: one strict parser ----
  * Every variable the library reads (DISTRATTN_*) goes through these, in the
- * core and in the modules alike. Unset or empty: not set. Any other value
+ * core (the backends get the result, da_overrides). Unset or empty: not set. Any other value
  * must be exactly of the form asked for, or the call fails with
  * DA_ERR_INVALID_ARG and a message naming the variable and the value: no
  * blanks, no sign, no trailing text, nothing out of range (nothing is

@@ -72,6 +72,12 @@ DA_HIDDEN da_status da_fail_no_ctx(da_status s, const char *fmt, ...)
     ;
 DA_HIDDEN void da_clear_no_ctx_error(void);
 
+/* The environment's overrides of backend b's choices (da_backend.h,
+ * da_overrides): every DISTRATTN_* variable of that backend parsed once,
+ * strictly; a bad value gives DA_ERR_INVALID_ARG with a message in ctx
+ * (which may be NULL) naming the variable (lib/core.c). */
+DA_HIDDEN da_status da_overrides_parse(da_context *ctx, da_backend b, da_overrides *ov);
+
 /* Element size of a dtype (0 for an unknown one). */
 DA_HIDDEN size_t da_dtype_size(da_dtype t);
 

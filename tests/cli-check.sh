@@ -48,6 +48,16 @@ echo "$out" | awk '$2 == "proj" { e = $(NF-2) + 0; found = 1
 "$tool" run -b cpu --seq 64 --heads 9 --kv-heads 3 --dim 64 --causal --proj "$prj" \
   --proj-layer 2 >/dev/null || bad "run --proj exited $?"
 "$tool" run -b cpu --seq 64 --dim 32 --rank 8 >/dev/null || bad "run --rank exited $?"
+# the kernel a plan runs, after the overrides the core parsed for it
+k=$(DISTRATTN_CPU_DECODE=1 DISTRATTN_CPU_THREADS=1 "$tool" run -b cpu --seq 4 --dim 32 |
+  awk '$1 == "kernel:" { $1 = ""; print substr($0, 2) }')
+[ "$k" = "${k#split-kv decode}" ] && bad "run with DISTRATTN_CPU_DECODE=1 printed kernel '$k'"
+case $k in *", 1 thread") ;; *) bad "run with DISTRATTN_CPU_THREADS=1 printed kernel '$k'" ;; esac
+k=$(DISTRATTN_CPU_DECODE=0 "$tool" run -b cpu --seq 4 --dim 32 --csv --csv-header)
+case $k in *',kernel
+'*',tile_lsh,0,"fused ('*) ;; *) bad "run --csv with DISTRATTN_CPU_DECODE=0 printed '$k'" ;; esac
+DISTRATTN_CPU_DECODE=2 "$tool" run -b cpu --seq 4 --dim 32 >/dev/null 2>&1
+[ $? -ne 0 ] || bad "run with DISTRATTN_CPU_DECODE=2 did not fail"
 "$tool" run -b cpu --seq 64 --dim 32 --rank 33 >/dev/null 2>&1
 [ $? -eq 2 ] || bad "run --rank 33 --dim 32 is not a usage error"
 "$tool" calibrate --rank 8 "$top/tests/data/smollm2-small.dattncap" >/dev/null 2>&1

@@ -30,8 +30,11 @@ static int fake_init(char *why, size_t len) {
 }
 
 static da_status fake_info(int i, da_device_info *o, int *rank) { return DA_ERR_NO_DEVICE; }
-static da_status fake_ctx(da_context *c, int i) { return DA_ERR_NO_DEVICE; }
-static void fake_ctx_destroy(da_context *c) {}
+static da_status fake_ctx(da_context *c, int i, const da_overrides *ov, void **bctx,
+                          da_device_info *info) {
+  return DA_ERR_NO_DEVICE;
+}
+static void fake_ctx_destroy(void *bctx) {}
 static da_status fake_alloc(da_context *c, size_t n, void **h) { return DA_ERR_DEVICE_MEMORY; }
 static void fake_free(da_context *c, void *h) {}
 static da_status fake_rw(da_context *c, void *h, size_t off, const void *p, size_t n) {
@@ -40,8 +43,10 @@ static da_status fake_rw(da_context *c, void *h, size_t off, const void *p, size
 static da_status fake_rd(da_context *c, void *h, size_t off, void *p, size_t n) {
   return DA_ERR_BACKEND;
 }
-static da_status fake_attn(da_plan *p, void *q, void *k, void *v, void *o) { return DA_ERR_BACKEND; }
-static da_status fake_groups(da_plan *p, void *q, void *perm) { return DA_ERR_BACKEND; }
+static da_status fake_attn(const da_plan *p, void *q, void *k, void *v, void *o) {
+  return DA_ERR_BACKEND;
+}
+static da_status fake_groups(const da_plan *p, void *q, void *perm) { return DA_ERR_BACKEND; }
 
 /* ---- "wrap": buffers as host memory, with a record of what it allocated ---- */
 #define WRAP_MAX 64
@@ -54,8 +59,17 @@ static da_status wrap_info(int i, da_device_info *o, int *rank) {
   if (rank) *rank = 1;
   return DA_SUCCESS;
 }
-static da_status wrap_ctx(da_context *c, int i) { return DA_SUCCESS; }
-static da_status wrap_ctx_wrap(da_context *c, void *q) { return q ? DA_SUCCESS : DA_ERR_INVALID_ARG; }
+static da_status wrap_ctx(da_context *c, int i, const da_overrides *ov, void **bctx,
+                          da_device_info *info) {
+  return DA_SUCCESS;
+}
+static da_status wrap_ctx_wrap(da_context *c, void *q, const da_overrides *ov, void **bctx,
+                               int *index, da_device_info *info) {
+  if (!q) return DA_ERR_INVALID_ARG;
+  *index = 0;
+  snprintf(info->name, sizeof info->name, "fake wrap device");
+  return DA_SUCCESS;
+}
 static int wrap_slot(void *h) {
   for (int i = 0; i < WRAP_MAX; i++)
     if (h && wrap_owned[i] == h) return i;

@@ -21,7 +21,7 @@ check-local:
 if HAVE_CMOCKA
 da_test_programs = tests/test_status tests/test_desc tests/test_hash \
 	tests/test_attention tests/test_invariants tests/test_consistency tests/test_ext \
-	tests/test_backward tests/test_proj
+	tests/test_backward tests/test_proj tests/test_kernel
 check_PROGRAMS += $(da_test_programs)
 TESTS += $(da_test_programs)
 
@@ -69,6 +69,10 @@ tests_test_backward_LDADD = $(da_test_ldadd)
 tests_test_proj_SOURCES = tests/test_proj.c $(da_test_common)
 tests_test_proj_CFLAGS = $(da_test_cflags)
 tests_test_proj_LDADD = $(da_test_ldadd)
+
+tests_test_kernel_SOURCES = tests/test_kernel.c $(da_test_common)
+tests_test_kernel_CFLAGS = $(da_test_cflags)
+tests_test_kernel_LDADD = $(da_test_ldadd)
 
 tests_test_consistency_SOURCES = tests/test_consistency.c $(da_test_common) $(da_test_ref)
 tests_test_consistency_CFLAGS = $(da_test_cflags)

@@ -1126,15 +1126,23 @@ static void test_cuda_refusals(void **st) {
   a.dq = b[6], a.dk = b[7], a.dv = b[8];
   TU_CHECK(ctx, da_attention_backward(p, &a));
   assert_string_equal(da_context_last_error(ctx), "");
+  /* the variables are the plan's: the core parses them when it is made */
+  da_plan *pe = NULL;
   setenv("DISTRATTN_CUDA_BWD", "mma", 1); /* f32, head_dim 16: no tensor-core kernel */
-  expect(ctx, da_attention_backward(p, &a), DA_ERR_UNSUPPORTED, "DISTRATTN_CUDA_BWD");
+  TU_CHECK(ctx, da_plan_create(ctx, &d, &pe));
+  expect(ctx, da_attention_backward(pe, &a), DA_ERR_UNSUPPORTED, "DISTRATTN_CUDA_BWD");
+  da_plan_destroy(pe);
+  pe = NULL;
   setenv("DISTRATTN_CUDA_BWD", "tensor", 1);
-  expect(ctx, da_attention_backward(p, &a), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD");
+  expect(ctx, da_plan_create(ctx, &d, &pe), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD");
   setenv("DISTRATTN_CUDA_BWD", "simt", 1);
-  TU_CHECK(ctx, da_attention_backward(p, &a));
+  TU_CHECK(ctx, da_plan_create(ctx, &d, &pe));
+  TU_CHECK(ctx, da_attention_backward(pe, &a));
+  da_plan_destroy(pe);
+  pe = NULL;
   unsetenv("DISTRATTN_CUDA_BWD");
   setenv("DISTRATTN_CUDA_BWD_KEYS", "32", 1);
-  expect(ctx, da_attention_backward(p, &a), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD_KEYS");
+  expect(ctx, da_plan_create(ctx, &d, &pe), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD_KEYS");
   unsetenv("DISTRATTN_CUDA_BWD_KEYS");
   da_attn_ext e;
   da_attn_ext_init(&e);

@@ -112,6 +112,20 @@ static int wrap_run(char *why, size_t len) {
     const size_t sz[9] = {2048, 2048, 1024, 1024, 2048, 128, 2048, 1024, 1024};
     da_buffer *b[9] = {NULL};
     for (int i = 0; i < 9 && s == DA_SUCCESS; i++) s = da_buffer_wrap(ctx, mem + at[i], sz[i], &b[i]);
+    if (s == DA_SUCCESS) { /* a module without plan_kernel: "default"; ctx_wrap's info kept */
+      da_kernel_info ki;
+      da_kernel_info_init(&ki);
+      da_device_info di;
+      s = da_plan_get_kernel(p, &ki);
+      if (s == DA_SUCCESS) s = da_context_get_device_info(ctx, &di);
+      if (s == DA_SUCCESS && (strcmp(ki.name, "default") != 0 || ki.backend != DA_BACKEND_OPENCL ||
+                              strcmp(di.name, "fake wrap device") != 0 ||
+                              di.backend != DA_BACKEND_OPENCL)) {
+        snprintf(why, len, "module without plan_kernel: kernel \"%s\" (backend %d), device \"%s\"",
+                 ki.name, (int)ki.backend, di.name);
+        s = DA_ERR_BACKEND;
+      }
+    }
     if (s == DA_SUCCESS) {
       da_bwd_args a;
       da_bwd_args_init(&a);

@@ -24,7 +24,9 @@ static void bench_usage(FILE *f) {
           "DistrAttention over the fused exact kernel; nc/causal (causal rows, with\n"
           "--mask both) is the time of the non-causal fused exact kernel over the\n"
           "causal one. Memory: the Q, K, V, O buffers, plus for GEMM the logits\n"
-          "matrix batch*heads*seq^2*4 bytes (an estimate, marked 'est.').\n"
+          "matrix batch*heads*seq^2*4 bytes (an estimate, marked 'est.'). The last\n"
+          "column names the kernel the fused exact plan runs (da_plan_get_kernel; the\n"
+          "CSV has one per column); the decode table's, the decode plan's.\n"
           "\n"
           "  -b, --backend NAME   auto, cpu, opencl or cuda (default auto)\n"
           "  -d, --device N       device index within the backend, or with 'auto' in the\n"
@@ -72,6 +74,7 @@ static const char *cfg_name[NCFG] = {"fused", "gemm", "G=2", "G=4"};
 typedef struct {
   double ms;     /* median; < 0 when not measured */
   char why[24];  /* "n/a", "oom", "error" when not measured */
+  char kernel[96]; /* what the plan ran (da_plan_get_kernel); "" when no plan */
 } cell;
 
 /* Times one configuration; fills c. Returns 0, or 1 on a runtime error
@@ -90,6 +93,8 @@ static int time_cfg(const char *cmd, da_context *ctx, const da_attn_desc *d, da_
   c->ms = -1.0;
   da_status s = da_plan_create(ctx, d, &p);
   const char *what = "da_plan_create";
+  c->kernel[0] = '\0';
+  if (s == DA_SUCCESS) kernel_label(p, 0, c->kernel, sizeof c->kernel);
   for (int i = 0; s == DA_SUCCESS && i < warmup + repeat; i++) {
     double t0 = cputime ? cpu_ms() : now_ms();
     what = "da_attention";
@@ -154,7 +159,7 @@ static int bench_decode(const char *cmd, da_context *ctx, const da_device_info *
   int rc = 0;
   if (o->csv) {
     printf("backend,device,device_name,batch,heads,kv_heads,seq_q,seq_k,head_dim,dtype,causal,"
-           "ms,kv_mib,kv_gbps,membw_gbps,ratio,stat,clock\n");
+           "ms,kv_mib,kv_gbps,membw_gbps,ratio,stat,clock,kernel\n");
   } else {
     printf("%s%s device %d: %s (%s); decode: batch %d, heads %d, kv heads %d, seq_q %d%s; %s "
            "of %d%s\n",
@@ -164,9 +169,12 @@ static int bench_decode(const char *cmd, da_context *ctx, const da_device_info *
     if (o->membw > 0)
       printf("%sread bandwidth given (--membw): %.1f GB/s\n", o->md ? "" : "# ", o->membw);
     if (o->md) printf("\n| ");
-    printf("%5s%s%6s%s%4s%s%10s%s%10s%s%10s%s%9s%s\n", "dtype", sep, "seq_k", sep, "dim", sep,
-           "ms", sep, "K+V MiB", sep, "K+V GB/s", sep, "of membw", o->md ? " |" : "");
-    if (o->md) printf("| ----- | -----: | ---: | ---------: | ---------: | ---------: | --------: |\n");
+    printf("%5s%s%6s%s%4s%s%10s%s%10s%s%10s%s%9s%s%-*s%s\n", "dtype", sep, "seq_k", sep, "dim",
+           sep, "ms", sep, "K+V MiB", sep, "K+V GB/s", sep, "of membw", sep, o->md ? 24 : 0,
+           "kernel", o->md ? " |" : "");
+    if (o->md)
+      printf("| ----- | -----: | ---: | ---------: | ---------: | ---------: | --------: | "
+             "------------------------ |\n");
   }
   fflush(stdout);
   double *times = malloc(sizeof(double) * (size_t)o->repeat);
@@ -181,7 +189,7 @@ static int bench_decode(const char *cmd, da_context *ctx, const da_device_info *
         size_t nq = (size_t)o->batch * o->heads * o->seq_q * dim;
         size_t nk = (size_t)o->batch * o->kvh * seq * dim;
         double kv_bytes = 2.0 * (double)nk * (double)es;
-        cell cl = {-1.0, "oom"};
+        cell cl = {-1.0, "oom", ""};
         if (info->global_mem == 0 || kv_bytes <= 0.5 * (double)info->global_mem) {
           da_buffer *b[4] = {NULL, NULL, NULL, NULL};
           size_t sz[4] = {nq * es, nk * es, nk * es, nq * es};
@@ -236,11 +244,14 @@ static int bench_decode(const char *cmd, da_context *ctx, const da_device_info *
           if (o->membw > 0) printf("%.1f", o->membw);
           printf(",");
           if (gbps > 0 && o->membw > 0) printf("%.3f", gbps / o->membw);
-          printf(",%s,%s\n", stat, o->cputime ? "cpu" : "wall");
+          printf(",%s,%s,", stat, o->cputime ? "cpu" : "wall");
+          csv_field(stdout, cl.kernel);
+          printf("\n");
         } else {
           if (o->md) printf("| ");
-          printf("%5s%s%6d%s%4d%s%10s%s%10.1f%s%10s%s%9s%s\n", dtype_name(t), sep, seq, sep, dim,
-                 sep, ms, sep, kv_bytes / (1 << 20), sep, gb, sep, ratio, o->md ? " |" : "");
+          printf("%5s%s%6d%s%4d%s%10s%s%10.1f%s%10s%s%9s%s%-*s%s\n", dtype_name(t), sep, seq, sep,
+                 dim, sep, ms, sep, kv_bytes / (1 << 20), sep, gb, sep, ratio, sep, o->md ? 24 : 0,
+                 cl.kernel[0] ? cl.kernel : "-", o->md ? " |" : "");
         }
         fflush(stdout);
       }
@@ -371,7 +382,7 @@ int cmd_bench(int argc, char **argv) {
     printf("backend,device,device_name,batch,heads,seq,head_dim,dtype,causal,"
            "fused_ms,gemm_ms,g2_ms,g4_ms,fused_gflops,gemm_gflops,g2_gflops,g4_gflops,"
            "gemm_over_fused,speedup_g2,speedup_g4,mem_fused_mib,mem_gemm_est_mib,"
-           "noncausal_over_causal,stat,clock\n");
+           "noncausal_over_causal,stat,clock,fused_kernel,gemm_kernel,g2_kernel,g4_kernel\n");
   } else {
     printf("%s%s device %d: %s (%s); batch %d, heads %d; %s of %d%s\n", md ? "" : "# ",
            backend_label(info.backend), info.index, info.name, info.vendor, batch, heads, stat,
@@ -385,15 +396,16 @@ int cmd_bench(int argc, char **argv) {
       snprintf(h2, sizeof h2, "%s GF/s", cfg_name[k]);
       printf("%s%10s%s%11s", sep, h1, sep, h2);
     }
-    printf("%s%10s%s%8s%s%8s%s%9s%s%10s%s%15s", sep, "gemm/fused", sep, "exact/G2", sep,
-           "exact/G4", sep, "nc/causal", sep, "mem fused", sep, "mem gemm (est.)");
+    printf("%s%10s%s%8s%s%8s%s%9s%s%10s%s%15s%s%-*s", sep, "gemm/fused", sep, "exact/G2", sep,
+           "exact/G4", sep, "nc/causal", sep, "mem fused", sep, "mem gemm (est.)", sep,
+           md ? 24 : 0, "fused kernel");
     printf("%s\n", md ? " |" : "");
     if (md) {
       printf("|");
-      static const int w[] = {5, 6, 6, 4, 10, 11, 10, 11, 10, 11, 10, 11, 10, 8, 8, 9, 10, 15};
+      static const int w[] = {5, 6, 6, 4, 10, 11, 10, 11, 10, 11, 10, 11, 10, 8, 8, 9, 10, 15, 24};
       for (size_t k = 0; k < sizeof w / sizeof w[0]; k++) {
         printf(" ");
-        if (k < 2) {
+        if (k < 2 || k == sizeof w / sizeof w[0] - 1) {
           for (int j = 0; j < w[k]; j++) putchar('-');
           printf(" |");
           continue;
@@ -451,8 +463,10 @@ int cmd_bench(int argc, char **argv) {
         double nc_fused = -1.0; /* the non-causal fused exact time of this shape */
         for (int causal = mask_lo; causal <= mask_hi; causal++) {
           cell cells[NCFG];
-          for (int k = 0; k < NCFG; k++)
+          for (int k = 0; k < NCFG; k++) {
             cells[k].ms = -1.0, snprintf(cells[k].why, sizeof cells[k].why, "%s", fail);
+            cells[k].kernel[0] = '\0';
+          }
           da_attn_desc d;
           da_attn_desc_init(&d);
           d.batch = batch, d.heads = heads, d.seq_q = seq, d.seq_k = seq, d.head_dim = dim;
@@ -488,7 +502,7 @@ int cmd_bench(int argc, char **argv) {
           fmt_ratio(r1, sizeof r1, &cells[CFG_GEMM], &cells[CFG_FUSED]);
           fmt_ratio(r2, sizeof r2, &cells[CFG_FUSED], &cells[CFG_G2]);
           fmt_ratio(r3, sizeof r3, &cells[CFG_FUSED], &cells[CFG_G4]);
-          cell ncc = {nc_fused, "n/a"};
+          cell ncc = {nc_fused, "n/a", ""};
           if (causal) fmt_ratio(r4, sizeof r4, &ncc, &cells[CFG_FUSED]);
           else snprintf(r4, sizeof r4, "-");
           if (csv) {
@@ -503,8 +517,13 @@ int cmd_bench(int argc, char **argv) {
               for (char *r = rs[k]; *r; r++)
                 if (*r == 'x') *r = '\0';
             if (strcmp(r4, "-") == 0) r4[0] = '\0';
-            printf(",%s,%s,%s,%.1f,%.1f,%s,%s,%s\n", r1, r2, r3, mem_f, mem_g, r4, stat,
+            printf(",%s,%s,%s,%.1f,%.1f,%s,%s,%s", r1, r2, r3, mem_f, mem_g, r4, stat,
                    cputime ? "cpu" : "wall");
+            for (int k = 0; k < NCFG; k++) {
+              printf(",");
+              csv_field(stdout, cells[k].kernel);
+            }
+            printf("\n");
           } else {
             char mf[24], mg[24];
             snprintf(mf, sizeof mf, "%.1f MiB", mem_f);
@@ -513,8 +532,9 @@ int cmd_bench(int argc, char **argv) {
             printf("%5s%s%6s%s%6d%s%4d", dtype_name(dtype), sep, causal ? "causal" : "none", sep,
                    seq, sep, dim);
             for (int k = 0; k < NCFG; k++) printf("%s%10s%s%11s", sep, ms[k], sep, gf[k]);
-            printf("%s%10s%s%8s%s%8s%s%9s%s%10s%s%15s%s\n", sep, r1, sep, r2, sep, r3, sep, r4,
-                   sep, mf, sep, mg, md ? " |" : "");
+            printf("%s%10s%s%8s%s%8s%s%9s%s%10s%s%15s%s%-*s%s\n", sep, r1, sep, r2, sep, r3, sep,
+                   r4, sep, mf, sep, mg, sep, md ? 24 : 0,
+                   cells[CFG_FUSED].kernel[0] ? cells[CFG_FUSED].kernel : "-", md ? " |" : "");
           }
           fflush(stdout);
         }

@@ -21,6 +21,8 @@ static void run_usage(FILE *f) {
           "                          2^30 multiply-adds on every n-th query row only);\n"
           "  group > 1, --rank, --proj: against exact attention (group 1, fused) on\n"
           "                          the same device, i.e. the approximation error.\n"
+          "It prints the kernel the plan runs (da_plan_get_kernel: name, tile, threads,\n"
+          "decode chunk; CSV column 'kernel'), after the DISTRATTN_* overrides.\n"
           "\n"
           "Device:\n"
           "  -b, --backend NAME   auto, cpu, opencl or cuda (default auto)\n"
@@ -375,6 +377,8 @@ int cmd_run(int argc, char **argv) {
     if (vrc) goto out;
   }
 
+  char kern[128];
+  kernel_label(plan, 1, kern, sizeof kern);
   double flops = attn_flops(&rd);
   double tflops = flops / (tmed * 1e-3) / 1e12;
   char errs[64];
@@ -385,7 +389,7 @@ int cmd_run(int argc, char **argv) {
     if (csv_header)
       printf("backend,device,device_name,batch,heads,kv_heads,seq_q,seq_k,head_dim,dtype,causal,"
              "group,fusion,algo,hash_bits,hash_block,seed,data_seed,warmup,repeat,median_ms,min_ms,"
-             "max_ms,tflops,rel_error,reference,strategy,rank\n");
+             "max_ms,tflops,rel_error,reference,strategy,rank,kernel\n");
     printf("%s,%d,", backend_label(info.backend), info.index);
     csv_field(stdout, info.name);
     printf(",%d,%d,%d,%d,%d,%d,%s,%d,%d,%s,%s,%d,%d,%llu,%llu,%d,%d,%.6f,%.6f,%.6f,%.6g,%s,",
@@ -394,7 +398,9 @@ int cmd_run(int argc, char **argv) {
            rd.hash_block, (unsigned long long)rd.seed, data_seed, warmup, repeat, tmed, tmin,
            tmax, tflops, errs);
     csv_field(stdout, vr.ref);
-    printf(",%s,%d\n", prank ? "projection" : "tile_lsh", prank);
+    printf(",%s,%d,", prank ? "projection" : "tile_lsh", prank);
+    csv_field(stdout, kern);
+    printf("\n");
   } else {
     printf("%-12s %s device %d: %s (%s)\n", "device:", backend_label(info.backend), info.index,
            info.name, info.vendor);
@@ -412,6 +418,7 @@ int cmd_run(int argc, char **argv) {
     else
       printf("%-12s 1 (exact)\n", "group:");
     printf("%-12s %s%s\n", "algo:", algo_name(rd.algo), algo == DA_ALGO_AUTO ? " (auto)" : "");
+    printf("%-12s %s\n", "kernel:", kern);
     printf("%-12s %llu\n", "data seed:", data_seed);
     printf("%-12s %.3f ms (median of %d, min %.3f, max %.3f; %d warm-up)\n", "time:", tmed,
            repeat, tmin, tmax, warmup);

@@ -538,3 +538,28 @@ int tool_open_context(const char *cmd, da_backend backend, int device, da_contex
   }
   return 1;
 }
+
+const char *kernel_label(const da_plan *p, int full, char *buf, size_t len) {
+  da_kernel_info k;
+  da_kernel_info_init(&k);
+  if (!p || da_plan_get_kernel(p, &k) != DA_SUCCESS) {
+    snprintf(buf, len, "?");
+    return buf;
+  }
+  size_t n = 0;
+#define KL_ADD(...)                                                                               \
+  do {                                                                                            \
+    if (n < len) {                                                                                \
+      int w_ = snprintf(buf + n, len - n, __VA_ARGS__);                                           \
+      n = w_ < 0 ? len : n + (size_t)w_;                                                          \
+    }                                                                                             \
+  } while (0)
+  KL_ADD("%s", k.name);
+  if (k.variant[0]) KL_ADD(" (%s)", k.variant);
+  if (k.tile_rows > 0 && k.tile_cols > 0) KL_ADD(" %dx%d", k.tile_rows, k.tile_cols);
+  else if (k.tile_rows > 0) KL_ADD(" %d rows", k.tile_rows);
+  if (k.chunk > 0) KL_ADD(", chunk %lld", k.chunk);
+  if (full && k.threads > 0) KL_ADD(", %d thread%s", k.threads, k.threads == 1 ? "" : "s");
+#undef KL_ADD
+  return buf;
+}

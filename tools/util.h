@@ -114,5 +114,10 @@ void progress_clear(tool_progress *p);
 
 /* CSV field: quoted when it holds a comma, quote or space. */
 void csv_field(FILE *f, const char *s);
+/* What plan p runs (da_plan_get_kernel) in words, into buf: "tiled 32x16",
+ * "split-kv decode (rows) 4x16, chunk 128", "fused (avx2)"; with full also
+ * ", N threads" (work-items of a work-group, threads of a block or of the CPU
+ * pool). "?" when the library cannot say. Returns buf. */
+const char *kernel_label(const da_plan *p, int full, char *buf, size_t len);
 
 #endif /* DA_TOOL_UTIL_H */
