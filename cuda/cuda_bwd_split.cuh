@@ -29,8 +29,7 @@
 #ifndef DA_CUDA_BWD_SPLIT_CUH
 #define DA_CUDA_BWD_SPLIT_CUH
 
-#include "cuda_bwd.cuh"
-#include "cuda_mma.cuh"
+#include "cuda_bwd_mma.cuh" /* bwd_mask, and cuda_bwd.cuh, cuda_mma.cuh */
 
 /* The dK/dV kernel: BC = 16 WARPS keys, BR query rows a step. */
 template <int D, int WARPS, int BR> struct dac_bwd_dkv_cfg {
@@ -148,16 +147,14 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dkv_kernel(dac_bwd_a
       }
     }
     /* P^T into st, dS^T into pt */
+    const bwd_mask mk = bwd_mask_of(a, j0, i0);
 #pragma unroll
     for (int nt = 0; nt < BR / 8; nt++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int kl = kw0 + g4 + 8 * (e >> 1), rl = nt * 8 + 2 * t4 + (e & 1);
-        const long long key = j0 + kl, i = (long long)i0 + rl;
-        const long long diag = i + off;
         const float L = Lc[rl]; /* -inf: the row sees no key */
-        const bool vis = key < a.seq_k && i < a.seq_q && (a.wl < 0 || key >= diag - a.wl) &&
-                         (a.wr < 0 || key <= diag + a.wr) && L != -INFINITY;
+        const bool vis = bwd_vis(mk, kl, rl) && L != -INFINITY;
         const float p = vis ? dac_ex2(fmaf(st[nt][e], a.sc_log2, -(L * 1.4426950408889634f))) : 0.0f;
         st[nt][e] = p;
         pt[nt][e] = vis ? p * (pt[nt][e] - Dc[rl]) : 0.0f;
@@ -324,14 +321,13 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
       }
     }
     /* dS into s */
+    const bwd_mask mk = bwd_mask_of(a, j0, i0);
 #pragma unroll
     for (int nt = 0; nt < BC / 8; nt++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int hf = e >> 1;
-        const long long key = j0 + nt * 8 + 2 * t4 + (e & 1), diag = ir[hf] + off;
-        const bool vis = key < a.seq_k && ir[hf] < a.seq_q && (a.wl < 0 || key >= diag - a.wl) &&
-                         (a.wr < 0 || key <= diag + a.wr) && l2r[hf] != -INFINITY;
+        const bool vis = bwd_vis(mk, nt * 8 + 2 * t4 + (e & 1), qw0 + g4 + 8 * hf) && l2r[hf] != -INFINITY;
         const float p = vis ? dac_ex2(fmaf(s[nt][e], a.sc_log2, -l2r[hf])) : 0.0f;
         s[nt][e] = vis ? p * (dp[nt][e] - Dr[hf]) : 0.0f;
       }

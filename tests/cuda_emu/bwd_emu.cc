@@ -271,6 +271,9 @@ int main() {
       {1, 2, 2, 80, 96, 64, 0, DA_F16, 8, DA_FUSE_NORM, 16, NW, NW, 0, 1},
       {1, 2, 1, 100, 120, 128, 0, DA_F16, 1, DA_FUSE_MEAN, 0, 0, NW, 0, 1},
       {1, 4, 2, 150, 70, 128, 1, DA_BF16, 2, DA_FUSE_NORM, 0, NW, NW, 0, 1},
+      /* windows near INT_MAX: the masks' clamped thresholds (bwd_mask) */
+      {1, 2, 1, 40, 50, 64, 0, DA_F16, 1, DA_FUSE_MEAN, 0, 2147483647, 2000000000, 0, 1},
+      {1, 2, 1, 40, 50, 64, 1, DA_BF16, 1, DA_FUSE_MEAN, 0, 2147483600, NW, 0, 1},
       {1, 4, 2, 50, 70, 40, 1, DA_F32, 1, DA_FUSE_MEAN, 0, NW, NW, 0, 0},
       {1, 6, 2, 45, 37, 64, 0, DA_F32, 1, DA_FUSE_MEAN, 0, 9, 3, 1, 0},
       {1, 4, 2, 60, 50, 59, 1, DA_F32, 2, DA_FUSE_NORM, 16, NW, NW, 0, 0},
