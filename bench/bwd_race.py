@@ -27,9 +27,10 @@ together. --variants adds rows of ours under other environment settings
 (e.g. 'split:DISTRATTN_CUDA_BWD_DQ=split;k64:DISTRATTN_CUDA_BWD_KEYS=64'),
 each labelled, on the same inputs, for every group size (the settings are
 applied, then distrattn.torch.clear_cache(), so that new plans are made,
-and removed after the row). Before timing, ours' exact gradients are checked against SDPA's
-(flash, else cuDNN, else math) on the same inputs: the largest relative
-error ||ours - sdpa|| / ||sdpa|| of dq, dk, dv is printed per shape.
+and removed after the row). Before timing, ours' exact gradients (every
+variant's) are checked against SDPA's (flash, else cuDNN, else math) on
+the same inputs: the largest relative error ||ours - sdpa|| / ||sdpa|| of
+dq, dk, dv is printed per row.
 
     PYTHONPATH=python DISTRATTN_LIB=build/lib/.libs/libdistrattn.so \\
       DISTRATTN_BACKEND_PATH=build/cuda/.libs python3 bench/bwd_race.py \\

@@ -30,10 +30,14 @@
  *      straight to dQ (G = 1: no E, no step 2 zeroing, no step 4), or E
  *      (G > 1: every row written, so no zeroing; step 4 folds it back).
  * Why: the atomic kernel holds dK, dV, S^T, dP^T and E's fragments at once
- * (~220-245 registers a thread, 8 warps an SM) and its f32 atomics and
- * mid-step barrier serialize; the split kernels need fewer registers (dQ
- * kernel 168: 3 blocks of 4 warps an SM; dK/dV kernel at head_dim 64 128
- * or 160) and no atomics, so dQ is the same bits from call to call.
+ * (215-242 registers a thread on sm_90, 8 warps an SM) and its f32
+ * atomics and mid-step barrier serialize; the split kernels need fewer
+ * registers (dQ kernel 168: 3 blocks of 4 warps an SM; dK/dV kernel at
+ * head_dim 64: 128 with 8 warps, 2 blocks an SM, or 156 with 4, 3 blocks;
+ * at 128: 230, its 128 f32 accumulators a thread) and no atomics, so dQ
+ * is the same bits from call to call, at the price of 7 products a tile
+ * pair instead of 5. Which is faster is measured (bench/bwd_race.py
+ * --variants); atomic stays the default until then.
  * The main kernel is the tensor-core one (cuda_bwd_mma.cuh: mma.sync
  * m16n8k16, f16/bf16, head_dim 64 and 128, 16-byte aligned rows) or the
  * SIMT one (cuda_bwd_kern.cuh: every dtype, head_dim 1..256, any layout);

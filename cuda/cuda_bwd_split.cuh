@@ -375,10 +375,11 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
 /* The configurations, sized by ptxas's register counts (sm_90, f16):
  * the dK/dV kernel with a->bc keys a block (64: 4 warps, 128: 8) and 32
  * query rows a step, at D = 64 capped for 2 blocks of 8 warps (128
- * registers) or 3 of 4 (160); at D = 128 its 128 f32 accumulators a
- * thread leave 1 block of 8 warps or 2 of 4 (238 registers). The dQ
- * kernel: 4 warps (64 rows), 64 keys a step at D = 64, 32 at D = 128, 3
- * blocks an SM (168 registers). */
+ * registers, 4 bytes spilled) or 3 of 4 (156); at D = 128 its 128 f32
+ * accumulators a thread leave 1 block of 8 warps or 2 of 4 (230
+ * registers). The dQ kernel: 4 warps (64 rows), 64 keys a step at D = 64,
+ * 32 at D = 128, 3 blocks an SM (168 registers, no spills; 64 keys at
+ * D = 128 take 240). */
 template <int D, int WARPS> struct dac_bwd_split_sel {
   static constexpr int DKV_BR = 32;
   static constexpr int DKV_MINB = D == 64 ? (WARPS == 8 ? 2 : 3) : (WARPS == 8 ? 1 : 2);
