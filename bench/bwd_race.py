@@ -35,6 +35,9 @@ dq, dk, dv is printed per row.
     PYTHONPATH=python DISTRATTN_LIB=build/lib/.libs/libdistrattn.so \\
       DISTRATTN_BACKEND_PATH=build/cuda/.libs python3 bench/bwd_race.py \\
       --seqs 4096,16384 --variants 'split:DISTRATTN_CUDA_BWD_DQ=split'
+
+(add ';r64:DISTRATTN_CUDA_BWD_DQ=split,DISTRATTN_CUDA_BWD_DQ_ROWS=64' for
+split's dQ kernel with 64-row blocks)
 """
 import argparse
 import os

@@ -879,7 +879,9 @@ static da_status dac_attention_ext(da_plan *p, const da_call *c) {
  * DISTRATTN_CUDA_BWD_DQ picks the tensor-core arrangement: "atomic" (the
  * default: one kernel, dQ summed into E with f32 atomics) or "split" (a
  * dK/dV kernel and a dQ kernel, cuda_bwd_split.cuh: no atomics, no zeroed
- * E, and for G = 1 no E and no step 4 at all); the SIMT kernel ignores it. */
+ * E, and for G = 1 no E and no step 4 at all); the SIMT kernel ignores it.
+ * DISTRATTN_CUDA_BWD_DQ_ROWS="64" gives split's dQ kernel blocks of 64
+ * query rows (4 warps) instead of 128 (8 warps), for measurements. */
 static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
@@ -913,6 +915,9 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   int env_dq;
   st = da_env_word(ctx, "DISTRATTN_CUDA_BWD_DQ", dqw, 2, "\"atomic\" or \"split\"", &env_dq);
   if (st) return st;
+  int env_rows;
+  st = da_env_word(ctx, "DISTRATTN_CUDA_BWD_DQ_ROWS", keys, 2, "\"64\" or \"128\"", &env_rows);
+  if (st) return st;
   DAC_SETDEV(ctx);
   const int G = d->group_size > 1 ? d->group_size : 1;
   dac_bwd_args a;
@@ -938,6 +943,7 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   a.sc = (float)((double)a.sc_log2 / DA_LOG2E);
   a.dt = d->dtype;
   a.bc = env_keys == 0 ? 64 : 128; /* the tensor-core kernel: 8 warps of 16 keys unless asked */
+  a.dq_rows = env_rows == 0 ? 64 : 128; /* split's dQ kernel: 8 warps of 16 rows unless asked */
   if (d->batch <= 0 || d->heads <= 0 || d->seq_q <= 0 || d->seq_k <= 0) return DA_SUCCESS;
 
   /* 16-byte rows: the tensor-core kernel moves 16-byte pieces (cp.async)

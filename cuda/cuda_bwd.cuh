@@ -23,20 +23,22 @@
  *  3a. a dK/dV kernel, one block per (batch, kv head, key block) as above,
  *      computing dV += P^T dO and dK += dS^T Q only (no dS in shared
  *      memory, no barrier inside a step, no atomics);
- *  3b. a dQ kernel, one block per (batch, head, 64 query rows), looping
- *      over the key blocks the rows see (K and V double-buffered with
- *      cp.async): S, P from the LSE, dP = dO V^T, dS = P o (dP - D),
- *      dQ += dS K in registers, written once: s dQ in the plan's dtype
- *      straight to dQ (G = 1: no E, no step 2 zeroing, no step 4), or E
- *      (G > 1: every row written, so no zeroing; step 4 folds it back).
+ *  3b. a dQ kernel, one block per (batch, head, 128 query rows; 64 under
+ *      DISTRATTN_CUDA_BWD_DQ_ROWS=64), looping over the key blocks the
+ *      rows see (K and V double-buffered with cp.async): S, P from the
+ *      LSE, dP = dO V^T, dS = P o (dP - D), dQ += dS K in registers,
+ *      written once: s dQ in the plan's dtype straight to dQ (G = 1: no
+ *      E, no step 2 zeroing, no step 4), or E (G > 1: every row written,
+ *      so no zeroing; step 4 folds it back).
  * Why: the atomic kernel holds dK, dV, S^T, dP^T and E's fragments at once
  * (215-242 registers a thread on sm_90, 8 warps an SM) and its f32
  * atomics and mid-step barrier serialize; the split kernels need fewer
- * registers (dQ kernel 168: 3 blocks of 4 warps an SM; dK/dV kernel at
- * head_dim 64: 128 with 8 warps, 2 blocks an SM, or 156 with 4, 3 blocks;
- * at 128: 230, its 128 f32 accumulators a thread) and no atomics, so dQ
- * is the same bits from call to call, at the price of 7 products a tile
- * pair instead of 5. Which is faster is measured (bench/bwd_race.py
+ * registers (dQ kernel: 128, 2 blocks of 8 warps an SM, each K/V tile
+ * feeding 128 rows; 168 with 64 rows, 3 blocks of 4 warps; dK/dV kernel
+ * at head_dim 64: 128 with 8 warps, 2 blocks an SM, or 156 with 4, 3
+ * blocks; at 128: 230, its 128 f32 accumulators a thread) and no atomics,
+ * so dQ is the same bits from call to call, at the price of 7 products a
+ * tile pair instead of 5. Which is faster is measured (bench/bwd_race.py
  * --variants); atomic stays the default until then.
  * The main kernel is the tensor-core one (cuda_bwd_mma.cuh: mma.sync
  * m16n8k16, f16/bf16, head_dim 64 and 128, 16-byte aligned rows) or the
@@ -70,6 +72,7 @@ typedef struct dac_bwd_args {
   float sc;               /* sc_log2 / log2 e: the gradients' scale */
   da_dtype dt;
   int bc;                 /* the tensor-core kernel's keys per block: 64 or 128 */
+  int dq_rows;            /* split: the dQ kernel's query rows per block, 64 or 128 (0: 128) */
 } dac_bwd_args;
 
 #ifdef __cplusplus

@@ -15,8 +15,8 @@
  * dac_bwd_mma_kernel without the dQ part (no dS in shared memory, no
  * barrier inside a step).
  *
- * dac_bwd_dq_mma_kernel: block (query block of BR = 16 WARPS rows, head,
- * batch), warp w owning rows 16w..16w+15 and their dQ accumulator
+ * dac_bwd_dq_mma_kernel: block (query block of BR = 16 WARPS rows, 128 or
+ * 64, head, batch), warp w owning rows 16w..16w+15 and their dQ accumulator
  * (registers, [D/8][4]). Q (or Qx) and dO stay in shared memory; the key
  * blocks of BC keys the rows see stream through two slots of K and V,
  * brought in with cp.async one step ahead. Per step, in each warp:
@@ -377,13 +377,18 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
  * query rows a step, at D = 64 capped for 2 blocks of 8 warps (128
  * registers, 4 bytes spilled) or 3 of 4 (156); at D = 128 its 128 f32
  * accumulators a thread leave 1 block of 8 warps or 2 of 4 (230
- * registers). The dQ kernel: 4 warps (64 rows), 64 keys a step at D = 64,
- * 32 at D = 128, 3 blocks an SM (168 registers, no spills; 64 keys at
- * D = 128 take 240). */
+ * registers). The dQ kernel with a->dq_rows rows a block: 128 (the
+ * default; 8 warps, 32 keys a step, 2 blocks an SM: 128 registers, 8
+ * bytes spilled at D = 64, none at 128), whose K/V tiles feed twice the
+ * rows of 64 (4 warps, 64 keys a step at D = 64, 32 at D = 128, 3 blocks
+ * an SM: 168 registers, no spills; 64 keys at D = 128 take 240). */
 template <int D, int WARPS> struct dac_bwd_split_sel {
   static constexpr int DKV_BR = 32;
   static constexpr int DKV_MINB = D == 64 ? (WARPS == 8 ? 2 : 3) : (WARPS == 8 ? 1 : 2);
-  static constexpr int DQ_WARPS = 4, DQ_BC = D == 64 ? 64 : 32, DQ_MINB = 3;
+};
+template <int D, int ROWS> struct dac_bwd_dq_sel {
+  static constexpr int WARPS = ROWS / 16, BC = ROWS == 64 && D == 64 ? 64 : 32;
+  static constexpr int MINB = ROWS == 64 ? 3 : 2;
 };
 
 #ifdef __CUDACC__ /* the launches (tests/cuda_emu runs the kernels on the host) */
@@ -399,11 +404,12 @@ static cudaError_t launch_bwd_dkv_d(const dac_bwd_args *a, cudaStream_t s) {
   kern<<<grid, cfg::NT, smem, s>>>(*a);
   return cudaGetLastError();
 }
-template <typename T, int D> static cudaError_t launch_bwd_dqk_d(const dac_bwd_args *a, cudaStream_t s) {
-  typedef dac_bwd_split_sel<D, 4> sel;
-  typedef dac_bwd_dqk_cfg<D, sel::DQ_WARPS, sel::DQ_BC> cfg;
+template <typename T, int D, int ROWS>
+static cudaError_t launch_bwd_dqk_d(const dac_bwd_args *a, cudaStream_t s) {
+  typedef dac_bwd_dq_sel<D, ROWS> sel;
+  typedef dac_bwd_dqk_cfg<D, sel::WARPS, sel::BC> cfg;
   const size_t smem = cfg::template smem<T>();
-  auto kern = dac_bwd_dq_mma_kernel<T, D, sel::DQ_WARPS, sel::DQ_BC, sel::DQ_MINB>;
+  auto kern = dac_bwd_dq_mma_kernel<T, D, sel::WARPS, sel::BC, sel::MINB>;
   cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (e != cudaSuccess) return e;
   const dim3 grid((a->seq_q + cfg::BR - 1) / cfg::BR, a->heads, a->batch);
@@ -413,14 +419,18 @@ template <typename T, int D> static cudaError_t launch_bwd_dqk_d(const dac_bwd_a
 /* both kernels, the dK/dV one first (they share nothing but the inputs) */
 template <typename T> static cudaError_t launch_bwd_split(const dac_bwd_args *a, cudaStream_t s) {
   if (a->bc != 64 && a->bc != 128) return cudaErrorInvalidValue;
+  if (a->dq_rows != 0 && a->dq_rows != 64 && a->dq_rows != 128) return cudaErrorInvalidValue;
+  const bool r64 = a->dq_rows == 64;
   cudaError_t e;
   if (a->d == 64) {
     e = a->bc == 128 ? launch_bwd_dkv_d<T, 64, 8>(a, s) : launch_bwd_dkv_d<T, 64, 4>(a, s);
-    return e != cudaSuccess ? e : launch_bwd_dqk_d<T, 64>(a, s);
+    if (e != cudaSuccess) return e;
+    return r64 ? launch_bwd_dqk_d<T, 64, 64>(a, s) : launch_bwd_dqk_d<T, 64, 128>(a, s);
   }
   if (a->d == 128) {
     e = a->bc == 128 ? launch_bwd_dkv_d<T, 128, 8>(a, s) : launch_bwd_dkv_d<T, 128, 4>(a, s);
-    return e != cudaSuccess ? e : launch_bwd_dqk_d<T, 128>(a, s);
+    if (e != cudaSuccess) return e;
+    return r64 ? launch_bwd_dqk_d<T, 128, 64>(a, s) : launch_bwd_dqk_d<T, 128, 128>(a, s);
   }
   return cudaErrorInvalidValue;
 }

@@ -1068,7 +1068,8 @@ static void test_cuda_forced(void **st) {
 /* DISTRATTN_CUDA_BWD_DQ=split (cuda/cuda_bwd_split.cuh: a dK/dV kernel and
  * a dQ kernel, no atomics) on the exact shapes in every dtype (f32 and the
  * other head_dims run the SIMT kernel, which ignores it), G = 2 and 4,
- * windows and strides, with blocks of 128 and of 64 keys. */
+ * windows and strides: with the default blocks (128 keys, 128 query rows),
+ * then with DISTRATTN_CUDA_BWD_KEYS=64 and DISTRATTN_CUDA_BWD_DQ_ROWS=64. */
 static void test_cuda_split(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_CUDA);
@@ -1082,7 +1083,10 @@ static void test_cuda_split(void **st) {
   };
   setenv("DISTRATTN_CUDA_BWD_DQ", "split", 1);
   for (int kb = 0; kb < 2; kb++) {
-    if (kb) setenv("DISTRATTN_CUDA_BWD_KEYS", "64", 1);
+    if (kb) {
+      setenv("DISTRATTN_CUDA_BWD_KEYS", "64", 1);
+      setenv("DISTRATTN_CUDA_BWD_DQ_ROWS", "64", 1);
+    }
     for (int t = 0; t < 3; t++)
       for (size_t i = 0; i < N_CU_EXACT; i++) {
         bcase k = cu_exact[i];
@@ -1097,6 +1101,7 @@ static void test_cuda_split(void **st) {
   }
   unsetenv("DISTRATTN_CUDA_BWD_DQ");
   unsetenv("DISTRATTN_CUDA_BWD_KEYS");
+  unsetenv("DISTRATTN_CUDA_BWD_DQ_ROWS");
 }
 
 /* CUDA's gradients against the cpu backend's on the same inputs. */
@@ -1175,6 +1180,9 @@ static void test_cuda_refusals(void **st) {
   setenv("DISTRATTN_CUDA_BWD_DQ", "split", 1); /* f32: the SIMT kernel, which ignores it */
   TU_CHECK(ctx, da_attention_backward(p, &a));
   unsetenv("DISTRATTN_CUDA_BWD_DQ");
+  setenv("DISTRATTN_CUDA_BWD_DQ_ROWS", "256", 1);
+  expect(ctx, da_attention_backward(p, &a), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD_DQ_ROWS");
+  unsetenv("DISTRATTN_CUDA_BWD_DQ_ROWS");
   da_attn_ext e;
   da_attn_ext_init(&e);
   e.seqlens = DA_SEQLENS_KV;
@@ -1205,7 +1213,7 @@ int main(void) {
       {"cuda: DistrAttention vs float64", test_cuda_distr, NULL, NULL, NULL},
       {"cuda: windows and strides", test_cuda_window_strided, NULL, NULL, NULL},
       {"cuda: DISTRATTN_CUDA_BWD simt and mma, 64 and 128 keys", test_cuda_forced, NULL, NULL, NULL},
-      {"cuda: DISTRATTN_CUDA_BWD_DQ=split, 64 and 128 keys", test_cuda_split, NULL, NULL, NULL},
+      {"cuda: DISTRATTN_CUDA_BWD_DQ=split, 64 and 128 keys and rows", test_cuda_split, NULL, NULL, NULL},
       {"cuda: vs cpu backward", test_cuda_vs_cpu, NULL, NULL, NULL},
       {"cuda: refusals", test_cuda_refusals, NULL, NULL, NULL},
   };

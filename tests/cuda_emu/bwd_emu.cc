@@ -77,17 +77,20 @@ template <typename T> static void run_mma(const dac_bwd_args &a) {
 }
 
 /* the split arrangement as launch_bwd_split launches it */
+template <typename T, int D, int ROWS> static void run_dq_r(const dac_bwd_args &a) {
+  typedef dac_bwd_dq_sel<D, ROWS> qsel;
+  typedef dac_bwd_dqk_cfg<D, qsel::WARPS, qsel::BC> qc;
+  if (qc::template smem<T>() > sizeof smraw) abort();
+  emu::launch(dim3((a.seq_q + qc::BR - 1) / qc::BR, a.heads, a.batch), qc::NT,
+              [&] { dac_bwd_dq_mma_kernel<T, D, qsel::WARPS, qsel::BC, qsel::MINB>(a); });
+}
 template <typename T, int D, int W> static void run_split_w(const dac_bwd_args &a) {
   typedef dac_bwd_split_sel<D, W> sel;
   typedef dac_bwd_dkv_cfg<D, W, sel::DKV_BR> kc;
   if (kc::template smem<T>() > sizeof smraw) abort();
   emu::launch(dim3((a.seq_k + kc::BC - 1) / kc::BC, a.kv_heads, a.batch), kc::NT,
               [&] { dac_bwd_dkv_kernel<T, D, W, sel::DKV_BR, sel::DKV_MINB>(a); });
-  typedef dac_bwd_split_sel<D, 4> qsel;
-  typedef dac_bwd_dqk_cfg<D, qsel::DQ_WARPS, qsel::DQ_BC> qc;
-  if (qc::template smem<T>() > sizeof smraw) abort();
-  emu::launch(dim3((a.seq_q + qc::BR - 1) / qc::BR, a.heads, a.batch), qc::NT,
-              [&] { dac_bwd_dq_mma_kernel<T, D, qsel::DQ_WARPS, qsel::DQ_BC, qsel::DQ_MINB>(a); });
+  a.dq_rows == 64 ? run_dq_r<T, D, 64>(a) : run_dq_r<T, D, 128>(a);
 }
 template <typename T> static void run_split(const dac_bwd_args &a) {
   if (a.d == 64)
@@ -172,6 +175,7 @@ static double run(const kcase &k, double *errs) {
   a.sc = (float)((double)a.sc_log2 / DA_LOG2E);
   a.dt = d.dtype;
   a.bc = k.kern == 2 ? 128 : 64;
+  a.dq_rows = k.kern == 2 ? 128 : 64; /* split: the dQ kernel's two shapes, one with each */
   std::vector<float> dacc(nq), dsum(nl);
   std::vector<int> perm;
   std::vector<float> wts;
