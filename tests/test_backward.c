@@ -1081,6 +1081,10 @@ static void test_cuda_split(void **st) {
       {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_CUDA},
       {1, 2, 1, 130, 90, 128, 0, DA_BF16, 4, DA_FUSE_MEAN, 64, 30, 0, 1, DA_BACKEND_CUDA},
   };
+  /* a DISTRATTN_CUDA_BWD_DQ of the caller's (the whole suite run split)
+   * is put back for the tests after this one */
+  const char *was = getenv("DISTRATTN_CUDA_BWD_DQ");
+  char *saved = was ? strdup(was) : NULL;
   setenv("DISTRATTN_CUDA_BWD_DQ", "split", 1);
   for (int kb = 0; kb < 2; kb++) {
     if (kb) {
@@ -1099,7 +1103,11 @@ static void test_cuda_split(void **st) {
       }
     for (size_t i = 0; i < sizeof win / sizeof *win; i++) check_case(&win[i]);
   }
-  unsetenv("DISTRATTN_CUDA_BWD_DQ");
+  if (saved)
+    setenv("DISTRATTN_CUDA_BWD_DQ", saved, 1);
+  else
+    unsetenv("DISTRATTN_CUDA_BWD_DQ");
+  free(saved);
   unsetenv("DISTRATTN_CUDA_BWD_KEYS");
   unsetenv("DISTRATTN_CUDA_BWD_DQ_ROWS");
 }
@@ -1177,9 +1185,15 @@ static void test_cuda_refusals(void **st) {
   unsetenv("DISTRATTN_CUDA_BWD_KEYS");
   setenv("DISTRATTN_CUDA_BWD_DQ", "atomics", 1);
   expect(ctx, da_attention_backward(p, &a), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD_DQ");
+  const char *was = getenv("DISTRATTN_CUDA_BWD_DQ");
+  char *saved = was ? strdup(was) : NULL;
   setenv("DISTRATTN_CUDA_BWD_DQ", "split", 1); /* f32: the SIMT kernel, which ignores it */
   TU_CHECK(ctx, da_attention_backward(p, &a));
-  unsetenv("DISTRATTN_CUDA_BWD_DQ");
+  if (saved)
+    setenv("DISTRATTN_CUDA_BWD_DQ", saved, 1);
+  else
+    unsetenv("DISTRATTN_CUDA_BWD_DQ");
+  free(saved);
   setenv("DISTRATTN_CUDA_BWD_DQ_ROWS", "256", 1);
   expect(ctx, da_attention_backward(p, &a), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD_DQ_ROWS");
   unsetenv("DISTRATTN_CUDA_BWD_DQ_ROWS");
