@@ -23,12 +23,21 @@ forward and 2.5 times that for the backward (halved when causal), the same
 count for every column, so a G > 1 column reads as its speed-up over exact
 attention of the same shape; "x flash" / "x cuDNN" is SDPA's time over
 ours (above 1: ours is faster), for the forward, the backward and the two
-together. Before timing, ours' exact gradients are checked against SDPA's
-(flash, else cuDNN, else math) on the same inputs: the largest relative
-error ||ours - sdpa|| / ||sdpa|| of dq, dk, dv is printed per shape.
+together. --variants adds rows of ours under other environment settings
+(e.g. 'split:DISTRATTN_CUDA_BWD_DQ=split;k64:DISTRATTN_CUDA_BWD_KEYS=64'),
+each labelled, on the same inputs, for every group size (the settings are
+applied, then distrattn.torch.clear_cache(), so that new plans are made,
+and removed after the row). Before timing, ours' exact gradients (every
+variant's) are checked against SDPA's (flash, else cuDNN, else math) on
+the same inputs: the largest relative error ||ours - sdpa|| / ||sdpa|| of
+dq, dk, dv is printed per row.
 
     PYTHONPATH=python DISTRATTN_LIB=build/lib/.libs/libdistrattn.so \\
-      DISTRATTN_BACKEND_PATH=build/cuda/.libs python3 bench/bwd_race.py
+      DISTRATTN_BACKEND_PATH=build/cuda/.libs python3 bench/bwd_race.py \\
+      --seqs 4096,16384 --variants 'split:DISTRATTN_CUDA_BWD_DQ=split'
+
+(add ';r64:DISTRATTN_CUDA_BWD_DQ=split,DISTRATTN_CUDA_BWD_DQ_ROWS=64' for
+split's dQ kernel with 64-row blocks)
 """
 import argparse
 import os
@@ -125,11 +134,18 @@ def main():
     ap.add_argument("--bwd-keys", default="128",
                     help="keys per block of our tensor-core backward (DISTRATTN_CUDA_BWD_KEYS), "
                     "e.g. 64,128 for a row each")
+    ap.add_argument("--variants", default="",
+                    help="more settings of ours, each a row: 'label:ENV=VAL,ENV=VAL;label2:...', "
+                    "e.g. 'split:DISTRATTN_CUDA_BWD_DQ=split'")
     ap.add_argument("--dtype", choices=("f16", "bf16"), default="f16")
     ap.add_argument("--iters", type=int, default=5, help="calls per graph")
     ap.add_argument("--reps", type=int, default=5, help="graph replays; the best is kept")
     args = ap.parse_args()
-    import distrattn.torch  # noqa: F401 (registers the ops)
+    variants = [("", [])]  # the default settings first
+    for item in filter(None, args.variants.split(";")):
+        label, _, envs = item.partition(":")
+        variants.append((label, [e.split("=", 1) for e in filter(None, envs.split(","))]))
+    import distrattn.torch as dtorch  # registers the ops
 
     dev = torch.device("cuda")
     dtype = torch.float16 if args.dtype == "f16" else torch.bfloat16
@@ -168,10 +184,17 @@ def main():
                 for name in ("flash", "cuDNN"):
                     if sd[name] is not None:
                         rows.append(("SDPA " + name, sd[name][0], sd[name][1]))
-                for G, keys in [(G, kb) for G in groups for kb in args.bwd_keys.split(",")]:
+                for G, keys, (label, envs) in [(G, kb, vr) for G in groups
+                                               for kb in args.bwd_keys.split(",")
+                                               for vr in variants]:
                     os.environ["DISTRATTN_CUDA_BWD_KEYS"] = keys
+                    saved = {key: os.environ.get(key) for key, _ in envs}
+                    for key, val in envs:
+                        os.environ[key] = val
+                    dtorch.clear_cache()  # new plans under these settings
                     fwd, bwd, grads = ours_fns(q, k, v, dout, causal, G, fus)
                     note = "" if "," not in args.bwd_keys else " k%s" % keys
+                    note += " [%s]" % label if label else ""
                     if G == 1:
                         if ref is None:
                             _, _, ref = sdpa_fns(SDPBackend.MATH, q, k, v, dout, causal, cs)
@@ -182,6 +205,12 @@ def main():
                     tb = graph_time(bwd, args.iters, args.reps, cs)
                     rows.append(("ours " + ("exact" if G == 1 else "G=%d" % G) + note, tf, tb))
                     del fwd, bwd, grads
+                    for key, old in saved.items():
+                        if old is None:
+                            os.environ.pop(key, None)
+                        else:
+                            os.environ[key] = old
+                    dtorch.clear_cache()
                 for impl, tf, tb in rows:
                     cells = [str(d), str(s), "yes" if causal else "no", impl, "%.2f" % tf,
                              "%.2f" % tb, "%.0f" % (flops / tf / 1e9),

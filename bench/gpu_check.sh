@@ -120,7 +120,7 @@ if [ -n "$cs" ]; then
   DA_TEST_FILTER='cuda:*'
   export DA_TEST_FILTER
   if SAN_PROG=tests/test_backward san memcheck memcheck-bwd.log --error-exitcode 3 &&
-     grep -q 'PASSED.*6 test' "$out/memcheck-bwd.log"; then
+     grep -q 'PASSED.*7 test' "$out/memcheck-bwd.log"; then
     echo "gpu_check: compute-sanitizer memcheck on tests/test_backward (cuda): $(summary memcheck-bwd.log)"
   else
     fail=1
@@ -137,6 +137,20 @@ if [ -n "$cs" ]; then
     fail=1
     echo "gpu_check: compute-sanitizer racecheck on tests/test_backward FAILED (exit $rc, $ours report lines on our kernels)"
     tail -n 20 "$out/racecheck-bwd.log"
+  fi
+  # the same under DISTRATTN_CUDA_BWD_DQ=split (the dK/dV and dQ kernels)
+  DISTRATTN_CUDA_BWD_DQ=split
+  export DISTRATTN_CUDA_BWD_DQ
+  SAN_PROG=tests/test_backward san racecheck racecheck-bwd-split.log
+  rc=$?
+  unset DISTRATTN_CUDA_BWD_DQ
+  ours=$(grep -A1 -E 'Race reported' "$out/racecheck-bwd-split.log" | grep -cE 'dac_|access at 0x')
+  if [ $rc = 0 ] && [ "$ours" = 0 ] && grep -q 'RACECHECK SUMMARY' "$out/racecheck-bwd-split.log"; then
+    echo "gpu_check: compute-sanitizer racecheck on tests/test_backward (cuda windows and strides, split): $(summary racecheck-bwd-split.log)"
+  else
+    fail=1
+    echo "gpu_check: compute-sanitizer racecheck on tests/test_backward (split) FAILED (exit $rc, $ours report lines on our kernels)"
+    tail -n 20 "$out/racecheck-bwd-split.log"
   fi
   unset DA_TEST_FILTER
   # PyTorch as the client, where it is installed: plain, then under memcheck

@@ -997,7 +997,14 @@ static void dac_ext_args(const da_plan *p, const da_call *c, dac_args *ap) {
  * else SIMT. DISTRATTN_CUDA_BWD="simt" forces the SIMT kernel, "mma"
  * demands the tensor-core one (a call it cannot run is refused);
  * DISTRATTN_CUDA_BWD_KEYS="64" gives the tensor-core kernel blocks of 64
- * keys (4 warps) instead of 128 (8 warps), for measurements. */
+ * keys (4 warps) instead of 128 (8 warps), for measurements.
+ * DISTRATTN_CUDA_BWD_DQ picks the tensor-core arrangement: "atomic" (the
+ * default: one kernel, dQ summed into E with f32 atomics) or "split" (a
+ * dK/dV kernel and a dQ kernel, cuda_bwd_split.cuh: no atomics, no zeroed
+ * E, and for G = 1 no E and no step 4 at all); the SIMT kernel ignores it.
+ * DISTRATTN_CUDA_BWD_DQ_ROWS="64" gives split's dQ kernel blocks of 64
+ * query rows (4 warps) instead of 128 (8 warps), for measurements. All
+ * four are the plan's overrides, parsed by the core (p->ov). */
 static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
@@ -1019,9 +1026,12 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
                         "CUDA: the backward pass takes head_dim 1..256, not %d (the cpu backend "
                         "takes any)",
                         d->head_dim);
-  /* the plan's overrides, parsed by the core: -1 unset, 0 simt, 1 mma; keys 0, 64, 128 */
+  /* the plan's overrides, parsed by the core: -1 unset, 0 simt, 1 mma; keys 0, 64, 128;
+   * dq -1 unset, 0 atomic, 1 split; dq rows 0, 64, 128 (as env_word indices below) */
   const int env = p->ov.cuda_bwd;
   const int env_keys = p->ov.cuda_bwd_keys == 64 ? 0 : p->ov.cuda_bwd_keys == 128 ? 1 : -1;
+  const int env_dq = p->ov.cuda_bwd_dq;
+  const int env_rows = p->ov.cuda_bwd_dq_rows == 64 ? 0 : p->ov.cuda_bwd_dq_rows == 128 ? 1 : -1;
   da_status st;
   DAC_SETDEV(ctx);
   const int G = d->group_size > 1 ? d->group_size : 1;
@@ -1048,10 +1058,12 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
   a.sc = (float)((double)a.sc_log2 / DA_LOG2E);
   a.dt = d->dtype;
   a.bc = env_keys == 0 ? 64 : 128; /* the tensor-core kernel: 8 warps of 16 keys unless asked */
+  a.dq_rows = env_rows == 0 ? 64 : 128; /* split's dQ kernel: 8 warps of 16 rows unless asked */
   if (d->batch <= 0 || d->heads <= 0 || d->seq_q <= 0 || d->seq_k <= 0) return DA_SUCCESS;
 
   /* 16-byte rows: the tensor-core kernel moves 16-byte pieces (cp.async)
-   * and writes dK, dV in 4-byte pairs */
+   * and writes dK, dV in 4-byte pairs (split: dQ too, else the atomic
+   * arrangement runs) */
   const void *ptrs[6] = {a.q, a.k, a.v, a.dout, a.dk, a.dv};
   int aligned = dac_strides16(x, es);
   for (int i = 0; i < 6; i++) aligned = aligned && dac_aligned16(ptrs[i]);
@@ -1064,10 +1076,12 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
                         bc->cc_major, bc->cc_minor, (int)d->dtype, d->head_dim,
                         aligned ? "aligned" : "not aligned");
   const int mma = mma_ok && aligned && env != 0;
+  const int split = mma && env_dq == 1 && dac_aligned16(a.dq);
 
-  /* the call's workspace, stream-ordered: E [bh][seq_q][d] f32, D
-   * [bh][seq_q] f32 and, for G > 1, the expanded Q [bh][seq_q][d] (the
-   * dtype on the tensor-core path, else f32) */
+  /* the call's workspace, stream-ordered: E [bh][seq_q][d] f32 (not for
+   * split with G = 1), D [bh][seq_q] f32 and, for G > 1, the expanded Q
+   * [bh][seq_q][d] (the dtype on the tensor-core path, else f32) */
+  const int need_e = !(split && G == 1);
   size_t n_rows, n_e, e_bytes, d_bytes, x_bytes = 0, total;
   {
     const size_t f[] = {(size_t)d->batch, (size_t)d->heads, (size_t)d->seq_q};
@@ -1075,7 +1089,7 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
     const size_t f2[] = {n_rows, (size_t)d->head_dim};
     if ((st = dac_size(ctx, "the backward pass's dQ accumulator", &n_e, 2, f2))) return st;
   }
-  if (!da_mul_size(n_e, sizeof(float), &e_bytes) || !da_mul_size(n_rows, sizeof(float), &d_bytes) ||
+  if (!da_mul_size(need_e ? n_e : 0, sizeof(float), &e_bytes) || !da_mul_size(n_rows, sizeof(float), &d_bytes) ||
       (G > 1 && !da_mul_size(n_e, mma ? es : sizeof(float), &x_bytes)) ||
       !da_add_size(e_bytes, (d_bytes + 255) / 256 * 256, &total) || !da_add_size(total, x_bytes, &total))
     return da_set_error(ctx, DA_ERR_DEVICE_MEMORY,
@@ -1120,14 +1134,20 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
     a.qx = qx;
     a.qx_dt = qx_dt;
   }
-  DAC_BWD_STEP(cudaMemsetAsync(a.dacc, 0, e_bytes, s), "cudaMemsetAsync of the dQ accumulator");
+  if (!split) /* split writes every row of E once */
+    DAC_BWD_STEP(cudaMemsetAsync(a.dacc, 0, e_bytes, s), "cudaMemsetAsync of the dQ accumulator");
+  else if (!need_e)
+    a.dacc = NULL;
   DAC_BWD_STEP(dac_launch_bwd_dsum(&a, s), "the row-sum kernel (D = rowsum(dO o O))");
-  if (mma)
+  if (split)
+    DAC_BWD_STEP(d->dtype == DA_F16 ? dac_launch_bwd_split_f16(&a, s) : dac_launch_bwd_split_bf16(&a, s),
+                 "the split tensor-core backward kernels (dK/dV, dQ)");
+  else if (mma)
     DAC_BWD_STEP(d->dtype == DA_F16 ? dac_launch_bwd_mma_f16(&a, s) : dac_launch_bwd_mma_bf16(&a, s),
                  "the tensor-core backward kernel");
   else
     DAC_BWD_STEP(dac_launch_bwd_simt(&a, s), "the SIMT backward kernel");
-  DAC_BWD_STEP(dac_launch_bwd_dq(&a, s), "the dQ kernel");
+  if (need_e) DAC_BWD_STEP(dac_launch_bwd_dq(&a, s), "the dQ kernel");
 #undef DAC_BWD_STEP
   const cudaError_t ef = cudaFreeAsync(ws, s);
   if (e != cudaSuccess) return dac_fail(ctx, e, what);

@@ -8,7 +8,7 @@
  *     Qx[i][c] = Qs[i][g(c)] a_c (f32, or the plan's dtype on the
  *     tensor-core path), so that the logits are Qx K^T and dK = s dS^T Qx;
  *  2. D[i] = sum_c dO[i][c] O[i][c] (f32), and the f32 dQ accumulator set
- *     to zero;
+ *     to zero (not under split, below);
  *  3. the main kernel, one block per (batch, kv head, key block), over the
  *     query heads of the kv head and the query blocks that see the keys:
  *     P from the forward's LSE, dV += P^T dO, dP = dO V^T,
@@ -17,6 +17,29 @@
  *     E += dS K into the f32 accumulator with atomics;
  *  4. dQ from E in the plan's dtype: s E (G = 1), or per hash tile
  *     dQ[i][c] = s / A_g(c) sum_{c' in g(c)} a_c' E[i][c'] (G > 1).
+ * Step 3 on tensor cores has a second arrangement, "split"
+ * (DISTRATTN_CUDA_BWD_DQ=split; cuda_bwd_split.cuh), which trades the
+ * atomics for a second recomputation of S and dP:
+ *  3a. a dK/dV kernel, one block per (batch, kv head, key block) as above,
+ *      computing dV += P^T dO and dK += dS^T Q only (no dS in shared
+ *      memory, no barrier inside a step, no atomics);
+ *  3b. a dQ kernel, one block per (batch, head, 128 query rows; 64 under
+ *      DISTRATTN_CUDA_BWD_DQ_ROWS=64), looping over the key blocks the
+ *      rows see (K and V double-buffered with cp.async): S, P from the
+ *      LSE, dP = dO V^T, dS = P o (dP - D), dQ += dS K in registers,
+ *      written once: s dQ in the plan's dtype straight to dQ (G = 1: no
+ *      E, no step 2 zeroing, no step 4), or E (G > 1: every row written,
+ *      so no zeroing; step 4 folds it back).
+ * Why: the atomic kernel holds dK, dV, S^T, dP^T and E's fragments at once
+ * (215-242 registers a thread on sm_90, 8 warps an SM) and its f32
+ * atomics and mid-step barrier serialize; the split kernels need fewer
+ * registers (dQ kernel: 128, 2 blocks of 8 warps an SM, each K/V tile
+ * feeding 128 rows; 168 with 64 rows, 3 blocks of 4 warps; dK/dV kernel
+ * at head_dim 64: 128 with 8 warps, 2 blocks an SM, or 156 with 4, 3
+ * blocks; at 128: 230, its 128 f32 accumulators a thread) and no atomics,
+ * so dQ is the same bits from call to call, at the price of 7 products a
+ * tile pair instead of 5. Which is faster is measured (bench/bwd_race.py
+ * --variants); atomic stays the default until then.
  * The main kernel is the tensor-core one (cuda_bwd_mma.cuh: mma.sync
  * m16n8k16, f16/bf16, head_dim 64 and 128, 16-byte aligned rows) or the
  * SIMT one (cuda_bwd_kern.cuh: every dtype, head_dim 1..256, any layout);
@@ -49,6 +72,7 @@ typedef struct dac_bwd_args {
   float sc;               /* sc_log2 / log2 e: the gradients' scale */
   da_dtype dt;
   int bc;                 /* the tensor-core kernel's keys per block: 64 or 128 */
+  int dq_rows;            /* split: the dQ kernel's query rows per block, 64 or 128 (0: 128) */
 } dac_bwd_args;
 
 #ifdef __cplusplus
@@ -67,6 +91,11 @@ DAC_HIDDEN cudaError_t dac_launch_bwd_simt(const dac_bwd_args *a, cudaStream_t s
 DAC_HIDDEN int dac_bwd_mma_supported(da_dtype dt, int d);
 DAC_HIDDEN cudaError_t dac_launch_bwd_mma_f16(const dac_bwd_args *a, cudaStream_t s);
 DAC_HIDDEN cudaError_t dac_launch_bwd_mma_bf16(const dac_bwd_args *a, cudaStream_t s);
+/* step 3 split (cuda_bwd_split.cuh): the dK/dV kernel, then the dQ kernel
+ * (s dQ straight into a->dq for G = 1, E into a->dacc for G > 1); the same
+ * conditions as the tensor-core kernel */
+DAC_HIDDEN cudaError_t dac_launch_bwd_split_f16(const dac_bwd_args *a, cudaStream_t s);
+DAC_HIDDEN cudaError_t dac_launch_bwd_split_bf16(const dac_bwd_args *a, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -31,6 +31,32 @@ template <> __device__ __forceinline__ __nv_bfloat16 bwd_to<__nv_bfloat16>(float
   return __float2bfloat16_rn(x);
 }
 
+/* The mask of a tile whose pairs are (key j0 + kl, query row i0 + rl) with
+ * small kl, rl >= 0 (SPEC 1: the sequences and the window around the
+ * diagonal i + seq_k - seq_q): the pair is visible when kl < kmax, rl <
+ * rmax and dlo <= kl - rl <= dhi. Computed once a tile in 64 bits and
+ * clamped into +-2^30 (kl - rl is far inside), so that the per-pair test
+ * is four 32-bit comparisons. */
+struct bwd_mask {
+  int kmax, rmax, dlo, dhi;
+};
+__device__ __forceinline__ int bwd_clamp30(long long x) {
+  return x < -(1LL << 30) ? -(1 << 30) : x > (1LL << 30) ? (1 << 30) : (int)x;
+}
+__device__ __forceinline__ bwd_mask bwd_mask_of(const dac_bwd_args &a, long long j0, long long i0) {
+  const long long base = j0 - i0 - ((long long)a.seq_k - a.seq_q); /* key - diagonal at kl = rl = 0 */
+  bwd_mask m;
+  m.kmax = bwd_clamp30((long long)a.seq_k - j0);
+  m.rmax = bwd_clamp30((long long)a.seq_q - i0);
+  m.dlo = a.wl < 0 ? -(1 << 30) : bwd_clamp30(-(long long)a.wl - base);
+  m.dhi = a.wr < 0 ? (1 << 30) : bwd_clamp30((long long)a.wr - base);
+  return m;
+}
+__device__ __forceinline__ bool bwd_vis(const bwd_mask &m, int kl, int rl) {
+  const int dd = kl - rl;
+  return kl < m.kmax && rl < m.rmax && dd >= m.dlo && dd <= m.dhi;
+}
+
 template <int D, int WARPS> struct dac_bwd_mma_cfg {
   static constexpr int BC = 16 * WARPS, BR = D == 64 ? 64 : 32, NT = 32 * WARPS;
   static constexpr int LD = D + 8, LDS = BC + 8;
@@ -52,8 +78,8 @@ __global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a)
   T *Qs = Vs + BC * LD;             /* [2][BR][LD] */
   T *Gs = Qs + 2 * BR * LD;         /* [2][BR][LD]: dO */
   T *dSs = Gs + 2 * BR * LD;        /* [BR][LDS]: dS, rows = query rows */
-  float *l2s = (float *)(dSs + BR * LDS); /* [2][BR]: LSE log2 e (-inf: no key) */
-  float *Ds = l2s + 2 * BR;               /* [2][BR] */
+  float *Ls = (float *)(dSs + BR * LDS); /* [2][BR]: LSE (-inf: no key) */
+  float *Ds = Ls + 2 * BR;               /* [2][BR] */
 
   const int j0 = blockIdx.x * BC, kh = blockIdx.y, b = blockIdx.z;
   const int hpk = a.heads / a.kv_heads;
@@ -88,15 +114,13 @@ __global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a)
     const T *gsrc = (const T *)a.dout + ((long long)b * a.ost[0] + (long long)h * a.ost[1]);
     load_tile_s<T, BR, D, LD, NT>(Qs + sl * BR * LD, qsrc, i0, a.seq_q, qrs);
     load_tile_s<T, BR, D, LD, NT>(Gs + sl * BR * LD, gsrc, i0, a.seq_q, a.ost[2]);
+    /* the rows' LSE and D by cp.async too (zeros past seq_q, whose pairs
+     * are masked), so that no thread waits on a global load in the step */
     for (int r = threadIdx.x; r < BR; r += NT) {
-      const int i = i0 + r;
-      float L = -INFINITY, Dv = 0.0f;
-      if (i < a.seq_q) {
-        L = a.lse[bh * a.seq_q + i];
-        Dv = a.dsum[bh * a.seq_q + i];
-      }
-      l2s[sl * BR + r] = L == -INFINITY ? -INFINITY : L * 1.4426950408889634f;
-      Ds[sl * BR + r] = Dv;
+      const bool ok = i0 + r < a.seq_q;
+      const long long at = ok ? bh * a.seq_q + i0 + r : 0;
+      dac_cp_async<4>(Ls + sl * BR + r, a.lse + at, ok);
+      dac_cp_async<4>(Ds + sl * BR + r, a.dsum + at, ok);
     }
   };
 
@@ -125,7 +149,7 @@ __global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a)
     const int h = kh * hpk + it / nsteps, i0 = imin + (it % nsteps) * BR;
     const long long bh = (long long)b * a.heads + h;
     const T *Qc = Qs + cur * BR * LD, *Gc = Gs + cur * BR * LD;
-    const float *l2 = l2s + cur * BR, *Dc = Ds + cur * BR;
+    const float *Lc = Ls + cur * BR, *Dc = Ds + cur * BR;
 
     /* S^T = K Q^T and dP^T = V dO^T: [16 keys][BR rows] per warp */
     float st[BR / 8][4], pt[BR / 8][4];
@@ -151,16 +175,15 @@ __global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a)
       }
     }
     /* P^T into st, dS^T into pt; dS also to shared memory as [row][key] */
+    const bwd_mask mk = bwd_mask_of(a, j0, i0);
 #pragma unroll
     for (int nt = 0; nt < BR / 8; nt++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int kl = kw0 + g4 + 8 * (e >> 1), rl = nt * 8 + 2 * t4 + (e & 1);
-        const long long key = j0 + kl, i = (long long)i0 + rl;
-        const long long diag = i + off;
-        const bool vis = key < a.seq_k && i < a.seq_q && (a.wl < 0 || key >= diag - a.wl) &&
-                         (a.wr < 0 || key <= diag + a.wr) && l2[rl] != -INFINITY;
-        const float p = vis ? dac_ex2(fmaf(st[nt][e], a.sc_log2, -l2[rl])) : 0.0f;
+        const float L = Lc[rl]; /* -inf: the row sees no key */
+        const bool vis = bwd_vis(mk, kl, rl) && L != -INFINITY;
+        const float p = vis ? dac_ex2(fmaf(st[nt][e], a.sc_log2, -(L * 1.4426950408889634f))) : 0.0f;
         const float ds = vis ? p * (pt[nt][e] - Dc[rl]) : 0.0f;
         st[nt][e] = p;
         pt[nt][e] = ds;

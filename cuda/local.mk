@@ -58,7 +58,7 @@ EXTRA_DIST += bench/cuda_check.c bench/cuda_gpu_run.sh \
 	bench/decode_race.py bench/bwd_race.py
 noinst_HEADERS += cuda/cuda_internal.h cuda/cuda_dev.cuh cuda/cuda_wgmma_ops.cuh \
 	cuda/cuda_hash.cuh cuda/cuda_hash_kernel.cuh cuda/cuda_mma.cuh cuda/cuda_decode.cuh \
-	cuda/cuda_bwd.cuh cuda/cuda_bwd_kern.cuh cuda/cuda_bwd_mma.cuh
+	cuda/cuda_bwd.cuh cuda/cuda_bwd_kern.cuh cuda/cuda_bwd_mma.cuh cuda/cuda_bwd_split.cuh
 
 if HAVE_CUDA
 backend_LTLIBRARIES += cuda/distrattn_cuda.la
@@ -69,6 +69,7 @@ cuda_distrattn_cuda_la_SOURCES = cuda/cuda_hash_g2.cu cuda/cuda_hash_g4.cu \
 	cuda/cuda_hash_g8.cu cuda/cuda_hash_g1.cu cuda/cuda_mma_f16.cu \
 	cuda/cuda_mma_bf16.cu cuda/cuda_mma_f16_ext.cu cuda/cuda_mma_bf16_ext.cu \
 	cuda/cuda_mma_f16_proj.cu cuda/cuda_mma_bf16_proj.cu cuda/cuda_bwd_mma_f16.cu cuda/cuda_bwd_mma_bf16.cu \
+	cuda/cuda_bwd_split_f16.cu cuda/cuda_bwd_split_bf16.cu \
 	cuda/cuda_wgmma.cu cuda/cuda_decode_f16.cu cuda/cuda_decode_bf16.cu cuda/cuda_decode_f32.cu \
 	cuda/cuda_simt.cu cuda/cuda_bwd.cu cuda/cuda_hash.cu cuda/cuda_backend.cu cuda/cuda_mma.cu \
 	cuda/cuda_proj.cu
@@ -91,4 +92,6 @@ cuda/cuda_bwd.lo cuda/cuda_backend.lo: $(top_srcdir)/cuda/cuda_bwd.cuh
 cuda/cuda_bwd.lo: $(top_srcdir)/cuda/cuda_bwd_kern.cuh
 cuda/cuda_bwd_mma_f16.lo cuda/cuda_bwd_mma_bf16.lo: $(top_srcdir)/cuda/cuda_bwd.cuh \
 	$(top_srcdir)/cuda/cuda_bwd_mma.cuh $(top_srcdir)/cuda/cuda_mma.cuh
+cuda/cuda_bwd_split_f16.lo cuda/cuda_bwd_split_bf16.lo: $(top_srcdir)/cuda/cuda_bwd.cuh \
+	$(top_srcdir)/cuda/cuda_bwd_split.cuh $(top_srcdir)/cuda/cuda_mma.cuh
 endif

@@ -78,6 +78,8 @@ typedef struct da_overrides {
   long cuda_decode_chunk; /* DISTRATTN_CUDA_DECODE_CHUNK: as cl_decode_chunk */
   int cuda_bwd;           /* DISTRATTN_CUDA_BWD: 0 simt, 1 mma (demanded); -1 the best */
   int cuda_bwd_keys;      /* DISTRATTN_CUDA_BWD_KEYS: 64 or 128; 0 the backend's (128) */
+  int cuda_bwd_dq;        /* DISTRATTN_CUDA_BWD_DQ: 0 atomic, 1 split; -1 the backend's (atomic) */
+  int cuda_bwd_dq_rows;   /* DISTRATTN_CUDA_BWD_DQ_ROWS: 64 or 128; 0 the backend's (128) */
 } da_overrides;
 
 #define DA_CPU_MAX_THREADS 1024

@@ -1065,6 +1065,53 @@ static void test_cuda_forced(void **st) {
   unsetenv("DISTRATTN_CUDA_BWD_KEYS");
 }
 
+/* DISTRATTN_CUDA_BWD_DQ=split (cuda/cuda_bwd_split.cuh: a dK/dV kernel and
+ * a dQ kernel, no atomics) on the exact shapes in every dtype (f32 and the
+ * other head_dims run the SIMT kernel, which ignores it), G = 2 and 4,
+ * windows and strides: with the default blocks (128 keys, 128 query rows),
+ * then with DISTRATTN_CUDA_BWD_KEYS=64 and DISTRATTN_CUDA_BWD_DQ_ROWS=64. */
+static void test_cuda_split(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  static const bcase win[] = {
+      {1, 4, 2, 120, 160, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CUDA},
+      {1, 4, 2, 120, 160, 128, 0, DA_BF16, 1, DA_FUSE_NORM, 0, 0, -1, 0, DA_BACKEND_CUDA},
+      {1, 2, 1, 100, 80, 64, 1, DA_F16, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_CUDA},
+      {2, 4, 2, 70, 90, 64, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_CUDA},
+      {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_CUDA},
+      {1, 2, 1, 130, 90, 128, 0, DA_BF16, 4, DA_FUSE_MEAN, 64, 30, 0, 1, DA_BACKEND_CUDA},
+  };
+  /* a DISTRATTN_CUDA_BWD_DQ of the caller's (the whole suite run split)
+   * is put back for the tests after this one */
+  const char *was = getenv("DISTRATTN_CUDA_BWD_DQ");
+  char *saved = was ? strdup(was) : NULL;
+  setenv("DISTRATTN_CUDA_BWD_DQ", "split", 1);
+  for (int kb = 0; kb < 2; kb++) {
+    if (kb) {
+      setenv("DISTRATTN_CUDA_BWD_KEYS", "64", 1);
+      setenv("DISTRATTN_CUDA_BWD_DQ_ROWS", "64", 1);
+    }
+    for (int t = 0; t < 3; t++)
+      for (size_t i = 0; i < N_CU_EXACT; i++) {
+        bcase k = cu_exact[i];
+        k.t = all_types[t];
+        check_case(&k);
+        if (t && i < 6) {
+          k.G = 2 + 2 * (i % 2), k.f = i % 3 ? DA_FUSE_NORM : DA_FUSE_MEAN;
+          check_case(&k);
+        }
+      }
+    for (size_t i = 0; i < sizeof win / sizeof *win; i++) check_case(&win[i]);
+  }
+  if (saved)
+    setenv("DISTRATTN_CUDA_BWD_DQ", saved, 1);
+  else
+    unsetenv("DISTRATTN_CUDA_BWD_DQ");
+  free(saved);
+  unsetenv("DISTRATTN_CUDA_BWD_KEYS");
+  unsetenv("DISTRATTN_CUDA_BWD_DQ_ROWS");
+}
+
 /* CUDA's gradients against the cpu backend's on the same inputs. */
 static void test_cuda_vs_cpu(void **st) {
   (void)st;
@@ -1144,6 +1191,20 @@ static void test_cuda_refusals(void **st) {
   setenv("DISTRATTN_CUDA_BWD_KEYS", "32", 1);
   expect(ctx, da_plan_create(ctx, &d, &pe), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD_KEYS");
   unsetenv("DISTRATTN_CUDA_BWD_KEYS");
+  setenv("DISTRATTN_CUDA_BWD_DQ", "atomics", 1);
+  expect(ctx, da_attention_backward(p, &a), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD_DQ");
+  const char *was = getenv("DISTRATTN_CUDA_BWD_DQ");
+  char *saved = was ? strdup(was) : NULL;
+  setenv("DISTRATTN_CUDA_BWD_DQ", "split", 1); /* f32: the SIMT kernel, which ignores it */
+  TU_CHECK(ctx, da_attention_backward(p, &a));
+  if (saved)
+    setenv("DISTRATTN_CUDA_BWD_DQ", saved, 1);
+  else
+    unsetenv("DISTRATTN_CUDA_BWD_DQ");
+  free(saved);
+  setenv("DISTRATTN_CUDA_BWD_DQ_ROWS", "256", 1);
+  expect(ctx, da_attention_backward(p, &a), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD_DQ_ROWS");
+  unsetenv("DISTRATTN_CUDA_BWD_DQ_ROWS");
   da_attn_ext e;
   da_attn_ext_init(&e);
   e.seqlens = DA_SEQLENS_KV;
@@ -1174,6 +1235,7 @@ int main(void) {
       {"cuda: DistrAttention vs float64", test_cuda_distr, NULL, NULL, NULL},
       {"cuda: windows and strides", test_cuda_window_strided, NULL, NULL, NULL},
       {"cuda: DISTRATTN_CUDA_BWD simt and mma, 64 and 128 keys", test_cuda_forced, NULL, NULL, NULL},
+      {"cuda: DISTRATTN_CUDA_BWD_DQ=split, 64 and 128 keys and rows", test_cuda_split, NULL, NULL, NULL},
       {"cuda: vs cpu backward", test_cuda_vs_cpu, NULL, NULL, NULL},
       {"cuda: refusals", test_cuda_refusals, NULL, NULL, NULL},
   };

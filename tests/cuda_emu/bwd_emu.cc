@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The CUDA backward pass's kernels (cuda/cuda_bwd_kern.cuh,
- * cuda/cuda_bwd_mma.cuh), their own source run on the host through
+ * cuda/cuda_bwd_mma.cuh, cuda/cuda_bwd_split.cuh), their own source run on the host through
  * tests/cuda_emu/emu.h, against the cpu backend's backward on the same
  * inputs (its forward gives O and the LSE): a check of the kernels' logic
  * (fragment layouts, masks, row ranges, GQA, strides, G > 1 through the
@@ -18,6 +18,7 @@
 
 #include "cuda_bwd_kern.cuh"
 #include "cuda_bwd_mma.cuh"
+#include "cuda_bwd_split.cuh"
 
 #include "distrattn.h"
 
@@ -38,6 +39,7 @@ struct kcase {
   da_fusion f;
   int hb, wl, wr, bshd;
   int kern; /* 0 SIMT, 1 tensor cores with 64 keys a block, 2 with 128 */
+  int split; /* tensor cores: the split arrangement (DISTRATTN_CUDA_BWD_DQ=split) */
 };
 
 static uint64_t rng = 88172645463325252ull;
@@ -72,6 +74,29 @@ template <typename T> static void run_mma(const dac_bwd_args &a) {
     a.bc == 128 ? run_mma_w<T, 64, 8>(a) : run_mma_w<T, 64, 4>(a);
   else
     a.bc == 128 ? run_mma_w<T, 128, 8>(a) : run_mma_w<T, 128, 4>(a);
+}
+
+/* the split arrangement as launch_bwd_split launches it */
+template <typename T, int D, int ROWS> static void run_dq_r(const dac_bwd_args &a) {
+  typedef dac_bwd_dq_sel<D, ROWS> qsel;
+  typedef dac_bwd_dqk_cfg<D, qsel::WARPS, qsel::BC> qc;
+  if (qc::template smem<T>() > sizeof smraw) abort();
+  emu::launch(dim3((a.seq_q + qc::BR - 1) / qc::BR, a.heads, a.batch), qc::NT,
+              [&] { dac_bwd_dq_mma_kernel<T, D, qsel::WARPS, qsel::BC, qsel::MINB>(a); });
+}
+template <typename T, int D, int W> static void run_split_w(const dac_bwd_args &a) {
+  typedef dac_bwd_split_sel<D, W> sel;
+  typedef dac_bwd_dkv_cfg<D, W, sel::DKV_BR> kc;
+  if (kc::template smem<T>() > sizeof smraw) abort();
+  emu::launch(dim3((a.seq_k + kc::BC - 1) / kc::BC, a.kv_heads, a.batch), kc::NT,
+              [&] { dac_bwd_dkv_kernel<T, D, W, sel::DKV_BR, sel::DKV_MINB>(a); });
+  a.dq_rows == 64 ? run_dq_r<T, D, 64>(a) : run_dq_r<T, D, 128>(a);
+}
+template <typename T> static void run_split(const dac_bwd_args &a) {
+  if (a.d == 64)
+    a.bc == 128 ? run_split_w<T, 64, 8>(a) : run_split_w<T, 64, 4>(a);
+  else
+    a.bc == 128 ? run_split_w<T, 128, 8>(a) : run_split_w<T, 128, 4>(a);
 }
 
 /* One case: returns the worst relative error of dQ, dK, dV against the cpu
@@ -150,11 +175,14 @@ static double run(const kcase &k, double *errs) {
   a.sc = (float)((double)a.sc_log2 / DA_LOG2E);
   a.dt = d.dtype;
   a.bc = k.kern == 2 ? 128 : 64;
+  a.dq_rows = k.kern == 2 ? 128 : 64; /* split: the dQ kernel's two shapes, one with each */
   std::vector<float> dacc(nq), dsum(nl);
   std::vector<int> perm;
   std::vector<float> wts;
   std::vector<char> qx;
   a.dacc = dacc.data();
+  if (k.split) /* nothing zeroes E first: the dQ kernel writes every row */
+    memset(dacc.data(), 0x7f, dacc.size() * sizeof(float));
   a.dsum = dsum.data();
   if (G > 1) {
     /* the groupings (the cpu backend's, equal to the forward hash kernel's)
@@ -201,7 +229,12 @@ static double run(const kcase &k, double *errs) {
     a.qx_dt = qx_dt;
   }
   emu::launch(dim3((unsigned)((nl + 7) / 8), 1, 1), 256, [&] { dac_bwd_dsum_kernel(a); });
-  if (k.kern) {
+  if (k.kern && k.split) {
+    if (k.t == DA_F16)
+      run_split<__half>(a);
+    else
+      run_split<__nv_bfloat16>(a);
+  } else if (k.kern) {
     if (k.t == DA_F16)
       run_mma<__half>(a);
     else
@@ -212,7 +245,7 @@ static double run(const kcase &k, double *errs) {
   }
   if (G > 1)
     emu::launch(dim3(nt, d.heads, d.batch), BWD_GT, [&] { dac_bwd_dq_grouped_kernel(a); });
-  else
+  else if (!(k.kern && k.split)) /* split, G = 1: the dQ kernel wrote dQ */
     emu::launch(dim3((unsigned)((nq + 255) / 256), 1, 1), 256, [&] { dac_bwd_dq_kernel(a); });
 
   errs[0] = rel_err(eq.data(), dq.data(), k.t, nq);
@@ -242,6 +275,9 @@ int main() {
       {1, 2, 2, 80, 96, 64, 0, DA_F16, 8, DA_FUSE_NORM, 16, NW, NW, 0, 1},
       {1, 2, 1, 100, 120, 128, 0, DA_F16, 1, DA_FUSE_MEAN, 0, 0, NW, 0, 1},
       {1, 4, 2, 150, 70, 128, 1, DA_BF16, 2, DA_FUSE_NORM, 0, NW, NW, 0, 1},
+      /* windows near INT_MAX: the masks' clamped thresholds (bwd_mask) */
+      {1, 2, 1, 40, 50, 64, 0, DA_F16, 1, DA_FUSE_MEAN, 0, 2147483647, 2000000000, 0, 1},
+      {1, 2, 1, 40, 50, 64, 1, DA_BF16, 1, DA_FUSE_MEAN, 0, 2147483600, NW, 0, 1},
       {1, 4, 2, 50, 70, 40, 1, DA_F32, 1, DA_FUSE_MEAN, 0, NW, NW, 0, 0},
       {1, 6, 2, 45, 37, 64, 0, DA_F32, 1, DA_FUSE_MEAN, 0, 9, 3, 1, 0},
       {1, 4, 2, 60, 50, 59, 1, DA_F32, 2, DA_FUSE_NORM, 16, NW, NW, 0, 0},
@@ -253,19 +289,23 @@ int main() {
   };
   int bad = 0;
   std::vector<kcase> all;
-  for (const kcase &k : cs) { /* the tensor-core cases with both block sizes */
-    all.push_back(k);
-    if (k.kern) {
+  /* the tensor-core cases with both block sizes, atomic and split */
+  for (int split = 0; split < 2; split++)
+    for (const kcase &k : cs) {
+      if (split && !k.kern) continue;
       all.push_back(k);
-      all.back().kern = 2;
+      all.back().split = split;
+      if (k.kern) {
+        all.push_back(all.back());
+        all.back().kern = 2;
+      }
     }
-  }
   for (const kcase &k : all) {
     double e[3];
     const double worst = run(k, e);
     const double bound = k.t == DA_F32 ? 1e-5 : k.t == DA_F16 ? 4e-3 : 3e-2;
-    printf("%s %s B%d H%d/%d %dx%d d%d causal %d G%d hb %d win %d/%d%s: dQ %.2e dK %.2e dV %.2e%s\n",
-           k.kern == 2 ? "mma128" : k.kern ? "mma64 " : "simt  ", k.t == DA_F32 ? "f32 " : k.t == DA_F16 ? "f16 " : "bf16", k.B,
+    printf("%s%s %s B%d H%d/%d %dx%d d%d causal %d G%d hb %d win %d/%d%s: dQ %.2e dK %.2e dV %.2e%s\n",
+           k.split ? "split " : "", k.kern == 2 ? "mma128" : k.kern ? "mma64 " : "simt  ", k.t == DA_F32 ? "f32 " : k.t == DA_F16 ? "f16 " : "bf16", k.B,
            k.H, k.KH, k.Sq, k.Sk, k.d, k.causal, k.G, k.hb, k.wl, k.wr, k.bshd ? " bshd" : "",
            e[0], e[1], e[2], worst <= bound ? "" : "  FAIL");
     fflush(stdout);
