@@ -520,18 +520,35 @@ static da_status dac_upload(da_context *ctx, void **dst, const void *src, size_t
  * projected Q and K, sized for f32 (the SIMT kernel's; the tensor-core
  * kernel stores them in the dtype, half that). The tensor-core kernel
  * takes f16/bf16 with (head_dim, rank) in dac_mma_proj_supported on sm_80
- * and later; every other plan runs on the SIMT kernel. The warpgroup-MMA
- * and decode kernels never take these plans. */
+ * and later; every other plan runs on the SIMT kernel. On sm_90a the
+ * warpgroup-MMA kernel's pre-projected mode takes f16/bf16 plans of rank 64
+ * (head_dim 64 or 128) or 128 (head_dim 128) whose V and O are dense, with
+ * no LSE, window or per-sequence lengths (proj_wg; DISTRATTN_CUDA_WGMMA=0
+ * turns it off, =1 demands it). The decode kernels never take these plans. */
 static da_status dac_proj_plan(const da_plan *p, dac_plan *bp, const dac_ctx *bc) {
   da_context *ctx = p->ctx;
   const da_attn_desc *d = &p->d;
   const size_t r = (size_t)p->x.rank;
   da_status st;
-  if (p->ov.cuda_wgmma == 1) /* the plan's overrides, parsed by the core */
+  const da_attn_ext *x = &p->x;
+  int dense = x->seqlens == DA_SEQLENS_NONE && !x->lse && x->window_left < 0 &&
+              (x->window_right < 0 || (d->causal && x->window_right == 0));
+  {
+    const long long S = d->seq_k, Sq = d->seq_q, D = d->head_dim;
+    const long long vs[3] = {(long long)d->kv_heads * S * D, S * D, D};
+    const long long os[3] = {(long long)d->heads * Sq * D, Sq * D, D};
+    for (int i = 0; i < 3; i++) dense = dense && x->v_stride[i] == vs[i] && x->o_stride[i] == os[i];
+  }
+  bp->proj_wg = dense && p->ov.cuda_wgmma != 0 &&
+                dac_wg_proj_supported(bc->cc_major, bc->cc_minor, d->dtype, d->head_dim, (int)r);
+  if (p->ov.cuda_wgmma == 1 && !bp->proj_wg) /* the plan's overrides, parsed by the core */
     return da_set_error(ctx, DA_ERR_INVALID_ARG,
-                        "DISTRATTN_CUDA_WGMMA=\"1\" asks for the warpgroup-MMA kernel, which does "
-                        "not run ext.strategy = DA_STRATEGY_PROJECTION (the mma.sync and SIMT "
-                        "kernels do; unset DISTRATTN_CUDA_WGMMA or set it to \"0\")");
+                        "DISTRATTN_CUDA_WGMMA=\"1\" asks for the warpgroup-MMA kernel, whose "
+                        "pre-projected mode does not run this ext.strategy = "
+                        "DA_STRATEGY_PROJECTION plan (it takes sm_90a, f16/bf16, rank 64 with "
+                        "head_dim 64 or 128, or rank 128 with head_dim 128, dense V and O, no LSE, "
+                        "window or per-sequence lengths); unset DISTRATTN_CUDA_WGMMA or set it to "
+                        "\"0\"");
   bp->proj_mma = bc->cc_major >= 8 && dac_mma_proj_supported(d->dtype, d->head_dim, (int)r);
   size_t pj_bytes, q_bytes, k_bytes;
   {
@@ -721,6 +738,13 @@ static void dac_plan_kernel(const da_plan *p, da_kernel_info *out) {
     snprintf(out->name, sizeof out->name, "gemm");
     return;
   }
+  if (p->x.strategy == DA_STRATEGY_PROJECTION) { /* for 16-byte aligned V and O */
+    snprintf(out->name, sizeof out->name, "%s",
+             bp->proj_wg ? "wgmma" : bp->proj_mma ? "mma" : "simt");
+    snprintf(out->variant, sizeof out->variant, "pre-projected");
+    if (bp->proj_wg) out->tile_rows = 128;
+    return;
+  }
   snprintf(out->name, sizeof out->name, "%s",
            bp->use_wg ? "wgmma" : bp->use_mma ? "mma" : "simt");
   if (bp->use_wg || bp->use_mma) out->tile_rows = bp->br;
@@ -819,7 +843,9 @@ static void dac_ext_args(const da_plan *p, const da_call *c, dac_args *a);
  * plan's pq and pk (dac_launch_proj), then the EXT attention kernel with
  * the logits over the rank: the tensor-core one where the plan allows it
  * (proj_mma) and V's and O's rows are 16-byte aligned (pointers and
- * strides), the projections then stored in the dtype; else SIMT, f32. */
+ * strides), the projections then stored in the dtype; else SIMT, f32. On
+ * sm_90a plans with proj_wg run the warpgroup-MMA kernel's pre-projected
+ * mode instead when V and O start 16-byte aligned (TMA's rule). */
 static da_status dac_attention_proj(const da_plan *p, const da_call *c) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
@@ -830,18 +856,21 @@ static da_status dac_attention_proj(const da_plan *p, const da_call *c) {
   DAC_SETDEV(ctx);
   dac_args a;
   dac_ext_args(p, c, &a);
+  const int wg = bp->proj_wg && dac_aligned16(a.v) && dac_aligned16(a.o);
   int mma = bp->proj_mma && dac_aligned16(a.v) && dac_aligned16(a.o);
   for (int i = 0; i < 3 && mma; i++)
     mma = (unsigned long long)x->v_stride[i] * es % 16 == 0 &&
           (unsigned long long)x->o_stride[i] * es % 16 == 0;
-  const da_dtype pdt = mma ? d->dtype : DA_F32;
+  const da_dtype pdt = wg || mma ? d->dtype : DA_F32;
   a.pr = x->rank;
   a.qs = bp->pq;
   a.qs_ld = x->rank;
   a.kp = bp->pk;
   DAC_CHECK(ctx, dac_launch_proj(&a, bp->pj, 0, bp->pq, pdt, bc->stream));
   DAC_CHECK(ctx, dac_launch_proj(&a, bp->pj, 1, bp->pk, pdt, bc->stream));
-  if (mma)
+  if (wg)
+    DAC_CHECK(ctx, dac_launch_wg_proj(&a, bc->stream));
+  else if (mma)
     DAC_CHECK(ctx, dac_launch_mma_proj(&a, bc->stream));
   else
     DAC_CHECK(ctx, dac_launch_simt_ext(&a, bc->stream));

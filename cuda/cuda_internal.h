@@ -50,10 +50,12 @@ typedef struct dac_plan {
    * [batch][heads][seq_q][rank] and K (per query head)
    * [batch][heads][seq_k][rank], sized for f32 (the SIMT kernel's; the
    * tensor-core kernel's are in the dtype); proj_mma: the tensor-core
-   * kernel has this (dtype, head_dim, rank) */
+   * kernel has this (dtype, head_dim, rank); proj_wg: so has the
+   * warpgroup-MMA kernel's pre-projected mode, and the plan's V and O are
+   * dense, with no LSE, window or per-sequence lengths */
   float *pj;
   void *pq, *pk;
-  int proj_mma;
+  int proj_mma, proj_wg;
 } dac_plan;
 
 /* Kernel launch parameters, filled from a plan. */
@@ -178,6 +180,12 @@ DAC_HIDDEN int dac_wg_supported(int cc_major, int cc_minor, da_dtype dt, int d, 
                                 int hash_block);
 DAC_HIDDEN size_t dac_wg_kt_ld(int seq_k);
 DAC_HIDDEN cudaError_t dac_launch_wg(const dac_args *a, cudaStream_t s);
+/* Its pre-projected mode (DA_STRATEGY_PROJECTION): a->qs and a->kp hold Q'
+ * and K' in the dtype, dense (dac_launch_proj), rank a->pr: 64 (head_dim
+ * 64 or 128) or 128 (head_dim 128); V and O dense, no LSE, window or
+ * per-sequence lengths (the caller checks). */
+DAC_HIDDEN int dac_wg_proj_supported(int cc_major, int cc_minor, da_dtype dt, int d, int r);
+DAC_HIDDEN cudaError_t dac_launch_wg_proj(const dac_args *a, cudaStream_t s);
 /* GEMM helpers: expanded Q for G > 1 (qx[r][c] = Qs[r][g(c)] * a_c, in dt);
  * masked softmax of f32 logits rows into p (dtype pdt). */
 DAC_HIDDEN cudaError_t dac_launch_expand_q(const dac_args *a, void *qx, cudaStream_t s);

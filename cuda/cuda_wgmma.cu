@@ -23,6 +23,11 @@
  * G > 1, Kf^T and V have a pair each, since a consumer needs tile j's Kf^T
  * one step before tile j's V, and raw K^T has its own two slots.
  *
+ * Pre-projected mode (GS = 0; the projection strategy of SPEC 1c): Q and K
+ * arrive projected, dense [batch][heads][rows][DQK] in the dtype (DQK = the
+ * rank, 64 or 128, written by dac_launch_proj), K' per query head; the
+ * block runs as the exact kernel with S over DQK columns and P V over D.
+ *
  * The kernel needs wgmma, so this file is compiled for sm_90a alone; on any
  * other device the backend uses the mma.sync kernel (cuda_mma.cu). */
 #include <cuda.h> /* CUtensorMap and its encoder's type; the driver is reached through the runtime */
@@ -68,8 +73,8 @@ template <bool GR> struct wg_regs {
  * the 128-byte swizzle repeats every 1024 bytes). */
 template <int D, int DQK, int GS> struct wg_smem {
   static constexpr bool GR = GS > 1;
-  static constexpr int QB = GR ? 16384 : (D / 64) * 16384;   /* Q or Qs: 128 rows of 128 B per 64 cols */
-  static constexpr int KB = GR ? 2 * DQK * 128 : (D / 64) * 16384; /* K, or Kf^T [2][DQK][64 keys] */
+  static constexpr int QB = GR ? 16384 : (DQK / 64) * 16384; /* Q or Qs: 128 rows of 128 B per 64 cols */
+  static constexpr int KB = GR ? 2 * DQK * 128 : (DQK / 64) * 16384; /* K (K'), or Kf^T [2][DQK][64 keys] */
   static constexpr int VB = (D / 64) * 16384;                 /* V [D/64][128 keys][64] */
   static constexpr int RB = GR ? (D / 64) * 16384 : 0;        /* raw K^T [2][D][64 keys] */
   static constexpr int TABB = GR ? ((DQK * GS * 4 + 1023) / 1024) * 1024 : 0;
@@ -218,12 +223,17 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
       tma_prefetch(&tmv);
     }
     if (!GR) {
+      /* K (exact) or K' (pre-projected: one per query head) tile j: DQK/64
+       * boxes of 128 keys x 64 columns */
+      const int kz = GS == 0 ? (int)bh : kvz;
       if (lead) {
         for (int j = 0; j < nk; j++) {
           const int s = j % NSK;
           if (j >= NSK) mbar_wait(empty(s), (j / NSK - 1) & 1);
           mbar_expect_tx(full(s), L::KB + L::VB);
-          tma_rows(sK + s * L::KB, &tmk, j, full(s));
+#pragma unroll
+          for (int h = 0; h < DQK / 64; h++)
+            tma3(sK + s * L::KB + h * (WG_BN * 128), &tmk, h * 64, j * WG_BN, kz, full(s));
           tma_rows(sV + s * L::VB, &tmv, j, full(s));
         }
       }
@@ -244,7 +254,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
        * register; the weights sit in shared memory (one broadcast load
        * each). With no load depending on another load, a tile's build is
        * one round trip to shared memory instead of two per item. */
-      constexpr int NIT = DQK / 8, NOFF = NIT * GS;
+      constexpr int NIT = DQK / 8, NOFF = NIT * (GS > 1 ? GS : 1); /* GS 0, 1: never run */
       const int cch = t & 15;
       const size_t poff = (bh * (size_t)a.n_tiles + (size_t)(q0 / a.hash_block)) * (size_t)a.d;
       uint32_t offp[(NOFF + 1) / 2];
@@ -260,7 +270,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
           offp[(i * GS + m) / 2] |= o << (16 * ((i * GS + m) & 1));
         }
       for (int e = t; e < DQK * GS; e += 128) {
-        const int g = e / GS;
+        const int g = e / (GS > 1 ? GS : 1);
         wtab[e] = (g < a.ng && e < D) ? a.wts[poff + a.perm[poff + e]] : 0.0f;
       }
       const uint32_t kfo = swz(t >> 4, cch, DQK); /* item i: + 1024 i (8 rows on, same swizzle) */
@@ -329,8 +339,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     const int warp = t / 32, lane = t % 32;
     /* this warpgroup's Q (or Qs) rows into the K-major swizzled layout */
     {
-      const T *qsrc = GR ? (const T *)a.qs + bh * (size_t)a.seq_q * DQK
-                         : (const T *)a.q + bh * (size_t)a.seq_q * D;
+      const T *qsrc = GS != 1 ? (const T *)a.qs + bh * (size_t)a.seq_q * DQK /* Qs or Q' */
+                              : (const T *)a.q + bh * (size_t)a.seq_q * D;
       constexpr int CPR = DQK / 8; /* 16-byte chunks per row */
 #pragma unroll
       for (int i = 0; i < 64 * CPR / 128; i++) {
@@ -583,6 +593,11 @@ cudaError_t launch_wg(const dac_args *a, cudaStream_t s) {
     dac_kt_kernel<D><<<g, 256, 0, s>>>((const uint16_t *)a->k, (uint16_t *)a->kt, a->seq_k, a->kt_ld);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
+  } else if (GS == 0) {
+    /* K' [batch * heads][seq_k][DQK] */
+    if (!wg_map3(&tmk, a->kp, DQK, (uint64_t)a->seq_k, (uint64_t)a->batch * (uint64_t)a->heads, 64,
+                 WG_BN))
+      return cudaErrorNotSupported;
   } else if (!wg_map3(&tmk, a->k, D, (uint64_t)a->seq_k, nkv, 64, WG_BN)) {
     return cudaErrorNotSupported;
   }
@@ -618,6 +633,25 @@ extern "C" int dac_wg_supported(int cc_major, int cc_minor, da_dtype dt, int d, 
   if (G > 1 && hash_block % WG_BM) return 0;
   return wg_encoder() != nullptr; /* the TMA maps need the driver's encoder */
 #endif
+}
+
+extern "C" int dac_wg_proj_supported(int cc_major, int cc_minor, da_dtype dt, int d, int r) {
+  if (!dac_wg_supported(cc_major, cc_minor, dt, d, 1, WG_BM)) return 0;
+  return r == 64 || (d == 128 && r == 128);
+}
+
+extern "C" cudaError_t dac_launch_wg_proj(const dac_args *a, cudaStream_t s) {
+  if (!a->qs || !a->kp) return cudaErrorInvalidValue;
+  if (a->dt == DA_F16) {
+    if (a->d == 64 && a->pr == 64) return launch_wg<__half, 64, 64, 0>(a, s);
+    if (a->d == 128 && a->pr == 64) return launch_wg<__half, 128, 64, 0>(a, s);
+    if (a->d == 128 && a->pr == 128) return launch_wg<__half, 128, 128, 0>(a, s);
+  } else if (a->dt == DA_BF16) {
+    if (a->d == 64 && a->pr == 64) return launch_wg<__nv_bfloat16, 64, 64, 0>(a, s);
+    if (a->d == 128 && a->pr == 64) return launch_wg<__nv_bfloat16, 128, 64, 0>(a, s);
+    if (a->d == 128 && a->pr == 128) return launch_wg<__nv_bfloat16, 128, 128, 0>(a, s);
+  }
+  return cudaErrorInvalidValue;
 }
 
 extern "C" size_t dac_wg_kt_ld(int seq_k) { return ((size_t)seq_k + WG_BN - 1) / WG_BN * WG_BN; }

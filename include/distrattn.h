@@ -264,7 +264,8 @@ typedef struct da_kernel_info {
   char name[32];
   /* NUL-terminated detail, "" when none: cpu: the ISA of its kernels
    * ("generic", "avx2", "avx512"); opencl "split-kv decode": its shape
-   * ("tiled" or "rows"); cuda "split-kv decode": "mma" or "simt". */
+   * ("tiled" or "rows"); cuda "split-kv decode": "mma" or "simt"; cuda
+   * plans of the projection strategy (SPEC 1c): "pre-projected". */
   char variant[32];
   int tile_rows;        /* query rows of a tile (work-group, block); 0 none */
   int tile_cols;        /* keys of a tile; 0 none */

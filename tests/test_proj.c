@@ -101,8 +101,12 @@ static void check_forward(da_context *ctx, tu_rng *r, da_dtype t, int causal, in
   assert_int_equal(x.rank, rank);
   assert_int_equal(da_ref_projection(&d, rank, x.proj, q, k, v, ref), 0);
   double err = tu_rel_err(o, t, ref, nq), bound = tu_bound(t);
-  char buf[256], name[64];
-  snprintf(name, sizeof name, "proj r=%d", rank);
+  char buf[256], name[96];
+  da_kernel_info ki;
+  da_kernel_info_init(&ki);
+  TU_CHECK(ctx, da_plan_get_kernel(p, &ki));
+  snprintf(name, sizeof name, "proj r=%d %s%s%s", rank, ki.name, ki.variant[0] ? " " : "",
+           ki.variant);
   tu_note(name, &d, err, bound);
   if (!(err <= bound))
     fail_msg("projection rank %d: error %.3g > %.3g: %s [seed %llu]", rank, err, bound,
@@ -411,6 +415,26 @@ static void test_dev_forward(void **state) {
   check_forward(ctx, &r, DA_BF16, 0, 4, 1, 65, 129, 128, 128, DA_ALGO_FUSED);
   check_forward(ctx, &r, DA_F16, 1, 4, 2, 200, 333, 128, 64, DA_ALGO_FUSED);
   check_forward(ctx, &r, DA_F16, 0, 4, 4, 150, 150, 128, 32, DA_ALGO_FUSED);
+  da_context_destroy(ctx);
+}
+
+/* The shapes CUDA's warpgroup-MMA kernel takes in its pre-projected mode
+ * on sm_90a (f16/bf16, rank 64 at head_dim 64 and 128, rank 128 at 128;
+ * dense, no LSE): lengths that are not multiples of its 128-row tiles,
+ * GQA, bottom-right causal with rows that see no key. On other devices the
+ * mma.sync kernel runs them (DA_TEST_VERBOSE prints which). */
+static void test_dev_forward_wg(void **state) {
+  da_context *ctx = backend_ctx(state);
+  tu_rng r;
+  tu_rng_init(&r, tu_seed() ^ 0x4090);
+  static const da_dtype ts[] = {DA_F16, DA_BF16};
+  static const int dr[][2] = {{128, 64}, {128, 128}, {64, 64}};
+  for (int ti = 0; ti < 2; ti++)
+    for (int i = 0; i < 3; i++) {
+      check_forward(ctx, &r, ts[ti], 0, 8, 2, 300, 257, dr[i][0], dr[i][1], DA_ALGO_FUSED);
+      check_forward(ctx, &r, ts[ti], 1, 4, 4, 200, 130, dr[i][0], dr[i][1], DA_ALGO_FUSED);
+      check_forward(ctx, &r, ts[ti], 1, 2, 1, 129, 385, dr[i][0], dr[i][1], DA_ALGO_AUTO);
+    }
   da_context_destroy(ctx);
 }
 
@@ -741,6 +765,7 @@ int main(void) {
       {"opencl: projection vs cpu", test_dev_vs_cpu, NULL, NULL, st_cl},
       {"opencl: projection refusals", test_dev_refusals, NULL, NULL, st_cl},
       {"cuda: projection forward", test_dev_forward, NULL, NULL, st_cu},
+      {"cuda: projection forward, Hopper kernel shapes", test_dev_forward_wg, NULL, NULL, st_cu},
       {"cuda: projection vs cpu", test_dev_vs_cpu, NULL, NULL, st_cu},
       {"cuda: projection refusals", test_dev_refusals, NULL, NULL, st_cu},
       cmocka_unit_test(test_forward),
