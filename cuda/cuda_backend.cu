@@ -355,6 +355,7 @@ static void dac_plan_free(dac_plan *bp) {
   if (bp->gemm_p) (void)cudaFree(bp->gemm_p);
   if (bp->gemm_q) (void)cudaFree(bp->gemm_q);
   if (bp->dec_part) (void)cudaFree(bp->dec_part);
+  if (bp->pm) (void)cudaFree(bp->pm);
   (void)cudaGetLastError();
   free(bp);
 }
@@ -502,14 +503,56 @@ static cudaError_t dac_dec_launch(const da_plan *p, const dac_plan *bp, const da
   }
 }
 
+/* Host memory to a new device allocation, on a private non-blocking stream
+ * (see the projections' upload in dac_plan_prepare_inner). */
+static da_status dac_upload(da_context *ctx, void **dst, const void *src, size_t bytes,
+                            const char *what) {
+  da_status st = dac_alloc(ctx, dst, bytes, what);
+  if (st) return st;
+  cudaStream_t up;
+  DAC_CHECK(ctx, cudaStreamCreateWithFlags(&up, cudaStreamNonBlocking));
+  cudaError_t e = cudaMemcpyAsync(*dst, src, bytes, cudaMemcpyHostToDevice, up);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(up);
+  cudaError_t e2 = cudaStreamDestroy(up);
+  if (e != cudaSuccess) return dac_fail(ctx, e, "cudaMemcpyAsync of the plan's projections");
+  if (e2 != cudaSuccess) return dac_fail(ctx, e2, "cudaStreamDestroy");
+  return DA_SUCCESS;
+}
+
+/* DA_STRATEGY_PROJECTION (SPEC 1c), what the backward pass needs: M_h =
+ * A_h B_h^T per query head ([heads][head_dim][head_dim] f32, computed on
+ * the host in double, da_proj_products), on the device for the plan's
+ * life. */
+static da_status dac_proj_bwd_plan(da_plan *p, dac_plan *bp) {
+  da_context *ctx = p->ctx;
+  const da_attn_desc *d = &p->d;
+  size_t bytes;
+  const size_t f[] = {(size_t)d->heads, (size_t)d->head_dim, (size_t)d->head_dim, sizeof(float)};
+  da_status st = dac_size(ctx, "the projections' products A_h B_h^T", &bytes, 4, f);
+  if (st) return st;
+  float *m = (float *)malloc(bytes);
+  if (!m)
+    return da_set_error(ctx, DA_ERR_HOST_MEMORY,
+                        "CUDA: out of host memory for %zu bytes of the projections' products "
+                        "A_h B_h^T",
+                        bytes);
+  da_proj_products(p->sproj, d->heads, d->head_dim, p->x.rank, m, NULL);
+  st = dac_upload(ctx, (void **)&bp->pm, m, bytes, "the projections' products A_h B_h^T");
+  free(m);
+  return st;
+}
+
 static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   const da_attn_desc *d = &p->d;
   const int G = d->group_size;
   const size_t bh = (size_t)d->batch * d->heads;
-  da_status st = dac_dec_plan(p, bp, bc);
+  da_status st = dac_dec_plan(p, bp, bc); /* refuses the projection strategy */
   if (st) return st;
+  /* the projection strategy: the backward's M_h only (the forward is
+   * refused, dac_proj_forward_refusal) */
+  if (p->x.strategy == DA_STRATEGY_PROJECTION) return dac_proj_bwd_plan(p, bp);
   bp->use_mma = bc->cc_major >= 8 && dac_mma_supported(d->dtype, d->head_dim, G, d->hash_block);
   bp->br = (G == 1 || d->hash_block >= 128) ? 128 : 64;
   /* DISTRATTN_CUDA_WGMMA: "0" keeps Hopper on the mma.sync kernel (for
@@ -637,10 +680,10 @@ static da_status dac_plan_prepare_inner(da_plan *p, dac_plan *bp) {
 
 static da_status dac_plan_prepare(da_plan *p) {
   da_context *ctx = p->ctx;
-  if (p->x.strategy == DA_STRATEGY_PROJECTION)
+  if (p->x.strategy == DA_STRATEGY_PROJECTION && p->d.algo == DA_ALGO_GEMM)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
-                        "CUDA: ext.strategy = DA_STRATEGY_PROJECTION is not implemented yet "
-                        "(the cpu and opencl backends run it)");
+                        "CUDA: ext.strategy = DA_STRATEGY_PROJECTION runs on the fused kernels "
+                        "(DA_ALGO_FUSED), not DA_ALGO_GEMM");
   if (p->d.algo == DA_ALGO_GEMM && p->ext_used) return da_refuse_gemm_ext(p, "CUDA");
   if (p->d.head_dim > 256 && p->d.algo != DA_ALGO_GEMM)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
@@ -745,12 +788,24 @@ static da_status dac_gemm(da_plan *p, dac_args *a) {
 
 static int dac_aligned16(const void *x) { return ((uintptr_t)x & 15u) == 0; }
 
+/* THE refusal of the projection strategy's forward (SPEC 1c), for both
+ * entry points (dac_attention, dac_attention_ext): its kernels wait for a
+ * GPU (bench/pending/cuda-projection.patch). Plans are made (the backward
+ * runs them, from the O and LSE of another backend's forward). */
+static da_status dac_proj_forward_refusal(da_plan *p) {
+  return da_set_error(p->ctx, DA_ERR_UNSUPPORTED,
+                      "CUDA: the forward of ext.strategy = DA_STRATEGY_PROJECTION is not "
+                      "implemented yet (the cpu and opencl backends run it; CUDA runs its "
+                      "backward, da_attention_backward)");
+}
+
 static da_status dac_attention(da_plan *p, void *q, void *k, void *v, void *o) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
   const da_attn_desc *d = &p->d;
   if (!bp) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: plan was not prepared");
+  if (p->x.strategy == DA_STRATEGY_PROJECTION) return dac_proj_forward_refusal(p);
   DAC_SETDEV(ctx);
   dac_args a;
   dac_fill_args(p, &a, q, k, v, o);
@@ -814,6 +869,7 @@ static da_status dac_attention_ext(da_plan *p, const da_call *c) {
   const da_attn_ext *x = &p->x;
   const size_t es = p->elem_size;
   if (!bp) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: plan was not prepared");
+  if (x->strategy == DA_STRATEGY_PROJECTION) return dac_proj_forward_refusal(p);
   char *q = (char *)c->q + c->q_off * es, *k = (char *)c->k + c->k_off * es;
   char *v = (char *)c->v + c->v_off * es, *o = (char *)c->o + c->o_off * es;
   if (!p->ext_used) return dac_attention(p, q, k, v, o);
@@ -884,10 +940,9 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   const da_attn_ext *x = &p->x;
   const size_t es = p->elem_size;
   if (!bp) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: plan was not prepared");
-  if (x->strategy == DA_STRATEGY_PROJECTION) /* plan_prepare refuses such plans on CUDA */
-    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
-                        "CUDA: the backward pass of ext.strategy = DA_STRATEGY_PROJECTION is not "
-                        "implemented (the cpu backend has it)");
+  if (x->strategy == DA_STRATEGY_PROJECTION && !bp->pm) /* dac_proj_bwd_plan made it */
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "CUDA: the projection plan has no products A_h B_h^T on the device");
   if (x->seqlens != DA_SEQLENS_NONE) /* the core refuses these before */
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                         "CUDA: the backward pass does not support ext.seqlens (per-sequence "
@@ -907,6 +962,8 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   if (st) return st;
   DAC_SETDEV(ctx);
   const int G = d->group_size > 1 ? d->group_size : 1;
+  /* the projection strategy (SPEC 1c): the exact pass on Qx = Q M_h */
+  const int proj = x->strategy == DA_STRATEGY_PROJECTION;
   dac_bwd_args a;
   memset(&a, 0, sizeof a);
   a.q = (const char *)c->q + c->q_off * es;
@@ -948,8 +1005,9 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   const int mma = mma_ok && aligned && env != 0;
 
   /* the call's workspace, stream-ordered: E [bh][seq_q][d] f32, D
-   * [bh][seq_q] f32 and, for G > 1, the expanded Q [bh][seq_q][d] (the
-   * dtype on the tensor-core path, else f32) */
+   * [bh][seq_q] f32 and, for G > 1 and the projection strategy, the
+   * expanded Q [bh][seq_q][d] (the dtype on the tensor-core path, else
+   * f32) */
   size_t n_rows, n_e, e_bytes, d_bytes, x_bytes = 0, total;
   {
     const size_t f[] = {(size_t)d->batch, (size_t)d->heads, (size_t)d->seq_q};
@@ -958,7 +1016,7 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
     if ((st = dac_size(ctx, "the backward pass's dQ accumulator", &n_e, 2, f2))) return st;
   }
   if (!da_mul_size(n_e, sizeof(float), &e_bytes) || !da_mul_size(n_rows, sizeof(float), &d_bytes) ||
-      (G > 1 && !da_mul_size(n_e, mma ? es : sizeof(float), &x_bytes)) ||
+      ((G > 1 || proj) && !da_mul_size(n_e, mma ? es : sizeof(float), &x_bytes)) ||
       !da_add_size(e_bytes, (d_bytes + 255) / 256 * 256, &total) || !da_add_size(total, x_bytes, &total))
     return da_set_error(ctx, DA_ERR_DEVICE_MEMORY,
                         "CUDA: the size of the backward pass's workspace overflows size_t");
@@ -974,7 +1032,7 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
   }
   a.dacc = (float *)ws;
   a.dsum = (float *)(ws + e_bytes);
-  void *qx = G > 1 ? ws + e_bytes + (d_bytes + 255) / 256 * 256 : NULL;
+  void *qx = G > 1 || proj ? ws + e_bytes + (d_bytes + 255) / 256 * 256 : NULL;
   const char *what = "";
 #define DAC_BWD_STEP(call, name)                                                                   \
   do {                                                                                             \
@@ -999,6 +1057,13 @@ static da_status dac_attention_bwd(da_plan *p, const da_bwd_call *c) {
     a.wts = bp->wts;
     const da_dtype qx_dt = mma ? d->dtype : DA_F32;
     DAC_BWD_STEP(dac_launch_bwd_qx(&a, qx, qx_dt, s), "the expanded Q kernel");
+    a.qx = qx;
+    a.qx_dt = qx_dt;
+  } else if (proj) {
+    /* Qx = Q M_h; step 4 then gives dQ = s E M_h^T */
+    a.pm = bp->pm;
+    const da_dtype qx_dt = mma ? d->dtype : DA_F32;
+    DAC_BWD_STEP(dac_launch_bwd_qproj(&a, qx, qx_dt, s), "the projected Q kernel (Q A_h B_h^T)");
     a.qx = qx;
     a.qx_dt = qx_dt;
   }

@@ -45,6 +45,10 @@ typedef struct dac_plan {
   int dec_rb, dec_nrg;    /* query rows per block, row groups per kv head */
   int dec_nch, dec_C;     /* chunks of keys and keys per chunk */
   float *dec_part;        /* partial results [rows][nch][d] f32, then (max, sum) [rows][nch] */
+  /* DA_STRATEGY_PROJECTION (SPEC 1c), for the backward pass: M_h = A_h
+   * B_h^T per query head, [heads][head_dim][head_dim] f32 (da_proj_products),
+   * made at plan time */
+  float *pm;
 } dac_plan;
 
 /* Kernel launch parameters, filled from a plan. */

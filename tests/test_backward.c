@@ -1325,6 +1325,38 @@ static void test_cuda_vs_cpu(void **st) {
   }
 }
 
+/* The projection strategy: every case on the kernel the call picks (the
+ * tensor-core one for f16/bf16 at head_dim 64 and 128), then forced to
+ * SIMT, then the tensor-core shapes forced onto it with 128 and 64 keys a
+ * block. O and the LSE come from the cpu backend's forward while CUDA
+ * refuses the strategy's forward (run_case). */
+static void test_cuda_projection(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  check_proj_cases(DA_BACKEND_CUDA, 1);
+  setenv("DISTRATTN_CUDA_BWD", "simt", 1);
+  check_proj_cases(DA_BACKEND_CUDA, 1);
+  setenv("DISTRATTN_CUDA_BWD", "mma", 1);
+  for (int m = 0; m < 2; m++) {
+    if (m) setenv("DISTRATTN_CUDA_BWD_KEYS", "64", 1);
+    for (int t = 1; t < 3; t++)
+      for (size_t i = 0; i < N_PROJ; i++) {
+        bcase k = proj_cases[i];
+        if (k.hd != 64 && k.hd != 128) continue;
+        k.t = proj_types[t], k.be = DA_BACKEND_CUDA;
+        check_case(&k);
+      }
+  }
+  unsetenv("DISTRATTN_CUDA_BWD");
+  unsetenv("DISTRATTN_CUDA_BWD_KEYS");
+}
+
+static void test_cuda_projection_vs_cpu(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  check_proj_vs_cpu(DA_BACKEND_CUDA);
+}
+
 /* What the CUDA backward refuses: what the cpu one refuses (per-sequence
  * lengths, through the core), a DISTRATTN_CUDA_BWD it cannot honour or
  * parse. */
@@ -1367,6 +1399,39 @@ static void test_cuda_refusals(void **st) {
   TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
   expect(ctx, da_attention_backward(pk, &a), DA_ERR_UNSUPPORTED, "seqlens");
   da_plan_destroy(pk);
+  /* the projection strategy: the plan is made and its backward runs; its
+   * forward is refused by name (both entry points), DA_ALGO_GEMM too */
+  float proj[4 * 2 * 16 * 4];
+  for (size_t i = 0; i < sizeof proj / sizeof *proj; i++) proj[i] = (float)(i % 7) * 0.1f;
+  da_attn_ext_init(&e);
+  e.strategy = DA_STRATEGY_PROJECTION, e.rank = 4, e.proj = proj;
+  pk = NULL;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
+  TU_CHECK(ctx, da_attention_backward(pk, &a));
+  assert_string_equal(da_context_last_error(ctx), "");
+  expect(ctx, da_attention(pk, b[1], b[2], b[3], b[6]), DA_ERR_UNSUPPORTED,
+         "forward of ext.strategy = DA_STRATEGY_PROJECTION");
+  da_attn_args fa;
+  da_attn_args_init(&fa);
+  fa.q = b[1], fa.k = b[2], fa.v = b[3], fa.o = b[6];
+  expect(ctx, da_attention_ext(pk, &fa), DA_ERR_UNSUPPORTED,
+         "forward of ext.strategy = DA_STRATEGY_PROJECTION");
+  da_plan_destroy(pk);
+  pk = NULL;
+  e.lse = 1;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
+  fa.lse = b[5];
+  expect(ctx, da_attention_ext(pk, &fa), DA_ERR_UNSUPPORTED,
+         "forward of ext.strategy = DA_STRATEGY_PROJECTION");
+  da_plan_destroy(pk);
+  pk = NULL;
+  da_attn_desc dg = d;
+  dg.algo = DA_ALGO_GEMM;
+  e.lse = 0;
+  const da_status sg = da_plan_create_ext(ctx, &dg, &e, &pk);
+  if (sg != DA_ERR_UNSUPPORTED || !strstr(da_context_last_error(ctx), "DA_ALGO_GEMM"))
+    fail_msg("a GEMM projection plan: expected DA_ERR_UNSUPPORTED naming DA_ALGO_GEMM, got %s: "
+             "\"%s\"", da_status_string(sg), da_context_last_error(ctx));
   for (int i = 0; i < 9; i++) da_buffer_destroy(b[i]);
   da_plan_destroy(p);
   da_context_destroy(ctx);
@@ -1394,6 +1459,8 @@ int main(void) {
       {"cuda: DISTRATTN_CUDA_BWD simt and mma, 64 and 128 keys", test_cuda_forced, NULL, NULL, NULL},
       {"cuda: vs cpu backward", test_cuda_vs_cpu, NULL, NULL, NULL},
       {"cuda: refusals", test_cuda_refusals, NULL, NULL, NULL},
+      {"cuda: projection backward", test_cuda_projection, NULL, NULL, NULL},
+      {"cuda: projection vs cpu backward", test_cuda_projection_vs_cpu, NULL, NULL, NULL},
   };
   return cmocka_run_group_tests_name("backward", tests, NULL, NULL);
 }
