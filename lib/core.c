@@ -543,7 +543,7 @@ static da_status copy_projections(da_context *ctx, da_plan *p) {
       ctx->iface->id != DA_BACKEND_CUDA)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                         "the %s backend does not implement ext.strategy = "
-                        "DA_STRATEGY_PROJECTION (the cpu and opencl backends do)",
+                        "DA_STRATEGY_PROJECTION (the cpu, opencl and cuda backends do)",
                         ctx->iface->name);
   size_t n;
   if (!da_mul_size((size_t)d->heads, 2 * (size_t)hd * (size_t)r, &n) ||
