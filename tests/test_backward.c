@@ -1359,7 +1359,9 @@ static void test_cuda_projection_vs_cpu(void **st) {
 
 /* What the CUDA backward refuses: what the cpu one refuses (per-sequence
  * lengths, through the core), a DISTRATTN_CUDA_BWD it cannot honour or
- * parse. */
+ * parse; a projection plan is made and its backward runs, while its
+ * forward (both entry points) and DA_ALGO_GEMM projection plans are
+ * refused. */
 static void test_cuda_refusals(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_CUDA);
