@@ -9,8 +9,9 @@ EXTRA_DIST += bench/plot.py bench/time-vs-seq.png bench/error-vs-g.png \
 	bench/data/eval-minilm.csv bench/data/e2e-minilm.csv \
 	bench/gpu-check-issue15.txt bench/gpu-sessions-2026-12-02.txt
 
-# bench/bwd_time: a backward pass (cpu or opencl) against the forward (not installed;
-# `make bench/bwd_time`).
+# bench/bwd_time: a backward pass (cpu, opencl or cuda; f32, f16 or bf16;
+# exact, G = 2 and the projection strategy of a rank) against the forward
+# (not installed; `make bench/bwd_time`).
 EXTRA_PROGRAMS = bench/bwd_time bench/membw
 bench_bwd_time_SOURCES = bench/bwd_time.c
 bench_bwd_time_LDADD = lib/libdistrattn.la

@@ -10,12 +10,20 @@
  *  - da_bwd_dkv: a work-item per (key, kv head, batch), over the query
  *    heads of the kv head and the rows that see the key:
  *    dV += P dO, dK += dS Qx (times the scale at the end);
+ *  - da_bwd_qproj (PROJ, the projection strategy of SPEC 1c): Qx = Q M_h
+ *    (f32, dense) with the plan's M_h = A_h B_h^T, so that the logits
+ *    s (Q A_h)(K B_h)^T are Qx K^T as for G > 1 and dK = s sum dS Qx;
  *  - da_bwd_dq: a work-item per (row, head, batch) over the keys it sees:
  *    E = s sum_j dS K_j, then dQ = E (G = 1), or E folded back through the
- *    row's hash tile: dQ[c] = (1/A_g(c)) sum_{c' in g(c)} a_c' E[c'].
+ *    row's hash tile: dQ[c] = (1/A_g(c)) sum_{c' in g(c)} a_c' E[c'], or
+ *    (PROJ) dQ = E M_h^T: dQ[c] = sum_c' E[c'] M_h[c][c'].
  * Defines: DTYPE, D (head_dim, 1..256), G (group size), VW (vector width
- * of the rows: 4, 8 or 16). f32 arithmetic.
+ * of the rows: 4, 8 or 16), PROJ (0 or 1). f32 arithmetic.
  * Element (b, h, r, c) of a tensor: off + b*s0 + h*s1 + r*s2 + c. */
+
+#ifndef PROJ
+#define PROJ 0
+#endif
 
 inline ulong bwd_at(ulong off, long s0, long s1, long s2, int b, int h, long r) {
   return off + (ulong)((long)b * s0 + (long)h * s1 + r * s2);
@@ -98,7 +106,28 @@ inline void bwd_store(__global elem_t *p, ulong at, const floatV *r, float mul) 
     for (int x = 0; x < VW && v * VW + x < D; x++) STORE_ELEM(p, at + v * VW + x, t[x]);
   }
 }
-#if G > 1
+#if PROJ
+/* global size (rows rounded up, batch * heads). Pm: [heads][2][D][D], M_h
+ * then M_h^T; Qx[i][c] = sum_k Q[i][k] M_h[k][c] = Q_i . (M_h^T)[c]. */
+__kernel void da_bwd_qproj(__global const elem_t *Q, __global const float *Pm,
+                           __global float *Qx, int seq_q, int heads, long qs0, long qs1, long qs2,
+                           ulong qoff) {
+  const int i = get_global_id(0);
+  if (i >= seq_q) return;
+  const int bh = get_global_id(1), b = bh / heads, h = bh - b * heads;
+  floatV qr[NV], mr[NV];
+  bwd_row(Q, bwd_at(qoff, qs0, qs1, qs2, b, h, i), qr);
+  __global float *x = Qx + ((ulong)bh * seq_q + i) * D;
+  for (int c = 0; c < D; c++) {
+    bwd_row32(Pm, (((ulong)h * 2 + 1) * D + c) * D, mr);
+    floatV sv = (floatV)(0.0f);
+    for (int v = 0; v < NV; v++) sv = fma(qr[v], mr[v], sv);
+    x[c] = hsumV(sv);
+  }
+}
+#endif
+
+#if G > 1 || PROJ
 #define LOAD_QROW(i, r) bwd_row32(Qx, ((ulong)bh * seq_q + (i)) * D, r)
 #else
 #define LOAD_QROW(i, r) bwd_row(Q, bwd_at(qoff, qs0, qs1, qs2, b, h, (i)), r)
@@ -160,7 +189,8 @@ __kernel void da_bwd_dq(__global const elem_t *Q, __global const float *Qx,
                         int seq_k, int heads, int kvh, int wl, int wr, float c2, float sc,
                         int n_tiles, int hb, long qs0, long qs1, long qs2, ulong qoff, long ks0,
                         long ks1, long ks2, ulong koff, long vs0, long vs1, long vs2, ulong voff,
-                        long os0, long os1, long os2, ulong dooff, ulong lseoff, ulong dqoff) {
+                        long os0, long os1, long os2, ulong dooff, ulong lseoff, ulong dqoff,
+                        __global const float *Pm) {
   const int i = get_global_id(0);
   if (i >= seq_q) return;
   const int h = get_global_id(1), b = get_global_id(2), bh = b * heads + h;
@@ -189,7 +219,14 @@ __kernel void da_bwd_dq(__global const elem_t *Q, __global const float *Qx,
     }
   }
   const ulong qa = bwd_at(dqoff, qs0, qs1, qs2, b, h, i);
-#if G > 1
+#if PROJ
+  for (int c = 0; c < D; c++) { /* dQ[c] = s E . M_h[c] */
+    bwd_row32(Pm, ((ulong)h * 2 * D + c) * D, qr); /* qr is free here */
+    floatV sv = (floatV)(0.0f);
+    for (int v = 0; v < NV; v++) sv = fma(e[v], qr[v], sv);
+    STORE_ELEM(dQ, qa + c, sc * hsumV(sv));
+  }
+#elif G > 1
   __private const float *ef = (__private const float *)e;
   const ulong pb = ((ulong)bh * n_tiles + (ulong)(i / hb)) * D;
   for (int g0 = 0; g0 < D; g0 += G) {

@@ -4,16 +4,20 @@
  * context's queue:
  *  1. (G > 1) the forward's hash kernel (the same permutations and fusion
  *     weights as the forward), then the expanded Q, Qx[i][c] = a_c
- *     Qs[i][g(c)] (f32), whose product with K is the fused logits;
+ *     Qs[i][g(c)] (f32), whose product with K is the fused logits; for the
+ *     projection strategy (SPEC 1c) Qx = Q M_h with the plan's M_h =
+ *     A_h B_h^T (made at plan time), whose product with K is the projected
+ *     logits (Q A_h)(K B_h)^T;
  *  2. D = rowsum(dO o O);
  *  3. dK, dV: a work-item per key, over the query heads of its kv head;
  *  4. dQ: a work-item per query row, folded back through the row's hash
- *     tile for G > 1.
+ *     tile for G > 1, times M_h^T for the projection strategy (dQ =
+ *     (s dS K B_h) A_h^T).
  * Passes 3 and 4 both recompute P and dS, so nothing is summed with
  * atomics and the results do not change from call to call. The workspace
- * (D, and Qx for G > 1) and the kernels are made per call and released
- * before it returns, on every path (OpenCL keeps them alive until the
- * commands that use them have run). */
+ * (D, and Qx for G > 1 and the projection strategy) and the kernels are
+ * made per call and released before it returns, on every path (OpenCL
+ * keeps them alive until the commands that use them have run). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,7 +27,7 @@
 
 typedef struct {
   da_context *ctx;
-  cl_kernel k[4]; /* dsum, qx, dkv, dq */
+  cl_kernel k[4]; /* dsum, qx (G > 1) or qproj (projection), dkv, dq */
   cl_mem ws[2];   /* D, Qx */
 } bwd_res;
 
@@ -113,14 +117,16 @@ static da_status bwd_enqueue(const da_plan *p, const da_bwd_call *c, bwd_res *r)
   const da_attn_desc *d = &p->d;
   const da_attn_ext *x = &p->x;
   const int G = d->group_size > 1 ? d->group_size : 1;
+  const int proj = x->strategy == DA_STRATEGY_PROJECTION;
   da_status s;
   char opts[256];
-  snprintf(opts, sizeof opts, "-DDTYPE=%d -DD=%d -DG=%d -DVW=%d%s", (int)d->dtype, d->head_dim,
-           G, bc->vw, bc->crsqrt ? " -cl-fp32-correctly-rounded-divide-sqrt" : "");
+  snprintf(opts, sizeof opts, "-DDTYPE=%d -DD=%d -DG=%d -DVW=%d -DPROJ=%d%s", (int)d->dtype,
+           d->head_dim, G, bc->vw, proj, bc->crsqrt ? " -cl-fp32-correctly-rounded-divide-sqrt" : "");
   cl_program prog;
   if ((s = da_cl_program(ctx, DA_CL_SRC_BWD, opts, &prog)) != DA_SUCCESS) return s;
   if ((s = bwd_kernel(ctx, prog, "da_bwd_dsum", &r->k[0])) != DA_SUCCESS ||
       (G > 1 && (s = bwd_kernel(ctx, prog, "da_bwd_qx", &r->k[1])) != DA_SUCCESS) ||
+      (proj && (s = bwd_kernel(ctx, prog, "da_bwd_qproj", &r->k[1])) != DA_SUCCESS) ||
       (s = bwd_kernel(ctx, prog, "da_bwd_dkv", &r->k[2])) != DA_SUCCESS ||
       (s = bwd_kernel(ctx, prog, "da_bwd_dq", &r->k[3])) != DA_SUCCESS)
     return s;
@@ -130,15 +136,23 @@ static da_status bwd_enqueue(const da_plan *p, const da_bwd_call *c, bwd_res *r)
       DA_SUCCESS)
     return s;
   if ((s = bwd_buffer(ctx, rows, "row sums", &r->ws[0])) != DA_SUCCESS) return s;
-  cl_mem perm = r->ws[0], wts = r->ws[0], qx = r->ws[0]; /* not read for G = 1 */
-  if (G > 1) {
+  /* not read for G = 1 (perm, wts, qx) or other strategies (pm) */
+  cl_mem perm = r->ws[0], wts = r->ws[0], qx = r->ws[0], pm = r->ws[0];
+  if (proj) {
+    pm = da_cl_bwd_proj(p);
+    if (!pm)
+      return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                          "OpenCL: the projection plan has no products A_h B_h^T on the device");
+  }
+  if (G > 1 || proj) {
     const size_t f2[2] = {rows, (size_t)d->head_dim};
     if ((s = da_checked_size(ctx, "OpenCL", "the backward pass's expanded Q", &xe, 2, f2)) !=
             DA_SUCCESS ||
         (s = bwd_buffer(ctx, xe, "expanded Q", &r->ws[1])) != DA_SUCCESS)
       return s;
     qx = r->ws[1];
-    if ((s = da_cl_bwd_groups(p, (cl_mem)c->q, c->q_off, &perm, &wts)) != DA_SUCCESS) return s;
+    if (G > 1 && (s = da_cl_bwd_groups(p, (cl_mem)c->q, c->q_off, &perm, &wts)) != DA_SUCCESS)
+      return s;
   }
   size_t ls = BWD_LS < bc->max_wg ? BWD_LS : bc->max_wg;
   if (ls < 1) ls = 1;
@@ -167,6 +181,11 @@ static da_status bwd_enqueue(const da_plan *p, const da_bwd_call *c, bwd_res *r)
         A(qoff);
     if (as.s != DA_SUCCESS) return as.s;
     if ((s = bwd_run(ctx, r->k[1], "da_bwd_qx", 2, g_rows, l_rows)) != DA_SUCCESS) return s;
+  } else if (proj) {
+    as = (argset){ctx, r->k[1], "da_bwd_qproj", 0, DA_SUCCESS};
+    A(q), A(pm), A(qx), A(seq_q), A(heads), A(qs0), A(qs1), A(qs2), A(qoff);
+    if (as.s != DA_SUCCESS) return as.s;
+    if ((s = bwd_run(ctx, r->k[1], "da_bwd_qproj", 2, g_rows, l_rows)) != DA_SUCCESS) return s;
   }
   as = (argset){ctx, r->k[2], "da_bwd_dkv", 0, DA_SUCCESS};
   A(q), A(qx), A(k), A(v), A(dout), A(lse), A(Dv), A(dk), A(dv), A(seq_q), A(seq_k), A(heads),
@@ -181,24 +200,20 @@ static da_status bwd_enqueue(const da_plan *p, const da_bwd_call *c, bwd_res *r)
   A(q), A(qx), A(k), A(v), A(dout), A(lse), A(Dv), A(dq), A(perm), A(wts), A(seq_q), A(seq_k),
       A(heads), A(kvh), A(wl), A(wr), A(c2), A(sc), A(nt), A(hb), A(qs0), A(qs1), A(qs2),
       A(qoff), A(ks0), A(ks1), A(ks2), A(koff), A(vs0), A(vs1), A(vs2), A(voff), A(os0),
-      A(os1), A(os2), A(dooff), A(lseoff), A(dqoff);
+      A(os1), A(os2), A(dooff), A(lseoff), A(dqoff), A(pm);
   if (as.s != DA_SUCCESS) return as.s;
   const size_t g_q[3] = {rup((size_t)d->seq_q, ls), (size_t)d->heads, (size_t)d->batch};
   return bwd_run(ctx, r->k[3], "da_bwd_dq", 3, g_q, l3);
 }
 #undef A
 
-/* The options the cpu backward takes, except the projection strategy
- * (OpenCL runs its forward only) and head_dim above 256 (the kernels keep
- * rows in private arrays; the fused forward takes no more either). */
+/* The options the cpu backward takes (the projection strategy too),
+ * except head_dim above 256 (the kernels keep rows in private arrays; the
+ * fused forward takes no more either). */
 da_status da_cl_attention_bwd(const da_plan *p, const da_bwd_call *c) {
   da_context *ctx = p->ctx;
   const da_attn_desc *d = &p->d;
   if (!p->bplan) return da_set_error(ctx, DA_ERR_INVALID_ARG, "OpenCL: the plan was not prepared");
-  if (p->x.strategy == DA_STRATEGY_PROJECTION)
-    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
-                        "OpenCL: the backward pass of ext.strategy = DA_STRATEGY_PROJECTION is "
-                        "not implemented (the cpu backend has it)");
   if (p->x.seqlens != DA_SEQLENS_NONE) /* the core refuses these before */
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                         "OpenCL: the backward pass does not support ext.seqlens (per-sequence "

@@ -86,5 +86,8 @@ DA_CL_HIDDEN da_status da_cl_attention_bwd(const da_plan *p, const da_bwd_call *
  * (D entries per (batch, head, hash tile), weights by position). */
 DA_CL_HIDDEN da_status da_cl_bwd_groups(const da_plan *p, cl_mem q, size_t qoff, cl_mem *perm,
                                         cl_mem *wts);
+/* DA_STRATEGY_PROJECTION: the plan's M_h = A_h B_h^T and M_h^T,
+ * [heads][2][head_dim][head_dim] f32, made at plan time (NULL otherwise). */
+DA_CL_HIDDEN cl_mem da_cl_bwd_proj(const da_plan *p);
 
 #endif /* DA_CL_INTERNAL_H */

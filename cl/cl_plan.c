@@ -33,6 +33,9 @@ typedef struct {
    * writes the projected key tiles into kb. */
   cl_kernel k_proj;
   cl_mem pj, pq, pk;
+  /* ... and for the backward pass (cl_bwd.c): M_h = A_h B_h^T then M_h^T
+   * per query head, [heads][2][head_dim][head_dim] f32 */
+  cl_mem pm;
 } da_cl_plan;
 
 #define CK(call, what)                                                                            \
@@ -57,7 +60,7 @@ static void release_plan(da_cl_plan *bp) {
     if (ks[i]) clReleaseKernel(ks[i]);
   cl_mem ms[] = {bp->proj, bp->perm, bp->wts, bp->kb, bp->vb,   bp->q32, bp->k32,
                  bp->v32,  bp->qs,   bp->kfz, bp->s,  bp->of, bp->pacc, bp->pml,
-                 bp->pj,   bp->pq,   bp->pk};
+                 bp->pj,   bp->pq,   bp->pk, bp->pm};
   for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
     if (ms[i]) clReleaseMemObject(ms[i]);
   free(bp);
@@ -649,6 +652,39 @@ static da_status prepare_gemm(const da_plan *p, da_cl_plan *bp) {
 #endif
 }
 
+/* DA_STRATEGY_PROJECTION (SPEC 1c), for the backward pass: M_h = A_h
+ * B_h^T and its transpose per query head (da_proj_products: double sums,
+ * rounded once), on the device for the plan's life. */
+static da_status prepare_proj_bwd(const da_plan *p, da_cl_plan *bp) {
+  da_context *ctx = p->ctx;
+  da_cl_ctx *bc = ctx->bctx;
+  const da_attn_desc *d = &p->d;
+  const size_t D = (size_t)d->head_dim, per = D * D;
+  size_t bytes = 0;
+  da_status s;
+  if ((s = SIZE_OF("projections' products A_h B_h^T", &bytes, (size_t)d->heads, 2, D, D, 4)))
+    return s;
+  if ((s = new_buffer(ctx, bytes, &bp->pm, "the projections' products A_h B_h^T")) != DA_SUCCESS)
+    return s;
+  float *m = malloc(bytes);
+  if (!m)
+    return da_set_error(ctx, DA_ERR_HOST_MEMORY,
+                        "OpenCL: no host memory for %zu bytes of the projections' products", bytes);
+  const size_t R = (size_t)p->x.rank;
+  for (size_t h = 0; h < (size_t)d->heads; h++) /* [h][0] = M_h, [h][1] = M_h^T */
+    da_proj_products(p->sproj + h * 2 * D * R, 1, d->head_dim, p->x.rank, m + 2 * h * per,
+                     m + (2 * h + 1) * per);
+  cl_int e = clEnqueueWriteBuffer(bc->q, bp->pm, CL_TRUE, 0, bytes, m, 0, NULL, NULL);
+  free(m);
+  CK(e, "clEnqueueWriteBuffer(the projections' products)");
+  return DA_SUCCESS;
+}
+
+cl_mem da_cl_bwd_proj(const da_plan *p) {
+  const da_cl_plan *bp = p->bplan;
+  return bp ? bp->pm : NULL;
+}
+
 da_status da_cl_plan_prepare(const da_plan *p, void **bplan) {
   da_context *ctx = p->ctx;
   if (p->d.algo == DA_ALGO_GEMM && p->x.strategy == DA_STRATEGY_PROJECTION)
@@ -663,6 +699,7 @@ da_status da_cl_plan_prepare(const da_plan *p, void **bplan) {
   if (s == DA_SUCCESS) s = prepare_decode(p, bp);
   if (s == DA_SUCCESS && !bp->dec)
     s = p->d.algo == DA_ALGO_GEMM ? prepare_gemm(p, bp) : prepare_fused(p, bp);
+  if (s == DA_SUCCESS && p->x.strategy == DA_STRATEGY_PROJECTION) s = prepare_proj_bwd(p, bp);
   if (s != DA_SUCCESS) {
     release_plan(bp);
     return s;

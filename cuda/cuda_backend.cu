@@ -361,6 +361,7 @@ static void dac_plan_free(dac_plan *bp) {
   if (bp->pj) (void)cudaFree(bp->pj);
   if (bp->pq) (void)cudaFree(bp->pq);
   if (bp->pk) (void)cudaFree(bp->pk);
+  if (bp->pm) (void)cudaFree(bp->pm);
   (void)cudaGetLastError();
   free(bp);
 }
@@ -567,6 +568,29 @@ static da_status dac_proj_plan(const da_plan *p, dac_plan *bp, const dac_ctx *bc
   return DA_SUCCESS;
 }
 
+/* DA_STRATEGY_PROJECTION (SPEC 1c), what the backward pass needs: M_h =
+ * A_h B_h^T per query head ([heads][head_dim][head_dim] f32, computed on
+ * the host in double, da_proj_products), on the device for the plan's
+ * life. */
+static da_status dac_proj_bwd_plan(const da_plan *p, dac_plan *bp) {
+  da_context *ctx = p->ctx;
+  const da_attn_desc *d = &p->d;
+  size_t bytes;
+  const size_t f[] = {(size_t)d->heads, (size_t)d->head_dim, (size_t)d->head_dim, sizeof(float)};
+  da_status st = dac_size(ctx, "the projections' products A_h B_h^T", &bytes, 4, f);
+  if (st) return st;
+  float *m = (float *)malloc(bytes);
+  if (!m)
+    return da_set_error(ctx, DA_ERR_HOST_MEMORY,
+                        "CUDA: out of host memory for %zu bytes of the projections' products "
+                        "A_h B_h^T",
+                        bytes);
+  da_proj_products(p->sproj, d->heads, d->head_dim, p->x.rank, m, NULL);
+  st = dac_upload(ctx, (void **)&bp->pm, m, bytes, "the projections' products A_h B_h^T");
+  free(m);
+  return st;
+}
+
 static da_status dac_plan_prepare_inner(const da_plan *p, dac_plan *bp) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
@@ -575,7 +599,12 @@ static da_status dac_plan_prepare_inner(const da_plan *p, dac_plan *bp) {
   const size_t bh = (size_t)d->batch * d->heads;
   da_status st = dac_dec_plan(p, bp, bc); /* refuses the projection strategy */
   if (st) return st;
-  if (p->x.strategy == DA_STRATEGY_PROJECTION) return dac_proj_plan(p, bp, bc);
+  /* the projection strategy: the forward's projections and workspaces, and
+   * the backward's M_h */
+  if (p->x.strategy == DA_STRATEGY_PROJECTION) {
+    da_status st = dac_proj_plan(p, bp, bc);
+    return st ? st : dac_proj_bwd_plan(p, bp);
+  }
   bp->use_mma = bc->cc_major >= 8 && dac_mma_supported(d->dtype, d->head_dim, G, d->hash_block);
   bp->br = (G == 1 || d->hash_block >= 128) ? 128 : 64;
   /* DISTRATTN_CUDA_WGMMA: "0" keeps Hopper on the mma.sync kernel (for
@@ -1042,10 +1071,9 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
   const da_attn_ext *x = &p->x;
   const size_t es = p->elem_size;
   if (!bp) return da_set_error(ctx, DA_ERR_INVALID_ARG, "CUDA: plan was not prepared");
-  if (x->strategy == DA_STRATEGY_PROJECTION) /* CUDA runs its forward only */
-    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
-                        "CUDA: the backward pass of ext.strategy = DA_STRATEGY_PROJECTION is not "
-                        "implemented (CUDA runs its forward; the cpu backend has both)");
+  if (x->strategy == DA_STRATEGY_PROJECTION && !bp->pm) /* dac_proj_bwd_plan made it */
+    return da_set_error(ctx, DA_ERR_INVALID_ARG,
+                        "CUDA: the projection plan has no products A_h B_h^T on the device");
   if (x->seqlens != DA_SEQLENS_NONE) /* the core refuses these before */
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                         "CUDA: the backward pass does not support ext.seqlens (per-sequence "
@@ -1064,6 +1092,8 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
   da_status st;
   DAC_SETDEV(ctx);
   const int G = d->group_size > 1 ? d->group_size : 1;
+  /* the projection strategy (SPEC 1c): the exact pass on Qx = Q M_h */
+  const int proj = x->strategy == DA_STRATEGY_PROJECTION;
   dac_bwd_args a;
   memset(&a, 0, sizeof a);
   a.q = (const char *)c->q + c->q_off * es;
@@ -1108,9 +1138,10 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
   const int split = mma && env_dq == 1 && dac_aligned16(a.dq);
 
   /* the call's workspace, stream-ordered: E [bh][seq_q][d] f32 (not for
-   * split with G = 1), D [bh][seq_q] f32 and, for G > 1, the expanded Q
-   * [bh][seq_q][d] (the dtype on the tensor-core path, else f32) */
-  const int need_e = !(split && G == 1);
+   * split with G = 1 and exact logits), D [bh][seq_q] f32 and, for G > 1 and
+   * the projection strategy, the expanded Q [bh][seq_q][d] (the dtype on
+   * the tensor-core path, else f32) */
+  const int need_e = !(split && G == 1 && !proj);
   size_t n_rows, n_e, e_bytes, d_bytes, x_bytes = 0, total;
   {
     const size_t f[] = {(size_t)d->batch, (size_t)d->heads, (size_t)d->seq_q};
@@ -1119,7 +1150,7 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
     if ((st = dac_size(ctx, "the backward pass's dQ accumulator", &n_e, 2, f2))) return st;
   }
   if (!da_mul_size(need_e ? n_e : 0, sizeof(float), &e_bytes) || !da_mul_size(n_rows, sizeof(float), &d_bytes) ||
-      (G > 1 && !da_mul_size(n_e, mma ? es : sizeof(float), &x_bytes)) ||
+      ((G > 1 || proj) && !da_mul_size(n_e, mma ? es : sizeof(float), &x_bytes)) ||
       !da_add_size(e_bytes, (d_bytes + 255) / 256 * 256, &total) || !da_add_size(total, x_bytes, &total))
     return da_set_error(ctx, DA_ERR_DEVICE_MEMORY,
                         "CUDA: the size of the backward pass's workspace overflows size_t");
@@ -1135,7 +1166,7 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
   }
   a.dacc = (float *)ws;
   a.dsum = (float *)(ws + e_bytes);
-  void *qx = G > 1 ? ws + e_bytes + (d_bytes + 255) / 256 * 256 : NULL;
+  void *qx = G > 1 || proj ? ws + e_bytes + (d_bytes + 255) / 256 * 256 : NULL;
   const char *what = "";
 #define DAC_BWD_STEP(call, name)                                                                   \
   do {                                                                                             \
@@ -1160,6 +1191,13 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
     a.wts = bp->wts;
     const da_dtype qx_dt = mma ? d->dtype : DA_F32;
     DAC_BWD_STEP(dac_launch_bwd_qx(&a, qx, qx_dt, s), "the expanded Q kernel");
+    a.qx = qx;
+    a.qx_dt = qx_dt;
+  } else if (proj) {
+    /* Qx = Q M_h; step 4 then gives dQ = s E M_h^T */
+    a.pm = bp->pm;
+    const da_dtype qx_dt = mma ? d->dtype : DA_F32;
+    DAC_BWD_STEP(dac_launch_bwd_qproj(&a, qx, qx_dt, s), "the projected Q kernel (Q A_h B_h^T)");
     a.qx = qx;
     a.qx_dt = qx_dt;
   }

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The launches of the backward pass's helper kernels and of its SIMT main
- * kernel (cuda_bwd_kern.cuh). */
+/* The launches of the backward pass's helper kernels (the expanded Q of
+ * G > 1, the projection strategy's products with M_h, D, dQ) and of its
+ * SIMT main kernel (cuda_bwd_kern.cuh). */
 #include "cuda_bwd_kern.cuh"
 
 extern "C" cudaError_t dac_launch_bwd_qx(const dac_bwd_args *a, void *qx, da_dtype qx_dt,
@@ -19,7 +20,25 @@ extern "C" cudaError_t dac_launch_bwd_dsum(const dac_bwd_args *a, cudaStream_t s
   return cudaGetLastError();
 }
 
+/* the projection strategy's products with M_h (dq 0: qx = Q M_h, 1: dQ = s E M_h^T) */
+static cudaError_t launch_bwd_proj(const dac_bwd_args *a, int dq, void *qx, da_dtype qx_dt,
+                                   cudaStream_t s) {
+  if (a->d < 1 || a->d > 256 || !a->pm) return cudaErrorInvalidValue;
+  const long long tiles = (long long)((a->seq_q + BWD_PM - 1) / BWD_PM) * ((a->d + BWD_PM - 1) / BWD_PM);
+  if (tiles < 1) return cudaSuccess;
+  if (tiles > 2147483647LL) return cudaErrorInvalidValue;
+  dac_bwd_proj_kernel<<<dim3((unsigned)tiles, a->heads, a->batch), BWD_PT, dac_bwd_proj_smem, s>>>(
+      *a, dq, qx, qx_dt);
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t dac_launch_bwd_qproj(const dac_bwd_args *a, void *qx, da_dtype qx_dt,
+                                            cudaStream_t s) {
+  return launch_bwd_proj(a, 0, qx, qx_dt, s);
+}
+
 extern "C" cudaError_t dac_launch_bwd_dq(const dac_bwd_args *a, cudaStream_t s) {
+  if (a->pm) return launch_bwd_proj(a, 1, NULL, DA_F32, s);
   if (a->G > 1) {
     if (a->d > 256) return cudaErrorInvalidValue;
     dac_bwd_dq_grouped_kernel<<<dim3(a->n_tiles, a->heads, a->batch), BWD_GT, sizeof(bwd_tile), s>>>(*a);

@@ -7,6 +7,9 @@
  *     permutations and fusion weights as the forward), then the expanded Q
  *     Qx[i][c] = Qs[i][g(c)] a_c (f32, or the plan's dtype on the
  *     tensor-core path), so that the logits are Qx K^T and dK = s dS^T Qx;
+ *     (the projection strategy, SPEC 1c) Qx = Q M_h with the plan's
+ *     M_h = A_h B_h^T, so that the logits s (Q A_h)(K B_h)^T are Qx K^T
+ *     likewise and dK = s sum_h dS^T Q A_h B_h^T is dS^T Qx;
  *  2. D[i] = sum_c dO[i][c] O[i][c] (f32), and the f32 dQ accumulator set
  *     to zero (not under split, below);
  *  3. the main kernel, one block per (batch, kv head, key block), over the
@@ -16,7 +19,9 @@
  *     memory, written once at the end in the plan's dtype), and
  *     E += dS K into the f32 accumulator with atomics;
  *  4. dQ from E in the plan's dtype: s E (G = 1), or per hash tile
- *     dQ[i][c] = s / A_g(c) sum_{c' in g(c)} a_c' E[i][c'] (G > 1).
+ *     dQ[i][c] = s / A_g(c) sum_{c' in g(c)} a_c' E[i][c'] (G > 1), or
+ *     dQ = s E M_h^T (the projection strategy: SPEC 1c's dQ = dQ' A_h^T
+ *     with dQ' = s dS (K B_h), i.e. s (dS K) B_h A_h^T).
  * Step 3 on tensor cores has a second arrangement, "split"
  * (DISTRATTN_CUDA_BWD_DQ=split; cuda_bwd_split.cuh), which trades the
  * atomics for a second recomputation of S and dP:
@@ -63,6 +68,7 @@ typedef struct dac_bwd_args {
   da_dtype qx_dt;
   float *dacc;            /* f32 [batch][heads][seq_q][d]: E = sum dS K, zeroed first */
   float *dsum;            /* f32 [batch][heads][seq_q]: D */
+  const float *pm;        /* DA_STRATEGY_PROJECTION: M_h = A_h B_h^T, [heads][d][d] f32; else NULL */
   const int *perm;        /* G > 1: [batch][heads][n_tiles][d] */
   const float *wts;       /* G > 1: same shape, a_c of column c */
   int batch, heads, kv_heads, seq_q, seq_k, d;
@@ -84,6 +90,11 @@ DAC_HIDDEN cudaError_t dac_launch_bwd_qx(const dac_bwd_args *a, void *qx, da_dty
                                          cudaStream_t s);
 DAC_HIDDEN cudaError_t dac_launch_bwd_dsum(const dac_bwd_args *a, cudaStream_t s);
 DAC_HIDDEN cudaError_t dac_launch_bwd_dq(const dac_bwd_args *a, cudaStream_t s);
+/* the projection strategy's steps 1 and 4 (a->pm set): qx = Q M_h in qx_dt
+ * (dense [batch][heads][seq_q][d]), and dQ = s E M_h^T (dac_launch_bwd_dq
+ * calls it) */
+DAC_HIDDEN cudaError_t dac_launch_bwd_qproj(const dac_bwd_args *a, void *qx, da_dtype qx_dt,
+                                            cudaStream_t s);
 /* step 3, SIMT: head_dim 1..256 */
 DAC_HIDDEN cudaError_t dac_launch_bwd_simt(const dac_bwd_args *a, cudaStream_t s);
 /* step 3 on tensor cores: f16/bf16 (qx_dt the same), head_dim 64 or 128,

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The backward pass's helper kernels (the expanded Q of G > 1, D, dQ) and
- * its SIMT main kernel (cuda_bwd.cuh describes the whole pass); their
- * launches are in cuda_bwd.cu. Only dynamic shared memory (extern
- * __shared__), so that tools/cuda_emu can run them on the host too. */
+/* The backward pass's helper kernels (the expanded Q of G > 1, the
+ * projection strategy's products with M_h, D, dQ) and its SIMT main
+ * kernel (cuda_bwd.cuh describes the whole pass); their launches are in
+ * cuda_bwd.cu. Only dynamic shared memory (extern __shared__), so that
+ * tools/cuda_emu can run them on the host too. */
 #ifndef DA_CUDA_BWD_KERN_CUH
 #define DA_CUDA_BWD_KERN_CUH
 
@@ -123,6 +124,88 @@ __global__ void __launch_bounds__(BWD_GT) dac_bwd_dq_grouped_kernel(dac_bwd_args
     float s = 0.0f;
     for (int x = g0; x < g1; x++) s = fmaf(t.a[t.perm[x]], er[t.perm[x]], s);
     bwd_st(a.dq, a.dt, bwd_at(a.qst, b, h, r) + c, a.sc * (s * t.ainv[c]));
+  }
+}
+
+/* ---------------- the projection strategy: products with M_h ----------------
+ * A batched f32 GEMM per (batch, query head), d x d on the right, tiles of
+ * BWD_PM x BWD_PM outputs, BWD_PK of the inner dimension at a time through
+ * shared memory, 256 threads of 4 x 4 outputs each (rows ty + 16 u,
+ * columns tx + 16 v: conflict-free reads). Every output is an f32 sum over
+ * k = 0..d-1 in order (fmaf), so the result does not depend on the tiling.
+ *   dq 0: qx[bh][i][c] = sum_k Q[i][k] M_h[k][c]  (Q through its strides,
+ *         qx dense in qx_dt);
+ *   dq 1: dQ[i][c] = s sum_k E[bh][i][k] M_h[c][k] (E = a.dacc, dQ through
+ *         Q's strides in the plan's dtype).
+ * Grid: (row tiles x column tiles, heads, batch). */
+#define BWD_PM 64
+#define BWD_PK 16
+#define BWD_PT 256
+static const size_t dac_bwd_proj_smem = sizeof(float) * 2 * BWD_PK * (BWD_PM + 4);
+
+__global__ void __launch_bounds__(BWD_PT) dac_bwd_proj_kernel(dac_bwd_args a, int dq, void *qx,
+                                                              da_dtype qx_dt) {
+  extern __shared__ float sm[];
+  float *Xs = sm, *Ws = sm + BWD_PK * (BWD_PM + 4); /* [BWD_PK][BWD_PM + 4], k-major */
+  const int d = a.d, nct = (d + BWD_PM - 1) / BWD_PM;
+  const int i0 = (int)(blockIdx.x / nct) * BWD_PM, c0 = (int)(blockIdx.x % nct) * BWD_PM;
+  const int h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const long long bh = (long long)b * a.heads + h;
+  const float *M = a.pm + (size_t)h * d * d;
+  float acc[4][4];
+#pragma unroll
+  for (int u = 0; u < 4; u++)
+#pragma unroll
+    for (int v = 0; v < 4; v++) acc[u][v] = 0.0f;
+  for (int k0 = 0; k0 < d; k0 += BWD_PK) {
+    /* X: BWD_PM rows x BWD_PK columns, consecutive threads along k */
+    for (int e = tid; e < BWD_PM * BWD_PK; e += BWD_PT) {
+      const int r = e / BWD_PK, kk = e % BWD_PK, i = i0 + r, k = k0 + kk;
+      float x = 0.0f;
+      if (i < a.seq_q && k < d)
+        x = dq ? a.dacc[(bh * a.seq_q + i) * d + k] : bwd_ld(a.q, a.dt, bwd_at(a.qst, b, h, i) + k);
+      Xs[kk * (BWD_PM + 4) + r] = x;
+    }
+    /* W(k, c): M[k][c] (consecutive threads along c) or M[c][k] (along k) */
+    for (int e = tid; e < BWD_PM * BWD_PK; e += BWD_PT) {
+      int kk, cc;
+      if (dq)
+        cc = e / BWD_PK, kk = e % BWD_PK;
+      else
+        kk = e / BWD_PM, cc = e % BWD_PM;
+      const int k = k0 + kk, c = c0 + cc;
+      float w = 0.0f;
+      if (k < d && c < d) w = dq ? M[(size_t)c * d + k] : M[(size_t)k * d + c];
+      Ws[kk * (BWD_PM + 4) + cc] = w;
+    }
+    __syncthreads();
+    const int kn = min(BWD_PK, d - k0);
+    for (int kk = 0; kk < kn; kk++) {
+      float xr[4], wr[4];
+#pragma unroll
+      for (int u = 0; u < 4; u++) xr[u] = Xs[kk * (BWD_PM + 4) + ty + 16 * u];
+#pragma unroll
+      for (int v = 0; v < 4; v++) wr[v] = Ws[kk * (BWD_PM + 4) + tx + 16 * v];
+#pragma unroll
+      for (int u = 0; u < 4; u++)
+#pragma unroll
+        for (int v = 0; v < 4; v++) acc[u][v] = fmaf(xr[u], wr[v], acc[u][v]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int u = 0; u < 4; u++) {
+    const int i = i0 + ty + 16 * u;
+    if (i >= a.seq_q) continue;
+#pragma unroll
+    for (int v = 0; v < 4; v++) {
+      const int c = c0 + tx + 16 * v;
+      if (c >= d) continue;
+      if (dq)
+        bwd_st(a.dq, a.dt, bwd_at(a.qst, b, h, i) + c, a.sc * acc[u][v]);
+      else
+        bwd_st(qx, qx_dt, (bh * a.seq_q + i) * d + c, acc[u][v]);
+    }
   }
 }
 

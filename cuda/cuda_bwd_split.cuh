@@ -23,7 +23,8 @@
  * S = Q K^T, dP = dO V^T (A: Q, dO rows, B: K, V as [n][k]), P from the
  * LSE, dS = P o (dP - D), dQ += dS K (A: dS from the accumulators, B: K
  * through ldmatrix .trans). At the end, s dQ in the plan's dtype at Q's
- * strides (G = 1), or the unscaled f32 E that step 4 folds back (G > 1):
+ * strides (G = 1), or the unscaled f32 E that step 4 folds back (G > 1,
+ * and the projection strategy, whose step 4 is dQ = s E M_h^T):
  * every row written once, so E needs no zeroing and dQ no atomics. Causal
  * grids run the last query blocks (the most keys) first. */
 #ifndef DA_CUDA_BWD_SPLIT_CUH
@@ -351,12 +352,14 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
     __syncthreads(); /* the next step's slot is in; this slot free */
   }
 
-  /* every row of the block, once: s dQ (G = 1) or E (G > 1) */
+  /* every row of the block, once: s dQ (G = 1, exact logits) or E (G > 1,
+   * or the projection strategy's Qx = Q M_h: step 4 maps it back) */
+  const bool to_e = a.G > 1 || a.pm != nullptr;
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
     const long long i = ir[hf];
     if (i >= a.seq_q) continue;
-    if (a.G > 1) {
+    if (to_e) {
       float *er = a.dacc + (bh * a.seq_q + i) * D + 2 * t4;
 #pragma unroll
       for (int nt = 0; nt < D / 8; nt++)

@@ -56,6 +56,10 @@ typedef struct dac_plan {
   float *pj;
   void *pq, *pk;
   int proj_mma, proj_wg;
+  /* DA_STRATEGY_PROJECTION (SPEC 1c), for the backward pass: M_h = A_h
+   * B_h^T per query head, [heads][head_dim][head_dim] f32 (da_proj_products),
+   * made at plan time */
+  float *pm;
 } dac_plan;
 
 /* Kernel launch parameters, filled from a plan. */

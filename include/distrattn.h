@@ -183,10 +183,10 @@ typedef struct da_attn_ext {
    * is the G equivalent). proj: [heads][2][head_dim][rank] (A_h then B_h,
    * row-major), host memory, every element finite; copied into the plan
    * at creation (da_plan_get_ext then points at the plan's copy, valid
-   * while the plan lives). The CPU backend runs it forward and backward,
-   * OpenCL forward (its fused kernel; DA_ALGO_GEMM and the backward refuse
-   * it with DA_ERR_UNSUPPORTED), CUDA forward (its fused kernels;
-   * DA_ALGO_GEMM and the backward refuse it with DA_ERR_UNSUPPORTED).
+   * while the plan lives). The CPU and OpenCL backends run it forward and
+   * backward (OpenCL: its fused kernel; DA_ALGO_GEMM is refused with
+   * DA_ERR_UNSUPPORTED); CUDA too (its fused kernels forward; DA_ALGO_GEMM
+   * is refused with DA_ERR_UNSUPPORTED).
    * da_projections_load reads them from a calibration file (`distrattn
    * calibrate`). */
   int strategy;               /* da_strategy */

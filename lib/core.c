@@ -621,9 +621,10 @@ static da_status validate_ext(da_context *ctx, const da_attn_desc *d, da_attn_ex
 /* DA_STRATEGY_PROJECTION (SPEC 1c): the caller's [heads][2][head_dim][rank]
  * projections, checked finite and copied into the plan (x.proj then points
  * at the copy). Only the backends that implement the strategy get such a
- * plan: the CPU backend (forward and backward), OpenCL (forward; its
- * plan_prepare refuses what its kernels cannot run) and CUDA, whose
- * plan_prepare refuses it until its kernels have run on a GPU. */
+ * plan: the CPU backend and OpenCL (forward and backward; their
+ * plan_prepare refuses what their kernels cannot run) and CUDA (backward;
+ * its forward calls refuse the strategy until its kernels have run on a
+ * GPU). */
 static da_status copy_projections(da_context *ctx, da_plan *p) {
   const da_attn_desc *d = &p->d;
   const int r = p->x.rank, hd = d->head_dim;
@@ -631,7 +632,7 @@ static da_status copy_projections(da_context *ctx, da_plan *p) {
       ctx->iface->id != DA_BACKEND_CUDA)
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
                         "the %s backend does not implement ext.strategy = "
-                        "DA_STRATEGY_PROJECTION (the cpu and opencl backends do)",
+                        "DA_STRATEGY_PROJECTION (the cpu, opencl and cuda backends do)",
                         ctx->iface->name);
   size_t n;
   if (!da_mul_size((size_t)d->heads, 2 * (size_t)hd * (size_t)r, &n) ||

@@ -475,4 +475,36 @@ static inline void da_store_elem(void *p, da_dtype t, size_t i, float v) {
   }
 }
 
+/* DA_STRATEGY_PROJECTION (SPEC 1c): the products M_h = A_h B_h^T of a
+ * plan's projections sproj ([heads][2][hd][r], A_h then B_h), into
+ * m[h][c][c'] = sum_k A_h[c][k] B_h[c'][k] ([heads][hd][hd]), summed in
+ * double and rounded once to f32; when mt is not NULL, M_h^T into it too.
+ * The logits of the strategy are scale (Q M_h) K^T, which is how the
+ * OpenCL and CUDA backward passes run it (the exact backward on Q M_h;
+ * dQ = dQ' M_h^T). m (and mt) hold heads * hd * hd floats. */
+static inline void da_proj_products(const float *sproj, int heads, int hd, int r, float *m,
+                                    float *mt) {
+  const size_t n = (size_t)hd, R = (size_t)r;
+  for (size_t h = 0; h < (size_t)heads; h++) {
+    const float *A = sproj + h * 2 * n * R, *B = A + n * R;
+    float *mh = m + h * n * n, *th = mt ? mt + h * n * n : NULL;
+    for (size_t c = 0; c < n; c++)
+      for (size_t e = 0; e < n; e++) {
+        const float *a = A + c * R, *b = B + e * R;
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0; /* independent sums: no latency chain */
+        size_t k = 0;
+        for (; k + 4 <= R; k += 4) {
+          s0 += (double)a[k] * b[k];
+          s1 += (double)a[k + 1] * b[k + 1];
+          s2 += (double)a[k + 2] * b[k + 2];
+          s3 += (double)a[k + 3] * b[k + 3];
+        }
+        for (; k < R; k++) s0 += (double)a[k] * b[k];
+        const float v = (float)((s0 + s1) + (s2 + s3));
+        mh[c * n + e] = v;
+        if (th) th[e * n + c] = v;
+      }
+  }
+}
+
 #endif /* DA_BACKEND_H */

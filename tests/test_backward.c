@@ -118,6 +118,98 @@ static void ref_fwd_bwd(const rshape *s, const int *perm, const double *aw, cons
   free(Qs), free(Kf), free(dKf), free(P), free(dP), free(A), free(a), free(dQs), free(gof);
 }
 
+/* The projection strategy (SPEC 1c), from its definition, in double:
+ * per (b, h), Q' = Q A_h and K' = K_g(h) B_h ([S][rank]), logits
+ * scale Q'_i . K'_j under the mask, exact softmax, O = P V; with dO,
+ * dV += P^T dO, dS = P o (dP - D), dQ' = scale dS K', dQ = dQ' A_h^T,
+ * dK' = scale dS^T Q', dK_g += dK' B_h^T. proj: [H][2][hd][rank] (A_h then
+ * B_h). s->G and s->hb are not used. */
+static void ref_proj_fwd_bwd(const rshape *s, int rank, const float *proj, const double *Q,
+                             const double *K, const double *V, const double *dO, double *O,
+                             double *dQ, double *dK, double *dV) {
+  const int hd = s->hd, Sk = s->Sk, R = rank;
+  double *Qp = malloc(sizeof(double) * R), *Kp = malloc(sizeof(double) * Sk * R);
+  double *dKp = malloc(sizeof(double) * Sk * R), *dQp = malloc(sizeof(double) * R);
+  double *P = malloc(sizeof(double) * Sk), *dP = malloc(sizeof(double) * Sk);
+  assert_true(Qp && Kp && dKp && dQp && P && dP);
+  if (dO) {
+    memset(dK, 0, sizeof(double) * s->B * s->KVH * Sk * hd);
+    memset(dV, 0, sizeof(double) * s->B * s->KVH * Sk * hd);
+  }
+  for (int b = 0; b < s->B; b++)
+    for (int h = 0; h < s->H; h++) {
+      const int kh = h / (s->H / s->KVH);
+      const size_t qb = ((size_t)b * s->H + h) * s->Sq * hd, kb = ((size_t)b * s->KVH + kh) * Sk * hd;
+      const float *A = proj + (size_t)h * 2 * hd * R, *Bm = A + (size_t)hd * R;
+      for (int j = 0; j < Sk; j++)
+        for (int g = 0; g < R; g++) {
+          double acc = 0;
+          for (int c = 0; c < hd; c++) acc += K[kb + (size_t)j * hd + c] * Bm[(size_t)c * R + g];
+          Kp[(size_t)j * R + g] = acc;
+          dKp[(size_t)j * R + g] = 0;
+        }
+      for (int i = 0; i < s->Sq; i++) {
+        const double *qi = Q + qb + (size_t)i * hd;
+        for (int g = 0; g < R; g++) {
+          double acc = 0;
+          for (int c = 0; c < hd; c++) acc += qi[c] * A[(size_t)c * R + g];
+          Qp[g] = acc;
+        }
+        long diag = i + (long)Sk - s->Sq, lo = 0, hi = Sk - 1;
+        if (s->wr >= 0 && diag + s->wr < hi) hi = diag + s->wr;
+        if (s->wl >= 0 && diag - s->wl > lo) lo = diag - s->wl;
+        double mx = -INFINITY, sum = 0;
+        for (long j = lo; j <= hi; j++) {
+          double acc = 0;
+          for (int g = 0; g < R; g++) acc += Qp[g] * Kp[(size_t)j * R + g];
+          P[j] = s->scale * acc;
+          if (P[j] > mx) mx = P[j];
+        }
+        for (long j = lo; j <= hi; j++) sum += (P[j] = exp(P[j] - mx));
+        for (long j = lo; j <= hi; j++) P[j] /= sum;
+        if (O) {
+          double *oi = O + qb + (size_t)i * hd;
+          for (int c = 0; c < hd; c++) {
+            double acc = 0;
+            for (long j = lo; j <= hi; j++) acc += P[j] * V[kb + (size_t)j * hd + c];
+            oi[c] = acc;
+          }
+        }
+        if (!dO) continue;
+        const double *gi = dO + qb + (size_t)i * hd;
+        double D = 0;
+        for (long j = lo; j <= hi; j++) {
+          double acc = 0;
+          for (int c = 0; c < hd; c++) acc += gi[c] * V[kb + (size_t)j * hd + c];
+          dP[j] = acc;
+          D += P[j] * acc;
+        }
+        for (int g = 0; g < R; g++) dQp[g] = 0;
+        for (long j = lo; j <= hi; j++) {
+          const double dS = P[j] * (dP[j] - D);
+          for (int c = 0; c < hd; c++) dV[kb + (size_t)j * hd + c] += P[j] * gi[c];
+          for (int g = 0; g < R; g++) {
+            dQp[g] += s->scale * dS * Kp[(size_t)j * R + g];
+            dKp[(size_t)j * R + g] += s->scale * dS * Qp[g];
+          }
+        }
+        for (int c = 0; c < hd; c++) {
+          double acc = 0;
+          for (int g = 0; g < R; g++) acc += dQp[g] * A[(size_t)c * R + g];
+          dQ[qb + (size_t)i * hd + c] = acc;
+        }
+      }
+      if (dO)
+        for (int j = 0; j < Sk; j++)
+          for (int c = 0; c < hd; c++) {
+            double acc = 0;
+            for (int g = 0; g < R; g++) acc += dKp[(size_t)j * R + g] * Bm[(size_t)c * R + g];
+            dK[kb + (size_t)j * hd + c] += acc;
+          }
+    }
+  free(Qp), free(Kp), free(dKp), free(dQp), free(P), free(dP);
+}
+
 static double *dvec(size_t n) {
   double *x = calloc(n ? n : 1, sizeof(double));
   assert_non_null(x);
@@ -125,8 +217,9 @@ static double *dvec(size_t n) {
 }
 
 /* The reference's gradient against central differences of
- * L = sum(dO o O) on a tiny case, every element of Q, K and V. */
-static void fd_check(int G, int causal, int wl) {
+ * L = sum(dO o O) on a tiny case, every element of Q, K and V; rank > 0:
+ * the projection strategy's reference (random A_h, B_h of that rank). */
+static void fd_check_r(int G, int causal, int wl, int rank) {
   rshape s = {1, 4, 2, 5, 7, 6, G, 16, wl, causal ? 0 : -1, 0.45};
   const size_t nq = (size_t)s.B * s.H * s.Sq * s.hd, nk = (size_t)s.B * s.KVH * s.Sk * s.hd;
   tu_rng r;
@@ -143,7 +236,12 @@ static void fd_check(int G, int causal, int wl) {
       aw[h * 6 + x] = 0.5 + tu_uniform(&r);
     }
   const int *pp = G > 1 ? perm : NULL;
-  ref_fwd_bwd(&s, pp, aw, Q, K, V, dO, O, dQ, dK, dV);
+  float proj[4 * 2 * 6 * 6];
+  for (int i = 0; i < 4 * 2 * 6 * 6; i++) proj[i] = (float)(0.6 * tu_normal(&r));
+#define REF(dO_, dQ_, dK_, dV_)                                                                    \
+  (rank ? ref_proj_fwd_bwd(&s, rank, proj, Q, K, V, dO_, O, dQ_, dK_, dV_)                        \
+        : ref_fwd_bwd(&s, pp, aw, Q, K, V, dO_, O, dQ_, dK_, dV_))
+  REF(dO, dQ, dK, dV);
   double *arrs[3] = {Q, K, V}, *grads[3] = {dQ, dK, dV};
   size_t ns[3] = {nq, nk, nk};
   for (int t = 0; t < 3; t++) {
@@ -153,7 +251,7 @@ static void fd_check(int G, int causal, int wl) {
       double L[2];
       for (int sgn = 0; sgn < 2; sgn++) {
         arrs[t][i] = x0 + (sgn ? -h : h);
-        ref_fwd_bwd(&s, pp, aw, Q, K, V, NULL, O, NULL, NULL, NULL);
+        REF(NULL, NULL, NULL, NULL);
         L[sgn] = 0;
         for (size_t e = 0; e < nq; e++) L[sgn] += dO[e] * O[e];
       }
@@ -163,15 +261,17 @@ static void fd_check(int G, int causal, int wl) {
       if (fabs(grads[t][i]) > gmax) gmax = fabs(grads[t][i]);
     }
     if (getenv("DA_TEST_VERBOSE"))
-      fprintf(stderr, "  fd G=%d causal=%d wl=%d d%c: max |fd - analytic| = %.3g (max |grad| %.3g)\n",
-              G, causal, wl, "QKV"[t], worst, gmax);
+      fprintf(stderr, "  fd G=%d causal=%d wl=%d rank=%d d%c: max |fd - analytic| = %.3g (max |grad| %.3g)\n",
+              G, causal, wl, rank, "QKV"[t], worst, gmax);
     assert_true(gmax > 0.01);
     if (!(worst <= 1e-7 * (1 + gmax)))
-      fail_msg("reference gradient d%c disagrees with finite differences: %g (G=%d causal=%d)",
-               "QKV"[t], worst, G, causal);
+      fail_msg("reference gradient d%c disagrees with finite differences: %g (G=%d causal=%d "
+               "rank=%d)", "QKV"[t], worst, G, causal, rank);
   }
+#undef REF
   free(Q), free(K), free(V), free(dO), free(O), free(dQ), free(dK), free(dV);
 }
+static void fd_check(int G, int causal, int wl) { fd_check_r(G, causal, wl, 0); }
 
 static void test_reference_fd(void **st) {
   (void)st;
@@ -180,6 +280,9 @@ static void test_reference_fd(void **st) {
   fd_check(2, 0, -1);
   fd_check(4, 1, -1);
   fd_check(2, 1, 2);
+  fd_check_r(1, 0, -1, 1); /* the projection strategy: rank 1, 4, head_dim */
+  fd_check_r(1, 1, -1, 4);
+  fd_check_r(1, 1, 2, 6);
 }
 
 /* ------------------------------------------------------------ library */
@@ -194,6 +297,7 @@ typedef struct {
   int wl, wr;        /* window (0, 0 here means none: set both -1 for none) */
   int bshd;          /* 1: (B,S,H,D) strides for every tensor */
   da_backend be;     /* 0 (DA_BACKEND_AUTO here): the cpu backend */
+  int rank;          /* > 0: the projection strategy (SPEC 1c) of this rank, G 1 */
 } bcase;
 
 typedef struct {
@@ -266,6 +370,16 @@ static void run_case(const bcase *k, bresult *res, void **out, uint64_t seed) {
     bshd(x.k_stride, k->KVH, k->Sk, k->hd);
     bshd(x.v_stride, k->KVH, k->Sk, k->hd);
   }
+  float *proj = NULL;
+  if (k->rank) { /* random A_h, B_h: N(0, 1.5^2 / hd), so logits of order 1..4 */
+    const size_t np = (size_t)k->H * 2 * k->hd * k->rank;
+    proj = malloc(np * sizeof *proj);
+    assert_non_null(proj);
+    tu_rng rp;
+    tu_rng_init(&rp, seed ^ 0x9e3779b97f4a7c15ull);
+    for (size_t i = 0; i < np; i++) proj[i] = (float)(1.5 * tu_normal(&rp) / sqrt((double)k->hd));
+    x.strategy = DA_STRATEGY_PROJECTION, x.rank = k->rank, x.proj = proj;
+  }
   da_plan *p = NULL;
   TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
   TU_CHECK(ctx, da_plan_get_desc(p, &d));
@@ -304,7 +418,9 @@ static void run_case(const bcase *k, bresult *res, void **out, uint64_t seed) {
   da_attn_args fa;
   da_attn_args_init(&fa);
   fa.q = bq, fa.k = bk, fa.v = bv, fa.o = bo, fa.lse = bl;
-  TU_CHECK(ctx, da_attention_ext(p, &fa));
+  const da_status fs = da_attention_ext(p, &fa);
+  if (fs != DA_SUCCESS)
+    fail_msg("da_attention_ext: %s: %s", da_status_string(fs), da_context_last_error(ctx));
   da_bwd_args ba;
   da_bwd_args_init(&ba);
   ba.dout = bdo, ba.q = bq, ba.k = bk, ba.v = bv, ba.o = bo, ba.lse = bl;
@@ -381,7 +497,10 @@ static void run_case(const bcase *k, bresult *res, void **out, uint64_t seed) {
     free(qd);
     da_plan_destroy(pd);
   }
-  ref_fwd_bwd(&s, perm, aw, Q, K, V, dO, O, rdQ, rdK, rdV);
+  if (k->rank)
+    ref_proj_fwd_bwd(&s, k->rank, proj, Q, K, V, dO, O, rdQ, rdK, rdV);
+  else
+    ref_fwd_bwd(&s, perm, aw, Q, K, V, dO, O, rdQ, rdK, rdV);
   /* the library's gradients, dense */
   void *gd[3] = {malloc(nq * es), malloc(nk * es), malloc(nk * es)};
   for (int b = 0; b < k->B; b++)
@@ -404,7 +523,7 @@ static void run_case(const bcase *k, bresult *res, void **out, uint64_t seed) {
     for (int i = 0; i < 3; i++) out[i] = gd[i];
   else
     for (int i = 0; i < 3; i++) free(gd[i]);
-  free(perm), free(aw);
+  free(perm), free(aw), free(proj);
   free(Q), free(K), free(V), free(dO), free(O), free(rdQ), free(rdK), free(rdV);
   da_buffer *all[] = {bq, bk, bv, bo, bl, bdo, bdq, bdk, bdv};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) da_buffer_destroy(all[i]);
@@ -426,33 +545,34 @@ static const char *be_prefix(da_backend be) {
 }
 
 static void check_case(const bcase *k) {
-  uint64_t seed = tu_seed() ^ (uint64_t)(k->Sq * 131 + k->Sk * 7 + k->hd + k->G * 1000);
+  uint64_t seed = tu_seed() ^ (uint64_t)(k->Sq * 131 + k->Sk * 7 + k->hd + k->G * 1000 +
+                                         k->rank * 100003);
   bresult res;
   run_case(k, &res, NULL, seed);
   const double bound = bwd_bound(k->t);
   for (int i = 0; i < 3; i++) {
     if (getenv("DA_TEST_VERBOSE"))
       fprintf(stderr,
-              "  %s%s B%d H%d/%d %dx%d d%d causal %d G%d %s hb %d win %d/%d%s: d%c err %.3g (bound %.3g)\n",
+              "  %s%s B%d H%d/%d %dx%d d%d causal %d G%d %s hb %d win %d/%d%s rank %d: d%c err %.3g (bound %.3g)\n",
               be_prefix(k->be), tu_dtype_name(k->t), k->B, k->H, k->KVH, k->Sq, k->Sk, k->hd, k->causal, k->G,
               k->G > 1 ? tu_fusion_name(k->f) : "-", k->hb, k->wl, k->wr, k->bshd ? " bshd" : "",
-              "QKV"[i], res.err[i], bound);
+              k->rank, "QKV"[i], res.err[i], bound);
     if (!(res.err[i] <= bound))
-      fail_msg("%s%s B%d H%d/%d %dx%d d%d causal %d G%d: d%c relative error %g > %g [seed %llu]",
+      fail_msg("%s%s B%d H%d/%d %dx%d d%d causal %d G%d rank %d: d%c relative error %g > %g [seed %llu]",
                be_prefix(k->be), tu_dtype_name(k->t), k->B, k->H, k->KVH, k->Sq, k->Sk, k->hd, k->causal, k->G,
-               "QKV"[i], res.err[i], bound, (unsigned long long)seed);
+               k->rank, "QKV"[i], res.err[i], bound, (unsigned long long)seed);
   }
 }
 
 #define NOWIN -1, -1
 
 static const bcase exact_cases[] = {
-    {2, 4, 2, 100, 130, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},
-    {1, 3, 1, 77, 77, 59, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},   /* MQA, causal */
-    {1, 2, 2, 128, 300, 32, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},
-    {1, 4, 2, 150, 70, 128, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU}, /* rows with no key */
-    {1, 2, 1, 1, 257, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},   /* one query row */
-    {1, 2, 2, 256, 3, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},   /* three keys */
+    {2, 4, 2, 100, 130, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 0},
+    {1, 3, 1, 77, 77, 59, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 0},   /* MQA, causal */
+    {1, 2, 2, 128, 300, 32, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 0},
+    {1, 4, 2, 150, 70, 128, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 0}, /* rows with no key */
+    {1, 2, 1, 1, 257, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 0},   /* one query row */
+    {1, 2, 2, 256, 3, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 0},   /* three keys */
 };
 
 static const da_dtype half_types[] = {DA_F16, DA_BF16};
@@ -475,10 +595,10 @@ static void test_exact_half(void **st) {
 static void test_distr(void **st) {
   (void)st;
   static const bcase base[] = {
-      {1, 4, 2, 200, 150, 64, 1, DA_F32, 2, DA_FUSE_NORM, 64, NOWIN, 0, DA_BACKEND_CPU},
-      {2, 2, 1, 130, 190, 59, 0, DA_F32, 2, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},
-      {1, 2, 2, 96, 96, 32, 1, DA_F32, 2, DA_FUSE_NORM, 16, NOWIN, 0, DA_BACKEND_CPU},
-      {1, 2, 1, 140, 100, 128, 0, DA_F32, 2, DA_FUSE_NORM, 128, NOWIN, 0, DA_BACKEND_CPU},
+      {1, 4, 2, 200, 150, 64, 1, DA_F32, 2, DA_FUSE_NORM, 64, NOWIN, 0, DA_BACKEND_CPU, 0},
+      {2, 2, 1, 130, 190, 59, 0, DA_F32, 2, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 0},
+      {1, 2, 2, 96, 96, 32, 1, DA_F32, 2, DA_FUSE_NORM, 16, NOWIN, 0, DA_BACKEND_CPU, 0},
+      {1, 2, 1, 140, 100, 128, 0, DA_F32, 2, DA_FUSE_NORM, 128, NOWIN, 0, DA_BACKEND_CPU, 0},
   };
   static const int gs[] = {2, 4};
   static const da_fusion fs[] = {DA_FUSE_MEAN, DA_FUSE_NORM};
@@ -501,11 +621,11 @@ static void test_distr(void **st) {
 
 static void test_window(void **st) {
   (void)st;
-  bcase k = {1, 4, 2, 120, 160, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CPU};
+  bcase k = {1, 4, 2, 120, 160, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CPU, 0};
   check_case(&k);
   k.wr = -1, k.wl = 0; /* only keys up to the diagonal's left, none after */
   check_case(&k);
-  k = (bcase){1, 2, 1, 100, 80, 64, 1, DA_F32, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_CPU};
+  k = (bcase){1, 2, 1, 100, 80, 64, 1, DA_F32, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_CPU, 0};
   check_case(&k);
 }
 
@@ -513,8 +633,8 @@ static void test_window(void **st) {
 static void test_strided(void **st) {
   (void)st;
   static const bcase cs[] = {
-      {2, 4, 2, 70, 90, 48, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU},
-      {2, 4, 2, 70, 90, 48, 0, DA_BF16, 2, DA_FUSE_NORM, 32, NOWIN, 0, DA_BACKEND_CPU},
+      {2, 4, 2, 70, 90, 48, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 0},
+      {2, 4, 2, 70, 90, 48, 0, DA_BF16, 2, DA_FUSE_NORM, 32, NOWIN, 0, DA_BACKEND_CPU, 0},
   };
   for (int i = 0; i < 2; i++) {
     bcase k = cs[i];
@@ -628,6 +748,73 @@ static void test_refusals(void **st) {
   da_context_destroy(ctx);
 }
 
+/* ------------------------------------------------------------ projection */
+/* The projection strategy (SPEC 1c): rank 1, below head_dim and equal to
+ * it, GQA and MQA, causal (with rows that see no key) or not, seq_q !=
+ * seq_k, the odd head_dim 59, a window with (B,S,H,D) strides; against
+ * ref_proj_fwd_bwd (the cases' dtype and backend set by the caller). */
+static const bcase proj_cases[] = {
+    {1, 6, 2, 77, 130, 64, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 1},
+    {2, 4, 2, 100, 90, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 16},
+    {1, 4, 1, 70, 70, 32, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 32},
+    {1, 4, 2, 65, 129, 59, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 7},
+    {1, 2, 2, 50, 80, 128, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 128},
+    {1, 4, 2, 150, 70, 128, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 32},
+    {1, 4, 2, 90, 120, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, 20, 5, 1, DA_BACKEND_CPU, 8},
+};
+#define N_PROJ (sizeof proj_cases / sizeof *proj_cases)
+static const da_dtype proj_types[] = {DA_F32, DA_F16, DA_BF16};
+
+static void check_proj_cases(da_backend be, int every) {
+  for (int t = 0; t < 3; t++)
+    for (size_t i = 0; i < N_PROJ; i++) {
+      if (t > 0 && !every && i % 2) continue; /* f16, bf16: the even cases (PoCL's time) */
+      bcase k = proj_cases[i];
+      k.t = proj_types[t], k.be = be;
+      check_case(&k);
+    }
+}
+
+/* The backend's gradients against the cpu backend's on the same inputs
+ * (and each against the reference): f32 within 1e-5 of each other, f16
+ * and bf16 within the dtype's bound. */
+static void check_proj_vs_cpu(da_backend be) {
+  static const bcase cs[] = {
+      {2, 4, 2, 130, 100, 64, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 16},
+      {1, 6, 2, 90, 150, 59, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 59},
+      {1, 4, 2, 120, 110, 128, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 1},
+      {1, 4, 2, 100, 180, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 40, 3, 1, DA_BACKEND_CPU, 32},
+  };
+  for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+    bcase k = cs[i];
+    k.be = be;
+    uint64_t seed = tu_seed() ^ 0x9c0 ^ i;
+    void *a[3], *b[3];
+    bresult ra, rb;
+    run_case(&k, &ra, a, seed);
+    k.be = DA_BACKEND_CPU;
+    run_case(&k, &rb, b, seed);
+    const size_t n[3] = {(size_t)k.B * k.H * k.Sq * k.hd, (size_t)k.B * k.KVH * k.Sk * k.hd,
+                         (size_t)k.B * k.KVH * k.Sk * k.hd};
+    const double bound = k.t == DA_F32 ? 1e-5 : bwd_bound(k.t);
+    for (int t = 0; t < 3; t++) {
+      const double e = tu_rel_err_arrays(a[t], b[t], k.t, n[t]);
+      if (getenv("DA_TEST_VERBOSE"))
+        fprintf(stderr, "  %sprojection vs cpu case %zu (rank %d) d%c: %.3g (bound %.3g)\n",
+                be_prefix(be), i, k.rank, "QKV"[t], e, bound);
+      if (!(ra.err[t] <= bwd_bound(k.t) && rb.err[t] <= bwd_bound(k.t) && e <= bound))
+        fail_msg("projection case %zu: d%c %s%g, cpu %g against the reference, %g between them",
+                 i, "QKV"[t], be_prefix(be), ra.err[t], rb.err[t], e);
+      free(a[t]), free(b[t]);
+    }
+  }
+}
+
+static void test_projection(void **st) {
+  (void)st;
+  check_proj_cases(DA_BACKEND_CPU, 1);
+}
+
 /* ------------------------------------------------------------ OpenCL */
 /* The OpenCL backward (cl/cl_bwd.c, cl/bwd.cl: plain kernels, two passes,
  * no atomics) against the float64 reference on fresh inputs with poisoned
@@ -636,16 +823,16 @@ static void test_refusals(void **st) {
  * device, failed then under DISTRATTN_REQUIRE_BACKENDS=...,opencl. */
 
 static const bcase cl_exact[] = {
-    {2, 4, 2, 100, 130, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
-    {1, 6, 2, 77, 77, 128, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
-    {1, 4, 4, 1, 257, 64, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
-    {1, 4, 2, 150, 70, 128, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL}, /* rows with no key */
-    {1, 2, 2, 3, 1, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
-    {1, 4, 1, 139, 17, 128, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
-    {1, 6, 2, 90, 150, 59, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
-    {1, 4, 2, 113, 203, 40, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
-    {1, 2, 1, 33, 47, 256, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},  /* the largest */
-    {1, 2, 2, 40, 29, 3, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},    /* under a vector */
+    {2, 4, 2, 100, 130, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+    {1, 6, 2, 77, 77, 128, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+    {1, 4, 4, 1, 257, 64, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+    {1, 4, 2, 150, 70, 128, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0}, /* rows with no key */
+    {1, 2, 2, 3, 1, 64, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+    {1, 4, 1, 139, 17, 128, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+    {1, 6, 2, 90, 150, 59, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+    {1, 4, 2, 113, 203, 40, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+    {1, 2, 1, 33, 47, 256, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},  /* the largest */
+    {1, 2, 2, 40, 29, 3, 0, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},    /* under a vector */
 };
 #define N_CL_EXACT (sizeof cl_exact / sizeof *cl_exact)
 
@@ -669,10 +856,10 @@ static void test_opencl_distr(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_OPENCL);
   static const bcase base[] = {
-      {1, 4, 2, 200, 150, 64, 1, DA_F32, 2, DA_FUSE_NORM, 64, NOWIN, 0, DA_BACKEND_OPENCL},
-      {2, 2, 1, 130, 190, 128, 0, DA_F32, 2, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
-      {1, 6, 2, 96, 96, 59, 1, DA_F32, 2, DA_FUSE_NORM, 16, NOWIN, 0, DA_BACKEND_OPENCL},
-      {1, 2, 1, 140, 100, 128, 1, DA_F32, 2, DA_FUSE_NORM, 128, NOWIN, 0, DA_BACKEND_OPENCL},
+      {1, 4, 2, 200, 150, 64, 1, DA_F32, 2, DA_FUSE_NORM, 64, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+      {2, 2, 1, 130, 190, 128, 0, DA_F32, 2, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+      {1, 6, 2, 96, 96, 59, 1, DA_F32, 2, DA_FUSE_NORM, 16, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+      {1, 2, 1, 140, 100, 128, 1, DA_F32, 2, DA_FUSE_NORM, 128, NOWIN, 0, DA_BACKEND_OPENCL, 0},
   };
   static const int gs[] = {2, 4};
   static const da_fusion fs[] = {DA_FUSE_MEAN, DA_FUSE_NORM};
@@ -691,15 +878,15 @@ static void test_opencl_window_strided(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_OPENCL);
   static const bcase cs[] = {
-      {1, 4, 2, 120, 160, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_OPENCL},
-      {1, 4, 2, 120, 160, 128, 0, DA_BF16, 1, DA_FUSE_NORM, 0, 0, -1, 0, DA_BACKEND_OPENCL},
-      {1, 4, 2, 120, 160, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_OPENCL},
-      {1, 2, 1, 100, 80, 64, 1, DA_F16, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_OPENCL},
-      {1, 2, 1, 100, 80, 48, 1, DA_F32, 4, DA_FUSE_MEAN, 32, 17, -1, 0, DA_BACKEND_OPENCL},
-      {2, 4, 2, 70, 90, 64, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_OPENCL},
-      {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_OPENCL},
-      {2, 4, 2, 70, 90, 48, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_OPENCL},
-      {2, 6, 2, 70, 90, 40, 0, DA_BF16, 2, DA_FUSE_MEAN, 16, 9, 30, 1, DA_BACKEND_OPENCL},
+      {1, 4, 2, 120, 160, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_OPENCL, 0},
+      {1, 4, 2, 120, 160, 128, 0, DA_BF16, 1, DA_FUSE_NORM, 0, 0, -1, 0, DA_BACKEND_OPENCL, 0},
+      {1, 4, 2, 120, 160, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_OPENCL, 0},
+      {1, 2, 1, 100, 80, 64, 1, DA_F16, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_OPENCL, 0},
+      {1, 2, 1, 100, 80, 48, 1, DA_F32, 4, DA_FUSE_MEAN, 32, 17, -1, 0, DA_BACKEND_OPENCL, 0},
+      {2, 4, 2, 70, 90, 64, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_OPENCL, 0},
+      {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_OPENCL, 0},
+      {2, 4, 2, 70, 90, 48, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_OPENCL, 0},
+      {2, 6, 2, 70, 90, 40, 0, DA_BF16, 2, DA_FUSE_MEAN, 16, 9, 30, 1, DA_BACKEND_OPENCL, 0},
   };
   for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) check_case(&cs[i]);
 }
@@ -710,11 +897,11 @@ static void test_opencl_vs_cpu(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_OPENCL);
   static const bcase cs[] = {
-      {2, 4, 2, 130, 100, 64, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
-      {1, 6, 2, 150, 150, 59, 0, DA_F32, 2, DA_FUSE_NORM, 32, NOWIN, 0, DA_BACKEND_OPENCL},
-      {1, 4, 2, 200, 180, 128, 1, DA_F32, 4, DA_FUSE_MEAN, 64, NOWIN, 0, DA_BACKEND_OPENCL},
-      {1, 4, 2, 200, 180, 128, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
-      {1, 4, 2, 200, 180, 64, 0, DA_F16, 2, DA_FUSE_NORM, 64, 40, 3, 1, DA_BACKEND_OPENCL},
+      {2, 4, 2, 130, 100, 64, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+      {1, 6, 2, 150, 150, 59, 0, DA_F32, 2, DA_FUSE_NORM, 32, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+      {1, 4, 2, 200, 180, 128, 1, DA_F32, 4, DA_FUSE_MEAN, 64, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+      {1, 4, 2, 200, 180, 128, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+      {1, 4, 2, 200, 180, 64, 0, DA_F16, 2, DA_FUSE_NORM, 64, 40, 3, 1, DA_BACKEND_OPENCL, 0},
   };
   for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
     bcase k = cs[i];
@@ -737,6 +924,18 @@ static void test_opencl_vs_cpu(void **st) {
       free(a[t]), free(b[t]);
     }
   }
+}
+
+static void test_opencl_projection(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_OPENCL);
+  check_proj_cases(DA_BACKEND_OPENCL, 0);
+}
+
+static void test_opencl_projection_vs_cpu(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_OPENCL);
+  check_proj_vs_cpu(DA_BACKEND_OPENCL);
 }
 
 /* Forward and backward of case k (dense layout) with tensor t at element
@@ -807,9 +1006,9 @@ static void test_opencl_offsets(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_OPENCL);
   static const bcase cs[] = {
-      {2, 4, 2, 70, 90, 48, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL},
-      {1, 6, 2, 70, 90, 59, 0, DA_BF16, 2, DA_FUSE_NORM, 32, 20, 5, 0, DA_BACKEND_OPENCL},
-      {1, 4, 2, 50, 40, 64, 1, DA_F16, 4, DA_FUSE_MEAN, 16, NOWIN, 0, DA_BACKEND_OPENCL},
+      {2, 4, 2, 70, 90, 48, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},
+      {1, 6, 2, 70, 90, 59, 0, DA_BF16, 2, DA_FUSE_NORM, 32, 20, 5, 0, DA_BACKEND_OPENCL, 0},
+      {1, 4, 2, 50, 40, 64, 1, DA_F16, 4, DA_FUSE_MEAN, 16, NOWIN, 0, DA_BACKEND_OPENCL, 0},
   };
   for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
     const bcase *k = &cs[i];
@@ -916,7 +1115,7 @@ static void test_opencl_repeated(void **st) {
 }
 
 /* What the OpenCL backward refuses (per-sequence lengths, through the
- * core; the projection strategy, whose plans OpenCL refuses), and a
+ * core; overlapping gradients, for a projection plan too), and a
  * failure of its own program's build reported, not printed: DA_ERR_BUILD
  * naming bwd.cl; the next call without it succeeds. */
 static void test_opencl_refusals(void **st) {
@@ -955,13 +1154,16 @@ static void test_opencl_refusals(void **st) {
   expect(ctx, da_attention_backward(pk, &a), DA_ERR_UNSUPPORTED, "seqlens");
   da_plan_destroy(pk);
   pk = NULL;
-  /* the projection strategy: OpenCL runs its forward, refuses its backward */
+  /* the projection strategy: OpenCL runs its backward too (the projection
+   * tests check its values), with the same checks on the buffers */
   float proj[4 * 2 * 16 * 4];
   for (size_t i = 0; i < sizeof proj / sizeof *proj; i++) proj[i] = (float)(i % 7) * 0.1f;
   da_attn_ext_init(&e);
   e.strategy = DA_STRATEGY_PROJECTION, e.rank = 4, e.proj = proj;
   TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
-  expect(ctx, da_attention_backward(pk, &a), DA_ERR_UNSUPPORTED, "DA_STRATEGY_PROJECTION");
+  TU_CHECK(ctx, da_attention_backward(pk, &a));
+  assert_string_equal(da_context_last_error(ctx), "");
+  expect(ctx, da_attention_backward(pk, &x), DA_ERR_INVALID_ARG, "dk overlaps k");
   da_plan_destroy(pk);
   for (int i = 0; i < 9; i++) da_buffer_destroy(b[i]);
   da_plan_destroy(p);
@@ -977,17 +1179,17 @@ static void test_opencl_refusals(void **st) {
  * DISTRATTN_REQUIRE_BACKENDS=...,cuda. */
 
 static const bcase cu_exact[] = {
-    {2, 4, 2, 100, 130, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
-    {1, 6, 2, 77, 77, 128, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
-    {1, 4, 4, 1, 257, 64, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
-    {1, 2, 1, 300, 64, 128, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
-    {2, 4, 2, 256, 256, 64, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
-    {1, 4, 2, 150, 70, 128, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
-    {1, 2, 2, 3, 1, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
-    {1, 4, 1, 239, 17, 128, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
-    {1, 6, 2, 190, 310, 64, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
-    {1, 4, 2, 113, 203, 40, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
-    {1, 6, 2, 65, 129, 96, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
+    {2, 4, 2, 100, 130, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+    {1, 6, 2, 77, 77, 128, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+    {1, 4, 4, 1, 257, 64, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+    {1, 2, 1, 300, 64, 128, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+    {2, 4, 2, 256, 256, 64, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+    {1, 4, 2, 150, 70, 128, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+    {1, 2, 2, 3, 1, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+    {1, 4, 1, 239, 17, 128, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+    {1, 6, 2, 190, 310, 64, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+    {1, 4, 2, 113, 203, 40, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+    {1, 6, 2, 65, 129, 96, 0, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
 };
 #define N_CU_EXACT (sizeof cu_exact / sizeof *cu_exact)
 
@@ -1008,10 +1210,10 @@ static void test_cuda_distr(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_CUDA);
   static const bcase base[] = {
-      {1, 4, 2, 200, 150, 64, 1, DA_F32, 2, DA_FUSE_NORM, 64, NOWIN, 0, DA_BACKEND_CUDA},
-      {2, 2, 1, 130, 190, 128, 0, DA_F32, 2, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
-      {1, 6, 2, 96, 96, 59, 1, DA_F32, 2, DA_FUSE_NORM, 16, NOWIN, 0, DA_BACKEND_CUDA},
-      {1, 2, 1, 140, 100, 128, 1, DA_F32, 2, DA_FUSE_NORM, 128, NOWIN, 0, DA_BACKEND_CUDA},
+      {1, 4, 2, 200, 150, 64, 1, DA_F32, 2, DA_FUSE_NORM, 64, NOWIN, 0, DA_BACKEND_CUDA, 0},
+      {2, 2, 1, 130, 190, 128, 0, DA_F32, 2, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+      {1, 6, 2, 96, 96, 59, 1, DA_F32, 2, DA_FUSE_NORM, 16, NOWIN, 0, DA_BACKEND_CUDA, 0},
+      {1, 2, 1, 140, 100, 128, 1, DA_F32, 2, DA_FUSE_NORM, 128, NOWIN, 0, DA_BACKEND_CUDA, 0},
   };
   static const int gs[] = {2, 4};
   static const da_fusion fs[] = {DA_FUSE_MEAN, DA_FUSE_NORM};
@@ -1029,15 +1231,15 @@ static void test_cuda_window_strided(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_CUDA);
   static const bcase cs[] = {
-      {1, 4, 2, 120, 160, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CUDA},
-      {1, 4, 2, 120, 160, 128, 0, DA_BF16, 1, DA_FUSE_NORM, 0, 0, -1, 0, DA_BACKEND_CUDA},
-      {1, 4, 2, 120, 160, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CUDA},
-      {1, 2, 1, 100, 80, 64, 1, DA_F16, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_CUDA},
-      {1, 2, 1, 100, 80, 48, 1, DA_F32, 4, DA_FUSE_MEAN, 32, 17, -1, 0, DA_BACKEND_CUDA},
-      {2, 4, 2, 70, 90, 64, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_CUDA},
-      {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_CUDA},
-      {2, 4, 2, 70, 90, 48, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_CUDA},
-      {2, 6, 2, 70, 90, 40, 0, DA_BF16, 2, DA_FUSE_MEAN, 16, 9, 30, 1, DA_BACKEND_CUDA},
+      {1, 4, 2, 120, 160, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CUDA, 0},
+      {1, 4, 2, 120, 160, 128, 0, DA_BF16, 1, DA_FUSE_NORM, 0, 0, -1, 0, DA_BACKEND_CUDA, 0},
+      {1, 4, 2, 120, 160, 32, 0, DA_F32, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CUDA, 0},
+      {1, 2, 1, 100, 80, 64, 1, DA_F16, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_CUDA, 0},
+      {1, 2, 1, 100, 80, 48, 1, DA_F32, 4, DA_FUSE_MEAN, 32, 17, -1, 0, DA_BACKEND_CUDA, 0},
+      {2, 4, 2, 70, 90, 64, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_CUDA, 0},
+      {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_CUDA, 0},
+      {2, 4, 2, 70, 90, 48, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_CUDA, 0},
+      {2, 6, 2, 70, 90, 40, 0, DA_BF16, 2, DA_FUSE_MEAN, 16, 9, 30, 1, DA_BACKEND_CUDA, 0},
   };
   for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) check_case(&cs[i]);
 }
@@ -1074,12 +1276,12 @@ static void test_cuda_split(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_CUDA);
   static const bcase win[] = {
-      {1, 4, 2, 120, 160, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CUDA},
-      {1, 4, 2, 120, 160, 128, 0, DA_BF16, 1, DA_FUSE_NORM, 0, 0, -1, 0, DA_BACKEND_CUDA},
-      {1, 2, 1, 100, 80, 64, 1, DA_F16, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_CUDA},
-      {2, 4, 2, 70, 90, 64, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_CUDA},
-      {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_CUDA},
-      {1, 2, 1, 130, 90, 128, 0, DA_BF16, 4, DA_FUSE_MEAN, 64, 30, 0, 1, DA_BACKEND_CUDA},
+      {1, 4, 2, 120, 160, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CUDA, 0},
+      {1, 4, 2, 120, 160, 128, 0, DA_BF16, 1, DA_FUSE_NORM, 0, 0, -1, 0, DA_BACKEND_CUDA, 0},
+      {1, 2, 1, 100, 80, 64, 1, DA_F16, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_CUDA, 0},
+      {2, 4, 2, 70, 90, 64, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_CUDA, 0},
+      {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_CUDA, 0},
+      {1, 2, 1, 130, 90, 128, 0, DA_BF16, 4, DA_FUSE_MEAN, 64, 30, 0, 1, DA_BACKEND_CUDA, 0},
   };
   /* a DISTRATTN_CUDA_BWD_DQ of the caller's (the whole suite run split)
    * is put back for the tests after this one */
@@ -1117,11 +1319,11 @@ static void test_cuda_vs_cpu(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_CUDA);
   static const bcase cs[] = {
-      {2, 4, 2, 130, 100, 64, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
-      {1, 6, 2, 150, 150, 59, 0, DA_F32, 2, DA_FUSE_NORM, 32, NOWIN, 0, DA_BACKEND_CUDA},
-      {1, 4, 2, 200, 180, 128, 1, DA_F32, 4, DA_FUSE_MEAN, 64, NOWIN, 0, DA_BACKEND_CUDA},
-      {1, 4, 2, 200, 180, 128, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA},
-      {1, 4, 2, 200, 180, 64, 0, DA_F16, 2, DA_FUSE_NORM, 64, NOWIN, 0, DA_BACKEND_CUDA},
+      {2, 4, 2, 130, 100, 64, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+      {1, 6, 2, 150, 150, 59, 0, DA_F32, 2, DA_FUSE_NORM, 32, NOWIN, 0, DA_BACKEND_CUDA, 0},
+      {1, 4, 2, 200, 180, 128, 1, DA_F32, 4, DA_FUSE_MEAN, 64, NOWIN, 0, DA_BACKEND_CUDA, 0},
+      {1, 4, 2, 200, 180, 128, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+      {1, 4, 2, 200, 180, 64, 0, DA_F16, 2, DA_FUSE_NORM, 64, NOWIN, 0, DA_BACKEND_CUDA, 0},
   };
   for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
     bcase k = cs[i];
@@ -1148,9 +1350,53 @@ static void test_cuda_vs_cpu(void **st) {
   }
 }
 
+/* The projection strategy: every case on the kernel the call picks (the
+ * tensor-core one for f16/bf16 at head_dim 64 and 128), then forced to
+ * SIMT, then the tensor-core shapes forced onto it with 128 and 64 keys a
+ * block. O and the LSE come from CUDA's own forward (run_case). */
+static void test_cuda_projection(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  check_proj_cases(DA_BACKEND_CUDA, 1);
+  setenv("DISTRATTN_CUDA_BWD", "simt", 1);
+  check_proj_cases(DA_BACKEND_CUDA, 1);
+  setenv("DISTRATTN_CUDA_BWD", "mma", 1);
+  for (int m = 0; m < 2; m++) {
+    if (m) setenv("DISTRATTN_CUDA_BWD_KEYS", "64", 1);
+    for (int t = 1; t < 3; t++)
+      for (size_t i = 0; i < N_PROJ; i++) {
+        bcase k = proj_cases[i];
+        if (k.hd != 64 && k.hd != 128) continue;
+        k.t = proj_types[t], k.be = DA_BACKEND_CUDA;
+        check_case(&k);
+      }
+  }
+  unsetenv("DISTRATTN_CUDA_BWD");
+  unsetenv("DISTRATTN_CUDA_BWD_KEYS");
+  /* the split arrangement (its dQ kernel writes E, which step 4 maps
+   * through M_h^T) */
+  const char *was = getenv("DISTRATTN_CUDA_BWD_DQ");
+  char *saved = was ? strdup(was) : NULL;
+  setenv("DISTRATTN_CUDA_BWD_DQ", "split", 1);
+  check_proj_cases(DA_BACKEND_CUDA, 1);
+  if (saved)
+    setenv("DISTRATTN_CUDA_BWD_DQ", saved, 1);
+  else
+    unsetenv("DISTRATTN_CUDA_BWD_DQ");
+  free(saved);
+}
+
+static void test_cuda_projection_vs_cpu(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  check_proj_vs_cpu(DA_BACKEND_CUDA);
+}
+
 /* What the CUDA backward refuses: what the cpu one refuses (per-sequence
  * lengths, through the core), a DISTRATTN_CUDA_BWD it cannot honour or
- * parse. */
+ * parse; a projection plan is made and its backward runs, while its
+ * forward (both entry points) and DA_ALGO_GEMM projection plans are
+ * refused. */
 static void test_cuda_refusals(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_CUDA);
@@ -1212,6 +1458,37 @@ static void test_cuda_refusals(void **st) {
   TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
   expect(ctx, da_attention_backward(pk, &a), DA_ERR_UNSUPPORTED, "seqlens");
   da_plan_destroy(pk);
+  /* the projection strategy: the plan is made, its backward and its
+   * forward run (both entry points, with and without the LSE); DA_ALGO_GEMM
+   * is refused */
+  float proj[4 * 2 * 16 * 4];
+  for (size_t i = 0; i < sizeof proj / sizeof *proj; i++) proj[i] = (float)(i % 7) * 0.1f;
+  da_attn_ext_init(&e);
+  e.strategy = DA_STRATEGY_PROJECTION, e.rank = 4, e.proj = proj;
+  pk = NULL;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
+  TU_CHECK(ctx, da_attention_backward(pk, &a));
+  assert_string_equal(da_context_last_error(ctx), "");
+  TU_CHECK(ctx, da_attention(pk, b[1], b[2], b[3], b[6]));
+  da_attn_args fa;
+  da_attn_args_init(&fa);
+  fa.q = b[1], fa.k = b[2], fa.v = b[3], fa.o = b[6];
+  TU_CHECK(ctx, da_attention_ext(pk, &fa));
+  da_plan_destroy(pk);
+  pk = NULL;
+  e.lse = 1;
+  TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
+  fa.lse = b[5];
+  TU_CHECK(ctx, da_attention_ext(pk, &fa));
+  da_plan_destroy(pk);
+  pk = NULL;
+  da_attn_desc dg = d;
+  dg.algo = DA_ALGO_GEMM;
+  e.lse = 0;
+  const da_status sg = da_plan_create_ext(ctx, &dg, &e, &pk);
+  if (sg != DA_ERR_UNSUPPORTED || !strstr(da_context_last_error(ctx), "DA_ALGO_GEMM"))
+    fail_msg("a GEMM projection plan: expected DA_ERR_UNSUPPORTED naming DA_ALGO_GEMM, got %s: "
+             "\"%s\"", da_status_string(sg), da_context_last_error(ctx));
   for (int i = 0; i < 9; i++) da_buffer_destroy(b[i]);
   da_plan_destroy(p);
   da_context_destroy(ctx);
@@ -1223,7 +1500,7 @@ int main(void) {
       cmocka_unit_test(test_reference_fd),  cmocka_unit_test(test_exact_f32),
       cmocka_unit_test(test_exact_half),    cmocka_unit_test(test_distr),
       cmocka_unit_test(test_window),        cmocka_unit_test(test_strided),
-      cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_refusals),      cmocka_unit_test(test_projection),
       {"opencl: exact vs float64", test_opencl_exact, NULL, NULL, NULL},
       {"opencl: DistrAttention vs float64", test_opencl_distr, NULL, NULL, NULL},
       {"opencl: windows and strides", test_opencl_window_strided, NULL, NULL, NULL},
@@ -1231,6 +1508,8 @@ int main(void) {
       {"opencl: element offsets", test_opencl_offsets, NULL, NULL, NULL},
       {"opencl: workspace released", test_opencl_repeated, NULL, NULL, NULL},
       {"opencl: refusals", test_opencl_refusals, NULL, NULL, NULL},
+      {"opencl: projection backward", test_opencl_projection, NULL, NULL, NULL},
+      {"opencl: projection vs cpu backward", test_opencl_projection_vs_cpu, NULL, NULL, NULL},
       {"cuda: exact vs float64", test_cuda_exact, NULL, NULL, NULL},
       {"cuda: DistrAttention vs float64", test_cuda_distr, NULL, NULL, NULL},
       {"cuda: windows and strides", test_cuda_window_strided, NULL, NULL, NULL},
@@ -1238,6 +1517,8 @@ int main(void) {
       {"cuda: DISTRATTN_CUDA_BWD_DQ=split, 64 and 128 keys and rows", test_cuda_split, NULL, NULL, NULL},
       {"cuda: vs cpu backward", test_cuda_vs_cpu, NULL, NULL, NULL},
       {"cuda: refusals", test_cuda_refusals, NULL, NULL, NULL},
+      {"cuda: projection backward", test_cuda_projection, NULL, NULL, NULL},
+      {"cuda: projection vs cpu backward", test_cuda_projection_vs_cpu, NULL, NULL, NULL},
   };
   return cmocka_run_group_tests_name("backward", tests, NULL, NULL);
 }

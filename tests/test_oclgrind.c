@@ -8,7 +8,8 @@
  * da_attention_ext (strides, offsets, packed and KV lengths, out-of-range
  * lengths the kernels clamp, LSE, windows, G > 1; its cases with few query
  * rows per kv head run the split-KV decode kernels, cl/decode.cl), and the
- * backward pass (cl/bwd.cl) against the CPU backend's.
+ * backward pass (cl/bwd.cl; the projection strategy's too) against the CPU
+ * backend's.
  * Outputs are compared with the float64 reference (SPEC bounds), f32 outputs
  * with the CPU backend (1e-5) and the permutations with the CPU backend and
  * the reference (exactly).
@@ -414,6 +415,7 @@ typedef struct bwd_tc {
   const char *name;
   int B, H, KVH, Sq, Sk, hd, causal, G, wl, wr;
   da_dtype t;
+  int rank; /* > 0: the projection strategy (SPEC 1c), random A_h, B_h from the seed */
 } bwd_tc;
 
 static void bwd_run(da_context *ctx, const bwd_tc *c, uint64_t seed, void *g[3]) {
@@ -425,8 +427,19 @@ static void bwd_run(da_context *ctx, const bwd_tc *c, uint64_t seed, void *g[3])
   da_attn_ext x;
   da_attn_ext_init(&x);
   x.lse = 1, x.window_left = c->wl, x.window_right = c->wr;
+  float *proj = NULL;
+  if (c->rank) {
+    const size_t np = (size_t)c->H * 2 * c->hd * c->rank;
+    proj = malloc(np * sizeof *proj);
+    assert_non_null(proj);
+    tu_rng pr;
+    tu_rng_init(&pr, seed ^ 0x5eed);
+    for (size_t i = 0; i < np; i++) proj[i] = (float)(1.5 * tu_normal(&pr) / sqrt((double)c->hd));
+    x.strategy = DA_STRATEGY_PROJECTION, x.rank = c->rank, x.proj = proj;
+  }
   da_plan *p = NULL;
   TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
+  free(proj); /* the plan keeps its copy */
   const size_t es = da_dtype_size(c->t);
   const size_t nq = (size_t)c->B * c->H * c->Sq * c->hd, nk = (size_t)c->B * c->KVH * c->Sk * c->hd;
   /* 0 q, 1 k, 2 v, 3 o, 4 lse, 5 dout, 6 dq, 7 dk, 8 dv */
@@ -465,15 +478,20 @@ static void bwd_run(da_context *ctx, const bwd_tc *c, uint64_t seed, void *g[3])
 /* The backward kernels against the CPU backend's backward: exact with a
  * window, causal GQA 6/2 with seq_q > seq_k (rows that see no key), G = 2
  * and 4 (the hash kernel, the expanded Q, dQ folded back), head_dim 59
- * and 1 (the vector tails), f32 within 1e-5, f16/bf16 within 4e-3/3e-2. */
+ * and 1 (the vector tails), the projection strategy (Q M_h, dQ through
+ * M_h^T; rank 3 of 24 with GQA, rank 1 of head_dim 17 with a window, rank
+ * = head_dim 6), f32 within 1e-5, f16/bf16 within 4e-3/3e-2. */
 static void test_backward(void **state) {
   (void)state;
   static const bwd_tc cs[] = {
-      {"exact window", 1, 4, 2, 21, 19, 24, 0, 1, 5, 3, DA_F32},
-      {"causal GQA 6/2", 1, 6, 2, 23, 9, 16, 1, 1, -1, -1, DA_F32},
-      {"G=2 d59 bf16", 1, 2, 1, 21, 19, 59, 1, 2, -1, -1, DA_BF16},
-      {"G=4 f16", 2, 2, 2, 18, 25, 32, 0, 4, -1, -1, DA_F16},
-      {"d1", 1, 2, 1, 17, 13, 1, 0, 1, -1, -1, DA_F32},
+      {"exact window", 1, 4, 2, 21, 19, 24, 0, 1, 5, 3, DA_F32, 0},
+      {"causal GQA 6/2", 1, 6, 2, 23, 9, 16, 1, 1, -1, -1, DA_F32, 0},
+      {"G=2 d59 bf16", 1, 2, 1, 21, 19, 59, 1, 2, -1, -1, DA_BF16, 0},
+      {"G=4 f16", 2, 2, 2, 18, 25, 32, 0, 4, -1, -1, DA_F16, 0},
+      {"d1", 1, 2, 1, 17, 13, 1, 0, 1, -1, -1, DA_F32, 0},
+      {"proj r3 causal GQA 4/2", 1, 4, 2, 19, 23, 24, 1, 1, -1, -1, DA_F32, 3},
+      {"proj r1 d17 window f16", 1, 2, 1, 15, 13, 17, 0, 1, 4, 2, DA_F16, 1},
+      {"proj r=d6 bf16", 2, 2, 2, 9, 11, 6, 0, 1, -1, -1, DA_BF16, 6},
   };
   da_context *ctx = open_oclgrind(), *cpu = open_cpu();
   for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {

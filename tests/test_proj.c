@@ -10,7 +10,8 @@
  * on OpenCL and CUDA ("opencl: ...", "cuda: ...": skipped without the
  * backend, failed when DISTRATTN_REQUIRE_BACKENDS names it) against the
  * same float64 reference and against the CPU backend with every
- * da_attn_ext option, and their refusals (GEMM, the backward).
+ * da_attn_ext option, and their refusal of DA_ALGO_GEMM (their backward
+ * passes are tests/test_backward.c's).
  * DA_TEST_VERBOSE=1 prints every measured error. */
 #include <math.h>
 #include <stdint.h>
@@ -578,11 +579,10 @@ static void test_dev_vs_cpu(void **state) {
 }
 
 /* What the device backends refuse: DA_ALGO_GEMM (OpenCL and CUDA run the
- * strategy on their fused kernels) and the backward pass (OpenCL has none;
- * CUDA's refuses the strategy by name). */
+ * strategy on their fused kernels). Their backward passes run the strategy
+ * (tests/test_backward.c, "opencl: projection backward" and "cuda: ..."). */
 static void test_dev_refusals(void **state) {
   da_context *ctx = backend_ctx(state);
-  const da_backend b = (da_backend)(intptr_t)*state;
   da_attn_desc d = tu_small_desc();
   d.dtype = DA_F32;
   float *proj = calloc((size_t)d.heads * 2 * d.head_dim * 4, sizeof *proj);
@@ -596,29 +596,6 @@ static void test_dev_refusals(void **state) {
   x.lse = 1;
   da_plan *p = NULL;
   TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
-  const size_t nq = tu_q_elems(&d), nkv = tu_kv_elems(&d);
-  const size_t nl = (size_t)d.batch * d.heads * d.seq_q;
-  da_buffer *bq, *bk, *bv, *bo, *bl, *bdo, *bdq, *bdk, *bdv;
-  TU_CHECK(ctx, da_buffer_create(ctx, nq * 4, &bq));
-  TU_CHECK(ctx, da_buffer_create(ctx, nkv * 4, &bk));
-  TU_CHECK(ctx, da_buffer_create(ctx, nkv * 4, &bv));
-  TU_CHECK(ctx, da_buffer_create(ctx, nq * 4, &bo));
-  TU_CHECK(ctx, da_buffer_create(ctx, nl * 4, &bl));
-  TU_CHECK(ctx, da_buffer_create(ctx, nq * 4, &bdo));
-  TU_CHECK(ctx, da_buffer_create(ctx, nq * 4, &bdq));
-  TU_CHECK(ctx, da_buffer_create(ctx, nkv * 4, &bdk));
-  TU_CHECK(ctx, da_buffer_create(ctx, nkv * 4, &bdv));
-  da_bwd_args a;
-  da_bwd_args_init(&a);
-  a.dout = bdo, a.q = bq, a.k = bk, a.v = bv, a.o = bo, a.lse = bl;
-  a.dq = bdq, a.dk = bdk, a.dv = bdv;
-  const da_status s = da_attention_backward(p, &a);
-  if (s != DA_ERR_UNSUPPORTED ||
-      (b == DA_BACKEND_CUDA && !strstr(da_context_last_error(ctx), "DA_STRATEGY_PROJECTION")))
-    fail_msg("the backward of a projection plan: expected DA_ERR_UNSUPPORTED, got %s: \"%s\"",
-             da_status_string(s), da_context_last_error(ctx));
-  da_buffer *all[] = {bq, bk, bv, bo, bl, bdo, bdq, bdk, bdv};
-  for (int i = 0; i < 9; i++) da_buffer_destroy(all[i]);
   da_plan_destroy(p);
   free(proj);
   da_context_destroy(ctx);

@@ -5,7 +5,8 @@
  * tests/cuda_emu/emu.h, against the cpu backend's backward on the same
  * inputs (its forward gives O and the LSE): a check of the kernels' logic
  * (fragment layouts, masks, row ranges, GQA, strides, G > 1 through the
- * expanded Q, the dQ fold, the cp.async double buffering as far as
+ * expanded Q, the dQ fold, the projection strategy through Qx = Q M_h and
+ * dQ = s E M_h^T, the cp.async double buffering as far as
  * emu.h's late landing shows it) on a machine without a GPU. The launch
  * sequence is cuda/cuda_backend.cu's dac_attention_bwd's. Not a check of
  * what depends on the hardware's timing (races between blocks, atomics,
@@ -39,6 +40,7 @@ struct kcase {
   da_fusion f;
   int hb, wl, wr, bshd;
   int kern; /* 0 SIMT, 1 tensor cores with 64 keys a block, 2 with 128 */
+  int rank; /* > 0: the projection strategy (SPEC 1c) of this rank, G 1 */
   int split; /* tensor cores: the split arrangement (DISTRATTN_CUDA_BWD_DQ=split) */
 };
 
@@ -120,6 +122,12 @@ static double run(const kcase &k, double *errs) {
     bshd_st(x.k_stride, k.KH, k.Sk, k.d);
     bshd_st(x.v_stride, k.KH, k.Sk, k.d);
   }
+  std::vector<float> proj;
+  if (k.rank) { /* random A_h, B_h: N(0, 1.5^2 / d) */
+    proj.resize((size_t)k.H * 2 * k.d * k.rank);
+    for (float &e : proj) e = (float)(1.5 * nrand() / sqrt((double)k.d));
+    x.strategy = DA_STRATEGY_PROJECTION, x.rank = k.rank, x.proj = proj.data();
+  }
   da_plan *p = NULL;
   CHECK(da_plan_create_ext(ctx, &d, &x, &p));
   CHECK(da_plan_get_desc(p, &d));
@@ -180,10 +188,25 @@ static double run(const kcase &k, double *errs) {
   std::vector<int> perm;
   std::vector<float> wts;
   std::vector<char> qx;
+  std::vector<float> pm;
   a.dacc = dacc.data();
   if (k.split) /* nothing zeroes E first: the dQ kernel writes every row */
     memset(dacc.data(), 0x7f, dacc.size() * sizeof(float));
   a.dsum = dsum.data();
+  if (k.rank) {
+    /* M_h = A_h B_h^T (the plan's, as dac_proj_bwd_plan makes it), then
+     * Qx = Q M_h (the dtype on the tensor-core path, else f32) */
+    pm.resize((size_t)d.heads * d.head_dim * d.head_dim);
+    da_proj_products(x.proj, d.heads, d.head_dim, k.rank, pm.data(), NULL);
+    a.pm = pm.data();
+    const da_dtype qx_dt = k.kern ? d.dtype : DA_F32;
+    qx.resize(nq * (qx_dt == DA_F32 ? 4 : 2));
+    const unsigned tiles = (unsigned)(((k.Sq + BWD_PM - 1) / BWD_PM) * ((k.d + BWD_PM - 1) / BWD_PM));
+    emu::launch(dim3(tiles, d.heads, d.batch), BWD_PT,
+                [&] { dac_bwd_proj_kernel(a, 0, qx.data(), qx_dt); });
+    a.qx = qx.data();
+    a.qx_dt = qx_dt;
+  }
   if (G > 1) {
     /* the groupings (the cpu backend's, equal to the forward hash kernel's)
      * and the weights from their definition (SPEC 1 step 6) */
@@ -243,7 +266,11 @@ static double run(const kcase &k, double *errs) {
     emu::launch(dim3((d.seq_k + BWD_SK - 1) / BWD_SK, d.kv_heads, d.batch), BWD_ST,
                 [&] { dac_bwd_simt_kernel(a); });
   }
-  if (G > 1)
+  if (k.rank) {
+    const unsigned tiles = (unsigned)(((k.Sq + BWD_PM - 1) / BWD_PM) * ((k.d + BWD_PM - 1) / BWD_PM));
+    emu::launch(dim3(tiles, d.heads, d.batch), BWD_PT,
+                [&] { dac_bwd_proj_kernel(a, 1, NULL, DA_F32); });
+  } else if (G > 1)
     emu::launch(dim3(nt, d.heads, d.batch), BWD_GT, [&] { dac_bwd_dq_grouped_kernel(a); });
   else if (!(k.kern && k.split)) /* split, G = 1: the dQ kernel wrote dQ */
     emu::launch(dim3((unsigned)((nq + 255) / 256), 1, 1), 256, [&] { dac_bwd_dq_kernel(a); });
@@ -261,7 +288,7 @@ static double run(const kcase &k, double *errs) {
 int main() {
   const int NW = -1;
   static const kcase cs[] = {
-      /* B H KH Sq Sk d causal t G f hb wl wr bshd kern */
+      /* B H KH Sq Sk d causal t G f hb wl wr bshd kern (rank) */
       {1, 2, 1, 70, 100, 64, 0, DA_F16, 1, DA_FUSE_MEAN, 0, NW, NW, 0, 1},
       {1, 2, 2, 100, 70, 64, 1, DA_BF16, 1, DA_FUSE_MEAN, 0, NW, NW, 0, 1},
       {1, 4, 2, 77, 150, 128, 1, DA_F16, 1, DA_FUSE_MEAN, 0, NW, NW, 0, 1},
@@ -286,6 +313,17 @@ int main() {
       {1, 2, 1, 1, 90, 96, 1, DA_F16, 1, DA_FUSE_MEAN, 0, NW, NW, 0, 0},
       {1, 2, 1, 20, 30, 256, 0, DA_F32, 1, DA_FUSE_MEAN, 0, NW, NW, 0, 0},
       {1, 2, 1, 40, 50, 128, 1, DA_BF16, 4, DA_FUSE_NORM, 16, NW, NW, 1, 0},
+      /* the projection strategy: tensor cores (f16/bf16, d 64 and 128) */
+      {1, 4, 2, 70, 100, 64, 1, DA_F16, 1, DA_FUSE_MEAN, 0, NW, NW, 0, 1, 16},
+      {1, 2, 1, 90, 65, 128, 0, DA_BF16, 1, DA_FUSE_MEAN, 0, NW, NW, 1, 1, 1},
+      {1, 2, 2, 130, 80, 128, 1, DA_F16, 1, DA_FUSE_MEAN, 0, NW, NW, 0, 1, 128},
+      {1, 4, 2, 60, 90, 64, 0, DA_BF16, 1, DA_FUSE_MEAN, 0, 20, 5, 0, 1, 64},
+      /* ... and SIMT (f32, other head_dims) */
+      {1, 4, 2, 50, 70, 40, 1, DA_F32, 1, DA_FUSE_MEAN, 0, NW, NW, 0, 0, 1},
+      {1, 6, 2, 70, 45, 59, 0, DA_F32, 1, DA_FUSE_MEAN, 0, 9, 3, 1, 0, 7},
+      {1, 2, 1, 66, 40, 64, 1, DA_F32, 1, DA_FUSE_MEAN, 0, NW, NW, 0, 0, 64},
+      {1, 2, 1, 20, 30, 256, 0, DA_F32, 1, DA_FUSE_MEAN, 0, NW, NW, 0, 0, 32},
+      {1, 2, 2, 70, 90, 128, 1, DA_BF16, 1, DA_FUSE_MEAN, 0, NW, NW, 0, 0, 20},
   };
   int bad = 0;
   std::vector<kcase> all;
@@ -304,9 +342,11 @@ int main() {
     double e[3];
     const double worst = run(k, e);
     const double bound = k.t == DA_F32 ? 1e-5 : k.t == DA_F16 ? 4e-3 : 3e-2;
-    printf("%s%s %s B%d H%d/%d %dx%d d%d causal %d G%d hb %d win %d/%d%s: dQ %.2e dK %.2e dV %.2e%s\n",
+    char rk[16] = "";
+    if (k.rank) snprintf(rk, sizeof rk, " rank %d", k.rank);
+    printf("%s%s %s B%d H%d/%d %dx%d d%d causal %d G%d hb %d win %d/%d%s%s: dQ %.2e dK %.2e dV %.2e%s\n",
            k.split ? "split " : "", k.kern == 2 ? "mma128" : k.kern ? "mma64 " : "simt  ", k.t == DA_F32 ? "f32 " : k.t == DA_F16 ? "f16 " : "bf16", k.B,
-           k.H, k.KH, k.Sq, k.Sk, k.d, k.causal, k.G, k.hb, k.wl, k.wr, k.bshd ? " bshd" : "",
+           k.H, k.KH, k.Sq, k.Sk, k.d, k.causal, k.G, k.hb, k.wl, k.wr, k.bshd ? " bshd" : "", rk,
            e[0], e[1], e[2], worst <= bound ? "" : "  FAIL");
     fflush(stdout);
     bad += !(worst <= bound);
