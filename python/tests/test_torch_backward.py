@@ -420,3 +420,26 @@ def test_cuda_proj_forward(case, dtype, seed):
     err = rel(o.cpu(), ref)
     assert err <= tol, f"r={r} {dtype}: {err:.3e} (seed {seed})"
     assert rel(o.cpu(), cpu.double()) <= tol, f"cuda vs cpu (seed {seed})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=lambda t: str(t).split(".")[-1])
+@pytest.mark.parametrize("case", PROJ_CASES,
+                         ids=lambda c: "x".join(map(str, c[:7])) + ("c" if c[7] else ""))
+def test_cuda_grad_proj(case, dtype, seed):
+    """The projection strategy through autograd on CUDA tensors: o, dq, dk,
+    dv against torch autograd of the float64 definition on the same rounded
+    inputs (the projections constants)."""
+    need_cuda()
+    B, H, Hkv, Sq, Sk, D, r, causal = case
+    (q, k, v), w = make(seed, B, H, Hkv, Sq, Sk, D, dtype)
+    proj = make_proj(seed, H, D, r)
+    o, dq, dk, dv = grads_of(q.cuda(), k.cuda(), v.cuda(), w.cuda(), causal=causal, proj=proj)
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    ro = ref64_proj(qd, kd, vd, proj, causal=causal)
+    (ro * w.double()).sum().backward()
+    assert dq.device.type == "cuda" and dq.dtype == dtype and dk.shape == k.shape
+    for name, got, ref in (("o", o, ro.detach()), ("dq", dq, qd.grad), ("dk", dk, kd.grad),
+                           ("dv", dv, vd.grad)):
+        err = rel(got.cpu(), ref)
+        assert err <= BOUND[dtype], f"r={r} {dtype}: {name}: {err:.3e} (seed {seed})"
