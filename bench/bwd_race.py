@@ -47,33 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-
-def graph_time(fn, iters, reps, stream):
-    """Milliseconds per call of fn, iters calls in one CUDA graph captured
-    on stream, best of reps replays."""
-    s = stream
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()  # warm-up on the capture's stream: our context and plan, cuDNN's plans
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, stream=s):
-        for _ in range(iters):
-            fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(reps):
-        a = torch.cuda.Event(enable_timing=True)
-        b = torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        best = min(best, a.elapsed_time(b) / iters)
-    del g
-    torch.cuda.synchronize()
-    return best
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gputime import graph_time  # noqa: E402  (ms per call, iters calls in one CUDA graph)
 
 
 def rel(a, b):
