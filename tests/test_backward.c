@@ -1437,20 +1437,39 @@ static void test_cuda_refusals(void **st) {
   setenv("DISTRATTN_CUDA_BWD_KEYS", "32", 1);
   expect(ctx, da_plan_create(ctx, &d, &pe), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD_KEYS");
   unsetenv("DISTRATTN_CUDA_BWD_KEYS");
-  setenv("DISTRATTN_CUDA_BWD_DQ", "atomics", 1);
-  expect(ctx, da_attention_backward(p, &a), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD_DQ");
+  /* a bad value is refused when the plan is made, naming the variable; the
+   * variable is restored before anything can fail, so a failure here does
+   * not leave it set for the tests that follow */
   const char *was = getenv("DISTRATTN_CUDA_BWD_DQ");
   char *saved = was ? strdup(was) : NULL;
+  setenv("DISTRATTN_CUDA_BWD_DQ", "atomics", 1);
+  const da_status sdq = da_plan_create(ctx, &d, &pe);
+  char dq_msg[256];
+  snprintf(dq_msg, sizeof dq_msg, "%s", da_context_last_error(ctx));
   setenv("DISTRATTN_CUDA_BWD_DQ", "split", 1); /* f32: the SIMT kernel, which ignores it */
-  TU_CHECK(ctx, da_attention_backward(p, &a));
+  da_plan *ps = NULL;
+  const da_status ss = da_plan_create(ctx, &d, &ps);
+  const da_status sb = ss == DA_SUCCESS ? da_attention_backward(ps, &a) : ss;
+  da_plan_destroy(ps);
   if (saved)
     setenv("DISTRATTN_CUDA_BWD_DQ", saved, 1);
   else
     unsetenv("DISTRATTN_CUDA_BWD_DQ");
   free(saved);
   setenv("DISTRATTN_CUDA_BWD_DQ_ROWS", "256", 1);
-  expect(ctx, da_attention_backward(p, &a), DA_ERR_INVALID_ARG, "DISTRATTN_CUDA_BWD_DQ_ROWS");
+  da_plan *pr = NULL;
+  const da_status srows = da_plan_create(ctx, &d, &pr);
+  char rows_msg[256];
+  snprintf(rows_msg, sizeof rows_msg, "%s", da_context_last_error(ctx));
   unsetenv("DISTRATTN_CUDA_BWD_DQ_ROWS");
+  da_plan_destroy(pr);
+  if (sdq != DA_ERR_INVALID_ARG || !strstr(dq_msg, "DISTRATTN_CUDA_BWD_DQ"))
+    fail_msg("DISTRATTN_CUDA_BWD_DQ=atomics: expected DA_ERR_INVALID_ARG naming it, got %s: "
+             "\"%s\"", da_status_string(sdq), dq_msg);
+  if (sb != DA_SUCCESS) fail_msg("DISTRATTN_CUDA_BWD_DQ=split, f32: %s", da_status_string(sb));
+  if (srows != DA_ERR_INVALID_ARG || !strstr(rows_msg, "DISTRATTN_CUDA_BWD_DQ_ROWS"))
+    fail_msg("DISTRATTN_CUDA_BWD_DQ_ROWS=256: expected DA_ERR_INVALID_ARG naming it, got %s: "
+             "\"%s\"", da_status_string(srows), rows_msg);
   da_attn_ext e;
   da_attn_ext_init(&e);
   e.seqlens = DA_SEQLENS_KV;
