@@ -60,9 +60,10 @@ def main():
     ap.add_argument("--only", default="",
                     help="comma list of our columns to time (exact,g2,g4,r2,r4); default all")
     ap.add_argument("--variants", default="",
-                    help="more settings of our exact kernel on the same inputs, e.g. "
-                    "'poly:DISTRATTN_CUDA_EXP_SPLIT=1'; printed after the table with "
-                    "their ratio to the best SDPA kernel")
+                    help="more settings of our kernels on the same inputs, "
+                    "'LABEL[@COLS]:VAR=VALUE,...;...', e.g. 'fma2@exact,g4:DISTRATTN_CUDA_EXP_FMA=2' "
+                    "(COLS from exact,g2,g4,r2,r4; default exact); printed after the table "
+                    "with their ratio to the best SDPA kernel")
     args = ap.parse_args()
     import distrattn.torch as dt
 
@@ -75,7 +76,9 @@ def main():
     variants = []
     for item in filter(None, args.variants.split(";")):
         label, _, envs = item.partition(":")
-        variants.append((label, [e.split("=", 1) for e in filter(None, envs.split(","))]))
+        label, _, vcols = label.partition("@")
+        variants.append((label, (vcols or "exact").split(","),
+                         [e.split("=", 1) for e in filter(None, envs.split(","))]))
     print("GPU: %s; torch %s; cuDNN %s; batch %d, heads %d, %s, fusion %s; TFLOP/s as 4bhs^2d "
           "(causal halved)" % (torch.cuda.get_device_name(), torch.__version__,
                                torch.backends.cudnn.version(), b, h, args.dtype, args.fusion))
@@ -137,18 +140,21 @@ def main():
                          " | ".join(tf(t[c]) for c in cols), " | ".join(ratio(t[c]) for c in cols),
                          err))
                 sys.stdout.flush()
-                for label, envs in variants:
+                for label, vcols, envs in variants:
                     for key, val in envs:
                         os.environ[key] = val
                     dt.clear_cache()
                     try:
-                        o = dt.attention(q, k, v, causal=causal)
-                        e2 = rel(o, ref) if ref is not None else float("nan")
-                        tv = graph_time(lambda: dt.attention(q, k, v, causal=causal), it,
-                                        args.reps, stream)
-                        extra.append("| %d | %d | %s | %s | %s | %s | %.1e |"
-                                     % (d, s, "yes" if causal else "no", label, tf(tv),
-                                        ratio(tv), e2))
+                        for c in vcols:
+                            def f(c=c):
+                                return dt.attention(q, k, v, causal=causal, **kw[c])
+                            o = f()
+                            e2 = rel(o, ref) if ref is not None and c == "exact" else float("nan")
+                            tv = graph_time(f, it, args.reps, stream)
+                            extra.append("| %d | %d | %s | %s %s | %s | %s | %s | %.1e |"
+                                         % (d, s, "yes" if causal else "no", names[c], label,
+                                            tf(tv), ratio(tv), ratio(tv / t[c] * best)
+                                            if t.get(c) else "-", e2))
                     finally:
                         for key, _ in envs:
                             os.environ.pop(key)
@@ -156,8 +162,8 @@ def main():
                 del q, k, v, outs, ref
                 torch.cuda.empty_cache()
     if extra:
-        print("\n| d | seq | causal | variant | TFLOP/s | x best | err |\n"
-              "| ---: | ---: | --- | --- | ---: | ---: | ---: |")
+        print("\n| d | seq | causal | variant | TFLOP/s | x best | x the column's default | err |\n"
+              "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |")
         print("\n".join(extra))
     return 0
 
