@@ -67,6 +67,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import capture  # noqa: E402  (sets HF_HUB_OFFLINE before transformers loads)
+import common_args  # noqa: E402  (the options shared with tools/zeroshot.py)
 
 RUNS = {  # name: (strategy, G)
     "exact": ("exact", 1),
@@ -629,13 +630,8 @@ def main():
                     help="torch's threads and the library's (DISTRATTN_CPU_THREADS, unless "
                     "set); 1 by default: on a 2-core machine shared with other work, two "
                     "threads of each pool waiting on each other ran 2-3x slower per step")
-    ap.add_argument("--lib", default=os.environ.get("DISTRATTN_LIB",
-                                                    os.path.join(TOP, "build/lib/.libs/"
-                                                                 "libdistrattn.so")))
-    ap.add_argument("--tool", default=os.path.join(TOP, "build/tools/distrattn"))
-    ap.add_argument("--work", default="/tmp/distrattn-finetune")
-    ap.add_argument("--out", default=os.path.join(TOP, "bench/finetune-cpu.md"))
-    ap.add_argument("--json", default=None, help="also the raw results (default: OUT.json)")
+    common_args.add_run_args(ap, "/tmp/distrattn-finetune", "bench/finetune-cpu.md",
+                             "also the raw results (default: OUT.json)")
     ap.add_argument("--report-from", metavar="JSON",
                     help="only write OUT again from the raw results of a run (those of the "
                     "runs finished so far, while one goes on); the other options must be "

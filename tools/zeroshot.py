@@ -52,6 +52,7 @@ TOP = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import finetune  # noqa: E402  (the model, the text, the evaluation; imports capture)
 import capture  # noqa: E402
+import common_args  # noqa: E402  (the options shared with tools/finetune.py)
 
 # name: (strategy, G, fusion or calibration method, rank)
 SETTINGS = {
@@ -196,13 +197,8 @@ def main():
     ap.add_argument("--err-chunks", type=int, default=1)
     ap.add_argument("--calib-chunks", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--lib", default=os.environ.get("DISTRATTN_LIB",
-                                                    os.path.join(TOP, "build/lib/.libs/"
-                                                                 "libdistrattn.so")))
-    ap.add_argument("--tool", default=os.path.join(TOP, "build/tools/distrattn"))
-    ap.add_argument("--work", default="/tmp/distrattn-zeroshot")
-    ap.add_argument("--out", default=os.path.join(TOP, "bench/zeroshot-smollm2.md"))
-    ap.add_argument("--json", default=None, help="the raw results (default: OUT.json)")
+    common_args.add_run_args(ap, "/tmp/distrattn-zeroshot", "bench/zeroshot-smollm2.md",
+                             "the raw results (default: OUT.json)")
     ap.add_argument("--keep-prj", metavar="DIR",
                     help="also write the calibrated projections of --keep-layers here "
                     "(smollm2-METHOD-rR.prj; tests/data's are layers 0,14,29 at rank 32 and 16, "
