@@ -564,6 +564,40 @@ static void check_case(const bcase *k) {
   }
 }
 
+/* The gradients of backend be against the cpu backend's on the same inputs
+ * (seed tu_seed() ^ salt ^ the case's index; the cases' own backend is
+ * replaced by be), each also against the reference. f32: both within 2e-5
+ * of the reference, 1e-5 of each other; f16 and bf16: the dtype's bound
+ * (the two round differently). */
+static void check_vs_cpu(const bcase *cs, size_t ncs, da_backend be, uint64_t salt) {
+  for (size_t i = 0; i < ncs; i++) {
+    bcase k = cs[i];
+    k.be = be;
+    uint64_t seed = tu_seed() ^ salt ^ i;
+    void *a[3], *b[3];
+    bresult ra, rb;
+    run_case(&k, &ra, a, seed);
+    k.be = DA_BACKEND_CPU;
+    run_case(&k, &rb, b, seed);
+    const size_t n[3] = {(size_t)k.B * k.H * k.Sq * k.hd, (size_t)k.B * k.KVH * k.Sk * k.hd,
+                         (size_t)k.B * k.KVH * k.Sk * k.hd};
+    const double bound = k.t == DA_F32 ? 1e-5 : bwd_bound(k.t);
+    const char *what = k.rank ? "projection " : "";
+    char rank[32] = "";
+    if (k.rank) snprintf(rank, sizeof rank, " (rank %d)", k.rank);
+    for (int t = 0; t < 3; t++) {
+      const double e = tu_rel_err_arrays(a[t], b[t], k.t, n[t]);
+      if (getenv("DA_TEST_VERBOSE"))
+        fprintf(stderr, "  %s%svs cpu case %zu%s d%c: %.3g (bound %.3g)\n", be_prefix(be), what, i,
+                rank, "QKV"[t], e, bound);
+      if (!(ra.err[t] <= bwd_bound(k.t) && rb.err[t] <= bwd_bound(k.t) && e <= bound))
+        fail_msg("%scase %zu: d%c %s%g, cpu %g against the reference, %g between them", what, i,
+                 "QKV"[t], be_prefix(be), ra.err[t], rb.err[t], e);
+      free(a[t]), free(b[t]);
+    }
+  }
+}
+
 #define NOWIN -1, -1
 
 static const bcase exact_cases[] = {
@@ -775,9 +809,7 @@ static void check_proj_cases(da_backend be, int every) {
     }
 }
 
-/* The backend's gradients against the cpu backend's on the same inputs
- * (and each against the reference): f32 within 1e-5 of each other, f16
- * and bf16 within the dtype's bound. */
+/* The backend's gradients against the cpu backend's (check_vs_cpu). */
 static void check_proj_vs_cpu(da_backend be) {
   static const bcase cs[] = {
       {2, 4, 2, 130, 100, 64, 1, DA_F32, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 16},
@@ -785,29 +817,7 @@ static void check_proj_vs_cpu(da_backend be) {
       {1, 4, 2, 120, 110, 128, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CPU, 1},
       {1, 4, 2, 100, 180, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 40, 3, 1, DA_BACKEND_CPU, 32},
   };
-  for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
-    bcase k = cs[i];
-    k.be = be;
-    uint64_t seed = tu_seed() ^ 0x9c0 ^ i;
-    void *a[3], *b[3];
-    bresult ra, rb;
-    run_case(&k, &ra, a, seed);
-    k.be = DA_BACKEND_CPU;
-    run_case(&k, &rb, b, seed);
-    const size_t n[3] = {(size_t)k.B * k.H * k.Sq * k.hd, (size_t)k.B * k.KVH * k.Sk * k.hd,
-                         (size_t)k.B * k.KVH * k.Sk * k.hd};
-    const double bound = k.t == DA_F32 ? 1e-5 : bwd_bound(k.t);
-    for (int t = 0; t < 3; t++) {
-      const double e = tu_rel_err_arrays(a[t], b[t], k.t, n[t]);
-      if (getenv("DA_TEST_VERBOSE"))
-        fprintf(stderr, "  %sprojection vs cpu case %zu (rank %d) d%c: %.3g (bound %.3g)\n",
-                be_prefix(be), i, k.rank, "QKV"[t], e, bound);
-      if (!(ra.err[t] <= bwd_bound(k.t) && rb.err[t] <= bwd_bound(k.t) && e <= bound))
-        fail_msg("projection case %zu: d%c %s%g, cpu %g against the reference, %g between them",
-                 i, "QKV"[t], be_prefix(be), ra.err[t], rb.err[t], e);
-      free(a[t]), free(b[t]);
-    }
-  }
+  check_vs_cpu(cs, sizeof cs / sizeof *cs, be, 0x9c0);
 }
 
 static void test_projection(void **st) {
@@ -891,8 +901,8 @@ static void test_opencl_window_strided(void **st) {
   for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) check_case(&cs[i]);
 }
 
-/* OpenCL's gradients against the cpu backend's on the same inputs: f32
- * within 1e-5 of each other, f16/bf16 within the dtype's bound. */
+/* OpenCL's gradients against the cpu backend's on the same inputs
+ * (check_vs_cpu). */
 static void test_opencl_vs_cpu(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_OPENCL);
@@ -903,27 +913,7 @@ static void test_opencl_vs_cpu(void **st) {
       {1, 4, 2, 200, 180, 128, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_OPENCL, 0},
       {1, 4, 2, 200, 180, 64, 0, DA_F16, 2, DA_FUSE_NORM, 64, 40, 3, 1, DA_BACKEND_OPENCL, 0},
   };
-  for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
-    bcase k = cs[i];
-    uint64_t seed = tu_seed() ^ 0x0c1 ^ i;
-    void *a[3], *b[3];
-    bresult ra, rb;
-    run_case(&k, &ra, a, seed);
-    k.be = DA_BACKEND_CPU;
-    run_case(&k, &rb, b, seed);
-    const size_t n[3] = {(size_t)k.B * k.H * k.Sq * k.hd, (size_t)k.B * k.KVH * k.Sk * k.hd,
-                         (size_t)k.B * k.KVH * k.Sk * k.hd};
-    const double bound = k.t == DA_F32 ? 1e-5 : bwd_bound(k.t);
-    for (int t = 0; t < 3; t++) {
-      const double e = tu_rel_err_arrays(a[t], b[t], k.t, n[t]);
-      if (getenv("DA_TEST_VERBOSE"))
-        fprintf(stderr, "  opencl vs cpu case %zu d%c: %.3g (bound %.3g)\n", i, "QKV"[t], e, bound);
-      if (!(ra.err[t] <= bwd_bound(k.t) && rb.err[t] <= bwd_bound(k.t) && e <= bound))
-        fail_msg("case %zu: d%c opencl %g, cpu %g against the reference, %g between them", i,
-                 "QKV"[t], ra.err[t], rb.err[t], e);
-      free(a[t]), free(b[t]);
-    }
-  }
+  check_vs_cpu(cs, sizeof cs / sizeof *cs, DA_BACKEND_OPENCL, 0x0c1);
 }
 
 static void test_opencl_projection(void **st) {
@@ -1314,7 +1304,8 @@ static void test_cuda_split(void **st) {
   unsetenv("DISTRATTN_CUDA_BWD_DQ_ROWS");
 }
 
-/* CUDA's gradients against the cpu backend's on the same inputs. */
+/* CUDA's gradients against the cpu backend's on the same inputs
+ * (check_vs_cpu). */
 static void test_cuda_vs_cpu(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_CUDA);
@@ -1325,29 +1316,7 @@ static void test_cuda_vs_cpu(void **st) {
       {1, 4, 2, 200, 180, 128, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
       {1, 4, 2, 200, 180, 64, 0, DA_F16, 2, DA_FUSE_NORM, 64, NOWIN, 0, DA_BACKEND_CUDA, 0},
   };
-  for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
-    bcase k = cs[i];
-    uint64_t seed = tu_seed() ^ 0xc0da ^ i;
-    void *a[3], *b[3];
-    bresult ra, rb;
-    run_case(&k, &ra, a, seed);
-    k.be = DA_BACKEND_CPU;
-    run_case(&k, &rb, b, seed);
-    const size_t n[3] = {(size_t)k.B * k.H * k.Sq * k.hd, (size_t)k.B * k.KVH * k.Sk * k.hd,
-                         (size_t)k.B * k.KVH * k.Sk * k.hd};
-    /* f32: both within 2e-5 of the reference, 1e-5 of each other; f16 and
-     * bf16: the dtype's bound (the two round differently) */
-    const double bound = k.t == DA_F32 ? 1e-5 : bwd_bound(k.t);
-    for (int t = 0; t < 3; t++) {
-      const double e = tu_rel_err_arrays(a[t], b[t], k.t, n[t]);
-      if (getenv("DA_TEST_VERBOSE"))
-        fprintf(stderr, "  cuda vs cpu case %zu d%c: %.3g (bound %.3g)\n", i, "QKV"[t], e, bound);
-      if (!(ra.err[t] <= bwd_bound(k.t) && rb.err[t] <= bwd_bound(k.t) && e <= bound))
-        fail_msg("case %zu: d%c cuda %g, cpu %g against the reference, %g between them", i,
-                 "QKV"[t], ra.err[t], rb.err[t], e);
-      free(a[t]), free(b[t]);
-    }
-  }
+  check_vs_cpu(cs, sizeof cs / sizeof *cs, DA_BACKEND_CUDA, 0xc0da);
 }
 
 /* The projection strategy: every case on the kernel the call picks (the
