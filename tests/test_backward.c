@@ -701,26 +701,44 @@ static void expect(da_context *ctx, da_status got, da_status want, const char *n
     fail_msg("message \"%s\" does not name \"%s\"", da_context_last_error(ctx), needle);
 }
 
+/* The refusal tests' buffers for tu_small_desc() d (f32): b[0..n) zeroed
+ * (n 9 or 10: dout, q, k, v, o, lse, dq, dk, dv, then one of four Q's), a
+ * the backward's arguments on the first nine. */
+static void zeroed_args(da_context *ctx, const da_attn_desc *d, da_buffer **b, int n,
+                        da_bwd_args *a) {
+  const size_t qb = tu_q_elems(d) * 4, kb = tu_kv_elems(d) * 4, lb = 4 * 8 * 4;
+  const size_t sizes[10] = {qb, qb, kb, kb, qb, lb, qb, kb, kb, 4 * qb};
+  for (int i = 0; i < n; i++) {
+    TU_CHECK(ctx, da_buffer_create(ctx, sizes[i], &b[i]));
+    float *z = calloc(sizes[i], 1);
+    TU_CHECK(ctx, da_buffer_write(b[i], 0, z, sizes[i]));
+    free(z);
+  }
+  da_bwd_args_init(a);
+  a->dout = b[0], a->q = b[1], a->k = b[2], a->v = b[3], a->o = b[4], a->lse = b[5];
+  a->dq = b[6], a->dk = b[7], a->dv = b[8];
+}
+
+/* A projection plan's extension for tu_small_desc() (4 heads, head_dim
+ * 16), rank 4, its A_h, B_h in proj. */
+#define SMALL_PROJ (4 * 2 * 16 * 4)
+static void small_proj_ext(da_attn_ext *e, float proj[SMALL_PROJ]) {
+  for (size_t i = 0; i < SMALL_PROJ; i++) proj[i] = (float)(i % 7) * 0.1f;
+  da_attn_ext_init(e);
+  e->strategy = DA_STRATEGY_PROJECTION, e->rank = 4, e->proj = proj;
+}
+
 static void test_refusals(void **st) {
   (void)st;
   da_context *ctx = cpu_ctx();
   da_attn_desc d = tu_small_desc(); /* 1 x 4 heads / 2 kv, 8 x 8, d 16, f32 */
   da_plan *p = NULL;
   TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
-  const size_t qb = tu_q_elems(&d) * 4, kb = tu_kv_elems(&d) * 4, lb = 4 * 8 * 4;
+  const size_t qb = tu_q_elems(&d) * 4;
   da_buffer *b[10];
-  const size_t sizes[10] = {qb, qb, kb, kb, qb, lb, qb, kb, kb, 4 * qb};
-  for (int i = 0; i < 10; i++) {
-    TU_CHECK(ctx, da_buffer_create(ctx, sizes[i], &b[i]));
-    float *z = calloc(sizes[i], 1);
-    TU_CHECK(ctx, da_buffer_write(b[i], 0, z, sizes[i]));
-    free(z);
-  }
   da_bwd_args a;
-  da_bwd_args_init(&a);
+  zeroed_args(ctx, &d, b, 10, &a);
   assert_int_equal(a.struct_size, sizeof a);
-  a.dout = b[0], a.q = b[1], a.k = b[2], a.v = b[3], a.o = b[4], a.lse = b[5];
-  a.dq = b[6], a.dk = b[7], a.dv = b[8];
   TU_CHECK(ctx, da_attention_backward(p, &a));
   assert_string_equal(da_context_last_error(ctx), "");
 
@@ -1115,19 +1133,9 @@ static void test_opencl_refusals(void **st) {
   da_attn_desc d = tu_small_desc(); /* f32, d 16 */
   da_plan *p = NULL;
   TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
-  const size_t qb = tu_q_elems(&d) * 4, kb = tu_kv_elems(&d) * 4, lb = 4 * 8 * 4;
   da_buffer *b[9];
-  const size_t sizes[9] = {qb, qb, kb, kb, qb, lb, qb, kb, kb};
-  for (int i = 0; i < 9; i++) {
-    TU_CHECK(ctx, da_buffer_create(ctx, sizes[i], &b[i]));
-    float *z = calloc(sizes[i], 1);
-    TU_CHECK(ctx, da_buffer_write(b[i], 0, z, sizes[i]));
-    free(z);
-  }
   da_bwd_args a;
-  da_bwd_args_init(&a);
-  a.dout = b[0], a.q = b[1], a.k = b[2], a.v = b[3], a.o = b[4], a.lse = b[5];
-  a.dq = b[6], a.dk = b[7], a.dv = b[8];
+  zeroed_args(ctx, &d, b, 9, &a);
   setenv("DISTRATTN_CL_EXTRA_BUILD_OPTIONS", "-cl-no-such-option", 1);
   expect(ctx, da_attention_backward(p, &a), DA_ERR_BUILD, "bwd.cl");
   unsetenv("DISTRATTN_CL_EXTRA_BUILD_OPTIONS");
@@ -1146,10 +1154,8 @@ static void test_opencl_refusals(void **st) {
   pk = NULL;
   /* the projection strategy: OpenCL runs its backward too (the projection
    * tests check its values), with the same checks on the buffers */
-  float proj[4 * 2 * 16 * 4];
-  for (size_t i = 0; i < sizeof proj / sizeof *proj; i++) proj[i] = (float)(i % 7) * 0.1f;
-  da_attn_ext_init(&e);
-  e.strategy = DA_STRATEGY_PROJECTION, e.rank = 4, e.proj = proj;
+  float proj[SMALL_PROJ];
+  small_proj_ext(&e, proj);
   TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
   TU_CHECK(ctx, da_attention_backward(pk, &a));
   assert_string_equal(da_context_last_error(ctx), "");
@@ -1373,19 +1379,9 @@ static void test_cuda_refusals(void **st) {
   da_attn_desc d = tu_small_desc(); /* f32, d 16 */
   da_plan *p = NULL;
   TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
-  const size_t qb = tu_q_elems(&d) * 4, kb = tu_kv_elems(&d) * 4, lb = 4 * 8 * 4;
   da_buffer *b[9];
-  const size_t sizes[9] = {qb, qb, kb, kb, qb, lb, qb, kb, kb};
-  for (int i = 0; i < 9; i++) {
-    TU_CHECK(ctx, da_buffer_create(ctx, sizes[i], &b[i]));
-    float *z = calloc(sizes[i], 1);
-    TU_CHECK(ctx, da_buffer_write(b[i], 0, z, sizes[i]));
-    free(z);
-  }
   da_bwd_args a;
-  da_bwd_args_init(&a);
-  a.dout = b[0], a.q = b[1], a.k = b[2], a.v = b[3], a.o = b[4], a.lse = b[5];
-  a.dq = b[6], a.dk = b[7], a.dv = b[8];
+  zeroed_args(ctx, &d, b, 9, &a);
   TU_CHECK(ctx, da_attention_backward(p, &a));
   assert_string_equal(da_context_last_error(ctx), "");
   /* the variables are the plan's: the core parses them when it is made */
@@ -1449,10 +1445,8 @@ static void test_cuda_refusals(void **st) {
   /* the projection strategy: the plan is made, its backward and its
    * forward run (both entry points, with and without the LSE); DA_ALGO_GEMM
    * is refused */
-  float proj[4 * 2 * 16 * 4];
-  for (size_t i = 0; i < sizeof proj / sizeof *proj; i++) proj[i] = (float)(i % 7) * 0.1f;
-  da_attn_ext_init(&e);
-  e.strategy = DA_STRATEGY_PROJECTION, e.rank = 4, e.proj = proj;
+  float proj[SMALL_PROJ];
+  small_proj_ext(&e, proj);
   pk = NULL;
   TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &e, &pk));
   TU_CHECK(ctx, da_attention_backward(pk, &a));
