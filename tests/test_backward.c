@@ -1189,6 +1189,21 @@ static const bcase cu_exact[] = {
 };
 #define N_CU_EXACT (sizeof cu_exact / sizeof *cu_exact)
 
+/* A copy of the caller's value of the variable name (NULL: unset), which
+ * env_restore puts back (and frees), so that a variable the caller set
+ * for the whole suite holds for the tests after the one changing it. */
+static char *env_save(const char *name) {
+  const char *was = getenv(name);
+  return was ? strdup(was) : NULL;
+}
+static void env_restore(const char *name, char *saved) {
+  if (saved)
+    setenv(name, saved, 1);
+  else
+    unsetenv(name);
+  free(saved);
+}
+
 static const da_dtype all_types[] = {DA_F32, DA_F16, DA_BF16};
 
 static void test_cuda_exact(void **st) {
@@ -1281,8 +1296,7 @@ static void test_cuda_split(void **st) {
   };
   /* a DISTRATTN_CUDA_BWD_DQ of the caller's (the whole suite run split)
    * is put back for the tests after this one */
-  const char *was = getenv("DISTRATTN_CUDA_BWD_DQ");
-  char *saved = was ? strdup(was) : NULL;
+  char *saved = env_save("DISTRATTN_CUDA_BWD_DQ");
   setenv("DISTRATTN_CUDA_BWD_DQ", "split", 1);
   for (int kb = 0; kb < 2; kb++) {
     if (kb) {
@@ -1301,11 +1315,7 @@ static void test_cuda_split(void **st) {
       }
     for (size_t i = 0; i < sizeof win / sizeof *win; i++) check_case(&win[i]);
   }
-  if (saved)
-    setenv("DISTRATTN_CUDA_BWD_DQ", saved, 1);
-  else
-    unsetenv("DISTRATTN_CUDA_BWD_DQ");
-  free(saved);
+  env_restore("DISTRATTN_CUDA_BWD_DQ", saved);
   unsetenv("DISTRATTN_CUDA_BWD_KEYS");
   unsetenv("DISTRATTN_CUDA_BWD_DQ_ROWS");
 }
@@ -1350,15 +1360,10 @@ static void test_cuda_projection(void **st) {
   unsetenv("DISTRATTN_CUDA_BWD_KEYS");
   /* the split arrangement (its dQ kernel writes E, which step 4 maps
    * through M_h^T) */
-  const char *was = getenv("DISTRATTN_CUDA_BWD_DQ");
-  char *saved = was ? strdup(was) : NULL;
+  char *saved = env_save("DISTRATTN_CUDA_BWD_DQ");
   setenv("DISTRATTN_CUDA_BWD_DQ", "split", 1);
   check_proj_cases(DA_BACKEND_CUDA, 1);
-  if (saved)
-    setenv("DISTRATTN_CUDA_BWD_DQ", saved, 1);
-  else
-    unsetenv("DISTRATTN_CUDA_BWD_DQ");
-  free(saved);
+  env_restore("DISTRATTN_CUDA_BWD_DQ", saved);
 }
 
 static void test_cuda_projection_vs_cpu(void **st) {
@@ -1405,8 +1410,7 @@ static void test_cuda_refusals(void **st) {
   /* a bad value is refused when the plan is made, naming the variable; the
    * variable is restored before anything can fail, so a failure here does
    * not leave it set for the tests that follow */
-  const char *was = getenv("DISTRATTN_CUDA_BWD_DQ");
-  char *saved = was ? strdup(was) : NULL;
+  char *saved = env_save("DISTRATTN_CUDA_BWD_DQ");
   setenv("DISTRATTN_CUDA_BWD_DQ", "atomics", 1);
   const da_status sdq = da_plan_create(ctx, &d, &pe);
   char dq_msg[256];
@@ -1416,11 +1420,7 @@ static void test_cuda_refusals(void **st) {
   const da_status ss = da_plan_create(ctx, &d, &ps);
   const da_status sb = ss == DA_SUCCESS ? da_attention_backward(ps, &a) : ss;
   da_plan_destroy(ps);
-  if (saved)
-    setenv("DISTRATTN_CUDA_BWD_DQ", saved, 1);
-  else
-    unsetenv("DISTRATTN_CUDA_BWD_DQ");
-  free(saved);
+  env_restore("DISTRATTN_CUDA_BWD_DQ", saved);
   setenv("DISTRATTN_CUDA_BWD_DQ_ROWS", "256", 1);
   da_plan *pr = NULL;
   const da_status srows = da_plan_create(ctx, &d, &pr);
