@@ -350,20 +350,26 @@ static size_t lidx(const bcase *k, int nh, int S, int b, int h, int r, int c) {
   return (((size_t)b * nh + h) * S + r) * k->hd + c;
 }
 
+/* The descriptor of case k (seed: the hashing's) and what both runners'
+ * extensions hold: the LSE and the case's window. */
+static void case_desc(const bcase *k, uint64_t seed, da_attn_desc *d, da_attn_ext *x) {
+  da_attn_desc_init(d);
+  d->batch = k->B, d->heads = k->H, d->kv_heads = k->KVH, d->seq_q = k->Sq, d->seq_k = k->Sk;
+  d->head_dim = k->hd, d->dtype = k->t, d->causal = k->causal, d->group_size = k->G;
+  d->fusion = k->f, d->seed = seed;
+  if (k->hb) d->hash_block = k->hb;
+  da_attn_ext_init(x);
+  x->lse = 1;
+  x->window_left = k->wl, x->window_right = k->wr;
+}
+
 /* Runs forward (LSE) and backward of case k on fresh inputs; fills the
  * errors; the raw gradients go to out[3] when given (dtype arrays, malloc). */
 static void run_case(const bcase *k, bresult *res, void **out, uint64_t seed) {
   da_context *ctx = be_ctx(k->be);
   da_attn_desc d;
-  da_attn_desc_init(&d);
-  d.batch = k->B, d.heads = k->H, d.kv_heads = k->KVH, d.seq_q = k->Sq, d.seq_k = k->Sk;
-  d.head_dim = k->hd, d.dtype = k->t, d.causal = k->causal, d.group_size = k->G;
-  d.fusion = k->f, d.seed = seed;
-  if (k->hb) d.hash_block = k->hb;
   da_attn_ext x;
-  da_attn_ext_init(&x);
-  x.lse = 1;
-  x.window_left = k->wl, x.window_right = k->wr;
+  case_desc(k, seed, &d, &x);
   if (k->bshd) {
     bshd(x.q_stride, k->H, k->Sq, k->hd);
     bshd(x.o_stride, k->H, k->Sq, k->hd);
@@ -952,15 +958,8 @@ static void test_opencl_projection_vs_cpu(void **st) {
 static void run_offsets(const bcase *k, size_t off, uint64_t seed, void *g[3]) {
   da_context *ctx = be_ctx(k->be);
   da_attn_desc d;
-  da_attn_desc_init(&d);
-  d.batch = k->B, d.heads = k->H, d.kv_heads = k->KVH, d.seq_q = k->Sq, d.seq_k = k->Sk;
-  d.head_dim = k->hd, d.dtype = k->t, d.causal = k->causal, d.group_size = k->G;
-  d.fusion = k->f, d.seed = seed;
-  if (k->hb) d.hash_block = k->hb;
   da_attn_ext x;
-  da_attn_ext_init(&x);
-  x.lse = 1;
-  x.window_left = k->wl, x.window_right = k->wr;
+  case_desc(k, seed, &d, &x);
   da_plan *p = NULL;
   TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &p));
   const size_t es = da_dtype_size(k->t);
