@@ -10,7 +10,7 @@ tools_distrattn_CPPFLAGS = -I$(top_srcdir)/include -DDA_PKGDATADIR='"$(pkgdatadi
 tools_distrattn_LDADD = lib/libdistrattn.la -lm
 # Real-model accuracy (issue 5): the capture and end-to-end scripts and the
 # capture format; `distrattn eval` reads the captures.
-EXTRA_DIST += tools/capture.py tools/e2e.py tools/finetune.py tools/common_args.py \
+EXTRA_DIST += tools/capture.py tools/e2e.py tools/finetune.py tools/zeroshot.py tools/common_args.py \
 	tools/CAPTURE_FORMAT.md tools/PROJ_FORMAT.md
 # The demo capture (SmolLM2-135M, causal, GQA, one entry of 1024 tokens of
 # prose, 3 layers, f16; tools/capture.py --model smollm2 --demo), in the
