@@ -808,7 +808,6 @@ static void dac_fill_args(const da_plan *p, dac_args *a, const void *q, const vo
   a->scale = da_scale_eff(d->scale); /* SPEC 1, "Scale" */
   a->scale_log2 = da_log2_mul(d->scale);
   a->dt = d->dtype;
-  a->exp_fma = p->ov.cuda_exp_fma >= 0 ? p->ov.cuda_exp_fma : DAC_EXP_FMA;
 }
 
 static da_status dac_gemm(const da_plan *p, dac_args *a) {

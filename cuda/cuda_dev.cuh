@@ -154,21 +154,4 @@ __device__ __forceinline__ float dac_ex2(float x) {
   return y;
 }
 
-/* 2^x on the FMA and integer units instead (FlashAttention-4's split of the
- * softmax's exponentials between the special-function unit and the FMA
- * pipe): x = j + f with j = round(x) (the 1.5 * 2^23 addition leaves j in
- * the low mantissa bits), 2^f for f in [-1/2, 1/2] by a cubic fitted for
- * the least maximum relative error (7.5e-5, below f16's 4.9e-4 rounding),
- * times 2^j by adding j to the exponent field. x is at most a little
- * above 0 here (a score less the running maximum); below -125 (masked
- * scores: -inf) the result is 0, as the special-function unit's is. */
-__device__ __forceinline__ float dac_ex2_fma(float x) {
-  const float xc = fmaxf(x, -125.0f);
-  const float t = xc + 12582912.0f;
-  const float f = xc - (t - 12582912.0f);
-  const float p = fmaf(fmaf(fmaf(0.055171434f, f, 0.24261081f), f, 0.69326097f), f, 0.99992812f);
-  const float y = __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
-  return x < -125.0f ? 0.0f : y;
-}
-
 #endif /* DA_CUDA_DEV_CUH */

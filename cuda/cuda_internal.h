@@ -12,13 +12,6 @@
 
 #define DAC_HIDDEN __attribute__((visibility("hidden")))
 
-/* Of each 8 blocks of 4 exponentials of a Hopper-kernel consumer thread,
- * how many run on the FMA pipe when DISTRATTN_CUDA_EXP_FMA is unset
- * (bench/cuda-notes.md: measured per head_dim) */
-#ifndef DAC_EXP_FMA
-#define DAC_EXP_FMA 0
-#endif
-
 typedef struct dac_ctx {
   int dev;
   cudaStream_t stream;
@@ -84,7 +77,6 @@ typedef struct dac_args {
   float scale;       /* da_scale_eff: natural-log domain (SIMT kernel, GEMM softmax) */
   float scale_log2;  /* da_log2_mul: the log2-domain multiplier (tensor-core kernels) */
   da_dtype dt;
-  int exp_fma;       /* the Hopper kernel: exponentials per 8 blocks of 4 on the FMA pipe, 0..3 */
   /* da_attn_ext options (attention_ext; read only by the kernels'
    * EXT instantiations, zero for dense calls). q, k, v, o then point at
    * the caller's offsets already; element (b, h, r, c) of a tensor is at

@@ -71,30 +71,6 @@ template <bool GR> struct wg_regs {
 
 /* Shared memory plan of one block (bytes; every region 1024-aligned, as
  * the 128-byte swizzle repeats every 1024 bytes). */
-/* A consumer thread's 64 probabilities of a tile, p = 2^(s sc - m sc):
- * row sums and the P fragments of the P V MMA. EF of each 8 blocks of 4
- * take the FMA-pipe exponential (dac_ex2_fma), the rest the
- * special-function unit's, so the two units share the work
- * (DISTRATTN_CUDA_EXP_FMA, SPEC "Environment"). */
-template <typename T, int EF>
-__device__ __forceinline__ void wg_probs(const float *sv, float sc, float ms0, float ms1, float &rs0,
-                                         float &rs1, uint32_t (&pa)[8][4]) {
-  typedef dac_cvt<T> cv;
-#pragma unroll
-  for (int nb = 0; nb < 16; nb++) {
-    float p[4];
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-      const float x = fmaf(sv[nb * 4 + e], sc, e < 2 ? -ms0 : -ms1);
-      p[e] = (nb & 7) < EF ? dac_ex2_fma(x) : dac_ex2(x);
-    }
-    rs0 += p[0] + p[1];
-    rs1 += p[2] + p[3];
-    pa[nb >> 1][(nb & 1) * 2 + 0] = cv::pack(p[0], p[1]);
-    pa[nb >> 1][(nb & 1) * 2 + 1] = cv::pack(p[2], p[3]);
-  }
-}
-
 template <int D, int DQK, int GS> struct wg_smem {
   static constexpr bool GR = GS > 1;
   static constexpr int QB = GR ? 16384 : (DQK / 64) * 16384; /* Q or Qs: 128 rows of 128 B per 64 cols */
@@ -463,11 +439,16 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
       m1 = mx1;
       float rs0 = 0.0f, rs1 = 0.0f;
       uint32_t pa[8][4];
-      switch (a.exp_fma) { /* uniform: one copy of the loop runs */
-      case 1: wg_probs<T, 1>(sv, sc, ms0, ms1, rs0, rs1, pa); break;
-      case 2: wg_probs<T, 2>(sv, sc, ms0, ms1, rs0, rs1, pa); break;
-      case 3: wg_probs<T, 3>(sv, sc, ms0, ms1, rs0, rs1, pa); break;
-      default: wg_probs<T, 0>(sv, sc, ms0, ms1, rs0, rs1, pa); break;
+#pragma unroll
+      for (int nb = 0; nb < 16; nb++) {
+        const float p0 = dac_ex2(fmaf(sv[nb * 4 + 0], sc, -ms0));
+        const float p1 = dac_ex2(fmaf(sv[nb * 4 + 1], sc, -ms0));
+        const float p2 = dac_ex2(fmaf(sv[nb * 4 + 2], sc, -ms1));
+        const float p3 = dac_ex2(fmaf(sv[nb * 4 + 3], sc, -ms1));
+        rs0 += p0 + p1;
+        rs1 += p2 + p3;
+        pa[nb >> 1][(nb & 1) * 2 + 0] = cv::pack(p0, p1);
+        pa[nb >> 1][(nb & 1) * 2 + 1] = cv::pack(p2, p3);
       }
       l0 = l0 * al0 + rs0;
       l1 = l1 * al1 + rs1;

@@ -66,7 +66,7 @@ da_status da_overrides_parse(da_context *ctx, da_backend b, da_overrides *ov) {
   da_status s;
   memset(ov, 0, sizeof *ov);
   ov->cpu_isa = ov->cpu_decode = ov->cl_kernel = ov->cl_decode = -1;
-  ov->cuda_wgmma = ov->cuda_decode = ov->cuda_bwd = ov->cuda_bwd_dq = ov->cuda_exp_fma = -1;
+  ov->cuda_wgmma = ov->cuda_decode = ov->cuda_bwd = ov->cuda_bwd_dq = -1;
   if (b == DA_BACKEND_CPU) {
     static const char *const isas[] = {"generic", "avx2", "avx512"};
     if ((s = da_env_word(ctx, "DISTRATTN_CPU_DECODE", bits, 2, "\"0\" or \"1\"",
@@ -105,7 +105,6 @@ da_status da_overrides_parse(da_context *ctx, da_backend b, da_overrides *ov) {
     static const char *const bwd[] = {"simt", "mma"};
     static const char *const keys[] = {"64", "128"};
     static const char *const dq[] = {"atomic", "split"};
-    static const char *const eighths[] = {"0", "1", "2", "3"};
     int k = -1, rows = -1;
     if ((s = da_env_word(ctx, "DISTRATTN_CUDA_WGMMA", bits, 2, "\"0\" or \"1\"",
                          &ov->cuda_wgmma)) ||
@@ -123,9 +122,7 @@ da_status da_overrides_parse(da_context *ctx, da_backend b, da_overrides *ov) {
         (s = da_env_word(ctx, "DISTRATTN_CUDA_BWD_DQ", dq, 2, "\"atomic\" or \"split\"",
                          &ov->cuda_bwd_dq)) ||
         (s = da_env_word(ctx, "DISTRATTN_CUDA_BWD_DQ_ROWS", keys, 2, "\"64\" or \"128\"",
-                         &rows)) ||
-        (s = da_env_word(ctx, "DISTRATTN_CUDA_EXP_FMA", eighths, 4, "0, 1, 2 or 3",
-                         &ov->cuda_exp_fma)))
+                         &rows)))
       return s;
     ov->cuda_bwd_keys = k == 0 ? 64 : k == 1 ? 128 : 0;
     ov->cuda_bwd_dq_rows = rows == 0 ? 64 : rows == 1 ? 128 : 0;

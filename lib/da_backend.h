@@ -80,8 +80,6 @@ typedef struct da_overrides {
   int cuda_bwd_keys;      /* DISTRATTN_CUDA_BWD_KEYS: 64 or 128; 0 the backend's (128) */
   int cuda_bwd_dq;        /* DISTRATTN_CUDA_BWD_DQ: 0 atomic, 1 split; -1 the backend's (atomic) */
   int cuda_bwd_dq_rows;   /* DISTRATTN_CUDA_BWD_DQ_ROWS: 64 or 128; 0 the backend's (128) */
-  int cuda_exp_fma;       /* DISTRATTN_CUDA_EXP_FMA: 0..3 of each 8 blocks of the Hopper kernel's
-                             exponentials on the FMA pipe; -1 the backend's */
 } da_overrides;
 
 #define DA_CPU_MAX_THREADS 1024

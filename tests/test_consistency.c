@@ -90,78 +90,6 @@ static void test_vs_reference(void **state) {
   da_context_destroy(ctx);
 }
 
-/* The CUDA Hopper kernel with DISTRATTN_CUDA_EXP_FMA 0..3 (that many of
- * each 8 blocks of a thread's exponentials on the FMA pipe, the rest on
- * the special-function unit): within the same bounds of the float64
- * reference, exact and grouped, causal rows that see no key (seq_q >
- * seq_k: bottom-right aligned) zero. On a GPU without the kernel the
- * variable is read and ignored (the plans run on mma.sync). */
-static void test_exp_fma(void **state) {
-  (void)state;
-  TU_NEED_BACKEND(DA_BACKEND_CUDA);
-  static const tcase cs[] = {
-      {1, 2, 1, 300, 1100, 128, DA_F16, 1, DA_ALGO_FUSED, 2, DA_FUSE_NORM, 16, 128, 0},
-      {1, 2, 0, 256, 1000, 64, DA_BF16, 0, DA_ALGO_FUSED, 4, DA_FUSE_MEAN, 16, 256, 0},
-      {1, 2, 0, 130, 1200, 128, DA_F16, 1, DA_ALGO_FUSED, 1, DA_FUSE_MEAN, 0, 0, 0},
-      {1, 2, 2, 600, 300, 64, DA_F16, 1, DA_ALGO_FUSED, 1, DA_FUSE_MEAN, 0, 0, 0},
-      {2, 2, 1, 257, 640, 128, DA_BF16, 0, DA_ALGO_FUSED, 1, DA_FUSE_MEAN, 0, 0, 0},
-  };
-  da_context *ctx = open_ctx(DA_BACKEND_CUDA);
-  const char *was = getenv("DISTRATTN_CUDA_EXP_FMA");
-  char *saved = was ? strdup(was) : NULL;
-  for (int ef = 0; ef < 4; ef++)
-    for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
-      tu_rng rng;
-      tu_rng_init(&rng, tu_seed() + 97 * i + ef);
-      da_attn_desc d;
-      tcase_desc(&cs[i], tu_seed() + 7 * i + ef, &d);
-      tdata t;
-      tdata_init(&t, &d, &rng);
-      const char v[2] = {(char)('0' + ef), 0};
-      setenv("DISTRATTN_CUDA_EXP_FMA", v, 1);
-      da_plan *p = NULL;
-      const da_status sp = tcase_plan(ctx, &d, &p);
-      if (saved)
-        setenv("DISTRATTN_CUDA_EXP_FMA", saved, 1);
-      else
-        unsetenv("DISTRATTN_CUDA_EXP_FMA");
-      if (sp != DA_SUCCESS)
-        fail_msg("DISTRATTN_CUDA_EXP_FMA=%d, case %zu: %s", ef, i, da_context_last_error(ctx));
-      da_kernel_info k;
-      da_kernel_info_init(&k);
-      TU_CHECK(ctx, da_plan_get_kernel(p, &k));
-      tdata_reference(&t, p);
-      const double err = tcase_run_host(ctx, p, &t, "exp_fma");
-      const double bound = tu_bound(d.dtype);
-      char buf[512];
-      printf("# DISTRATTN_CUDA_EXP_FMA=%d %s kernel %s: rel. error %.3g (bound %.3g)\n", ef,
-             tu_desc_str(&p->d, buf, sizeof buf), k.name, err, bound);
-      if (!(err <= bound))
-        fail_msg("DISTRATTN_CUDA_EXP_FMA=%d: %s (kernel %s): rel. error vs float64 %.3g > %.3g "
-                 "[seed %llu]",
-                 ef, tu_desc_str(&p->d, buf, sizeof buf), k.name, err, bound,
-                 (unsigned long long)tu_seed());
-      da_plan_destroy(p);
-      tdata_free(&t);
-    }
-  /* a value out of 0..3 fails the plan, naming the variable */
-  da_attn_desc d;
-  tcase_desc(&cs[0], tu_seed(), &d);
-  setenv("DISTRATTN_CUDA_EXP_FMA", "4", 1);
-  da_plan *p = NULL;
-  const da_status sb = da_plan_create(ctx, &d, &p);
-  if (saved)
-    setenv("DISTRATTN_CUDA_EXP_FMA", saved, 1);
-  else
-    unsetenv("DISTRATTN_CUDA_EXP_FMA");
-  free(saved);
-  if (sb != DA_ERR_INVALID_ARG || !strstr(da_context_last_error(ctx), "DISTRATTN_CUDA_EXP_FMA"))
-    fail_msg("DISTRATTN_CUDA_EXP_FMA=4: expected DA_ERR_INVALID_ARG naming it, got %s: \"%s\"",
-             da_status_string(sb), da_context_last_error(ctx));
-  da_plan_destroy(p);
-  da_context_destroy(ctx);
-}
-
 /* -------------------------------------------------------- permutations */
 
 typedef enum { Q_NORMAL, Q_WIDE, Q_TIES, Q_CANCEL } q_kind;
@@ -447,7 +375,6 @@ int main(void) {
       {"cuda: permutations vs reference and cpu", test_permutations, NULL, NULL, &be_cuda},
       {"cuda: f32 output vs cpu", test_vs_cpu, NULL, NULL, &be_cuda},
       {"cuda: device buffers, repeatability", test_buffers_and_repeat, NULL, NULL, &be_cuda},
-      {"cuda: Hopper kernel, DISTRATTN_CUDA_EXP_FMA 0..3", test_exp_fma, NULL, NULL, NULL},
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

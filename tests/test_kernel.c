@@ -18,7 +18,7 @@ static const char *const all_vars[] = {
     "DISTRATTN_CL_KERNEL",      "DISTRATTN_CL_TILE",           "DISTRATTN_CL_DECODE",
     "DISTRATTN_CL_DECODE_CHUNK", "DISTRATTN_CUDA_WGMMA",       "DISTRATTN_CUDA_DECODE",
     "DISTRATTN_CUDA_DECODE_CHUNK", "DISTRATTN_CUDA_BWD",       "DISTRATTN_CUDA_BWD_KEYS",
-    "DISTRATTN_CUDA_BWD_DQ",    "DISTRATTN_CUDA_BWD_DQ_ROWS",  "DISTRATTN_CUDA_EXP_FMA"};
+    "DISTRATTN_CUDA_BWD_DQ",    "DISTRATTN_CUDA_BWD_DQ_ROWS"};
 
 static void clear_env(void) {
   for (size_t i = 0; i < sizeof all_vars / sizeof *all_vars; i++) unsetenv(all_vars[i]);
