@@ -65,13 +65,16 @@ inline int da_grp_lo(int r0, int off, int lk) { return da_win_lo(r0, off, lk) / 
 #if G > 1
 /* The hash tile's permutation and weights (from pbase) and the inverse of
  * each group's weight sum, into local memory, by n work-items; every
- * work-item of the group calls it (it ends with a barrier). */
+ * work-item of the group calls it (it ends with a barrier). wts holds a_c
+ * per original column c (hash.cl); lw holds them by sorted position,
+ * lw[e] = a_{lp[e]}, so the loops over a group read lp[t] and lw[t]. */
 inline void da_load_groups(__global const int *perm, __global const float *wts, size_t pbase,
                            int lid, int n, __local int *lp, __local float *lw,
                            __local float *linv) {
   for (int e = lid; e < D; e += n) {
-    lp[e] = perm[pbase + e];
-    lw[e] = wts[pbase + e];
+    const int c = perm[pbase + e];
+    lp[e] = c;
+    lw[e] = wts[pbase + c];
   }
   barrier(CLK_LOCAL_MEM_FENCE);
   for (int g = lid; g < NG; g += n) {

@@ -9,7 +9,9 @@ __kernel void da_to_f32(__global const elem_t *src, __global float *dst, ulong n
   if (x < n) dst[x] = LOAD_ELEM(src, x);
 }
 
-/* Qs[bh][r][g], r < Rp (rows padded to whole hash tiles, padding zero). */
+/* Qs[bh][r][g], r < Rp (rows padded to whole hash tiles, padding zero).
+ * Here and in da_fuse_k, perm holds the columns in group order and wts the
+ * weight a_c of each original column c (hash.cl). */
 __kernel void da_fuse_q(__global const elem_t *Q, __global const int *perm,
                         __global const float *wts, __global float *Qs, int seq_q, int Rp,
                         int n_tiles) {
@@ -21,8 +23,9 @@ __kernel void da_fuse_q(__global const elem_t *Q, __global const int *perm,
     const size_t qrow = ((size_t)bh * seq_q + r) * D;
     float s = 0.0f, ws = 0.0f;
     for (int t = g * G; t < min(g * G + G, D); t++) {
-      s += LOAD_ELEM(Q, qrow + perm[pbase + t]);
-      ws += wts[pbase + t];
+      const int c = perm[pbase + t];
+      s += LOAD_ELEM(Q, qrow + c);
+      ws += wts[pbase + c];
     }
     out = s / ws;
   }
@@ -42,8 +45,10 @@ __kernel void da_fuse_k(__global const elem_t *K, __global const int *perm,
   const size_t pbase = ((size_t)bh * n_tiles + tile) * D;
   const size_t krow = (((size_t)b * kv_heads + kvh) * seq_k + j) * D;
   float s = 0.0f;
-  for (int t = g * G; t < min(g * G + G, D); t++)
-    s = fma(wts[pbase + t], LOAD_ELEM(K, krow + perm[pbase + t]), s);
+  for (int t = g * G; t < min(g * G + G, D); t++) {
+    const int c = perm[pbase + t];
+    s = fma(wts[pbase + c], LOAD_ELEM(K, krow + c), s);
+  }
   Kf[((size_t)z * seq_k + j) * NG + g] = s;
 }
 

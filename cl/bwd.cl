@@ -5,7 +5,7 @@
  * that every work-item owns the rows it writes (no atomics):
  *  - da_bwd_dsum: D[i] = sum_c dO[i][c] O[i][c], a work-item per row;
  *  - da_bwd_qx (G > 1): Qx[i][c] = a_c Qs[i][g(c)] (f32, dense), from the
- *    forward's permutation and weights (hash.cl, stored by position), so
+ *    forward's permutation and weights (hash.cl, a_c per column), so
  *    that the logits are Qx K^T;
  *  - da_bwd_dkv: a work-item per (key, kv head, batch), over the query
  *    heads of the kv head and the rows that see the key:
@@ -44,7 +44,8 @@ __kernel void da_bwd_dsum(__global const elem_t *dO, __global const elem_t *O,
 
 #if G > 1
 /* global size (rows rounded up, batch * heads). Row i's hash tile is
- * i / hb; perm and wts hold D entries per (b, h, tile), by position. */
+ * i / hb; perm and wts hold D entries per (b, h, tile): perm the columns in
+ * group order, wts the weight a_c of each original column c. */
 __kernel void da_bwd_qx(__global const elem_t *Q, __global const int *perm,
                         __global const float *wts, __global float *Qx, int seq_q, int heads,
                         int n_tiles, int hb, long qs0, long qs1, long qs2, ulong qoff) {
@@ -58,11 +59,15 @@ __kernel void da_bwd_qx(__global const elem_t *Q, __global const int *perm,
     const int g1 = min(g0 + G, D);
     float a = 0.0f, s = 0.0f;
     for (int t = g0; t < g1; t++) {
-      a += wts[pb + t];
-      s += LOAD_ELEM(Q, q + perm[pb + t]);
+      const int c = perm[pb + t];
+      a += wts[pb + c];
+      s += LOAD_ELEM(Q, q + c);
     }
     const float qs = s * (1.0f / a);
-    for (int t = g0; t < g1; t++) x[perm[pb + t]] = qs * wts[pb + t];
+    for (int t = g0; t < g1; t++) {
+      const int c = perm[pb + t];
+      x[c] = qs * wts[pb + c];
+    }
   }
 }
 #endif
@@ -233,9 +238,10 @@ __kernel void da_bwd_dq(__global const elem_t *Q, __global const float *Qx,
     const int g1 = min(g0 + G, D);
     float a = 0.0f, t = 0.0f;
     for (int x = g0; x < g1; x++) {
-      const float w = wts[pb + x];
+      const int c = perm[pb + x];
+      const float w = wts[pb + c]; /* a_c, by column */
       a += w;
-      t = fma(w, ef[perm[pb + x]], t);
+      t = fma(w, ef[c], t);
     }
     const float v = sc * (t * (1.0f / a));
     for (int x = g0; x < g1; x++) STORE_ELEM(dQ, qa + perm[pb + x], v);

@@ -83,7 +83,8 @@ DA_CL_HIDDEN da_status da_cl_groups(const da_plan *p, void *q, void *perm);
 DA_CL_HIDDEN da_status da_cl_attention_bwd(const da_plan *p, const da_bwd_call *c);
 /* The forward's groupings of Q (the call's layout: the plan's strides,
  * element offset qoff) into the plan's buffers, returned in perm and wts
- * (D entries per (batch, head, hash tile), weights by position). */
+ * (D entries per (batch, head, hash tile): the permutation in group order,
+ * the weights a_c per original column c, as the CPU backend and CUDA). */
 DA_CL_HIDDEN da_status da_cl_bwd_groups(const da_plan *p, cl_mem q, size_t qoff, cl_mem *perm,
                                         cl_mem *wts);
 /* DA_STRATEGY_PROJECTION: the plan's M_h = A_h B_h^T and M_h^T,

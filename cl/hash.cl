@@ -3,7 +3,9 @@
  * codes by a sequential fma over the tile's rows (each lane of a vector is one
  * column, so the order per column is exactly the reference's), inverse Gray
  * keys, a rank sort of the D columns by (key, column), the permutation and
- * the fusion weights (stored by position: w[i] = a[perm[i]]).
+ * the fusion weights (stored per column, as the core's da_fusion_weights,
+ * the CPU backend and CUDA store them: w[c] = a_c, the weight of original
+ * column c, so a reader at sorted position i reads w[perm[i]]).
  * Defines: D, HASH_BITS, HB (hash_block), G, FUSION (0 mean, 1 norm),
  * LS (work-group size), HV (vector width: 4, 8 or 16).
  * Q is read through its strides and offset, each sequence's hash tiles from
@@ -148,6 +150,9 @@ void da_hash(__global const elem_t *Q, __global const float *R, __global int *pe
     float s = 0.0f;
     for (int i = g0; i < g1; i++) s += aw[lperm[i]];
     const int ones = !(s > 0.0f && s <= FLT_MAX); /* 0, NaN or Inf: 1s (SPEC 1 step 6) */
-    for (int i = g0; i < g1; i++) w_out[pbase + i] = ones ? 1.0f : aw[lperm[i]];
+    for (int i = g0; i < g1; i++) {
+      const int c = lperm[i];
+      w_out[pbase + c] = ones ? 1.0f : aw[c];
+    }
   }
 }
