@@ -869,7 +869,9 @@ static int dac_aligned16(const void *x) { return ((uintptr_t)x & 15u) == 0; }
 static void dac_ext_args(const da_plan *p, const da_call *c, dac_args *a);
 
 /* DA_STRATEGY_PROJECTION (SPEC 1c), forward: Q and K projected into the
- * plan's pq and pk (dac_launch_proj), then the EXT attention kernel with
+ * plan's pq and pk (dac_launch_proj_mma on tensor cores where the
+ * projections are stored in the dtype, f16/bf16 head_dim 64/128 with rank
+ * 16, 32, 64 or 128; else dac_launch_proj, SIMT), then the EXT attention kernel with
  * the logits over the rank: the tensor-core one where the plan allows it
  * (proj_mma) and V's and O's rows are 16-byte aligned (pointers and
  * strides), the projections then stored in the dtype; else SIMT, f32. On
@@ -895,8 +897,13 @@ static da_status dac_attention_proj(const da_plan *p, const da_call *c) {
   a.qs = bp->pq;
   a.qs_ld = x->rank;
   a.kp = bp->pk;
-  DAC_CHECK(ctx, dac_launch_proj(&a, bp->pj, 0, bp->pq, pdt, bc->stream));
-  DAC_CHECK(ctx, dac_launch_proj(&a, bp->pj, 1, bp->pk, pdt, bc->stream));
+  if (pdt != DA_F32 && dac_proj_mma_supported(pdt, d->head_dim, x->rank)) {
+    DAC_CHECK(ctx, dac_launch_proj_mma(&a, bp->pj, 0, bp->pq, bc->stream));
+    DAC_CHECK(ctx, dac_launch_proj_mma(&a, bp->pj, 1, bp->pk, bc->stream));
+  } else {
+    DAC_CHECK(ctx, dac_launch_proj(&a, bp->pj, 0, bp->pq, pdt, bc->stream));
+    DAC_CHECK(ctx, dac_launch_proj(&a, bp->pj, 1, bp->pk, pdt, bc->stream));
+  }
   if (wg)
     DAC_CHECK(ctx, dac_launch_wg_proj(&a, bc->stream));
   else if (mma)

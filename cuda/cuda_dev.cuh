@@ -105,6 +105,7 @@ template <> struct dac_cvt<__half> {
   static __device__ __forceinline__ float2 unpack(uint32_t x) {
     return __half22float2(*reinterpret_cast<__half2 *>(&x));
   }
+  static __device__ __forceinline__ __half from(float f) { return __float2half_rn(f); }
 };
 template <> struct dac_cvt<__nv_bfloat16> {
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
@@ -114,6 +115,7 @@ template <> struct dac_cvt<__nv_bfloat16> {
   static __device__ __forceinline__ float2 unpack(uint32_t x) {
     return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&x));
   }
+  static __device__ __forceinline__ __nv_bfloat16 from(float f) { return __float2bfloat16_rn(f); }
 };
 
 /* the shared-state-space address of a generic pointer into shared memory */

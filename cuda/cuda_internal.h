@@ -146,6 +146,9 @@ DAC_HIDDEN cudaError_t dac_launch_mma_bf16_ext(const dac_args *a, int br, cudaSt
  * and K read through a's strides, lengths clamped as the attention
  * kernels do; rows past a sequence's length are 0). pj: the plan's
  * [heads][2][d][pr]. */
+DAC_HIDDEN int dac_proj_mma_supported(da_dtype dt, int d, int r);
+DAC_HIDDEN cudaError_t dac_launch_proj_mma(const dac_args *a, const float *pj, int is_k, void *out,
+                                           cudaStream_t s);
 DAC_HIDDEN cudaError_t dac_launch_proj(const dac_args *a, const float *pj, int is_k, void *out,
                                        da_dtype odt, cudaStream_t s);
 /* The tensor-core kernel over pre-projected Q and K (cuda_mma.cuh with

@@ -72,7 +72,7 @@ cuda_distrattn_cuda_la_SOURCES = cuda/cuda_hash_g2.cu cuda/cuda_hash_g4.cu \
 	cuda/cuda_bwd_split_f16.cu cuda/cuda_bwd_split_bf16.cu \
 	cuda/cuda_wgmma.cu cuda/cuda_decode_f16.cu cuda/cuda_decode_bf16.cu cuda/cuda_decode_f32.cu \
 	cuda/cuda_simt.cu cuda/cuda_bwd.cu cuda/cuda_hash.cu cuda/cuda_backend.cu cuda/cuda_mma.cu \
-	cuda/cuda_proj.cu
+	cuda/cuda_proj.cu cuda/cuda_proj_mma.cu
 # -z defs: every symbol resolved at link time, so that a launch the
 # dispatch names but no file instantiates (cuda_hash.cuh, cuda_internal.h)
 # fails the build here rather than dlopen on a GPU machine
@@ -85,7 +85,7 @@ $(cuda_distrattn_cuda_la_OBJECTS): $(top_srcdir)/cuda/cuda_internal.h \
 cuda/cuda_hash.lo: $(top_srcdir)/cuda/cuda_hash.cuh
 cuda/cuda_mma_f16.lo cuda/cuda_mma_bf16.lo cuda/cuda_mma_f16_ext.lo \
 	cuda/cuda_mma_bf16_ext.lo cuda/cuda_mma_f16_proj.lo \
-	cuda/cuda_mma_bf16_proj.lo: $(top_srcdir)/cuda/cuda_mma.cuh
+	cuda/cuda_mma_bf16_proj.lo cuda/cuda_proj_mma.lo: $(top_srcdir)/cuda/cuda_mma.cuh
 cuda/cuda_decode_f16.lo cuda/cuda_decode_bf16.lo \
 	cuda/cuda_decode_f32.lo: $(top_srcdir)/cuda/cuda_decode.cuh
 cuda/cuda_bwd.lo cuda/cuda_backend.lo: $(top_srcdir)/cuda/cuda_bwd.cuh

@@ -441,12 +441,12 @@ static void test_dev_forward_wg(void **state) {
 
 /* One projection call through buffers on ctx: the plan of (d, x), the
  * tensors at element offset off of buffers of qn (Q and O) and kn (K and V)
- * elements, O zeroed first and read back whole (on elements), the LSE (nl
+ * elements (Q and K at off + qk_off), O zeroed first and read back whole (on elements), the LSE (nl
  * floats) when x->lse. lens: DA_SEQLENS_KV's [batch]; cuq, cuk:
  * DA_SEQLENS_PACKED's [batch + 1] over rows_q, rows_k. */
 static void run_ext(da_context *ctx, const da_attn_desc *d, const da_attn_ext *x, const void *q,
                     const void *k, const void *v, size_t qn, size_t kn, size_t off,
-                    const int *lens, const int *cuq, const int *cuk, size_t rows_q,
+                    size_t qk_off, const int *lens, const int *cuq, const int *cuk, size_t rows_q,
                     size_t rows_k, void *o, float *lse, size_t nl) {
   const size_t es = da_dtype_size(d->dtype);
   da_plan *p = NULL;
@@ -464,7 +464,8 @@ static void run_ext(da_context *ctx, const da_attn_desc *d, const da_attn_ext *x
   da_attn_args a;
   da_attn_args_init(&a);
   a.q = bq, a.k = bk, a.v = bv, a.o = bo;
-  a.q_offset = a.k_offset = a.v_offset = a.o_offset = off;
+  a.q_offset = a.k_offset = off + qk_off;
+  a.v_offset = a.o_offset = off;
   if (x->lse) {
     TU_CHECK(ctx, da_buffer_create(ctx, nl * 4, &bl));
     memset(lse, 0, nl * 4); /* packed: rows past the last sequence stay 0 */
@@ -493,7 +494,10 @@ static void run_ext(da_context *ctx, const da_attn_desc *d, const da_attn_ext *x
 
 /* kind 0: (B,S,H,D) strides, element offset 5, LSE, window (20, 5) or
  * causal; 1: DA_SEQLENS_KV (lengths 0..seq_k, one 0); 2: DA_SEQLENS_PACKED
- * in (S,H,D) rows with LSE. Against the CPU backend with the same plan. */
+ * in (S,H,D) rows with LSE; 3: dense, Q and K at element offset 3 (not 16
+ * bytes aligned: CUDA's tensor-core projection reads them element by
+ * element) while V and O are aligned, LSE. Against the CPU backend with
+ * the same plan. */
 static void check_vs_cpu(da_context *ctx, da_context *cpu, tu_rng *r, da_dtype t, int kind,
                          int causal, int rank) {
   da_attn_desc d;
@@ -505,7 +509,8 @@ static void check_vs_cpu(da_context *ctx, da_context *cpu, tu_rng *r, da_dtype t
   da_attn_ext x;
   da_attn_ext_init(&x);
   x.strategy = DA_STRATEGY_PROJECTION, x.rank = rank, x.proj = proj;
-  size_t qn = tu_q_elems(&d), kn = tu_kv_elems(&d), off = 0, nl = 0, rows_q = 0, rows_k = 0;
+  size_t qn = tu_q_elems(&d), kn = tu_kv_elems(&d), off = 0, qk_off = 0, nl = 0, rows_q = 0,
+         rows_k = 0;
   int lens[3] = {97, 0, 60}, cuq[4] = {0, 45, 45, 62}, cuk[4] = {0, 97, 130, 150};
   if (kind == 0) {
     off = 5;
@@ -516,6 +521,11 @@ static void check_vs_cpu(da_context *ctx, da_context *cpu, tu_rng *r, da_dtype t
     x.lse = 1;
     if (!causal) x.window_left = 20, x.window_right = 5;
     qn += off, kn += off;
+    nl = (size_t)d.batch * d.heads * d.seq_q;
+  } else if (kind == 3) {
+    qk_off = 3;
+    x.lse = 1;
+    qn += qk_off, kn += qk_off;
     nl = (size_t)d.batch * d.heads * d.seq_q;
   } else if (kind == 1) {
     x.seqlens = DA_SEQLENS_KV;
@@ -539,8 +549,8 @@ static void check_vs_cpu(da_context *ctx, da_context *cpu, tu_rng *r, da_dtype t
   tu_fill(q, t, qn, r, 1.0);
   tu_fill(k, t, kn, r, 1.0);
   tu_fill(v, t, kn, r, 1.0);
-  run_ext(cpu, &d, &x, q, k, v, qn, kn, off, lens, cuq, cuk, rows_q, rows_k, o1, l1, nl);
-  run_ext(ctx, &d, &x, q, k, v, qn, kn, off, lens, cuq, cuk, rows_q, rows_k, o2, l2, nl);
+  run_ext(cpu, &d, &x, q, k, v, qn, kn, off, qk_off, lens, cuq, cuk, rows_q, rows_k, o1, l1, nl);
+  run_ext(ctx, &d, &x, q, k, v, qn, kn, off, qk_off, lens, cuq, cuk, rows_q, rows_k, o2, l2, nl);
   const double err = tu_rel_err_arrays(o2, o1, t, qn), bound = tu_bound(t);
   char buf[256], name[64];
   snprintf(name, sizeof name, "vs cpu kind %d r=%d", kind, rank);
@@ -570,10 +580,13 @@ static void test_dev_vs_cpu(void **state) {
   for (int kind = 0; kind < 3; kind++)
     for (int ri = 0; ri < 5; ri++)
       check_vs_cpu(ctx, cpu, &r, DA_F32, kind, (kind + ri) & 1, ranks[ri]);
+  check_vs_cpu(ctx, cpu, &r, DA_F32, 3, 1, 32);
   static const da_dtype ts[] = {DA_F16, DA_BF16};
-  for (int ti = 0; ti < 2; ti++)
+  for (int ti = 0; ti < 2; ti++) {
     for (int kind = 0; kind < 3; kind++)
       check_vs_cpu(ctx, cpu, &r, ts[ti], kind, (kind + ti) & 1, ranks[(kind + 2 * ti) % 5]);
+    check_vs_cpu(ctx, cpu, &r, ts[ti], 3, ti, ti ? 64 : 16);
+  }
   da_context_destroy(cpu);
   da_context_destroy(ctx);
 }
