@@ -39,7 +39,13 @@ ALGOS = [("fused_ms", "exact, fused"), ("gemm_ms", "exact, GEMM"),
          ("g2_ms", "DistrAttention G=2"), ("g4_ms", "DistrAttention G=4")]
 STYLE = {"exact, fused": ("C0", "o-"), "exact, GEMM": ("C7", "s--"),
          "DistrAttention G=2": ("C1", "^-"), "DistrAttention G=4": ("C3", "v-"),
-         "FlashAttention-2": ("k", "x:")}
+         "FlashAttention-2": ("k", "x:"), "cuDNN (SDPA)": ("C2", "+:"),
+         "projection r=d/2": ("C4", "d-"), "projection r=d/4": ("C5", "D-")}
+
+# bench/fwd_race.py's column names -> series names
+RACE_COLS = {"flash": "FlashAttention-2", "cuDNN": "cuDNN (SDPA)", "ours exact": "exact, fused",
+             "G=2": "DistrAttention G=2", "G=4": "DistrAttention G=4",
+             "proj r=d/2": "projection r=d/2", "proj r=d/4": "projection r=d/4"}
 
 
 def read_bench(paths):
@@ -61,11 +67,34 @@ def read_bench(paths):
 
 
 def read_cuda_table(path, head_dim=64, causal=False):
-    """Times (ms) from bench_cuda_vs_fa2.py's Markdown table (TFLOP/s columns)."""
+    """Times (ms) from bench_cuda_vs_fa2.py's Markdown table (TFLOP/s columns),
+    or from bench/fwd_race.py's (its header names the columns)."""
     gpu, batch, heads, dtype = "GPU", 4, 16, "f16"
     series = {}
+    race = None  # fwd_race.py: [(cell index, series name)]
     with open(path) as f:
         for line in f:
+            m = re.match(r"GPU: (.*?); .*batch (\d+), heads (\d+), (\w+),", line)
+            if m:
+                gpu, batch, heads, dtype = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+                continue
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cells[:5] == ["d", "seq", "causal", "flash", "cuDNN"]:
+                race = [(i, RACE_COLS[c]) for i, c in enumerate(cells) if c in RACE_COLS]
+                continue
+            if race is not None:
+                if len(cells) < 3 or not cells[0].isdigit():
+                    if not line.strip():
+                        race = None  # the variants' table follows
+                    continue
+                d, seq, c = int(cells[0]), int(cells[1]), cells[2] == "yes"
+                if d != head_dim or c != causal:
+                    continue
+                flops = 4.0 * batch * heads * seq * seq * d / (2 if c else 1)
+                for i, name in race:
+                    if cells[i] not in ("-", ""):
+                        series.setdefault(name, []).append((seq, flops / (float(cells[i]) * 1e12) * 1e3))
+                continue
             if line.startswith(("NORM fusion", "OpenCL backend")):
                 break  # the NORM table repeats seq 8192; the OpenCL one is another backend
             m = re.match(r"# GPU, driver: (.*?),", line)
@@ -254,7 +283,8 @@ def plot_zeroshot(paths, out):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench", nargs="*", default=[], help="`distrattn bench --csv` files")
-    ap.add_argument("--cuda-table", help="the Markdown table of bench/bench_cuda_vs_fa2.py")
+    ap.add_argument("--cuda-table", help="the Markdown table of bench/bench_cuda_vs_fa2.py "
+                    "or of bench/fwd_race.py")
     ap.add_argument("--eval", help="`distrattn eval --csv` output")
     ap.add_argument("--e2e", help="tools/e2e.py --csv output")
     ap.add_argument("--zeroshot", nargs="*", default=[],
@@ -264,9 +294,10 @@ def main():
     if args.bench or args.cuda_table:
         panels = read_bench(args.bench)
         if args.cuda_table:
-            key, series = read_cuda_table(args.cuda_table)
-            if series:
-                panels[key] = series
+            for hd in (64, 128):  # head_dim 128: where the projection strategy pays
+                key, series = read_cuda_table(args.cuda_table, head_dim=hd)
+                if series:
+                    panels[key] = series
         plot_time(panels, os.path.join(args.out, "time-vs-seq.png"))
     if args.eval:
         plot_error(args.eval, args.e2e, os.path.join(args.out, "error-vs-g.png"))
