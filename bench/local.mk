@@ -7,7 +7,12 @@ dist_noinst_SCRIPTS += bench/run-bench.sh
 EXTRA_DIST += bench/plot.py bench/time-vs-seq.png bench/error-vs-g.png \
 	bench/data/bench-cpu.csv bench/data/bench-opencl-pocl.csv \
 	bench/data/eval-minilm.csv bench/data/e2e-minilm.csv \
-	bench/gpu-check-issue15.txt bench/gpu-sessions-2026-12-02.txt
+	bench/gpu-check-issue15.txt bench/gpu-sessions-2026-12-02.txt \
+	bench/gpu-sessions-2026-12-03.txt bench/fwd_race.py bench/gputime.py \
+	bench/fwd-race-h200.txt bench/finetune-cpu.json bench/finetune-cpu.md \
+	bench/zeroshot-minilm.json bench/zeroshot-minilm.md bench/zeroshot-mpnet.json \
+	bench/zeroshot-mpnet.md bench/zeroshot-smollm2.json bench/zeroshot-smollm2.md \
+	bench/zeroshot.png
 
 # bench/bwd_time: a backward pass (cpu, opencl or cuda; f32, f16 or bf16;
 # exact, G = 2 and the projection strategy of a rank) against the forward

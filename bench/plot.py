@@ -6,7 +6,8 @@
                     exact, GEMM exact, DistrAttention G=2 and G=4) and backend,
                     from `distrattn bench --csv` files (one panel per backend
                     and head dim), plus, with --cuda-table, the CUDA table of
-                    bench/bench_cuda_vs_fa2.py (FlashAttention-2 included).
+                    bench/fwd_race.py (cuDNN and FlashAttention-2 included; the
+                    older bench_cuda_vs_fa2.py tables of bench/cuda-h*.txt too).
   error-vs-g.png    on a real model's captured attention inputs: the relative
                     output error of each layer's attention against G for each
                     fusion (from `distrattn eval --csv`), and, with --e2e, the
@@ -67,7 +68,7 @@ def read_bench(paths):
 
 
 def read_cuda_table(path, head_dim=64, causal=False):
-    """Times (ms) from bench_cuda_vs_fa2.py's Markdown table (TFLOP/s columns),
+    """Times (ms) from the retired bench_cuda_vs_fa2.py's Markdown table (TFLOP/s columns),
     or from bench/fwd_race.py's (its header names the columns)."""
     gpu, batch, heads, dtype = "GPU", 4, 16, "f16"
     series = {}
@@ -283,7 +284,7 @@ def plot_zeroshot(paths, out):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench", nargs="*", default=[], help="`distrattn bench --csv` files")
-    ap.add_argument("--cuda-table", help="the Markdown table of bench/bench_cuda_vs_fa2.py "
+    ap.add_argument("--cuda-table", help="the Markdown table of the retired bench_cuda_vs_fa2.py "
                     "or of bench/fwd_race.py")
     ap.add_argument("--eval", help="`distrattn eval --csv` output")
     ap.add_argument("--e2e", help="tools/e2e.py --csv output")

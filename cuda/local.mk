@@ -52,8 +52,7 @@ cuda/cuda_hash_g4.lo: $(top_srcdir)/cuda/cuda_hash_g4.cu $(DAC_HASH_DEPS)
 cuda/cuda_hash_g8.lo: $(top_srcdir)/cuda/cuda_hash_g8.cu $(DAC_HASH_DEPS)
 	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE_ONEPTX) -c -o $@ $(top_srcdir)/cuda/cuda_hash_g8.cu
 
-EXTRA_DIST += bench/cuda_check.c bench/cuda_gpu_run.sh \
-	bench/bench_cuda_vs_fa2.py bench/cuda-h100.txt bench/cuda-h200.txt \
+EXTRA_DIST += bench/cuda-h100.txt bench/cuda-h200.txt \
 	bench/hash_bench.cu bench/gpu_check.sh bench/cuda-notes.md scripts/gen_wgmma.py \
 	bench/decode_race.py bench/bwd_race.py
 noinst_HEADERS += cuda/cuda_internal.h cuda/cuda_dev.cuh cuda/cuda_wgmma_ops.cuh \
