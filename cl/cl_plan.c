@@ -743,6 +743,34 @@ da_status da_cl_groups(const da_plan *p, void *q, void *perm) {
   return enqueue_hash(p, (cl_mem)q, (cl_mem)perm, st, 0, NULL, 0);
 }
 
+/* The kernel arguments of one call that the fused and the decode kernels
+ * share: the length and LSE buffers (O where a kernel is given one it
+ * does not read: no lengths, no LSE), the rows, strides and offsets. */
+typedef struct {
+  cl_mem lens_q, lens_k, lse;
+  cl_long rows_q, rows_k, qs0, qs1, qs2, ks0, ks1, ks2, vs0, vs1, vs2, os0, os1, os2;
+  cl_ulong qoff, koff, voff, ooff, loff;
+} call_args;
+
+static call_args call_args_of(const da_plan *p, const da_call *c) {
+  const da_attn_ext *x = &p->x;
+  cl_mem o = c->o;
+  call_args a;
+  a.lens_q = x->seqlens == DA_SEQLENS_PACKED ? (cl_mem)c->cu_q : o;
+  a.lens_k = x->seqlens == DA_SEQLENS_PACKED ? (cl_mem)c->cu_k
+             : x->seqlens == DA_SEQLENS_KV   ? (cl_mem)c->seqlens_k
+                                             : o;
+  a.lse = x->lse ? (cl_mem)c->lse : o;
+  a.rows_q = (cl_long)c->rows_q, a.rows_k = (cl_long)c->rows_k;
+  a.qs0 = x->q_stride[0], a.qs1 = x->q_stride[1], a.qs2 = x->q_stride[2];
+  a.ks0 = x->k_stride[0], a.ks1 = x->k_stride[1], a.ks2 = x->k_stride[2];
+  a.vs0 = x->v_stride[0], a.vs1 = x->v_stride[1], a.vs2 = x->v_stride[2];
+  a.os0 = x->o_stride[0], a.os1 = x->o_stride[1], a.os2 = x->o_stride[2];
+  a.qoff = c->q_off, a.koff = c->k_off, a.voff = c->v_off, a.ooff = c->o_off;
+  a.loff = c->lse_off;
+  return a;
+}
+
 /* The fused attention of one call: the plan's layout (dense strides for a
  * plain plan) and the call's offsets, lengths and LSE buffer. */
 static da_status attention_fused(const da_plan *p, const da_call *c) {
@@ -752,23 +780,12 @@ static da_status attention_fused(const da_plan *p, const da_call *c) {
   const da_attn_desc *d = &p->d;
   const da_attn_ext *x = &p->x;
   cl_mem q = c->q, k = c->k, v = c->v, o = c->o;
-  /* buffers a kernel is given but does not read (no lengths, no LSE) */
-  cl_mem lens_q = x->seqlens == DA_SEQLENS_PACKED ? (cl_mem)c->cu_q : o;
-  cl_mem lens_k = x->seqlens == DA_SEQLENS_PACKED ? (cl_mem)c->cu_k
-                  : x->seqlens == DA_SEQLENS_KV   ? (cl_mem)c->seqlens_k
-                                                  : o;
-  cl_mem lse = x->lse ? (cl_mem)c->lse : o;
-  const cl_long rows_q = (cl_long)c->rows_q, rows_k = (cl_long)c->rows_k;
-  const cl_long qs0 = x->q_stride[0], qs1 = x->q_stride[1], qs2 = x->q_stride[2];
-  const cl_long ks0 = x->k_stride[0], ks1 = x->k_stride[1], ks2 = x->k_stride[2];
-  const cl_long vs0 = x->v_stride[0], vs1 = x->v_stride[1], vs2 = x->v_stride[2];
-  const cl_long os0 = x->o_stride[0], os1 = x->o_stride[1], os2 = x->o_stride[2];
-  const cl_ulong qoff = c->q_off, koff = c->k_off, voff = c->v_off, ooff = c->o_off,
-                 loff = c->lse_off;
+  const call_args a = call_args_of(p, c);
   da_status s;
   if (d->group_size > 1 &&
       (s = enqueue_hash(p, q, bp->perm, x->q_stride, c->q_off,
-                        x->seqlens == DA_SEQLENS_PACKED ? lens_q : NULL, c->rows_q)) != DA_SUCCESS)
+                        x->seqlens == DA_SEQLENS_PACKED ? a.lens_q : NULL, c->rows_q)) !=
+          DA_SUCCESS)
     return s;
   cl_mem perm = d->group_size > 1 ? bp->perm : o, wts = d->group_size > 1 ? bp->wts : o;
   cl_int nkt = (cl_int)(((size_t)d->seq_k + bp->bn - 1) / bp->bn);
@@ -778,17 +795,17 @@ static da_status attention_fused(const da_plan *p, const da_call *c) {
    * the key tiles (rows); the attention kernel reads those (f32, dense,
    * rows from each sequence's first, per query head) in place of Q and K. */
   cl_mem qin = q, kpin = k;
-  cl_long aqs0 = qs0, aqs1 = qs1, aqs2 = qs2, aks0 = ks0, aks1 = ks1, aks2 = ks2;
-  cl_ulong aqoff = qoff, akoff = koff;
+  cl_long aqs0 = a.qs0, aqs1 = a.qs1, aqs2 = a.qs2, aks0 = a.ks0, aks1 = a.ks1, aks2 = a.ks2;
+  cl_ulong aqoff = a.qoff, akoff = a.koff;
   if (x->strategy == DA_STRATEGY_PROJECTION) {
     const cl_long R = x->rank;
-    if ((s = enqueue_proj(p, q, bp->pq, 0, seq_q, lens_q, c->rows_q, x->q_stride, c->q_off, 0)) !=
+    if ((s = enqueue_proj(p, q, bp->pq, 0, seq_q, a.lens_q, c->rows_q, x->q_stride, c->q_off, 0)) !=
         DA_SUCCESS)
       return s;
     if (bp->tiled)
-      s = enqueue_proj(p, k, bp->pk, 1, seq_k, lens_k, c->rows_k, x->k_stride, c->k_off, 0);
+      s = enqueue_proj(p, k, bp->pk, 1, seq_k, a.lens_k, c->rows_k, x->k_stride, c->k_off, 0);
     else
-      s = enqueue_proj(p, k, bp->kb, 1, nkt * (cl_int)bp->bn, lens_k, c->rows_k, x->k_stride,
+      s = enqueue_proj(p, k, bp->kb, 1, nkt * (cl_int)bp->bn, a.lens_k, c->rows_k, x->k_stride,
                        c->k_off, (cl_int)bp->bn);
     if (s != DA_SUCCESS) return s;
     qin = bp->pq, kpin = bp->pk;
@@ -804,16 +821,16 @@ static da_status attention_fused(const da_plan *p, const da_call *c) {
     ARG(kp, 4, seq_k);
     ARG(kp, 5, nkt);
     ARG(kp, 6, kvh);
-    ARG(kp, 7, lens_k);
-    ARG(kp, 8, rows_k);
-    ARG(kp, 9, ks0);
-    ARG(kp, 10, ks1);
-    ARG(kp, 11, ks2);
-    ARG(kp, 12, koff);
-    ARG(kp, 13, vs0);
-    ARG(kp, 14, vs1);
-    ARG(kp, 15, vs2);
-    ARG(kp, 16, voff);
+    ARG(kp, 7, a.lens_k);
+    ARG(kp, 8, a.rows_k);
+    ARG(kp, 9, a.ks0);
+    ARG(kp, 10, a.ks1);
+    ARG(kp, 11, a.ks2);
+    ARG(kp, 12, a.koff);
+    ARG(kp, 13, a.vs0);
+    ARG(kp, 14, a.vs1);
+    ARG(kp, 15, a.vs2);
+    ARG(kp, 16, a.voff);
     size_t gws[3] = {bp->dp, (size_t)nkt * bp->bn, (size_t)d->batch * (size_t)d->kv_heads};
     CK(clEnqueueNDRangeKernel(bc->q, kp, 3, NULL, gws, NULL, 0, NULL, NULL),
        "clEnqueueNDRangeKernel(da_kv_prep)");
@@ -828,9 +845,9 @@ static da_status attention_fused(const da_plan *p, const da_call *c) {
   ARG(kr, 3, o);
   ARG(kr, 4, perm);
   ARG(kr, 5, wts);
-  ARG(kr, 6, lse);
-  ARG(kr, 7, lens_q);
-  ARG(kr, 8, lens_k);
+  ARG(kr, 6, a.lse);
+  ARG(kr, 7, a.lens_q);
+  ARG(kr, 8, a.lens_k);
   ARG(kr, 9, seq_q);
   ARG(kr, 10, seq_k);
   ARG(kr, 11, heads);
@@ -846,17 +863,17 @@ static da_status attention_fused(const da_plan *p, const da_call *c) {
   ARG(kr, 21, aks1);
   ARG(kr, 22, aks2);
   ARG(kr, 23, akoff);
-  ARG(kr, 24, vs0);
-  ARG(kr, 25, vs1);
-  ARG(kr, 26, vs2);
-  ARG(kr, 27, voff);
-  ARG(kr, 28, os0);
-  ARG(kr, 29, os1);
-  ARG(kr, 30, os2);
-  ARG(kr, 31, ooff);
-  ARG(kr, 32, loff);
-  ARG(kr, 33, rows_q);
-  ARG(kr, 34, rows_k);
+  ARG(kr, 24, a.vs0);
+  ARG(kr, 25, a.vs1);
+  ARG(kr, 26, a.vs2);
+  ARG(kr, 27, a.voff);
+  ARG(kr, 28, a.os0);
+  ARG(kr, 29, a.os1);
+  ARG(kr, 30, a.os2);
+  ARG(kr, 31, a.ooff);
+  ARG(kr, 32, a.loff);
+  ARG(kr, 33, a.rows_q);
+  ARG(kr, 34, a.rows_k);
   const size_t items = bp->tiled ? 2 * bp->bm : bp->bm; /* work-items per work-group */
   size_t gws[3] = {((size_t)d->seq_q + bp->bm - 1) / bp->bm * items, (size_t)d->heads,
                    (size_t)d->batch};
@@ -873,21 +890,8 @@ static da_status attention_decode(const da_plan *p, const da_call *c) {
   da_cl_ctx *bc = ctx->bctx;
   da_cl_plan *bp = p->bplan;
   const da_attn_desc *d = &p->d;
-  const da_attn_ext *x = &p->x;
   cl_mem q = c->q, k = c->k, v = c->v, o = c->o;
-  /* buffers a kernel is given but does not read (no lengths, no LSE) */
-  cl_mem lens_q = x->seqlens == DA_SEQLENS_PACKED ? (cl_mem)c->cu_q : o;
-  cl_mem lens_k = x->seqlens == DA_SEQLENS_PACKED ? (cl_mem)c->cu_k
-                  : x->seqlens == DA_SEQLENS_KV   ? (cl_mem)c->seqlens_k
-                                                  : o;
-  cl_mem lse = x->lse ? (cl_mem)c->lse : o;
-  const cl_long rows_q = (cl_long)c->rows_q, rows_k = (cl_long)c->rows_k;
-  const cl_long qs0 = x->q_stride[0], qs1 = x->q_stride[1], qs2 = x->q_stride[2];
-  const cl_long ks0 = x->k_stride[0], ks1 = x->k_stride[1], ks2 = x->k_stride[2];
-  const cl_long vs0 = x->v_stride[0], vs1 = x->v_stride[1], vs2 = x->v_stride[2];
-  const cl_long os0 = x->o_stride[0], os1 = x->o_stride[1], os2 = x->o_stride[2];
-  const cl_ulong qoff = c->q_off, koff = c->k_off, voff = c->v_off, ooff = c->o_off,
-                 loff = c->lse_off;
+  const call_args a = call_args_of(p, c);
   const cl_int seq_q = d->seq_q, seq_k = d->seq_k, heads = d->heads, kvh = d->kv_heads,
                nrg = bp->dec_nrg, nch = bp->dec_nch, C = bp->dec_c;
   const cl_float qscale = da_log2_mul(d->scale); /* capped: SPEC 1, "Scale" */
@@ -897,8 +901,8 @@ static da_status attention_decode(const da_plan *p, const da_call *c) {
   ARG(kd, 2, v);
   ARG(kd, 3, bp->pacc);
   ARG(kd, 4, bp->pml);
-  ARG(kd, 5, lens_q);
-  ARG(kd, 6, lens_k);
+  ARG(kd, 5, a.lens_q);
+  ARG(kd, 6, a.lens_k);
   ARG(kd, 7, seq_q);
   ARG(kd, 8, seq_k);
   ARG(kd, 9, heads);
@@ -907,20 +911,20 @@ static da_status attention_decode(const da_plan *p, const da_call *c) {
   ARG(kd, 12, nch);
   ARG(kd, 13, C);
   ARG(kd, 14, qscale);
-  ARG(kd, 15, qs0);
-  ARG(kd, 16, qs1);
-  ARG(kd, 17, qs2);
-  ARG(kd, 18, qoff);
-  ARG(kd, 19, ks0);
-  ARG(kd, 20, ks1);
-  ARG(kd, 21, ks2);
-  ARG(kd, 22, koff);
-  ARG(kd, 23, vs0);
-  ARG(kd, 24, vs1);
-  ARG(kd, 25, vs2);
-  ARG(kd, 26, voff);
-  ARG(kd, 27, rows_q);
-  ARG(kd, 28, rows_k);
+  ARG(kd, 15, a.qs0);
+  ARG(kd, 16, a.qs1);
+  ARG(kd, 17, a.qs2);
+  ARG(kd, 18, a.qoff);
+  ARG(kd, 19, a.ks0);
+  ARG(kd, 20, a.ks1);
+  ARG(kd, 21, a.ks2);
+  ARG(kd, 22, a.koff);
+  ARG(kd, 23, a.vs0);
+  ARG(kd, 24, a.vs1);
+  ARG(kd, 25, a.vs2);
+  ARG(kd, 26, a.voff);
+  ARG(kd, 27, a.rows_q);
+  ARG(kd, 28, a.rows_k);
   size_t gws[3] = {(size_t)nrg * (size_t)nch * bp->dec_wg, (size_t)kvh, (size_t)d->batch};
   size_t lws[3] = {bp->dec_wg, 1, 1};
   CK(clEnqueueNDRangeKernel(bc->q, kd, 3, NULL, gws, lws, 0, NULL, NULL),
@@ -931,20 +935,20 @@ static da_status attention_decode(const da_plan *p, const da_call *c) {
   ARG(kc, 0, bp->pacc);
   ARG(kc, 1, bp->pml);
   ARG(kc, 2, o);
-  ARG(kc, 3, lse);
-  ARG(kc, 4, lens_q);
-  ARG(kc, 5, lens_k);
+  ARG(kc, 3, a.lse);
+  ARG(kc, 4, a.lens_q);
+  ARG(kc, 5, a.lens_k);
   ARG(kc, 6, seq_q);
   ARG(kc, 7, seq_k);
   ARG(kc, 8, heads);
   ARG(kc, 9, nch);
-  ARG(kc, 10, os0);
-  ARG(kc, 11, os1);
-  ARG(kc, 12, os2);
-  ARG(kc, 13, ooff);
-  ARG(kc, 14, loff);
-  ARG(kc, 15, rows_q);
-  ARG(kc, 16, rows_k);
+  ARG(kc, 10, a.os0);
+  ARG(kc, 11, a.os1);
+  ARG(kc, 12, a.os2);
+  ARG(kc, 13, a.ooff);
+  ARG(kc, 14, a.loff);
+  ARG(kc, 15, a.rows_q);
+  ARG(kc, 16, a.rows_k);
   size_t gws2[3] = {bp->dec_nv, (size_t)d->seq_q, (size_t)d->batch * (size_t)d->heads};
   CK(clEnqueueNDRangeKernel(bc->q, kc, 3, NULL, gws2, NULL, 0, NULL, NULL),
      "clEnqueueNDRangeKernel(da_dec_combine)");

@@ -22,14 +22,61 @@
 
 /* ------------------------------------------------------------ reference */
 
-/* Everything dense [B][H|KVH][S][hd] in double. perm/aw: per (b, h, tile)
- * hd entries (the permutation and the fusion weight of each column), NULL
- * for exact attention. Writes O (when o) and, when dO is given, dQ, dK, dV. */
 typedef struct {
   int B, H, KVH, Sq, Sk, hd, G, hb, wl, wr;
   double scale;
 } rshape;
 
+/* One query row i of either strategy, from its reduced query qr (n
+ * entries) and the head's reduced keys Kr ([Sk][n]): the window's limits,
+ * the logits scale qr . Kr_j, the softmax into P, and (when oi) the
+ * output row O_i = P V. With gi (the row of dO): dP_j = dO_i . V_j, D,
+ * dS, dV += P^T dO_i, dqr = scale dS Kr (set) and dKr += scale dS^T qr.
+ * V and dV: the head's [Sk][hd]; P and dP: Sk scratch entries. */
+static void ref_row(const rshape *s, int i, int n, const double *qr, const double *Kr,
+                    const double *V, const double *gi, double *oi, double *P, double *dP,
+                    double *dqr, double *dKr, double *dV) {
+  const int hd = s->hd, Sk = s->Sk;
+  long diag = i + (long)Sk - s->Sq, lo = 0, hi = Sk - 1;
+  if (s->wr >= 0 && diag + s->wr < hi) hi = diag + s->wr;
+  if (s->wl >= 0 && diag - s->wl > lo) lo = diag - s->wl;
+  double mx = -INFINITY, sum = 0;
+  for (long j = lo; j <= hi; j++) {
+    double acc = 0;
+    for (int g = 0; g < n; g++) acc += qr[g] * Kr[(size_t)j * n + g];
+    P[j] = s->scale * acc;
+    if (P[j] > mx) mx = P[j];
+  }
+  for (long j = lo; j <= hi; j++) sum += (P[j] = exp(P[j] - mx));
+  for (long j = lo; j <= hi; j++) P[j] /= sum;
+  if (oi)
+    for (int c = 0; c < hd; c++) {
+      double acc = 0;
+      for (long j = lo; j <= hi; j++) acc += P[j] * V[(size_t)j * hd + c];
+      oi[c] = acc;
+    }
+  if (!gi) return;
+  double D = 0;
+  for (long j = lo; j <= hi; j++) {
+    double acc = 0;
+    for (int c = 0; c < hd; c++) acc += gi[c] * V[(size_t)j * hd + c];
+    dP[j] = acc;
+    D += P[j] * acc;
+  }
+  for (int g = 0; g < n; g++) dqr[g] = 0;
+  for (long j = lo; j <= hi; j++) {
+    const double dS = P[j] * (dP[j] - D);
+    for (int c = 0; c < hd; c++) dV[(size_t)j * hd + c] += P[j] * gi[c];
+    for (int g = 0; g < n; g++) {
+      dqr[g] += s->scale * dS * Kr[(size_t)j * n + g];
+      dKr[(size_t)j * n + g] += s->scale * dS * qr[g];
+    }
+  }
+}
+
+/* Everything dense [B][H|KVH][S][hd] in double. perm/aw: per (b, h, tile)
+ * hd entries (the permutation and the fusion weight of each column), NULL
+ * for exact attention. Writes O (when o) and, when dO is given, dQ, dK, dV. */
 static void ref_fwd_bwd(const rshape *s, const int *perm, const double *aw, const double *Q,
                         const double *K, const double *V, const double *dO, double *O,
                         double *dQ, double *dK, double *dV) {
@@ -69,44 +116,9 @@ static void ref_fwd_bwd(const rshape *s, const int *perm, const double *aw, cons
           for (int g = 0; g < ng; g++) Qs[g] = 0;
           for (int c = 0; c < hd; c++) Qs[gof[c]] += qi[c];
           for (int g = 0; g < ng; g++) Qs[g] /= A[g];
-          long diag = i + (long)Sk - s->Sq, lo = 0, hi = Sk - 1;
-          if (s->wr >= 0 && diag + s->wr < hi) hi = diag + s->wr;
-          if (s->wl >= 0 && diag - s->wl > lo) lo = diag - s->wl;
-          double mx = -INFINITY, sum = 0;
-          for (long j = lo; j <= hi; j++) {
-            double acc = 0;
-            for (int g = 0; g < ng; g++) acc += Qs[g] * Kf[(size_t)j * ng + g];
-            P[j] = s->scale * acc;
-            if (P[j] > mx) mx = P[j];
-          }
-          for (long j = lo; j <= hi; j++) sum += (P[j] = exp(P[j] - mx));
-          for (long j = lo; j <= hi; j++) P[j] /= sum;
-          if (O) {
-            double *oi = O + qb + (size_t)i * hd;
-            for (int c = 0; c < hd; c++) {
-              double acc = 0;
-              for (long j = lo; j <= hi; j++) acc += P[j] * V[kb + (size_t)j * hd + c];
-              oi[c] = acc;
-            }
-          }
+          ref_row(s, i, ng, Qs, Kf, V + kb, dO ? dO + qb + (size_t)i * hd : NULL,
+                  O ? O + qb + (size_t)i * hd : NULL, P, dP, dQs, dKf, dO ? dV + kb : NULL);
           if (!dO) continue;
-          const double *gi = dO + qb + (size_t)i * hd;
-          double D = 0;
-          for (long j = lo; j <= hi; j++) {
-            double acc = 0;
-            for (int c = 0; c < hd; c++) acc += gi[c] * V[kb + (size_t)j * hd + c];
-            dP[j] = acc;
-            D += P[j] * acc;
-          }
-          for (int g = 0; g < ng; g++) dQs[g] = 0;
-          for (long j = lo; j <= hi; j++) {
-            double dS = P[j] * (dP[j] - D);
-            for (int c = 0; c < hd; c++) dV[kb + (size_t)j * hd + c] += P[j] * gi[c];
-            for (int g = 0; g < ng; g++) {
-              dQs[g] += s->scale * dS * Kf[(size_t)j * ng + g];
-              dKf[(size_t)j * ng + g] += s->scale * dS * Qs[g];
-            }
-          }
           for (int c = 0; c < hd; c++) dQ[qb + (size_t)i * hd + c] = dQs[gof[c]] / A[gof[c]];
         }
         if (dO)
@@ -155,44 +167,9 @@ static void ref_proj_fwd_bwd(const rshape *s, int rank, const float *proj, const
           for (int c = 0; c < hd; c++) acc += qi[c] * A[(size_t)c * R + g];
           Qp[g] = acc;
         }
-        long diag = i + (long)Sk - s->Sq, lo = 0, hi = Sk - 1;
-        if (s->wr >= 0 && diag + s->wr < hi) hi = diag + s->wr;
-        if (s->wl >= 0 && diag - s->wl > lo) lo = diag - s->wl;
-        double mx = -INFINITY, sum = 0;
-        for (long j = lo; j <= hi; j++) {
-          double acc = 0;
-          for (int g = 0; g < R; g++) acc += Qp[g] * Kp[(size_t)j * R + g];
-          P[j] = s->scale * acc;
-          if (P[j] > mx) mx = P[j];
-        }
-        for (long j = lo; j <= hi; j++) sum += (P[j] = exp(P[j] - mx));
-        for (long j = lo; j <= hi; j++) P[j] /= sum;
-        if (O) {
-          double *oi = O + qb + (size_t)i * hd;
-          for (int c = 0; c < hd; c++) {
-            double acc = 0;
-            for (long j = lo; j <= hi; j++) acc += P[j] * V[kb + (size_t)j * hd + c];
-            oi[c] = acc;
-          }
-        }
+        ref_row(s, i, R, Qp, Kp, V + kb, dO ? dO + qb + (size_t)i * hd : NULL,
+                O ? O + qb + (size_t)i * hd : NULL, P, dP, dQp, dKp, dO ? dV + kb : NULL);
         if (!dO) continue;
-        const double *gi = dO + qb + (size_t)i * hd;
-        double D = 0;
-        for (long j = lo; j <= hi; j++) {
-          double acc = 0;
-          for (int c = 0; c < hd; c++) acc += gi[c] * V[kb + (size_t)j * hd + c];
-          dP[j] = acc;
-          D += P[j] * acc;
-        }
-        for (int g = 0; g < R; g++) dQp[g] = 0;
-        for (long j = lo; j <= hi; j++) {
-          const double dS = P[j] * (dP[j] - D);
-          for (int c = 0; c < hd; c++) dV[kb + (size_t)j * hd + c] += P[j] * gi[c];
-          for (int g = 0; g < R; g++) {
-            dQp[g] += s->scale * dS * Kp[(size_t)j * R + g];
-            dKp[(size_t)j * R + g] += s->scale * dS * Qp[g];
-          }
-        }
         for (int c = 0; c < hd; c++) {
           double acc = 0;
           for (int g = 0; g < R; g++) acc += dQp[g] * A[(size_t)c * R + g];
