@@ -126,3 +126,35 @@ void tdata_upload(const tdata *t, da_context *ctx, da_buffer **q, da_buffer **k,
   TU_CHECK(ctx, da_buffer_write(*k, 0, t->k, kb));
   TU_CHECK(ctx, da_buffer_write(*v, 0, t->v, kb));
 }
+
+void tcase_check_reference(da_context *ctx, const tcase *c, tu_rng *rng, uint64_t desc_seed,
+                           const char *what) {
+  const da_backend be = da_context_backend(ctx);
+  da_attn_desc d;
+  tcase_desc(c, desc_seed, &d);
+  tdata t;
+  tdata_init(&t, &d, rng);
+  int have_ref = 0;
+  const da_algo both[2] = {DA_ALGO_FUSED, DA_ALGO_GEMM};
+  const int na = c->algo == DA_ALGO_AUTO ? 2 : 1;
+  for (int a = 0; a < na; a++) {
+    d.algo = c->algo == DA_ALGO_AUTO ? both[a] : c->algo;
+    da_plan *p = NULL;
+    if (tcase_plan(ctx, &d, &p) != DA_SUCCESS) continue;
+    if (!have_ref) { /* the reference does not depend on the algorithm */
+      tdata_reference(&t, p);
+      have_ref = 1;
+    }
+    const double err = tcase_run_host(ctx, p, &t, what);
+    const double bound = tu_bound(d.dtype);
+    char buf[512];
+    tu_note(da_backend_name(be), &p->d, err, bound);
+    if (!(err <= bound))
+      fail_msg("%s: %s: rel. error vs float64 %s reference %.3g > %.3g [seed %llu]",
+               da_backend_name(be), tu_desc_str(&p->d, buf, sizeof buf),
+               d.group_size > 1 ? "DistrAttention" : "exact", err, bound,
+               (unsigned long long)tu_seed());
+    da_plan_destroy(p);
+  }
+  tdata_free(&t);
+}

@@ -49,4 +49,12 @@ da_status tcase_plan(da_context *ctx, const da_attn_desc *d, da_plan **p);
  * otherwise). Returns the relative error against t->ref. */
 double tcase_run_host(da_context *ctx, da_plan *p, tdata *t, const char *what);
 
+/* Case c on ctx against the float64 reference within SPEC's bound
+ * (tu_bound): its descriptor from desc_seed, fresh inputs from rng, then
+ * the case's algorithm, or with DA_ALGO_AUTO both FUSED and GEMM on the
+ * same inputs (a GEMM the backend refuses is skipped, as tcase_plan
+ * says). Fails the test naming the backend, the shape and the seed. */
+void tcase_check_reference(da_context *ctx, const tcase *c, tu_rng *rng, uint64_t desc_seed,
+                           const char *what);
+
 #endif /* DA_TEST_CASES_H */

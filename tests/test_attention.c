@@ -45,31 +45,7 @@ static void run_cases(da_backend be, const tcase *cases, size_t n, uint64_t salt
   for (size_t i = 0; i < n; i++) {
     tu_rng rng;
     tu_rng_init(&rng, tu_seed() ^ (salt + i * UINT64_C(0x100000001b3)));
-    da_attn_desc d;
-    tcase_desc(&cases[i], tu_seed(), &d);
-    tdata t;
-    tdata_init(&t, &d, &rng);
-    const da_algo algos[2] = {DA_ALGO_FUSED, DA_ALGO_GEMM};
-    int have_ref = 0;
-    for (int a = 0; a < 2; a++) {
-      if (cases[i].algo != DA_ALGO_AUTO && cases[i].algo != algos[a]) continue;
-      d.algo = algos[a];
-      da_plan *p = NULL;
-      if (tcase_plan(ctx, &d, &p) != DA_SUCCESS) continue;
-      if (!have_ref) {
-        tdata_reference(&t, p);
-        have_ref = 1;
-      }
-      double err = tcase_run_host(ctx, p, &t, "exact");
-      double bound = tu_bound(d.dtype);
-      char buf[512];
-      tu_note(da_backend_name(be), &p->d, err, bound);
-      if (!(err <= bound))
-        fail_msg("%s: %s: rel. error %.3g > %.3g [seed %llu]", da_backend_name(be),
-                 tu_desc_str(&p->d, buf, sizeof buf), err, bound, (unsigned long long)tu_seed());
-      da_plan_destroy(p);
-    }
-    tdata_free(&t);
+    tcase_check_reference(ctx, &cases[i], &rng, tu_seed(), "exact");
   }
   da_context_destroy(ctx);
 }

@@ -52,39 +52,12 @@ static const tcase sweep[] = {
     {1, 2, 0, 130, 1200, 128, DA_F16, 1, 0, 1, DA_FUSE_MEAN, 0, 0, 0},
 };
 
-/* Case i of a sweep against the float64 reference: the case's algorithm,
- * or with DA_ALGO_AUTO both FUSED and GEMM on the same inputs, within
- * SPEC's bound. */
-static void check_vs_reference(da_context *ctx, da_backend be, const tcase *c, size_t i) {
+/* Case i of a sweep against the float64 reference (tcase_check_reference),
+ * its inputs and descriptor seeded by i. */
+static void check_vs_reference(da_context *ctx, const tcase *c, size_t i) {
   tu_rng rng;
   tu_rng_init(&rng, tu_seed() + 31 * i);
-  da_attn_desc d;
-  tcase_desc(c, tu_seed() + i, &d);
-  tdata t;
-  tdata_init(&t, &d, &rng);
-  int have_ref = 0;
-  const da_algo both[2] = {DA_ALGO_FUSED, DA_ALGO_GEMM};
-  const int na = c->algo == DA_ALGO_AUTO ? 2 : 1;
-  for (int a = 0; a < na; a++) {
-    d.algo = c->algo == DA_ALGO_AUTO ? both[a] : c->algo;
-    da_plan *p = NULL;
-    if (tcase_plan(ctx, &d, &p) != DA_SUCCESS) continue;
-    if (!have_ref) { /* the reference does not depend on the algorithm */
-      tdata_reference(&t, p);
-      have_ref = 1;
-    }
-    double err = tcase_run_host(ctx, p, &t, "sweep");
-    double bound = tu_bound(d.dtype);
-    char buf[512];
-    tu_note(da_backend_name(be), &p->d, err, bound);
-    if (!(err <= bound))
-      fail_msg("%s: %s: rel. error vs float64 %s reference %.3g > %.3g [seed %llu]",
-               da_backend_name(be), tu_desc_str(&p->d, buf, sizeof buf),
-               d.group_size > 1 ? "DistrAttention" : "exact", err, bound,
-               (unsigned long long)tu_seed());
-    da_plan_destroy(p);
-  }
-  tdata_free(&t);
+  tcase_check_reference(ctx, c, &rng, tu_seed() + i, "sweep");
 }
 
 static void test_vs_reference(void **state) {
@@ -92,7 +65,7 @@ static void test_vs_reference(void **state) {
   TU_NEED_BACKEND(be);
   da_context *ctx = open_ctx(be);
   for (size_t i = 0; i < sizeof sweep / sizeof sweep[0]; i++)
-    check_vs_reference(ctx, be, &sweep[i], i);
+    check_vs_reference(ctx, &sweep[i], i);
   da_context_destroy(ctx);
 }
 
@@ -157,7 +130,7 @@ static void test_gpu_sweep(void **state) {
   const size_t n = gpu_sweep(cs, sizeof cs / sizeof *cs);
   assert_true(n < sizeof cs / sizeof *cs); /* none left out */
   for (size_t i = 0; i < n; i++)
-    check_vs_reference(ctx, DA_BACKEND_CUDA, &cs[i], 1000 + i);
+    check_vs_reference(ctx, &cs[i], 1000 + i);
   da_context_destroy(ctx);
 }
 
