@@ -897,7 +897,7 @@ static da_status dac_attention_proj(const da_plan *p, const da_call *c) {
   a.qs = bp->pq;
   a.qs_ld = x->rank;
   a.kp = bp->pk;
-  if (pdt != DA_F32 && dac_proj_mma_supported(pdt, d->head_dim, x->rank)) {
+  if (pdt != DA_F32 && dac_mma_proj_supported(pdt, d->head_dim, x->rank)) {
     DAC_CHECK(ctx, dac_launch_proj_mma(&a, bp->pj, 0, bp->pq, bc->stream));
     DAC_CHECK(ctx, dac_launch_proj_mma(&a, bp->pj, 1, bp->pk, bc->stream));
   } else {

@@ -146,11 +146,13 @@ DAC_HIDDEN cudaError_t dac_launch_mma_bf16_ext(const dac_args *a, int br, cudaSt
  * and K read through a's strides, lengths clamped as the attention
  * kernels do; rows past a sequence's length are 0). pj: the plan's
  * [heads][2][d][pr]. */
-DAC_HIDDEN int dac_proj_mma_supported(da_dtype dt, int d, int r);
-DAC_HIDDEN cudaError_t dac_launch_proj_mma(const dac_args *a, const float *pj, int is_k, void *out,
-                                           cudaStream_t s);
 DAC_HIDDEN cudaError_t dac_launch_proj(const dac_args *a, const float *pj, int is_k, void *out,
                                        da_dtype odt, cudaStream_t s);
+/* The same on tensor cores (cuda_proj_mma.cu), stored in a->dt, for the
+ * shapes of dac_mma_proj_supported (the ranks the tensor-core attention
+ * kernels take); cudaErrorInvalidValue otherwise. */
+DAC_HIDDEN cudaError_t dac_launch_proj_mma(const dac_args *a, const float *pj, int is_k, void *out,
+                                           cudaStream_t s);
 /* The tensor-core kernel over pre-projected Q and K (cuda_mma.cuh with
  * GS = 0): f16/bf16, head_dim 64 with rank 16, 32, 64, head_dim 128 with
  * rank 16, 32, 64, 128; cudaErrorInvalidValue otherwise. */

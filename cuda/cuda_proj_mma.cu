@@ -119,19 +119,13 @@ static cudaError_t launch_proj_mma_d(const dac_args *a, const float *pj, int is_
   }
 }
 
-extern "C" int dac_proj_mma_supported(da_dtype dt, int d, int r) {
-  if (dt != DA_F16 && dt != DA_BF16) return 0;
-  if (d != 64 && d != 128) return 0;
-  return r == 16 || r == 32 || r == 64 || (r == 128 && d == 128);
-}
-
 /* The projections of dac_launch_proj into out (the dtype, [batch][heads]
- * [rows][pr]) on tensor cores, for dac_proj_mma_supported shapes. */
+ * [rows][pr]) on tensor cores, for dac_mma_proj_supported shapes. */
 extern "C" cudaError_t dac_launch_proj_mma(const dac_args *a, const float *pj, int is_k, void *out,
                                            cudaStream_t s) {
   const long long n = is_k ? a->seq_k : a->seq_q;
   if (n <= 0 || a->heads <= 0 || a->batch <= 0) return cudaSuccess;
-  if (!dac_proj_mma_supported(a->dt, a->d, a->pr)) return cudaErrorInvalidValue;
+  if (!dac_mma_proj_supported(a->dt, a->d, a->pr)) return cudaErrorInvalidValue;
   const long long *st = is_k ? a->kst : a->qst;
   const void *x = is_k ? a->k : a->q;
   const int vec = ((uintptr_t)x & 15u) == 0 && st[0] % 8 == 0 && st[1] % 8 == 0 && st[2] % 8 == 0;
