@@ -61,7 +61,7 @@ def main():
                     help="comma list of our columns to time (exact,g2,g4,r2,r4); default all")
     ap.add_argument("--variants", default="",
                     help="more settings of our kernels on the same inputs, "
-                    "'LABEL[@COLS]:VAR=VALUE,...;...', e.g. 'fma2@exact,g4:DISTRATTN_CUDA_EXP_FMA=2' "
+                    "'LABEL[@COLS]:VAR=VALUE,...;...', e.g. 'nowg@exact,g4:DISTRATTN_CUDA_WGMMA=0' "
                     "(COLS from exact,g2,g4,r2,r4; default exact); printed after the table "
                     "with their ratio to the best SDPA kernel")
     args = ap.parse_args()

@@ -68,10 +68,12 @@ def read_bench(paths):
 
 
 def read_cuda_table(path, head_dim=64, causal=False):
-    """Times (ms) from the retired bench_cuda_vs_fa2.py's Markdown table (TFLOP/s columns),
-    or from bench/fwd_race.py's (its header names the columns)."""
+    """Times (ms) from bench/fwd_race.py's Markdown table (its header names the
+    columns) or from the retired bench_cuda_vs_fa2.py's (TFLOP/s columns)."""
     gpu, batch, heads, dtype = "GPU", 4, 16, "f16"
     series = {}
+    old = [(3, "FlashAttention-2"), (4, "exact, fused"), (5, "DistrAttention G=2"),
+           (6, "DistrAttention G=4")]
     race = None  # fwd_race.py: [(cell index, series name)]
     with open(path) as f:
         for line in f:
@@ -83,37 +85,30 @@ def read_cuda_table(path, head_dim=64, causal=False):
             if cells[:5] == ["d", "seq", "causal", "flash", "cuDNN"]:
                 race = [(i, RACE_COLS[c]) for i, c in enumerate(cells) if c in RACE_COLS]
                 continue
-            if race is not None:
-                if len(cells) < 3 or not cells[0].isdigit():
-                    if not line.strip():
-                        race = None  # the variants' table follows
+            if race is None:
+                if line.startswith(("NORM fusion", "OpenCL backend")):
+                    break  # the NORM table repeats seq 8192; the OpenCL one is another backend
+                m = re.match(r"# GPU, driver: (.*?),", line)
+                if m:
+                    gpu = m.group(1)
+                m = re.search(r"batch (\d+), heads (\d+)", line)
+                if m and line.startswith("#"):
+                    batch, heads = int(m.group(1)), int(m.group(2))
+                if len(cells) != 7:
                     continue
-                d, seq, c = int(cells[0]), int(cells[1]), cells[2] == "yes"
-                if d != head_dim or c != causal:
-                    continue
-                flops = 4.0 * batch * heads * seq * seq * d / (2 if c else 1)
-                for i, name in race:
-                    if cells[i] not in ("-", ""):
-                        series.setdefault(name, []).append((seq, flops / (float(cells[i]) * 1e12) * 1e3))
+            elif not line.strip():
+                race = None  # fwd_race.py's variants table follows
                 continue
-            if line.startswith(("NORM fusion", "OpenCL backend")):
-                break  # the NORM table repeats seq 8192; the OpenCL one is another backend
-            m = re.match(r"# GPU, driver: (.*?),", line)
-            if m:
-                gpu = m.group(1)
-            m = re.search(r"batch (\d+), heads (\d+)", line)
-            if m and line.startswith("#"):
-                batch, heads = int(m.group(1)), int(m.group(2))
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) != 7 or not cells[0].isdigit():
+            if not cells[0].isdigit():
                 continue
             d, seq, c = int(cells[0]), int(cells[1]), cells[2] == "yes"
             if d != head_dim or c != causal:
                 continue
             flops = 4.0 * batch * heads * seq * seq * d / (2 if c else 1)
-            for name, cell in zip(["FlashAttention-2", "exact, fused", "DistrAttention G=2",
-                                   "DistrAttention G=4"], cells[3:]):
-                tf = float(cell.split()[0])
+            for i, name in race or old:
+                if cells[i] in ("-", ""):
+                    continue
+                tf = float(cells[i].split()[0])
                 series.setdefault(name, []).append((seq, flops / (tf * 1e12) * 1e3))
     return ("cuda (%s)" % gpu, head_dim, causal, "b%d h%d %s" % (batch, heads, dtype)), series
 
