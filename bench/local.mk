@@ -17,13 +17,18 @@ EXTRA_DIST += bench/plot.py bench/time-vs-seq.png bench/error-vs-g.png \
 # bench/bwd_time: a backward pass (cpu, opencl or cuda; f32, f16 or bf16;
 # exact, G = 2 and the projection strategy of a rank) against the forward
 # (not installed; `make bench/bwd_time`).
-EXTRA_PROGRAMS = bench/bwd_time bench/membw
+EXTRA_PROGRAMS = bench/bwd_time bench/membw bench/out_hash
 bench_bwd_time_SOURCES = bench/bwd_time.c
 bench_bwd_time_LDADD = lib/libdistrattn.la
 # bench/membw.c: the machine's read bandwidth (two threads summing separate
 # 512 MiB arrays), what `distrattn bench --decode --membw GBps` compares the
 # decode path's K/V reads with. `make bench/membw` builds it; not installed.
+# bench/out_hash.c: hashes of O and LSE over a fixed sweep of calls, to
+# diff between two builds (a refactor that must be bit-identical);
+# `make bench/out_hash`, not installed.
+bench_out_hash_SOURCES = bench/out_hash.c
+bench_out_hash_LDADD = lib/libdistrattn.la -lm
 bench_membw_SOURCES = bench/membw.c
 bench_membw_CFLAGS = $(AM_CFLAGS) -O2 -march=native
 bench_membw_LDADD = -lpthread
-CLEANFILES += bench/membw
+CLEANFILES += bench/membw bench/out_hash

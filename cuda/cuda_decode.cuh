@@ -37,6 +37,7 @@
 
 #include "cuda_dev.cuh"
 #include "cuda_mma.cuh"
+#include "cuda_softmax.cuh"
 
 #define DEC_THREADS 128
 #define DEC_WARPS (DEC_THREADS / 32)
@@ -98,26 +99,16 @@ template <typename T, int D>
 __device__ __forceinline__ void dac_dec_merge_row(const dac_args &a, const dac_dec_part &P,
                                                   const dac_seq &sq, int b, int h, int i, int e) {
   const size_t pr = (((size_t)b * a.heads + h) * a.seq_q + i) * P.nch;
-  float M = -INFINITY;
-  for (int c = 0; c < P.nch; c++) M = fmaxf(M, P.ml[pr + c].x);
-  const float Mu = M == -INFINITY ? 0.0f : M;
-  float o = 0.0f, L = 0.0f;
-  for (int c = 0; c < P.nch; c++) {
-    const float2 ml = P.ml[pr + c];
-    if (ml.x == -INFINITY) continue; /* empty chunk: its acc was not written */
-    const float w = dac_ex2(ml.x - Mu);
-    o = fmaf(w, P.acc[(pr + c) * D + e], o);
-    L = fmaf(w, ml.y, L);
-  }
+  float L, o;
+  const float M = dac_sm_merge<true>(
+      P.nch, [&](int c) { return P.ml[pr + c].x; }, [&](int c) { return P.ml[pr + c].y; },
+      [&](int c) { return P.acc[(pr + c) * D + e]; }, L, o);
   int lo, hi;
   dac_win(a, i, sq.lq, sq.lk, lo, hi);
   const bool seen = lo <= hi;
   const size_t oi = (size_t)(b * a.ost[0] + h * a.ost[1] + (sq.q0 + i) * a.ost[2]) + e;
   dec_io<T>::st1((T *)a.o + oi, o * dac_inv_sum(L, seen));
-  if (a.lse && e == 0) /* natural log: (M + log2 L) ln 2 (SPEC 1) */
-    a.lse[dac_lse_at(a, b, h, sq, i)] =
-        !seen ? -INFINITY
-              : L > 0.0f ? (M + log2f(L)) * 0.69314718055994531f : __int_as_float(0x7fc00000);
+  if (a.lse && e == 0) a.lse[dac_lse_at(a, b, h, sq, i)] = dac_lse_val(seen, M, L);
 }
 
 template <typename T, int D, int RB>
@@ -247,17 +238,16 @@ __global__ void __launch_bounds__(DEC_THREADS, 3)
         if (j < lo[r] || j > hi[r] || j >= kend) s[t][r] = -INFINITY;
         mx = fmaxf(mx, s[t][r]);
       }
-      const float mn = fmaxf(m[r], mx);
-      const float mu = mn == -INFINITY ? 0.0f : mn;
-      const float alpha = dac_ex2(m[r] - mu);
+      /* the logits are in the log2 domain already (Q times scale_log2) */
+      float mu;
+      const float alpha = dac_sm_advance(m[r], fmaxf(m[r], mx), 1.0f, mu);
       float ps = 0.0f;
 #pragma unroll
       for (int t = 0; t < KB; t++) {
-        s[t][r] = dac_ex2(s[t][r] - mu);
+        s[t][r] = dac_sm_p(s[t][r], 1.0f, mu);
         ps += s[t][r];
       }
       l[r] = l[r] * alpha + ps;
-      m[r] = mn;
 #pragma unroll
       for (int e = 0; e < 16; e++) acc[r][e] *= alpha;
     }
@@ -288,15 +278,10 @@ __global__ void __launch_bounds__(DEC_THREADS, 3)
   for (int x = tid; x < RB * D; x += DEC_THREADS) {
     const int r = x / D, e = x % D, rr = rg * RB + r;
     if (rr >= R || rr % a.seq_q >= lq) continue;
-    float M = -INFINITY;
-    for (int g = 0; g < NG; g++) M = fmaxf(M, g_m[g * RB + r]);
-    const float Mu = M == -INFINITY ? 0.0f : M;
-    float o = 0.0f, L = 0.0f;
-    for (int g = 0; g < NG; g++) {
-      const float w = dac_ex2(g_m[g * RB + r] - Mu);
-      o = fmaf(w, g_acc[((size_t)g * RB + r) * D + e], o);
-      L = fmaf(w, g_l[g * RB + r], L);
-    }
+    float L, o;
+    const float M = dac_sm_merge<false>(
+        NG, [&](int g) { return g_m[g * RB + r]; }, [&](int g) { return g_l[g * RB + r]; },
+        [&](int g) { return g_acc[((size_t)g * RB + r) * D + e]; }, L, o);
     const size_t pr = (prow0 + rr) * P.nch + chunk;
     P.acc[pr * D + e] = o;
     if (e == 0) P.ml[pr] = make_float2(M, L);
@@ -475,22 +460,18 @@ __global__ void __launch_bounds__(DEC_THREADS, 2)
           sc[t][2 * h2 + e] = x;
           mx = fmaxf(mx, x);
         }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mn = fmaxf(m[h2], mx);
-      const float mu = mn == -INFINITY ? 0.0f : mn;
-      alpha[h2] = dac_ex2(m[h2] - mu);
+      float mu;
+      alpha[h2] = dac_sm_advance(m[h2], fmaxf(m[h2], dac_lanes_max<1, 2>(mx)), 1.0f, mu);
       float ps = 0.0f;
 #pragma unroll
       for (int t = 0; t < 2; t++)
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-          const float p = dac_ex2(sc[t][2 * h2 + e] - mu);
+          const float p = dac_sm_p(sc[t][2 * h2 + e], 1.0f, mu);
           sc[t][2 * h2 + e] = p;
           ps += p;
         }
       l[h2] = l[h2] * alpha[h2] + ps; /* this thread's keys; summed at the end */
-      m[h2] = mn;
     }
 #pragma unroll
     for (int j = 0; j < NT; j++) {
@@ -520,8 +501,7 @@ __global__ void __launch_bounds__(DEC_THREADS, 2)
   /* row sums over the 4 threads of a row; then merge the warps */
 #pragma unroll
   for (int h2 = 0; h2 < 2; h2++) {
-    l[h2] += __shfl_xor_sync(0xffffffffu, l[h2], 1);
-    l[h2] += __shfl_xor_sync(0xffffffffu, l[h2], 2);
+    l[h2] = dac_lanes_sum<1, 2>(l[h2]);
   }
   if (c == 0) {
     g_m[warp][g] = m[0], g_m[warp][g + 8] = m[1];
@@ -539,17 +519,10 @@ __global__ void __launch_bounds__(DEC_THREADS, 2)
   for (int x = tid; x < DECM_ROWS * D; x += DEC_THREADS) {
     const int r = x / D, e = x % D, rr = rg * DECM_ROWS + r;
     if (rr >= R || rr % a.seq_q >= lq) continue;
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, g_m[w][r]);
-    const float Mu = M == -INFINITY ? 0.0f : M;
-    float o = 0.0f, L = 0.0f;
-#pragma unroll
-    for (int w = 0; w < DEC_WARPS; w++) {
-      const float wt = dac_ex2(g_m[w][r] - Mu);
-      o = fmaf(wt, g_acc[((size_t)w * DECM_ROWS + r) * D + e], o);
-      L = fmaf(wt, g_l[w][r], L);
-    }
+    float L, o;
+    const float M = dac_sm_merge<false>(
+        DEC_WARPS, [&](int w) { return g_m[w][r]; }, [&](int w) { return g_l[w][r]; },
+        [&](int w) { return g_acc[((size_t)w * DECM_ROWS + r) * D + e]; }, L, o);
     const size_t pr = (prow0 + rr) * P.nch + chunk;
     P.acc[pr * D + e] = o;
     if (e == 0) P.ml[pr] = make_float2(M, L);
@@ -716,21 +689,16 @@ __global__ void __launch_bounds__(DEC_THREADS, 3)
         sc[2 * t + e] = x;
         mx = fmaxf(mx, x);
       }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-      const float mn = fmaxf(m[e], mx);
-      const float mu = mn == -INFINITY ? 0.0f : mn;
-      alpha[e] = dac_ex2(m[e] - mu);
+      float mu;
+      alpha[e] = dac_sm_advance(m[e], fmaxf(m[e], dac_lanes_max<4, 16>(mx)), 1.0f, mu);
       float ps = 0.0f;
 #pragma unroll
       for (int t = 0; t < 2; t++) {
-        const float pv = dac_ex2(sc[2 * t + e] - mu);
+        const float pv = dac_sm_p(sc[2 * t + e], 1.0f, mu);
         sc[2 * t + e] = pv;
         ps += pv;
       }
       l[e] = l[e] * alpha[e] + ps; /* this thread's keys; summed at the end */
-      m[e] = mn;
     }
 #pragma unroll
     for (int j = 0; j < MT; j++) {
@@ -756,9 +724,7 @@ __global__ void __launch_bounds__(DEC_THREADS, 3)
   /* row sums over the 8 threads of a row (lanes xor 4, 8, 16); merge warps */
 #pragma unroll
   for (int e = 0; e < 2; e++) {
-    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 4);
-    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 8);
-    l[e] += __shfl_xor_sync(0xffffffffu, l[e], 16);
+    l[e] = dac_lanes_sum<4, 16>(l[e]);
   }
   if (g == 0) {
     g_m[warp][2 * c] = m[0], g_m[warp][2 * c + 1] = m[1];
@@ -777,17 +743,10 @@ __global__ void __launch_bounds__(DEC_THREADS, 3)
   for (int x = tid; x < DECN_ROWS * D; x += DEC_THREADS) {
     const int r = x / D, e = x % D, rr = rg * DECN_ROWS + r;
     if (rr >= R || rr % a.seq_q >= lq) continue;
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, g_m[w][r]);
-    const float Mu = M == -INFINITY ? 0.0f : M;
-    float o = 0.0f, L = 0.0f;
-#pragma unroll
-    for (int w = 0; w < DEC_WARPS; w++) {
-      const float wt = dac_ex2(g_m[w][r] - Mu);
-      o = fmaf(wt, g_acc[((size_t)w * DECN_ROWS + r) * D + e], o);
-      L = fmaf(wt, g_l[w][r], L);
-    }
+    float L, o;
+    const float M = dac_sm_merge<false>(
+        DEC_WARPS, [&](int w) { return g_m[w][r]; }, [&](int w) { return g_l[w][r]; },
+        [&](int w) { return g_acc[((size_t)w * DECN_ROWS + r) * D + e]; }, L, o);
     const size_t pr = (prow0 + rr) * P.nch + chunk;
     P.acc[pr * D + e] = o;
     if (e == 0) P.ml[pr] = make_float2(M, L);

@@ -74,8 +74,8 @@ typedef struct dac_args {
   int batch, heads, kv_heads, seq_q, seq_k, d;
   int G, ng, qs_ld, hash_block, n_tiles;
   int causal;
-  float scale;       /* da_scale_eff: natural-log domain (SIMT kernel, GEMM softmax) */
-  float scale_log2;  /* da_log2_mul: the log2-domain multiplier (tensor-core kernels) */
+  float scale;       /* da_scale_eff: natural-log domain (the SIMT kernel, the GEMM softmax) */
+  float scale_log2;  /* da_log2_mul: the log2-domain multiplier (the tensor-core kernels) */
   da_dtype dt;
   /* da_attn_ext options (attention_ext; read only by the kernels'
    * EXT instantiations, zero for dense calls). q, k, v, o then point at

@@ -21,6 +21,7 @@
 #include <math.h>
 
 #include "cuda_dev.cuh"
+#include "cuda_softmax.cuh"
 
 
 template <typename T> struct dac_mma_op;
@@ -75,13 +76,6 @@ __device__ __forceinline__ void load_tile_s(T *dst, const T *src, int row0, int 
     const T *g = ok ? src + (long long)(row0 + r) * rs + c : src;
     dac_cp_async<16>(dst + r * LD + c, g, ok);
   }
-}
-/* The log-sum-exp of a row (SPEC 1): ms its maximum logit times the log2
- * multiplier, l its sum of 2^(s sc - ms); -inf where it sees no key, NaN
- * where l is 0 or NaN (O is NaN there). */
-__device__ __forceinline__ float dac_lse_val(bool seen, float ms, float l) {
-  if (!seen) return -INFINITY;
-  return l > 0.0f ? (ms + log2f(l)) * 0.69314718055994531f : __int_as_float(0x7fc00000);
 }
 
 
@@ -384,58 +378,22 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
       }
     }
 
-    /* mask, online softmax (log2 domain: p = 2^(s*sc - m*sc)) */
+    /* mask, online softmax (cuda_softmax.cuh) */
     const bool need_mask = EXT ? (k0 < mlo || k0 + BC - 1 > mhi)
                                : (k0 + BC > a.seq_k) || (a.causal && k0 + BC - 1 > q0 + off);
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
-      float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < BC / 8; nt++) {
-        if (need_mask) {
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int key = k0 + nt * 8 + 2 * t4 + (e & 1);
-            if constexpr (EXT) {
-              if (key < wlo[mt][e >> 1] || key > whi[mt][e >> 1]) s[mt][nt][e] = -INFINITY;
-            } else {
-              const int row = rowb + mt * 16 + (e < 2 ? 0 : 8);
-              if (key >= a.seq_k || (a.causal && key > row + off)) s[mt][nt][e] = -INFINITY;
-            }
-          }
+      float al[2];
+      dac_sm_tile(s[mt], need_mask, [&](int nt, int e) {
+        const int key = k0 + nt * 8 + 2 * t4 + (e & 1);
+        if constexpr (EXT) {
+          return key < wlo[mt][e >> 1] || key > whi[mt][e >> 1];
+        } else {
+          const int row = rowb + mt * 16 + (e < 2 ? 0 : 8);
+          return key >= a.seq_k || (a.causal && key > row + off);
         }
-        mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
-      }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      const float mn0 = fmaxf(mrow[mt][0], mx0), mn1 = fmaxf(mrow[mt][1], mx1);
-      const float ms0 = mn0 == -INFINITY ? 0.0f : mn0 * sc, ms1 = mn1 == -INFINITY ? 0.0f : mn1 * sc;
-      const float al0 = dac_ex2(fmaf(mrow[mt][0], sc, -ms0));
-      const float al1 = dac_ex2(fmaf(mrow[mt][1], sc, -ms1));
-      mrow[mt][0] = mn0;
-      mrow[mt][1] = mn1;
-      float rs0 = 0.0f, rs1 = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < BC / 8; nt++) {
-        s[mt][nt][0] = dac_ex2(fmaf(s[mt][nt][0], sc, -ms0));
-        s[mt][nt][1] = dac_ex2(fmaf(s[mt][nt][1], sc, -ms0));
-        s[mt][nt][2] = dac_ex2(fmaf(s[mt][nt][2], sc, -ms1));
-        s[mt][nt][3] = dac_ex2(fmaf(s[mt][nt][3], sc, -ms1));
-        rs0 += s[mt][nt][0] + s[mt][nt][1];
-        rs1 += s[mt][nt][2] + s[mt][nt][3];
-      }
-      lrow[mt][0] = lrow[mt][0] * al0 + rs0;
-      lrow[mt][1] = lrow[mt][1] * al1 + rs1;
-#pragma unroll
-      for (int i = 0; i < DV / 8; i++) {
-        o[mt][i][0] *= al0;
-        o[mt][i][1] *= al0;
-        o[mt][i][2] *= al1;
-        o[mt][i][3] *= al1;
-      }
+      }, mrow[mt], lrow[mt], sc, al);
+      dac_sm_rescale<DV / 8>(&o[mt][0][0], al);
     }
 
     const T *Vc = Vsm + cur * BC * LDV;
@@ -480,11 +438,7 @@ __global__ void __launch_bounds__(WARPS * 32, (dac_mma_minb<DQK, DV, GS, MT>::va
   }
 #pragma unroll
   for (int mt = 0; mt < MT; mt++) {
-    float l0 = lrow[mt][0], l1 = lrow[mt][1];
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float l0 = dac_lanes_sum<1, 2>(lrow[mt][0]), l1 = dac_lanes_sum<1, 2>(lrow[mt][1]);
     const int row0 = rowb + mt * 16, row1 = row0 + 8;
     if constexpr (EXT) {
       const bool seen0 = wlo[mt][0] <= whi[mt][0], seen1 = wlo[mt][1] <= whi[mt][1];

@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "cuda_dev.cuh"
+#include "cuda_softmax.cuh"
 
 #define SIMT_BR 16
 #define SIMT_BC 16
@@ -76,7 +77,7 @@ __global__ void __launch_bounds__(SIMT_THREADS)
 
   const int r = tid / 8, l = tid % 8;
   const int qrow = q0 + r;
-  float m_i = -INFINITY, l_i = 0.0f;
+  float m_i = -INFINITY, l_i = 0.0f; /* logits times scale: base e, multiplier 1 */
   float oacc[DMAX / 8];
 #pragma unroll
   for (int k = 0; k < DMAX / 8; k++) oacc[k] = 0.0f;
@@ -144,20 +145,12 @@ __global__ void __launch_bounds__(SIMT_THREADS)
       if (j0 >= a.seq_k || (a.causal && j0 > qrow + off)) s0 = -INFINITY;
       if (j1 >= a.seq_k || (a.causal && j1 > qrow + off)) s1 = -INFINITY;
     }
-    float mx = fmaxf(s0, s1);
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-    const float m_new = fmaxf(m_i, mx);
-    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-    const float alpha = expf(m_i - m_use);
-    const float p0 = expf(s0 - m_use), p1 = expf(s1 - m_use);
-    float ps = p0 + p1;
-    ps += __shfl_xor_sync(0xffffffffu, ps, 1);
-    ps += __shfl_xor_sync(0xffffffffu, ps, 2);
-    ps += __shfl_xor_sync(0xffffffffu, ps, 4);
-    l_i = l_i * alpha + ps;
-    m_i = m_new;
+    /* online softmax (cuda_softmax.cuh), base e: a row's 16 keys are on 8 lanes */
+    float ms;
+    const float alpha =
+        dac_sm_advance<dac_basee>(m_i, fmaxf(m_i, dac_lanes_max<1, 4>(fmaxf(s0, s1))), 1.0f, ms);
+    const float p0 = dac_sm_p<dac_basee>(s0, 1.0f, ms), p1 = dac_sm_p<dac_basee>(s1, 1.0f, ms);
+    l_i = l_i * alpha + dac_lanes_sum<1, 4>(p0 + p1);
     Ps[r * SIMT_BC + l] = p0;
     Ps[r * SIMT_BC + l + 8] = p1;
     __syncwarp();
@@ -182,10 +175,8 @@ __global__ void __launch_bounds__(SIMT_THREADS)
         const int c = l + 8 * k;
         if (c < d) dac_st(a.o, a.dt, row + c, oacc[k] * inv);
       }
-      /* the natural-log domain already: LSE = m + ln l (SPEC 1) */
       if (a.lse && l == 0)
-        a.lse[dac_lse_at(a, blockIdx.z, blockIdx.y, sq, qrow)] =
-            !seen ? -INFINITY : l_i > 0.0f ? m_i + logf(l_i) : __int_as_float(0x7fc00000);
+        a.lse[dac_lse_at(a, blockIdx.z, blockIdx.y, sq, qrow)] = dac_lse_val<dac_basee>(seen, m_i, l_i);
     }
   } else if (qrow < a.seq_q) {
     const float inv = dac_inv_sum(l_i, !a.causal || qrow + off >= 0);

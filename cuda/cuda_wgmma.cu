@@ -34,6 +34,7 @@
 #include <math.h>
 
 #include "cuda_dev.cuh"
+#include "cuda_softmax.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define DAC_WG_DEVICE 1
@@ -357,7 +358,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     float o[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; i++) o[i] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     const float sc = a.scale_log2 /* SPEC 1, "Scale" */;
     const int r0 = q0 + 64 * c + 16 * warp + lane / 4, r1 = r0 + 8;
     const int t4 = lane % 4;
@@ -406,59 +407,26 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
       const int s = j % NSV; /* this tile's V stage (exact: its K and V stage) */
       const int k1 = (j + 1) % NSK; /* the next tile's K or Kf^T stage */
       const int k0 = j * WG_BN;
-      /* mask, online softmax (log2 domain: p = 2^(s*sc - m*sc)) */
+      /* mask, online softmax (cuda_softmax.cuh) */
       const bool need_mask = (k0 + WG_BN > a.seq_k) || (a.causal && k0 + WG_BN - 1 > q0 + 64 * c + off);
       /* masked copies: registers the MMA writes are never written by other
        * instructions (ptxas would then serialise the MMAs) */
-      float sv[64];
+      float sv[16][4];
 #pragma unroll
-      for (int i = 0; i < 64; i++) sv[i] = sacc[i];
-      if (need_mask) {
-#pragma unroll
-        for (int nb = 0; nb < 16; nb++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int key = k0 + nb * 8 + 2 * t4 + (e & 1);
-            const int row = e < 2 ? r0 : r1;
-            if (key >= a.seq_k || (a.causal && key > row + off)) sv[nb * 4 + e] = -INFINITY;
-          }
-      }
-      float mx0 = m0, mx1 = m1;
-#pragma unroll
-      for (int nb = 0; nb < 16; nb++) {
-        mx0 = fmaxf(mx0, fmaxf(sv[nb * 4 + 0], sv[nb * 4 + 1]));
-        mx1 = fmaxf(mx1, fmaxf(sv[nb * 4 + 2], sv[nb * 4 + 3]));
-      }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      const float ms0 = mx0 == -INFINITY ? 0.0f : mx0 * sc, ms1 = mx1 == -INFINITY ? 0.0f : mx1 * sc;
-      const float al0 = dac_ex2(fmaf(m0, sc, -ms0)), al1 = dac_ex2(fmaf(m1, sc, -ms1));
-      m0 = mx0;
-      m1 = mx1;
-      float rs0 = 0.0f, rs1 = 0.0f;
+      for (int i = 0; i < 64; i++) sv[i / 4][i % 4] = sacc[i];
+      float al[2];
+      dac_sm_tile(sv, need_mask, [&](int nb, int e) {
+        const int key = k0 + nb * 8 + 2 * t4 + (e & 1);
+        const int row = e < 2 ? r0 : r1;
+        return key >= a.seq_k || (a.causal && key > row + off);
+      }, m, l, sc, al);
       uint32_t pa[8][4];
 #pragma unroll
       for (int nb = 0; nb < 16; nb++) {
-        const float p0 = dac_ex2(fmaf(sv[nb * 4 + 0], sc, -ms0));
-        const float p1 = dac_ex2(fmaf(sv[nb * 4 + 1], sc, -ms0));
-        const float p2 = dac_ex2(fmaf(sv[nb * 4 + 2], sc, -ms1));
-        const float p3 = dac_ex2(fmaf(sv[nb * 4 + 3], sc, -ms1));
-        rs0 += p0 + p1;
-        rs1 += p2 + p3;
-        pa[nb >> 1][(nb & 1) * 2 + 0] = cv::pack(p0, p1);
-        pa[nb >> 1][(nb & 1) * 2 + 1] = cv::pack(p2, p3);
+        pa[nb >> 1][(nb & 1) * 2 + 0] = cv::pack(sv[nb][0], sv[nb][1]);
+        pa[nb >> 1][(nb & 1) * 2 + 1] = cv::pack(sv[nb][2], sv[nb][3]);
       }
-      l0 = l0 * al0 + rs0;
-      l1 = l1 * al1 + rs1;
-#pragma unroll
-      for (int i = 0; i < D / 8; i++) {
-        o[4 * i + 0] *= al0;
-        o[4 * i + 1] *= al0;
-        o[4 * i + 2] *= al1;
-        o[4 * i + 3] *= al1;
-      }
+      dac_sm_rescale<D / 8>(o, al);
       /* O += P V, and the next tile's S behind it */
       if (GR) mbar_wait(vfull(s), (j / NSV) & 1);
       if (j + 1 < nk) mbar_wait(full(k1), ((j + 1) / NSK) & 1);
@@ -491,10 +459,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     }
 
     /* O / l */
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float l0 = dac_lanes_sum<1, 2>(l[0]), l1 = dac_lanes_sum<1, 2>(l[1]);
     const float i0 = dac_inv_sum(l0, !a.causal || r0 + off >= 0),
                 i1 = dac_inv_sum(l1, !a.causal || r1 + off >= 0);
     T *out = (T *)a.o + bh * (size_t)a.seq_q * D;

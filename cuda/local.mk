@@ -55,7 +55,7 @@ cuda/cuda_hash_g8.lo: $(top_srcdir)/cuda/cuda_hash_g8.cu $(DAC_HASH_DEPS)
 EXTRA_DIST += bench/cuda-h100.txt bench/cuda-h200.txt \
 	bench/hash_bench.cu bench/gpu_check.sh bench/cuda-notes.md scripts/gen_wgmma.py \
 	bench/decode_race.py bench/bwd_race.py
-noinst_HEADERS += cuda/cuda_internal.h cuda/cuda_dev.cuh cuda/cuda_wgmma_ops.cuh \
+noinst_HEADERS += cuda/cuda_internal.h cuda/cuda_dev.cuh cuda/cuda_softmax.cuh cuda/cuda_wgmma_ops.cuh \
 	cuda/cuda_hash.cuh cuda/cuda_hash_kernel.cuh cuda/cuda_mma.cuh cuda/cuda_decode.cuh \
 	cuda/cuda_bwd.cuh cuda/cuda_bwd_kern.cuh cuda/cuda_bwd_mma.cuh cuda/cuda_bwd_split.cuh
 
@@ -79,7 +79,7 @@ cuda_distrattn_cuda_la_LDFLAGS = -module -avoid-version -no-undefined -Wl,-z,def
 	-export-symbols-regex '^distrattn_backend_entry$$'
 cuda_distrattn_cuda_la_LIBADD = $(CUDA_LIBS)
 $(cuda_distrattn_cuda_la_OBJECTS): $(top_srcdir)/cuda/cuda_internal.h \
-	$(top_srcdir)/cuda/cuda_dev.cuh $(top_srcdir)/lib/da_backend.h \
+	$(top_srcdir)/cuda/cuda_dev.cuh $(top_srcdir)/cuda/cuda_softmax.cuh $(top_srcdir)/lib/da_backend.h \
 	$(top_srcdir)/include/distrattn.h
 cuda/cuda_hash.lo: $(top_srcdir)/cuda/cuda_hash.cuh
 cuda/cuda_mma_f16.lo cuda/cuda_mma_bf16.lo cuda/cuda_mma_f16_ext.lo \
