@@ -93,6 +93,65 @@ struct dac_dec_part {
   int nch, C, RB, nrg;
 };
 
+/* A pass-1 block: ROWS of the R = heads/kv_heads x seq_q query rows of kv
+ * head hk of sequence b (row group rg; row rr is query head rr / seq_q of
+ * the kv head's group, query rr % seq_q), one chunk of P.C keys. */
+template <int ROWS> struct dec_blk {
+  int rg, chunk, hk, b, hpk, R, lq, lk;
+  dac_seq sq;
+  size_t prow0; /* the partials' row of the kv head's first query row */
+  __device__ __forceinline__ dec_blk(const dac_args &a, const dac_dec_part &P) {
+    rg = blockIdx.x % P.nrg, chunk = blockIdx.x / P.nrg;
+    hk = blockIdx.y, b = blockIdx.z;
+    hpk = a.heads / a.kv_heads;
+    R = hpk * a.seq_q;
+    sq = dac_seq_of(a, b);
+    lq = sq.lq, lk = sq.lk;
+    prow0 = ((size_t)b * a.heads + (size_t)hk * hpk) * a.seq_q;
+  }
+  /* row r of the block is a query row of the sequence */
+  __device__ __forceinline__ bool row_ok(const dac_args &a, int r) const {
+    const int rr = rg * ROWS + r;
+    return rr < R && rr % a.seq_q < lq;
+  }
+  /* the keys [klo, khi] some row of the block sees (klo > khi: none) */
+  __device__ __forceinline__ void window(const dac_args &a, int &klo, int &khi) const {
+    klo = INT_MAX, khi = -1;
+    for (int r = 0; r < ROWS; r++) {
+      if (!row_ok(a, r)) continue;
+      int lo, hi;
+      dac_win(a, (rg * ROWS + r) % a.seq_q, lq, lk, lo, hi);
+      if (lo <= hi) {
+        klo = min(klo, lo);
+        khi = max(khi, hi);
+      }
+    }
+  }
+  /* nothing visible in this chunk: an empty partial (the combine skips it) */
+  __device__ __forceinline__ void write_empty(const dac_args &a, const dac_dec_part &P) const {
+    const int r = threadIdx.x;
+    if (r < ROWS && row_ok(a, r)) P.ml[(prow0 + rg * ROWS + r) * P.nch + chunk] = make_float2(-INFINITY, 0.0f);
+  }
+  /* The block's partial of the chunk from the NP partials of its lane
+   * groups or warps in shared memory (g_m, g_l [NP][ROWS], g_acc
+   * [NP][ROWS][D]; after a barrier). */
+  template <int D>
+  __device__ __forceinline__ void merge(const dac_args &a, const dac_dec_part &P, int np, const float *g_m,
+                                        const float *g_l, const float *g_acc) const {
+    for (int x = threadIdx.x; x < ROWS * D; x += DEC_THREADS) {
+      const int r = x / D, e = x % D;
+      if (!row_ok(a, r)) continue;
+      float L, o;
+      const float M = dac_sm_merge<false>(
+          np, [&](int g) { return g_m[g * ROWS + r]; }, [&](int g) { return g_l[g * ROWS + r]; },
+          [&](int g) { return g_acc[((size_t)g * ROWS + r) * D + e]; }, L, o);
+      const size_t pr = (prow0 + rg * ROWS + r) * P.nch + chunk;
+      P.acc[pr * D + e] = o;
+      if (e == 0) P.ml[pr] = make_float2(M, L);
+    }
+  }
+};
+
 /* Merge the chunks of one output row (b, h, i) for element e: O (in the
  * dtype, at the caller's strides) and, for e == 0, the log-sum-exp. */
 template <typename T, int D>
@@ -128,12 +187,9 @@ __global__ void __launch_bounds__(DEC_THREADS, 3)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gi = lane / LPK, li = lane % LPK, grp = warp * KPW + gi;
-  const int rg = blockIdx.x % P.nrg, chunk = blockIdx.x / P.nrg;
-  const int hk = blockIdx.y, b = blockIdx.z;
-  const int hpk = a.heads / a.kv_heads;
-  const int R = hpk * a.seq_q;
-  const dac_seq sq = dac_seq_of(a, b);
-  const int lq = sq.lq, lk = sq.lk;
+  const dec_blk<RB> B(a, P);
+  const int rg = B.rg, hk = B.hk, b = B.b, hpk = B.hpk, R = B.R, lq = B.lq, lk = B.lk;
+  const dac_seq sq = B.sq;
 
   /* this block's rows: their heads, query indices and windows */
   int lo[RB], hi[RB];
@@ -149,16 +205,10 @@ __global__ void __launch_bounds__(DEC_THREADS, 3)
       khi = max(khi, hi[r]);
     }
   }
-  const int c0 = chunk * P.C;
+  const int c0 = B.chunk * P.C;
   const int kbeg = max(c0, klo), kend = min(c0 + P.C, khi + 1);
-  const size_t prow0 = ((size_t)b * a.heads + (size_t)hk * hpk) * a.seq_q;
   if (kbeg >= kend) {
-    /* nothing visible in this chunk: an empty partial (the combine skips it) */
-    if (tid < RB) {
-      const int rr = rg * RB + tid;
-      if (rr < R && rr % a.seq_q < lq)
-        P.ml[(prow0 + rr) * P.nch + chunk] = make_float2(-INFINITY, 0.0f);
-    }
+    B.write_empty(a, P);
     return;
   }
 
@@ -275,19 +325,47 @@ __global__ void __launch_bounds__(DEC_THREADS, 3)
       dst[u] = make_float4(acc[r][4 * u], acc[r][4 * u + 1], acc[r][4 * u + 2], acc[r][4 * u + 3]);
   }
   __syncthreads();
-  for (int x = tid; x < RB * D; x += DEC_THREADS) {
-    const int r = x / D, e = x % D, rr = rg * RB + r;
-    if (rr >= R || rr % a.seq_q >= lq) continue;
-    float L, o;
-    const float M = dac_sm_merge<false>(
-        NG, [&](int g) { return g_m[g * RB + r]; }, [&](int g) { return g_l[g * RB + r]; },
-        [&](int g) { return g_acc[((size_t)g * RB + r) * D + e]; }, L, o);
-    const size_t pr = (prow0 + rr) * P.nch + chunk;
-    P.acc[pr * D + e] = o;
-    if (e == 0) P.ml[pr] = make_float2(M, L);
-  }
+  B.template merge<D>(a, P, NG, g_m, g_l, g_acc);
 }
 
+
+/* The tensor-core variants' K and V of a step of 16 keys from base,
+ * straight from global memory into the MMAs' registers (zeros past kend;
+ * thread (g, c) = (lane / 4, lane % 4)): K's keys base + 8 t + g into
+ * kr[t], their 16-byte pieces c, c + 4, ...; V's keys base + 2c + (q & 1) +
+ * 8 (q >> 1) into vr[q], their elements D/8 g ... D/8 g + D/8 - 1. */
+template <typename T, int D>
+__device__ __forceinline__ void dec_mma_load_k(uint4 (&kr)[2][D / 32], const T *kbase, long long kst,
+                                               int base, int kend, int g, int c) {
+#pragma unroll
+  for (int t = 0; t < 2; t++) {
+    const int j = base + 8 * t + g;
+    if (j < kend) {
+      const uint4 *src = (const uint4 *)(kbase + (long long)j * kst);
+#pragma unroll
+      for (int u = 0; u < D / 32; u++) kr[t][u] = __ldg(src + c + 4 * u);
+    } else {
+#pragma unroll
+      for (int u = 0; u < D / 32; u++) kr[t][u] = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+template <typename T, int D>
+__device__ __forceinline__ void dec_mma_load_v(uint4 (&vr)[4][D / 64], const T *vbase, long long vst,
+                                               int base, int kend, int g, int c) {
+#pragma unroll
+  for (int q4 = 0; q4 < 4; q4++) {
+    const int j = base + 2 * c + (q4 & 1) + 8 * (q4 >> 1);
+    if (j < kend) {
+      const uint4 *src = (const uint4 *)(vbase + (long long)j * vst + D / 8 * g);
+#pragma unroll
+      for (int u = 0; u < D / 64; u++) vr[q4][u] = __ldg(src + u);
+    } else {
+#pragma unroll
+      for (int u = 0; u < D / 64; u++) vr[q4][u] = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
 
 /* The tensor-core variant (f16/bf16, D 64 or 128): 16 query rows per
  * block (MMA_ROWS; a kv head's R rows in groups of 16, padded with zeros),
@@ -317,25 +395,13 @@ __global__ void __launch_bounds__(DEC_THREADS, 2)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, c = lane & 3;
-  const int rg = blockIdx.x % P.nrg, chunk = blockIdx.x / P.nrg;
-  const int hk = blockIdx.y, b = blockIdx.z;
-  const int hpk = a.heads / a.kv_heads;
-  const int R = hpk * a.seq_q;
-  const dac_seq sq = dac_seq_of(a, b);
-  const int lq = sq.lq, lk = sq.lk;
+  const dec_blk<DECM_ROWS> B(a, P);
+  const int rg = B.rg, hk = B.hk, b = B.b, hpk = B.hpk, R = B.R, lq = B.lq, lk = B.lk;
+  const dac_seq sq = B.sq;
 
   /* the block's window of keys (every row's), and this thread's two rows */
-  int klo = INT_MAX, khi = -1;
-  for (int r = 0; r < DECM_ROWS; r++) {
-    const int rr = rg * DECM_ROWS + r, i = rr % a.seq_q;
-    if (rr >= R || i >= lq) continue;
-    int lo, hi;
-    dac_win(a, i, lq, lk, lo, hi);
-    if (lo <= hi) {
-      klo = min(klo, lo);
-      khi = max(khi, hi);
-    }
-  }
+  int klo, khi;
+  B.window(a, klo, khi);
   int lo[2], hi[2];
   bool rv[2];
 #pragma unroll
@@ -345,15 +411,10 @@ __global__ void __launch_bounds__(DEC_THREADS, 2)
     lo[h2] = 1, hi[h2] = 0;
     if (rv[h2]) dac_win(a, i, lq, lk, lo[h2], hi[h2]);
   }
-  const int c0 = chunk * P.C;
+  const int c0 = B.chunk * P.C;
   const int kbeg = max(c0, klo), kend = min(c0 + P.C, khi + 1);
-  const size_t prow0 = ((size_t)b * a.heads + (size_t)hk * hpk) * a.seq_q;
   if (kbeg >= kend) {
-    if (tid < DECM_ROWS) {
-      const int rr = rg * DECM_ROWS + tid;
-      if (rr < R && rr % a.seq_q < lq)
-        P.ml[(prow0 + rr) * P.nch + chunk] = make_float2(-INFINITY, 0.0f);
-    }
+    B.write_empty(a, P);
     return;
   }
 
@@ -399,34 +460,8 @@ __global__ void __launch_bounds__(DEC_THREADS, 2)
    * S is computed, its V as soon as this step's P V is, so the loads are in
    * flight during the softmax and the MMAs. */
   uint4 kr[2][PC], vr[4][VU];
-  auto load_k = [&](int base) {
-#pragma unroll
-    for (int t = 0; t < 2; t++) {
-      const int j = base + 8 * t + g;
-      if (j < kend) {
-        const uint4 *src = (const uint4 *)(kbase + (long long)j * a.kst[2]);
-#pragma unroll
-        for (int u = 0; u < PC; u++) kr[t][u] = __ldg(src + c + 4 * u);
-      } else {
-#pragma unroll
-        for (int u = 0; u < PC; u++) kr[t][u] = make_uint4(0, 0, 0, 0);
-      }
-    }
-  };
-  auto load_v = [&](int base) {
-#pragma unroll
-    for (int q4 = 0; q4 < 4; q4++) {
-      const int j = base + 2 * c + (q4 & 1) + 8 * (q4 >> 1);
-      if (j < kend) {
-        const uint4 *src = (const uint4 *)(vbase + (long long)j * a.vst[2] + NT * g);
-#pragma unroll
-        for (int u = 0; u < VU; u++) vr[q4][u] = __ldg(src + u);
-      } else {
-#pragma unroll
-        for (int u = 0; u < VU; u++) vr[q4][u] = make_uint4(0, 0, 0, 0);
-      }
-    }
-  };
+  auto load_k = [&](int base) { dec_mma_load_k<T, D>(kr, kbase, a.kst[2], base, kend, g, c); };
+  auto load_v = [&](int base) { dec_mma_load_v<T, D>(vr, vbase, a.vst[2], base, kend, g, c); };
   if (kbeg + warp * 16 < kend) {
     load_k(kbeg + warp * 16);
     load_v(kbeg + warp * 16);
@@ -516,17 +551,7 @@ __global__ void __launch_bounds__(DEC_THREADS, 2)
       g_acc[((size_t)warp * DECM_ROWS + g + 8) * D + col] = acc[j][2 + e];
     }
   __syncthreads();
-  for (int x = tid; x < DECM_ROWS * D; x += DEC_THREADS) {
-    const int r = x / D, e = x % D, rr = rg * DECM_ROWS + r;
-    if (rr >= R || rr % a.seq_q >= lq) continue;
-    float L, o;
-    const float M = dac_sm_merge<false>(
-        DEC_WARPS, [&](int w) { return g_m[w][r]; }, [&](int w) { return g_l[w][r]; },
-        [&](int w) { return g_acc[((size_t)w * DECM_ROWS + r) * D + e]; }, L, o);
-    const size_t pr = (prow0 + rr) * P.nch + chunk;
-    P.acc[pr * D + e] = o;
-    if (e == 0) P.ml[pr] = make_float2(M, L);
-  }
+  B.template merge<D>(a, P, DEC_WARPS, &g_m[0][0], &g_l[0][0], g_acc);
 }
 
 /* The narrow tensor-core variant (f16/bf16, D 64 or 128) for at most 8
@@ -564,24 +589,12 @@ __global__ void __launch_bounds__(DEC_THREADS, 3)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, c = lane & 3;
-  const int rg = blockIdx.x % P.nrg, chunk = blockIdx.x / P.nrg;
-  const int hk = blockIdx.y, b = blockIdx.z;
-  const int hpk = a.heads / a.kv_heads;
-  const int R = hpk * a.seq_q;
-  const dac_seq sq = dac_seq_of(a, b);
-  const int lq = sq.lq, lk = sq.lk;
+  const dec_blk<DECN_ROWS> B(a, P);
+  const int rg = B.rg, hk = B.hk, b = B.b, hpk = B.hpk, R = B.R, lq = B.lq, lk = B.lk;
+  const dac_seq sq = B.sq;
 
-  int klo = INT_MAX, khi = -1;
-  for (int r = 0; r < DECN_ROWS; r++) {
-    const int rr = rg * DECN_ROWS + r, i = rr % a.seq_q;
-    if (rr >= R || i >= lq) continue;
-    int lo, hi;
-    dac_win(a, i, lq, lk, lo, hi);
-    if (lo <= hi) {
-      klo = min(klo, lo);
-      khi = max(khi, hi);
-    }
-  }
+  int klo, khi;
+  B.window(a, klo, khi);
   /* this thread's two rows of S^T's columns: 2c and 2c + 1 */
   int lo[2], hi[2];
 #pragma unroll
@@ -590,15 +603,10 @@ __global__ void __launch_bounds__(DEC_THREADS, 3)
     lo[e] = 1, hi[e] = 0;
     if (rr < R && i < lq) dac_win(a, i, lq, lk, lo[e], hi[e]);
   }
-  const int c0 = chunk * P.C;
+  const int c0 = B.chunk * P.C;
   const int kbeg = max(c0, klo), kend = min(c0 + P.C, khi + 1);
-  const size_t prow0 = ((size_t)b * a.heads + (size_t)hk * hpk) * a.seq_q;
   if (kbeg >= kend) {
-    if (tid < DECN_ROWS) {
-      const int rr = rg * DECN_ROWS + tid;
-      if (rr < R && rr % a.seq_q < lq)
-        P.ml[(prow0 + rr) * P.nch + chunk] = make_float2(-INFINITY, 0.0f);
-    }
+    B.write_empty(a, P);
     return;
   }
 
@@ -631,34 +639,8 @@ __global__ void __launch_bounds__(DEC_THREADS, 3)
   const float sl2 = a.scale_log2;
 
   uint4 kr[2][PC], vr[4][VU];
-  auto load_k = [&](int base) {
-#pragma unroll
-    for (int t = 0; t < 2; t++) {
-      const int j = base + 8 * t + g;
-      if (j < kend) {
-        const uint4 *src = (const uint4 *)(kbase + (long long)j * a.kst[2]);
-#pragma unroll
-        for (int u = 0; u < PC; u++) kr[t][u] = __ldg(src + c + 4 * u);
-      } else {
-#pragma unroll
-        for (int u = 0; u < PC; u++) kr[t][u] = make_uint4(0, 0, 0, 0);
-      }
-    }
-  };
-  auto load_v = [&](int base) {
-#pragma unroll
-    for (int q4 = 0; q4 < 4; q4++) {
-      const int j = base + 2 * c + (q4 & 1) + 8 * (q4 >> 1);
-      if (j < kend) {
-        const uint4 *src = (const uint4 *)(vbase + (long long)j * a.vst[2] + E * g);
-#pragma unroll
-        for (int u = 0; u < VU; u++) vr[q4][u] = __ldg(src + u);
-      } else {
-#pragma unroll
-        for (int u = 0; u < VU; u++) vr[q4][u] = make_uint4(0, 0, 0, 0);
-      }
-    }
-  };
+  auto load_k = [&](int base) { dec_mma_load_k<T, D>(kr, kbase, a.kst[2], base, kend, g, c); };
+  auto load_v = [&](int base) { dec_mma_load_v<T, D>(vr, vbase, a.vst[2], base, kend, g, c); };
   if (kbeg + warp * 16 < kend) {
     load_k(kbeg + warp * 16);
     load_v(kbeg + warp * 16);
@@ -740,17 +722,7 @@ __global__ void __launch_bounds__(DEC_THREADS, 3)
     w1r[1] = acc[j][3];
   }
   __syncthreads();
-  for (int x = tid; x < DECN_ROWS * D; x += DEC_THREADS) {
-    const int r = x / D, e = x % D, rr = rg * DECN_ROWS + r;
-    if (rr >= R || rr % a.seq_q >= lq) continue;
-    float L, o;
-    const float M = dac_sm_merge<false>(
-        DEC_WARPS, [&](int w) { return g_m[w][r]; }, [&](int w) { return g_l[w][r]; },
-        [&](int w) { return g_acc[((size_t)w * DECN_ROWS + r) * D + e]; }, L, o);
-    const size_t pr = (prow0 + rr) * P.nch + chunk;
-    P.acc[pr * D + e] = o;
-    if (e == 0) P.ml[pr] = make_float2(M, L);
-  }
+  B.template merge<D>(a, P, DEC_WARPS, &g_m[0][0], &g_l[0][0], g_acc);
 }
 
 /* Pass 2: block (row i, head h, batch b) of D threads */
