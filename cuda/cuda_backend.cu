@@ -522,8 +522,8 @@ static da_status dac_upload(da_context *ctx, void **dst, const void *src, size_t
  * kernel stores them in the dtype, half that). The tensor-core kernel
  * takes f16/bf16 with (head_dim, rank) in dac_mma_proj_supported on sm_80
  * and later; every other plan runs on the SIMT kernel. On sm_90a the
- * warpgroup-MMA kernel's pre-projected mode takes f16/bf16 plans of rank 64
- * (head_dim 64 or 128) or 128 (head_dim 128) whose V and O are dense, with
+ * warpgroup-MMA kernel's pre-projected mode takes f16/bf16 plans of rank 32
+ * or 64 (head_dim 64 or 128) or 128 (head_dim 128) whose V and O are dense, with
  * no LSE, window or per-sequence lengths (proj_wg; DISTRATTN_CUDA_WGMMA=0
  * turns it off, =1 demands it). The decode kernels never take these plans. */
 static da_status dac_proj_plan(const da_plan *p, dac_plan *bp, const dac_ctx *bc) {
@@ -546,8 +546,8 @@ static da_status dac_proj_plan(const da_plan *p, dac_plan *bp, const dac_ctx *bc
     return da_set_error(ctx, DA_ERR_INVALID_ARG,
                         "DISTRATTN_CUDA_WGMMA=\"1\" asks for the warpgroup-MMA kernel, whose "
                         "pre-projected mode does not run this ext.strategy = "
-                        "DA_STRATEGY_PROJECTION plan (it takes sm_90a, f16/bf16, rank 64 with "
-                        "head_dim 64 or 128, or rank 128 with head_dim 128, dense V and O, no LSE, "
+                        "DA_STRATEGY_PROJECTION plan (it takes sm_90a, f16/bf16, rank 32 or 64 "
+                        "with head_dim 64 or 128, or rank 128 with head_dim 128, dense V and O, no LSE, "
                         "window or per-sequence lengths); unset DISTRATTN_CUDA_WGMMA or set it to "
                         "\"0\"");
   bp->proj_mma = bc->cc_major >= 8 && dac_mma_proj_supported(d->dtype, d->head_dim, (int)r);

@@ -25,7 +25,7 @@
  *
  * Pre-projected mode (GS = 0; the projection strategy of SPEC 1c): Q and K
  * arrive projected, dense [batch][heads][rows][DQK] in the dtype (DQK = the
- * rank, 64 or 128, written by dac_launch_proj), K' per query head; the
+ * rank, 32, 64 or 128, written by dac_launch_proj), K' per query head; the
  * block runs as the exact kernel with S over DQK columns and P V over D.
  *
  * The kernel needs wgmma, so this file is compiled for sm_90a alone; on any
@@ -74,8 +74,9 @@ template <bool GR> struct wg_regs {
  * the 128-byte swizzle repeats every 1024 bytes). */
 template <int D, int DQK, int GS> struct wg_smem {
   static constexpr bool GR = GS > 1;
-  static constexpr int QB = GR ? 16384 : (DQK / 64) * 16384; /* Q or Qs: 128 rows of 128 B per 64 cols */
-  static constexpr int KB = GR ? 2 * DQK * 128 : (DQK / 64) * 16384; /* K (K'), or Kf^T [2][DQK][64 keys] */
+  /* Q or Qs: 128 rows of 128 B per 64 columns (64 B at DQK 32) */
+  static constexpr int QB = GR ? 16384 : DQK * 256;
+  static constexpr int KB = GR ? 2 * DQK * 128 : DQK * 256; /* K (K'), or Kf^T [2][DQK][64 keys] */
   static constexpr int VB = (D / 64) * 16384;                 /* V [D/64][128 keys][64] */
   static constexpr int RB = GR ? (D / 64) * 16384 : 0;        /* raw K^T [2][D][64 keys] */
   static constexpr int TABB = GR ? ((DQK * GS * 4 + 1023) / 1024) * 1024 : 0;
@@ -148,15 +149,21 @@ template <int N> __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
-/* shared-memory matrix descriptor, 128-byte swizzle */
-__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
+/* shared-memory matrix descriptor, 128-byte swizzle (layout 1) or 64-byte
+ * (layout 2: rows of 64 bytes, 8-row groups 512 bytes apart) */
+__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo, uint64_t layout = 1) {
   return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFFu) << 16) |
-         ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32) | (1ull << 62);
+         ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32) | (layout << 62);
 }
 /* byte offset of 16-byte chunk c (8 elements) of row r in a tile of
  * 128-byte rows, 64 elements each, blocks of `rows` rows per 64 columns */
 __device__ __forceinline__ uint32_t swz(int r, int c, int rows) {
   return (uint32_t)((c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+}
+/* the same for 64-byte rows (32 elements, the 64-byte swizzle: chunk c of
+ * row r at chunk c ^ ((r / 2) % 4)), the pre-projected mode at rank 32 */
+__device__ __forceinline__ uint32_t swz64(int r, int c) {
+  return (uint32_t)(r * 64 + ((c ^ ((r >> 1) & 3)) << 4));
 }
 
 #endif /* DAC_WG_DEVICE */
@@ -168,6 +175,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #if DAC_WG_DEVICE
   typedef wg_smem<D, DQK, GS> L;
   constexpr bool GR = GS > 1;
+  /* pre-projected at rank 32: Q' and K' tiles of 64-byte rows, 64-byte swizzle */
+  constexpr bool SW64 = GS == 0 && DQK == 32;
   constexpr int NSK = L::NSK, NSV = L::NSV; /* equal when exact: K and V share a stage */
   extern __shared__ unsigned char smraw[];
   const uint32_t sbase0 = dac_smem_u32(smraw);
@@ -224,8 +233,9 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
       tma_prefetch(&tmv);
     }
     if (!GR) {
-      /* K (exact) or K' (pre-projected: one per query head) tile j: DQK/64
-       * boxes of 128 keys x 64 columns */
+      /* K (exact) or K' (pre-projected: one per query head) tile j: DQK/KW
+       * boxes of 128 keys x KW columns (KW = 64; 32 at rank 32) */
+      constexpr int KW = DQK < 64 ? DQK : 64;
       const int kz = GS == 0 ? (int)bh : kvz;
       if (lead) {
         for (int j = 0; j < nk; j++) {
@@ -233,8 +243,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
           if (j >= NSK) mbar_wait(empty(s), (j / NSK - 1) & 1);
           mbar_expect_tx(full(s), L::KB + L::VB);
 #pragma unroll
-          for (int h = 0; h < DQK / 64; h++)
-            tma3(sK + s * L::KB + h * (WG_BN * 128), &tmk, h * 64, j * WG_BN, kz, full(s));
+          for (int h = 0; h < DQK / KW; h++)
+            tma3(sK + s * L::KB + h * (WG_BN * KW * 2), &tmk, h * KW, j * WG_BN, kz, full(s));
           tma_rows(sV + s * L::VB, &tmv, j, full(s));
         }
       }
@@ -349,12 +359,12 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         const int row = q0 + r;
         uint4 v = make_uint4(0u, 0u, 0u, 0u);
         if (row < a.seq_q) v = *reinterpret_cast<const uint4 *>(qsrc + (size_t)row * DQK + ch * 8);
-        *reinterpret_cast<uint4 *>(sm + swz(r, ch, WG_BM)) = v;
+        *reinterpret_cast<uint4 *>(sm + (SW64 ? swz64(r, ch) : swz(r, ch, WG_BM))) = v;
       }
       fence_proxy();
       named_sync(2 + c, 128);
     }
-    const uint32_t qa = sQ + 64 * c * 128;
+    const uint32_t qa = sQ + 64 * c * (SW64 ? 64 : 128);
     float o[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; i++) o[i] = 0.0f;
@@ -372,6 +382,9 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         if (GR) {
           const uint64_t db = wg_desc(kb + kk * 2048, DQK * 128, 1024);
           dac_wg_ss<T, 128, 1>(sacc, da, db, kk > 0);
+        } else if (SW64) { /* 64-byte rows: k-step kk 32 bytes on */
+          dac_wg_ss<T, 128, 0>(sacc, wg_desc(qa + kk * 32, 16, 512, 2), wg_desc(kb + kk * 32, 16, 512, 2),
+                               kk > 0);
         } else {
           const uint64_t db = wg_desc(kb + (kk >> 2) * 16384 + (kk & 3) * 32, 16, 1024);
           dac_wg_ss<T, 128, 0>(sacc, da, db, kk > 0);
@@ -532,7 +545,8 @@ wg_encode_fn wg_encoder() {
 }
 
 /* a 3-d map over 16-bit elements [n2][n1][n0], boxes of b0 x b1 x 1 in the
- * 128-byte swizzle the kernel's tiles use; reads past n1 give zeros */
+ * swizzle the kernel's tiles use (128-byte; 64-byte for boxes 32 elements
+ * wide); reads past n1 give zeros */
 bool wg_map3(CUtensorMap *m, const void *base, uint64_t n0, uint64_t n1, uint64_t n2, uint32_t b0, uint32_t b1) {
   const wg_encode_fn enc = wg_encoder();
   if (!enc) return false;
@@ -540,7 +554,8 @@ bool wg_map3(CUtensorMap *m, const void *base, uint64_t n0, uint64_t n1, uint64_
   const cuuint64_t strides[2] = {n0 * 2, n0 * n1 * 2};
   const cuuint32_t box[3] = {b0, b1, 1}, es[3] = {1, 1, 1};
   return enc(m, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, const_cast<void *>(base), dims, strides, box, es,
-             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, b0 == 32 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
@@ -560,8 +575,8 @@ cudaError_t launch_wg(const dac_args *a, cudaStream_t s) {
     if (e != cudaSuccess) return e;
   } else if (GS == 0) {
     /* K' [batch * heads][seq_k][DQK] */
-    if (!wg_map3(&tmk, a->kp, DQK, (uint64_t)a->seq_k, (uint64_t)a->batch * (uint64_t)a->heads, 64,
-                 WG_BN))
+    if (!wg_map3(&tmk, a->kp, DQK, (uint64_t)a->seq_k, (uint64_t)a->batch * (uint64_t)a->heads,
+                 DQK < 64 ? DQK : 64, WG_BN))
       return cudaErrorNotSupported;
   } else if (!wg_map3(&tmk, a->k, D, (uint64_t)a->seq_k, nkv, 64, WG_BN)) {
     return cudaErrorNotSupported;
@@ -602,16 +617,20 @@ extern "C" int dac_wg_supported(int cc_major, int cc_minor, da_dtype dt, int d, 
 
 extern "C" int dac_wg_proj_supported(int cc_major, int cc_minor, da_dtype dt, int d, int r) {
   if (!dac_wg_supported(cc_major, cc_minor, dt, d, 1, WG_BM)) return 0;
-  return r == 64 || (d == 128 && r == 128);
+  return r == 32 || r == 64 || (d == 128 && r == 128);
 }
 
 extern "C" cudaError_t dac_launch_wg_proj(const dac_args *a, cudaStream_t s) {
   if (!a->qs || !a->kp) return cudaErrorInvalidValue;
   if (a->dt == DA_F16) {
+    if (a->d == 64 && a->pr == 32) return launch_wg<__half, 64, 32, 0>(a, s);
+    if (a->d == 128 && a->pr == 32) return launch_wg<__half, 128, 32, 0>(a, s);
     if (a->d == 64 && a->pr == 64) return launch_wg<__half, 64, 64, 0>(a, s);
     if (a->d == 128 && a->pr == 64) return launch_wg<__half, 128, 64, 0>(a, s);
     if (a->d == 128 && a->pr == 128) return launch_wg<__half, 128, 128, 0>(a, s);
   } else if (a->dt == DA_BF16) {
+    if (a->d == 64 && a->pr == 32) return launch_wg<__nv_bfloat16, 64, 32, 0>(a, s);
+    if (a->d == 128 && a->pr == 32) return launch_wg<__nv_bfloat16, 128, 32, 0>(a, s);
     if (a->d == 64 && a->pr == 64) return launch_wg<__nv_bfloat16, 64, 64, 0>(a, s);
     if (a->d == 128 && a->pr == 64) return launch_wg<__nv_bfloat16, 128, 64, 0>(a, s);
     if (a->d == 128 && a->pr == 128) return launch_wg<__nv_bfloat16, 128, 128, 0>(a, s);

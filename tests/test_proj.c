@@ -72,6 +72,9 @@ static da_status make_plan(da_context *ctx, const da_attn_desc *d, int rank, con
   return da_plan_create_ext(ctx, d, &x, p);
 }
 
+/* the kernel check_forward's last plan reported (da_plan_get_kernel) */
+static char check_kernel[32];
+
 /* ------------------------------------------------------------- forward */
 
 static void check_forward(da_context *ctx, tu_rng *r, da_dtype t, int causal, int heads,
@@ -108,6 +111,7 @@ static void check_forward(da_context *ctx, tu_rng *r, da_dtype t, int causal, in
   TU_CHECK(ctx, da_plan_get_kernel(p, &ki));
   snprintf(name, sizeof name, "proj r=%d %s%s%s", rank, ki.name, ki.variant[0] ? " " : "",
            ki.variant);
+  snprintf(check_kernel, sizeof check_kernel, "%s", ki.name);
   tu_note(name, &d, err, bound);
   if (!(err <= bound))
     fail_msg("projection rank %d: error %.3g > %.3g: %s [seed %llu]", rank, err, bound,
@@ -424,15 +428,23 @@ static void test_dev_forward(void **state) {
  * dense, no LSE): lengths that are not multiples of its 128-row tiles,
  * GQA, bottom-right causal with rows that see no key. On other devices the
  * mma.sync kernel runs them (DA_TEST_VERBOSE prints which). */
+/* The warpgroup-MMA kernel's pre-projected shapes (head_dim, rank); where
+ * the device runs that kernel (sm_90a: the first shape reports "wgmma"),
+ * every shape must run on it. */
 static void test_dev_forward_wg(void **state) {
   da_context *ctx = backend_ctx(state);
   tu_rng r;
   tu_rng_init(&r, tu_seed() ^ 0x4090);
   static const da_dtype ts[] = {DA_F16, DA_BF16};
-  static const int dr[][2] = {{128, 64}, {128, 128}, {64, 64}};
+  static const int dr[][2] = {{128, 64}, {128, 128}, {64, 64}, {128, 32}, {64, 32}};
+  int hopper = -1;
   for (int ti = 0; ti < 2; ti++)
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 5; i++) {
       check_forward(ctx, &r, ts[ti], 0, 8, 2, 300, 257, dr[i][0], dr[i][1], DA_ALGO_FUSED);
+      if (hopper < 0) hopper = !strcmp(check_kernel, "wgmma");
+      if (hopper && strcmp(check_kernel, "wgmma"))
+        fail_msg("head_dim %d rank %d ran %s, not the warpgroup-MMA kernel", dr[i][0], dr[i][1],
+                 check_kernel);
       check_forward(ctx, &r, ts[ti], 1, 4, 4, 200, 130, dr[i][0], dr[i][1], DA_ALGO_FUSED);
       check_forward(ctx, &r, ts[ti], 1, 2, 1, 129, 385, dr[i][0], dr[i][1], DA_ALGO_AUTO);
     }
