@@ -92,5 +92,6 @@ cuda/cuda_bwd.lo: $(top_srcdir)/cuda/cuda_bwd_kern.cuh
 cuda/cuda_bwd_mma_f16.lo cuda/cuda_bwd_mma_bf16.lo: $(top_srcdir)/cuda/cuda_bwd.cuh \
 	$(top_srcdir)/cuda/cuda_bwd_mma.cuh $(top_srcdir)/cuda/cuda_mma.cuh
 cuda/cuda_bwd_split_f16.lo cuda/cuda_bwd_split_bf16.lo: $(top_srcdir)/cuda/cuda_bwd.cuh \
-	$(top_srcdir)/cuda/cuda_bwd_split.cuh $(top_srcdir)/cuda/cuda_mma.cuh
+	$(top_srcdir)/cuda/cuda_bwd_split.cuh $(top_srcdir)/cuda/cuda_bwd_mma.cuh \
+	$(top_srcdir)/cuda/cuda_mma.cuh
 endif
