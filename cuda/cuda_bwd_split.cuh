@@ -2,7 +2,7 @@
 /* The backward pass's tensor-core main step in its "split" arrangement
  * (cuda_bwd.cuh step 3 under DISTRATTN_CUDA_BWD_DQ=split): f16 or bf16,
  * head_dim D = 64 or 128, mma.sync m16n8k16 with f32 accumulation, fed by
- * ldmatrix with the fragment patterns of cuda_bwd_mma.cuh. Two kernels, no
+ * ldmatrix with the fragment patterns of cuda_bwd_tile.cuh. Two kernels, no
  * atomics:
  *
  * dac_bwd_dkv_kernel: block (key block of BC = 16 WARPS keys, kv head,
@@ -30,7 +30,7 @@
 #ifndef DA_CUDA_BWD_SPLIT_CUH
 #define DA_CUDA_BWD_SPLIT_CUH
 
-#include "cuda_bwd_mma.cuh" /* bwd_mask, and cuda_bwd.cuh, cuda_mma.cuh */
+#include "cuda_bwd_tile.cuh"
 
 /* The dK/dV kernel: BC = 16 WARPS keys, BR query rows a step. */
 template <int D, int WARPS, int BR> struct dac_bwd_dkv_cfg {
@@ -110,11 +110,9 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dkv_kernel(dac_bwd_a
   dac_cp_wait<0>();
   __syncthreads();
 
-  float dk[D / 8][4], dv[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; i++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.0f;
+  float dvk[2][D / 8][4]; /* dV, dK */
+  bwd_zero(dvk[0]);
+  bwd_zero(dvk[1]);
 
   for (int it = 0; it < nit; it++) {
     const int cur = it & 1;
@@ -125,29 +123,9 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dkv_kernel(dac_bwd_a
     const float *Lc = Ls + cur * BR, *Dc = Ds + cur * BR;
 
     /* S^T = K Q^T and dP^T = V dO^T: [16 keys][BR rows] per warp */
-    float st[BR / 8][4], pt[BR / 8][4];
-#pragma unroll
-    for (int i = 0; i < BR / 8; i++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) st[i][e] = pt[i][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-      uint32_t ka[4], va[4];
-      ldsm_x4(ka, Ks + (kw0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
-      ldsm_x4(va, Vs + (kw0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
-#pragma unroll
-      for (int np = 0; np < BR / 16; np++) {
-        const int boff = (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8;
-        uint32_t qb[4], gb[4];
-        ldsm_x4(qb, Qc + boff);
-        ldsm_x4(gb, Gc + boff);
-        op::mma(st[2 * np], ka, qb[0], qb[1]);
-        op::mma(st[2 * np + 1], ka, qb[2], qb[3]);
-        op::mma(pt[2 * np], va, gb[0], gb[1]);
-        op::mma(pt[2 * np + 1], va, gb[2], gb[3]);
-      }
-    }
-    /* P^T into st, dS^T into pt */
+    float sp[2][BR / 8][4];
+    bwd_mma_abt<T, D, BR, LD>(sp, Ks, Vs, kw0, Qc, Gc, lane);
+    /* P^T into sp[0], dS^T into sp[1] */
     const bwd_mask mk = bwd_mask_of(a, j0, i0);
 #pragma unroll
     for (int nt = 0; nt < BR / 8; nt++)
@@ -156,34 +134,12 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dkv_kernel(dac_bwd_a
         const int kl = kw0 + g4 + 8 * (e >> 1), rl = nt * 8 + 2 * t4 + (e & 1);
         const float L = Lc[rl]; /* -inf: the row sees no key */
         const bool vis = bwd_vis(mk, kl, rl) && L != -INFINITY;
-        const float p = vis ? dac_ex2(fmaf(st[nt][e], a.sc_log2, -(L * 1.4426950408889634f))) : 0.0f;
-        st[nt][e] = p;
-        pt[nt][e] = vis ? p * (pt[nt][e] - Dc[rl]) : 0.0f;
+        const float p = vis ? dac_ex2(fmaf(sp[0][nt][e], a.sc_log2, -(L * 1.4426950408889634f))) : 0.0f;
+        sp[0][nt][e] = p;
+        sp[1][nt][e] = vis ? p * (sp[1][nt][e] - Dc[rl]) : 0.0f;
       }
     /* dV += P^T dO, dK += dS^T Q: k over the BR rows, n over D */
-#pragma unroll
-    for (int kk = 0; kk < BR / 16; kk++) {
-      uint32_t pa[4], sa[4];
-      pa[0] = op::pack(st[2 * kk][0], st[2 * kk][1]);
-      pa[1] = op::pack(st[2 * kk][2], st[2 * kk][3]);
-      pa[2] = op::pack(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-      pa[3] = op::pack(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-      sa[0] = op::pack(pt[2 * kk][0], pt[2 * kk][1]);
-      sa[1] = op::pack(pt[2 * kk][2], pt[2 * kk][3]);
-      sa[2] = op::pack(pt[2 * kk + 1][0], pt[2 * kk + 1][1]);
-      sa[3] = op::pack(pt[2 * kk + 1][2], pt[2 * kk + 1][3]);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; dp++) {
-        const int boff = (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dp * 16 + (lane / 16) * 8;
-        uint32_t gb[4], qb[4];
-        ldsm_x4_t(gb, Gc + boff);
-        ldsm_x4_t(qb, Qc + boff);
-        op::mma(dv[2 * dp], pa, gb[0], gb[1]);
-        op::mma(dv[2 * dp + 1], pa, gb[2], gb[3]);
-        op::mma(dk[2 * dp], sa, qb[0], qb[1]);
-        op::mma(dk[2 * dp + 1], sa, qb[2], qb[3]);
-      }
-    }
+    bwd_mma_xb<T, 2, BR, D, LD>(dvk, sp, Gc, Qc, lane);
     dac_cp_wait<0>();
     __syncthreads(); /* the next step's slot is in; this slot free */
   }
@@ -199,9 +155,9 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dkv_kernel(dac_bwd_a
     for (int nt = 0; nt < D / 8; nt++) {
       const int c = nt * 8 + 2 * t4;
       *reinterpret_cast<uint32_t *>(dkd + (long long)key * a.kst[2] + c) =
-          op::pack(a.sc * dk[nt][2 * hf], a.sc * dk[nt][2 * hf + 1]);
+          op::pack(a.sc * dvk[1][nt][2 * hf], a.sc * dvk[1][nt][2 * hf + 1]);
       *reinterpret_cast<uint32_t *>(dvd + (long long)key * a.vst[2] + c) =
-          op::pack(dv[nt][2 * hf], dv[nt][2 * hf + 1]);
+          op::pack(dvk[0][nt][2 * hf], dvk[0][nt][2 * hf + 1]);
     }
   }
 #endif
@@ -285,11 +241,8 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
     ir[hf] = (long long)i0 + rl;
   }
 
-  float dq[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; i++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) dq[i][e] = 0.0f;
+  float dq[1][D / 8][4];
+  bwd_zero(dq[0]);
 
   for (int st = 0; st < nsteps; st++) {
     const int cur = st & 1;
@@ -299,29 +252,9 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
     const T *Kc = Ks + cur * BC * LD, *Vc = Vs + cur * BC * LD;
 
     /* S = Q K^T and dP = dO V^T: [16 rows][BC keys] per warp */
-    float s[BC / 8][4], dp[BC / 8][4];
-#pragma unroll
-    for (int i = 0; i < BC / 8; i++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) s[i][e] = dp[i][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-      uint32_t qa[4], ga[4];
-      ldsm_x4(qa, Qs + (qw0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
-      ldsm_x4(ga, Gs + (qw0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
-#pragma unroll
-      for (int np = 0; np < BC / 16; np++) {
-        const int boff = (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8;
-        uint32_t kb[4], vb[4];
-        ldsm_x4(kb, Kc + boff);
-        ldsm_x4(vb, Vc + boff);
-        op::mma(s[2 * np], qa, kb[0], kb[1]);
-        op::mma(s[2 * np + 1], qa, kb[2], kb[3]);
-        op::mma(dp[2 * np], ga, vb[0], vb[1]);
-        op::mma(dp[2 * np + 1], ga, vb[2], vb[3]);
-      }
-    }
-    /* dS into s */
+    float sp[2][BC / 8][4];
+    bwd_mma_abt<T, D, BC, LD>(sp, Qs, Gs, qw0, Kc, Vc, lane);
+    /* dS into sp[0] */
     const bwd_mask mk = bwd_mask_of(a, j0, i0);
 #pragma unroll
     for (int nt = 0; nt < BC / 8; nt++)
@@ -329,25 +262,11 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
       for (int e = 0; e < 4; e++) {
         const int hf = e >> 1;
         const bool vis = bwd_vis(mk, nt * 8 + 2 * t4 + (e & 1), qw0 + g4 + 8 * hf) && l2r[hf] != -INFINITY;
-        const float p = vis ? dac_ex2(fmaf(s[nt][e], a.sc_log2, -l2r[hf])) : 0.0f;
-        s[nt][e] = vis ? p * (dp[nt][e] - Dr[hf]) : 0.0f;
+        const float p = vis ? dac_ex2(fmaf(sp[0][nt][e], a.sc_log2, -l2r[hf])) : 0.0f;
+        sp[0][nt][e] = vis ? p * (sp[1][nt][e] - Dr[hf]) : 0.0f;
       }
     /* dQ += dS K: k over the BC keys, n over D */
-#pragma unroll
-    for (int kk = 0; kk < BC / 16; kk++) {
-      uint32_t sa[4];
-      sa[0] = op::pack(s[2 * kk][0], s[2 * kk][1]);
-      sa[1] = op::pack(s[2 * kk][2], s[2 * kk][3]);
-      sa[2] = op::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      sa[3] = op::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-      for (int dn = 0; dn < D / 16; dn++) {
-        uint32_t kb[4];
-        ldsm_x4_t(kb, Kc + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dn * 16 + (lane / 16) * 8);
-        op::mma(dq[2 * dn], sa, kb[0], kb[1]);
-        op::mma(dq[2 * dn + 1], sa, kb[2], kb[3]);
-      }
-    }
+    bwd_mma_xb<T, 1, BC, D, LD>(dq, sp, Kc, nullptr, lane);
     dac_cp_wait<0>();
     __syncthreads(); /* the next step's slot is in; this slot free */
   }
@@ -363,13 +282,13 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
       float *er = a.dacc + (bh * a.seq_q + i) * D + 2 * t4;
 #pragma unroll
       for (int nt = 0; nt < D / 8; nt++)
-        *reinterpret_cast<float2 *>(er + nt * 8) = make_float2(dq[nt][2 * hf], dq[nt][2 * hf + 1]);
+        *reinterpret_cast<float2 *>(er + nt * 8) = make_float2(dq[0][nt][2 * hf], dq[0][nt][2 * hf + 1]);
     } else {
       T *dqd = (T *)a.dq + ((long long)b * a.qst[0] + (long long)h * a.qst[1] + i * a.qst[2]) + 2 * t4;
 #pragma unroll
       for (int nt = 0; nt < D / 8; nt++)
         *reinterpret_cast<uint32_t *>(dqd + nt * 8) =
-            op::pack(a.sc * dq[nt][2 * hf], a.sc * dq[nt][2 * hf + 1]);
+            op::pack(a.sc * dq[0][nt][2 * hf], a.sc * dq[0][nt][2 * hf + 1]);
     }
   }
 #endif

@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The tile pieces of the backward pass's tensor-core kernels, shared by the
+ * atomic arrangement (cuda_bwd_mma.cuh) and the split one
+ * (cuda_bwd_split.cuh): the mask of a tile, and a warp's fragment products
+ * over 16 rows, m16n8k16 with f32 accumulation, fed by ldmatrix with the
+ * forward's fragment patterns (cuda_mma.cuh). Everything is inlined, with
+ * compile-time trip counts; register arrays pass by reference and are
+ * indexed by unrolled loops' counters only. */
+#ifndef DA_CUDA_BWD_TILE_CUH
+#define DA_CUDA_BWD_TILE_CUH
+
+#include "cuda_bwd.cuh"
+#include "cuda_mma.cuh"
+
+template <typename T> __device__ __forceinline__ T bwd_to(float x);
+template <> __device__ __forceinline__ __half bwd_to<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 bwd_to<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+/* The mask of a tile whose pairs are (key j0 + kl, query row i0 + rl) with
+ * small kl, rl >= 0 (SPEC 1: the sequences and the window around the
+ * diagonal i + seq_k - seq_q): the pair is visible when kl < kmax, rl <
+ * rmax and dlo <= kl - rl <= dhi. Computed once a tile in 64 bits and
+ * clamped into +-2^30 (kl - rl is far inside), so that the per-pair test
+ * is four 32-bit comparisons. */
+struct bwd_mask {
+  int kmax, rmax, dlo, dhi;
+};
+__device__ __forceinline__ int bwd_clamp30(long long x) {
+  return x < -(1LL << 30) ? -(1 << 30) : x > (1LL << 30) ? (1 << 30) : (int)x;
+}
+__device__ __forceinline__ bwd_mask bwd_mask_of(const dac_bwd_args &a, long long j0, long long i0) {
+  const long long base = j0 - i0 - ((long long)a.seq_k - a.seq_q); /* key - diagonal at kl = rl = 0 */
+  bwd_mask m;
+  m.kmax = bwd_clamp30((long long)a.seq_k - j0);
+  m.rmax = bwd_clamp30((long long)a.seq_q - i0);
+  m.dlo = a.wl < 0 ? -(1 << 30) : bwd_clamp30(-(long long)a.wl - base);
+  m.dhi = a.wr < 0 ? (1 << 30) : bwd_clamp30((long long)a.wr - base);
+  return m;
+}
+__device__ __forceinline__ bool bwd_vis(const bwd_mask &m, int kl, int rl) {
+  const int dd = kl - rl;
+  return kl < m.kmax && rl < m.rmax && dd >= m.dlo && dd <= m.dhi;
+}
+
+template <int N> __device__ __forceinline__ void bwd_zero(float (&x)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) x[i][e] = 0.0f;
+}
+
+/* C[0] = A0 B0^T and C[1] = A1 B1^T, in a warp: A0, A1 the warp's 16 rows
+ * [16][K] from row r0 of a tile, B0, B1 N rows [N][K], all in shared
+ * memory at row stride LD (through ldmatrix, B as the [n][k] operand);
+ * C[p] [N/8][4], m16n8 accumulators. S^T = K Q^T, dP^T = V dO^T (the key
+ * blocks' kernels) and S = Q K^T, dP = dO V^T (the dQ kernel). */
+template <typename T, int K, int N, int LD>
+__device__ __forceinline__ void bwd_mma_abt(float (&c)[2][N / 8][4], const T *A0, const T *A1, int r0,
+                                            const T *B0, const T *B1, int lane) {
+  typedef dac_mma_op<T> op;
+  bwd_zero(c[0]);
+  bwd_zero(c[1]);
+#pragma unroll
+  for (int kk = 0; kk < K / 16; kk++) {
+    uint32_t a0[4], a1[4];
+    ldsm_x4(a0, A0 + (r0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+    ldsm_x4(a1, A1 + (r0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+    for (int np = 0; np < N / 16; np++) {
+      const int boff = (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8;
+      uint32_t b0[4], b1[4];
+      ldsm_x4(b0, B0 + boff);
+      ldsm_x4(b1, B1 + boff);
+      op::mma(c[0][2 * np], a0, b0[0], b0[1]);
+      op::mma(c[0][2 * np + 1], a0, b0[2], b0[3]);
+      op::mma(c[1][2 * np], a1, b1[0], b1[1]);
+      op::mma(c[1][2 * np + 1], a1, b1[2], b1[3]);
+    }
+  }
+}
+
+/* The A fragment of k-slice kk of a warp's [16][K] f32 accumulators x
+ * ([K/8][4]; the forward turns P into A likewise) */
+template <typename T, int M>
+__device__ __forceinline__ void bwd_afrag(uint32_t (&a)[4], const float (&x)[M][4], int kk) {
+  typedef dac_mma_op<T> op;
+  a[0] = op::pack(x[2 * kk][0], x[2 * kk][1]);
+  a[1] = op::pack(x[2 * kk][2], x[2 * kk][3]);
+  a[2] = op::pack(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+  a[3] = op::pack(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+}
+
+/* acc[p] += X[p] B_p for p < NP (1 or 2), in a warp: X[p] the first NP of
+ * x, the warp's [16][K] f32 accumulators as A fragments (bwd_afrag), B_p
+ * [K][N] in shared memory at row stride LD through ldmatrix .trans;
+ * acc[p] [N/8][4]. dV += P^T dO, dK += dS^T Q (the key blocks' kernels)
+ * and dQ += dS K (the dQ kernel; B1 unused). Written out for the two
+ * products rather than looped over p: the loop, unrolled later, gave
+ * ptxas other addresses and the 8-warp dK/dV kernel at D = 64 more
+ * spill loads. */
+template <typename T, int NP, int K, int N, int LD, int NX>
+__device__ __forceinline__ void bwd_mma_xb(float (&acc)[NP][N / 8][4], const float (&x)[NX][K / 8][4],
+                                           const T *B0, const T *B1, int lane) {
+  static_assert((NP == 1 || NP == 2) && NX >= NP, "bwd_mma_xb: 1 or 2 products, x has their A first");
+  typedef dac_mma_op<T> op;
+#pragma unroll
+  for (int kk = 0; kk < K / 16; kk++) {
+    uint32_t af[NP][4];
+    bwd_afrag<T>(af[0], x[0], kk);
+    if constexpr (NP == 2) bwd_afrag<T>(af[1], x[1], kk);
+#pragma unroll
+    for (int dn = 0; dn < N / 16; dn++) {
+      const int boff = (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dn * 16 + (lane / 16) * 8;
+      uint32_t bf[NP][4];
+      ldsm_x4_t(bf[0], B0 + boff);
+      if constexpr (NP == 2) ldsm_x4_t(bf[1], B1 + boff);
+      op::mma(acc[0][2 * dn], af[0], bf[0][0], bf[0][1]);
+      op::mma(acc[0][2 * dn + 1], af[0], bf[0][2], bf[0][3]);
+      if constexpr (NP == 2) {
+        op::mma(acc[1][2 * dn], af[1], bf[1][0], bf[1][1]);
+        op::mma(acc[1][2 * dn + 1], af[1], bf[1][2], bf[1][3]);
+      }
+    }
+  }
+}
+
+#endif /* DA_CUDA_BWD_TILE_CUH */
