@@ -120,20 +120,7 @@ __global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a)
     float sp[2][BR / 8][4];
     bwd_mma_abt<T, D, BR, LD>(sp, Ks, Vs, kw0, Qc, Gc, lane);
     /* P^T into sp[0], dS^T into sp[1]; dS also to shared memory as [row][key] */
-    const bwd_mask mk = bwd_mask_of(a, j0, i0);
-#pragma unroll
-    for (int nt = 0; nt < BR / 8; nt++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int kl = kw0 + g4 + 8 * (e >> 1), rl = nt * 8 + 2 * t4 + (e & 1);
-        const float L = Lc[rl]; /* -inf: the row sees no key */
-        const bool vis = bwd_vis(mk, kl, rl) && L != -INFINITY;
-        const float p = vis ? dac_ex2(fmaf(sp[0][nt][e], a.sc_log2, -(L * 1.4426950408889634f))) : 0.0f;
-        const float ds = vis ? p * (sp[1][nt][e] - Dc[rl]) : 0.0f;
-        sp[0][nt][e] = p;
-        sp[1][nt][e] = ds;
-        dSs[rl * LDS + kl] = bwd_to<T>(ds);
-      }
+    bwd_pds_t<LDS>(sp, bwd_mask_of(a, j0, i0), Lc, Dc, a.sc_log2, kw0, lane, dSs);
     /* dV += P^T dO, dK += dS^T Q: k over the BR rows, n over D */
     bwd_mma_xb<T, 2, BR, D, LD>(dvk, sp, Gc, Qc, lane);
     __syncthreads(); /* dS complete */

@@ -126,18 +126,7 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dkv_kernel(dac_bwd_a
     float sp[2][BR / 8][4];
     bwd_mma_abt<T, D, BR, LD>(sp, Ks, Vs, kw0, Qc, Gc, lane);
     /* P^T into sp[0], dS^T into sp[1] */
-    const bwd_mask mk = bwd_mask_of(a, j0, i0);
-#pragma unroll
-    for (int nt = 0; nt < BR / 8; nt++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int kl = kw0 + g4 + 8 * (e >> 1), rl = nt * 8 + 2 * t4 + (e & 1);
-        const float L = Lc[rl]; /* -inf: the row sees no key */
-        const bool vis = bwd_vis(mk, kl, rl) && L != -INFINITY;
-        const float p = vis ? dac_ex2(fmaf(sp[0][nt][e], a.sc_log2, -(L * 1.4426950408889634f))) : 0.0f;
-        sp[0][nt][e] = p;
-        sp[1][nt][e] = vis ? p * (sp[1][nt][e] - Dc[rl]) : 0.0f;
-      }
+    bwd_pds_t<0>(sp, bwd_mask_of(a, j0, i0), Lc, Dc, a.sc_log2, kw0, lane, (T *)nullptr);
     /* dV += P^T dO, dK += dS^T Q: k over the BR rows, n over D */
     bwd_mma_xb<T, 2, BR, D, LD>(dvk, sp, Gc, Qc, lane);
     dac_cp_wait<0>();
@@ -254,16 +243,16 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
     /* S = Q K^T and dP = dO V^T: [16 rows][BC keys] per warp */
     float sp[2][BC / 8][4];
     bwd_mma_abt<T, D, BC, LD>(sp, Qs, Gs, qw0, Kc, Vc, lane);
-    /* dS into sp[0] */
+    /* P into sp[0], dS into sp[1] */
     const bwd_mask mk = bwd_mask_of(a, j0, i0);
 #pragma unroll
     for (int nt = 0; nt < BC / 8; nt++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int hf = e >> 1;
-        const bool vis = bwd_vis(mk, nt * 8 + 2 * t4 + (e & 1), qw0 + g4 + 8 * hf) && l2r[hf] != -INFINITY;
-        const float p = vis ? dac_ex2(fmaf(sp[0][nt][e], a.sc_log2, -l2r[hf])) : 0.0f;
-        sp[0][nt][e] = vis ? p * (sp[1][nt][e] - Dr[hf]) : 0.0f;
+        bwd_pds(sp[0][nt][e], sp[1][nt][e],
+                bwd_vis(mk, nt * 8 + 2 * t4 + (e & 1), qw0 + g4 + 8 * hf) && l2r[hf] != -INFINITY, a.sc_log2,
+                l2r[hf], Dr[hf]);
       }
     /* dQ += dS K: k over the BC keys, n over D */
     bwd_mma_xb<T, 1, BC, D, LD>(dq, sp, Kc, nullptr, lane);

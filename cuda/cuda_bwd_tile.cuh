@@ -44,6 +44,19 @@ __device__ __forceinline__ bool bwd_vis(const bwd_mask &m, int kl, int rl) {
   return kl < m.kmax && rl < m.rmax && dd >= m.dlo && dd <= m.dhi;
 }
 
+/* P and dS of a pair in place: s (its logit) becomes P = 2^(s sc_log2 -
+ * l2), l2 its row's LSE log2 e, and dp (its dP) dS = P (dP - Dv), Dv its
+ * row's D; both 0 unless vis (visible under the mask, and the row sees a
+ * key: its LSE is not -inf). Dv by reference, read only for a visible
+ * pair, as the kernels' own ?: did (a value read first changed ptxas's
+ * allocation). */
+__device__ __forceinline__ void bwd_pds(float &s, float &dp, bool vis, float sc_log2, float l2,
+                                        const float &Dv) {
+  const float p = vis ? dac_ex2(fmaf(s, sc_log2, -l2)) : 0.0f;
+  dp = vis ? p * (dp - Dv) : 0.0f;
+  s = p;
+}
+
 template <int N> __device__ __forceinline__ void bwd_zero(float (&x)[N][4]) {
 #pragma unroll
   for (int i = 0; i < N; i++)
@@ -81,6 +94,27 @@ __device__ __forceinline__ void bwd_mma_abt(float (&c)[2][N / 8][4], const T *A0
   }
 }
 
+/* P^T and dS^T in place of a warp's S^T (sp[0]) and dP^T (sp[1]) from
+ * bwd_mma_abt, [16 keys][BR = 8 M rows]: keys kw0..kw0 + 15 and rows
+ * 0..BR - 1 of the tile under mask mk, the rows' LSE (-inf: the row sees
+ * no key) and D in Lc, Dc [BR]. With LDS > 0, dS also goes to dSs
+ * [BR][LDS] as [row][key] (the atomic kernel's E = dS K reads it there). */
+template <int LDS, typename T, int M>
+__device__ __forceinline__ void bwd_pds_t(float (&sp)[2][M][4], const bwd_mask &mk, const float *Lc,
+                                          const float *Dc, float sc_log2, int kw0, int lane, T *dSs) {
+  const int g4 = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int nt = 0; nt < M; nt++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int kl = kw0 + g4 + 8 * (e >> 1), rl = nt * 8 + 2 * t4 + (e & 1);
+      const float L = Lc[rl];
+      bwd_pds(sp[0][nt][e], sp[1][nt][e], bwd_vis(mk, kl, rl) && L != -INFINITY, sc_log2,
+              L * 1.4426950408889634f, Dc[rl]);
+      if constexpr (LDS > 0) dSs[rl * LDS + kl] = bwd_to<T>(sp[1][nt][e]);
+    }
+}
+
 /* The A fragment of k-slice kk of a warp's [16][K] f32 accumulators x
  * ([K/8][4]; the forward turns P into A likewise) */
 template <typename T, int M>
@@ -92,24 +126,24 @@ __device__ __forceinline__ void bwd_afrag(uint32_t (&a)[4], const float (&x)[M][
   a[3] = op::pack(x[2 * kk + 1][2], x[2 * kk + 1][3]);
 }
 
-/* acc[p] += X[p] B_p for p < NP (1 or 2), in a warp: X[p] the first NP of
- * x, the warp's [16][K] f32 accumulators as A fragments (bwd_afrag), B_p
- * [K][N] in shared memory at row stride LD through ldmatrix .trans;
- * acc[p] [N/8][4]. dV += P^T dO, dK += dS^T Q (the key blocks' kernels)
- * and dQ += dS K (the dQ kernel; B1 unused). Written out for the two
- * products rather than looped over p: the loop, unrolled later, gave
- * ptxas other addresses and the 8-warp dK/dV kernel at D = 64 more
- * spill loads. */
+/* acc[p] += X[p] B_p for p < NP (1 or 2), in a warp: X the last NP of x
+ * ({P, dS}: both, or dS alone), the warp's [16][K] f32 accumulators as A
+ * fragments (bwd_afrag), B_p [K][N] in shared memory at row stride LD
+ * through ldmatrix .trans; acc[p] [N/8][4]. dV += P^T dO, dK += dS^T Q
+ * (the key blocks' kernels) and dQ += dS K (the dQ kernel; B1 unused).
+ * Written out for the two products rather than looped over p: the loop,
+ * unrolled later, gave ptxas other addresses and the 8-warp dK/dV kernel
+ * at D = 64 more spill loads. */
 template <typename T, int NP, int K, int N, int LD, int NX>
 __device__ __forceinline__ void bwd_mma_xb(float (&acc)[NP][N / 8][4], const float (&x)[NX][K / 8][4],
                                            const T *B0, const T *B1, int lane) {
-  static_assert((NP == 1 || NP == 2) && NX >= NP, "bwd_mma_xb: 1 or 2 products, x has their A first");
+  static_assert((NP == 1 || NP == 2) && NX >= NP, "bwd_mma_xb: 1 or 2 products, their A the last of x");
   typedef dac_mma_op<T> op;
 #pragma unroll
   for (int kk = 0; kk < K / 16; kk++) {
     uint32_t af[NP][4];
-    bwd_afrag<T>(af[0], x[0], kk);
-    if constexpr (NP == 2) bwd_afrag<T>(af[1], x[1], kk);
+    bwd_afrag<T>(af[0], x[NX - NP], kk);
+    if constexpr (NP == 2) bwd_afrag<T>(af[1], x[NX - 1], kk);
 #pragma unroll
     for (int dn = 0; dn < N / 16; dn++) {
       const int boff = (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dn * 16 + (lane / 16) * 8;
