@@ -162,21 +162,7 @@ __global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a)
   }
 
   /* dK (scaled) and dV of this warp's keys */
-  T *dkd = (T *)a.dk + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
-  T *dvd = (T *)a.dv + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
-#pragma unroll
-  for (int hf = 0; hf < 2; hf++) {
-    const int key = j0 + kw0 + g4 + 8 * hf;
-    if (key >= a.seq_k) continue;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++) {
-      const int c = nt * 8 + 2 * t4;
-      *reinterpret_cast<uint32_t *>(dkd + (long long)key * a.kst[2] + c) =
-          op::pack(a.sc * dvk[1][nt][2 * hf], a.sc * dvk[1][nt][2 * hf + 1]);
-      *reinterpret_cast<uint32_t *>(dvd + (long long)key * a.vst[2] + c) =
-          op::pack(dvk[0][nt][2 * hf], dvk[0][nt][2 * hf + 1]);
-    }
-  }
+  bwd_store_dkv<T, D>(a, b, kh, j0 + kw0, dvk, lane);
 #endif
 }
 

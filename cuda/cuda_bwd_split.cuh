@@ -50,7 +50,6 @@ template <int D, int WARPS, int BC> struct dac_bwd_dqk_cfg {
 template <typename T, int D, int WARPS, int BR, int MINB>
 __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dkv_kernel(dac_bwd_args a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  typedef dac_mma_op<T> op;
   typedef dac_bwd_dkv_cfg<D, WARPS, BR> cfg;
   constexpr int BC = cfg::BC, NT = cfg::NT, LD = cfg::LD;
   extern __shared__ __align__(16) unsigned char smraw[];
@@ -63,7 +62,7 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dkv_kernel(dac_bwd_a
 
   const int j0 = blockIdx.x * BC, kh = blockIdx.y, b = blockIdx.z;
   const int hpk = a.heads / a.kv_heads;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kw0 = warp * 16;
   const long long off = (long long)a.seq_k - a.seq_q;
 
@@ -134,21 +133,7 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dkv_kernel(dac_bwd_a
   }
 
   /* dK (scaled) and dV of this warp's keys */
-  T *dkd = (T *)a.dk + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
-  T *dvd = (T *)a.dv + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
-#pragma unroll
-  for (int hf = 0; hf < 2; hf++) {
-    const int key = j0 + kw0 + g4 + 8 * hf;
-    if (key >= a.seq_k) continue;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++) {
-      const int c = nt * 8 + 2 * t4;
-      *reinterpret_cast<uint32_t *>(dkd + (long long)key * a.kst[2] + c) =
-          op::pack(a.sc * dvk[1][nt][2 * hf], a.sc * dvk[1][nt][2 * hf + 1]);
-      *reinterpret_cast<uint32_t *>(dvd + (long long)key * a.vst[2] + c) =
-          op::pack(dvk[0][nt][2 * hf], dvk[0][nt][2 * hf + 1]);
-    }
-  }
+  bwd_store_dkv<T, D>(a, b, kh, j0 + kw0, dvk, lane);
 #endif
 }
 

@@ -160,4 +160,29 @@ __device__ __forceinline__ void bwd_mma_xb(float (&acc)[NP][N / 8][4], const flo
   }
 }
 
+/* dK (scaled by sc) and dV of a warp's keys key0..key0 + 15 from its
+ * accumulators dvk (dV, dK: bwd_mma_xb's), in the plan's dtype at K's and
+ * V's strides; keys past seq_k are left alone */
+template <typename T, int D>
+__device__ __forceinline__ void bwd_store_dkv(const dac_bwd_args &a, int b, int kh, int key0,
+                                              const float (&dvk)[2][D / 8][4], int lane) {
+  typedef dac_mma_op<T> op;
+  const int g4 = lane / 4, t4 = lane % 4;
+  T *dkd = (T *)a.dk + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
+  T *dvd = (T *)a.dv + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    const int key = key0 + g4 + 8 * hf;
+    if (key >= a.seq_k) continue;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) {
+      const int c = nt * 8 + 2 * t4;
+      *reinterpret_cast<uint32_t *>(dkd + (long long)key * a.kst[2] + c) =
+          op::pack(a.sc * dvk[1][nt][2 * hf], a.sc * dvk[1][nt][2 * hf + 1]);
+      *reinterpret_cast<uint32_t *>(dvd + (long long)key * a.vst[2] + c) =
+          op::pack(dvk[0][nt][2 * hf], dvk[0][nt][2 * hf + 1]);
+    }
+  }
+}
+
 #endif /* DA_CUDA_BWD_TILE_CUH */
