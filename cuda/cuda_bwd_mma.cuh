@@ -49,54 +49,12 @@ __global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a)
   float *Ds = Ls + 2 * BR;               /* [2][BR] */
 
   const int j0 = blockIdx.x * BC, kh = blockIdx.y, b = blockIdx.z;
-  const int hpk = a.heads / a.kv_heads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
   const int kw0 = warp * 16; /* this warp's keys in the block */
-  const long long off = (long long)a.seq_k - a.seq_q;
 
-  /* the query rows that see a key of the block */
-  const int jl = min(j0 + BC, a.seq_k) - 1;
-  long long lo = 0, hi = (long long)a.seq_q - 1;
-  if (a.wr >= 0 && (long long)j0 - off - a.wr > lo) lo = (long long)j0 - off - a.wr;
-  if (a.wl >= 0 && (long long)jl - off + a.wl < hi) hi = (long long)jl - off + a.wl;
-  const int imin = (int)min(lo, (long long)a.seq_q), imax = (int)max(hi, -1LL);
-  const int nsteps = imin <= imax ? (imax - imin) / BR + 1 : 0;
-  const int nit = nsteps * hpk;
-
-  const T *ksrc = (const T *)a.k + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
-  const T *vsrc = (const T *)a.v + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
-  /* Q (or Qx), dO, LSE and D of step it into slot sl */
-  auto load_step = [&](int it, int sl) {
-    const int h = kh * hpk + it / nsteps, i0 = imin + (it % nsteps) * BR;
-    const long long bh = (long long)b * a.heads + h;
-    const T *qsrc;
-    long long qrs;
-    if (a.qx) {
-      qsrc = (const T *)a.qx + bh * a.seq_q * D;
-      qrs = D;
-    } else {
-      qsrc = (const T *)a.q + ((long long)b * a.qst[0] + (long long)h * a.qst[1]);
-      qrs = a.qst[2];
-    }
-    const T *gsrc = (const T *)a.dout + ((long long)b * a.ost[0] + (long long)h * a.ost[1]);
-    load_tile_s<T, BR, D, LD, NT>(Qs + sl * BR * LD, qsrc, i0, a.seq_q, qrs);
-    load_tile_s<T, BR, D, LD, NT>(Gs + sl * BR * LD, gsrc, i0, a.seq_q, a.ost[2]);
-    /* the rows' LSE and D by cp.async too (zeros past seq_q, whose pairs
-     * are masked), so that no thread waits on a global load in the step */
-    for (int r = threadIdx.x; r < BR; r += NT) {
-      const bool ok = i0 + r < a.seq_q;
-      const long long at = ok ? bh * a.seq_q + i0 + r : 0;
-      dac_cp_async<4>(Ls + sl * BR + r, a.lse + at, ok);
-      dac_cp_async<4>(Ds + sl * BR + r, a.dsum + at, ok);
-    }
-  };
-
-  load_tile_s<T, BC, D, LD, NT>(Ks, ksrc, j0, a.seq_k, a.kst[2]);
-  load_tile_s<T, BC, D, LD, NT>(Vs, vsrc, j0, a.seq_k, a.vst[2]);
-  if (nit > 0) load_step(0, 0);
-  dac_cp_commit();
-  dac_cp_wait<0>();
-  __syncthreads();
+  /* the query rows that see a key of the block, step by step (bwd_steps);
+   * K, V and the first step in shared memory */
+  const bwd_steps<BR> st = bwd_kblock_begin<T, BC, BR, D, LD, NT>(a, b, kh, j0, Ks, Vs, Qs, Gs, Ls, Ds);
 
   float dvk[2][D / 8][4]; /* dV, dK */
   bwd_zero(dvk[0]);
@@ -107,12 +65,12 @@ __global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a)
   static_assert(WARPS % MQ == 0 && NQ % 16 == 0, "dQ split");
   const int mq = warp % MQ, n0 = (warp / MQ) * NQ;
 
-  for (int it = 0; it < nit; it++) {
+  for (int it = 0; it < st.n; it++) {
     const int cur = it & 1;
-    if (it + 1 < nit) load_step(it + 1, cur ^ 1);
+    if (it + 1 < st.n) bwd_load_step<T, BR, D, LD, NT>(a, b, st, it + 1, cur ^ 1, Qs, Gs, Ls, Ds);
     dac_cp_commit();
-    const int h = kh * hpk + it / nsteps, i0 = imin + (it % nsteps) * BR;
-    const long long bh = (long long)b * a.heads + h;
+    const int i0 = st.row0(it);
+    const long long bh = (long long)b * a.heads + st.head(it);
     const T *Qc = Qs + cur * BR * LD, *Gc = Gs + cur * BR * LD;
     const float *Lc = Ls + cur * BR, *Dc = Ds + cur * BR;
 
@@ -142,7 +100,7 @@ __global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a)
 #pragma unroll
       for (int hf = 0; hf < 2; hf++) {
         const int i = i0 + mq * 16 + g4 + 8 * hf;
-        if (i >= imin && i <= imax) {
+        if (i >= st.imin && i <= st.imax) {
           float *er = a.dacc + (bh * a.seq_q + i) * D + n0 + 2 * t4;
 #pragma unroll
           for (int nt = 0; nt < NQ / 8; nt++) {

@@ -61,63 +61,22 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dkv_kernel(dac_bwd_a
   float *Ds = Ls + 2 * BR;                 /* [2][BR] */
 
   const int j0 = blockIdx.x * BC, kh = blockIdx.y, b = blockIdx.z;
-  const int hpk = a.heads / a.kv_heads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kw0 = warp * 16;
-  const long long off = (long long)a.seq_k - a.seq_q;
 
-  /* the query rows that see a key of the block */
-  const int jl = min(j0 + BC, a.seq_k) - 1;
-  long long lo = 0, hi = (long long)a.seq_q - 1;
-  if (a.wr >= 0 && (long long)j0 - off - a.wr > lo) lo = (long long)j0 - off - a.wr;
-  if (a.wl >= 0 && (long long)jl - off + a.wl < hi) hi = (long long)jl - off + a.wl;
-  const int imin = (int)min(lo, (long long)a.seq_q), imax = (int)max(hi, -1LL);
-  const int nsteps = imin <= imax ? (imax - imin) / BR + 1 : 0;
-  const int nit = nsteps * hpk;
-
-  const T *ksrc = (const T *)a.k + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
-  const T *vsrc = (const T *)a.v + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
-  auto load_step = [&](int it, int sl) {
-    const int h = kh * hpk + it / nsteps, i0 = imin + (it % nsteps) * BR;
-    const long long bh = (long long)b * a.heads + h;
-    const T *qsrc;
-    long long qrs;
-    if (a.qx) {
-      qsrc = (const T *)a.qx + bh * a.seq_q * D;
-      qrs = D;
-    } else {
-      qsrc = (const T *)a.q + ((long long)b * a.qst[0] + (long long)h * a.qst[1]);
-      qrs = a.qst[2];
-    }
-    const T *gsrc = (const T *)a.dout + ((long long)b * a.ost[0] + (long long)h * a.ost[1]);
-    load_tile_s<T, BR, D, LD, NT>(Qs + sl * BR * LD, qsrc, i0, a.seq_q, qrs);
-    load_tile_s<T, BR, D, LD, NT>(Gs + sl * BR * LD, gsrc, i0, a.seq_q, a.ost[2]);
-    /* the rows' LSE and D by cp.async too (zeros past seq_q, whose pairs
-     * are masked), so that no thread waits on a global load in the step */
-    for (int r = threadIdx.x; r < BR; r += NT) {
-      const bool ok = i0 + r < a.seq_q;
-      const long long at = ok ? bh * a.seq_q + i0 + r : 0;
-      dac_cp_async<4>(Ls + sl * BR + r, a.lse + at, ok);
-      dac_cp_async<4>(Ds + sl * BR + r, a.dsum + at, ok);
-    }
-  };
-
-  load_tile_s<T, BC, D, LD, NT>(Ks, ksrc, j0, a.seq_k, a.kst[2]);
-  load_tile_s<T, BC, D, LD, NT>(Vs, vsrc, j0, a.seq_k, a.vst[2]);
-  if (nit > 0) load_step(0, 0);
-  dac_cp_commit();
-  dac_cp_wait<0>();
-  __syncthreads();
+  /* the query rows that see a key of the block, step by step (bwd_steps);
+   * K, V and the first step in shared memory */
+  const bwd_steps<BR> st = bwd_kblock_begin<T, BC, BR, D, LD, NT>(a, b, kh, j0, Ks, Vs, Qs, Gs, Ls, Ds);
 
   float dvk[2][D / 8][4]; /* dV, dK */
   bwd_zero(dvk[0]);
   bwd_zero(dvk[1]);
 
-  for (int it = 0; it < nit; it++) {
+  for (int it = 0; it < st.n; it++) {
     const int cur = it & 1;
-    if (it + 1 < nit) load_step(it + 1, cur ^ 1);
+    if (it + 1 < st.n) bwd_load_step<T, BR, D, LD, NT>(a, b, st, it + 1, cur ^ 1, Qs, Gs, Ls, Ds);
     dac_cp_commit();
-    const int i0 = imin + (it % nsteps) * BR;
+    const int i0 = st.row0(it);
     const T *Qc = Qs + cur * BR * LD, *Gc = Gs + cur * BR * LD;
     const float *Lc = Ls + cur * BR, *Dc = Ds + cur * BR;
 
@@ -148,8 +107,8 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
   T *Gs = Qs + BR * LD;                  /* [BR][LD]: dO */
   T *Ks = Gs + BR * LD;                  /* [2][BC][LD] */
   T *Vs = Ks + 2 * BC * LD;              /* [2][BC][LD] */
-  float *l2s = (float *)(Vs + 2 * BC * LD); /* [BR]: LSE log2 e (-inf: no key) */
-  float *Ds = l2s + BR;                     /* [BR] */
+  float *Ls = (float *)(Vs + 2 * BC * LD); /* [BR]: LSE (-inf: no key) */
+  float *Ds = Ls + BR;                     /* [BR] */
 
   /* causal-like masks (a right window, none on the left): the last query
    * blocks see the most keys, and go first */
@@ -160,57 +119,25 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
   const long long bh = (long long)b * a.heads + h;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
   const int qw0 = warp * 16; /* this warp's rows in the block */
-  const long long off = (long long)a.seq_k - a.seq_q;
 
-  /* the keys a row of the block sees */
-  const int il = min(i0 + BR, a.seq_q) - 1;
-  long long lo = 0, hi = (long long)a.seq_k - 1;
-  if (a.wl >= 0 && (long long)i0 + off - a.wl > lo) lo = (long long)i0 + off - a.wl;
-  if (a.wr >= 0 && (long long)il + off + a.wr < hi) hi = (long long)il + off + a.wr;
-  const int jmin = (int)min(lo, (long long)a.seq_k), jmax = (int)max(hi, -1LL);
-  const int nsteps = jmin <= jmax ? (jmax - jmin) / BC + 1 : 0;
+  /* the keys a row of the block sees, in blocks of BC */
+  const bwd_span keys = bwd_keys_of<BC>(a, i0, min(i0 + BR, a.seq_q) - 1);
+  const int jmin = keys.lo, nsteps = keys.nb;
 
-  const T *qsrc;
-  long long qrs;
-  if (a.qx) {
-    qsrc = (const T *)a.qx + bh * a.seq_q * D;
-    qrs = D;
-  } else {
-    qsrc = (const T *)a.q + ((long long)b * a.qst[0] + (long long)h * a.qst[1]);
-    qrs = a.qst[2];
-  }
-  const T *gsrc = (const T *)a.dout + ((long long)b * a.ost[0] + (long long)h * a.ost[1]);
-  const T *ksrc = (const T *)a.k + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
-  const T *vsrc = (const T *)a.v + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
-  auto load_kv = [&](int st, int sl) {
-    const int j0 = jmin + st * BC;
-    load_tile_s<T, BC, D, LD, NT>(Ks + sl * BC * LD, ksrc, j0, a.seq_k, a.kst[2]);
-    load_tile_s<T, BC, D, LD, NT>(Vs + sl * BC * LD, vsrc, j0, a.seq_k, a.vst[2]);
-  };
-  load_tile_s<T, BR, D, LD, NT>(Qs, qsrc, i0, a.seq_q, qrs);
-  load_tile_s<T, BR, D, LD, NT>(Gs, gsrc, i0, a.seq_q, a.ost[2]);
-  if (nsteps > 0) load_kv(0, 0);
+  bwd_load_rows<T, BR, D, LD, NT>(a, b, h, i0, Qs, Gs, Ls, Ds);
+  if (nsteps > 0) bwd_load_keys<T, BC, D, LD, NT>(a, b, kh, jmin, Ks, Vs);
   dac_cp_commit();
-  for (int r = threadIdx.x; r < BR; r += NT) {
-    const int i = i0 + r;
-    float L = -INFINITY, Dv = 0.0f;
-    if (i < a.seq_q) {
-      L = a.lse[bh * a.seq_q + i];
-      Dv = a.dsum[bh * a.seq_q + i];
-    }
-    l2s[r] = L == -INFINITY ? -INFINITY : L * 1.4426950408889634f;
-    Ds[r] = Dv;
-  }
   dac_cp_wait<0>();
   __syncthreads();
 
-  /* this thread's two rows: their LSE and D stay in registers */
+  /* this thread's two rows: their LSE log2 e (-inf: no key) and D stay in
+   * registers */
   float l2r[2], Dr[2];
   long long ir[2];
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
     const int rl = qw0 + g4 + 8 * hf;
-    l2r[hf] = l2s[rl];
+    l2r[hf] = Ls[rl] * 1.4426950408889634f;
     Dr[hf] = Ds[rl];
     ir[hf] = (long long)i0 + rl;
   }
@@ -220,7 +147,9 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
 
   for (int st = 0; st < nsteps; st++) {
     const int cur = st & 1;
-    if (st + 1 < nsteps) load_kv(st + 1, cur ^ 1);
+    if (st + 1 < nsteps)
+      bwd_load_keys<T, BC, D, LD, NT>(a, b, kh, jmin + (st + 1) * BC, Ks + (cur ^ 1) * BC * LD,
+                                      Vs + (cur ^ 1) * BC * LD);
     dac_cp_commit();
     const int j0 = jmin + st * BC;
     const T *Kc = Ks + cur * BC * LD, *Vc = Vs + cur * BC * LD;
@@ -271,13 +200,13 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
 /* The configurations, sized by ptxas's register counts (sm_90, f16):
  * the dK/dV kernel with a->bc keys a block (64: 4 warps, 128: 8) and 32
  * query rows a step, at D = 64 capped for 2 blocks of 8 warps (128
- * registers, 4 bytes spilled) or 3 of 4 (156); at D = 128 its 128 f32
- * accumulators a thread leave 1 block of 8 warps or 2 of 4 (230
+ * registers, 4 bytes spilled) or 3 of 4 (159); at D = 128 its 128 f32
+ * accumulators a thread leave 1 block of 8 warps or 2 of 4 (233
  * registers). The dQ kernel with a->dq_rows rows a block: 128 (the
- * default; 8 warps, 32 keys a step, 2 blocks an SM: 128 registers, 8
- * bytes spilled at D = 64, none at 128), whose K/V tiles feed twice the
- * rows of 64 (4 warps, 64 keys a step at D = 64, 32 at D = 128, 3 blocks
- * an SM: 168 registers, no spills; 64 keys at D = 128 take 240). */
+ * default; 8 warps, 32 keys a step, 2 blocks an SM: 128 registers, no
+ * spills), whose K/V tiles feed twice the rows of 64 (4 warps, 64 keys a
+ * step at D = 64, 32 at D = 128, 3 blocks an SM: 164 and 162 registers,
+ * no spills; 64 keys at D = 128 take 240). */
 template <int D, int WARPS> struct dac_bwd_split_sel {
   static constexpr int DKV_BR = 32;
   static constexpr int DKV_MINB = D == 64 ? (WARPS == 8 ? 2 : 3) : (WARPS == 8 ? 1 : 2);

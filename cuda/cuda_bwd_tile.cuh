@@ -44,6 +44,121 @@ __device__ __forceinline__ bool bwd_vis(const bwd_mask &m, int kl, int rl) {
   return kl < m.kmax && rl < m.rmax && dd >= m.dlo && dd <= m.dhi;
 }
 
+/* A span of positions [lo, hi] (lo > hi: none) and the nb blocks of a
+ * kernel's step that cover it from lo on */
+struct bwd_span {
+  int lo, hi, nb;
+};
+template <int B> __device__ __forceinline__ bwd_span bwd_span_of(long long lo, long long hi, int n) {
+  bwd_span r;
+  r.lo = (int)min(lo, (long long)n);
+  r.hi = (int)max(hi, -1LL);
+  r.nb = r.lo <= r.hi ? (r.hi - r.lo) / B + 1 : 0;
+  return r;
+}
+/* The query rows that see a key of [j0, jl] (row i sees the keys
+ * i + seq_k - seq_q - wl .. i + seq_k - seq_q + wr, a bound -1 unbounded),
+ * in blocks of BR */
+template <int BR> __device__ __forceinline__ bwd_span bwd_rows_of(const dac_bwd_args &a, int j0, int jl) {
+  const long long off = (long long)a.seq_k - a.seq_q;
+  long long lo = 0, hi = (long long)a.seq_q - 1;
+  if (a.wr >= 0 && (long long)j0 - off - a.wr > lo) lo = (long long)j0 - off - a.wr;
+  if (a.wl >= 0 && (long long)jl - off + a.wl < hi) hi = (long long)jl - off + a.wl;
+  return bwd_span_of<BR>(lo, hi, a.seq_q);
+}
+/* The keys that a query row of [i0, il] sees, in blocks of BC. (The
+ * window read into locals first: in bwd_rows_of's form ptxas spilled 16
+ * bytes in the 8-warp dQ kernel at D = 128; each form is the one that
+ * measured best with ptxas -v where it is used.) */
+template <int BC> __device__ __forceinline__ bwd_span bwd_keys_of(const dac_bwd_args &a, int i0, int il) {
+  const long long off = (long long)a.seq_k - a.seq_q;
+  const int wl = a.wl, wr = a.wr, n = a.seq_k;
+  long long lo = 0, hi = (long long)n - 1;
+  if (wl >= 0 && i0 + off - wl > lo) lo = i0 + off - wl;
+  if (wr >= 0 && il + off + wr < hi) hi = il + off + wr;
+  return bwd_span_of<BC>(lo, hi, n);
+}
+
+/* K and V of kv head kh of batch b, keys j0..j0 + BC - 1, into Ks, Vs
+ * [BC][LD] with cp.async (zeros past seq_k) */
+template <typename T, int BC, int D, int LD, int NT>
+__device__ __forceinline__ void bwd_load_keys(const dac_bwd_args &a, int b, int kh, int j0, T *Ks, T *Vs) {
+  const T *ksrc = (const T *)a.k + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
+  const T *vsrc = (const T *)a.v + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
+  load_tile_s<T, BC, D, LD, NT>(Ks, ksrc, j0, a.seq_k, a.kst[2]);
+  load_tile_s<T, BC, D, LD, NT>(Vs, vsrc, j0, a.seq_k, a.vst[2]);
+}
+
+/* The Q the logits use of head h of batch b: Q itself, or the expanded Qx
+ * (G > 1, the projection strategy: dense [batch][heads][seq_q][D]); rs
+ * its row stride */
+template <typename T, int D>
+__device__ __forceinline__ const T *bwd_q_src(const dac_bwd_args &a, int b, int h, long long &rs) {
+  if (a.qx) {
+    rs = D;
+    return (const T *)a.qx + ((long long)b * a.heads + h) * a.seq_q * D;
+  }
+  rs = a.qst[2];
+  return (const T *)a.q + ((long long)b * a.qst[0] + (long long)h * a.qst[1]);
+}
+
+/* Q (bwd_q_src), dO, LSE and D of head h of batch b, query rows i0..i0 +
+ * BR - 1, into Qs, Gs [BR][LD] and Ls, Ds [BR], all with cp.async (zeros
+ * past seq_q, whose pairs are masked), so that no thread waits on a
+ * global load */
+template <typename T, int BR, int D, int LD, int NT>
+__device__ __forceinline__ void bwd_load_rows(const dac_bwd_args &a, int b, int h, int i0, T *Qs, T *Gs,
+                                              float *Ls, float *Ds) {
+  const long long bh = (long long)b * a.heads + h;
+  long long qrs;
+  const T *qsrc = bwd_q_src<T, D>(a, b, h, qrs);
+  const T *gsrc = (const T *)a.dout + ((long long)b * a.ost[0] + (long long)h * a.ost[1]);
+  load_tile_s<T, BR, D, LD, NT>(Qs, qsrc, i0, a.seq_q, qrs);
+  load_tile_s<T, BR, D, LD, NT>(Gs, gsrc, i0, a.seq_q, a.ost[2]);
+  for (int r = threadIdx.x; r < BR; r += NT) {
+    const bool ok = i0 + r < a.seq_q;
+    const long long at = ok ? bh * a.seq_q + i0 + r : 0;
+    dac_cp_async<4>(Ls + r, a.lse + at, ok);
+    dac_cp_async<4>(Ds + r, a.dsum + at, ok);
+  }
+}
+
+/* The steps of a key block's kernel (the atomic one, the split dK/dV
+ * one): the query heads of kv head kh in turn, h0 = kh hpk on, each over
+ * the blocks of BR query rows from imin on that see a key of the block
+ * (bwd_rows_of, up to imax); step it has head(it) and rows from row0(it),
+ * n steps in all */
+template <int BR> struct bwd_steps {
+  int imin, imax, nsteps, n, h0;
+  __device__ __forceinline__ int head(int it) const { return h0 + it / nsteps; }
+  __device__ __forceinline__ int row0(int it) const { return imin + (it % nsteps) * BR; }
+};
+/* step it's rows (bwd_load_rows) into slot sl of Qs, Gs [2][BR][LD] and
+ * Ls, Ds [2][BR] */
+template <typename T, int BR, int D, int LD, int NT>
+__device__ __forceinline__ void bwd_load_step(const dac_bwd_args &a, int b, const bwd_steps<BR> &st, int it,
+                                              int sl, T *Qs, T *Gs, float *Ls, float *Ds) {
+  bwd_load_rows<T, BR, D, LD, NT>(a, b, st.head(it), st.row0(it), Qs + sl * BR * LD, Gs + sl * BR * LD,
+                                  Ls + sl * BR, Ds + sl * BR);
+}
+/* A key block's start: its steps, and K, V of keys j0..j0 + BC - 1 and
+ * step 0 in shared memory (slot 0), landed and visible to the block */
+template <typename T, int BC, int BR, int D, int LD, int NT>
+__device__ __forceinline__ bwd_steps<BR> bwd_kblock_begin(const dac_bwd_args &a, int b, int kh, int j0, T *Ks,
+                                                          T *Vs, T *Qs, T *Gs, float *Ls, float *Ds) {
+  const bwd_span rows = bwd_rows_of<BR>(a, j0, min(j0 + BC, a.seq_k) - 1);
+  bwd_steps<BR> st;
+  st.imin = rows.lo, st.imax = rows.hi, st.nsteps = rows.nb;
+  st.h0 = kh * (a.heads / a.kv_heads);
+  st.n = st.nsteps * (a.heads / a.kv_heads);
+  bwd_load_keys<T, BC, D, LD, NT>(a, b, kh, j0, Ks, Vs);
+  if (st.n > 0) bwd_load_step<T, BR, D, LD, NT>(a, b, st, 0, 0, Qs, Gs, Ls, Ds);
+  dac_cp_commit();
+  dac_cp_wait<0>();
+  __syncthreads();
+  return st;
+}
+
 /* P and dS of a pair in place: s (its logit) becomes P = 2^(s sc_log2 -
  * l2), l2 its row's LSE log2 e, and dp (its dP) dS = P (dP - Dv), Dv its
  * row's D; both 0 unless vis (visible under the mask, and the row sees a
