@@ -1,11 +1,16 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The tile pieces of the backward pass's tensor-core kernels, shared by the
- * atomic arrangement (cuda_bwd_mma.cuh) and the split one
- * (cuda_bwd_split.cuh): the mask of a tile, and a warp's fragment products
- * over 16 rows, m16n8k16 with f32 accumulation, fed by ldmatrix with the
- * forward's fragment patterns (cuda_mma.cuh). Everything is inlined, with
- * compile-time trip counts; register arrays pass by reference and are
- * indexed by unrolled loops' counters only. */
+/* The pieces of the backward pass's tensor-core kernels, written once for
+ * the atomic arrangement (cuda_bwd_mma.cuh: dac_bwd_mma_kernel) and the
+ * split one (cuda_bwd_split.cuh: the dK/dV and the dQ kernels): the query
+ * rows a key block sees and the keys a row block sees, a key block's
+ * steps, the cp.async loads of K, V and of Q, dO, LSE, D, the mask of a
+ * tile, a warp's fragment products over 16 rows (mma.sync m16n8k16 with
+ * f32 accumulation, fed by ldmatrix with the forward's fragment patterns,
+ * cuda_mma.cuh), P and dS, and the dK, dV store. Everything is inlined,
+ * with compile-time trip counts; register arrays pass by reference and are
+ * indexed by unrolled loops' counters only. Where two spellings of the
+ * same code gave ptxas different allocations (registers, spills), the one
+ * kept and why is said at the function; check a change with ptxas -v. */
 #ifndef DA_CUDA_BWD_TILE_CUH
 #define DA_CUDA_BWD_TILE_CUH
 
