@@ -22,40 +22,7 @@
 #ifndef DA_CUDA_BWD_MMA_CUH
 #define DA_CUDA_BWD_MMA_CUH
 
-#include "cuda_bwd.cuh"
-#include "cuda_mma.cuh"
-
-template <typename T> __device__ __forceinline__ T bwd_to(float x);
-template <> __device__ __forceinline__ __half bwd_to<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 bwd_to<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-
-/* The mask of a tile whose pairs are (key j0 + kl, query row i0 + rl) with
- * small kl, rl >= 0 (SPEC 1: the sequences and the window around the
- * diagonal i + seq_k - seq_q): the pair is visible when kl < kmax, rl <
- * rmax and dlo <= kl - rl <= dhi. Computed once a tile in 64 bits and
- * clamped into +-2^30 (kl - rl is far inside), so that the per-pair test
- * is four 32-bit comparisons. */
-struct bwd_mask {
-  int kmax, rmax, dlo, dhi;
-};
-__device__ __forceinline__ int bwd_clamp30(long long x) {
-  return x < -(1LL << 30) ? -(1 << 30) : x > (1LL << 30) ? (1 << 30) : (int)x;
-}
-__device__ __forceinline__ bwd_mask bwd_mask_of(const dac_bwd_args &a, long long j0, long long i0) {
-  const long long base = j0 - i0 - ((long long)a.seq_k - a.seq_q); /* key - diagonal at kl = rl = 0 */
-  bwd_mask m;
-  m.kmax = bwd_clamp30((long long)a.seq_k - j0);
-  m.rmax = bwd_clamp30((long long)a.seq_q - i0);
-  m.dlo = a.wl < 0 ? -(1 << 30) : bwd_clamp30(-(long long)a.wl - base);
-  m.dhi = a.wr < 0 ? (1 << 30) : bwd_clamp30((long long)a.wr - base);
-  return m;
-}
-__device__ __forceinline__ bool bwd_vis(const bwd_mask &m, int kl, int rl) {
-  const int dd = kl - rl;
-  return kl < m.kmax && rl < m.rmax && dd >= m.dlo && dd <= m.dhi;
-}
+#include "cuda_bwd_tile.cuh"
 
 template <int D, int WARPS> struct dac_bwd_mma_cfg {
   static constexpr int BC = 16 * WARPS, BR = D == 64 ? 64 : 32, NT = 32 * WARPS;
@@ -82,144 +49,42 @@ __global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a)
   float *Ds = Ls + 2 * BR;               /* [2][BR] */
 
   const int j0 = blockIdx.x * BC, kh = blockIdx.y, b = blockIdx.z;
-  const int hpk = a.heads / a.kv_heads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
   const int kw0 = warp * 16; /* this warp's keys in the block */
-  const long long off = (long long)a.seq_k - a.seq_q;
 
-  /* the query rows that see a key of the block */
-  const int jl = min(j0 + BC, a.seq_k) - 1;
-  long long lo = 0, hi = (long long)a.seq_q - 1;
-  if (a.wr >= 0 && (long long)j0 - off - a.wr > lo) lo = (long long)j0 - off - a.wr;
-  if (a.wl >= 0 && (long long)jl - off + a.wl < hi) hi = (long long)jl - off + a.wl;
-  const int imin = (int)min(lo, (long long)a.seq_q), imax = (int)max(hi, -1LL);
-  const int nsteps = imin <= imax ? (imax - imin) / BR + 1 : 0;
-  const int nit = nsteps * hpk;
+  /* the query rows that see a key of the block, step by step (bwd_steps);
+   * K, V and the first step in shared memory */
+  const bwd_steps<BR> st = bwd_kblock_begin<T, BC, BR, D, LD, NT>(a, b, kh, j0, Ks, Vs, Qs, Gs, Ls, Ds);
 
-  const T *ksrc = (const T *)a.k + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
-  const T *vsrc = (const T *)a.v + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
-  /* Q (or Qx), dO, LSE and D of step it into slot sl */
-  auto load_step = [&](int it, int sl) {
-    const int h = kh * hpk + it / nsteps, i0 = imin + (it % nsteps) * BR;
-    const long long bh = (long long)b * a.heads + h;
-    const T *qsrc;
-    long long qrs;
-    if (a.qx) {
-      qsrc = (const T *)a.qx + bh * a.seq_q * D;
-      qrs = D;
-    } else {
-      qsrc = (const T *)a.q + ((long long)b * a.qst[0] + (long long)h * a.qst[1]);
-      qrs = a.qst[2];
-    }
-    const T *gsrc = (const T *)a.dout + ((long long)b * a.ost[0] + (long long)h * a.ost[1]);
-    load_tile_s<T, BR, D, LD, NT>(Qs + sl * BR * LD, qsrc, i0, a.seq_q, qrs);
-    load_tile_s<T, BR, D, LD, NT>(Gs + sl * BR * LD, gsrc, i0, a.seq_q, a.ost[2]);
-    /* the rows' LSE and D by cp.async too (zeros past seq_q, whose pairs
-     * are masked), so that no thread waits on a global load in the step */
-    for (int r = threadIdx.x; r < BR; r += NT) {
-      const bool ok = i0 + r < a.seq_q;
-      const long long at = ok ? bh * a.seq_q + i0 + r : 0;
-      dac_cp_async<4>(Ls + sl * BR + r, a.lse + at, ok);
-      dac_cp_async<4>(Ds + sl * BR + r, a.dsum + at, ok);
-    }
-  };
-
-  load_tile_s<T, BC, D, LD, NT>(Ks, ksrc, j0, a.seq_k, a.kst[2]);
-  load_tile_s<T, BC, D, LD, NT>(Vs, vsrc, j0, a.seq_k, a.vst[2]);
-  if (nit > 0) load_step(0, 0);
-  dac_cp_commit();
-  dac_cp_wait<0>();
-  __syncthreads();
-
-  float dk[D / 8][4], dv[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; i++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.0f;
+  float dvk[2][D / 8][4]; /* dV, dK */
+  bwd_zero(dvk[0]);
+  bwd_zero(dvk[1]);
 
   /* E = dS K: warp w takes m-tile w % MQ and columns [n0, n0 + NQ) */
   constexpr int MQ = BR / 16, NQ = D * MQ / WARPS;
   static_assert(WARPS % MQ == 0 && NQ % 16 == 0, "dQ split");
   const int mq = warp % MQ, n0 = (warp / MQ) * NQ;
 
-  for (int it = 0; it < nit; it++) {
+  for (int it = 0; it < st.n; it++) {
     const int cur = it & 1;
-    if (it + 1 < nit) load_step(it + 1, cur ^ 1);
+    if (it + 1 < st.n) bwd_load_step<T, BR, D, LD, NT>(a, b, st, it + 1, cur ^ 1, Qs, Gs, Ls, Ds);
     dac_cp_commit();
-    const int h = kh * hpk + it / nsteps, i0 = imin + (it % nsteps) * BR;
-    const long long bh = (long long)b * a.heads + h;
+    const int i0 = st.row0(it);
+    const long long bh = (long long)b * a.heads + st.head(it);
     const T *Qc = Qs + cur * BR * LD, *Gc = Gs + cur * BR * LD;
     const float *Lc = Ls + cur * BR, *Dc = Ds + cur * BR;
 
     /* S^T = K Q^T and dP^T = V dO^T: [16 keys][BR rows] per warp */
-    float st[BR / 8][4], pt[BR / 8][4];
-#pragma unroll
-    for (int i = 0; i < BR / 8; i++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) st[i][e] = pt[i][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-      uint32_t ka[4], va[4];
-      ldsm_x4(ka, Ks + (kw0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
-      ldsm_x4(va, Vs + (kw0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
-#pragma unroll
-      for (int np = 0; np < BR / 16; np++) {
-        const int boff = (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8;
-        uint32_t qb[4], gb[4];
-        ldsm_x4(qb, Qc + boff);
-        ldsm_x4(gb, Gc + boff);
-        op::mma(st[2 * np], ka, qb[0], qb[1]);
-        op::mma(st[2 * np + 1], ka, qb[2], qb[3]);
-        op::mma(pt[2 * np], va, gb[0], gb[1]);
-        op::mma(pt[2 * np + 1], va, gb[2], gb[3]);
-      }
-    }
-    /* P^T into st, dS^T into pt; dS also to shared memory as [row][key] */
-    const bwd_mask mk = bwd_mask_of(a, j0, i0);
-#pragma unroll
-    for (int nt = 0; nt < BR / 8; nt++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int kl = kw0 + g4 + 8 * (e >> 1), rl = nt * 8 + 2 * t4 + (e & 1);
-        const float L = Lc[rl]; /* -inf: the row sees no key */
-        const bool vis = bwd_vis(mk, kl, rl) && L != -INFINITY;
-        const float p = vis ? dac_ex2(fmaf(st[nt][e], a.sc_log2, -(L * 1.4426950408889634f))) : 0.0f;
-        const float ds = vis ? p * (pt[nt][e] - Dc[rl]) : 0.0f;
-        st[nt][e] = p;
-        pt[nt][e] = ds;
-        dSs[rl * LDS + kl] = bwd_to<T>(ds);
-      }
+    float sp[2][BR / 8][4];
+    bwd_mma_abt<T, D, BR, LD>(sp, Ks, Vs, kw0, Qc, Gc, lane);
+    /* P^T into sp[0], dS^T into sp[1]; dS also to shared memory as [row][key] */
+    bwd_pds_t<LDS>(sp, bwd_mask_of(a, j0, i0), Lc, Dc, a.sc_log2, kw0, lane, dSs);
     /* dV += P^T dO, dK += dS^T Q: k over the BR rows, n over D */
-#pragma unroll
-    for (int kk = 0; kk < BR / 16; kk++) {
-      uint32_t pa[4], sa[4];
-      pa[0] = op::pack(st[2 * kk][0], st[2 * kk][1]);
-      pa[1] = op::pack(st[2 * kk][2], st[2 * kk][3]);
-      pa[2] = op::pack(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-      pa[3] = op::pack(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-      sa[0] = op::pack(pt[2 * kk][0], pt[2 * kk][1]);
-      sa[1] = op::pack(pt[2 * kk][2], pt[2 * kk][3]);
-      sa[2] = op::pack(pt[2 * kk + 1][0], pt[2 * kk + 1][1]);
-      sa[3] = op::pack(pt[2 * kk + 1][2], pt[2 * kk + 1][3]);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; dp++) {
-        const int boff = (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dp * 16 + (lane / 16) * 8;
-        uint32_t gb[4], qb[4];
-        ldsm_x4_t(gb, Gc + boff);
-        ldsm_x4_t(qb, Qc + boff);
-        op::mma(dv[2 * dp], pa, gb[0], gb[1]);
-        op::mma(dv[2 * dp + 1], pa, gb[2], gb[3]);
-        op::mma(dk[2 * dp], sa, qb[0], qb[1]);
-        op::mma(dk[2 * dp + 1], sa, qb[2], qb[3]);
-      }
-    }
+    bwd_mma_xb<T, 2, BR, D, LD>(dvk, sp, Gc, Qc, lane);
     __syncthreads(); /* dS complete */
     {
       float eq[NQ / 8][4];
-#pragma unroll
-      for (int i = 0; i < NQ / 8; i++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) eq[i][e] = 0.0f;
+      bwd_zero(eq);
 #pragma unroll
       for (int kk = 0; kk < BC / 16; kk++) {
         uint32_t af[4];
@@ -235,7 +100,7 @@ __global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a)
 #pragma unroll
       for (int hf = 0; hf < 2; hf++) {
         const int i = i0 + mq * 16 + g4 + 8 * hf;
-        if (i >= imin && i <= imax) {
+        if (i >= st.imin && i <= st.imax) {
           float *er = a.dacc + (bh * a.seq_q + i) * D + n0 + 2 * t4;
 #pragma unroll
           for (int nt = 0; nt < NQ / 8; nt++) {
@@ -255,21 +120,7 @@ __global__ void __launch_bounds__(32 * WARPS) dac_bwd_mma_kernel(dac_bwd_args a)
   }
 
   /* dK (scaled) and dV of this warp's keys */
-  T *dkd = (T *)a.dk + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
-  T *dvd = (T *)a.dv + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
-#pragma unroll
-  for (int hf = 0; hf < 2; hf++) {
-    const int key = j0 + kw0 + g4 + 8 * hf;
-    if (key >= a.seq_k) continue;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++) {
-      const int c = nt * 8 + 2 * t4;
-      *reinterpret_cast<uint32_t *>(dkd + (long long)key * a.kst[2] + c) =
-          op::pack(a.sc * dk[nt][2 * hf], a.sc * dk[nt][2 * hf + 1]);
-      *reinterpret_cast<uint32_t *>(dvd + (long long)key * a.vst[2] + c) =
-          op::pack(dv[nt][2 * hf], dv[nt][2 * hf + 1]);
-    }
-  }
+  bwd_store_dkv<T, D>(a, b, kh, j0 + kw0, dvk, lane);
 #endif
 }
 

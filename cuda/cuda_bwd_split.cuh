@@ -2,7 +2,7 @@
 /* The backward pass's tensor-core main step in its "split" arrangement
  * (cuda_bwd.cuh step 3 under DISTRATTN_CUDA_BWD_DQ=split): f16 or bf16,
  * head_dim D = 64 or 128, mma.sync m16n8k16 with f32 accumulation, fed by
- * ldmatrix with the fragment patterns of cuda_bwd_mma.cuh. Two kernels, no
+ * ldmatrix with the fragment patterns of cuda_bwd_tile.cuh. Two kernels, no
  * atomics:
  *
  * dac_bwd_dkv_kernel: block (key block of BC = 16 WARPS keys, kv head,
@@ -30,7 +30,7 @@
 #ifndef DA_CUDA_BWD_SPLIT_CUH
 #define DA_CUDA_BWD_SPLIT_CUH
 
-#include "cuda_bwd_mma.cuh" /* bwd_mask, and cuda_bwd.cuh, cuda_mma.cuh */
+#include "cuda_bwd_tile.cuh"
 
 /* The dK/dV kernel: BC = 16 WARPS keys, BR query rows a step. */
 template <int D, int WARPS, int BR> struct dac_bwd_dkv_cfg {
@@ -50,7 +50,6 @@ template <int D, int WARPS, int BC> struct dac_bwd_dqk_cfg {
 template <typename T, int D, int WARPS, int BR, int MINB>
 __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dkv_kernel(dac_bwd_args a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  typedef dac_mma_op<T> op;
   typedef dac_bwd_dkv_cfg<D, WARPS, BR> cfg;
   constexpr int BC = cfg::BC, NT = cfg::NT, LD = cfg::LD;
   extern __shared__ __align__(16) unsigned char smraw[];
@@ -62,148 +61,38 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dkv_kernel(dac_bwd_a
   float *Ds = Ls + 2 * BR;                 /* [2][BR] */
 
   const int j0 = blockIdx.x * BC, kh = blockIdx.y, b = blockIdx.z;
-  const int hpk = a.heads / a.kv_heads;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kw0 = warp * 16;
-  const long long off = (long long)a.seq_k - a.seq_q;
 
-  /* the query rows that see a key of the block */
-  const int jl = min(j0 + BC, a.seq_k) - 1;
-  long long lo = 0, hi = (long long)a.seq_q - 1;
-  if (a.wr >= 0 && (long long)j0 - off - a.wr > lo) lo = (long long)j0 - off - a.wr;
-  if (a.wl >= 0 && (long long)jl - off + a.wl < hi) hi = (long long)jl - off + a.wl;
-  const int imin = (int)min(lo, (long long)a.seq_q), imax = (int)max(hi, -1LL);
-  const int nsteps = imin <= imax ? (imax - imin) / BR + 1 : 0;
-  const int nit = nsteps * hpk;
+  /* the query rows that see a key of the block, step by step (bwd_steps);
+   * K, V and the first step in shared memory */
+  const bwd_steps<BR> st = bwd_kblock_begin<T, BC, BR, D, LD, NT>(a, b, kh, j0, Ks, Vs, Qs, Gs, Ls, Ds);
 
-  const T *ksrc = (const T *)a.k + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
-  const T *vsrc = (const T *)a.v + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
-  auto load_step = [&](int it, int sl) {
-    const int h = kh * hpk + it / nsteps, i0 = imin + (it % nsteps) * BR;
-    const long long bh = (long long)b * a.heads + h;
-    const T *qsrc;
-    long long qrs;
-    if (a.qx) {
-      qsrc = (const T *)a.qx + bh * a.seq_q * D;
-      qrs = D;
-    } else {
-      qsrc = (const T *)a.q + ((long long)b * a.qst[0] + (long long)h * a.qst[1]);
-      qrs = a.qst[2];
-    }
-    const T *gsrc = (const T *)a.dout + ((long long)b * a.ost[0] + (long long)h * a.ost[1]);
-    load_tile_s<T, BR, D, LD, NT>(Qs + sl * BR * LD, qsrc, i0, a.seq_q, qrs);
-    load_tile_s<T, BR, D, LD, NT>(Gs + sl * BR * LD, gsrc, i0, a.seq_q, a.ost[2]);
-    /* the rows' LSE and D by cp.async too (zeros past seq_q, whose pairs
-     * are masked), so that no thread waits on a global load in the step */
-    for (int r = threadIdx.x; r < BR; r += NT) {
-      const bool ok = i0 + r < a.seq_q;
-      const long long at = ok ? bh * a.seq_q + i0 + r : 0;
-      dac_cp_async<4>(Ls + sl * BR + r, a.lse + at, ok);
-      dac_cp_async<4>(Ds + sl * BR + r, a.dsum + at, ok);
-    }
-  };
+  float dvk[2][D / 8][4]; /* dV, dK */
+  bwd_zero(dvk[0]);
+  bwd_zero(dvk[1]);
 
-  load_tile_s<T, BC, D, LD, NT>(Ks, ksrc, j0, a.seq_k, a.kst[2]);
-  load_tile_s<T, BC, D, LD, NT>(Vs, vsrc, j0, a.seq_k, a.vst[2]);
-  if (nit > 0) load_step(0, 0);
-  dac_cp_commit();
-  dac_cp_wait<0>();
-  __syncthreads();
-
-  float dk[D / 8][4], dv[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; i++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.0f;
-
-  for (int it = 0; it < nit; it++) {
+  for (int it = 0; it < st.n; it++) {
     const int cur = it & 1;
-    if (it + 1 < nit) load_step(it + 1, cur ^ 1);
+    if (it + 1 < st.n) bwd_load_step<T, BR, D, LD, NT>(a, b, st, it + 1, cur ^ 1, Qs, Gs, Ls, Ds);
     dac_cp_commit();
-    const int i0 = imin + (it % nsteps) * BR;
+    const int i0 = st.row0(it);
     const T *Qc = Qs + cur * BR * LD, *Gc = Gs + cur * BR * LD;
     const float *Lc = Ls + cur * BR, *Dc = Ds + cur * BR;
 
     /* S^T = K Q^T and dP^T = V dO^T: [16 keys][BR rows] per warp */
-    float st[BR / 8][4], pt[BR / 8][4];
-#pragma unroll
-    for (int i = 0; i < BR / 8; i++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) st[i][e] = pt[i][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-      uint32_t ka[4], va[4];
-      ldsm_x4(ka, Ks + (kw0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
-      ldsm_x4(va, Vs + (kw0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
-#pragma unroll
-      for (int np = 0; np < BR / 16; np++) {
-        const int boff = (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8;
-        uint32_t qb[4], gb[4];
-        ldsm_x4(qb, Qc + boff);
-        ldsm_x4(gb, Gc + boff);
-        op::mma(st[2 * np], ka, qb[0], qb[1]);
-        op::mma(st[2 * np + 1], ka, qb[2], qb[3]);
-        op::mma(pt[2 * np], va, gb[0], gb[1]);
-        op::mma(pt[2 * np + 1], va, gb[2], gb[3]);
-      }
-    }
-    /* P^T into st, dS^T into pt */
-    const bwd_mask mk = bwd_mask_of(a, j0, i0);
-#pragma unroll
-    for (int nt = 0; nt < BR / 8; nt++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int kl = kw0 + g4 + 8 * (e >> 1), rl = nt * 8 + 2 * t4 + (e & 1);
-        const float L = Lc[rl]; /* -inf: the row sees no key */
-        const bool vis = bwd_vis(mk, kl, rl) && L != -INFINITY;
-        const float p = vis ? dac_ex2(fmaf(st[nt][e], a.sc_log2, -(L * 1.4426950408889634f))) : 0.0f;
-        st[nt][e] = p;
-        pt[nt][e] = vis ? p * (pt[nt][e] - Dc[rl]) : 0.0f;
-      }
+    float sp[2][BR / 8][4];
+    bwd_mma_abt<T, D, BR, LD>(sp, Ks, Vs, kw0, Qc, Gc, lane);
+    /* P^T into sp[0], dS^T into sp[1] */
+    bwd_pds_t<0>(sp, bwd_mask_of(a, j0, i0), Lc, Dc, a.sc_log2, kw0, lane, (T *)nullptr);
     /* dV += P^T dO, dK += dS^T Q: k over the BR rows, n over D */
-#pragma unroll
-    for (int kk = 0; kk < BR / 16; kk++) {
-      uint32_t pa[4], sa[4];
-      pa[0] = op::pack(st[2 * kk][0], st[2 * kk][1]);
-      pa[1] = op::pack(st[2 * kk][2], st[2 * kk][3]);
-      pa[2] = op::pack(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-      pa[3] = op::pack(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-      sa[0] = op::pack(pt[2 * kk][0], pt[2 * kk][1]);
-      sa[1] = op::pack(pt[2 * kk][2], pt[2 * kk][3]);
-      sa[2] = op::pack(pt[2 * kk + 1][0], pt[2 * kk + 1][1]);
-      sa[3] = op::pack(pt[2 * kk + 1][2], pt[2 * kk + 1][3]);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; dp++) {
-        const int boff = (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dp * 16 + (lane / 16) * 8;
-        uint32_t gb[4], qb[4];
-        ldsm_x4_t(gb, Gc + boff);
-        ldsm_x4_t(qb, Qc + boff);
-        op::mma(dv[2 * dp], pa, gb[0], gb[1]);
-        op::mma(dv[2 * dp + 1], pa, gb[2], gb[3]);
-        op::mma(dk[2 * dp], sa, qb[0], qb[1]);
-        op::mma(dk[2 * dp + 1], sa, qb[2], qb[3]);
-      }
-    }
+    bwd_mma_xb<T, 2, BR, D, LD>(dvk, sp, Gc, Qc, lane);
     dac_cp_wait<0>();
     __syncthreads(); /* the next step's slot is in; this slot free */
   }
 
   /* dK (scaled) and dV of this warp's keys */
-  T *dkd = (T *)a.dk + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
-  T *dvd = (T *)a.dv + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
-#pragma unroll
-  for (int hf = 0; hf < 2; hf++) {
-    const int key = j0 + kw0 + g4 + 8 * hf;
-    if (key >= a.seq_k) continue;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++) {
-      const int c = nt * 8 + 2 * t4;
-      *reinterpret_cast<uint32_t *>(dkd + (long long)key * a.kst[2] + c) =
-          op::pack(a.sc * dk[nt][2 * hf], a.sc * dk[nt][2 * hf + 1]);
-      *reinterpret_cast<uint32_t *>(dvd + (long long)key * a.vst[2] + c) =
-          op::pack(dv[nt][2 * hf], dv[nt][2 * hf + 1]);
-    }
-  }
+  bwd_store_dkv<T, D>(a, b, kh, j0 + kw0, dvk, lane);
 #endif
 }
 
@@ -218,8 +107,8 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
   T *Gs = Qs + BR * LD;                  /* [BR][LD]: dO */
   T *Ks = Gs + BR * LD;                  /* [2][BC][LD] */
   T *Vs = Ks + 2 * BC * LD;              /* [2][BC][LD] */
-  float *l2s = (float *)(Vs + 2 * BC * LD); /* [BR]: LSE log2 e (-inf: no key) */
-  float *Ds = l2s + BR;                     /* [BR] */
+  float *Ls = (float *)(Vs + 2 * BC * LD); /* [BR]: LSE (-inf: no key) */
+  float *Ds = Ls + BR;                     /* [BR] */
 
   /* causal-like masks (a right window, none on the left): the last query
    * blocks see the most keys, and go first */
@@ -230,124 +119,57 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
   const long long bh = (long long)b * a.heads + h;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
   const int qw0 = warp * 16; /* this warp's rows in the block */
-  const long long off = (long long)a.seq_k - a.seq_q;
 
-  /* the keys a row of the block sees */
-  const int il = min(i0 + BR, a.seq_q) - 1;
-  long long lo = 0, hi = (long long)a.seq_k - 1;
-  if (a.wl >= 0 && (long long)i0 + off - a.wl > lo) lo = (long long)i0 + off - a.wl;
-  if (a.wr >= 0 && (long long)il + off + a.wr < hi) hi = (long long)il + off + a.wr;
-  const int jmin = (int)min(lo, (long long)a.seq_k), jmax = (int)max(hi, -1LL);
-  const int nsteps = jmin <= jmax ? (jmax - jmin) / BC + 1 : 0;
+  /* the keys a row of the block sees, in blocks of BC */
+  const bwd_span keys = bwd_keys_of<BC>(a, i0, min(i0 + BR, a.seq_q) - 1);
+  const int jmin = keys.lo, nsteps = keys.nb;
 
-  const T *qsrc;
-  long long qrs;
-  if (a.qx) {
-    qsrc = (const T *)a.qx + bh * a.seq_q * D;
-    qrs = D;
-  } else {
-    qsrc = (const T *)a.q + ((long long)b * a.qst[0] + (long long)h * a.qst[1]);
-    qrs = a.qst[2];
-  }
-  const T *gsrc = (const T *)a.dout + ((long long)b * a.ost[0] + (long long)h * a.ost[1]);
-  const T *ksrc = (const T *)a.k + ((long long)b * a.kst[0] + (long long)kh * a.kst[1]);
-  const T *vsrc = (const T *)a.v + ((long long)b * a.vst[0] + (long long)kh * a.vst[1]);
-  auto load_kv = [&](int st, int sl) {
-    const int j0 = jmin + st * BC;
-    load_tile_s<T, BC, D, LD, NT>(Ks + sl * BC * LD, ksrc, j0, a.seq_k, a.kst[2]);
-    load_tile_s<T, BC, D, LD, NT>(Vs + sl * BC * LD, vsrc, j0, a.seq_k, a.vst[2]);
-  };
-  load_tile_s<T, BR, D, LD, NT>(Qs, qsrc, i0, a.seq_q, qrs);
-  load_tile_s<T, BR, D, LD, NT>(Gs, gsrc, i0, a.seq_q, a.ost[2]);
-  if (nsteps > 0) load_kv(0, 0);
+  bwd_load_rows<T, BR, D, LD, NT>(a, b, h, i0, Qs, Gs, Ls, Ds);
+  if (nsteps > 0) bwd_load_keys<T, BC, D, LD, NT>(a, b, kh, jmin, Ks, Vs);
   dac_cp_commit();
-  for (int r = threadIdx.x; r < BR; r += NT) {
-    const int i = i0 + r;
-    float L = -INFINITY, Dv = 0.0f;
-    if (i < a.seq_q) {
-      L = a.lse[bh * a.seq_q + i];
-      Dv = a.dsum[bh * a.seq_q + i];
-    }
-    l2s[r] = L == -INFINITY ? -INFINITY : L * 1.4426950408889634f;
-    Ds[r] = Dv;
-  }
   dac_cp_wait<0>();
   __syncthreads();
 
-  /* this thread's two rows: their LSE and D stay in registers */
+  /* this thread's two rows: their LSE log2 e (-inf: no key) and D stay in
+   * registers */
   float l2r[2], Dr[2];
   long long ir[2];
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
     const int rl = qw0 + g4 + 8 * hf;
-    l2r[hf] = l2s[rl];
+    l2r[hf] = Ls[rl] * 1.4426950408889634f;
     Dr[hf] = Ds[rl];
     ir[hf] = (long long)i0 + rl;
   }
 
-  float dq[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; i++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) dq[i][e] = 0.0f;
+  float dq[1][D / 8][4];
+  bwd_zero(dq[0]);
 
   for (int st = 0; st < nsteps; st++) {
     const int cur = st & 1;
-    if (st + 1 < nsteps) load_kv(st + 1, cur ^ 1);
+    if (st + 1 < nsteps)
+      bwd_load_keys<T, BC, D, LD, NT>(a, b, kh, jmin + (st + 1) * BC, Ks + (cur ^ 1) * BC * LD,
+                                      Vs + (cur ^ 1) * BC * LD);
     dac_cp_commit();
     const int j0 = jmin + st * BC;
     const T *Kc = Ks + cur * BC * LD, *Vc = Vs + cur * BC * LD;
 
     /* S = Q K^T and dP = dO V^T: [16 rows][BC keys] per warp */
-    float s[BC / 8][4], dp[BC / 8][4];
-#pragma unroll
-    for (int i = 0; i < BC / 8; i++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) s[i][e] = dp[i][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-      uint32_t qa[4], ga[4];
-      ldsm_x4(qa, Qs + (qw0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
-      ldsm_x4(ga, Gs + (qw0 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
-#pragma unroll
-      for (int np = 0; np < BC / 16; np++) {
-        const int boff = (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8;
-        uint32_t kb[4], vb[4];
-        ldsm_x4(kb, Kc + boff);
-        ldsm_x4(vb, Vc + boff);
-        op::mma(s[2 * np], qa, kb[0], kb[1]);
-        op::mma(s[2 * np + 1], qa, kb[2], kb[3]);
-        op::mma(dp[2 * np], ga, vb[0], vb[1]);
-        op::mma(dp[2 * np + 1], ga, vb[2], vb[3]);
-      }
-    }
-    /* dS into s */
+    float sp[2][BC / 8][4];
+    bwd_mma_abt<T, D, BC, LD>(sp, Qs, Gs, qw0, Kc, Vc, lane);
+    /* P into sp[0], dS into sp[1] */
     const bwd_mask mk = bwd_mask_of(a, j0, i0);
 #pragma unroll
     for (int nt = 0; nt < BC / 8; nt++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int hf = e >> 1;
-        const bool vis = bwd_vis(mk, nt * 8 + 2 * t4 + (e & 1), qw0 + g4 + 8 * hf) && l2r[hf] != -INFINITY;
-        const float p = vis ? dac_ex2(fmaf(s[nt][e], a.sc_log2, -l2r[hf])) : 0.0f;
-        s[nt][e] = vis ? p * (dp[nt][e] - Dr[hf]) : 0.0f;
+        bwd_pds(sp[0][nt][e], sp[1][nt][e],
+                bwd_vis(mk, nt * 8 + 2 * t4 + (e & 1), qw0 + g4 + 8 * hf) && l2r[hf] != -INFINITY, a.sc_log2,
+                l2r[hf], Dr[hf]);
       }
     /* dQ += dS K: k over the BC keys, n over D */
-#pragma unroll
-    for (int kk = 0; kk < BC / 16; kk++) {
-      uint32_t sa[4];
-      sa[0] = op::pack(s[2 * kk][0], s[2 * kk][1]);
-      sa[1] = op::pack(s[2 * kk][2], s[2 * kk][3]);
-      sa[2] = op::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      sa[3] = op::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-      for (int dn = 0; dn < D / 16; dn++) {
-        uint32_t kb[4];
-        ldsm_x4_t(kb, Kc + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dn * 16 + (lane / 16) * 8);
-        op::mma(dq[2 * dn], sa, kb[0], kb[1]);
-        op::mma(dq[2 * dn + 1], sa, kb[2], kb[3]);
-      }
-    }
+    bwd_mma_xb<T, 1, BC, D, LD>(dq, sp, Kc, nullptr, lane);
     dac_cp_wait<0>();
     __syncthreads(); /* the next step's slot is in; this slot free */
   }
@@ -363,13 +185,13 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
       float *er = a.dacc + (bh * a.seq_q + i) * D + 2 * t4;
 #pragma unroll
       for (int nt = 0; nt < D / 8; nt++)
-        *reinterpret_cast<float2 *>(er + nt * 8) = make_float2(dq[nt][2 * hf], dq[nt][2 * hf + 1]);
+        *reinterpret_cast<float2 *>(er + nt * 8) = make_float2(dq[0][nt][2 * hf], dq[0][nt][2 * hf + 1]);
     } else {
       T *dqd = (T *)a.dq + ((long long)b * a.qst[0] + (long long)h * a.qst[1] + i * a.qst[2]) + 2 * t4;
 #pragma unroll
       for (int nt = 0; nt < D / 8; nt++)
         *reinterpret_cast<uint32_t *>(dqd + nt * 8) =
-            op::pack(a.sc * dq[nt][2 * hf], a.sc * dq[nt][2 * hf + 1]);
+            op::pack(a.sc * dq[0][nt][2 * hf], a.sc * dq[0][nt][2 * hf + 1]);
     }
   }
 #endif
@@ -378,13 +200,13 @@ __global__ void __launch_bounds__(32 * WARPS, MINB) dac_bwd_dq_mma_kernel(dac_bw
 /* The configurations, sized by ptxas's register counts (sm_90, f16):
  * the dK/dV kernel with a->bc keys a block (64: 4 warps, 128: 8) and 32
  * query rows a step, at D = 64 capped for 2 blocks of 8 warps (128
- * registers, 4 bytes spilled) or 3 of 4 (156); at D = 128 its 128 f32
- * accumulators a thread leave 1 block of 8 warps or 2 of 4 (230
+ * registers, 4 bytes spilled) or 3 of 4 (159); at D = 128 its 128 f32
+ * accumulators a thread leave 1 block of 8 warps or 2 of 4 (233
  * registers). The dQ kernel with a->dq_rows rows a block: 128 (the
- * default; 8 warps, 32 keys a step, 2 blocks an SM: 128 registers, 8
- * bytes spilled at D = 64, none at 128), whose K/V tiles feed twice the
- * rows of 64 (4 warps, 64 keys a step at D = 64, 32 at D = 128, 3 blocks
- * an SM: 168 registers, no spills; 64 keys at D = 128 take 240). */
+ * default; 8 warps, 32 keys a step, 2 blocks an SM: 128 registers, no
+ * spills), whose K/V tiles feed twice the rows of 64 (4 warps, 64 keys a
+ * step at D = 64, 32 at D = 128, 3 blocks an SM: 164 and 162 registers,
+ * no spills; 64 keys at D = 128 take 240). */
 template <int D, int WARPS> struct dac_bwd_split_sel {
   static constexpr int DKV_BR = 32;
   static constexpr int DKV_MINB = D == 64 ? (WARPS == 8 ? 2 : 3) : (WARPS == 8 ? 1 : 2);

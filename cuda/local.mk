@@ -57,7 +57,8 @@ EXTRA_DIST += bench/cuda-h100.txt bench/cuda-h200.txt \
 	bench/decode_race.py bench/bwd_race.py
 noinst_HEADERS += cuda/cuda_internal.h cuda/cuda_dev.cuh cuda/cuda_softmax.cuh cuda/cuda_wgmma_ops.cuh \
 	cuda/cuda_hash.cuh cuda/cuda_hash_kernel.cuh cuda/cuda_mma.cuh cuda/cuda_decode.cuh \
-	cuda/cuda_bwd.cuh cuda/cuda_bwd_kern.cuh cuda/cuda_bwd_mma.cuh cuda/cuda_bwd_split.cuh
+	cuda/cuda_bwd.cuh cuda/cuda_bwd_kern.cuh cuda/cuda_bwd_tile.cuh cuda/cuda_bwd_mma.cuh \
+	cuda/cuda_bwd_split.cuh
 
 if HAVE_CUDA
 backend_LTLIBRARIES += cuda/distrattn_cuda.la
@@ -90,7 +91,9 @@ cuda/cuda_decode_f16.lo cuda/cuda_decode_bf16.lo \
 cuda/cuda_bwd.lo cuda/cuda_backend.lo: $(top_srcdir)/cuda/cuda_bwd.cuh
 cuda/cuda_bwd.lo: $(top_srcdir)/cuda/cuda_bwd_kern.cuh
 cuda/cuda_bwd_mma_f16.lo cuda/cuda_bwd_mma_bf16.lo: $(top_srcdir)/cuda/cuda_bwd.cuh \
-	$(top_srcdir)/cuda/cuda_bwd_mma.cuh $(top_srcdir)/cuda/cuda_mma.cuh
+	$(top_srcdir)/cuda/cuda_bwd_tile.cuh $(top_srcdir)/cuda/cuda_bwd_mma.cuh \
+	$(top_srcdir)/cuda/cuda_mma.cuh
 cuda/cuda_bwd_split_f16.lo cuda/cuda_bwd_split_bf16.lo: $(top_srcdir)/cuda/cuda_bwd.cuh \
-	$(top_srcdir)/cuda/cuda_bwd_split.cuh $(top_srcdir)/cuda/cuda_mma.cuh
+	$(top_srcdir)/cuda/cuda_bwd_tile.cuh $(top_srcdir)/cuda/cuda_bwd_split.cuh \
+	$(top_srcdir)/cuda/cuda_mma.cuh
 endif
