@@ -36,15 +36,16 @@
  *      E, no step 2 zeroing, no step 4), or E (G > 1: every row written,
  *      so no zeroing; step 4 folds it back).
  * Why: the atomic kernel holds dK, dV, S^T, dP^T and E's fragments at once
- * (215-242 registers a thread on sm_90, 8 warps an SM) and its f32
+ * (215-240 registers a thread on sm_90, 8 warps an SM) and its f32
  * atomics and mid-step barrier serialize; the split kernels need fewer
  * registers (dQ kernel: 128, 2 blocks of 8 warps an SM, each K/V tile
- * feeding 128 rows; 168 with 64 rows, 3 blocks of 4 warps; dK/dV kernel
- * at head_dim 64: 128 with 8 warps, 2 blocks an SM, or 156 with 4, 3
- * blocks; at 128: 230, its 128 f32 accumulators a thread) and no atomics,
- * so dQ is the same bits from call to call, at the price of 7 products a
- * tile pair instead of 5. Which is faster is measured (bench/bwd_race.py
- * --variants); atomic stays the default until then.
+ * feeding 128 rows; 162-164 with 64 rows, 3 blocks of 4 warps; dK/dV
+ * kernel at head_dim 64: 128 with 8 warps, 2 blocks an SM, or 159 with 4,
+ * 3 blocks; at 128: 233, its 128 f32 accumulators a thread) and no
+ * atomics, so dQ is the same bits from call to call, at the price of 7
+ * products a tile pair instead of 5. Measured on an H200 (bench/bwd_race.py
+ * --variants, bench/cuda-notes.md): within 3 % of the atomic kernel, which
+ * stays the default. Both kernels' tile code is cuda_bwd_tile.cuh's.
  * The main kernel is the tensor-core one (cuda_bwd_mma.cuh: mma.sync
  * m16n8k16, f16/bf16, head_dim 64 and 128, 16-byte aligned rows) or the
  * SIMT one (cuda_bwd_kern.cuh: every dtype, head_dim 1..256, any layout);
