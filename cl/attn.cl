@@ -306,12 +306,14 @@ void da_attn(__global const qk_t *Q, __global const qk_t *K, __global const elem
       float mx = -INFINITY;
 #pragma unroll
       for (int t = 0; t < 8; t++) mx = fmax(mx, red[(ty + TY * r) * 8 + t]);
+      /* the online softmax (common.cl), mn > -inf being its own DA_SM_MU;
+       * a row whose max is still -inf (no logit so far above -inf) gets P 0 */
       const float mn = fmax(m[r], mx);
       float corr = 1.0f;
       if (mn > -INFINITY) {
-        corr = exp2(m[r] - mn);
+        corr = DA_SM_CORR(m[r], mn);
 #pragma unroll
-        for (int c = 0; c < KN; c++) Ps[((tx + 8 * c) * TY + ty) * 4 + r] = exp2(sc[r][c] - mn);
+        for (int c = 0; c < KN; c++) Ps[((tx + 8 * c) * TY + ty) * 4 + r] = DA_SM_P(sc[r][c], mn);
         m[r] = mn;
       } else {
 #pragma unroll
@@ -531,18 +533,21 @@ void da_attn(__global const qk_t *Q, __global const float *Kb, __global const fl
 #endif
       mx = fmax(mx, hmaxV(s[v]));
     }
+    /* the online softmax (common.cl), mn > -inf being its own DA_SM_MU;
+     * while the row's max is still -inf (no logit so far above -inf) a
+     * tile adds nothing */
     const float mn = fmax(m, mx);
     if (mn > -INFINITY) {
-      const float corr = exp2(m - mn);
+      const float corr = DA_SM_CORR(m, mn);
       float p[BN];
       float ps = 0.0f;
 #pragma unroll
       for (int v = 0; v < NB; v++) {
-        const floatV pv = exp2(s[v] - (floatV)(mn));
+        const floatV pv = DA_SM_P(s[v], (floatV)(mn));
         ps += hsumV(pv);
         vstoreV(pv, v, p);
       }
-      l = l * corr + ps;
+      l = DA_SM_SUM(l, corr, ps);
       /* The accumulator lives in registers for the tile. */
       floatV a[NV];
 #pragma unroll

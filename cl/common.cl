@@ -57,8 +57,8 @@ inline void da_seq_k(int lens, int b, __global const int *lens_k, int seq_k, lon
 }
 
 #ifdef LENS
-/* Windows and the log-sum-exp of the programs that take the da_attn_ext
- * options (WL, WR, LENS, LSE: attn.cl, decode.cl). */
+/* Windows, the online softmax and the log-sum-exp of the programs that take
+ * the da_attn_ext options (WL, WR, LENS, LSE: attn.cl, decode.cl). */
 /* The window (WL, WR: keys before / after the diagonal a query sees, -1
  * unbounded; causal is WR 0) of query i of a sequence whose diagonal is
  * off = lk - lq: it sees the keys [da_win_lo, da_win_hi). */
@@ -81,6 +81,29 @@ inline int da_win_lo(int i, int off, int lk) {
   return 0;
 #endif
 }
+/* The online softmax of a row, log2 domain, as every fused and decode
+ * kernel runs it: m and l are the running max and sum of the keys seen so
+ * far. A block of logits s whose max is mx moves the max to mn = fmax(m,
+ * mx), whose offset is mu = DA_SM_MU(mn); the sum and the output
+ * accumulator are multiplied by DA_SM_CORR(m, mu), and each key adds p =
+ * DA_SM_P(s, mu) to the sum and p V to the accumulator. Macros, so that
+ * they serve a float and the vectors of decode.cl's lanes kernel (a lane
+ * per row) alike: a vector condition of ?: selects per lane. */
+/* The offset of the exponentials: the running max, or 0 while that is -inf
+ * (every logit so far -inf), so that exp2 sees -inf - 0, not -inf - -inf:
+ * a -inf logit gives P 0 and a NaN one still a NaN P. (The fused kernels
+ * instead skip a block while mn is -inf, and there mu is mn.) */
+#define DA_SM_MU(mn) ((mn) == -INFINITY ? 0.0f : (mn))
+/* The probability of logit s. */
+#define DA_SM_P(s, mu) exp2((s) - (mu))
+/* The factor of the old sum and accumulator: the old max's own
+ * probability, 2^(m - mu), 0 from -inf. Where the max did not move it is
+ * exp2(0) = 1, or NaN at +inf (the row is NaN already); the decode
+ * kernels take 1 there without the exponential. */
+#define DA_SM_CORR(m, mu) DA_SM_P(m, mu)
+/* The running sum after a block whose probabilities sum to ps: one
+ * expression, which the compiler may contract to an fma. */
+#define DA_SM_SUM(l, corr, ps) ((l) * (corr) + (ps))
 /* The log-sum-exp of a row (m, l: its running max in the log2 domain and its
  * sum): -inf where it sees no key, NaN where its sum is NaN or 0 (all logits
  * -inf or NaN: O is NaN there). */

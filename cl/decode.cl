@@ -209,19 +209,20 @@ void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const e
       s[jj] = select(s[jj], (floatV)(-INFINITY), (j < lo) | (j >= hi));
       mx = fmax(mx, s[jj]);
     }
-    /* the online softmax of every row at once (see the other kernel) */
+    /* the online softmax (common.cl) of every row at once; the factor's
+     * exponentials only where some row's max moved */
     const floatV mn = fmax(m, mx);
-    const floatV mu = select(mn, (floatV)(0.0f), mn == (floatV)(-INFINITY));
+    const floatV mu = DA_SM_MU(mn);
     const intV same = mn == m;
     floatV corr = (floatV)(1.0f);
-    if (!all(same)) corr = select(exp2(m - mu), (floatV)(1.0f), same);
+    if (!all(same)) corr = select(DA_SM_CORR(m, mu), (floatV)(1.0f), same);
     floatV ps = (floatV)(0.0f);
 #pragma unroll
     for (int jj = 0; jj < KB; jj++) {
-      s[jj] = exp2(s[jj] - mu);
+      s[jj] = DA_SM_P(s[jj], mu);
       ps += s[jj];
     }
-    l = l * corr + ps;
+    l = DA_SM_SUM(l, corr, ps);
     m = mn;
     for (int c = 0; c < D; c++) {
       floatV a = vloadV(c, acc) * corr;
@@ -318,13 +319,12 @@ void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const e
         for (int jj = 0; jj < KB; jj++) a[jj] = fma(qv, vloadV(u, kf + jj * DP), a[jj]);
       }
       floatV s = select(da_tree(a), (floatV)(-INFINITY), (jv < (intV)(lo[r])) | (jv >= (intV)(hi[r])));
-      /* online softmax, log2 domain; mu keeps exp2's argument finite when
-       * every logit so far is -inf (a NaN logit still makes the sum NaN) */
+      /* the online softmax (common.cl) */
       const float mn = fmax(m[r], hmaxV(s));
-      const float mu = mn == -INFINITY ? 0.0f : mn;
-      const float corr = mn == m[r] ? 1.0f : exp2(m[r] - mu); /* exp2(0) is 1 */
-      const floatV p = exp2(s - (floatV)(mu));
-      l[r] = l[r] * corr + hsumV(p);
+      const float mu = DA_SM_MU(mn);
+      const float corr = mn == m[r] ? 1.0f : DA_SM_CORR(m[r], mu); /* exp2(0) is 1 */
+      const floatV p = DA_SM_P(s, (floatV)(mu));
+      l[r] = DA_SM_SUM(l[r], corr, hsumV(p));
       m[r] = mn;
       cr[r] = corr;
       vstoreV(p, 0, pb + r * KB);
@@ -446,20 +446,20 @@ void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const e
       const int jj = e / D, c = e - jj * D;
       KV[jj * DS + c] = jj < nj ? LOAD_ELEM(V, vbase + (ulong)((j0 + jj) * vs2) + c) : 0.0f;
     }
-    if (tid < RB) { /* the online softmax of row tid (see the rows shape) */
+    if (tid < RB) { /* the online softmax (common.cl) of row tid */
       __local float *ps = Ps + tid * KB;
       float mx = -INFINITY;
       for (int jj = 0; jj < KB; jj++) mx = fmax(mx, ps[jj]);
       const float mo = lm[tid], mn = fmax(mo, mx);
-      const float mu = mn == -INFINITY ? 0.0f : mn;
-      const float corr = exp2(mo - mu);
+      const float mu = DA_SM_MU(mn);
+      const float corr = DA_SM_CORR(mo, mu);
       float sum = 0.0f;
       for (int jj = 0; jj < KB; jj++) {
-        const float p = exp2(ps[jj] - mu);
+        const float p = DA_SM_P(ps[jj], mu);
         ps[jj] = p;
         sum += p;
       }
-      ll[tid] = ll[tid] * corr + sum;
+      ll[tid] = DA_SM_SUM(ll[tid], corr, sum);
       lm[tid] = mn;
       lc[tid] = corr;
     }
@@ -529,7 +529,8 @@ __kernel void da_dec_combine(__global const float *Pacc, __global const float2 *
   for (int c = 0; c < nch && !nan && M != -INFINITY; c++) {
     const float2 ml = Pml[pr + c];
     if (ml.y < 0.0f) continue; /* saw no key: no output row written */
-    const float w = ml.y > 0.0f ? exp2(ml.x - M) : 0.0f;
+    /* the chunk's weight: the factor from its max to M (finite: its own mu) */
+    const float w = ml.y > 0.0f ? DA_SM_CORR(ml.x, M) : 0.0f;
     L += ml.y * w;
     o = fma(vloadV(u, Pacc + (pr + c) * DP), (floatV)(w), o);
   }

@@ -673,6 +673,25 @@ static void build_q(const cpu_attn_job *J, size_t base, int nr, int nrp, const i
   for (int r = nr; r < nrp; r++) memset(qf + (size_t)r * D, 0, (size_t)D * sizeof(float));
 }
 
+/* The offset of a row's exponentials: its running max, or 0 while that is
+ * -inf (every logit so far -inf: every P 0, where -inf - -inf would be
+ * NaN). */
+static inline float sm_mu(float m) { return m == -INFINITY ? 0.0f : m; }
+
+/* A row's accumulator ar[0..Dp-1] times a, the factor of the online
+ * softmax; nothing where a is 1 (the row's max did not move). A macro: as
+ * an inline function GCC 12 lays softmax_block's row loop out otherwise,
+ * and the NaNs of a row with a +Inf and a NaN logit then meet in another
+ * order (another NaN sign in O); expanded in place the code is the same. */
+#define SM_RESCALE(ar, Dp, a)                                              \
+  do {                                                                     \
+    if ((a) != 1.0f) {                                                     \
+      vf av_ = vsplat(a);                                                  \
+      float *ar_ = (ar);                                                   \
+      for (int c_ = 0; c_ < (Dp); c_ += VL) *(vf *)(ar_ + c_) *= av_;      \
+    }                                                                      \
+  } while (0)
+
 /* Softmax of one row of logits s[0..w-1] (log2 domain; w a multiple of
  * VL) whose first lim entries are visible, against the running max *m and
  * the running sum *lv (a vector of partial sums, reduced once at the end):
@@ -691,7 +710,7 @@ static inline float softmax_row(float *restrict s, int lim, int w, float *m, vf 
   float mnew = hmax(mx);
   if (*m > mnew) mnew = *m;
   float alpha = *m == -INFINITY ? 0.0f : *m == mnew ? 1.0f : exp2f(*m - mnew);
-  vf mv = vsplat(mnew == -INFINITY ? 0.0f : mnew); /* all -inf: every P 0 */
+  vf mv = vsplat(sm_mu(mnew));
   vf sum = *lv * vsplat(alpha);
   for (int j = 0; j < w; j += VL) {
     vf e = vexp2(*(const vf *)(s + j) - mv);
@@ -772,8 +791,7 @@ static void softmax_block(const cpu_attn_job *J, float *restrict S, const float 
         memset(s, 0, (size_t)w * sizeof(float));
         continue;
       }
-      float mr = m[r];
-      vf mv = vsplat(mr == -INFINITY ? 0.0f : mr); /* all -inf: every P 0 */
+      vf mv = vsplat(sm_mu(m[r]));
       vf s0 = vsplat(0.0f), s1 = vsplat(0.0f);
       int j = 0;
       for (; j + 2 * VL <= w; j += 2 * VL) {
@@ -791,11 +809,7 @@ static void softmax_block(const cpu_attn_job *J, float *restrict S, const float 
       }
       float a = al[r];
       lv[r] = vfma(lv[r], vsplat(a), s0 + s1);
-      if (a != 1.0f) {
-        vf av = vsplat(a);
-        float *ar = acc + (size_t)r * Dp;
-        for (int c = 0; c < Dp; c += VL) *(vf *)(ar + c) *= av;
-      }
+      SM_RESCALE(acc + (size_t)r * Dp, Dp, a);
     }
   }
 }
@@ -1237,11 +1251,7 @@ static void dec_item(void *arg, int tid, long item) {
       }
       for (int j = 0; j < first; j++) s[j] = -INFINITY;
       float alpha = softmax_row(s, lim, w, &m[r], &lv[r], &l[r]);
-      if (alpha != 1.0f) {
-        vf av = vsplat(alpha);
-        float *ar = acc + (size_t)r * Dp;
-        for (int c = 0; c < Dp; c += VL) *(vf *)(ar + c) *= av;
-      }
+      SM_RESCALE(acc + (size_t)r * Dp, Dp, alpha);
     }
     dec_pv(S, DKB, vp, vb0, ldv, kn, acc, Rp, Dp, vt);
   }
