@@ -353,7 +353,7 @@ void da_attn(__global const qk_t *Q, __global const qk_t *K, __global const elem
     const int i = r0 + ty + TY * r;
     if (i >= lq) continue;
     const int seen = da_win_hi(i, off, lk) > da_win_lo(i, off, lk);
-    const float inv = seen ? 1.0f / l[r] : 0.0f;
+    const float inv = DA_SM_INV(seen, l[r]);
     const ulong ob = ooff + (ulong)(b * os0 + h * os1 + (q0 + i) * os2);
 #if LSE
     if (tx == 0) Lse[loff + da_lse_at(b, h, i, q0, seq_q, heads, rows_q)] = da_lse(seen, m[r], l[r]);
@@ -565,11 +565,8 @@ void da_attn(__global const qk_t *Q, __global const float *Kb, __global const fl
   }
 
   if (live) {
-    /* A row that sees no key is zero; one that does divides by l even when
-     * l is 0 or NaN (all logits -Inf or NaN), so the result is NaN as in
-     * the float64 reference. */
     const int seen = hi > lo;
-    const float inv = seen ? 1.0f / l : 0.0f;
+    const float inv = DA_SM_INV(seen, l);
     float o[DP];
     for (int u = 0; u < NV; u++) vstoreV(ACC_GET(u) * (floatV)(inv), u, o);
     const ulong orow = ooff + (ulong)(b * os0 + h * os1 + (q0 + i) * os2);

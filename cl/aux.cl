@@ -91,7 +91,7 @@ void da_softmax(__global float *S, int Rp, int seq_q, int seq_k, float scale) {
     if (lid < w) red[lid] += red[lid + w];
     barrier(CLK_LOCAL_MEM_FENCE);
   }
-  const float inv = lim > 0 ? 1.0f / red[0] : 0.0f; /* NaN stays NaN */
+  const float inv = DA_SM_INV(lim > 0, red[0]);
   for (int j = lid; j < seq_k; j += SL) s[j] = j < lim ? s[j] * inv : 0.0f;
 }
 

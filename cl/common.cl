@@ -56,6 +56,15 @@ inline void da_seq_k(int lens, int b, __global const int *lens_k, int seq_k, lon
   }
 }
 
+/* The epilogue of a softmax row (attn.cl, decode.cl, aux.cl): the factor
+ * that normalises its output (O; P in aux.cl), 1 / l, l its sum: 0 where
+ * the row sees no key (a zero row, SPEC 1); a row that does divides by l
+ * even when l is 0 or NaN (all its logits -inf or NaN), so that it is NaN
+ * as in the float64 reference. A macro: clang keeps the division's
+ * OpenCL precision (!fpmath, 2.5 ulp) in place, not inside an inline
+ * function that it turns into a select. */
+#define DA_SM_INV(seen, l) ((seen) ? 1.0f / (l) : 0.0f)
+
 #ifdef LENS
 /* Windows, the online softmax and the log-sum-exp of the programs that take
  * the da_attn_ext options (WL, WR, LENS, LSE: attn.cl, decode.cl). */

@@ -73,6 +73,11 @@ inline int da_dec_row(int rg, int r, int R, int seq_q, int lq, int lk, int hpk, 
   return 1;
 }
 
+/* A row's partial result of its chunk in Pml, (max, sum): sum -1 where the
+ * row sees no key of the chunk (it writes no output row; the combine skips
+ * it). */
+inline float2 da_dec_ml(float m, float l, int seen) { return (float2)(m, seen ? l : -1.0f); }
+
 #if !DEC_TILED
 /* VW elements of p from element i, as floats. */
 #if DTYPE == 0
@@ -240,7 +245,7 @@ void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const e
     if (!da_dec_row(rg, r, R, seq_q, lq, lk, hpk, kh, c0, c1, &h, &i, &lo1, &hi1)) continue;
     const size_t slot = (((size_t)b * heads + h) * seq_q + i) * nch + chunk;
     const int seen = lo1 < hi1;
-    Pml[slot] = (float2)(ma[r], seen ? la[r] : -1.0f);
+    Pml[slot] = da_dec_ml(ma[r], la[r], seen);
     if (seen)
       for (int c = 0; c < DP; c++) Pacc[slot * DP + c] = acc[c * VW + r];
   }
@@ -370,7 +375,7 @@ void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const e
     const int h = kh * hpk + rr / seq_q, i = rr % seq_q;
     const size_t slot = (((size_t)b * heads + h) * seq_q + i) * nch + chunk;
     const int seen = lo[r] < hi[r];
-    Pml[slot] = (float2)(m[r], seen ? l[r] : -1.0f);
+    Pml[slot] = da_dec_ml(m[r], l[r], seen);
     if (seen)
       for (int u = 0; u < NV; u++) vstoreV(vloadV(u, acc + r * DP), u, Pacc + slot * DP);
   }
@@ -497,7 +502,7 @@ void da_dec(__global const elem_t *Q, __global const elem_t *K, __global const e
     const int rr = rg * RB + tid;
     const int h = kh * hpk + rr / seq_q, i = rr % seq_q;
     const size_t slot = (((size_t)b * heads + h) * seq_q + i) * nch + chunk;
-    Pml[slot] = (float2)(lm[tid], llo[tid] < lhi[tid] ? ll[tid] : -1.0f);
+    Pml[slot] = da_dec_ml(lm[tid], ll[tid], llo[tid] < lhi[tid]);
   }
 }
 #endif /* DEC_TILED */
@@ -537,10 +542,8 @@ __kernel void da_dec_combine(__global const float *Pacc, __global const float2 *
   const int off = lk - lq;
   const int seen = da_win_hi(i, off, lk) > da_win_lo(i, off, lk);
   const float l = nan ? NAN : L;
-  /* a row that sees no key is zero; one that does divides by l even when
-   * l is 0 or NaN, as the fused kernels do */
   float ov[VW];
-  vstoreV(o * (floatV)(seen ? 1.0f / l : 0.0f), 0, ov);
+  vstoreV(o * (floatV)(DA_SM_INV(seen, l)), 0, ov);
   const ulong ob = ooff + (ulong)(b * os0 + h * os1 + (q0 + i) * os2) + (ulong)(u * VW);
   for (int t = 0; t < VW && u * VW + t < D; t++) STORE_ELEM(O, ob + t, ov[t]);
 #if LSE
