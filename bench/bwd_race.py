@@ -106,9 +106,10 @@ def main():
     ap.add_argument("--causal", default="0,1", help="which of 0 (no mask) and 1 (causal)")
     ap.add_argument("--groups", default="1,2,4", help="our group sizes (1 = exact)")
     ap.add_argument("--fusion", choices=("mean", "norm"), default="mean")
-    ap.add_argument("--bwd-keys", default="128",
-                    help="keys per block of our tensor-core backward (DISTRATTN_CUDA_BWD_KEYS), "
-                    "e.g. 64,128 for a row each")
+    ap.add_argument("--bwd-keys", default="",
+                    help="keys per block of our mma.sync backward (DISTRATTN_CUDA_BWD_KEYS, which "
+                    "also picks that kernel over the Hopper one), e.g. 64,128 for a row each; "
+                    "default: unset (the library's choice)")
     ap.add_argument("--variants", default="",
                     help="more settings of ours, each a row: 'label:ENV=VAL,ENV=VAL;label2:...', "
                     "e.g. 'split:DISTRATTN_CUDA_BWD_DQ=split'")
@@ -162,7 +163,10 @@ def main():
                 for G, keys, (label, envs) in [(G, kb, vr) for G in groups
                                                for kb in args.bwd_keys.split(",")
                                                for vr in variants]:
-                    os.environ["DISTRATTN_CUDA_BWD_KEYS"] = keys
+                    if keys:
+                        os.environ["DISTRATTN_CUDA_BWD_KEYS"] = keys
+                    else:
+                        os.environ.pop("DISTRATTN_CUDA_BWD_KEYS", None)
                     saved = {key: os.environ.get(key) for key, _ in envs}
                     for key, val in envs:
                         os.environ[key] = val

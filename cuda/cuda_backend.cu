@@ -1059,8 +1059,11 @@ static void dac_ext_args(const da_plan *p, const da_call *c, dac_args *ap) {
 /* The main kernel: the tensor-core one where the dtype (f16/bf16), the
  * head_dim (64, 128), the GPU (sm_80 on) and the alignment of every row
  * (16 bytes: the call's pointers at their offsets and the strides) allow,
- * else SIMT. DISTRATTN_CUDA_BWD="simt" forces the SIMT kernel, "mma"
- * demands the tensor-core one (a call it cannot run is refused);
+ * else SIMT; on sm_90 (built for sm_90a) the Hopper warpgroup-MMA kernel
+ * (cuda_bwd_wgmma.cu) takes the tensor-core calls, unless one of the
+ * mma.sync kernel's settings below is given. DISTRATTN_CUDA_BWD="simt"
+ * forces the SIMT kernel, "mma" demands the mma.sync one and "wgmma" the
+ * Hopper one (a call the kernel cannot run is refused);
  * DISTRATTN_CUDA_BWD_KEYS="64" gives the tensor-core kernel blocks of 64
  * keys (4 warps) instead of 128 (8 warps), for measurements.
  * DISTRATTN_CUDA_BWD_DQ picks the tensor-core arrangement: "atomic" (the
@@ -1141,8 +1144,20 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
                         "16-byte aligned rows; this is sm_%d%d, dtype %d, head_dim %d, rows %s)",
                         bc->cc_major, bc->cc_minor, (int)d->dtype, d->head_dim,
                         aligned ? "aligned" : "not aligned");
+  const int wg_ok = mma_ok && dac_bwd_wg_supported(bc->cc_major, bc->cc_minor, d->dtype, d->head_dim);
+  if (env == 2 && !(wg_ok && aligned))
+    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
+                        "DISTRATTN_CUDA_BWD=\"wgmma\": the Hopper backward kernel cannot run this "
+                        "call (it needs sm_90 and a build for sm_90a, f16 or bf16, head_dim 64 or "
+                        "128 and 16-byte aligned rows; this is sm_%d%d, dtype %d, head_dim %d, rows %s)",
+                        bc->cc_major, bc->cc_minor, (int)d->dtype, d->head_dim,
+                        aligned ? "aligned" : "not aligned");
   const int mma = mma_ok && aligned && env != 0;
-  const int split = mma && env_dq == 1 && dac_aligned16(a.dq);
+  /* the Hopper kernel where it runs, unless the mma.sync kernel (or one of
+   * its arrangements or block sizes) is asked for */
+  const int wg = mma && wg_ok &&
+                 (env == 2 || (env < 0 && env_dq != 1 && env_keys < 0 && env_rows < 0));
+  const int split = mma && !wg && env_dq == 1 && dac_aligned16(a.dq);
 
   /* the call's workspace, stream-ordered: E [bh][seq_q][d] f32 (not for
    * split with G = 1 and exact logits), D [bh][seq_q] f32 and, for G > 1 and
@@ -1216,6 +1231,8 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
   if (split)
     DAC_BWD_STEP(d->dtype == DA_F16 ? dac_launch_bwd_split_f16(&a, s) : dac_launch_bwd_split_bf16(&a, s),
                  "the split tensor-core backward kernels (dK/dV, dQ)");
+  else if (wg)
+    DAC_BWD_STEP(dac_launch_bwd_wg(&a, s), "the Hopper (warpgroup-MMA) backward kernel");
   else if (mma)
     DAC_BWD_STEP(d->dtype == DA_F16 ? dac_launch_bwd_mma_f16(&a, s) : dac_launch_bwd_mma_bf16(&a, s),
                  "the tensor-core backward kernel");

@@ -46,7 +46,9 @@
  * products a tile pair instead of 5. Measured on an H200 (bench/bwd_race.py
  * --variants, bench/cuda-notes.md): within 3 % of the atomic kernel, which
  * stays the default. Both kernels' tile code is cuda_bwd_tile.cuh's.
- * The main kernel is the tensor-core one (cuda_bwd_mma.cuh: mma.sync
+ * The main kernel is the Hopper one (cuda_bwd_wgmma.cu: warpgroup MMA,
+ * sm_90, the atomic arrangement with 128 keys and 64 query rows a step),
+ * the tensor-core one (cuda_bwd_mma.cuh: mma.sync
  * m16n8k16, f16/bf16, head_dim 64 and 128, 16-byte aligned rows) or the
  * SIMT one (cuda_bwd_kern.cuh: every dtype, head_dim 1..256, any layout);
  * tests/cuda_emu runs both on the host.
@@ -103,6 +105,11 @@ DAC_HIDDEN cudaError_t dac_launch_bwd_simt(const dac_bwd_args *a, cudaStream_t s
 DAC_HIDDEN int dac_bwd_mma_supported(da_dtype dt, int d);
 DAC_HIDDEN cudaError_t dac_launch_bwd_mma_f16(const dac_bwd_args *a, cudaStream_t s);
 DAC_HIDDEN cudaError_t dac_launch_bwd_mma_bf16(const dac_bwd_args *a, cudaStream_t s);
+/* step 3 on Hopper (cuda_bwd_wgmma.cu: warpgroup MMA, the atomic
+ * arrangement): sm_90 (a build with the sm_90a target), f16/bf16, head_dim
+ * 64 or 128, every row 16-byte aligned */
+DAC_HIDDEN int dac_bwd_wg_supported(int cc_major, int cc_minor, da_dtype dt, int d);
+DAC_HIDDEN cudaError_t dac_launch_bwd_wg(const dac_bwd_args *a, cudaStream_t s);
 /* step 3 split (cuda_bwd_split.cuh): the dK/dV kernel, then the dQ kernel
  * (s dQ straight into a->dq for G = 1, E into a->dacc for G > 1); the same
  * conditions as the tensor-core kernel */

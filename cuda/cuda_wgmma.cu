@@ -38,6 +38,7 @@
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define DAC_WG_DEVICE 1
+#include "cuda_wg.cuh"
 #include "cuda_wgmma_ops.cuh"
 #else
 #define DAC_WG_DEVICE 0
@@ -114,20 +115,11 @@ __device__ __forceinline__ void mbar_wait(uint32_t b, uint32_t parity) {
                "r"(parity)
                : "memory");
 }
-/* generic-proxy writes (st.shared: Q, the built Kf^T) before the async
- * proxy (wgmma) reads them */
-__device__ __forceinline__ void fence_proxy() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
 __device__ __forceinline__ void named_sync(int id, int n) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
 }
 __device__ __forceinline__ void named_arrive(int id, int n) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
-}
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
 /* the transaction-count arrive of a TMA stage: one thread announces the
  * bytes, the copies' completion brings the phase home */
@@ -145,27 +137,6 @@ __device__ __forceinline__ void tma3(uint32_t dst, const CUtensorMap *m, int x, 
 __device__ __forceinline__ void tma_prefetch(const CUtensorMap *m) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(m)) : "memory");
 }
-template <int N> __device__ __forceinline__ void wg_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-
-/* shared-memory matrix descriptor, 128-byte swizzle (layout 1) or 64-byte
- * (layout 2: rows of 64 bytes, 8-row groups 512 bytes apart) */
-__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo, uint64_t layout = 1) {
-  return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFFu) << 16) |
-         ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32) | (layout << 62);
-}
-/* byte offset of 16-byte chunk c (8 elements) of row r in a tile of
- * 128-byte rows, 64 elements each, blocks of `rows` rows per 64 columns */
-__device__ __forceinline__ uint32_t swz(int r, int c, int rows) {
-  return (uint32_t)((c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
-}
-/* the same for 64-byte rows (32 elements, the 64-byte swizzle: chunk c of
- * row r at chunk c ^ ((r / 2) % 4)), the pre-projected mode at rank 32 */
-__device__ __forceinline__ uint32_t swz64(int r, int c) {
-  return (uint32_t)(r * 64 + ((c ^ ((r >> 1) & 3)) << 4));
-}
-
 #endif /* DAC_WG_DEVICE */
 
 template <typename T, int D, int DQK, int GS>

@@ -38,8 +38,13 @@ NVCC_LTCOMPILE = $(LIBTOOL) $(AM_V_lt) --tag=CC $(AM_LIBTOOLFLAGS) $(LIBTOOLFLAG
 	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_GENCODE) -c -o $@ $<
 
 # the Hopper kernel: sm_90a alone (configure's NVCC_WG_GENCODE)
-cuda/cuda_wgmma.lo: $(top_srcdir)/cuda/cuda_wgmma.cu $(top_srcdir)/cuda/cuda_wgmma_ops.cuh
+cuda/cuda_wgmma.lo: $(top_srcdir)/cuda/cuda_wgmma.cu $(top_srcdir)/cuda/cuda_wgmma_ops.cuh $(top_srcdir)/cuda/cuda_wg.cuh
 	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_WG_GENCODE) -c -o $@ $(top_srcdir)/cuda/cuda_wgmma.cu
+
+# the Hopper backward kernel likewise
+cuda/cuda_bwd_wgmma.lo: $(top_srcdir)/cuda/cuda_bwd_wgmma.cu $(top_srcdir)/cuda/cuda_wgmma_ops.cuh \
+		$(top_srcdir)/cuda/cuda_wg.cuh $(top_srcdir)/cuda/cuda_bwd_tile.cuh
+	$(AM_V_GEN)$(NVCC_LTCOMPILE) $(NVCC_WG_GENCODE) -c -o $@ $(top_srcdir)/cuda/cuda_bwd_wgmma.cu
 
 # the hash kernel's instantiations: one PTX for all architectures
 DAC_HASH_DEPS = $(top_srcdir)/cuda/cuda_hash.cuh $(top_srcdir)/cuda/cuda_hash_kernel.cuh
@@ -55,7 +60,7 @@ cuda/cuda_hash_g8.lo: $(top_srcdir)/cuda/cuda_hash_g8.cu $(DAC_HASH_DEPS)
 EXTRA_DIST += bench/cuda-h100.txt bench/cuda-h200.txt \
 	bench/hash_bench.cu bench/gpu_check.sh bench/cuda-notes.md scripts/gen_wgmma.py \
 	bench/decode_race.py bench/bwd_race.py
-noinst_HEADERS += cuda/cuda_internal.h cuda/cuda_dev.cuh cuda/cuda_softmax.cuh cuda/cuda_wgmma_ops.cuh \
+noinst_HEADERS += cuda/cuda_internal.h cuda/cuda_dev.cuh cuda/cuda_softmax.cuh cuda/cuda_wg.cuh cuda/cuda_wgmma_ops.cuh \
 	cuda/cuda_hash.cuh cuda/cuda_hash_kernel.cuh cuda/cuda_mma.cuh cuda/cuda_decode.cuh \
 	cuda/cuda_bwd.cuh cuda/cuda_bwd_kern.cuh cuda/cuda_bwd_tile.cuh cuda/cuda_bwd_mma.cuh \
 	cuda/cuda_bwd_split.cuh
@@ -69,7 +74,7 @@ cuda_distrattn_cuda_la_SOURCES = cuda/cuda_hash_g2.cu cuda/cuda_hash_g4.cu \
 	cuda/cuda_hash_g8.cu cuda/cuda_hash_g1.cu cuda/cuda_mma_f16.cu \
 	cuda/cuda_mma_bf16.cu cuda/cuda_mma_f16_ext.cu cuda/cuda_mma_bf16_ext.cu \
 	cuda/cuda_mma_f16_proj.cu cuda/cuda_mma_bf16_proj.cu cuda/cuda_bwd_mma_f16.cu cuda/cuda_bwd_mma_bf16.cu \
-	cuda/cuda_bwd_split_f16.cu cuda/cuda_bwd_split_bf16.cu \
+	cuda/cuda_bwd_split_f16.cu cuda/cuda_bwd_split_bf16.cu cuda/cuda_bwd_wgmma.cu \
 	cuda/cuda_wgmma.cu cuda/cuda_decode_f16.cu cuda/cuda_decode_bf16.cu cuda/cuda_decode_f32.cu \
 	cuda/cuda_simt.cu cuda/cuda_bwd.cu cuda/cuda_hash.cu cuda/cuda_backend.cu cuda/cuda_mma.cu \
 	cuda/cuda_proj.cu cuda/cuda_proj_mma.cu

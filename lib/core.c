@@ -102,7 +102,7 @@ da_status da_overrides_parse(da_context *ctx, da_backend b, da_overrides *ov) {
     return DA_SUCCESS;
   }
   if (b == DA_BACKEND_CUDA) {
-    static const char *const bwd[] = {"simt", "mma"};
+    static const char *const bwd[] = {"simt", "mma", "wgmma"};
     static const char *const keys[] = {"64", "128"};
     static const char *const dq[] = {"atomic", "split"};
     int k = -1, rows = -1;
@@ -116,7 +116,7 @@ da_status da_overrides_parse(da_context *ctx, da_backend b, da_overrides *ov) {
       return da_set_error(ctx, DA_ERR_INVALID_ARG,
                           "DISTRATTN_CUDA_DECODE_CHUNK=%lu is not a multiple of 64", n);
     if (set) ov->cuda_decode_chunk = (long)n;
-    if ((s = da_env_word(ctx, "DISTRATTN_CUDA_BWD", bwd, 2, "\"simt\" or \"mma\"",
+    if ((s = da_env_word(ctx, "DISTRATTN_CUDA_BWD", bwd, 3, "\"simt\", \"mma\" or \"wgmma\"",
                          &ov->cuda_bwd)) ||
         (s = da_env_word(ctx, "DISTRATTN_CUDA_BWD_KEYS", keys, 2, "\"64\" or \"128\"", &k)) ||
         (s = da_env_word(ctx, "DISTRATTN_CUDA_BWD_DQ", dq, 2, "\"atomic\" or \"split\"",

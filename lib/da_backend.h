@@ -76,7 +76,7 @@ typedef struct da_overrides {
   int cuda_wgmma;         /* DISTRATTN_CUDA_WGMMA: 0 never, 1 demanded; -1 where it runs */
   int cuda_decode;        /* DISTRATTN_CUDA_DECODE: as cl_decode */
   long cuda_decode_chunk; /* DISTRATTN_CUDA_DECODE_CHUNK: as cl_decode_chunk */
-  int cuda_bwd;           /* DISTRATTN_CUDA_BWD: 0 simt, 1 mma (demanded); -1 the best */
+  int cuda_bwd;           /* DISTRATTN_CUDA_BWD: 0 simt, 1 mma, 2 wgmma (demanded); -1 the best */
   int cuda_bwd_keys;      /* DISTRATTN_CUDA_BWD_KEYS: 64 or 128; 0 the backend's (128) */
   int cuda_bwd_dq;        /* DISTRATTN_CUDA_BWD_DQ: 0 atomic, 1 split; -1 the backend's (atomic) */
   int cuda_bwd_dq_rows;   /* DISTRATTN_CUDA_BWD_DQ_ROWS: 64 or 128; 0 the backend's (128) */

@@ -27,6 +27,17 @@ def ss(n, ct, pt, tb):
 """
 
 
+def sstt(n, ct, pt):
+    na = n // 2
+    return f"""template <> __device__ __forceinline__ void dac_wg_sstt<{ct}, {n}>(float *d, uint64_t da, uint64_t db, int acc) {{
+  asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{na + 2}, 0;\\n"
+               "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{pt}.{pt} {{{regs(na, 0)}}}, %{na}, %{na + 1}, p, 1, 1, 1, 1;\\n}}\\n"
+               : {acc_constraints(na)}
+               : "l"(da), "l"(db), "r"(acc));
+}}
+"""
+
+
 def rs(n, ct, pt):
     na = n // 2
     return f"""template <> __device__ __forceinline__ void dac_wg_rs<{ct}, {n}>(float *d, const uint32_t *a, uint64_t db) {{
@@ -50,10 +61,17 @@ def main():
            "/* D[64 x N] += A[64 x 16] B[16 x N], A from registers (the mma.sync",
            " * m16n8k16 A fragment of each warp's 16 rows), B MN-major by descriptor. */",
            "template <typename T, int N>",
-           "__device__ __forceinline__ void dac_wg_rs(float *d, const uint32_t *a, uint64_t db);", ""]
+           "__device__ __forceinline__ void dac_wg_rs(float *d, const uint32_t *a, uint64_t db);",
+           "/* D[64 x N] (+)= A[64 x 16] B[16 x N], both from shared memory by",
+           " * descriptor and both MN-major (A stored [k][m], B [k][n]); the",
+           " * backward's dQ = dS K from dS^T and K. acc = 0 overwrites D. */",
+           "template <typename T, int N>",
+           "__device__ __forceinline__ void dac_wg_sstt(float *d, uint64_t da, uint64_t db, int acc);", ""]
     for ct, pt in TYPES:
         for tb in (0, 1):
             out.append(ss(128, ct, pt, tb))
+        out.append(ss(64, ct, pt, 0))  # the backward's S^T = K Q^T over 64 query rows
+        out.append(sstt(64, ct, pt))  # the backward's dQ parts
         for n in (64, 128):
             out.append(rs(n, ct, pt))
     out.append("#endif /* DA_CUDA_WGMMA_OPS_CUH */")

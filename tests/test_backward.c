@@ -1231,8 +1231,29 @@ static void test_cuda_window_strided(void **st) {
   for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) check_case(&cs[i]);
 }
 
+/* Whether the CUDA device runs the Hopper (sm_90a) kernels: the forward of
+ * a dense f16 plan at head_dim 64, seq 256, reports "wgmma" there, and the backward's
+ * warpgroup-MMA kernel has the same conditions (sm_90, a build for sm_90a). */
+static int cuda_hopper(void) {
+  static int known = -1;
+  if (known >= 0) return known;
+  da_context *ctx = be_ctx(DA_BACKEND_CUDA);
+  da_attn_desc d = tu_small_desc();
+  d.dtype = DA_F16, d.head_dim = 64;
+  d.seq_q = d.seq_k = 256; /* not a decode plan (few query rows: the split-KV kernels) */
+  da_plan *p = NULL;
+  TU_CHECK(ctx, da_plan_create(ctx, &d, &p));
+  da_kernel_info ki;
+  da_kernel_info_init(&ki);
+  TU_CHECK(ctx, da_plan_get_kernel(p, &ki));
+  known = !strcmp(ki.name, "wgmma");
+  da_plan_destroy(p);
+  da_context_destroy(ctx);
+  return known;
+}
+
 /* DISTRATTN_CUDA_BWD=simt runs the tensor-core shapes on the SIMT kernel;
- * =mma demands the tensor-core one, with blocks of 128 keys (the default)
+ * =mma demands the mma.sync one, with blocks of 128 keys (the default)
  * and of 64 (DISTRATTN_CUDA_BWD_KEYS=64). */
 static void test_cuda_forced(void **st) {
   (void)st;
@@ -1252,6 +1273,64 @@ static void test_cuda_forced(void **st) {
   }
   unsetenv("DISTRATTN_CUDA_BWD");
   unsetenv("DISTRATTN_CUDA_BWD_KEYS");
+}
+
+/* DISTRATTN_CUDA_BWD=wgmma demands the Hopper kernel (cuda/cuda_bwd_wgmma.cu,
+ * the default on sm_90): on a device that runs it, the exact shapes in
+ * f16 and bf16 (the float64 reference), G = 2 and 4, windows, strides and
+ * the BSHD layout; elsewhere the refusal of an f16 call at head_dim 64
+ * (DA_ERR_UNSUPPORTED naming the variable). */
+static void test_cuda_wgmma(void **st) {
+  (void)st;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  static const bcase win[] = {
+      {1, 4, 2, 120, 160, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CUDA, 0},
+      {1, 4, 2, 120, 160, 128, 0, DA_BF16, 1, DA_FUSE_NORM, 0, 0, -1, 0, DA_BACKEND_CUDA, 0},
+      {1, 2, 1, 100, 80, 64, 1, DA_F16, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_CUDA, 0},
+      {2, 4, 2, 70, 90, 64, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_CUDA, 0},
+      {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_CUDA, 0},
+      {1, 2, 1, 130, 90, 128, 0, DA_BF16, 4, DA_FUSE_MEAN, 64, 30, 0, 1, DA_BACKEND_CUDA, 0},
+      {1, 2, 2, 700, 650, 128, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+      {1, 4, 1, 333, 520, 64, 0, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
+  };
+  char *saved = env_save("DISTRATTN_CUDA_BWD");
+  setenv("DISTRATTN_CUDA_BWD", "wgmma", 1);
+  if (!cuda_hopper()) {
+    da_context *ctx = be_ctx(DA_BACKEND_CUDA);
+    da_attn_desc d = tu_small_desc();
+    d.dtype = DA_F16, d.head_dim = 64;
+    da_plan *p = NULL;
+    const da_status sp = da_plan_create(ctx, &d, &p);
+    da_buffer *b[9];
+    da_bwd_args a;
+    da_status sb = sp;
+    if (sp == DA_SUCCESS) {
+      zeroed_args(ctx, &d, b, 9, &a);
+      sb = da_attention_backward(p, &a);
+    }
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", da_context_last_error(ctx));
+    env_restore("DISTRATTN_CUDA_BWD", saved);
+    if (sp == DA_SUCCESS)
+      for (int i = 0; i < 9; i++) da_buffer_destroy(b[i]);
+    da_plan_destroy(p);
+    da_context_destroy(ctx);
+    if (sb != DA_ERR_UNSUPPORTED || !strstr(msg, "DISTRATTN_CUDA_BWD=\"wgmma\""))
+      fail_msg("DISTRATTN_CUDA_BWD=wgmma off Hopper: expected DA_ERR_UNSUPPORTED naming it, got "
+               "%s: \"%s\"", da_status_string(sb), msg);
+    return;
+  }
+  for (int t = 1; t < 3; t++)
+    for (size_t i = 0; i < N_CU_EXACT; i++) {
+      bcase k = cu_exact[i];
+      if (k.hd != 64 && k.hd != 128) continue;
+      k.t = all_types[t];
+      check_case(&k);
+      k.G = 2 + 2 * (i % 2), k.f = i % 3 ? DA_FUSE_NORM : DA_FUSE_MEAN;
+      check_case(&k);
+    }
+  for (size_t i = 0; i < sizeof win / sizeof *win; i++) check_case(&win[i]);
+  env_restore("DISTRATTN_CUDA_BWD", saved);
 }
 
 /* DISTRATTN_CUDA_BWD_DQ=split (cuda/cuda_bwd_split.cuh: a dK/dV kernel and
@@ -1321,9 +1400,11 @@ static void test_cuda_projection(void **st) {
   check_proj_cases(DA_BACKEND_CUDA, 1);
   setenv("DISTRATTN_CUDA_BWD", "simt", 1);
   check_proj_cases(DA_BACKEND_CUDA, 1);
-  setenv("DISTRATTN_CUDA_BWD", "mma", 1);
-  for (int m = 0; m < 2; m++) {
-    if (m) setenv("DISTRATTN_CUDA_BWD_KEYS", "64", 1);
+  for (int m = 0; m < 3; m++) {
+    if (m == 2 && !cuda_hopper()) break;
+    setenv("DISTRATTN_CUDA_BWD", m == 2 ? "wgmma" : "mma", 1);
+    if (m == 1) setenv("DISTRATTN_CUDA_BWD_KEYS", "64", 1);
+    if (m == 2) unsetenv("DISTRATTN_CUDA_BWD_KEYS");
     for (int t = 1; t < 3; t++)
       for (size_t i = 0; i < N_PROJ; i++) {
         bcase k = proj_cases[i];
@@ -1370,6 +1451,11 @@ static void test_cuda_refusals(void **st) {
   setenv("DISTRATTN_CUDA_BWD", "mma", 1); /* f32, head_dim 16: no tensor-core kernel */
   TU_CHECK(ctx, da_plan_create(ctx, &d, &pe));
   expect(ctx, da_attention_backward(pe, &a), DA_ERR_UNSUPPORTED, "DISTRATTN_CUDA_BWD");
+  da_plan_destroy(pe);
+  pe = NULL;
+  setenv("DISTRATTN_CUDA_BWD", "wgmma", 1); /* nor the Hopper one, on any device */
+  TU_CHECK(ctx, da_plan_create(ctx, &d, &pe));
+  expect(ctx, da_attention_backward(pe, &a), DA_ERR_UNSUPPORTED, "DISTRATTN_CUDA_BWD=\"wgmma\"");
   da_plan_destroy(pe);
   pe = NULL;
   setenv("DISTRATTN_CUDA_BWD", "tensor", 1);
@@ -1472,6 +1558,7 @@ int main(void) {
       {"cuda: DistrAttention vs float64", test_cuda_distr, NULL, NULL, NULL},
       {"cuda: windows and strides", test_cuda_window_strided, NULL, NULL, NULL},
       {"cuda: DISTRATTN_CUDA_BWD simt and mma, 64 and 128 keys", test_cuda_forced, NULL, NULL, NULL},
+      {"cuda: DISTRATTN_CUDA_BWD=wgmma (the Hopper kernel)", test_cuda_wgmma, NULL, NULL, NULL},
       {"cuda: DISTRATTN_CUDA_BWD_DQ=split, 64 and 128 keys and rows", test_cuda_split, NULL, NULL, NULL},
       {"cuda: vs cpu backward", test_cuda_vs_cpu, NULL, NULL, NULL},
       {"cuda: refusals", test_cuda_refusals, NULL, NULL, NULL},
