@@ -218,8 +218,9 @@ __device__ __forceinline__ void bwd_mma_abt(float (&c)[2][N / 8][4], const T *A0
  * bwd_mma_abt, [16 keys][BR = 8 M rows]: keys kw0..kw0 + 15 and rows
  * 0..BR - 1 of the tile under mask mk, the rows' LSE (-inf: the row sees
  * no key) and D in Lc, Dc [BR]. With LDS > 0, dS also goes to dSs
- * [BR][LDS] as [row][key] (the atomic kernel's E = dS K reads it there). */
-template <int LDS, typename T, int M>
+ * [BR][LDS] as [row][key] (the atomic kernel's E = dS K reads it there).
+ * FULL: the caller knows every pair of the tile visible (mk not read). */
+template <int LDS, typename T, int M, bool FULL = false>
 __device__ __forceinline__ void bwd_pds_t(float (&sp)[2][M][4], const bwd_mask &mk, const float *Lc,
                                           const float *Dc, float sc_log2, int kw0, int lane, T *dSs) {
   const int g4 = lane / 4, t4 = lane % 4;
@@ -229,7 +230,7 @@ __device__ __forceinline__ void bwd_pds_t(float (&sp)[2][M][4], const bwd_mask &
     for (int e = 0; e < 4; e++) {
       const int kl = kw0 + g4 + 8 * (e >> 1), rl = nt * 8 + 2 * t4 + (e & 1);
       const float L = Lc[rl];
-      bwd_pds(sp[0][nt][e], sp[1][nt][e], bwd_vis(mk, kl, rl) && L != -INFINITY, sc_log2,
+      bwd_pds(sp[0][nt][e], sp[1][nt][e], (FULL || bwd_vis(mk, kl, rl)) && L != -INFINITY, sc_log2,
               L * 1.4426950408889634f, Dc[rl]);
       if constexpr (LDS > 0) dSs[rl * LDS + kl] = bwd_to<T>(sp[1][nt][e]);
     }

@@ -169,7 +169,14 @@ __global__ void __launch_bounds__(BWG_NT, 1) dac_bwd_wg_kernel(const __grid_cons
       sp[0][i / 4][i % 4] = sacc[i];
       sp[1][i / 4][i % 4] = pacc[i];
     }
-    bwd_pds_t<0, T>(sp, bwd_mask_of(a, j0, i0), Lc, Dc, a.sc_log2, kw0, lane, (T *)nullptr);
+    {
+      /* a tile whose every (key, row) pair is visible skips the mask */
+      const bwd_mask mk = bwd_mask_of(a, j0, i0);
+      if (mk.kmax >= BC && mk.rmax >= BR && mk.dlo <= -(BR - 1) && mk.dhi >= BC - 1)
+        bwd_pds_t<0, T, BR / 8, true>(sp, mk, Lc, Dc, a.sc_log2, kw0, lane, (T *)nullptr);
+      else
+        bwd_pds_t<0, T>(sp, mk, Lc, Dc, a.sc_log2, kw0, lane, (T *)nullptr);
+    }
 
     /* dS^T into shared memory: key row kl, rows 8nt + 2t4, + 1 as one word
      * (panel nt / 8) */
