@@ -526,20 +526,33 @@ static da_status dac_upload(da_context *ctx, void **dst, const void *src, size_t
  * or 64 (head_dim 64 or 128) or 128 (head_dim 128) whose V and O are dense, with
  * no LSE, window or per-sequence lengths (proj_wg; DISTRATTN_CUDA_WGMMA=0
  * turns it off, =1 demands it). The decode kernels never take these plans. */
+/* Whether plan p's da_attn_ext options leave its tensors dense
+ * ([batch][heads][rows][head_dim]) with no per-sequence lengths and no
+ * window beyond causal's, so that the warpgroup-MMA kernel (TMA maps of
+ * dense tensors) runs it; the LSE output (ext.lse) it writes too. Q and K
+ * are checked only with check_qk (the projection strategy reads them
+ * through its projection kernels). */
+static int dac_dense_lse_only(const da_plan *p, int check_qk) {
+  const da_attn_desc *d = &p->d;
+  const da_attn_ext *x = &p->x;
+  int dense = x->seqlens == DA_SEQLENS_NONE && x->window_left < 0 &&
+              (x->window_right < 0 || (d->causal && x->window_right == 0));
+  const long long S = d->seq_k, Sq = d->seq_q, D = d->head_dim;
+  const long long ks[3] = {(long long)d->kv_heads * S * D, S * D, D};
+  const long long qs[3] = {(long long)d->heads * Sq * D, Sq * D, D};
+  for (int i = 0; i < 3; i++) {
+    dense = dense && x->v_stride[i] == ks[i] && x->o_stride[i] == qs[i];
+    if (check_qk) dense = dense && x->k_stride[i] == ks[i] && x->q_stride[i] == qs[i];
+  }
+  return dense;
+}
+
 static da_status dac_proj_plan(const da_plan *p, dac_plan *bp, const dac_ctx *bc) {
   da_context *ctx = p->ctx;
   const da_attn_desc *d = &p->d;
   const size_t r = (size_t)p->x.rank;
   da_status st;
-  const da_attn_ext *x = &p->x;
-  int dense = x->seqlens == DA_SEQLENS_NONE && !x->lse && x->window_left < 0 &&
-              (x->window_right < 0 || (d->causal && x->window_right == 0));
-  {
-    const long long S = d->seq_k, Sq = d->seq_q, D = d->head_dim;
-    const long long vs[3] = {(long long)d->kv_heads * S * D, S * D, D};
-    const long long os[3] = {(long long)d->heads * Sq * D, Sq * D, D};
-    for (int i = 0; i < 3; i++) dense = dense && x->v_stride[i] == vs[i] && x->o_stride[i] == os[i];
-  }
+  const int dense = dac_dense_lse_only(p, 0);
   bp->proj_wg = dense && p->ov.cuda_wgmma != 0 &&
                 dac_wg_proj_supported(bc->cc_major, bc->cc_minor, d->dtype, d->head_dim, (int)r);
   if (p->ov.cuda_wgmma == 1 && !bp->proj_wg) /* the plan's overrides, parsed by the core */
@@ -547,8 +560,8 @@ static da_status dac_proj_plan(const da_plan *p, dac_plan *bp, const dac_ctx *bc
                         "DISTRATTN_CUDA_WGMMA=\"1\" asks for the warpgroup-MMA kernel, whose "
                         "pre-projected mode does not run this ext.strategy = "
                         "DA_STRATEGY_PROJECTION plan (it takes sm_90a, f16/bf16, rank 32 or 64 "
-                        "with head_dim 64 or 128, or rank 128 with head_dim 128, dense V and O, no LSE, "
-                        "window or per-sequence lengths); unset DISTRATTN_CUDA_WGMMA or set it to "
+                        "with head_dim 64 or 128, or rank 128 with head_dim 128, dense V and O, no "
+                        "window or per-sequence lengths; the LSE it writes); unset DISTRATTN_CUDA_WGMMA or set it to "
                         "\"0\"");
   bp->proj_mma = bc->cc_major >= 8 && dac_mma_proj_supported(d->dtype, d->head_dim, (int)r);
   size_t pj_bytes, q_bytes, k_bytes;
@@ -611,18 +624,18 @@ static da_status dac_plan_prepare_inner(const da_plan *p, dac_plan *bp) {
    * comparisons), "1" demands the warpgroup-MMA one; unset: it where it runs */
   const int wg_env = p->ov.cuda_wgmma; /* the plan's overrides, parsed by the core */
   /* The warpgroup-MMA kernel runs dense plans only (its TMA descriptors
-   * assume dense tensors): a plan with da_attn_ext options (strides,
-   * per-sequence lengths, LSE, windows) runs on the mma.sync kernel on
-   * Hopper too, or on the SIMT one where that cannot (SPEC 1, "Layouts and
-   * lengths"). Dense plans made through da_plan_create_ext (ext_used 0)
-   * keep it. */
-  if (wg_env == 1 && p->ext_used && d->algo != DA_ALGO_GEMM)
+   * assume dense tensors), with or without the LSE output: a plan with
+   * other da_attn_ext options (strides, per-sequence lengths, windows)
+   * runs on the mma.sync kernel on Hopper too, or on the SIMT one where
+   * that cannot (SPEC 1, "Layouts and lengths"). */
+  const int dense = !p->ext_used || dac_dense_lse_only(p, 1);
+  if (wg_env == 1 && !dense && d->algo != DA_ALGO_GEMM)
     return da_set_error(ctx, DA_ERR_INVALID_ARG,
                         "DISTRATTN_CUDA_WGMMA=\"1\" asks for the warpgroup-MMA kernel, which runs "
                         "dense plans only: this plan uses da_attn_ext options (strides, "
-                        "per-sequence lengths, LSE or a window), which the mma.sync kernel runs "
+                        "per-sequence lengths or a window), which the mma.sync kernel runs "
                         "(unset DISTRATTN_CUDA_WGMMA or set it to \"0\")");
-  const bool wg_ok = !p->ext_used && bp->use_mma &&
+  const bool wg_ok = dense && d->algo != DA_ALGO_GEMM && bp->use_mma &&
                      dac_wg_supported(bc->cc_major, bc->cc_minor, d->dtype, d->head_dim, G,
                                       d->hash_block);
   if (wg_env == 1 && !wg_ok && d->algo != DA_ALGO_GEMM)
@@ -913,7 +926,10 @@ static da_status dac_attention_proj(const da_plan *p, const da_call *c) {
   return DA_SUCCESS;
 }
 
-static da_status dac_attention(const da_plan *p, void *q, void *k, void *v, void *o) {
+/* A dense call (or one whose only da_attn_ext option is the LSE, into lse,
+ * which only the warpgroup-MMA kernel is handed: dac_attention_ext sends
+ * such calls here only where that kernel runs them) */
+static da_status dac_attention(const da_plan *p, void *q, void *k, void *v, void *o, float *lse) {
   da_context *ctx = p->ctx;
   dac_ctx *bc = DAC_BC(ctx);
   dac_plan *bp = (dac_plan *)p->bplan;
@@ -957,12 +973,17 @@ static da_status dac_attention(const da_plan *p, void *q, void *k, void *v, void
   if (mma && bp->use_wg) {
     a.kt = bp->kt;
     a.kt_ld = bp->kt_ld;
+    a.lse = lse;
     DAC_CHECK(ctx, dac_launch_wg(&a, bc->stream));
   } else if (mma)
     DAC_CHECK(ctx, dac_launch_mma(&a, bp->br, bc->stream));
   else
     DAC_CHECK(ctx, dac_launch_simt(&a, bc->stream));
   return DA_SUCCESS;
+}
+
+static da_status dac_attention_dense(const da_plan *p, void *q, void *k, void *v, void *o) {
+  return dac_attention(p, q, k, v, o, NULL);
 }
 
 /* Whether every stride of the four tensors, in bytes, is a multiple of 16
@@ -991,7 +1012,13 @@ static da_status dac_attention_ext(const da_plan *p, const da_call *c) {
   if (x->strategy == DA_STRATEGY_PROJECTION) return dac_attention_proj(p, c);
   char *q = (char *)c->q + c->q_off * es, *k = (char *)c->k + c->k_off * es;
   char *v = (char *)c->v + c->v_off * es, *o = (char *)c->o + c->o_off * es;
-  if (!p->ext_used) return dac_attention(p, q, k, v, o);
+  if (!p->ext_used) return dac_attention(p, q, k, v, o, NULL);
+  /* a plan whose only option is the LSE (use_wg says so), on the
+   * warpgroup-MMA kernel where it runs the call: not a decode call, every
+   * pointer 16-byte aligned */
+  if (bp->use_wg && !(bp->dec && dac_dec_aligned(p, k, v)) && dac_aligned16(q) && dac_aligned16(k) &&
+      dac_aligned16(v) && dac_aligned16(o))
+    return dac_attention(p, q, k, v, o, x->lse && c->lse ? (float *)c->lse + c->lse_off : NULL);
   if (d->algo == DA_ALGO_GEMM) /* plan_prepare refused these */
     return da_set_error(ctx, DA_ERR_UNSUPPORTED, "CUDA: DA_ALGO_GEMM has no da_attn_ext options");
   DAC_SETDEV(ctx);
@@ -1279,7 +1306,7 @@ static const da_backend_iface dac_iface = {
     dac_buf_range,
     dac_plan_prepare,
     dac_plan_release,
-    dac_attention,
+    dac_attention_dense,
     dac_groups,
     dac_attention_ext,
     dac_attention_bwd,

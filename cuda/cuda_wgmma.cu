@@ -442,10 +442,15 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
       }
     }
 
-    /* O / l */
+    /* O / l, and the LSE where asked for (a plan whose only da_attn_ext
+     * option is ext.lse: dense, [batch][heads][seq_q]) */
     const float l0 = dac_lanes_sum<1, 2>(l[0]), l1 = dac_lanes_sum<1, 2>(l[1]);
-    const float i0 = dac_inv_sum(l0, !a.causal || r0 + off >= 0),
-                i1 = dac_inv_sum(l1, !a.causal || r1 + off >= 0);
+    const bool seen0 = !a.causal || r0 + off >= 0, seen1 = !a.causal || r1 + off >= 0;
+    const float i0 = dac_inv_sum(l0, seen0), i1 = dac_inv_sum(l1, seen1);
+    if (a.lse && t4 == 0) {
+      if (r0 < a.seq_q) a.lse[bh * (size_t)a.seq_q + r0] = dac_lse_val(seen0, m[0] * sc, l0);
+      if (r1 < a.seq_q) a.lse[bh * (size_t)a.seq_q + r1] = dac_lse_val(seen1, m[1] * sc, l1);
+    }
     T *out = (T *)a.o + bh * (size_t)a.seq_q * D;
 #pragma unroll
     for (int i = 0; i < D / 8; i++) {

@@ -435,6 +435,11 @@ static const ecase ecases[] = {
     {"mma-bf16-packed", 4, 4, 2, 150, 170, 128, DA_BF16, 1, 3, DA_SEQLENS_PACKED, -1, -1, 1, 1},
     {"mma-f16-kvcache-window", 3, 8, 2, 70, 400, 128, DA_F16, 1, 3, DA_SEQLENS_KV, 100, -1, 1, 1},
     {"mma-bf16-window-lr", 2, 2, 1, 200, 260, 64, DA_BF16, 0, 0, DA_SEQLENS_NONE, 37, 5, 1, 1},
+    /* dense with the LSE alone: on Hopper the warpgroup-MMA kernel writes it */
+    {"dense-lse-f16-d64", 2, 4, 2, 300, 260, 64, DA_F16, 0, 0, DA_SEQLENS_NONE, -1, -1, 1, 1},
+    {"dense-lse-bf16-d128-causal", 2, 4, 4, 200, 333, 128, DA_BF16, 1, 0, DA_SEQLENS_NONE, -1, -1, 1, 1},
+    {"dense-lse-f16-d128-causal-sq>sk", 1, 4, 2, 190, 130, 128, DA_F16, 1, 0, DA_SEQLENS_NONE, -1, -1, 1, 1},
+    {"dense-lse-bf16-d64-causal", 1, 2, 1, 257, 257, 64, DA_BF16, 1, 0, DA_SEQLENS_NONE, -1, -1, 1, 1},
 };
 
 static void test_ext_cases(void **state) {
@@ -1009,9 +1014,10 @@ static void test_decode_opencl(void **state) {
 }
 
 /* CUDA: DA_ALGO_GEMM refuses the options by name, DA_ALGO_AUTO takes the
- * fused kernels; the Hopper warpgroup-MMA kernel runs dense plans only, so
- * DISTRATTN_CUDA_WGMMA=1 refuses an ext plan (whatever the GPU) and leaves
- * a dense one made through da_plan_create_ext to its own checks. */
+ * fused kernels; the Hopper warpgroup-MMA kernel runs dense plans only
+ * (the LSE output allowed), so DISTRATTN_CUDA_WGMMA=1 refuses an ext plan
+ * with a window (whatever the GPU) and leaves a dense one, with or without
+ * the LSE, to its own checks. */
 static void test_refusals_cuda(void **state) {
   (void)state;
   TU_NEED_BACKEND(DA_BACKEND_CUDA);
@@ -1024,11 +1030,50 @@ static void test_refusals_cuda(void **state) {
   const char *old = getenv("DISTRATTN_CUDA_WGMMA");
   char *saved = old ? strdup(old) : NULL;
   setenv("DISTRATTN_CUDA_WGMMA", "1", 1);
+  x.window_left = 2;
   EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_INVALID_ARG, "dense plans only");
+  assert_null(p);
+  /* the LSE alone keeps a plan dense: refused here for f32 (head_dim 16) on any GPU */
+  x.window_left = -1;
+  EXPECT(da_plan_create_ext(ctx, &d, &x, &p), DA_ERR_INVALID_ARG, "cannot run this plan");
   assert_null(p);
   if (saved) setenv("DISTRATTN_CUDA_WGMMA", saved, 1);
   else unsetenv("DISTRATTN_CUDA_WGMMA");
   free(saved);
+  da_context_destroy(ctx);
+}
+
+/* CUDA: a dense plan whose only da_attn_ext option is the LSE runs the
+ * kernel the same plan without it runs (on Hopper the warpgroup-MMA one,
+ * which writes the LSE; elsewhere the mma.sync one), for f16 and bf16 at
+ * head_dim 64 and 128, causal and not; "cuda: ext cases" checks its O and
+ * LSE against the float64 reference ("dense-lse-..."). */
+static void test_lse_kernel_cuda(void **state) {
+  (void)state;
+  TU_NEED_BACKEND(DA_BACKEND_CUDA);
+  da_context *ctx = NULL;
+  TU_CHECK(ctx, da_context_create(&ctx, DA_BACKEND_CUDA, -1));
+  for (int i = 0; i < 8; i++) {
+    da_attn_desc d = tu_small_desc();
+    d.seq_q = d.seq_k = 300; /* not a decode plan */
+    d.dtype = i & 1 ? DA_BF16 : DA_F16, d.head_dim = i & 2 ? 128 : 64, d.causal = i >> 2;
+    da_attn_ext x;
+    da_attn_ext_init(&x);
+    da_plan *pd = NULL, *pl = NULL;
+    TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &pd));
+    x.lse = 1;
+    TU_CHECK(ctx, da_plan_create_ext(ctx, &d, &x, &pl));
+    da_kernel_info kd, kl;
+    da_kernel_info_init(&kd);
+    da_kernel_info_init(&kl);
+    TU_CHECK(ctx, da_plan_get_kernel(pd, &kd));
+    TU_CHECK(ctx, da_plan_get_kernel(pl, &kl));
+    da_plan_destroy(pd);
+    da_plan_destroy(pl);
+    if (strcmp(kd.name, kl.name) || strcmp(kd.name, "simt") == 0)
+      fail_msg("%s head_dim %d causal %d: the dense plan runs \"%s\", with the LSE \"%s\"",
+               tu_dtype_name(d.dtype), d.head_dim, d.causal, kd.name, kl.name);
+  }
   da_context_destroy(ctx);
 }
 
@@ -1072,6 +1117,7 @@ int main(void) {
       {"cuda: G > 1 equals dense", test_groups_equal_dense, NULL, NULL, st_cu},
       {"cuda: ext vs cpu", test_cross_backend, NULL, NULL, st_cu},
       {"cuda: refusals", test_refusals_cuda, NULL, NULL, NULL},
+      {"cuda: dense LSE plans run the dense kernel", test_lse_kernel_cuda, NULL, NULL, NULL},
       {"cuda: decode cases", test_decode_cuda, NULL, NULL, NULL},
       cmocka_unit_test(test_refusals),
   };
