@@ -1164,21 +1164,15 @@ static da_status dac_attention_bwd(const da_plan *p, const da_bwd_call *c) {
   int aligned = dac_strides16(x, es);
   for (int i = 0; i < 6; i++) aligned = aligned && dac_aligned16(ptrs[i]);
   const int mma_ok = bc->cc_major >= 8 && dac_bwd_mma_supported(d->dtype, d->head_dim);
-  if (env == 1 && !(mma_ok && aligned))
-    return da_set_error(ctx, DA_ERR_UNSUPPORTED,
-                        "DISTRATTN_CUDA_BWD=\"mma\": the tensor-core backward kernel cannot run "
-                        "this call (it needs sm_80 or later, f16 or bf16, head_dim 64 or 128 and "
-                        "16-byte aligned rows; this is sm_%d%d, dtype %d, head_dim %d, rows %s)",
-                        bc->cc_major, bc->cc_minor, (int)d->dtype, d->head_dim,
-                        aligned ? "aligned" : "not aligned");
   const int wg_ok = mma_ok && dac_bwd_wg_supported(bc->cc_major, bc->cc_minor, d->dtype, d->head_dim);
-  if (env == 2 && !(wg_ok && aligned))
+  if ((env == 1 && !(mma_ok && aligned)) || (env == 2 && !(wg_ok && aligned)))
     return da_set_error(ctx, DA_ERR_UNSUPPORTED,
-                        "DISTRATTN_CUDA_BWD=\"wgmma\": the Hopper backward kernel cannot run this "
-                        "call (it needs sm_90 and a build for sm_90a, f16 or bf16, head_dim 64 or "
-                        "128 and 16-byte aligned rows; this is sm_%d%d, dtype %d, head_dim %d, rows %s)",
-                        bc->cc_major, bc->cc_minor, (int)d->dtype, d->head_dim,
-                        aligned ? "aligned" : "not aligned");
+                        "DISTRATTN_CUDA_BWD=\"%s\": the %s backward kernel cannot run this call (it "
+                        "needs %s, f16 or bf16, head_dim 64 or 128 and 16-byte aligned rows; this is "
+                        "sm_%d%d, dtype %d, head_dim %d, rows %s)",
+                        env == 1 ? "mma" : "wgmma", env == 1 ? "tensor-core (mma.sync)" : "Hopper",
+                        env == 1 ? "sm_80 or later" : "sm_90 and a build for sm_90a", bc->cc_major,
+                        bc->cc_minor, (int)d->dtype, d->head_dim, aligned ? "aligned" : "not aligned");
   const int mma = mma_ok && aligned && env != 0;
   /* the Hopper kernel where it runs, unless the mma.sync kernel (or one of
    * its arrangements or block sizes) is asked for */

@@ -1275,6 +1275,17 @@ static void test_cuda_forced(void **st) {
   unsetenv("DISTRATTN_CUDA_BWD_KEYS");
 }
 
+/* The tensor-core shapes with windows, strides (BSHD) and G > 1, for the
+ * kernels the environment picks (test_cuda_wgmma, test_cuda_split) */
+static const bcase cu_win[] = {
+    {1, 4, 2, 120, 160, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CUDA, 0},
+    {1, 4, 2, 120, 160, 128, 0, DA_BF16, 1, DA_FUSE_NORM, 0, 0, -1, 0, DA_BACKEND_CUDA, 0},
+    {1, 2, 1, 100, 80, 64, 1, DA_F16, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_CUDA, 0},
+    {2, 4, 2, 70, 90, 64, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_CUDA, 0},
+    {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_CUDA, 0},
+    {1, 2, 1, 130, 90, 128, 0, DA_BF16, 4, DA_FUSE_MEAN, 64, 30, 0, 1, DA_BACKEND_CUDA, 0},
+};
+
 /* DISTRATTN_CUDA_BWD=wgmma demands the Hopper kernel (cuda/cuda_bwd_wgmma.cu,
  * the default on sm_90): on a device that runs it, the exact shapes in
  * f16 and bf16 (the float64 reference), G = 2 and 4, windows, strides and
@@ -1283,13 +1294,7 @@ static void test_cuda_forced(void **st) {
 static void test_cuda_wgmma(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_CUDA);
-  static const bcase win[] = {
-      {1, 4, 2, 120, 160, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CUDA, 0},
-      {1, 4, 2, 120, 160, 128, 0, DA_BF16, 1, DA_FUSE_NORM, 0, 0, -1, 0, DA_BACKEND_CUDA, 0},
-      {1, 2, 1, 100, 80, 64, 1, DA_F16, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_CUDA, 0},
-      {2, 4, 2, 70, 90, 64, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_CUDA, 0},
-      {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_CUDA, 0},
-      {1, 2, 1, 130, 90, 128, 0, DA_BF16, 4, DA_FUSE_MEAN, 64, 30, 0, 1, DA_BACKEND_CUDA, 0},
+  static const bcase big[] = {
       {1, 2, 2, 700, 650, 128, 1, DA_F16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
       {1, 4, 1, 333, 520, 64, 0, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 0, DA_BACKEND_CUDA, 0},
   };
@@ -1329,7 +1334,8 @@ static void test_cuda_wgmma(void **st) {
       k.G = 2 + 2 * (i % 2), k.f = i % 3 ? DA_FUSE_NORM : DA_FUSE_MEAN;
       check_case(&k);
     }
-  for (size_t i = 0; i < sizeof win / sizeof *win; i++) check_case(&win[i]);
+  for (size_t i = 0; i < sizeof cu_win / sizeof *cu_win; i++) check_case(&cu_win[i]);
+  for (size_t i = 0; i < sizeof big / sizeof *big; i++) check_case(&big[i]);
   env_restore("DISTRATTN_CUDA_BWD", saved);
 }
 
@@ -1341,14 +1347,6 @@ static void test_cuda_wgmma(void **st) {
 static void test_cuda_split(void **st) {
   (void)st;
   TU_NEED_BACKEND(DA_BACKEND_CUDA);
-  static const bcase win[] = {
-      {1, 4, 2, 120, 160, 64, 0, DA_F16, 1, DA_FUSE_NORM, 0, 20, 5, 0, DA_BACKEND_CUDA, 0},
-      {1, 4, 2, 120, 160, 128, 0, DA_BF16, 1, DA_FUSE_NORM, 0, 0, -1, 0, DA_BACKEND_CUDA, 0},
-      {1, 2, 1, 100, 80, 64, 1, DA_F16, 2, DA_FUSE_NORM, 32, 17, -1, 0, DA_BACKEND_CUDA, 0},
-      {2, 4, 2, 70, 90, 64, 1, DA_BF16, 1, DA_FUSE_NORM, 0, NOWIN, 1, DA_BACKEND_CUDA, 0},
-      {2, 4, 2, 70, 90, 128, 0, DA_F16, 2, DA_FUSE_NORM, 32, NOWIN, 1, DA_BACKEND_CUDA, 0},
-      {1, 2, 1, 130, 90, 128, 0, DA_BF16, 4, DA_FUSE_MEAN, 64, 30, 0, 1, DA_BACKEND_CUDA, 0},
-  };
   /* a DISTRATTN_CUDA_BWD_DQ of the caller's (the whole suite run split)
    * is put back for the tests after this one */
   char *saved = env_save("DISTRATTN_CUDA_BWD_DQ");
@@ -1368,7 +1366,7 @@ static void test_cuda_split(void **st) {
           check_case(&k);
         }
       }
-    for (size_t i = 0; i < sizeof win / sizeof *win; i++) check_case(&win[i]);
+    for (size_t i = 0; i < sizeof cu_win / sizeof *cu_win; i++) check_case(&cu_win[i]);
   }
   env_restore("DISTRATTN_CUDA_BWD_DQ", saved);
   unsetenv("DISTRATTN_CUDA_BWD_KEYS");
