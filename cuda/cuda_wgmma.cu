@@ -349,13 +349,15 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
       const uint32_t kb = sK + s * L::KB;
 #pragma unroll
       for (int kk = 0; kk < DQK / 16; kk++) {
+        if (SW64) { /* 64-byte rows: k-step kk 32 bytes on */
+          dac_wg_ss<T, 128, 0>(sacc, wg_desc(qa + kk * 32, 16, 512, 2), wg_desc(kb + kk * 32, 16, 512, 2),
+                               kk > 0);
+          continue;
+        }
         const uint64_t da = wg_desc(qa + (kk >> 2) * 16384 + (kk & 3) * 32, 16, 1024);
         if (GR) {
           const uint64_t db = wg_desc(kb + kk * 2048, DQK * 128, 1024);
           dac_wg_ss<T, 128, 1>(sacc, da, db, kk > 0);
-        } else if (SW64) { /* 64-byte rows: k-step kk 32 bytes on */
-          dac_wg_ss<T, 128, 0>(sacc, wg_desc(qa + kk * 32, 16, 512, 2), wg_desc(kb + kk * 32, 16, 512, 2),
-                               kk > 0);
         } else {
           const uint64_t db = wg_desc(kb + (kk >> 2) * 16384 + (kk & 3) * 32, 16, 1024);
           dac_wg_ss<T, 128, 0>(sacc, da, db, kk > 0);
