@@ -14,7 +14,12 @@
  *
  * argv[1]: cpu, opencl or cuda (default cuda). argv[2] "dense": no
  * da_attn_ext option (no LSE, no window, aligned), so that CUDA's Hopper
- * kernel, which runs dense plans only, takes the calls it can. */
+ * kernel, which runs dense plans only, takes the calls it can. argv[2]
+ * "inf": instead, a sweep of infinite inputs that make whole key tiles
+ * -inf for a row before any logit above it (inf 2..5 below), with and
+ * without windows, for changes to the online softmax's -inf handling;
+ * the inputs are chosen so that no logit is NaN (an Inf times a 0 of an
+ * f16/bf16 input that rounds to 0 could still make one). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -55,6 +60,39 @@ static uint64_t fnv(const void *p, size_t n, uint64_t h) {
 static da_context *ctx;
 static int dense; /* no ext options: the Hopper kernel's plans */
 
+/* The infinite inputs of run's inf (e: the element's index past the
+ * offset; t: 0 Q, 1 K, 2 V): 1 one +Inf in K (element 5 d + 3); 2 Q's
+ * column 3 made positive and K's column 3 -Inf for the keys j < 100, so
+ * that every row's logits are -inf there; 3 as 2, with a +Inf and a -Inf
+ * in V at keys 50 and 20 (where P is 0); 4 Q's column 3 positive, K's
+ * column 3 -Inf for the last 100 keys, and a -Inf in Q (flat row 5,
+ * column 3: that row's logits are all +-inf); 5 Q's column 3 positive in
+ * even rows and negative in odd ones, K's column 3 -Inf at every third
+ * key (j % 3 == 0). Column 3's finite elements are kept 0.25 or more in
+ * size, so that no f16 or bf16 rounding makes one 0 (0 x Inf, a NaN). */
+static float poke_inf(int inf, int t, size_t e, int d, int sq, int sk, float f) {
+  const int c = (int)(e % (size_t)d);
+  const long row = (long)(e / (size_t)d);
+  const int i = (int)(row % sq), j = (int)(row % sk);
+  if (inf == 1) return t == 1 && e == (size_t)(5 * d + 3) ? INFINITY : f;
+  if (c == 3 && t < 2) f = copysignf(fabsf(f) + 0.25f, f);
+  if (t == 0) {
+    if (c != 3) return f;
+    if (inf == 4 && row == 5) return -INFINITY;
+    return inf == 5 && i % 2 ? -fabsf(f) : fabsf(f);
+  }
+  if (t == 1 && c == 3) {
+    if ((inf == 2 || inf == 3) && j < 100) return -INFINITY;
+    if (inf == 4 && j >= sk - 100) return -INFINITY;
+    if (inf == 5 && j % 3 == 0) return -INFINITY;
+  }
+  if (t == 2 && inf == 3) {
+    if (j == 50 && c == 7) return INFINITY;
+    if (j == 20 && c == 9) return -INFINITY;
+  }
+  return f;
+}
+
 static void run(int dt, int d, int H, int KVH, int sq, int sk, int causal, int G, int wl, int wr,
                 int rank, int qoff, int inf) {
   const size_t es = dt == DA_F32 ? 4 : 2;
@@ -90,7 +128,7 @@ static void run(int dt, int d, int H, int KVH, int sq, int sk, int causal, int G
     size_t n = t == 0 ? nq : nk;
     for (size_t i = 0; i < n; i++) {
       float f = (float)(urand() * 4 - 2);
-      if (inf && t == 1 && i == (size_t)qoff + 5 * d + 3) f = INFINITY;
+      if (inf && i >= (size_t)qoff) f = poke_inf(inf, t, i - (size_t)qoff, d, sq, sk, f);
       if (dt == DA_F32) memcpy(b + 4 * i, &f, 4);
       else {
         uint16_t h = dt == DA_F16 ? f2h(f) : f2b(f);
@@ -139,6 +177,7 @@ int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "cpu")) be = DA_BACKEND_CPU;
   if (argc > 1 && !strcmp(argv[1], "opencl")) be = DA_BACKEND_OPENCL;
   dense = argc > 2 && !strcmp(argv[2], "dense");
+  const int infs = argc > 2 && !strcmp(argv[2], "inf");
   if (da_context_create(&ctx, be, 0) != DA_SUCCESS) {
     fprintf(stderr, "no context\n");
     return 1;
@@ -148,6 +187,24 @@ int main(int argc, char **argv) {
                                   {200, 333, 4, 4}, {1024, 1024, 4, 4}, {130, 2000, 4, 2},
                                   {700, 300, 4, 4},   {2048, 2048, 16, 16}, {2048, 2048, 16, 4}};
   static const int dims[] = {64, 128, 40, 96};
+  if (infs) {
+    static const int ishapes[][4] = {{1, 300, 8, 2},  {8, 513, 8, 8},   {16, 200, 8, 8},
+                                     {200, 333, 4, 4}, {130, 700, 4, 2}, {300, 300, 4, 4}};
+    static const int wins[][2] = {{-1, -1}, {64, 0}, {150, -1}, {40, 32}};
+    for (int dt = 0; dt < 3; dt++) /* G = 1 only: a fused Q column may cancel to 0 */
+      for (int di = 0; di < 4; di += 2) /* 64, 40 */
+        for (int s = 0; s < 6; s++)
+          for (int c = 0; c < 2; c++)
+            for (int w = 0; w < 4; w++)
+              for (int inf = 2; inf <= 5; inf++) {
+                const int *sh = ishapes[s];
+                if (c && wins[w][1] > 0) continue; /* causal: no right window */
+                run(dt, dims[di], sh[2], sh[3], sh[0], sh[1], c, 1, wins[w][0], wins[w][1], 0,
+                    0, inf);
+              }
+    da_context_destroy(ctx);
+    return 0;
+  }
   for (int dt = 0; dt < 3; dt++)
     for (int di = 0; di < 4; di++)
       for (int s = 0; s < 12; s++)

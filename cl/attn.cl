@@ -306,19 +306,15 @@ void da_attn(__global const qk_t *Q, __global const qk_t *K, __global const elem
       float mx = -INFINITY;
 #pragma unroll
       for (int t = 0; t < 8; t++) mx = fmax(mx, red[(ty + TY * r) * 8 + t]);
-      /* the online softmax (common.cl), mn > -inf being its own DA_SM_MU;
-       * a row whose max is still -inf (no logit so far above -inf) gets P 0 */
-      const float mn = fmax(m[r], mx);
-      float corr = 1.0f;
-      if (mn > -INFINITY) {
-        corr = DA_SM_CORR(m[r], mn);
+      /* the online softmax (common.cl). While the row's max stays -inf
+       * (no logit so far above -inf: its sum and accumulator are still 0,
+       * or NaN) corr is 1 and mu 0, so that a -inf logit gives P 0 and a
+       * NaN one, which fmax passes over, a NaN P that makes the row NaN */
+      const float mn = fmax(m[r], mx), mu = DA_SM_MU(mn);
+      const float corr = mn > -INFINITY ? DA_SM_CORR(m[r], mu) : 1.0f;
 #pragma unroll
-        for (int c = 0; c < KN; c++) Ps[((tx + 8 * c) * TY + ty) * 4 + r] = DA_SM_P(sc[r][c], mn);
-        m[r] = mn;
-      } else {
-#pragma unroll
-        for (int c = 0; c < KN; c++) Ps[((tx + 8 * c) * TY + ty) * 4 + r] = 0.0f;
-      }
+      for (int c = 0; c < KN; c++) Ps[((tx + 8 * c) * TY + ty) * 4 + r] = DA_SM_P(sc[r][c], mu);
+      m[r] = mn;
       l[r] *= corr;
 #pragma unroll
       for (int u = 0; u < NU; u++) acc[r][u] *= (float4)(corr);
@@ -533,17 +529,24 @@ void da_attn(__global const qk_t *Q, __global const float *Kb, __global const fl
 #endif
       mx = fmax(mx, hmaxV(s[v]));
     }
-    /* the online softmax (common.cl), mn > -inf being its own DA_SM_MU;
-     * while the row's max is still -inf (no logit so far above -inf) a
-     * tile adds nothing */
+    /* the online softmax (common.cl). While the row's max stays -inf (no
+     * logit so far above -inf) a tile adds nothing and is skipped (its V
+     * is not read), unless it holds a NaN logit, which fmax passes over:
+     * then mu is 0 and the NaN's P makes the row NaN, as in the decode
+     * kernels and the CPU backend */
     const float mn = fmax(m, mx);
-    if (mn > -INFINITY) {
-      const float corr = DA_SM_CORR(m, mn);
+    int nan = 0;
+    if (mn == -INFINITY)
+#pragma unroll
+      for (int v = 0; v < NB; v++) nan |= any(isnan(s[v]));
+    if (mn > -INFINITY || nan) {
+      const float mu = DA_SM_MU(mn);
+      const float corr = DA_SM_CORR(m, mu);
       float p[BN];
       float ps = 0.0f;
 #pragma unroll
       for (int v = 0; v < NB; v++) {
-        const floatV pv = DA_SM_P(s[v], (floatV)(mn));
+        const floatV pv = DA_SM_P(s[v], (floatV)(mu));
         ps += hsumV(pv);
         vstoreV(pv, v, p);
       }

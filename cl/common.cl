@@ -99,9 +99,11 @@ inline int da_win_lo(int i, int off, int lk) {
  * they serve a float and the vectors of decode.cl's lanes kernel (a lane
  * per row) alike: a vector condition of ?: selects per lane. */
 /* The offset of the exponentials: the running max, or 0 while that is -inf
- * (every logit so far -inf), so that exp2 sees -inf - 0, not -inf - -inf:
- * a -inf logit gives P 0 and a NaN one still a NaN P. (The fused kernels
- * instead skip a block while mn is -inf, and there mu is mn.) */
+ * (every logit so far -inf or NaN: fmax passes over a NaN), so that exp2
+ * sees -inf - 0, not -inf - -inf: a -inf logit gives P 0 and a NaN one
+ * still a NaN P. (While mn is -inf attn.cl's rows kernel skips a block
+ * that holds no NaN logit, and its tiled kernel takes corr 1, as it always
+ * has: its sum and accumulator are 0 there, or NaN from 0 x Inf in P V.) */
 #define DA_SM_MU(mn) ((mn) == -INFINITY ? 0.0f : (mn))
 /* The probability of logit s. */
 #define DA_SM_P(s, mu) exp2((s) - (mu))

@@ -755,6 +755,174 @@ static void test_groups_equal_dense(void **state) {
   da_context_destroy(ctx);
 }
 
+/* ------------------------------------------ a NaN alone in a key tile */
+
+/* A NaN logit makes its row NaN (SPEC 2, non-finite inputs), also where it
+ * is the only key of a key tile that the row sees and no logit before it
+ * rose above -inf. Query row 0 of head 0 sees the keys [127, 256) (a left
+ * window of 125 with 4 queries and 256 keys) and K[127] holds a NaN: the
+ * row's first key tile of any power-of-two width up to 128 (the fused
+ * kernels' BN, checked where reported) ends at key 127, so it holds one
+ * visible logit, NaN. That row's O and LSE must be NaN, as the float64
+ * reference's; every other row (the later queries, which do not see key
+ * 127, and head 1, whose kv head is finite) must match the reference. Each
+ * kernel that can take the shape runs it: on the CPU the blocked path and
+ * the split-KV decode, on OpenCL the rows and tiled kernels and the decode
+ * kernels in both shapes, with chunks of 128 keys (environment overrides,
+ * checked through da_plan_get_kernel). */
+enum { NT_H = 2, NT_SQ = 4, NT_SK = 256, NT_HD = 64, NT_WL = 125, NT_KEY = 127 };
+
+/* Sets the variables of env (name, value pairs; NULL ends) and keeps their
+ * old values in old (strdup'd; NULL: unset); nt_env_pop puts them back. */
+static void nt_env_push(const char *const *env, char **old) {
+  for (int i = 0; env[i]; i += 2) {
+    const char *o = getenv(env[i]);
+    old[i / 2] = o ? strdup(o) : NULL;
+    setenv(env[i], env[i + 1], 1);
+  }
+}
+static void nt_env_pop(const char *const *env, char **old) {
+  for (int i = 0; env[i]; i += 2) {
+    if (old[i / 2]) setenv(env[i], old[i / 2], 1);
+    else unsetenv(env[i]);
+    free(old[i / 2]);
+  }
+}
+
+/* One run on backend be with the variables of env set from the context's
+ * creation to the plan's; the plan must report the kernel name (and, where
+ * not NULL, variant; where not 0, chunk). Returns 1 (having printed why) when the results are
+ * wrong, so that every kernel is tried before the test fails. */
+static int nan_tile_run(da_backend be, const char *const *env, const char *name,
+                        const char *variant, long long chunk) {
+  char *old[8] = {NULL};
+  nt_env_push(env, old);
+  tbufs t;
+  memset(&t, 0, sizeof t);
+  TU_CHECK(t.ctx, da_context_create(&t.ctx, be, -1));
+  da_attn_desc d;
+  da_attn_desc_init(&d);
+  d.batch = 1, d.heads = NT_H, d.kv_heads = NT_H, d.seq_q = NT_SQ, d.seq_k = NT_SK;
+  d.head_dim = NT_HD;
+  da_attn_ext x;
+  da_attn_ext_init(&x);
+  x.lse = 1, x.window_left = NT_WL;
+  da_plan *p = NULL;
+  TU_CHECK(t.ctx, da_plan_create_ext(t.ctx, &d, &x, &p));
+  nt_env_pop(env, old);
+  da_kernel_info k;
+  da_kernel_info_init(&k);
+  TU_CHECK(t.ctx, da_plan_get_kernel(p, &k));
+  if (strcmp(k.name, name) || (variant && strcmp(k.variant, variant)) ||
+      (chunk && k.chunk != chunk))
+    fail_msg("%s: the plan runs %s/%s (chunk %lld), not %s/%s (chunk %lld)", da_backend_name(be),
+             k.name, k.variant, k.chunk, name, variant ? variant : "*", chunk);
+  if ((!strcmp(name, "rows") || !strcmp(name, "tiled")) && k.tile_cols &&
+      (NT_KEY + 1) % k.tile_cols)
+    fail_msg("%s/%s: key tiles of %d keys: key %d does not end one", k.name, k.variant,
+             k.tile_cols, NT_KEY);
+
+  tu_rng rng;
+  tu_rng_init(&rng, tu_seed() ^ 0x7a7u);
+  const size_t nq = (size_t)NT_H * NT_SQ * NT_HD, nk = (size_t)NT_H * NT_SK * NT_HD;
+  const size_t nl = (size_t)NT_H * NT_SQ;
+  float *hq = hb_new(t.ctx, &t.q, nq * 4), *hk = hb_new(t.ctx, &t.k, nk * 4);
+  float *hv = hb_new(t.ctx, &t.v, nk * 4), *ho = hb_new(t.ctx, &t.o, nq * 4);
+  float *hl = hb_new(t.ctx, &t.lse, nl * 4);
+  tu_fill(hq, DA_F32, nq, &rng, 1.0);
+  tu_fill(hk, DA_F32, nk, &rng, 1.0);
+  tu_fill(hv, DA_F32, nk, &rng, 1.0);
+  hk[(size_t)NT_KEY * NT_HD + 5] = NAN; /* kv head 0, key 127, column 5 */
+  tu_poison(ho, nq * 4);
+  tu_poison(hl, nl * 4);
+  hb_push(t.ctx, &t.q), hb_push(t.ctx, &t.k), hb_push(t.ctx, &t.v);
+  hb_push(t.ctx, &t.o), hb_push(t.ctx, &t.lse);
+  da_attn_args a;
+  da_attn_args_init(&a);
+  a.q = t.q.b, a.k = t.k.b, a.v = t.v.b, a.o = t.o.b, a.lse = t.lse.b;
+  TU_CHECK(t.ctx, da_attention_ext(p, &a));
+  TU_CHECK(t.ctx, da_context_synchronize(t.ctx));
+  hb_pull(t.ctx, &t.o), hb_pull(t.ctx, &t.lse);
+
+  double *ref = malloc(sizeof(double) * nq), *rlse = malloc(sizeof(double) * nl);
+  assert_non_null(ref);
+  assert_non_null(rlse);
+  int q0 = 0, lq = NT_SQ, k0 = 0, lk = NT_SK;
+  tlens L = {&q0, &lq, &k0, &lk};
+  tview qv, kv;
+  make_view(0, 1, NT_H, NT_SQ, NT_HD, &qv, 0);
+  make_view(0, 1, NT_H, NT_SK, NT_HD, &kv, 0);
+  ref_ext(&d, NT_WL, -1, hq, &qv, hk, &kv, hv, &kv, &L, ref, rlse);
+  double num = 0, den = 0, lworst = 0;
+  int bad = 0;
+  for (size_t r = 0; r < nl; r++) {
+    const float *o = ho + r * NT_HD;
+    if (r == 0) { /* head 0, query 0: the row that sees the NaN */
+      for (int c = 0; c < NT_HD; c++)
+        if (!isnan(ref[c])) fail_msg("the reference's row 0 is not NaN at %d", c);
+      size_t fin = 0;
+      for (int c = 0; c < NT_HD; c++) fin += !isnan(o[c]);
+      if (fin || !isnan(hl[0]))
+        bad = 1, print_error("%s %s/%s (key tiles of %d): row 0 sees one key of its first key "
+                             "tile (key %d), a NaN logit, yet %zu of its %d outputs are not "
+                             "NaN (O[0] = %g) and its LSE is %g; the reference gives NaN "
+                             "[seed %llu]\n",
+                             da_backend_name(be), k.name, k.variant, k.tile_cols, NT_KEY, fin,
+                             NT_HD, (double)o[0], (double)hl[0], (unsigned long long)tu_seed());
+      continue;
+    }
+    for (int c = 0; c < NT_HD; c++) {
+      const double xo = o[c], y = ref[r * NT_HD + c];
+      if (!isfinite(xo) || !isfinite(y)) num = INFINITY;
+      num += (xo - y) * (xo - y);
+      den += y * y;
+    }
+    const double dl = fabs((double)hl[r] - rlse[r]);
+    if (!(dl <= lworst)) lworst = dl;
+  }
+  const double err = sqrt(num / den);
+  if (!(err <= tu_bound(DA_F32)) || !(lworst <= 1e-5))
+    bad = 1, print_error("%s %s/%s: the rows that do not see the NaN: O error %.3e, LSE %.3e "
+                         "[seed %llu]\n",
+                         da_backend_name(be), k.name, k.variant, err, lworst,
+                         (unsigned long long)tu_seed());
+  free(ref), free(rlse);
+  da_plan_destroy(p);
+  da_context *ctx = t.ctx;
+  tbufs_free(&t);
+  da_context_destroy(ctx);
+  return bad;
+}
+
+static void test_nan_tile_cpu(void **state) {
+  (void)state;
+  TU_NEED_BACKEND(DA_BACKEND_CPU);
+  static const char *const blocked[] = {"DISTRATTN_CPU_DECODE", "0", NULL};
+  static const char *const decode[] = {"DISTRATTN_CPU_DECODE", "1", NULL};
+  int bad = nan_tile_run(DA_BACKEND_CPU, blocked, "fused", NULL, 0);
+  bad += nan_tile_run(DA_BACKEND_CPU, decode, "split-kv decode", NULL, 0);
+  if (bad) fail_msg("%d of 2 CPU kernels wrong on a NaN alone in a key tile", bad);
+}
+
+static void test_nan_tile_opencl(void **state) {
+  (void)state;
+  TU_NEED_BACKEND(DA_BACKEND_OPENCL);
+  static const char *const rows[] = {"DISTRATTN_CL_DECODE", "0", "DISTRATTN_CL_KERNEL", "rows",
+                                     NULL};
+  static const char *const tiled[] = {"DISTRATTN_CL_DECODE", "0", "DISTRATTN_CL_KERNEL", "tiled",
+                                      NULL};
+  /* chunks of 128 keys: the NaN is alone in its chunk too */
+  static const char *const dec_rows[] = {"DISTRATTN_CL_DECODE", "1", "DISTRATTN_CL_KERNEL",
+                                         "rows", "DISTRATTN_CL_DECODE_CHUNK", "128", NULL};
+  static const char *const dec_tiled[] = {"DISTRATTN_CL_DECODE", "1", "DISTRATTN_CL_KERNEL",
+                                          "tiled", "DISTRATTN_CL_DECODE_CHUNK", "128", NULL};
+  int bad = nan_tile_run(DA_BACKEND_OPENCL, rows, "rows", NULL, 0);
+  bad += nan_tile_run(DA_BACKEND_OPENCL, tiled, "tiled", NULL, 0);
+  bad += nan_tile_run(DA_BACKEND_OPENCL, dec_rows, "split-kv decode", "rows", 128);
+  bad += nan_tile_run(DA_BACKEND_OPENCL, dec_tiled, "split-kv decode", "tiled", 128);
+  if (bad) fail_msg("%d of 4 OpenCL kernels wrong on a NaN alone in a key tile", bad);
+}
+
 /* ----------------------------------------------------------- refusals */
 
 #define EXPECT(call, status, needle)                                                         \
@@ -1104,6 +1272,7 @@ int main(void) {
       {"cpu: G > 1 cases", test_g_cases, NULL, NULL, st_cpu},
       {"cpu: LSE merge", test_lse_merge, NULL, NULL, st_cpu},
       {"cpu: G > 1 equals dense", test_groups_equal_dense, NULL, NULL, st_cpu},
+      {"cpu: NaN alone in a key tile", test_nan_tile_cpu, NULL, NULL, NULL},
       {"opencl: ext cases", test_ext_cases, NULL, NULL, st_cl},
       {"opencl: G > 1 cases", test_g_cases, NULL, NULL, st_cl},
       {"opencl: LSE merge", test_lse_merge, NULL, NULL, st_cl},
@@ -1111,6 +1280,7 @@ int main(void) {
       {"opencl: ext vs cpu", test_cross_backend, NULL, NULL, st_cl},
       {"opencl: refusals", test_refusals_opencl, NULL, NULL, NULL},
       {"opencl: decode cases", test_decode_opencl, NULL, NULL, NULL},
+      {"opencl: NaN alone in a key tile", test_nan_tile_opencl, NULL, NULL, NULL},
       {"cuda: ext cases", test_ext_cases, NULL, NULL, st_cu},
       {"cuda: G > 1 cases", test_g_cases, NULL, NULL, st_cu},
       {"cuda: LSE merge", test_lse_merge, NULL, NULL, st_cu},
