@@ -517,15 +517,6 @@ static da_status dac_upload(da_context *ctx, void **dst, const void *src, size_t
   return DA_SUCCESS;
 }
 
-/* DA_STRATEGY_PROJECTION (SPEC 1c): the projections on the device and the
- * projected Q and K, sized for f32 (the SIMT kernel's; the tensor-core
- * kernel stores them in the dtype, half that). The tensor-core kernel
- * takes f16/bf16 with (head_dim, rank) in dac_mma_proj_supported on sm_80
- * and later; every other plan runs on the SIMT kernel. On sm_90a the
- * warpgroup-MMA kernel's pre-projected mode takes f16/bf16 plans of rank 32
- * or 64 (head_dim 64 or 128) or 128 (head_dim 128) whose V and O are dense, with
- * no LSE, window or per-sequence lengths (proj_wg; DISTRATTN_CUDA_WGMMA=0
- * turns it off, =1 demands it). The decode kernels never take these plans. */
 /* Whether plan p's da_attn_ext options leave its tensors dense
  * ([batch][heads][rows][head_dim]) with no per-sequence lengths and no
  * window beyond causal's, so that the warpgroup-MMA kernel (TMA maps of
@@ -547,6 +538,15 @@ static int dac_dense_lse_only(const da_plan *p, int check_qk) {
   return dense;
 }
 
+/* DA_STRATEGY_PROJECTION (SPEC 1c): the projections on the device and the
+ * projected Q and K, sized for f32 (the SIMT kernel's; the tensor-core
+ * kernel stores them in the dtype, half that). The tensor-core kernel
+ * takes f16/bf16 with (head_dim, rank) in dac_mma_proj_supported on sm_80
+ * and later; every other plan runs on the SIMT kernel. On sm_90a the
+ * warpgroup-MMA kernel's pre-projected mode takes f16/bf16 plans of rank 32
+ * or 64 (head_dim 64 or 128) or 128 (head_dim 128) whose V and O are dense, with
+ * no window or per-sequence lengths (proj_wg; it writes the LSE too;
+ * DISTRATTN_CUDA_WGMMA=0 turns it off, =1 demands it). The decode kernels never take these plans. */
 static da_status dac_proj_plan(const da_plan *p, dac_plan *bp, const dac_ctx *bc) {
   da_context *ctx = p->ctx;
   const da_attn_desc *d = &p->d;
